@@ -1,0 +1,42 @@
+"""hf_sparse: pruning and sparse compression for Hugging Face Transformers.
+
+Public API::
+
+    import hf_sparse
+    report = hf_sparse.apply_(model, hf_sparse.PruningConfig(sparsity=0.5))          # one-shot
+    trainer = Trainer(..., callbacks=[hf_sparse.PruningCallback(PruningConfig(...))])  # gradual, while training
+"""
+
+__version__ = "0.1.0"
+
+from .apply import apply_
+from .callbacks import PruningCallback, attach_callbacks
+from .config import BaseConfig, register_config
+from .errors import ConfigError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
+from .pruning import Pruner, PruningConfig, cubic_sparsity, select_modules, sparsity_at
+from .recipes import Recipe, load_recipe
+from .registry import CONFIGS, METHODS, Registry
+
+__all__ = [
+    "__version__",
+    "apply_",
+    "BaseConfig",
+    "register_config",
+    "PruningConfig",
+    "Pruner",
+    "PruningCallback",
+    "attach_callbacks",
+    "select_modules",
+    "cubic_sparsity",
+    "sparsity_at",
+    "Recipe",
+    "load_recipe",
+    "Registry",
+    "CONFIGS",
+    "METHODS",
+    "HfSparseError",
+    "ConfigError",
+    "RecipeError",
+    "MissingPackageError",
+    "PruningStateError",
+]

@@ -1,0 +1,184 @@
+"""PruningCallback: gradual magnitude pruning inside the stock ``transformers.Trainer``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
+
+from ..errors import PruningStateError
+from ..pruning.apply import Pruner
+from ..pruning.config import PruningConfig
+from ..pruning.schedules import sparsity_at
+
+__all__ = ["PruningCallback", "attach_callbacks", "MASKS_FILE"]
+
+logger = logging.getLogger(__name__)
+
+#: File written into each Trainer checkpoint folder with the pruning masks (safetensors, bool tensors).
+MASKS_FILE = "hf_sparse_pruning_masks.safetensors"
+
+
+class PruningCallback(TrainerCallback, ExportableState):
+    """Prunes a model while the stock :class:`transformers.Trainer` trains it.
+
+    - Follows ``config.schedule`` (cubic from ``initial_sparsity`` to ``sparsity`` between ``start_step`` and
+      ``end_step``, masks recomputed every ``update_every`` optimizer steps; or one-shot).
+    - Keeps pruned weights exactly zero: their gradients are zeroed before each optimizer step and the weights are
+      re-masked right after it, so Adam moments and weight decay cannot revive them. Masks change only on optimizer
+      steps, so gradient accumulation is respected.
+    - Writes its masks into every Trainer checkpoint (``hf_sparse_pruning_masks.safetensors``) and restores them on
+      ``trainer.train(resume_from_checkpoint=...)``; the schedule position is the Trainer's ``global_step``.
+    - Adds ``sparsity`` (measured over the pruned layers) and ``target_sparsity`` to the Trainer's logs.
+
+    Logging integrations chosen with ``report_to`` run before callbacks passed to ``Trainer(callbacks=...)``; to
+    have them record the sparsity too, add the callback with :func:`attach_callbacks`.
+
+    Args:
+        config: A :class:`~hf_sparse.PruningConfig` (or its dict form).
+
+    Example:
+        >>> cb = PruningCallback(PruningConfig(sparsity=0.8, start_step=0, end_step=1000, update_every=50))
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb])
+        >>> trainer.train()
+    """
+
+    def __init__(self, config: PruningConfig | Mapping[str, Any]):
+        self.config = config if isinstance(config, PruningConfig) else PruningConfig.from_dict(config)
+        self.pruner: Pruner | None = None
+        self.restored_from: str | None = None
+        self._hooks: list = []
+
+    # -- ExportableState: recorded in trainer_state.json so a checkpoint says how it was pruned -------------------
+    def state(self) -> dict:
+        return {
+            "args": {"config": self.config.to_dict()},
+            "attributes": {"restored_from": self.restored_from},
+        }
+
+    # -- Trainer events -------------------------------------------------------------------------------------------
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        model = kwargs["model"]
+        self.pruner = Pruner(model, self.config)
+        if state.global_step > 0:
+            self._restore(args, state)
+        self._update(state.global_step)
+        self._register_grad_hooks()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # Adam moments and weight decay move pruned weights off zero; put them back before anything reads them.
+        if self.pruner is not None:
+            self.pruner.apply_masks()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._update(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.pruner is None or logs is None or "loss" not in logs:
+            return
+        extra = {"sparsity": round(self.pruner.sparsity(), 6), "target_sparsity": round(self.pruner.target_sparsity, 6)}
+        logs.update(extra)
+        # Trainer appended this log entry to log_history before calling callbacks; keep the history complete.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.pruner is None or not args.should_save:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(folder):
+            logger.warning("PruningCallback: checkpoint folder %s not found; masks not saved with it.", folder)
+            return
+        save_file(
+            self.pruner.state_dict(),
+            os.path.join(folder, MASKS_FILE),
+            metadata={
+                "format": "pt",
+                "hf_sparse_config": self.config.to_json(indent=None),
+                "target_sparsity": repr(self.pruner.target_sparsity),
+                "global_step": str(state.global_step),
+            },
+        )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        if self.pruner is not None:
+            self.pruner.apply_masks()
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _update(self, step: int) -> None:
+        target = sparsity_at(self.config, step)
+        if target != self.pruner.target_sparsity and target > 0:
+            self.pruner.prune_to(target)
+
+    def _register_grad_hooks(self) -> None:
+        # Zero pruned weights' gradients as they are produced: before gradient clipping measures them and before
+        # the optimizer folds them into its moments.
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        pruner = self.pruner
+        for name, module in pruner.modules.items():
+
+            def hook(grad: torch.Tensor, name: str = name) -> torch.Tensor:
+                mask = pruner.masks.get(name)
+                return grad if mask is None else grad * mask.to(grad.dtype)
+
+            self._hooks.append(module.weight.register_hook(hook))
+
+    def _restore(self, args: TrainingArguments, state: TrainerState) -> None:
+        """Reinstall the masks of the checkpoint being resumed (its weights are already loaded)."""
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        path = os.path.join(folder, MASKS_FILE)
+        target = sparsity_at(self.config, state.global_step)
+        if os.path.isfile(path):
+            try:
+                masks = load_file(path)
+            except Exception as exc:  # safetensors raises several types for corrupt files
+                raise PruningStateError(f"Cannot read pruning masks from {path}: {exc}") from exc
+            self.pruner.load_state_dict(masks, target_sparsity=None)
+            # The masks must describe the weights that were loaded: every pruned weight is zero.
+            derived = self.pruner.masks_from_zeros()
+            consistent = all(bool((derived[n] | ~m).all()) for n, m in self.pruner.masks.items())
+            if consistent:
+                self.pruner.target_sparsity = target
+                self.restored_from = path
+                return
+            logger.warning(
+                "PruningCallback: masks in %s do not match the resumed weights (was the checkpoint resumed from "
+                "another folder?); reading the masks off the weights instead.",
+                path,
+            )
+        else:
+            logger.warning(
+                "PruningCallback: no %s in %s; reading the masks off the resumed weights (zeros = pruned).",
+                MASKS_FILE,
+                folder,
+            )
+        if target > 0:
+            self.pruner.masks = self.pruner.masks_from_zeros()
+            self.pruner.target_sparsity = target
+        self.restored_from = "weights"
+
+
+def attach_callbacks(trainer, *callbacks: TrainerCallback) -> None:
+    """Add ``callbacks`` to ``trainer`` right after its flow callback, before the ``report_to`` loggers.
+
+    ``Trainer(callbacks=[...])`` puts user callbacks after the logging integrations, so keys a callback adds to the
+    logs (``sparsity``) reach only the console. Inserting them first lets TensorBoard, W&B etc. record them too.
+    """
+    # Only Trainer's public add/remove methods are used: take the callbacks after the flow callback off, add ours,
+    # put the others back in their order.
+    later = list(trainer.callback_handler.callbacks[1:])
+    for cb in later:
+        trainer.remove_callback(cb)
+    for cb in (*callbacks, *later):
+        trainer.add_callback(cb)

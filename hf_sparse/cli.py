@@ -1,0 +1,84 @@
+"""The ``hf-sparse`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import HfSparseError
+
+__all__ = ["main"]
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .compress import run_compress
+    from .recipes import DEFAULT_RECIPE, load_recipe
+
+    recipe = load_recipe(args.recipe)
+    report = run_compress(recipe, args.output, recipe_source=args.recipe or DEFAULT_RECIPE)
+    print(f"\nhf-sparse compress: report written to {args.output}/report.md")
+    print(f"  dense: test accuracy {report['dense']['test_accuracy']:.4f}")
+    for run in report["runs"]:
+        print(
+            f"  {run['name']}: sparsity {100 * run['sparsity']:.1f}%, test accuracy {run['test_accuracy']:.4f} "
+            f"({100 * run['delta_vs_dense']:+.2f} points), saved to {args.output}/{run['checkpoint']}"
+        )
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .recipes import dump_recipe, load_recipe
+
+    recipe = load_recipe(args.recipe)
+    print(dump_recipe(recipe), end="")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .machine import machine_info
+    from .recipes import packaged_recipes
+
+    info = {"hf_sparse": __version__, **machine_info(), "packaged_recipes": sorted(packaged_recipes())}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-sparse", description="Compress Hugging Face models: prune, measure.")
+    parser.add_argument("--version", action="version", version=f"hf-sparse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="fine-tune the dense baseline and pruned models from a recipe, and compare")
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        default=None,
+        help="recipe YAML file or packaged recipe name (default: the embedded minilm-rotten-tomatoes)",
+    )
+    p.add_argument("--output", "-o", default="hf_sparse_output", help="output folder (default: %(default)s)")
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("validate", help="check a recipe and print it with every default resolved")
+    p.add_argument("recipe", nargs="?", default=None, help="recipe YAML file or packaged recipe name")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("info", help="versions, machine and packaged recipes")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except HfSparseError as exc:
+        print(f"hf-sparse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Base class of every hf_sparse configuration.
+
+Configs are frozen, typed, versioned dataclasses. They validate on construction (types from the annotations, values
+from each class's ``validate``), round-trip through plain dicts and JSON, and reject unknown keys with the key's
+name and the allowed ones. Nested configs are validated the same way, and errors name the dotted path of the key
+(``pruning.sparsity``) so a problem in a recipe can be found in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar, Union
+
+from .errors import ConfigError
+from .registry import CONFIGS
+
+__all__ = ["BaseConfig", "register_config"]
+
+C = TypeVar("C", bound="BaseConfig")
+_HEADER_KEYS = ("config_type", "version")
+
+
+def register_config(name: str):
+    """Class decorator: give a config class its ``config_type`` name and register it in :data:`CONFIGS`."""
+
+    def _wrap(cls: type[C]) -> type[C]:
+        cls.config_type = name
+        CONFIGS.register(name, cls)
+        return cls
+
+    return _wrap
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"mapping of {_type_name(k)} to {_type_name(v)}"
+    if isinstance(tp, type) and issubclass(tp, BaseConfig):
+        return f"mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form (lists -> tuples, dicts -> configs).
+
+    Raises ConfigError naming ``where`` and the expected type or allowed values.
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
+            raise ConfigError(f"{where} must be one of {list(allowed)}, got {value!r}.")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where} must be {_type_name(tp)}, got null.")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}.")
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}.")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}.")
+        k_tp, v_tp = typing.get_args(tp)
+        return {_coerce(k, k_tp, f"{where} key"): _coerce(v, v_tp, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, BaseConfig):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, Mapping):
+            return tp._from_mapping(value, path=f"{where}.")
+        raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a programming error in a config class, not user input
+        raise TypeError(f"Unsupported annotation {tp!r} for {where}.")
+    raise ConfigError(f"{where} must be of type {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """Frozen, typed, versioned configuration.
+
+    Subclasses are ``@dataclasses.dataclass(frozen=True)`` classes with annotated fields, decorated with
+    :func:`register_config` to get a ``config_type`` name. They override :meth:`validate` for value checks (raise
+    :class:`~hf_sparse.errors.ConfigError` naming the field and its allowed values) and bump :attr:`version` when a
+    field changes meaning; :meth:`_migrate` then upgrades dicts written by older versions.
+    """
+
+    config_type: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+
+    # -- construction and validation ------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        hints = self._field_types()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, _coerce(value, hints[f.name], f"{type(self).__name__}.{f.name}"))
+        self.validate()
+
+    def validate(self) -> None:
+        """Value checks beyond types. Override in subclasses; raise ConfigError naming the field."""
+
+    @classmethod
+    def _field_types(cls) -> dict[str, Any]:
+        cache = cls.__dict__.get("_hints_cache")
+        if cache is None:
+            cache = typing.get_type_hints(cls)
+            type.__setattr__(cls, "_hints_cache", cache)
+        return cache
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    # -- dict / JSON round trip -----------------------------------------------------------------------------------
+    def to_dict(self, *, header: bool = True) -> dict[str, Any]:
+        """Plain-data form (lists, dicts, numbers, strings) that :meth:`from_dict` reads back.
+
+        Args:
+            header: include ``config_type`` and ``version`` (nested configs are written without them).
+        """
+        out: dict[str, Any] = {"config_type": self.config_type, "version": self.version} if header else {}
+        for f in dataclasses.fields(self):
+            out[f.name] = _to_plain(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        """Build a config from :meth:`to_dict` output (or a recipe section).
+
+        Called on :class:`BaseConfig` itself, the class is chosen by the ``config_type`` key through the registry.
+
+        Raises:
+            ConfigError: unknown keys, missing required keys, wrong types, a version newer than this library's, or
+                a ``config_type`` that names another class.
+        """
+        return cls._from_mapping(data, path="")
+
+    @classmethod
+    def _from_mapping(cls: type[C], data: Mapping[str, Any], *, path: str) -> C:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path.rstrip('.') or cls.__name__} must be a mapping of keys to values, got {data!r}.")
+        data = dict(data)
+        ctype = data.pop("config_type", None)
+        target: type[BaseConfig] = cls
+        if ctype is not None:
+            if cls is BaseConfig:
+                target = CONFIGS.get(ctype)
+            elif ctype != cls.config_type:
+                raise ConfigError(
+                    f"{path}config_type is {ctype!r}, but {cls.__name__} expects {cls.config_type!r}."
+                )
+        elif cls is BaseConfig:
+            raise ConfigError(f"{path}config_type is missing; registered types: {list(CONFIGS)}.")
+        version = data.pop("version", target.version)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(f"{path}version must be a positive integer, got {version!r}.")
+        if version > target.version:
+            raise ConfigError(
+                f"{path}version is {version}, but this hf_sparse reads {target.__name__} up to version "
+                f"{target.version}. Upgrade hf_sparse to read this config."
+            )
+        if version < target.version:
+            data = target._migrate(data, version)
+        allowed = target.field_names()
+        unknown = [k for k in data if k not in allowed]
+        if unknown:
+            raise ConfigError(
+                f"Unknown key {path}{unknown[0]!r} for {target.__name__}. Allowed keys: {sorted(allowed)}."
+            )
+        hints = target._field_types()
+        kwargs = {k: _coerce(v, hints[k], f"{path}{k}") for k, v in data.items()}
+        missing = [
+            f.name
+            for f in dataclasses.fields(target)
+            if f.name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        ]
+        if missing:
+            raise ConfigError(f"Missing required key {path}{missing[0]!r} for {target.__name__}.")
+        try:
+            return target(**kwargs)  # type: ignore[return-value]
+        except ConfigError as exc:
+            if path:
+                raise ConfigError(f"in {path.rstrip('.')}: {exc}") from None
+            raise
+
+    @classmethod
+    def _migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Upgrade a dict written by an older ``version`` of this config. The base has nothing to migrate."""
+        return data
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), indent=kwargs.pop("indent", 2), sort_keys=False, **kwargs)
+
+    @classmethod
+    def from_json(cls: type[C], text: str) -> C:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"Not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls: type[C], path: str | Path) -> C:
+        return cls.from_json(Path(path).read_text())
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied and validated (configs never change in place)."""
+        unknown = [k for k in changes if k not in self.field_names()]
+        if unknown:
+            raise ConfigError(
+                f"Unknown key {unknown[0]!r} for {type(self).__name__}. Allowed keys: {sorted(self.field_names())}."
+            )
+        return dataclasses.replace(self, **changes)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, BaseConfig):
+        return value.to_dict(header=False)
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,15 @@
+"""Loaders of the real packaged models and data sets (see the README's "Real data" section)."""
+
+from .models import MODEL_ALIASES, minilm_l6_path, resolve_model
+from .movielens import load_movielens_100k
+from .rotten_tomatoes import LABEL_NAMES, load_rotten_tomatoes, stratified_subset
+
+__all__ = [
+    "MODEL_ALIASES",
+    "LABEL_NAMES",
+    "minilm_l6_path",
+    "resolve_model",
+    "load_rotten_tomatoes",
+    "stratified_subset",
+    "load_movielens_100k",
+]

@@ -1,0 +1,204 @@
+"""YAML recipes: the complete description of a compression job, validated by the config classes.
+
+A recipe is a YAML mapping whose sections are config classes (``model``, ``data``, ``dense``, ``pruned``,
+``pruning``). Unknown keys and wrong types are errors naming the file and the key's dotted place in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ._resources import data_dir
+from .config import BaseConfig, register_config
+from .errors import ConfigError, RecipeError
+from .pruning.config import PruningConfig
+
+__all__ = [
+    "ModelSection",
+    "DataSection",
+    "TrainSection",
+    "Recipe",
+    "load_recipe",
+    "dump_recipe",
+    "packaged_recipes",
+    "DEFAULT_RECIPE",
+]
+
+#: Name of the embedded default recipe (``recipes/minilm-rotten-tomatoes.yaml``).
+DEFAULT_RECIPE = "minilm-rotten-tomatoes"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection(BaseConfig):
+    """Which model to compress.
+
+    Args:
+        name: A packaged alias (``minilm-l6``), a local folder, or a Hub id.
+        max_length: Tokenizer truncation length.
+    """
+
+    name: str = "minilm-l6"
+    max_length: int = 128
+
+    def validate(self) -> None:
+        if self.max_length < 8:
+            raise ConfigError(f"model.max_length must be >= 8, got {self.max_length}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection(BaseConfig):
+    """Which data, how it is split and how much of it is used.
+
+    Args:
+        dataset: The task's data set.
+        seed: Seed of the splits and subsets.
+        validation_fraction, test_fraction: Split sizes (fractions of all examples).
+        train_limit, test_limit: Use a stratified, seeded subset of this many examples (null = the whole split).
+    """
+
+    dataset: Literal["rotten_tomatoes"] = "rotten_tomatoes"
+    seed: int = 42
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+    def validate(self) -> None:
+        for key in ("train_limit", "test_limit"):
+            value = getattr(self, key)
+            if value is not None and value < 2:
+                raise ConfigError(f"data.{key} must be >= 2 or null, got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection(BaseConfig):
+    """Fine-tuning hyper-parameters (mapped onto ``transformers.TrainingArguments``).
+
+    Args:
+        learning_rate: Peak learning rate of AdamW.
+        epochs: Passes over the training data (ignored when ``max_steps`` > 0).
+        max_steps: Optimizer steps; -1 to train for ``epochs``.
+        batch_size: Examples per step per device.
+        gradient_accumulation_steps: Batches accumulated per optimizer step.
+        weight_decay: AdamW weight decay.
+        warmup_fraction: Fraction of the steps with a linear learning-rate warm-up.
+        seed: Seed of initialisation, dropout and data order.
+        logging_steps: Steps between log lines.
+    """
+
+    learning_rate: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    seed: int = 42
+    logging_steps: int = 25
+
+    def validate(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("Set epochs > 0 or max_steps > 0.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}.")
+        for key in ("batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
+
+
+@register_config("recipe")
+@dataclasses.dataclass(frozen=True)
+class Recipe(BaseConfig):
+    """A compression job: fine-tune the dense baseline, then prune copies of it while fine-tuning further.
+
+    Args:
+        name: A label for reports.
+        model, data: What to compress and on which data.
+        dense: Fine-tuning of the dense baseline.
+        pruned: Fine-tuning of each pruned model (starting from the fine-tuned dense one).
+        pruning: How to prune (shared by all pruned runs).
+        sparsities: One pruned run per target sparsity; replaces ``pruning.sparsity``. Null: one run at
+            ``pruning.sparsity``.
+        save_dense: Also save the fine-tuned dense baseline.
+    """
+
+    name: str = DEFAULT_RECIPE
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    dense: TrainSection = dataclasses.field(default_factory=TrainSection)
+    pruned: TrainSection = dataclasses.field(default_factory=TrainSection)
+    pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
+    sparsities: tuple[float, ...] | None = None
+    save_dense: bool = False
+
+    def validate(self) -> None:
+        for s in self.sparsities or ():
+            if not 0 < s < 1:
+                raise ConfigError(f"sparsities must each be in (0, 1), got {s}.")
+
+    def pruning_runs(self) -> list[PruningConfig]:
+        """The PruningConfig of each pruned run."""
+        if self.sparsities is None:
+            return [self.pruning]
+        return [self.pruning.replace(sparsity=s, initial_sparsity=min(self.pruning.initial_sparsity, s))
+                for s in self.sparsities]
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``5e-5`` as a float (YAML 1.1 wants ``5.0e-5``; people write ``5e-5``)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Recipes shipped with hf_sparse, by name (file name without ``.yaml``)."""
+    return {p.stem: p for p in sorted(data_dir("recipes").glob("*.yaml"))}
+
+
+def load_recipe(source: str | Path | None = None) -> Recipe:
+    """Read and validate a recipe.
+
+    Args:
+        source: A YAML file, the name of a packaged recipe (see :func:`packaged_recipes`), or None for the
+            embedded default (``minilm-rotten-tomatoes``).
+
+    Raises:
+        RecipeError: the file is missing, is not YAML, or does not validate; the message names the file and key.
+    """
+    source = DEFAULT_RECIPE if source is None else source
+    path = Path(source)
+    if not path.is_file():
+        known = packaged_recipes()
+        if str(source) in known:
+            path = known[str(source)]
+        else:
+            raise RecipeError(f"No recipe file {str(source)!r}, and no packaged recipe of that name ({sorted(known)}).")
+    try:
+        data: Any = yaml.load(path.read_text(), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    try:
+        return Recipe.from_dict(data)
+    except ConfigError as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (every default written out)."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

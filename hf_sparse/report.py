@@ -1,0 +1,59 @@
+"""Markdown rendering of the ``hf-sparse compress`` report."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["render_markdown"]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def render_markdown(report: dict) -> str:
+    """``report.md``: the dense baseline and each pruned model side by side, per-layer sparsity, machine."""
+    data, dense, runs = report["data"], report["dense"], report["runs"]
+    n = data["test_examples"]
+    acc = dense["test_accuracy"]
+    # Binomial standard error of an accuracy on n test examples: differences smaller than ~2 SE are noise.
+    se = math.sqrt(max(acc * (1 - acc), 1e-12) / n)
+    lines = [
+        f"# hf-sparse compress: {report['model']} on {data['dataset']}",
+        "",
+        f"Recipe `{report['recipe']}`; {data['train_examples']:,} training and {n:,} test examples (seed "
+        f"{data['seed']}); majority-class test accuracy {data['test_majority_accuracy']:.4f}.",
+        "",
+        "| model | pruned-layer sparsity | non-zero params (all) | test accuracy | Δ vs dense (points) | train time |",
+        "|---|---|---|---|---|---|",
+        f"| dense | 0.0% | {dense['nonzero_params']:,} | {acc:.4f} | – | {report['timings']['dense_train_s']:.0f} s |",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['name']} | {_pct(r['sparsity'])} | {r['nonzero_params']:,} | {r['test_accuracy']:.4f} | "
+            f"{100 * r['delta_vs_dense']:+.2f} | {r['train_s']:.0f} s |"
+        )
+    lines += [
+        "",
+        f"Standard error of a test accuracy here: ±{100 * se:.2f} points (binomial, n={n}).",
+        "Pruned layers: the encoder's `nn.Linear` weights; embeddings, pooler and classifier stay dense, so the",
+        "non-zero count of the whole model falls by less than the pruned-layer sparsity.",
+        "",
+    ]
+    if runs:
+        names = list(runs[0]["layers"])
+        lines += ["## Per-layer sparsity", "", "| layer | " + " | ".join(r["name"] for r in runs) + " |"]
+        lines.append("|---|" + "---|" * len(runs))
+        for name in names:
+            lines.append(f"| `{name}` | " + " | ".join(_pct(r["layers"].get(name, 0.0)) for r in runs) + " |")
+        lines.append("")
+    m = report["machine"]
+    t = report["timings"]
+    lines += [
+        "## Machine and time",
+        "",
+        f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), GPU: {m['gpu'] or 'none'}; "
+        f"torch {m['torch']}, transformers {m['transformers']}. Whole job: {t['total_s']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)

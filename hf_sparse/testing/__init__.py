@@ -1,0 +1,47 @@
+"""Tiny models and data sets shared by the tests (and handy for trying hf_sparse without real weights)."""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification
+
+__all__ = ["tiny_bert_config", "tiny_bert_classifier", "tiny_classification_dataset"]
+
+
+def tiny_bert_config(**overrides) -> BertConfig:
+    """A 2-layer BERT with hidden size 32: the same module names as MiniLM/BERT, seconds to train."""
+    kwargs = dict(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+def tiny_bert_classifier(seed: int = 0, **overrides) -> BertForSequenceClassification:
+    """A randomly initialised (seeded) tiny ``BertForSequenceClassification``."""
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_bert_config(**overrides)).eval()
+
+
+def tiny_classification_dataset(n: int = 64, seq_len: int = 12, vocab_size: int = 128, seed: int = 0) -> Dataset:
+    """Random token sequences labelled by whether token 5 occurs in them: learnable by a tiny BERT."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(6, vocab_size, (n, seq_len), generator=g)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    pos = torch.randint(1, seq_len, (n,), generator=g)
+    ids[labels == 1, pos[labels == 1]] = 5
+    ids[:, 0] = 2  # a [CLS]-like first token
+    return Dataset.from_dict(
+        {
+            "input_ids": ids.tolist(),
+            "attention_mask": torch.ones_like(ids).tolist(),
+            "labels": labels.tolist(),
+        }
+    )
