@@ -168,6 +168,7 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     t0 = time.perf_counter()
     dense_accuracy = _accuracy(trainer, test_tok)
     timings["dense_eval_s"] = time.perf_counter() - t0
+    logger.info("hf-sparse compress: dense test accuracy %.4f", dense_accuracy)
     dense = {"test_accuracy": dense_accuracy, **model_parameter_counts(dense_model)}
     if recipe.save_dense:
         dense_model.save_pretrained(output_dir / "dense")
@@ -186,6 +187,7 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         t0 = time.perf_counter()
         accuracy = _accuracy(trainer, test_tok)
         eval_s = time.perf_counter() - t0
+        logger.info("hf-sparse compress: %s test accuracy %.4f (dense %.4f)", tag, accuracy, dense_accuracy)
         layer_report = callback.pruner.report()
         counts = model_parameter_counts(model)
         run = {
@@ -240,6 +242,6 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
 def _remove_empty_tree(folder: Path) -> None:
     if not folder.is_dir():
         return
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _dirs, files in os.walk(folder, topdown=False):
         if not files and not os.listdir(root):
             os.rmdir(root)

@@ -188,9 +188,7 @@ class BaseConfig:
             if cls is BaseConfig:
                 target = CONFIGS.get(ctype)
             elif ctype != cls.config_type:
-                raise ConfigError(
-                    f"{path}config_type is {ctype!r}, but {cls.__name__} expects {cls.config_type!r}."
-                )
+                raise ConfigError(f"{path}config_type is {ctype!r}, but {cls.__name__} expects {cls.config_type!r}.")
         elif cls is BaseConfig:
             raise ConfigError(f"{path}config_type is missing; registered types: {list(CONFIGS)}.")
         version = data.pop("version", target.version)
@@ -214,9 +212,7 @@ class BaseConfig:
         missing = [
             f.name
             for f in dataclasses.fields(target)
-            if f.name not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
         ]
         if missing:
             raise ConfigError(f"Missing required key {path}{missing[0]!r} for {target.__name__}.")

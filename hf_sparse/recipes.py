@@ -149,8 +149,10 @@ class Recipe(BaseConfig):
         """The PruningConfig of each pruned run."""
         if self.sparsities is None:
             return [self.pruning]
-        return [self.pruning.replace(sparsity=s, initial_sparsity=min(self.pruning.initial_sparsity, s))
-                for s in self.sparsities]
+        return [
+            self.pruning.replace(sparsity=s, initial_sparsity=min(self.pruning.initial_sparsity, s))
+            for s in self.sparsities
+        ]
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -186,7 +188,9 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
         if str(source) in known:
             path = known[str(source)]
         else:
-            raise RecipeError(f"No recipe file {str(source)!r}, and no packaged recipe of that name ({sorted(known)}).")
+            raise RecipeError(
+                f"No recipe file {str(source)!r}, and no packaged recipe of that name ({sorted(known)})."
+            )
     try:
         data: Any = yaml.load(path.read_text(), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:

@@ -56,9 +56,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ConfigError(
-                f"Unknown {self.kind} {name!r}. Registered: {sorted(self._items) or 'none'}."
-            ) from None
+            raise ConfigError(f"Unknown {self.kind} {name!r}. Registered: {sorted(self._items) or 'none'}.") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -82,7 +82,10 @@ class PruningCallback(TrainerCallback, ExportableState):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.pruner is None or logs is None or "loss" not in logs:
             return
-        extra = {"sparsity": round(self.pruner.sparsity(), 6), "target_sparsity": round(self.pruner.target_sparsity, 6)}
+        extra = {
+            "sparsity": round(self.pruner.sparsity(), 6),
+            "target_sparsity": round(self.pruner.target_sparsity, 6),
+        }
         logs.update(extra)
         # Trainer appended this log entry to log_history before calling callbacks; keep the history complete.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:

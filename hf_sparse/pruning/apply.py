@@ -144,7 +144,12 @@ def sparsity_report(modules: Mapping[str, nn.Module], target_sparsity: float | N
     for name, m in modules.items():
         w = m.weight.detach()
         z = int((w == 0).sum())
-        layers[name] = {"shape": list(w.shape), "numel": w.numel(), "nonzero": w.numel() - z, "sparsity": z / w.numel()}
+        layers[name] = {
+            "shape": list(w.shape),
+            "numel": w.numel(),
+            "nonzero": w.numel() - z,
+            "sparsity": z / w.numel(),
+        }
         zeros += z
         total += w.numel()
     return {

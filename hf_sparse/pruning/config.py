@@ -65,14 +65,13 @@ class PruningConfig(BaseConfig):
             raise ConfigError(f"PruningConfig.sparsity must be in [0, 1), got {self.sparsity}.")
         if not 0.0 <= self.initial_sparsity <= self.sparsity:
             raise ConfigError(
-                f"PruningConfig.initial_sparsity must be in [0, sparsity={self.sparsity}], got {self.initial_sparsity}."
+                f"PruningConfig.initial_sparsity must be in [0, sparsity={self.sparsity}], "
+                f"got {self.initial_sparsity}."
             )
         if self.start_step < 0:
             raise ConfigError(f"PruningConfig.start_step must be >= 0, got {self.start_step}.")
         if self.schedule == "cubic" and self.end_step < self.start_step:
-            raise ConfigError(
-                f"PruningConfig.end_step ({self.end_step}) must be >= start_step ({self.start_step})."
-            )
+            raise ConfigError(f"PruningConfig.end_step ({self.end_step}) must be >= start_step ({self.start_step}).")
         if self.update_every < 1:
             raise ConfigError(f"PruningConfig.update_every must be >= 1, got {self.update_every}.")
         for key in ("target_modules", "exclude_modules"):
@@ -80,4 +79,6 @@ class PruningConfig(BaseConfig):
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    raise ConfigError(f"PruningConfig.{key} has an invalid regular expression {pattern!r}: {exc}.")
+                    raise ConfigError(
+                        f"PruningConfig.{key} has an invalid regular expression {pattern!r}: {exc}."
+                    ) from None
