@@ -27,9 +27,16 @@ def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
 
 def _lowest_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean keep-mask over ``flat`` that drops exactly its ``k`` lowest entries."""
-    keep = torch.ones_like(flat, dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(flat, k, largest=False, sorted=False).indices] = False
+    n = flat.numel()
+    if k <= n // 2:
+        keep = torch.ones_like(flat, dtype=torch.bool)
+        if k > 0:
+            keep[torch.topk(flat, k, largest=False, sorted=False).indices] = False
+        return keep
+    # Selecting the smaller side is cheaper: at 80-90% sparsity, find the kept entries instead.
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    if n - k > 0:
+        keep[torch.topk(flat, n - k, largest=True, sorted=False).indices] = True
     return keep
 
 

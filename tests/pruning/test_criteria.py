@@ -32,3 +32,9 @@ def test_masks_are_monotone_given_previous():
 def test_zero_sparsity_keeps_everything():
     masks = masks_from_scores({"w": torch.rand(3, 3)}, 0.0)
     assert masks["w"].all()
+
+
+def test_exact_counts_with_ties_on_both_sides_of_the_half():
+    for sparsity in (0.3, 0.8):
+        masks = masks_from_scores({"w": torch.ones(10, 10)}, sparsity, "global")
+        assert int((~masks["w"]).sum()) == round(100 * sparsity)
