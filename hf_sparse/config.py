@@ -205,7 +205,7 @@ class BaseConfig:
         unknown = [k for k in data if k not in allowed]
         if unknown:
             raise ConfigError(
-                f"Unknown key {path}{unknown[0]!r} for {target.__name__}. Allowed keys: {sorted(allowed)}."
+                f"Unknown key '{path}{unknown[0]}' for {target.__name__}. Allowed keys: {sorted(allowed)}."
             )
         hints = target._field_types()
         kwargs = {k: _coerce(v, hints[k], f"{path}{k}") for k, v in data.items()}
@@ -215,7 +215,7 @@ class BaseConfig:
             if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
         ]
         if missing:
-            raise ConfigError(f"Missing required key {path}{missing[0]!r} for {target.__name__}.")
+            raise ConfigError(f"Missing required key '{path}{missing[0]}' for {target.__name__}.")
         try:
             return target(**kwargs)  # type: ignore[return-value]
         except ConfigError as exc:
