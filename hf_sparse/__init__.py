@@ -9,6 +9,7 @@ Public API::
 
 __version__ = "0.1.0"
 
+from . import data
 from .apply import apply_
 from .callbacks import PruningCallback, attach_callbacks
 from .config import BaseConfig, register_config

@@ -59,3 +59,11 @@ def test_cli_reports_a_bad_recipe_key_and_exits_2(tmp_path, capsys):
 def test_cli_validate_prints_the_resolved_recipe(capsys):
     assert main(["validate"]) == 0
     assert Recipe.from_dict(yaml.safe_load(capsys.readouterr().out)) == load_recipe()
+
+
+def test_cli_info_lists_versions_and_recipes(capsys):
+    import json
+
+    assert main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert DEFAULT_RECIPE in info["packaged_recipes"] and info["torch"] and info["cores"] >= 1
