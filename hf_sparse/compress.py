@@ -26,7 +26,7 @@ from transformers import (
 
 from ._resources import data_dir
 from .callbacks.pruning import PruningCallback, attach_callbacks
-from .data import LABEL_NAMES, load_rotten_tomatoes, resolve_model, stratified_subset
+from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
 from .machine import machine_info
 from .pruning.apply import model_parameter_counts
 from .pruning.config import PruningConfig
@@ -100,7 +100,7 @@ def _write_model_card(folder: Path, run: dict, report: dict, recipe: Recipe) -> 
     template = Template((data_dir("model_cards") / "pruned-classifier.md").read_text())
     cfg = PruningConfig.from_dict(run["pruning_config"])
     card = template.safe_substitute(
-        base_model=report["model"],
+        base_model=hub_id(report["model"]),
         title=f"{recipe.model.name} pruned to {_pct(run['sparsity'])} on {recipe.data.dataset}",
         task=f"sentiment classification ({' / '.join(LABEL_NAMES)}) on {recipe.data.dataset}",
         sparsity_pct=_pct(run["sparsity"]),

@@ -1,6 +1,6 @@
 """Loaders of the real packaged models and data sets (see the README's "Real data" section)."""
 
-from .models import MODEL_ALIASES, minilm_l6_path, resolve_model
+from .models import MODEL_ALIASES, hub_id, minilm_l6_path, resolve_model
 from .movielens import load_movielens_100k
 from .rotten_tomatoes import LABEL_NAMES, load_rotten_tomatoes, stratified_subset
 
@@ -9,6 +9,7 @@ __all__ = [
     "LABEL_NAMES",
     "minilm_l6_path",
     "resolve_model",
+    "hub_id",
     "load_rotten_tomatoes",
     "stratified_subset",
     "load_movielens_100k",

