@@ -20,6 +20,7 @@ from .registry import CONFIGS, METHODS, Registry
 
 __all__ = [
     "__version__",
+    "data",
     "apply_",
     "BaseConfig",
     "register_config",

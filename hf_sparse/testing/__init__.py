@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
-__all__ = ["tiny_bert_config", "tiny_bert_classifier", "tiny_classification_dataset"]
+__all__ = ["tiny_bert_config", "tiny_bert_classifier", "tiny_classification_dataset", "cpu_training_args"]
 
 
 def tiny_bert_config(**overrides) -> BertConfig:
@@ -45,3 +45,21 @@ def tiny_classification_dataset(n: int = 64, seq_len: int = 12, vocab_size: int 
             "labels": labels.tolist(),
         }
     )
+
+
+def cpu_training_args(output_dir, **overrides) -> TrainingArguments:
+    """Deterministic, quiet CPU ``TrainingArguments`` for tests: no saving, no reporting, no progress bars, seed 0,
+    a log line every step. ``overrides`` are passed to ``TrainingArguments``."""
+    kwargs = dict(
+        output_dir=str(output_dir),
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        dataloader_pin_memory=False,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)

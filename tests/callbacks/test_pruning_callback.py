@@ -2,31 +2,17 @@ import logging
 
 import pytest
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from hf_sparse import PruningCallback, PruningConfig, PruningStateError, attach_callbacks, sparsity_at
 from hf_sparse.callbacks import MASKS_FILE
-from hf_sparse.testing import tiny_bert_classifier, tiny_classification_dataset
+from hf_sparse.testing import cpu_training_args, tiny_bert_classifier, tiny_classification_dataset
 
 
 def _args(out, **kw):
-    base = dict(
-        output_dir=str(out),
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        weight_decay=0.1,
-        max_steps=8,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=0,
-        data_seed=0,
-        dataloader_pin_memory=False,
-    )
+    base = dict(per_device_train_batch_size=8, learning_rate=1e-3, weight_decay=0.1, max_steps=8)
     base.update(kw)
-    return TrainingArguments(**base)
+    return cpu_training_args(out, **base)
 
 
 class MaskChecker(TrainerCallback):

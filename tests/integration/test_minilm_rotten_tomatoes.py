@@ -7,11 +7,11 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
-    TrainingArguments,
 )
 
 from hf_sparse import PruningCallback, PruningConfig
 from hf_sparse.data import load_rotten_tomatoes, minilm_l6_path, stratified_subset
+from hf_sparse.testing import cpu_training_args
 
 pytestmark = pytest.mark.real
 
@@ -31,20 +31,14 @@ def test_real_minilm_reaches_target_sparsity_and_beats_majority(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     cfg = PruningConfig(sparsity=0.5, start_step=16, end_step=48, update_every=8)
     cb = PruningCallback(cfg)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
+    args = cpu_training_args(
+        tmp_path,
         per_device_train_batch_size=16,
         per_device_eval_batch_size=64,
         learning_rate=2e-4,
         max_steps=64,
         warmup_steps=0.1,
         logging_steps=8,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=0,
-        dataloader_pin_memory=False,
     )
     trainer = Trainer(
         model=model,
