@@ -31,6 +31,7 @@ from .machine import machine_info
 from .pruning.apply import model_parameter_counts
 from .pruning.config import PruningConfig
 from .recipes import Recipe, TrainSection, dump_recipe
+from .report import pct as _pct
 from .report import render_markdown
 
 __all__ = ["run_compress"]
@@ -81,10 +82,6 @@ def _accuracy(trainer: Trainer, dataset) -> float:
     output = trainer.predict(dataset, metric_key_prefix="test")
     predictions = np.argmax(output.predictions, axis=-1)
     return float((predictions == np.asarray(output.label_ids)).mean())
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
 
 
 def _schedule_desc(cfg: PruningConfig) -> str:

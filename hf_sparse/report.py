@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["render_markdown"]
+__all__ = ["render_markdown", "pct"]
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """A fraction as a percentage with one decimal: ``0.8 -> "80.0%"``."""
     return f"{100 * x:.1f}%"
 
 
@@ -30,7 +31,7 @@ def render_markdown(report: dict) -> str:
     ]
     for r in runs:
         lines.append(
-            f"| {r['name']} | {_pct(r['sparsity'])} | {r['nonzero_params']:,} | {r['test_accuracy']:.4f} | "
+            f"| {r['name']} | {pct(r['sparsity'])} | {r['nonzero_params']:,} | {r['test_accuracy']:.4f} | "
             f"{100 * r['delta_vs_dense']:+.2f} | {r['train_s']:.0f} s |"
         )
     lines += [
@@ -45,7 +46,7 @@ def render_markdown(report: dict) -> str:
         lines += ["## Per-layer sparsity", "", "| layer | " + " | ".join(r["name"] for r in runs) + " |"]
         lines.append("|---|" + "---|" * len(runs))
         for name in names:
-            lines.append(f"| `{name}` | " + " | ".join(_pct(r["layers"].get(name, 0.0)) for r in runs) + " |")
+            lines.append(f"| `{name}` | " + " | ".join(pct(r["layers"].get(name, 0.0)) for r in runs) + " |")
         lines.append("")
     m = report["machine"]
     t = report["timings"]
