@@ -9,11 +9,11 @@ Public API::
 
 __version__ = "0.1.0"
 
-from . import data
+from . import data, formats
 from .apply import apply_
 from .callbacks import PruningCallback, attach_callbacks
 from .config import BaseConfig, register_config
-from .errors import ConfigError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
+from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
 from .pruning import Pruner, PruningConfig, cubic_sparsity, select_modules, sparsity_at
 from .recipes import Recipe, load_recipe
 from .registry import CONFIGS, METHODS, Registry
@@ -21,6 +21,7 @@ from .registry import CONFIGS, METHODS, Registry
 __all__ = [
     "__version__",
     "data",
+    "formats",
     "apply_",
     "BaseConfig",
     "register_config",
@@ -41,4 +42,5 @@ __all__ = [
     "RecipeError",
     "MissingPackageError",
     "PruningStateError",
+    "FormatError",
 ]

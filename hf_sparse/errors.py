@@ -6,7 +6,14 @@ would expect (``ValueError`` for bad values, ``ImportError`` for missing package
 
 from __future__ import annotations
 
-__all__ = ["HfSparseError", "ConfigError", "RecipeError", "MissingPackageError", "PruningStateError"]
+__all__ = [
+    "HfSparseError",
+    "ConfigError",
+    "RecipeError",
+    "MissingPackageError",
+    "PruningStateError",
+    "FormatError",
+]
 
 
 class HfSparseError(Exception):
@@ -34,3 +41,8 @@ class MissingPackageError(HfSparseError, ImportError):
 
 class PruningStateError(HfSparseError, RuntimeError):
     """Pruning masks do not match the model they are applied to (wrong names, shapes or a corrupted file)."""
+
+
+class FormatError(HfSparseError, ValueError):
+    """A sparse-format tensor is malformed (wrong dtype or length, non-monotone pointers, out-of-range or unsorted
+    indices) or a weight cannot be stored in the requested format (e.g. shape not divisible by the block)."""
