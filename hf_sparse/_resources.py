@@ -1,4 +1,4 @@
-"""Where the top-level ``recipes/`` and ``model_cards/`` folders are, installed or in a source checkout."""
+"""Where the top-level ``recipes/``, ``model_cards/`` and ``kernels/`` folders are (installed or in a checkout)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["data_dir"]
 
 
 def data_dir(kind: str) -> Path:
-    """Folder of the packaged ``recipes`` or ``model_cards``.
+    """Folder of the packaged ``recipes``, ``model_cards`` or ``kernels`` (C++ sources).
 
     A wheel ships them as ``hf_sparse.recipes_data`` / ``hf_sparse.model_cards_data`` (see pyproject.toml); an
     editable install or a source checkout reads the repository's top-level folders.

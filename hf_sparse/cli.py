@@ -39,9 +39,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .machine import machine_info
+    from .ops import kernel_status, load_kernels
     from .recipes import packaged_recipes
 
-    info = {"hf_sparse": __version__, **machine_info(), "packaged_recipes": sorted(packaged_recipes())}
+    load_kernels()
+    info = {
+        "hf_sparse": __version__,
+        **machine_info(),
+        "cpu_kernels": kernel_status(),
+        "packaged_recipes": sorted(packaged_recipes()),
+    }
     print(json.dumps(info, indent=2))
     return 0
 

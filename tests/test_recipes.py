@@ -67,3 +67,4 @@ def test_cli_info_lists_versions_and_recipes(capsys):
     assert main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert DEFAULT_RECIPE in info["packaged_recipes"] and info["torch"] and info["cores"] >= 1
+    assert isinstance(info["cpu_kernels"]["loaded"], bool) and info["cpu_kernels"]["reason"]
