@@ -36,8 +36,8 @@ test-full: setup
 	$(BIN)/python -m pytest -m full $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check hf_sparse tests
-	$(BIN)/ruff format --check hf_sparse tests
+	$(BIN)/ruff check hf_sparse tests benchmarks
+	$(BIN)/ruff format --check hf_sparse tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(OUTPUT) .pytest_cache

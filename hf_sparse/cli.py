@@ -53,6 +53,31 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from ._resources import data_dir
+
+    path = data_dir("benchmarks") / f"{args.suite}.py"
+    spec = importlib.util.spec_from_file_location(f"hf_sparse_bench_{args.suite}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def progress(i, total, case):
+        ratios = ", ".join(f"{k} {v['median']:.2f}x" for k, v in case["speedup"].items())
+        print(f"[{i}/{total}] {case['name']}: ours {1e3 * case['ours_s']:.3f} ms; speedup vs {ratios}", flush=True)
+
+    record = module.run(quick=args.quick, threads=args.threads, rounds=args.rounds, progress=progress)
+    text = json.dumps(record, indent=2)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+        print(f"hf-sparse bench: results written to {args.json}")
+    else:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse", description="Compress Hugging Face models: prune, measure.")
     parser.add_argument("--version", action="version", version=f"hf-sparse {__version__}")
@@ -71,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a recipe and print it with every default resolved")
     p.add_argument("recipe", nargs="?", default=None, help="recipe YAML file or packaged recipe name")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("bench", help="benchmark our kernels against the best baselines, same process (JSON)")
+    p.add_argument("suite", choices=["spmm"], help="which benchmark suite")
+    p.add_argument("--quick", action="store_true", help="a few key cases, under a minute")
+    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per case")
+    p.add_argument("--json", default=None, help="write the results to this file instead of printing them")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("info", help="versions, machine and packaged recipes")
     p.set_defaults(func=_cmd_info)

@@ -1,0 +1,25 @@
+import json
+
+from hf_sparse.cli import main
+
+
+def test_bench_spmm_quick_writes_the_documented_json(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "spmm", "--quick", "--rounds", "2", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["suite"] == "spmm" and record["limits"]["gflops"] > 0 and record["limits"]["gbps"] > 0
+    case = record["cases"][0]
+    assert case["params"] == {
+        "M": 3072,
+        "K": 768,
+        "N": 16,
+        "sparsity": 0.9,
+        "format": "csr",
+        "dtype": "float32",
+        "threads": 1,
+        "cold": True,
+    }
+    assert set(case["baselines_s"]) == {"torch_dense", "torch_csr"}
+    assert set(case["speedup"]["torch_dense"]) == {"median", "min", "max"}
+    assert case["ours_s"] > 0 and 0 < case["pct_bw"] and 0 < case["pct_peak"]
+    assert "bsr16x16" in record["not_implemented"]
