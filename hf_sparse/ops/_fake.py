@@ -5,7 +5,37 @@ from __future__ import annotations
 import torch
 
 
+def _check_rhs(xt, rows):
+    torch._check(xt.dim() == 2, lambda: "the dense operand must be 2-D")
+    torch._check(xt.shape[0] == rows, lambda: f"the dense operand must have {rows} rows")
+
+
 @torch.library.register_fake("hf_sparse::spmm_csr")
 def _spmm_csr_fake(crow, col, values, rows, cols, xt):
-    torch._check(xt.dim() == 2 and xt.shape[0] == cols, lambda: "xt must be (cols, N)")
+    _check_rhs(xt, cols)
     return xt.new_empty((rows, xt.shape[1]))
+
+
+@torch.library.register_fake("hf_sparse::spmm_csr_t")
+def _spmm_csr_t_fake(crow, col, values, rows, cols, yt):
+    _check_rhs(yt, rows)
+    return yt.new_empty((cols, yt.shape[1]))
+
+
+@torch.library.register_fake("hf_sparse::sddmm_csr")
+def _sddmm_csr_fake(crow, col, rows, cols, yt, xt):
+    _check_rhs(yt, rows)
+    _check_rhs(xt, cols)
+    return yt.new_empty((col.shape[0],))
+
+
+@torch.library.register_fake("hf_sparse::spmm_bsr")
+def _spmm_bsr_fake(crow, col, values, rows, cols, xt):
+    _check_rhs(xt, cols)
+    return xt.new_empty((rows, xt.shape[1]))
+
+
+@torch.library.register_fake("hf_sparse::spmm_nm")
+def _spmm_nm_fake(values, indices, n, m, cols, xt):
+    _check_rhs(xt, cols)
+    return xt.new_empty((values.shape[0], xt.shape[1]))

@@ -29,10 +29,25 @@ def _sources() -> list[Path]:
     return [root / "schema.cpp", *sorted((root / "cpu").glob("*.cpp"))]
 
 
+def _headers() -> list[Path]:
+    return sorted((data_dir("kernels") / "csrc" / "cpu").glob("*.h"))
+
+
+def cpu_flags() -> list[str]:
+    """Vector ISA flags for this CPU: AVX2 + FMA where /proc/cpuinfo lists both, else the portable one-lane path."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    words = set(info.split())
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= words else []
+
+
 def build_dir() -> Path:
     """Cache folder of the build, keyed by the sources' content and the torch version."""
     digest = hashlib.sha256(torch.__version__.encode())
-    for src in _sources():
+    digest.update(" ".join(cpu_flags()).encode())
+    for src in [*_sources(), *_headers()]:
         digest.update(src.read_bytes())
     base = Path(os.environ.get("HF_SPARSE_CACHE", Path.home() / ".cache" / "hf_sparse"))
     return base / "torch_extensions" / f"cpu-{digest.hexdigest()[:16]}"
@@ -57,13 +72,13 @@ def load() -> bool:
             cpp_load(
                 name="hf_sparse_cpu",
                 sources=[str(s) for s in _sources()],
-                extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+                extra_cflags=["-O3", *cpu_flags(), "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(folder),
                 is_python_module=False,
                 verbose=False,
             )
-            from . import _fake  # noqa: F401  (fake impls need the op schemas registered first)
+            from . import _autograd, _fake  # noqa: F401  (both need the op schemas registered first)
 
             _state.update(loaded=True, reason=f"built in {folder}")
         except Exception as exc:  # any build or load failure: fall back to the reference path

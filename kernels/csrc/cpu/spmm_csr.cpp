@@ -1,77 +1,315 @@
-// CPU SpMM for CSR weights: Yt[r, :] = sum_k W[r, k] * Xt[k, :], vectorised over the dense dimension N
-// (compiled with -O3 -mavx2 -mfma; the inner loop is a contiguous axpy the compiler turns into FMA),
-// parallel over rows with OpenMP. Every input is checked at the boundary; nothing is read out of bounds.
+// CPU kernels for CSR weights W (rows x cols), with the dense operand transposed so the inner loops run over the
+// contiguous dense dimension N:
+//   spmm_csr    Yt  = W   @ Xt    (rows, N)   forward
+//   spmm_csr_t  dXt = W^T @ dYt   (cols, N)   input gradient, scattered row by row (no transpose is built)
+//   sddmm_csr   dV[p] = <dYt[row(p)], Xt[col(p)]> (nnz,)   value gradient, only at stored positions
+// Accumulators stay in registers across a row's nonzeros (V vectors of N, U independent chains); each column
+// index is checked right before it is used, so a malformed index raises instead of reading out of bounds.
 #include <torch/library.h>
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
-#include <cstdint>
+#include <algorithm>
+
+#include "simd.h"
 
 namespace {
 
-template <typename Index>
-void check_csr(const int32_t* crow, const Index* col, int64_t rows, int64_t cols, int64_t nnz) {
-  TORCH_CHECK_VALUE(crow[0] == 0 && crow[rows] == nnz, "hf_sparse::spmm_csr: crow must start at 0 and end at nnz=",
-                    nnz, ", got ", crow[0], " and ", crow[rows]);
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK_VALUE(crow[r] <= crow[r + 1], "hf_sparse::spmm_csr: crow is not monotone at row ", r);
+using hf_sparse_cpu::BadIndex;
+using hf_sparse_cpu::Chunk;
+using hf_sparse_cpu::for_each_chunk;
+using hf_sparse_cpu::load_v;
+using hf_sparse_cpu::store_v;
+using hf_sparse_cpu::Vec;
+
+template <typename T, typename I, int V, bool TAIL>
+inline void csr_row(const I* col, const T* val, int64_t b, int64_t e, const T* xt, int64_t ldx, int64_t j0,
+                    int tail, T* y, uint64_t cols, BadIndex& bad) {
+  using Vc = Vec<T>;
+  constexpr int U = V >= 8 ? 1 : 8 / V;  // independent chains: hide the FMA latency when N is narrow
+  int64_t first_bad = -1;  // a local, not the shared flag: no call or atomic inside the hot loop
+  typename Vc::R acc[U][V];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < V; ++v) acc[u][v] = Vc::zero();
+  int64_t p = b;
+  for (; p + U <= e; p += U) {
+    for (int u = 0; u < U; ++u) {
+      const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p + u]));
+      if (HF_UNLIKELY(c >= cols)) {
+        first_bad = p + u;
+        continue;
+      }
+      const auto w = Vc::set1(val[p + u]);
+      const T* x = xt + static_cast<int64_t>(c) * ldx + j0;
+      for (int v = 0; v < V; ++v) acc[u][v] = Vc::fma(w, load_v<T, TAIL>(x, v, V - 1, tail), acc[u][v]);
+    }
   }
-  int64_t bad = -1;
-  for (int64_t i = 0; i < nnz; ++i) {
-    const int64_t c = static_cast<int64_t>(col[i]);
-    if (c < 0 || c >= cols) { bad = i; break; }
+  for (; p < e; ++p) {
+    const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p]));
+    if (HF_UNLIKELY(c >= cols)) {
+      first_bad = p;
+      continue;
+    }
+    const auto w = Vc::set1(val[p]);
+    const T* x = xt + static_cast<int64_t>(c) * ldx + j0;
+    for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(w, load_v<T, TAIL>(x, v, V - 1, tail), acc[0][v]);
   }
-  TORCH_CHECK_VALUE(bad < 0, "hf_sparse::spmm_csr: col[", bad, "] is out of range [0, ", cols, ")");
+  if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
+  for (int u = 1; u < U; ++u)
+    for (int v = 0; v < V; ++v) acc[0][v] = Vc::add(acc[0][v], acc[u][v]);
+  for (int v = 0; v < V; ++v) store_v<T, TAIL>(y + j0, acc[0][v], v, V - 1, tail);
 }
 
-template <typename Index>
-void spmm_rows(const int32_t* crow, const Index* col, const float* vals, const float* xt, float* yt, int64_t rows,
-               int64_t n) {
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      float* __restrict y = yt + r * n;
-      for (int64_t j = 0; j < n; ++j) y[j] = 0.f;
-      for (int32_t p = crow[r]; p < crow[r + 1]; ++p) {
-        const float v = vals[p];
-        const float* __restrict x = xt + static_cast<int64_t>(col[p]) * n;
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) y[j] += v * x[j];
+// N == 1 (a matrix-vector product): a gathered dot product per row with four independent scalar chains.
+template <typename T, typename I>
+inline T csr_dot(const I* col, const T* val, int64_t b, int64_t e, const T* x, uint64_t cols, BadIndex& bad) {
+  int64_t first_bad = -1;
+  T s[4] = {T(0), T(0), T(0), T(0)};
+  int64_t p = b;
+  for (; p + 4 <= e; p += 4) {
+    for (int u = 0; u < 4; ++u) {
+      const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p + u]));
+      if (HF_UNLIKELY(c >= cols)) {
+        first_bad = p + u;
+        continue;
       }
+      s[u] += val[p + u] * x[c];
+    }
+  }
+  for (; p < e; ++p) {
+    const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p]));
+    if (HF_UNLIKELY(c >= cols)) {
+      first_bad = p;
+      continue;
+    }
+    s[0] += val[p] * x[c];
+  }
+  if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// Rows are split by nonzeros, not by count, so threads get balanced work on skewed patterns.
+template <typename F>
+void parallel_rows_by_nnz(const int32_t* crow, int64_t rows, F&& f) {
+  const int64_t nnz = crow[rows];
+  const int64_t threads = at::get_num_threads();
+  if (threads <= 1 || rows < 2) {
+    f(0, rows);
+    return;
+  }
+  const int64_t parts = std::min<int64_t>(rows, threads * 4);
+  at::parallel_for(0, parts, 1, [&](int64_t pb, int64_t pe) {
+    for (int64_t part = pb; part < pe; ++part) {
+      // part k starts at the first row whose nonzeros begin at or after k/parts of all nonzeros
+      auto row_at = [&](int64_t k) -> int64_t {
+        if (k == 0) return 0;
+        if (k == parts) return rows;
+        const int32_t* it = std::lower_bound(crow, crow + rows + 1, static_cast<int32_t>(nnz * k / parts));
+        return std::min<int64_t>(it - crow, rows);
+      };
+      const int64_t rb = row_at(part), re = row_at(part + 1);
+      if (re > rb) f(rb, re);
     }
   });
 }
 
+void check_csr_args(const at::Tensor& crow, const at::Tensor& col, int64_t rows, int64_t cols, const char* op) {
+  TORCH_CHECK_VALUE(rows >= 0 && cols >= 0, "hf_sparse::", op, ": negative shape (", rows, ", ", cols, ")");
+  TORCH_CHECK_VALUE(crow.device().is_cpu() && col.device().is_cpu(), "hf_sparse::", op, ": CPU tensors expected");
+  TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && crow.dim() == 1 && crow.numel() == rows + 1, "hf_sparse::",
+                    op, ": crow must be int32 of length rows+1=", rows + 1);
+  TORCH_CHECK_VALUE(col.scalar_type() == at::kShort || col.scalar_type() == at::kInt, "hf_sparse::", op,
+                    ": col must be int16 or int32, got ", col.scalar_type());
+  TORCH_CHECK_VALUE(col.dim() == 1, "hf_sparse::", op, ": col must be 1-D");
+  hf_sparse_cpu::check_pointers(crow.contiguous().data_ptr<int32_t>(), rows, col.numel(), op, "crow");
+}
+
+void raise_if_bad(const BadIndex& bad, const at::Tensor& col, int64_t cols, const char* op) {
+  const int64_t at = bad.get();
+  if (at >= 0) {
+    const int64_t c = col.scalar_type() == at::kShort ? col.data_ptr<int16_t>()[at] : col.data_ptr<int32_t>()[at];
+    TORCH_CHECK_VALUE(false, "hf_sparse::", op, ": col[", at, "]=", c, " is out of range [0, ", cols, ")");
+  }
+}
+
+template <typename F>
+void dispatch_index(const at::Tensor& col, F&& f) {
+  if (col.scalar_type() == at::kShort) {
+    f(col.data_ptr<int16_t>());
+  } else {
+    f(col.data_ptr<int32_t>());
+  }
+}
+
 at::Tensor spmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
                         int64_t cols, const at::Tensor& xt) {
-  TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && crow.dim() == 1 && crow.numel() == rows + 1,
-                    "hf_sparse::spmm_csr: crow must be int32 of length rows+1=", rows + 1);
-  TORCH_CHECK_VALUE(col.scalar_type() == at::kShort || col.scalar_type() == at::kInt,
-                    "hf_sparse::spmm_csr: col must be int16 or int32, got ", col.scalar_type());
-  TORCH_CHECK_VALUE(values.scalar_type() == at::kFloat && xt.scalar_type() == at::kFloat,
-                    "hf_sparse::spmm_csr: values and xt must be float32 on this backend");
-  TORCH_CHECK_VALUE(col.dim() == 1 && values.dim() == 1 && col.numel() == values.numel(),
-                    "hf_sparse::spmm_csr: col and values must be 1-D of the same length");
-  TORCH_CHECK_VALUE(xt.dim() == 2 && xt.size(0) == cols, "hf_sparse::spmm_csr: xt must be (cols=", cols,
-                    ", N), got ", xt.sizes());
+  check_csr_args(crow, col, rows, cols, "spmm_csr");
+  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_csr", "xt");
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col.numel(), "hf_sparse::spmm_csr: values must be 1-D "
+                    "with one entry per column index (", col.numel(), "), got ", values.sizes());
+  TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::spmm_csr: values (",
+                    values.scalar_type(), ") and xt (", xt.scalar_type(), ") must have the same dtype");
   auto crow_c = crow.contiguous();
   auto col_c = col.contiguous();
   auto val_c = values.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t n = xt_c.size(1);
-  const int64_t nnz = val_c.numel();
   auto yt = at::empty({rows, n}, xt_c.options());
-  if (col_c.scalar_type() == at::kShort) {
-    check_csr(crow_c.data_ptr<int32_t>(), col_c.data_ptr<int16_t>(), rows, cols, nnz);
-    spmm_rows(crow_c.data_ptr<int32_t>(), col_c.data_ptr<int16_t>(), val_c.data_ptr<float>(),
-              xt_c.data_ptr<float>(), yt.data_ptr<float>(), rows, n);
-  } else {
-    check_csr(crow_c.data_ptr<int32_t>(), col_c.data_ptr<int32_t>(), rows, cols, nnz);
-    spmm_rows(crow_c.data_ptr<int32_t>(), col_c.data_ptr<int32_t>(), val_c.data_ptr<float>(),
-              xt_c.data_ptr<float>(), yt.data_ptr<float>(), rows, n);
-  }
+  BadIndex bad;
+  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_csr", [&] {
+    const int32_t* cr = crow_c.data_ptr<int32_t>();
+    const scalar_t* val = val_c.data_ptr<scalar_t>();
+    const scalar_t* x = xt_c.data_ptr<scalar_t>();
+    scalar_t* y = yt.data_ptr<scalar_t>();
+    dispatch_index(col_c, [&](auto* ci) {
+      using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
+      parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
+        if (n == 1) {
+          for (int64_t r = rb; r < re; ++r)
+            y[r] = csr_dot(ci, val, cr[r], cr[r + 1], x, static_cast<uint64_t>(cols), bad);
+          return;
+        }
+        for (int64_t r = rb; r < re; ++r) {
+          for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
+            using K = decltype(kind);
+            csr_row<scalar_t, I, K::v, K::tail>(ci, val, cr[r], cr[r + 1], x, n, j0, tail, y + r * n,
+                                                 static_cast<uint64_t>(cols), bad);
+          });
+        }
+      });
+    });
+  });
+  raise_if_bad(bad, col_c, cols, "spmm_csr");
   return yt;
+}
+
+// dXt[col(p)] += V[p] * dYt[row(p)], per chunk of N: the chunk of dYt's row stays in registers while its nonzeros
+// scatter. Threads own disjoint chunks of N, so no two threads write the same element.
+template <typename T, typename I, int V, bool TAIL>
+inline void csr_t_chunk(const int32_t* crow, const I* col, const T* val, int64_t rows, const T* yt, T* xt,
+                        int64_t ldx, int64_t j0, int tail, uint64_t cols, BadIndex& bad) {
+  using Vc = Vec<T>;
+  int64_t first_bad = -1;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = crow[r], e = crow[r + 1];
+    if (b == e) continue;
+    typename Vc::R dy[V];
+    for (int v = 0; v < V; ++v) dy[v] = load_v<T, TAIL>(yt + r * ldx + j0, v, V - 1, tail);
+    for (int64_t p = b; p < e; ++p) {
+      const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p]));
+      if (HF_UNLIKELY(c >= cols)) {
+        first_bad = p;
+        continue;
+      }
+      const auto w = Vc::set1(val[p]);
+      T* out = xt + static_cast<int64_t>(c) * ldx + j0;
+      for (int v = 0; v < V; ++v)
+        store_v<T, TAIL>(out, Vc::fma(w, dy[v], load_v<T, TAIL>(out, v, V - 1, tail)), v, V - 1, tail);
+    }
+  }
+  if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
+}
+
+at::Tensor spmm_csr_t_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
+                          int64_t cols, const at::Tensor& yt) {
+  check_csr_args(crow, col, rows, cols, "spmm_csr_t");
+  hf_sparse_cpu::check_dense_rhs(yt, rows, "spmm_csr_t", "yt");
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col.numel() && values.scalar_type() == yt.scalar_type(),
+                    "hf_sparse::spmm_csr_t: values must be 1-D, one per column index, with yt's dtype");
+  auto crow_c = crow.contiguous();
+  auto col_c = col.contiguous();
+  auto val_c = values.contiguous();
+  auto yt_c = yt.contiguous();
+  const int64_t n = yt_c.size(1);
+  auto xt = at::zeros({cols, n}, yt_c.options());
+  BadIndex bad;
+  AT_DISPATCH_FLOATING_TYPES(yt_c.scalar_type(), "spmm_csr_t", [&] {
+    using Vc = Vec<scalar_t>;
+    const int32_t* cr = crow_c.data_ptr<int32_t>();
+    const scalar_t* val = val_c.data_ptr<scalar_t>();
+    const scalar_t* y = yt_c.data_ptr<scalar_t>();
+    scalar_t* x = xt.data_ptr<scalar_t>();
+    dispatch_index(col_c, [&](auto* ci) {
+      using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
+      // chunks of 2 vectors: the scatter is load/store bound, narrow chunks give threads independent work
+      const int64_t step = 2 * Vc::W;
+      const int64_t chunks = (n + step - 1) / step;
+      at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+        const int64_t lo = cb * step, hi = std::min<int64_t>(n, ce * step);
+        for_each_chunk<scalar_t, 2>(hi - lo, [&](auto kind, int64_t j0, int tail) {
+          using K = decltype(kind);
+          csr_t_chunk<scalar_t, I, K::v, K::tail>(cr, ci, val, rows, y, x, n, lo + j0, tail,
+                                                   static_cast<uint64_t>(cols), bad);
+        });
+      });
+    });
+  });
+  raise_if_bad(bad, col_c, cols, "spmm_csr_t");
+  return xt;
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  using Vc = Vec<T>;
+  constexpr int64_t W = Vc::W;
+  auto s0 = Vc::zero(), s1 = Vc::zero(), s2 = Vc::zero(), s3 = Vc::zero();
+  int64_t j = 0;
+  for (; j + 4 * W <= n; j += 4 * W) {
+    s0 = Vc::fma(Vc::load(a + j), Vc::load(b + j), s0);
+    s1 = Vc::fma(Vc::load(a + j + W), Vc::load(b + j + W), s1);
+    s2 = Vc::fma(Vc::load(a + j + 2 * W), Vc::load(b + j + 2 * W), s2);
+    s3 = Vc::fma(Vc::load(a + j + 3 * W), Vc::load(b + j + 3 * W), s3);
+  }
+  for (; j + W <= n; j += W) s0 = Vc::fma(Vc::load(a + j), Vc::load(b + j), s0);
+  if (j < n) {
+    const int t = static_cast<int>(n - j);
+    s1 = Vc::fma(Vc::load_part(a + j, t), Vc::load_part(b + j, t), s1);
+  }
+  return Vc::sum(Vc::add(Vc::add(s0, s1), Vc::add(s2, s3)));
+}
+
+at::Tensor sddmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t rows, int64_t cols,
+                         const at::Tensor& yt, const at::Tensor& xt) {
+  check_csr_args(crow, col, rows, cols, "sddmm_csr");
+  hf_sparse_cpu::check_dense_rhs(yt, rows, "sddmm_csr", "yt");
+  hf_sparse_cpu::check_dense_rhs(xt, cols, "sddmm_csr", "xt");
+  TORCH_CHECK_VALUE(yt.size(1) == xt.size(1) && yt.scalar_type() == xt.scalar_type(),
+                    "hf_sparse::sddmm_csr: yt and xt must have the same N and dtype, got ", yt.sizes(), " ",
+                    yt.scalar_type(), " and ", xt.sizes(), " ", xt.scalar_type());
+  auto crow_c = crow.contiguous();
+  auto col_c = col.contiguous();
+  auto yt_c = yt.contiguous();
+  auto xt_c = xt.contiguous();
+  const int64_t n = yt_c.size(1);
+  auto out = at::empty({col_c.numel()}, yt_c.options());
+  BadIndex bad;
+  AT_DISPATCH_FLOATING_TYPES(yt_c.scalar_type(), "sddmm_csr", [&] {
+    const int32_t* cr = crow_c.data_ptr<int32_t>();
+    const scalar_t* y = yt_c.data_ptr<scalar_t>();
+    const scalar_t* x = xt_c.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    dispatch_index(col_c, [&](auto* ci) {
+      parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
+        for (int64_t r = rb; r < re; ++r) {
+          for (int64_t p = cr[r]; p < cr[r + 1]; ++p) {
+            const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(ci[p]));
+            if (HF_UNLIKELY(c >= static_cast<uint64_t>(cols))) {
+              bad.note(p);
+              o[p] = scalar_t(0);
+              continue;
+            }
+            o[p] = dot(y + r * n, x + static_cast<int64_t>(c) * n, n);
+          }
+        }
+      });
+    });
+  });
+  raise_if_bad(bad, col_c, cols, "sddmm_csr");
+  return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) { m.impl("spmm_csr", &spmm_csr_cpu); }
+TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) {
+  m.impl("spmm_csr", &spmm_csr_cpu);
+  m.impl("spmm_csr_t", &spmm_csr_t_cpu);
+  m.impl("sddmm_csr", &sddmm_csr_cpu);
+}

@@ -1,0 +1,79 @@
+"""Autograd formulas of the hf_sparse:: ops: a sparse layer trains without ever densifying its weight.
+
+For ``Yt = W @ Xt`` with W sparse: ``dXt = W^T @ dYt`` runs through the transposed kernel on the same storage, and
+the value gradient is computed only at stored positions (SDDMM), so pruned positions stay pruned.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ops = torch.ops.hf_sparse
+
+
+def _csr_setup(ctx, inputs, output):
+    crow, col, values, rows, cols, xt = inputs
+    ctx.rows, ctx.cols = rows, cols
+    ctx.save_for_backward(crow, col, values, xt)
+
+
+def _csr_backward(ctx, grad):
+    crow, col, values, xt = ctx.saved_tensors
+    d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, grad, xt) if ctx.needs_input_grad[2] else None
+    d_xt = ops.spmm_csr_t(crow, col, values, ctx.rows, ctx.cols, grad) if ctx.needs_input_grad[5] else None
+    return None, None, d_values, None, None, d_xt
+
+
+def _bsr_setup(ctx, inputs, output):
+    crow, col, values, rows, cols, xt = inputs
+    ctx.rows, ctx.cols = rows, cols
+    ctx.save_for_backward(crow, col, values, xt)
+
+
+def _bsr_backward(ctx, grad):
+    # Block-level SDDMM and transposed product with batched matmuls over the stored blocks only.
+    crow, col, values, xt = ctx.saved_tensors
+    nb, r, c = values.shape
+    n = grad.shape[1]
+    brow = torch.repeat_interleave(torch.arange(ctx.rows // r), torch.diff(crow.to(torch.int64)), output_size=nb)
+    bcol = col.to(torch.int64)
+    dy_blocks = grad.reshape(ctx.rows // r, r, n)[brow]  # (nb, r, N)
+    d_values = d_xt = None
+    if ctx.needs_input_grad[2]:
+        d_values = torch.bmm(dy_blocks, xt.reshape(ctx.cols // c, c, n)[bcol].transpose(1, 2))
+    if ctx.needs_input_grad[5]:
+        parts = torch.bmm(values.transpose(1, 2), dy_blocks)  # (nb, c, N)
+        d_xt = grad.new_zeros(ctx.cols // c, c, n).index_add_(0, bcol, parts).reshape(ctx.cols, n)
+    return None, None, d_values, None, None, d_xt
+
+
+def nm_as_csr(indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR structure (crow int32, col int32) of an n:m weight whose slots are stored row-major."""
+    rows, width = indices.shape
+    crow = torch.arange(rows + 1, dtype=torch.int32) * width
+    base = (torch.arange(width, dtype=torch.int32) // n) * m
+    return crow, (base + indices.to(torch.int32)).reshape(-1)
+
+
+def _nm_setup(ctx, inputs, output):
+    values, indices, n, m, cols, xt = inputs
+    ctx.n, ctx.m, ctx.cols = n, m, cols
+    ctx.save_for_backward(values, indices, xt)
+
+
+def _nm_backward(ctx, grad):
+    # Every n:m slot is a stored position (unused ones hold zeros), so the slots stay n:m while they train.
+    values, indices, xt = ctx.saved_tensors
+    rows = values.shape[0]
+    crow, col = nm_as_csr(indices, ctx.n, ctx.m)
+    d_values = d_xt = None
+    if ctx.needs_input_grad[0]:
+        d_values = ops.sddmm_csr(crow, col, rows, ctx.cols, grad, xt).reshape(values.shape)
+    if ctx.needs_input_grad[5]:
+        d_xt = ops.spmm_csr_t(crow, col, values.reshape(-1), rows, ctx.cols, grad)
+    return d_values, None, None, None, None, d_xt
+
+
+torch.library.register_autograd("hf_sparse::spmm_csr", _csr_backward, setup_context=_csr_setup)
+torch.library.register_autograd("hf_sparse::spmm_bsr", _bsr_backward, setup_context=_bsr_setup)
+torch.library.register_autograd("hf_sparse::spmm_nm", _nm_backward, setup_context=_nm_setup)

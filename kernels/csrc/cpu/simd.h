@@ -1,0 +1,159 @@
+// Small vector layer shared by the CPU kernels: one code path per kernel, instantiated for float (8 lanes with
+// AVX2/FMA) and double (4 lanes with AVX2, or 1 lane without it). Kernels keep their accumulators in registers:
+// `V` vectors across the dense dimension N, and `U` or `RB` independent chains so FMA latency is hidden.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cstdint>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define HF_SPARSE_AVX2 1
+#endif
+
+// Bad indices are the rare case: keep their handling out of the hot loop's straight-line code.
+#if defined(__GNUC__)
+#define HF_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define HF_COLD __attribute__((noinline, cold))
+#else
+#define HF_UNLIKELY(x) (x)
+#define HF_COLD
+#endif
+
+namespace hf_sparse_cpu {
+
+template <typename T>
+struct Vec {  // portable fallback: one lane
+  using R = T;
+  static constexpr int W = 1;
+  static R zero() { return T(0); }
+  static R set1(T v) { return v; }
+  static R load(const T* p) { return *p; }
+  static R load_part(const T* p, int) { return *p; }
+  static void store(T* p, R v) { *p = v; }
+  static void store_part(T* p, R v, int) { *p = v; }
+  static R fma(R a, R b, R c) { return a * b + c; }
+  static R add(R a, R b) { return a + b; }
+  static T sum(R a) { return a; }
+};
+
+#ifdef HF_SPARSE_AVX2
+inline __m256i lane_mask32(int lanes) {  // first `lanes` of 8 int32 lanes set
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), idx);
+}
+inline __m256i lane_mask64(int lanes) {  // first `lanes` of 4 int64 lanes set
+  const __m256i idx = _mm256_setr_epi64x(0, 1, 2, 3);
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(lanes), idx);
+}
+
+template <>
+struct Vec<float> {
+  using R = __m256;
+  static constexpr int W = 8;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R set1(float v) { return _mm256_set1_ps(v); }
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static R load_part(const float* p, int lanes) { return _mm256_maskload_ps(p, lane_mask32(lanes)); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static void store_part(float* p, R v, int lanes) { _mm256_maskstore_ps(p, lane_mask32(lanes), v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static float sum(R a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+
+template <>
+struct Vec<double> {
+  using R = __m256d;
+  static constexpr int W = 4;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R set1(double v) { return _mm256_set1_pd(v); }
+  static R load(const double* p) { return _mm256_loadu_pd(p); }
+  static R load_part(const double* p, int lanes) { return _mm256_maskload_pd(p, lane_mask64(lanes)); }
+  static void store(double* p, R v) { _mm256_storeu_pd(p, v); }
+  static void store_part(double* p, R v, int lanes) { _mm256_maskstore_pd(p, lane_mask64(lanes), v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static double sum(R a) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+};
+#endif
+
+// Loads vector v of a chunk whose last vector may be partial (TAIL): lanes beyond `tail` are neither read nor written.
+template <typename T, bool TAIL>
+inline typename Vec<T>::R load_v(const T* p, int v, int last, int tail) {
+  if (TAIL && v == last) return Vec<T>::load_part(p + v * Vec<T>::W, tail);
+  return Vec<T>::load(p + v * Vec<T>::W);
+}
+template <typename T, bool TAIL>
+inline void store_v(T* p, typename Vec<T>::R x, int v, int last, int tail) {
+  if (TAIL && v == last) {
+    Vec<T>::store_part(p + v * Vec<T>::W, x, tail);
+  } else {
+    Vec<T>::store(p + v * Vec<T>::W, x);
+  }
+}
+
+// First bad position seen by any thread (-1: none). Kernels skip a bad entry instead of reading through it, then
+// raise once the parallel region has finished.
+struct BadIndex {
+  std::atomic<int64_t> at{-1};
+  HF_COLD void note(int64_t i) {
+    int64_t expected = -1;
+    at.compare_exchange_strong(expected, i, std::memory_order_relaxed);
+  }
+  int64_t get() const { return at.load(std::memory_order_relaxed); }
+};
+
+template <int V, bool TAIL>
+struct Chunk {
+  static constexpr int v = V;
+  static constexpr bool tail = TAIL;
+};
+
+// Walks [0, n) in chunks of at most MAXV vectors (then 4, 2, 1 vectors and a final partial vector), calling
+// f(Chunk<V, TAIL>{}, j0, tail_lanes) so each chunk runs a kernel instantiated for its width.
+template <typename T, int MAXV, typename F>
+inline void for_each_chunk(int64_t n, F&& f) {
+  constexpr int64_t W = Vec<T>::W;
+  int64_t j = 0;
+  if constexpr (MAXV >= 8) {
+    for (; j + 8 * W <= n; j += 8 * W) f(Chunk<8, false>{}, j, 0);
+  }
+  if constexpr (MAXV >= 4) {
+    for (; j + 4 * W <= n; j += 4 * W) f(Chunk<4, false>{}, j, 0);
+  }
+  for (; j + 2 * W <= n; j += 2 * W) f(Chunk<2, false>{}, j, 0);
+  if (j + W <= n) {
+    f(Chunk<1, false>{}, j, 0);
+    j += W;
+  }
+  if (j < n) f(Chunk<1, true>{}, j, static_cast<int>(n - j));
+}
+
+inline void check_dense_rhs(const at::Tensor& xt, int64_t rows, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(xt.dim() == 2 && xt.size(0) == rows, "hf_sparse::", op, ": ", name, " must be (", rows,
+                    ", N), got ", xt.sizes());
+  TORCH_CHECK_VALUE(xt.scalar_type() == at::kFloat || xt.scalar_type() == at::kDouble, "hf_sparse::", op, ": ",
+                    name, " must be float32 or float64, got ", xt.scalar_type());
+}
+
+inline void check_pointers(const int32_t* ptr, int64_t n, int64_t nnz, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(ptr[0] == 0 && ptr[n] == nnz, "hf_sparse::", op, ": ", name, " must start at 0 and end at ",
+                    nnz, ", got ", ptr[0], " and ", ptr[n]);
+  for (int64_t r = 0; r < n; ++r) {
+    TORCH_CHECK_VALUE(ptr[r] <= ptr[r + 1], "hf_sparse::", op, ": ", name, " is not monotone at ", r);
+  }
+}
+
+}  // namespace hf_sparse_cpu

@@ -1,0 +1,217 @@
+// CPU kernels for the structured formats, with the dense operand transposed (Xt is (cols, N)):
+//   spmm_bsr  Yt = W @ Xt for W in R x C blocks (CSR over block rows); values (blocks, R, C)
+//   spmm_nm   Yt = W @ Xt for W in N:M form; values and int8 in-group positions, both (rows, cols / M * N)
+// Both compute RB rows at once over a chunk of V vectors of N, so the Xt rows a block (or an M-group) touches are
+// loaded once into registers or L1 and reused by every row of the group: the structure buys data reuse that
+// unstructured CSR cannot have. Indices are checked right before use; a bad one raises, nothing is read through it.
+#include <torch/library.h>
+
+#include "simd.h"
+
+namespace {
+
+using hf_sparse_cpu::BadIndex;
+using hf_sparse_cpu::for_each_chunk;
+using hf_sparse_cpu::load_v;
+using hf_sparse_cpu::store_v;
+using hf_sparse_cpu::Vec;
+
+// RB rows (i0 .. i0+RB) of one block row: for every stored block, for each of its C columns, the Xt row chunk is
+// loaded once and used by the RB rows.
+template <typename T, typename I, int V, int RB, bool TAIL>
+inline void bsr_rows(const I* col, const T* val, int64_t b, int64_t e, int64_t R, int64_t C, int64_t i0,
+                     const T* xt, int64_t ldx, int64_t j0, int tail, T* y, uint64_t bcols, BadIndex& bad) {
+  using Vc = Vec<T>;
+  int64_t first_bad = -1;  // a local, not the shared flag: no call or atomic inside the hot loop
+  typename Vc::R acc[RB][V];
+  for (int r = 0; r < RB; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = Vc::zero();
+  for (int64_t p = b; p < e; ++p) {
+    const uint64_t cb = static_cast<uint64_t>(static_cast<int64_t>(col[p]));
+    if (HF_UNLIKELY(cb >= bcols)) {
+      first_bad = p;
+      continue;
+    }
+    const T* blk = val + p * R * C + i0 * C;
+    const T* xb = xt + static_cast<int64_t>(cb) * C * ldx + j0;
+    for (int64_t c = 0; c < C; ++c) {
+      typename Vc::R xv[V];
+      for (int v = 0; v < V; ++v) xv[v] = load_v<T, TAIL>(xb + c * ldx, v, V - 1, tail);
+      for (int r = 0; r < RB; ++r) {
+        const auto w = Vc::set1(blk[r * C + c]);
+        for (int v = 0; v < V; ++v) acc[r][v] = Vc::fma(w, xv[v], acc[r][v]);
+      }
+    }
+  }
+  if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
+  for (int r = 0; r < RB; ++r)
+    for (int v = 0; v < V; ++v) store_v<T, TAIL>(y + (i0 + r) * ldx + j0, acc[r][v], v, V - 1, tail);
+}
+
+// Rows per pass for a chunk of V vectors: RB * V accumulators plus V loaded vectors must fit 16 registers.
+template <int V>
+constexpr int rows_per_pass() {
+  return V >= 8 ? 1 : (V >= 4 ? 2 : 4);
+}
+
+at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
+                        int64_t cols, const at::Tensor& xt) {
+  TORCH_CHECK_VALUE(values.dim() == 3, "hf_sparse::spmm_bsr: values must be (blocks, R, C), got ", values.sizes());
+  const int64_t R = values.size(1), C = values.size(2);
+  TORCH_CHECK_VALUE(R > 0 && C > 0 && rows % R == 0 && cols % C == 0, "hf_sparse::spmm_bsr: shape (", rows, ", ",
+                    cols, ") is not divisible by the block (", R, ", ", C, ")");
+  const int64_t brows = rows / R, bcols = cols / C;
+  TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && crow.dim() == 1 && crow.numel() == brows + 1,
+                    "hf_sparse::spmm_bsr: crow must be int32 of length rows/R+1=", brows + 1);
+  TORCH_CHECK_VALUE((col.scalar_type() == at::kShort || col.scalar_type() == at::kInt) && col.dim() == 1 &&
+                        col.numel() == values.size(0),
+                    "hf_sparse::spmm_bsr: col must be 1-D int16/int32 with one entry per block (", values.size(0),
+                    ")");
+  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_bsr", "xt");
+  TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::spmm_bsr: values and xt dtypes differ");
+  auto crow_c = crow.contiguous();
+  hf_sparse_cpu::check_pointers(crow_c.data_ptr<int32_t>(), brows, col.numel(), "spmm_bsr", "crow");
+  auto col_c = col.contiguous();
+  auto val_c = values.contiguous();
+  auto xt_c = xt.contiguous();
+  const int64_t n = xt_c.size(1);
+  auto yt = at::empty({rows, n}, xt_c.options());
+  BadIndex bad;
+  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_bsr", [&] {
+    const int32_t* cr = crow_c.data_ptr<int32_t>();
+    const scalar_t* val = val_c.data_ptr<scalar_t>();
+    const scalar_t* x = xt_c.data_ptr<scalar_t>();
+    scalar_t* y = yt.data_ptr<scalar_t>();
+    auto run = [&](auto* ci) {
+      using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
+      at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
+        for (int64_t br = bb; br < be; ++br) {
+          scalar_t* yb = y + br * R * n;
+          for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
+            using K = decltype(kind);
+            constexpr int RB = rows_per_pass<K::v>();
+            int64_t i = 0;
+            for (; i + RB <= R; i += RB)
+              bsr_rows<scalar_t, I, K::v, RB, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, yb,
+                                                       static_cast<uint64_t>(bcols), bad);
+            for (; i < R; ++i)
+              bsr_rows<scalar_t, I, K::v, 1, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, yb,
+                                                      static_cast<uint64_t>(bcols), bad);
+          });
+        }
+      });
+    };
+    if (col_c.scalar_type() == at::kShort) {
+      run(col_c.data_ptr<int16_t>());
+    } else {
+      run(col_c.data_ptr<int32_t>());
+    }
+  });
+  const int64_t at = bad.get();
+  TORCH_CHECK_VALUE(at < 0, "hf_sparse::spmm_bsr: col[", at, "] is out of range [0, ", bcols, ") block columns");
+  return yt;
+}
+
+// One row of an N:M weight: slot q (group q / N) holds values[q] at column (q / N) * M + indices[q]. Like a CSR
+// row with implicit pointers: U independent chains over the slots hide the FMA latency when N is narrow. (Computing
+// several rows at once so they share the group's Xt rows from registers was measured slower: it costs more
+// instructions per slot than it saves in loads, and this kernel is bound by instructions per slot.)
+template <typename T, int V, bool TAIL>
+inline void nm_row(const T* val, const int8_t* idx, int64_t q0, int64_t q1, int64_t nn, int64_t mm, const T* xt,
+                   int64_t ldx, int64_t j0, int tail, T* y, bool accumulate, int64_t row_offset, BadIndex& bad) {
+  using Vc = Vec<T>;
+  constexpr int U = V >= 8 ? 1 : 8 / V;
+  int64_t first_bad = -1;  // a local, not the shared flag: no call or atomic inside the hot loop
+  typename Vc::R acc[U][V];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < V; ++v) acc[u][v] = Vc::zero();
+  if (accumulate)
+    for (int v = 0; v < V; ++v) acc[0][v] = load_v<T, TAIL>(y + j0, v, V - 1, tail);
+  int64_t base = q0 / nn * mm, s = 0;  // column of the current group's first position; slot within the group
+  int64_t q = q0;
+  for (; q + U <= q1; q += U) {
+    for (int u = 0; u < U; ++u) {
+      const uint64_t k = static_cast<uint64_t>(static_cast<int64_t>(idx[q + u]));
+      const int64_t c = base + static_cast<int64_t>(k);
+      if (++s == nn) {
+        s = 0;
+        base += mm;
+      }
+      if (HF_UNLIKELY(k >= static_cast<uint64_t>(mm))) {
+        first_bad = q + u;
+        continue;
+      }
+      const auto w = Vc::set1(val[q + u]);
+      const T* x = xt + c * ldx + j0;
+      for (int v = 0; v < V; ++v) acc[u][v] = Vc::fma(w, load_v<T, TAIL>(x, v, V - 1, tail), acc[u][v]);
+    }
+  }
+  for (; q < q1; ++q) {
+    const uint64_t k = static_cast<uint64_t>(static_cast<int64_t>(idx[q]));
+    const int64_t c = base + static_cast<int64_t>(k);
+    if (++s == nn) {
+      s = 0;
+      base += mm;
+    }
+    if (HF_UNLIKELY(k >= static_cast<uint64_t>(mm))) {
+      first_bad = q;
+      continue;
+    }
+    const auto w = Vc::set1(val[q]);
+    const T* x = xt + c * ldx + j0;
+    for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(w, load_v<T, TAIL>(x, v, V - 1, tail), acc[0][v]);
+  }
+  if (HF_UNLIKELY(first_bad >= 0)) bad.note(row_offset + first_bad);
+  for (int u = 1; u < U; ++u)
+    for (int v = 0; v < V; ++v) acc[0][v] = Vc::add(acc[0][v], acc[u][v]);
+  for (int v = 0; v < V; ++v) store_v<T, TAIL>(y + j0, acc[0][v], v, V - 1, tail);
+}
+
+at::Tensor spmm_nm_cpu(const at::Tensor& values, const at::Tensor& indices, int64_t nn, int64_t mm, int64_t cols,
+                       const at::Tensor& xt) {
+  TORCH_CHECK_VALUE(nn > 0 && nn <= mm && mm <= 127, "hf_sparse::spmm_nm: need 0 < n <= m <= 127, got n=", nn,
+                    ", m=", mm);
+  TORCH_CHECK_VALUE(cols % mm == 0, "hf_sparse::spmm_nm: cols=", cols, " is not divisible by m=", mm);
+  TORCH_CHECK_VALUE(values.dim() == 2 && indices.dim() == 2 && values.sizes() == indices.sizes() &&
+                        values.size(1) == cols / mm * nn,
+                    "hf_sparse::spmm_nm: values and indices must both be (rows, cols/m*n=", cols / mm * nn,
+                    "), got ", values.sizes(), " and ", indices.sizes());
+  TORCH_CHECK_VALUE(indices.scalar_type() == at::kChar, "hf_sparse::spmm_nm: indices must be int8, got ",
+                    indices.scalar_type());
+  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_nm", "xt");
+  TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::spmm_nm: values and xt dtypes differ");
+  auto val_c = values.contiguous();
+  auto idx_c = indices.contiguous();
+  auto xt_c = xt.contiguous();
+  const int64_t rows = val_c.size(0), width = val_c.size(1), n = xt_c.size(1);
+  auto yt = at::empty({rows, n}, xt_c.options());
+  BadIndex bad;
+  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_nm", [&] {
+    const scalar_t* val = val_c.data_ptr<scalar_t>();
+    const int8_t* idx = idx_c.data_ptr<int8_t>();
+    const scalar_t* x = xt_c.data_ptr<scalar_t>();
+    scalar_t* y = yt.data_ptr<scalar_t>();
+    // One pass per row and chunk of N. (Tiling K into panels whose Xt fits L1 was measured slower here: the
+    // kernel is bound by instructions per slot, not by where Xt comes from.)
+    at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
+          using K = decltype(kind);
+          nm_row<scalar_t, K::v, K::tail>(val + r * width, idx + r * width, 0, width, nn, mm, x, n, j0, tail,
+                                          y + r * n, false, r * width, bad);
+        });
+      }
+    });
+  });
+  const int64_t at = bad.get();
+  TORCH_CHECK_VALUE(at < 0, "hf_sparse::spmm_nm: indices[", at / width, ", ", at % width, "]=",
+                    static_cast<int>(idx_c.data_ptr<int8_t>()[at]), " is out of range [0, ", mm, ")");
+  return yt;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) {
+  m.impl("spmm_bsr", &spmm_bsr_cpu);
+  m.impl("spmm_nm", &spmm_nm_cpu);
+}
