@@ -1,122 +1,141 @@
 """SpMM benchmark: hf_sparse's kernels against the best baselines in the same process (``hf-sparse bench spmm``).
 
-Protocol (see the README's benchmarking section): correctness first; warm up; then interleave ours and each
-baseline call by call for several rounds and report the median of the per-round ratios (baseline time / ours,
-> 1 means ours is faster) with its spread. ``cold`` rotates enough weight copies (>= 8, >= 64 MB in all) that each
-call reads its weights from DRAM; ``hot`` reuses one copy. Threads are fixed explicitly. Limits (sgemm GFLOP/s and
-streaming-read GB/s) are measured in the same process.
+Cases: BERT FFN (3072x768, 768x3072) and MiniLM FFN (1536x384, 384x1536) weights; N = 1, 16, 128 tokens; formats
+CSR (uniform unstructured), hybrid (unstructured with a few dense rows), 16x16 and 32x32 BSR (block patterns), and
+2:4 (always 50%). Baselines: dense ``F.linear`` (MKL) always; ``torch.sparse`` CSR for unstructured and 2:4;
+``torch.sparse`` BSR for blocks. ``cold`` rotates enough copies of every weight (>= 8, >= 64 MB) that each call
+reads it from DRAM; ``hot`` reuses one copy. Threads are fixed explicitly. Ours is timed as a layer calls it,
+``sparse_linear(weight, x)``: (N, K) in, (N, M) out, input transpose included.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 
+from hf_sparse.benchmarking import interleave, measure_limits, summarize
+
 SUITE = "spmm"
 SHAPES = [(3072, 768), (768, 3072), (1536, 384), (384, 1536)]
 NS = [1, 16, 128]
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
+FORMATS = ["csr", "hybrid", "bsr16x16", "bsr32x32", "2:4"]
 #: Formats the issue lists whose kernels do not exist yet; reported, not silently dropped.
-NOT_IMPLEMENTED = ["bsr16x16", "bsr32x32", "2:4", "hybrid"]
+NOT_IMPLEMENTED: list[str] = []
+COLD_BYTES = 64e6
 
 
-def measure_limits(threads: int) -> dict:
-    """Peak-like sgemm GFLOP/s and streaming-read GB/s on this machine, with ``threads`` threads."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    torch.mm(a, b)
-    t = _best(lambda: torch.mm(a, b), 5)
-    gflops = 2 * 1024**3 / t / 1e9
-    big = torch.ones(64 * 1024 * 1024)  # 256 MB, far beyond the caches
-    big.sum()
-    t = _best(lambda: big.sum(), 5)
-    return {"gflops": gflops, "gbps": big.numel() * 4 / t / 1e9}
-
-
-def _best(fn: Callable, repeat: int) -> float:
-    out = math.inf
-    for _ in range(repeat):
-        s = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - s)
-    return out
-
-
-def _make_case(M: int, K: int, sparsity: float, seed: int = 0):
+def make_weight(fmt: str, M: int, K: int, sparsity: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random weight and keep-mask with the pattern ``fmt`` is meant for."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(M, K, generator=g)
-    w[torch.rand(M, K, generator=g) < sparsity] = 0
-    return w
+    if fmt.startswith("bsr"):
+        b = int(fmt[3:].split("x")[0])
+        keep = (torch.rand(M // b, K // b, generator=g) >= sparsity).repeat_interleave(b, 0).repeat_interleave(b, 1)
+    elif fmt == "2:4":
+        order = torch.rand(M, K // 4, 4, generator=g).argsort(-1)[..., :2]
+        keep = torch.zeros(M, K // 4, 4, dtype=torch.bool).scatter_(-1, order, True).reshape(M, K)
+    elif fmt == "hybrid":
+        # 5% of the rows 90% dense (e.g. rows that pruning left almost whole), the rest sparser to keep the total.
+        dense_rows = max(1, M // 20)
+        rest = max(0.0, ((1 - sparsity) * M - 0.9 * dense_rows) / (M - dense_rows))
+        density = torch.full((M, 1), rest)
+        density[torch.randperm(M, generator=g)[:dense_rows]] = 0.9
+        keep = torch.rand(M, K, generator=g) < density
+    else:
+        keep = torch.rand(M, K, generator=g) >= sparsity
+    return w * keep, keep
 
 
-def run_case(M: int, K: int, N: int, sparsity: float, *, threads: int, cold: bool, rounds: int) -> dict:
-    from hf_sparse.formats import CSR
-    from hf_sparse.ops import spmm_csr
+def _ours(fmt: str, w: torch.Tensor, keep: torch.Tensor):
+    from hf_sparse.formats import to_format
+
+    if fmt.startswith("bsr"):
+        b = int(fmt[3:].split("x")[0])
+        return to_format("bsr", w, keep, block=(b, b))
+    if fmt == "2:4":
+        return to_format("nm", w, keep, n=2, m=4)
+    return to_format(fmt, w, keep)
+
+
+def _copies(nbytes: int, cold: bool) -> int:
+    return max(8, math.ceil(COLD_BYTES / max(nbytes, 1))) if cold else 1
+
+
+def run_case(fmt: str, M: int, K: int, N: int, sparsity: float, *, threads: int, cold: bool, rounds: int) -> dict:
+    from hf_sparse.ops import sparse_linear
 
     torch.set_num_threads(threads)
-    w = _make_case(M, K, sparsity)
-    csr = CSR.from_dense(w)
+    w, keep = make_weight(fmt, M, K, sparsity)
+    stored = _ours(fmt, w, keep)
     x = torch.randn(N, K)
-    # Correctness first: a fast wrong kernel is not a result.
     ref = torch.nn.functional.linear(x, w)
-    torch.testing.assert_close(spmm_csr(csr, x.t().contiguous()).t(), ref, rtol=1e-4, atol=1e-4)
+    # Correctness first: a fast wrong kernel is not a result.
+    torch.testing.assert_close(sparse_linear(stored, x), ref, rtol=1e-4, atol=1e-3)
 
-    dense_bytes = w.numel() * 4
-    copies = max(8, math.ceil(64e6 / max(csr.nbytes, 1))) if cold else 1
-    dense_copies = max(8, math.ceil(64e6 / dense_bytes)) if cold else 1
-    ours_w = [CSR.from_dense(w) for _ in range(copies)]
-    dense_w = [w.clone() for _ in range(dense_copies)]
-    with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
-        warnings.simplefilter("ignore", UserWarning)
-        # torch's CSR stores int64 indices: about twice our bytes per copy.
-        torch_copies = max(8, math.ceil(64e6 / max(csr.nbytes * 2, 1))) if cold else 1
-        csr_w = [w.to_sparse_csr() for _ in range(torch_copies)]
-
-    calls = {
-        "ours": lambda i: spmm_csr(ours_w[i % len(ours_w)], x.t().contiguous()).t(),
+    ours_w = [_ours(fmt, w, keep) for _ in range(_copies(stored.nbytes, cold))]
+    dense_w = [w.clone() for _ in range(_copies(w.numel() * 4, cold))]
+    calls: dict[str, Callable[[int], object]] = {
+        "ours": lambda i: sparse_linear(ours_w[i % len(ours_w)], x),
         "torch_dense": lambda i: torch.nn.functional.linear(x, dense_w[i % len(dense_w)]),
-        "torch_csr": lambda i: (csr_w[i % len(csr_w)] @ x.t()).t(),
     }
-    for fn in calls.values():  # warm up
-        for i in range(3):
-            fn(i)
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for r in range(rounds):
-        for name, fn in calls.items():  # interleaved: ours, dense, csr, ours, dense, csr, ...
-            s = time.perf_counter()
-            fn(r)
-            times[name].append(time.perf_counter() - s)
-    ours = statistics.median(times["ours"])
-    baselines = {k: statistics.median(v) for k, v in times.items() if k != "ours"}
-    speedup = {}
-    for k in baselines:
-        ratios = [b / o for b, o in zip(times[k], times["ours"])]
-        speedup[k] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
-    needed_bytes = csr.nbytes + x.numel() * 4 + M * N * 4
-    useful_flops = 2 * csr.nnz * N
+    with warnings.catch_warnings():  # torch's "sparse support is in beta" notices
+        warnings.simplefilter("ignore", UserWarning)
+        if fmt.startswith("bsr"):
+            b = int(fmt[3:].split("x")[0])
+            t_bsr = w.to_sparse_bsr((b, b))
+            n_bytes = t_bsr.values().numel() * 4 + t_bsr.col_indices().numel() * 8
+            bsr_w = [w.to_sparse_bsr((b, b)) for _ in range(_copies(n_bytes, cold))]
+            calls["torch_bsr"] = lambda i: (bsr_w[i % len(bsr_w)] @ x.t()).t()
+        else:
+            n_bytes = int(keep.sum()) * 12  # torch CSR: fp32 values + int64 column indices
+            csr_w = [w.to_sparse_csr() for _ in range(_copies(n_bytes, cold))]
+            calls["torch_csr"] = lambda i: (csr_w[i % len(csr_w)] @ x.t()).t()
+        times = interleave(calls, rounds)
+    ours_s, baselines, speedup = summarize(times)
+    nnz = int(keep.sum())
     return {
-        "name": f"csr {M}x{K} N={N} {int(round(sparsity * 100))}% {'cold' if cold else 'hot'} t={threads}",
+        "name": f"{fmt} {M}x{K} N={N} {int(round(100 * nnz / (M * K)))}% dense {'cold' if cold else 'hot'} t={threads}",
         "params": {
             "M": M,
             "K": K,
             "N": N,
             "sparsity": sparsity,
-            "format": "csr",
+            "format": fmt,
             "dtype": "float32",
             "threads": threads,
             "cold": cold,
         },
-        "ours_s": ours,
+        "ours_s": ours_s,
         "baselines_s": baselines,
         "speedup": speedup,
-        "gbps": needed_bytes / ours / 1e9,
-        "gflops": useful_flops / ours / 1e9,
+        "stored_bytes": stored.nbytes,
+        "gbps": (stored.nbytes + x.numel() * 4 + M * N * 4) / ours_s / 1e9,
+        "gflops": 2 * nnz * N / ours_s / 1e9,
     }
+
+
+QUICK = [
+    ("csr", 3072, 768, 16, 0.9, True),
+    ("csr", 3072, 768, 16, 0.9, False),
+    ("csr", 3072, 768, 128, 0.9, True),
+    ("bsr16x16", 3072, 768, 128, 0.9, True),
+    ("2:4", 3072, 768, 128, 0.5, True),
+]
+
+
+def grid() -> list[tuple]:
+    out = []
+    for M, K in SHAPES:
+        for N in NS:
+            for fmt in FORMATS:
+                for s in [0.5] if fmt == "2:4" else SPARSITIES:
+                    for cold in (True, False):
+                        out.append((fmt, M, K, N, s, cold))
+    return out
 
 
 def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progress: Callable | None = None) -> dict:
@@ -126,20 +145,16 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
 
     load_kernels()
     limits = measure_limits(threads)
-    if quick:
-        grid = [(3072, 768, 16, 0.9, True), (3072, 768, 16, 0.9, False), (3072, 768, 128, 0.9, True)]
-        rounds = rounds or 20
-    else:
-        grid = [(M, K, N, s, cold) for (M, K) in SHAPES for N in NS for s in SPARSITIES for cold in (True, False)]
-        rounds = rounds or 30
+    cases_in = QUICK if quick else grid()
+    rounds = rounds or (20 if quick else 30)
     cases = []
-    for i, (M, K, N, s, cold) in enumerate(grid):
-        case = run_case(M, K, N, s, threads=threads, cold=cold, rounds=rounds)
+    for i, (fmt, M, K, N, s, cold) in enumerate(cases_in):
+        case = run_case(fmt, M, K, N, s, threads=threads, cold=cold, rounds=rounds)
         case["pct_bw"] = 100 * case["gbps"] / limits["gbps"]
         case["pct_peak"] = 100 * case["gflops"] / limits["gflops"]
         cases.append(case)
         if progress:
-            progress(i + 1, len(grid), case)
+            progress(i + 1, len(cases_in), case)
     return {
         "suite": SUITE,
         "machine": machine_info(),

@@ -5,14 +5,16 @@ Public API::
     import hf_sparse
     report = hf_sparse.apply_(model, hf_sparse.PruningConfig(sparsity=0.5))          # one-shot
     trainer = Trainer(..., callbacks=[hf_sparse.PruningCallback(PruningConfig(...))])  # gradual, while training
+    decisions = hf_sparse.sparsify_(model)  # pruned Linear layers -> SparseLinear where predicted faster
 """
 
 __version__ = "0.1.0"
 
-from . import data, formats
+from . import data, formats, nn, ops
 from .apply import apply_
 from .callbacks import PruningCallback, attach_callbacks
 from .config import BaseConfig, register_config
+from .nn import SparseLinear, sparsify_
 from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
 from .pruning import Pruner, PruningConfig, cubic_sparsity, select_modules, sparsity_at
 from .recipes import Recipe, load_recipe
@@ -22,6 +24,10 @@ __all__ = [
     "__version__",
     "data",
     "formats",
+    "nn",
+    "ops",
+    "SparseLinear",
+    "sparsify_",
     "apply_",
     "BaseConfig",
     "register_config",

@@ -1,4 +1,4 @@
-"""Sparse storage formats: CSR, CSC, COO, BSR, bitmask, N:M and hybrid.
+"""Sparse storage formats: CSR, CSC, COO, BSR, bitmask, N:M and hybrid, and the automatic choice among them.
 
 Each builds from a dense weight (and an optional keep-mask), converts back exactly, validates its tensors with typed
 errors (:class:`~hf_sparse.errors.FormatError`), reports its exact ``nbytes`` and round-trips through a dict of plain
@@ -12,6 +12,7 @@ import torch
 from .base import FORMATS, SparseFormat, index_dtype
 from .bitmask import Bitmask
 from .bsr import BSR
+from .choose import CostModel, FormatChoice, calibrate, choose_format, cost_model
 from .coo import COO
 from .csr import CSC, CSR
 from .hybrid import Hybrid
@@ -30,6 +31,11 @@ __all__ = [
     "Hybrid",
     "to_format",
     "from_tensors",
+    "choose_format",
+    "FormatChoice",
+    "CostModel",
+    "cost_model",
+    "calibrate",
 ]
 
 
@@ -38,10 +44,13 @@ def to_format(name: str, weight: torch.Tensor, mask: torch.Tensor | None = None,
     return FORMATS.get(name).from_dense(weight, mask, **params)
 
 
-def from_tensors(tensors: dict[str, torch.Tensor], params: dict[str, Any]) -> SparseFormat:
-    """Rebuild (and validate) a format from its tensors and parameters; ``params["format"]`` names it."""
+def from_tensors(
+    tensors: dict[str, torch.Tensor], params: dict[str, Any], *, validate: bool = True
+) -> SparseFormat:
+    """Rebuild (and validate, unless ``validate=False``) a format from its tensors and parameters;
+    ``params["format"]`` names it."""
     from ..errors import FormatError
 
     if not isinstance(params, dict) or "format" not in params:
         raise FormatError(f"Format parameters must be a dict with a 'format' key, got {params!r}.")
-    return FORMATS.get(params["format"]).from_tensors(tensors, params)
+    return FORMATS.get(params["format"]).from_tensors(tensors, params, validate=validate)

@@ -69,9 +69,20 @@ class SparseFormat(ABC):
         """JSON-ready parameters besides the tensors: the format name, the shape, block sizes, N and M."""
 
     @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], params: dict[str, Any], *, validate: bool = True
+    ) -> SparseFormat:
+        """Rebuild from :meth:`tensors` and :meth:`params`, validating everything unless ``validate=False`` (for
+        tensors that were validated when they were loaded)."""
+        try:
+            return cls._from_tensors(tensors, params, validate)
+        except KeyError as exc:
+            raise FormatError(f"{cls.name}: missing tensor or parameter {exc}.") from None
+
+    @classmethod
     @abstractmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], params: dict[str, Any]) -> SparseFormat:
-        """Rebuild from :meth:`tensors` and :meth:`params`, validating everything."""
+    def _from_tensors(cls, tensors: dict[str, torch.Tensor], params: dict[str, Any], validate: bool) -> SparseFormat:
+        """Construct from the dicts; a missing key raises KeyError, which :meth:`from_tensors` reports."""
 
     @abstractmethod
     def validate(self) -> None:

@@ -59,11 +59,8 @@ class Bitmask(SparseFormat):
         return {"format": self.name, "shape": list(self.shape)}
 
     @classmethod
-    def from_tensors(cls, tensors, params):
-        try:
-            return cls(tensors["bitmask"], tensors["values"], params["shape"])
-        except KeyError as exc:
-            raise FormatError(f"bitmask: missing tensor or parameter {exc}.") from None
+    def _from_tensors(cls, tensors, params, validate):
+        return cls(tensors["bitmask"], tensors["values"], params["shape"], validate=validate)
 
     def validate(self):
         rows, cols = self.shape

@@ -83,13 +83,15 @@ class BSR(SparseFormat):
         return int(self.values.numel())
 
     @classmethod
-    def from_tensors(cls, tensors, params):
-        try:
-            return cls(
-                tensors["crow_indices"], tensors["col_indices"], tensors["values"], params["shape"], params["block"]
-            )
-        except KeyError as exc:
-            raise FormatError(f"bsr: missing tensor or parameter {exc}.") from None
+    def _from_tensors(cls, tensors, params, validate):
+        return cls(
+            tensors["crow_indices"],
+            tensors["col_indices"],
+            tensors["values"],
+            params["shape"],
+            params["block"],
+            validate=validate,
+        )
 
     def validate(self):
         r, c = self.block

@@ -53,11 +53,10 @@ class COO(SparseFormat):
         return {"format": self.name, "shape": list(self.shape)}
 
     @classmethod
-    def from_tensors(cls, tensors, params):
-        try:
-            return cls(tensors["row_indices"], tensors["col_indices"], tensors["values"], params["shape"])
-        except KeyError as exc:
-            raise FormatError(f"coo: missing tensor or parameter {exc}.") from None
+    def _from_tensors(cls, tensors, params, validate):
+        return cls(
+            tensors["row_indices"], tensors["col_indices"], tensors["values"], params["shape"], validate=validate
+        )
 
     def validate(self):
         rows, cols = self.shape

@@ -66,11 +66,8 @@ class CSR(SparseFormat):
         return {"format": self.name, "shape": list(self.shape)}
 
     @classmethod
-    def from_tensors(cls, tensors, params):
-        try:
-            return cls(tensors[cls._ptr], tensors[cls._idx], tensors["values"], params["shape"])
-        except KeyError as exc:
-            raise FormatError(f"{cls.name}: missing tensor or parameter {exc}.") from None
+    def _from_tensors(cls, tensors, params, validate):
+        return cls(tensors[cls._ptr], tensors[cls._idx], tensors["values"], params["shape"], validate=validate)
 
     def validate(self) -> None:
         rows, cols = self.shape

@@ -99,20 +99,19 @@ class Hybrid(SparseFormat):
         return {"format": self.name, "shape": list(self.shape)}
 
     @classmethod
-    def from_tensors(cls, tensors, params):
-        try:
-            shape = check_shape(params["shape"])
-            n_sparse = tensors["sparse_rows"].numel()
-            sparse = CSR(
-                tensors["crow_indices"],
-                tensors["col_indices"],
-                tensors["values"],
-                (max(n_sparse, 1), shape[1]),
-                validate=False,
-            )
-            return cls(tensors["dense_rows"], tensors["dense_values"], tensors["sparse_rows"], sparse, shape)
-        except KeyError as exc:
-            raise FormatError(f"hybrid: missing tensor or parameter {exc}.") from None
+    def _from_tensors(cls, tensors, params, validate):
+        shape = check_shape(params["shape"])
+        n_sparse = tensors["sparse_rows"].numel()
+        sparse = CSR(
+            tensors["crow_indices"],
+            tensors["col_indices"],
+            tensors["values"],
+            (max(n_sparse, 1), shape[1]),
+            validate=False,
+        )
+        return cls(
+            tensors["dense_rows"], tensors["dense_values"], tensors["sparse_rows"], sparse, shape, validate=validate
+        )
 
     def validate(self):
         rows, cols = self.shape

@@ -79,11 +79,8 @@ class NM(SparseFormat):
         return {"format": self.name, "shape": list(self.shape), "n": self.n, "m": self.m}
 
     @classmethod
-    def from_tensors(cls, tensors, params):
-        try:
-            return cls(tensors["values"], tensors["indices"], params["shape"], params["n"], params["m"])
-        except KeyError as exc:
-            raise FormatError(f"nm: missing tensor or parameter {exc}.") from None
+    def _from_tensors(cls, tensors, params, validate):
+        return cls(tensors["values"], tensors["indices"], params["shape"], params["n"], params["m"], validate=validate)
 
     def validate(self):
         rows, cols = self.shape

@@ -1,7 +1,17 @@
-"""hf_sparse:: ops: typed wrappers, fake impls, pure-PyTorch references and the lazy C++ loader."""
+"""hf_sparse:: ops: typed wrappers, fake impls, autograd formulas, pure-PyTorch references and the lazy loader."""
 
 from ._loader import load as load_kernels
 from ._loader import status as kernel_status
-from .spmm import spmm_csr, spmm_csr_reference
+from .spmm import BACKENDS, explain, sparse_linear, spmm, spmm_csr, spmm_csr_reference, spmm_reference
 
-__all__ = ["load_kernels", "kernel_status", "spmm_csr", "spmm_csr_reference"]
+__all__ = [
+    "load_kernels",
+    "kernel_status",
+    "spmm",
+    "spmm_reference",
+    "sparse_linear",
+    "spmm_csr",
+    "spmm_csr_reference",
+    "explain",
+    "BACKENDS",
+]

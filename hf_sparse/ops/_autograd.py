@@ -12,26 +12,37 @@ ops = torch.ops.hf_sparse
 
 
 def _csr_setup(ctx, inputs, output):
-    crow, col, values, rows, cols, xt = inputs
-    ctx.rows, ctx.cols = rows, cols
+    crow, col, values, rows, cols, xt, *rest = inputs
+    ctx.rows, ctx.cols, ctx.transposed = rows, cols, bool(rest and rest[0])
     ctx.save_for_backward(crow, col, values, xt)
 
 
 def _csr_backward(ctx, grad):
+    # With transpose_out the output (and so its gradient) is (N, rows); the formulas want (rows, N).
+    grad = grad.t() if ctx.transposed else grad
     crow, col, values, xt = ctx.saved_tensors
     d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, grad, xt) if ctx.needs_input_grad[2] else None
     d_xt = ops.spmm_csr_t(crow, col, values, ctx.rows, ctx.cols, grad) if ctx.needs_input_grad[5] else None
-    return None, None, d_values, None, None, d_xt
+    return None, None, d_values, None, None, d_xt, None
 
 
-def _bsr_setup(ctx, inputs, output):
-    crow, col, values, rows, cols, xt = inputs
+def _csr_t_setup(ctx, inputs, output):
+    crow, col, values, rows, cols, yt = inputs
     ctx.rows, ctx.cols = rows, cols
-    ctx.save_for_backward(crow, col, values, xt)
+    ctx.save_for_backward(crow, col, values, yt)
+
+
+def _csr_t_backward(ctx, grad):
+    # Xt_out = W^T @ Yt: dYt = W @ grad, dV[p] = <grad[col(p)], Yt[row(p)]>.
+    crow, col, values, yt = ctx.saved_tensors
+    d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, yt, grad) if ctx.needs_input_grad[2] else None
+    d_yt = ops.spmm_csr(crow, col, values, ctx.rows, ctx.cols, grad) if ctx.needs_input_grad[5] else None
+    return None, None, d_values, None, None, d_yt
 
 
 def _bsr_backward(ctx, grad):
     # Block-level SDDMM and transposed product with batched matmuls over the stored blocks only.
+    grad = grad.t() if ctx.transposed else grad
     crow, col, values, xt = ctx.saved_tensors
     nb, r, c = values.shape
     n = grad.shape[1]
@@ -44,7 +55,7 @@ def _bsr_backward(ctx, grad):
     if ctx.needs_input_grad[5]:
         parts = torch.bmm(values.transpose(1, 2), dy_blocks)  # (nb, c, N)
         d_xt = grad.new_zeros(ctx.cols // c, c, n).index_add_(0, bcol, parts).reshape(ctx.cols, n)
-    return None, None, d_values, None, None, d_xt
+    return None, None, d_values, None, None, d_xt, None
 
 
 def nm_as_csr(indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,13 +67,14 @@ def nm_as_csr(indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torc
 
 
 def _nm_setup(ctx, inputs, output):
-    values, indices, n, m, cols, xt = inputs
-    ctx.n, ctx.m, ctx.cols = n, m, cols
+    values, indices, n, m, cols, xt, *rest = inputs
+    ctx.n, ctx.m, ctx.cols, ctx.transposed = n, m, cols, bool(rest and rest[0])
     ctx.save_for_backward(values, indices, xt)
 
 
 def _nm_backward(ctx, grad):
     # Every n:m slot is a stored position (unused ones hold zeros), so the slots stay n:m while they train.
+    grad = grad.t() if ctx.transposed else grad
     values, indices, xt = ctx.saved_tensors
     rows = values.shape[0]
     crow, col = nm_as_csr(indices, ctx.n, ctx.m)
@@ -71,9 +83,10 @@ def _nm_backward(ctx, grad):
         d_values = ops.sddmm_csr(crow, col, rows, ctx.cols, grad, xt).reshape(values.shape)
     if ctx.needs_input_grad[5]:
         d_xt = ops.spmm_csr_t(crow, col, values.reshape(-1), rows, ctx.cols, grad)
-    return d_values, None, None, None, None, d_xt
+    return d_values, None, None, None, None, d_xt, None
 
 
 torch.library.register_autograd("hf_sparse::spmm_csr", _csr_backward, setup_context=_csr_setup)
-torch.library.register_autograd("hf_sparse::spmm_bsr", _bsr_backward, setup_context=_bsr_setup)
+torch.library.register_autograd("hf_sparse::spmm_csr_t", _csr_t_backward, setup_context=_csr_t_setup)
+torch.library.register_autograd("hf_sparse::spmm_bsr", _bsr_backward, setup_context=_csr_setup)
 torch.library.register_autograd("hf_sparse::spmm_nm", _nm_backward, setup_context=_nm_setup)

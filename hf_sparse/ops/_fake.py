@@ -11,9 +11,9 @@ def _check_rhs(xt, rows):
 
 
 @torch.library.register_fake("hf_sparse::spmm_csr")
-def _spmm_csr_fake(crow, col, values, rows, cols, xt):
+def _spmm_csr_fake(crow, col, values, rows, cols, xt, transpose_out=False):
     _check_rhs(xt, cols)
-    return xt.new_empty((rows, xt.shape[1]))
+    return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))
 
 
 @torch.library.register_fake("hf_sparse::spmm_csr_t")
@@ -30,12 +30,13 @@ def _sddmm_csr_fake(crow, col, rows, cols, yt, xt):
 
 
 @torch.library.register_fake("hf_sparse::spmm_bsr")
-def _spmm_bsr_fake(crow, col, values, rows, cols, xt):
+def _spmm_bsr_fake(crow, col, values, rows, cols, xt, transpose_out=False):
     _check_rhs(xt, cols)
-    return xt.new_empty((rows, xt.shape[1]))
+    return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))
 
 
 @torch.library.register_fake("hf_sparse::spmm_nm")
-def _spmm_nm_fake(values, indices, n, m, cols, xt):
+def _spmm_nm_fake(values, indices, n, m, cols, xt, transpose_out=False):
     _check_rhs(xt, cols)
-    return xt.new_empty((values.shape[0], xt.shape[1]))
+    rows = values.shape[0]
+    return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))

@@ -1,51 +1,237 @@
-"""Typed wrappers of the SpMM ops: kernel when built and applicable, pure-PyTorch reference otherwise."""
+"""``W @ Xt`` for every storage format: our C++ kernels where they apply, a pure-PyTorch reference otherwise.
+
+The dense operand is transposed, ``Xt`` of shape (K, N): the kernels run their inner loops over N, which is
+contiguous. ``spmm`` picks a backend and can say why it did not take another (:func:`explain`); naming a backend
+that cannot take the input raises with every reason.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import FormatError
-from ..formats import CSR
+from ..formats import BSR, COO, CSC, CSR, NM, Bitmask, Hybrid, SparseFormat
 from . import _loader
 
-__all__ = ["spmm_csr", "spmm_csr_reference"]
+__all__ = [
+    "spmm",
+    "spmm_reference",
+    "sparse_linear",
+    "spmm_csr",
+    "spmm_csr_reference",
+    "explain",
+    "BACKENDS",
+]
+
+_ops = torch.ops.hf_sparse
+
+
+# --- references (the fallback path and the test oracle; differentiable through plain torch ops) -----------------
+
+
+def _rows_of(crow: torch.Tensor, nnz: int) -> torch.Tensor:
+    counts = torch.diff(crow.to(torch.int64))
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=crow.device), counts, output_size=nnz)
+
+
+def _scatter_rows(rows: int, row_of: torch.Tensor, col_of: torch.Tensor, values: torch.Tensor, xt: torch.Tensor):
+    out = xt.new_zeros(rows, xt.shape[1])
+    return out.index_add(0, row_of, values.to(xt.dtype).unsqueeze(1) * xt[col_of])
 
 
 def spmm_csr_reference(weight: CSR, xt: torch.Tensor) -> torch.Tensor:
-    """``weight @ xt`` in plain PyTorch (the fallback and the test oracle).
+    """``weight @ xt`` in plain PyTorch.
 
     Shapes:
         weight: (rows, cols) CSR. xt: (cols, N). Returns: (rows, N).
     """
-    rows, _ = weight.shape
-    row_of = torch.repeat_interleave(
-        torch.arange(rows, device=xt.device), torch.diff(weight.crow_indices.to(torch.int64))
-    )
-    out = torch.zeros(rows, xt.shape[1], dtype=xt.dtype, device=xt.device)
-    contrib = weight.values.to(xt.dtype).unsqueeze(1) * xt[weight.col_indices.to(torch.int64)]
-    return out.index_add_(0, row_of, contrib)
+    row_of = _rows_of(weight.crow_indices, weight.values.numel())
+    return _scatter_rows(weight.shape[0], row_of, weight.col_indices.to(torch.int64), weight.values, xt)
+
+
+def _bsr_reference(weight: BSR, xt: torch.Tensor) -> torch.Tensor:
+    r, c = weight.block
+    n = xt.shape[1]
+    brow = _rows_of(weight.crow_indices, weight.values.shape[0])
+    x_blocks = xt.reshape(weight.shape[1] // c, c, n)[weight.col_indices.to(torch.int64)]
+    parts = torch.bmm(weight.values.to(xt.dtype), x_blocks)
+    return xt.new_zeros(weight.shape[0] // r, r, n).index_add(0, brow, parts).reshape(weight.shape[0], n)
+
+
+def _nm_reference(weight: NM, xt: torch.Tensor) -> torch.Tensor:
+    rows, width = weight.values.shape
+    base = (torch.arange(width, device=xt.device) // weight.n) * weight.m
+    cols = (base + weight.indices.to(torch.int64)).reshape(-1)
+    row_of = torch.arange(rows, device=xt.device).repeat_interleave(width)
+    return _scatter_rows(rows, row_of, cols, weight.values.reshape(-1), xt)
+
+
+def _hybrid_with(weight: Hybrid, xt: torch.Tensor, sparse_fn) -> torch.Tensor:
+    out = xt.new_zeros(weight.shape[0], xt.shape[1])
+    if weight.dense_rows.numel():
+        out = out.index_copy(0, weight.dense_rows.to(torch.int64), weight.dense_values.to(xt.dtype) @ xt)
+    if weight.sparse_rows.numel():
+        out = out.index_copy(0, weight.sparse_rows.to(torch.int64), sparse_fn(weight.sparse, xt))
+    return out
+
+
+def spmm_reference(weight: SparseFormat, xt: torch.Tensor) -> torch.Tensor:
+    """``weight @ xt`` for any format, in plain PyTorch (differentiable with respect to values and ``xt``).
+
+    Shapes:
+        weight: (rows, cols). xt: (cols, N). Returns: (rows, N).
+    """
+    _check_rhs(weight, xt)
+    if isinstance(weight, CSR):
+        return spmm_csr_reference(weight, xt)
+    if isinstance(weight, CSC):
+        col_of = _rows_of(weight.ccol_indices, weight.values.numel())
+        return _scatter_rows(weight.shape[0], weight.row_indices.to(torch.int64), col_of, weight.values, xt)
+    if isinstance(weight, COO):
+        rows, cols = weight.row_indices.to(torch.int64), weight.col_indices.to(torch.int64)
+        return _scatter_rows(weight.shape[0], rows, cols, weight.values, xt)
+    if isinstance(weight, BSR):
+        return _bsr_reference(weight, xt)
+    if isinstance(weight, NM):
+        return _nm_reference(weight, xt)
+    if isinstance(weight, Hybrid):
+        return _hybrid_with(weight, xt, spmm_csr_reference)
+    if isinstance(weight, Bitmask):
+        return weight.to_dense().to(xt.dtype) @ xt
+    raise FormatError(f"spmm: no reference for format {type(weight).__name__}.")
+
+
+# --- backends -----------------------------------------------------------------------------------------------------
+
+
+def _check_rhs(weight: SparseFormat, xt: torch.Tensor) -> None:
+    if not isinstance(weight, SparseFormat):
+        raise FormatError(f"spmm needs a hf_sparse format as the weight, got {type(weight).__name__}.")
+    if not isinstance(xt, torch.Tensor) or xt.dim() != 2 or xt.shape[0] != weight.shape[1]:
+        shape = tuple(xt.shape) if isinstance(xt, torch.Tensor) else type(xt).__name__
+        raise FormatError(f"spmm: xt must have shape ({weight.shape[1]}, N) for a {weight.shape} weight, got {shape}.")
+
+
+def _cpu_kernel(weight: SparseFormat, xt: torch.Tensor, transpose_out: bool = False) -> torch.Tensor:
+    rows, cols = weight.shape
+    if isinstance(weight, CSR):
+        return _ops.spmm_csr(weight.crow_indices, weight.col_indices, weight.values, rows, cols, xt, transpose_out)
+    if isinstance(weight, BSR):
+        return _ops.spmm_bsr(weight.crow_indices, weight.col_indices, weight.values, rows, cols, xt, transpose_out)
+    if isinstance(weight, NM):
+        return _ops.spmm_nm(weight.values, weight.indices, weight.n, weight.m, cols, xt, transpose_out)
+    if isinstance(weight, CSC):  # the CSC of W is the CSR of W^T: W @ Xt = (W^T)^T @ Xt
+        out = _ops.spmm_csr_t(weight.ccol_indices, weight.row_indices, weight.values, cols, rows, xt)
+    elif isinstance(weight, Hybrid):  # dense rows through sgemm, the others through the CSR kernel
+        out = _hybrid_with(weight, xt, _cpu_kernel)
+    else:
+        raise AssertionError("unreachable: formats are checked by the backend's reasons")
+    return out.t() if transpose_out else out
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way to run ``spmm``: what it supports, and why it cannot take a given input."""
+
+    name: str
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    formats: tuple[type, ...]
+
+    def reasons(self, weight: SparseFormat, xt: torch.Tensor) -> list[str]:
+        out = []
+        if not isinstance(weight, self.formats):
+            names = ", ".join(f.name for f in self.formats)
+            out.append(f"format {weight.name} is not supported (supported: {names})")
+        if xt.device.type not in self.devices:
+            out.append(f"device {xt.device.type} is not supported (supported: {', '.join(self.devices)})")
+        dtypes = {xt.dtype, weight.dtype}
+        if not dtypes <= set(self.dtypes):
+            out.append(f"dtypes {sorted(map(str, dtypes))} are not supported ({', '.join(map(str, self.dtypes))})")
+        if len(dtypes) > 1 and self.name == "cpu":
+            out.append("the weight's values and xt must have the same dtype")
+        if self.name == "cpu" and not _loader.load():
+            out.append(f"the C++ ops are not available: {_loader.status()['reason']}")
+        return out
+
+
+BACKENDS: tuple[Backend, ...] = (
+    Backend("cpu", ("cpu",), (torch.float32, torch.float64), (CSR, CSC, BSR, NM, Hybrid)),
+    Backend(
+        "reference",
+        ("cpu", "cuda", "meta", "mps", "xpu"),
+        (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+        (CSR, CSC, COO, BSR, NM, Hybrid, Bitmask),
+    ),
+)
+
+
+def explain(weight: SparseFormat, xt: torch.Tensor) -> dict[str, list[str]]:
+    """For each backend, why it cannot run ``weight @ xt`` (an empty list: it can)."""
+    _check_rhs(weight, xt)
+    return {b.name: b.reasons(weight, xt) for b in BACKENDS}
+
+
+def spmm(
+    weight: SparseFormat, xt: torch.Tensor, *, transpose_out: bool = False, backend: str | None = None
+) -> torch.Tensor:
+    """``weight @ xt`` with the first backend that can take it (our C++ kernels, then the PyTorch reference).
+
+    Gradients flow to the format's floating-point tensors and to ``xt``; pruned positions get none.
+
+    Args:
+        transpose_out: return ``(weight @ xt)^T``, shape (N, rows) — what a Linear layer returns; the kernels
+            write it directly, which saves a transpose pass over the output.
+        backend: ``"cpu"`` or ``"reference"`` to insist on one (default: the first that applies).
+
+    Shapes:
+        weight: (rows, cols) in any hf_sparse format. xt: (cols, N). Returns: (rows, N), or (N, rows).
+
+    Raises:
+        FormatError: ``xt`` has the wrong shape, or the named ``backend`` cannot take the input (with its reasons).
+    """
+    _check_rhs(weight, xt)
+    if backend is not None:
+        chosen = [b for b in BACKENDS if b.name == backend]
+        if not chosen:
+            raise FormatError(f"spmm: unknown backend {backend!r}; choose one of {[b.name for b in BACKENDS]}.")
+        why = chosen[0].reasons(weight, xt)
+        if why:
+            raise FormatError(f"spmm: backend {backend!r} cannot run this input: " + "; ".join(why) + ".")
+        use_kernel = backend == "cpu"
+    else:
+        use_kernel = not BACKENDS[0].reasons(weight, xt)
+    if use_kernel:
+        return _cpu_kernel(weight, xt, transpose_out)
+    out = spmm_reference(weight, xt)
+    return out.t() if transpose_out else out
+
+
+def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for a sparse ``weight``.
+
+    Shapes:
+        weight: (out, in). x: (..., in). bias: (out,). Returns: (..., out).
+    """
+    rows, cols = weight.shape
+    if x.shape[-1] != cols:
+        raise FormatError(f"sparse_linear: expected inputs with last dimension {cols}, got shape {tuple(x.shape)}.")
+    lead = x.shape[:-1]
+    xt = x.reshape(-1, cols).to(weight.dtype).t().contiguous()  # (in, N): N is the kernels' fast axis
+    y = spmm(weight, xt, transpose_out=True)
+    if bias is not None:
+        y = y.add_(bias.to(y.dtype))  # y is a fresh output: adding in place saves a pass over it
+    return y.reshape(*lead, rows).to(x.dtype)
 
 
 def spmm_csr(weight: CSR, xt: torch.Tensor) -> torch.Tensor:
-    """``weight @ xt`` for a CSR weight; runs ``hf_sparse::spmm_csr`` when built, for fp32 CPU tensors.
+    """``weight @ xt`` for a CSR weight (see :func:`spmm`).
 
     Shapes:
         weight: (rows, cols) CSR. xt: (cols, N). Returns: (rows, N).
-
-    Raises:
-        FormatError: ``xt`` is not 2-D with ``cols`` rows.
     """
     if not isinstance(weight, CSR):
         raise FormatError(f"spmm_csr needs a CSR weight, got {type(weight).__name__}.")
-    if xt.dim() != 2 or xt.shape[0] != weight.shape[1]:
-        raise FormatError(f"spmm_csr: xt must have shape ({weight.shape[1]}, N), got {tuple(xt.shape)}.")
-    if (
-        xt.device.type == "cpu"
-        and xt.dtype == torch.float32
-        and weight.values.dtype == torch.float32
-        and _loader.load()
-    ):
-        return torch.ops.hf_sparse.spmm_csr(
-            weight.crow_indices, weight.col_indices, weight.values, weight.shape[0], weight.shape[1], xt
-        )
-    return spmm_csr_reference(weight, xt)
+    return spmm(weight, xt)

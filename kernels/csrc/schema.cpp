@@ -5,14 +5,19 @@
 
 TORCH_LIBRARY(hf_sparse, m) {
   // Yt = W @ Xt for W stored as CSR (rows x cols): crow int32 (rows+1), col int16/int32 (nnz), values (nnz).
-  // Xt is (cols, N). Returns (rows, N).
-  m.def("spmm_csr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor xt) -> Tensor");
+  // Xt is (cols, N). Returns (rows, N), or with transpose_out=True its transpose (N, rows) as a contiguous tensor
+  // (what a Linear layer returns), written by the kernel directly. Same for spmm_bsr and spmm_nm.
+  m.def(
+      "spmm_csr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor xt, bool transpose_out=False) "
+      "-> Tensor");
   // dXt = W^T @ dYt for the same CSR W; dYt is (rows, N). Returns (cols, N). The input gradient of spmm_csr.
   m.def("spmm_csr_t(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor yt) -> Tensor");
   // out[p] = dot(Yt[row(p)], Xt[col(p)]) at W's stored positions only. Returns (nnz,). The value gradient.
   m.def("sddmm_csr(Tensor crow, Tensor col, int rows, int cols, Tensor yt, Tensor xt) -> Tensor");
   // Yt = W @ Xt for W in R x C blocks: crow int32 (rows/R+1), col int16/int32 block columns, values (blocks, R, C).
-  m.def("spmm_bsr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor xt) -> Tensor");
+  m.def(
+      "spmm_bsr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor xt, bool transpose_out=False) "
+      "-> Tensor");
   // Yt = W @ Xt for W in n:m form: values (rows, cols/m*n), indices int8 (rows, cols/m*n) positions in the group.
-  m.def("spmm_nm(Tensor values, Tensor indices, int n, int m, int cols, Tensor xt) -> Tensor");
+  m.def("spmm_nm(Tensor values, Tensor indices, int n, int m, int cols, Tensor xt, bool transpose_out=False) -> Tensor");
 }

@@ -7,7 +7,9 @@
 #include <ATen/Parallel.h>
 
 #include <atomic>
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -101,6 +103,44 @@ inline void store_v(T* p, typename Vec<T>::R x, int v, int last, int tail) {
     Vec<T>::store_part(p + v * Vec<T>::W, x, tail);
   } else {
     Vec<T>::store(p + v * Vec<T>::W, x);
+  }
+}
+
+// Where a kernel writes output row r: data + (r - row0) * ld, row-major. Kernels always write rows; a transposed
+// result (N, rows) — the layout a Linear layer returns — is produced by `rows_to_output` tile by tile.
+template <typename T>
+struct Out {
+  T* data;
+  int64_t ld;
+  int64_t row0;
+};
+
+template <typename T, int V, bool TAIL>
+inline void store_out(const Out<T>& y, int64_t r, int64_t j0, int tail, const typename Vec<T>::R* acc) {
+  T* row = y.data + (r - y.row0) * y.ld + j0;
+  for (int v = 0; v < V; ++v) store_v<T, TAIL>(row, acc[v], v, V - 1, tail);
+}
+
+// Runs kernel(r_begin, r_end, Out) over rows [rb, re) of a (rows, N) result. Row-major: straight into y. Transposed
+// (y is (N, rows)): tiles of `tile` rows go to `buf` first and are then written out column by column, one
+// contiguous run of `tile` values per column, so each cache line of y is written whole (writing scalars with a
+// stride of `rows` floats instead thrashes L1: the lines all fall into the same few sets).
+template <typename T, typename K>
+inline void rows_to_output(int64_t rb, int64_t re, int64_t n, T* y, int64_t rows, bool transposed, int64_t tile,
+                           std::vector<T>& buf, K&& kernel) {
+  if (!transposed || n == 1) {
+    kernel(rb, re, Out<T>{y, n, 0});
+    return;
+  }
+  buf.resize(static_cast<size_t>(tile * n));
+  for (int64_t t0 = rb; t0 < re; t0 += tile) {
+    const int64_t t1 = std::min(re, t0 + tile);
+    kernel(t0, t1, Out<T>{buf.data(), n, t0});
+    for (int64_t j = 0; j < n; ++j) {
+      T* dst = y + j * rows + t0;
+      const T* src = buf.data() + j;
+      for (int64_t i = 0; i < t1 - t0; ++i) dst[i] = src[i * n];
+    }
   }
 }
 

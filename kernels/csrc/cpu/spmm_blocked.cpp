@@ -13,6 +13,9 @@ namespace {
 using hf_sparse_cpu::BadIndex;
 using hf_sparse_cpu::for_each_chunk;
 using hf_sparse_cpu::load_v;
+using hf_sparse_cpu::Out;
+using hf_sparse_cpu::rows_to_output;
+using hf_sparse_cpu::store_out;
 using hf_sparse_cpu::store_v;
 using hf_sparse_cpu::Vec;
 
@@ -20,7 +23,8 @@ using hf_sparse_cpu::Vec;
 // loaded once and used by the RB rows.
 template <typename T, typename I, int V, int RB, bool TAIL>
 inline void bsr_rows(const I* col, const T* val, int64_t b, int64_t e, int64_t R, int64_t C, int64_t i0,
-                     const T* xt, int64_t ldx, int64_t j0, int tail, T* y, uint64_t bcols, BadIndex& bad) {
+                     const T* xt, int64_t ldx, int64_t j0, int tail, const Out<T>& y, int64_t row0, uint64_t bcols,
+                     BadIndex& bad) {
   using Vc = Vec<T>;
   int64_t first_bad = -1;  // a local, not the shared flag: no call or atomic inside the hot loop
   typename Vc::R acc[RB][V];
@@ -45,7 +49,7 @@ inline void bsr_rows(const I* col, const T* val, int64_t b, int64_t e, int64_t R
   }
   if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
   for (int r = 0; r < RB; ++r)
-    for (int v = 0; v < V; ++v) store_v<T, TAIL>(y + (i0 + r) * ldx + j0, acc[r][v], v, V - 1, tail);
+    store_out<T, V, TAIL>(y, row0 + i0 + r, j0, tail, acc[r]);
 }
 
 // Rows per pass for a chunk of V vectors: RB * V accumulators plus V loaded vectors must fit 16 registers.
@@ -55,7 +59,7 @@ constexpr int rows_per_pass() {
 }
 
 at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
-                        int64_t cols, const at::Tensor& xt) {
+                        int64_t cols, const at::Tensor& xt, bool transpose_out) {
   TORCH_CHECK_VALUE(values.dim() == 3, "hf_sparse::spmm_bsr: values must be (blocks, R, C), got ", values.sizes());
   const int64_t R = values.size(1), C = values.size(2);
   TORCH_CHECK_VALUE(R > 0 && C > 0 && rows % R == 0 && cols % C == 0, "hf_sparse::spmm_bsr: shape (", rows, ", ",
@@ -75,7 +79,7 @@ at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   auto val_c = values.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t n = xt_c.size(1);
-  auto yt = at::empty({rows, n}, xt_c.options());
+  auto yt = transpose_out ? at::empty({n, rows}, xt_c.options()) : at::empty({rows, n}, xt_c.options());
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_bsr", [&] {
     const int32_t* cr = crow_c.data_ptr<int32_t>();
@@ -85,18 +89,21 @@ at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
     auto run = [&](auto* ci) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
       at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
+        std::vector<scalar_t> buf;
         for (int64_t br = bb; br < be; ++br) {
-          scalar_t* yb = y + br * R * n;
-          for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
-            using K = decltype(kind);
-            constexpr int RB = rows_per_pass<K::v>();
-            int64_t i = 0;
-            for (; i + RB <= R; i += RB)
-              bsr_rows<scalar_t, I, K::v, RB, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, yb,
-                                                       static_cast<uint64_t>(bcols), bad);
-            for (; i < R; ++i)
-              bsr_rows<scalar_t, I, K::v, 1, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, yb,
-                                                      static_cast<uint64_t>(bcols), bad);
+          rows_to_output(br * R, br * R + R, n, y, rows, transpose_out, R, buf,
+                         [&](int64_t, int64_t, const Out<scalar_t>& out) {
+            for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
+              using K = decltype(kind);
+              constexpr int RB = rows_per_pass<K::v>();
+              int64_t i = 0;
+              for (; i + RB <= R; i += RB)
+                bsr_rows<scalar_t, I, K::v, RB, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, out,
+                                                         br * R, static_cast<uint64_t>(bcols), bad);
+              for (; i < R; ++i)
+                bsr_rows<scalar_t, I, K::v, 1, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, out,
+                                                        br * R, static_cast<uint64_t>(bcols), bad);
+            });
           });
         }
       });
@@ -118,15 +125,13 @@ at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
 // instructions per slot than it saves in loads, and this kernel is bound by instructions per slot.)
 template <typename T, int V, bool TAIL>
 inline void nm_row(const T* val, const int8_t* idx, int64_t q0, int64_t q1, int64_t nn, int64_t mm, const T* xt,
-                   int64_t ldx, int64_t j0, int tail, T* y, bool accumulate, int64_t row_offset, BadIndex& bad) {
+                   int64_t ldx, int64_t j0, int tail, const Out<T>& y, int64_t row, BadIndex& bad) {
   using Vc = Vec<T>;
   constexpr int U = V >= 8 ? 1 : 8 / V;
   int64_t first_bad = -1;  // a local, not the shared flag: no call or atomic inside the hot loop
   typename Vc::R acc[U][V];
   for (int u = 0; u < U; ++u)
     for (int v = 0; v < V; ++v) acc[u][v] = Vc::zero();
-  if (accumulate)
-    for (int v = 0; v < V; ++v) acc[0][v] = load_v<T, TAIL>(y + j0, v, V - 1, tail);
   int64_t base = q0 / nn * mm, s = 0;  // column of the current group's first position; slot within the group
   int64_t q = q0;
   for (; q + U <= q1; q += U) {
@@ -161,14 +166,14 @@ inline void nm_row(const T* val, const int8_t* idx, int64_t q0, int64_t q1, int6
     const T* x = xt + c * ldx + j0;
     for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(w, load_v<T, TAIL>(x, v, V - 1, tail), acc[0][v]);
   }
-  if (HF_UNLIKELY(first_bad >= 0)) bad.note(row_offset + first_bad);
+  if (HF_UNLIKELY(first_bad >= 0)) bad.note(row * q1 + first_bad);
   for (int u = 1; u < U; ++u)
     for (int v = 0; v < V; ++v) acc[0][v] = Vc::add(acc[0][v], acc[u][v]);
-  for (int v = 0; v < V; ++v) store_v<T, TAIL>(y + j0, acc[0][v], v, V - 1, tail);
+  store_out<T, V, TAIL>(y, row, j0, tail, acc[0]);
 }
 
 at::Tensor spmm_nm_cpu(const at::Tensor& values, const at::Tensor& indices, int64_t nn, int64_t mm, int64_t cols,
-                       const at::Tensor& xt) {
+                       const at::Tensor& xt, bool transpose_out) {
   TORCH_CHECK_VALUE(nn > 0 && nn <= mm && mm <= 127, "hf_sparse::spmm_nm: need 0 < n <= m <= 127, got n=", nn,
                     ", m=", mm);
   TORCH_CHECK_VALUE(cols % mm == 0, "hf_sparse::spmm_nm: cols=", cols, " is not divisible by m=", mm);
@@ -184,7 +189,7 @@ at::Tensor spmm_nm_cpu(const at::Tensor& values, const at::Tensor& indices, int6
   auto idx_c = indices.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t rows = val_c.size(0), width = val_c.size(1), n = xt_c.size(1);
-  auto yt = at::empty({rows, n}, xt_c.options());
+  auto yt = transpose_out ? at::empty({n, rows}, xt_c.options()) : at::empty({rows, n}, xt_c.options());
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_nm", [&] {
     const scalar_t* val = val_c.data_ptr<scalar_t>();
@@ -194,13 +199,16 @@ at::Tensor spmm_nm_cpu(const at::Tensor& values, const at::Tensor& indices, int6
     // One pass per row and chunk of N. (Tiling K into panels whose Xt fits L1 was measured slower here: the
     // kernel is bound by instructions per slot, not by where Xt comes from.)
     at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) {
-        for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
-          using K = decltype(kind);
-          nm_row<scalar_t, K::v, K::tail>(val + r * width, idx + r * width, 0, width, nn, mm, x, n, j0, tail,
-                                          y + r * n, false, r * width, bad);
-        });
-      }
+      std::vector<scalar_t> buf;
+      rows_to_output(lo, hi, n, y, rows, transpose_out, 16, buf, [&](int64_t tb, int64_t te, const Out<scalar_t>& out) {
+        for (int64_t r = tb; r < te; ++r) {
+          for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
+            using K = decltype(kind);
+            nm_row<scalar_t, K::v, K::tail>(val + r * width, idx + r * width, 0, width, nn, mm, x, n, j0, tail, out,
+                                            r, bad);
+          });
+        }
+      });
     });
   });
   const int64_t at = bad.get();

@@ -1,0 +1,64 @@
+"""The timing protocol every ``hf-sparse bench`` suite shares (see the README's benchmarking section).
+
+Correctness is checked by each suite before timing. Then: warm up; interleave ours and every baseline call by call
+for several rounds; report medians and the median, min and max of the per-round ratios (baseline / ours, > 1 means
+ours is faster). Limits (sgemm GFLOP/s and streaming-read GB/s) are measured in the same process.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["measure_limits", "best_time", "interleave", "summarize"]
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> float:
+    out = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out = min(out, time.perf_counter() - start)
+    return out
+
+
+def measure_limits(threads: int) -> dict:
+    """Peak-like sgemm GFLOP/s and streaming-read GB/s on this machine, with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    torch.mm(a, b)
+    t = best_time(lambda: torch.mm(a, b), 5)
+    gflops = 2 * 1024**3 / t / 1e9
+    big = torch.ones(64 * 1024 * 1024)  # 256 MB, far beyond the caches
+    big.sum()
+    t = best_time(lambda: big.sum(), 5)
+    return {"gflops": gflops, "gbps": big.numel() * 4 / t / 1e9}
+
+
+def interleave(calls: dict[str, Callable[[int], object]], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Time each call once per round, in turn (A B C A B C ...); ``calls`` take the round index (to rotate copies)."""
+    for fn in calls.values():
+        for i in range(warmup):
+            fn(i)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for r in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn(r)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times: dict[str, list[float]], ours: str = "ours") -> tuple[float, dict[str, float], dict[str, dict]]:
+    """(our median, baselines' medians, speedups {baseline: {median, min, max}} of per-round ratios)."""
+    ours_s = statistics.median(times[ours])
+    baselines = {k: statistics.median(v) for k, v in times.items() if k != ours}
+    speedup = {}
+    for k in baselines:
+        ratios = [b / o for b, o in zip(times[k], times[ours])]
+        speedup[k] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return ours_s, baselines, speedup

@@ -1,0 +1,309 @@
+"""Automatic choice of a storage format per layer, from its pattern and a cost model measured on this machine.
+
+The cost model times ``spmm`` (whatever backend it dispatches to here: our kernels, or the PyTorch reference when
+they cannot be built) and dense ``F.linear`` on small calibration matrices at N = 1, 16 and 128, and fits
+``seconds = overhead + per_entry * stored_entries`` per format and N. Predictions for another N interpolate in
+log N. It is cached per machine, thread count, torch version and kernel build in
+``$HF_SPARSE_CACHE/cost_model/`` (default ``~/.cache/hf_sparse``), so calibration (about a second) runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import FormatError
+from .base import SparseFormat, check_weight
+
+__all__ = ["CostModel", "FormatChoice", "choose_format", "calibrate", "cost_model"]
+
+CALIBRATION_NS = (1, 16, 128)
+#: Candidate formats ``choose_format`` considers by default, by the name it reports.
+CANDIDATES = ("csr", "bsr16", "bsr32", "nm2:4", "hybrid")
+_SCHEMA = 1
+
+
+@dataclass
+class CostModel:
+    """``seconds(format, entries, N) = overhead[format][N] + per_entry[format][N] * entries`` at calibrated N."""
+
+    key: str
+    backend: str
+    threads: int
+    overhead: dict[str, dict[int, float]] = field(default_factory=dict)
+    per_entry: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def predict(self, fmt: str, entries: float, n: int) -> float:
+        """Predicted seconds for ``fmt`` (``"dense"``, ``"csr"``, ``"bsr16"``, ``"bsr32"``, ``"nm2:4"``)."""
+        if fmt not in self.per_entry:
+            raise FormatError(f"cost model: no calibration for {fmt!r}; calibrated: {sorted(self.per_entry)}.")
+        return _interp(self.overhead[fmt], n) + _interp(self.per_entry[fmt], n) * entries
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": _SCHEMA, **asdict(self)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> CostModel:
+        data = json.loads(text)
+        if data.pop("schema", None) != _SCHEMA:
+            raise FormatError("cost model: cache file has another schema version; it will be recalibrated.")
+        for k in ("overhead", "per_entry"):
+            data[k] = {f: {int(n): float(v) for n, v in d.items()} for f, d in data[k].items()}
+        return cls(**data)
+
+
+def _interp(points: dict[int, float], n: int) -> float:
+    """Piecewise-linear in log2(N) between calibrated points; proportional to N beyond the largest."""
+    ns = sorted(points)
+    n = max(int(n), 1)
+    if n <= ns[0]:
+        return points[ns[0]]
+    if n >= ns[-1]:
+        return points[ns[-1]] * n / ns[-1]
+    for lo, hi in zip(ns, ns[1:]):
+        if lo <= n <= hi:
+            t = (math.log2(n) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+            return points[lo] + t * (points[hi] - points[lo])
+    raise AssertionError("unreachable")
+
+
+def _median_time(fn, repeat: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _calibration_weights(fmt: str, gen: torch.Generator) -> list[tuple[Any, float]]:
+    """Two (weight, stored entries) points of different size per format, so overhead and slope separate."""
+    from . import to_format
+
+    rows, cols = 1536, 384
+    out = []
+    for density in (0.3, 0.06):
+        if fmt == "dense":
+            r = max(16, int(rows * density / 0.3))
+            out.append((torch.randn(r, cols, generator=gen), r * cols))
+            continue
+        if fmt.startswith("bsr"):
+            b = int(fmt[3:])
+            keep = torch.rand(rows // b, cols // b, generator=gen) < density
+            keep = keep.repeat_interleave(b, 0).repeat_interleave(b, 1)
+            w = to_format("bsr", torch.randn(rows, cols, generator=gen), keep, block=(b, b))
+            out.append((w, w.values.numel()))
+        elif fmt == "nm2:4":
+            r = max(16, int(rows * density / 0.3))
+            order = torch.rand(r, cols // 4, 4, generator=gen).argsort(-1)[..., :2]
+            keep = torch.zeros(r, cols // 4, 4, dtype=torch.bool).scatter_(-1, order, True).reshape(r, cols)
+            w = to_format("nm", torch.randn(r, cols, generator=gen), keep, n=2, m=4)
+            out.append((w, w.values.numel()))
+        else:
+            keep = torch.rand(rows, cols, generator=gen) < density
+            w = to_format("csr", torch.randn(rows, cols, generator=gen), keep)
+            out.append((w, w.values.numel()))
+    return out
+
+
+def _cache_key() -> tuple[str, str]:
+    from ..machine import _cpu_model
+    from ..ops import _loader
+
+    backend = "cpu-kernels" if _loader.load() else "reference"
+    build = _loader.build_dir().name if backend == "cpu-kernels" else "none"
+    raw = f"{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}|{build}|{_SCHEMA}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16], backend
+
+
+def calibrate(seed: int = 0) -> CostModel:
+    """Measure the cost model on this machine now (about a second with the kernels built)."""
+    from ..ops import spmm
+
+    key, backend = _cache_key()
+    gen = torch.Generator().manual_seed(seed)
+    model = CostModel(key=key, backend=backend, threads=torch.get_num_threads())
+    for fmt in ("dense", "csr", "bsr16", "bsr32", "nm2:4"):
+        points = _calibration_weights(fmt, gen)
+        model.overhead[fmt], model.per_entry[fmt] = {}, {}
+        for n in CALIBRATION_NS:
+            measured = []
+            for w, entries in points:
+                if fmt == "dense":
+                    x = torch.randn(n, w.shape[1], generator=gen)
+                    t = _median_time(lambda w=w, x=x: torch.nn.functional.linear(x, w))
+                else:
+                    xt = torch.randn(w.shape[1], n, generator=gen)
+                    t = _median_time(lambda w=w, xt=xt: spmm(w, xt))
+                measured.append((entries, t))
+            (e1, t1), (e2, t2) = measured
+            slope = max((t1 - t2) / (e1 - e2), 1e-15) if e1 != e2 else t1 / max(e1, 1)
+            model.per_entry[fmt][n] = slope
+            model.overhead[fmt][n] = max(t1 - slope * e1, 0.0)
+    return model
+
+
+_MODELS: dict[str, CostModel] = {}
+
+
+def cost_model(*, recalibrate: bool = False) -> CostModel:
+    """The cost model for this machine and thread count: from memory, the cache file, or calibrated now."""
+    key, _ = _cache_key()
+    if not recalibrate and key in _MODELS:
+        return _MODELS[key]
+    base = Path(os.environ.get("HF_SPARSE_CACHE", Path.home() / ".cache" / "hf_sparse")) / "cost_model"
+    path = base / f"{key}.json"
+    model = None
+    if path.exists() and not recalibrate:
+        try:
+            model = CostModel.from_json(path.read_text())
+        except (ValueError, TypeError, KeyError, FormatError):
+            model = None  # a stale or damaged cache is recalibrated, never trusted
+    if model is None:
+        model = calibrate()
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            path.write_text(model.to_json())
+        except OSError:
+            pass  # a read-only cache folder only costs a recalibration next time
+    _MODELS[key] = model
+    return model
+
+
+@dataclass(frozen=True)
+class FormatChoice:
+    """What :func:`choose_format` picked for one weight, the predictions it compared, and why."""
+
+    format: str  # "dense", "csr", "bsr", "nm" or "hybrid"
+    params: dict[str, Any]
+    predicted_s: dict[str, float]
+    reasons: tuple[str, ...]
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.format != "dense"
+
+    def build(self, weight: torch.Tensor, mask: torch.Tensor | None = None) -> SparseFormat:
+        """Store ``weight`` in the chosen format (raises for ``"dense"``)."""
+        from . import to_format
+
+        if not self.is_sparse:
+            raise FormatError("choose_format kept this weight dense; there is no sparse format to build.")
+        return to_format(self.format, weight, mask, **self.params)
+
+
+def _nm_violations(keep: torch.Tensor, n: int, m: int) -> int:
+    rows, cols = keep.shape
+    if cols % m:
+        return -1
+    return int((keep.reshape(rows, cols // m, m).sum(-1) > n).sum())
+
+
+def choose_format(
+    weight: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    batch_hint: int = 16,
+    device: str | torch.device = "cpu",
+    candidates: tuple[str, ...] = CANDIDATES,
+    margin: float = 0.9,
+    model: CostModel | None = None,
+) -> FormatChoice:
+    """Pick the storage for one weight: the candidate predicted fastest for ``batch_hint`` tokens, or dense when
+    no candidate is predicted faster than ``margin`` times dense.
+
+    Args:
+        weight: 2-D weight. mask: stored positions (default: non-zeros).
+        batch_hint: the N (tokens per call) the layer will mostly see.
+        device: where it will run; only "cpu" has calibrated kernels today, other devices keep dense.
+        candidates: among "csr", "bsr16", "bsr32", "nm2:4", "hybrid".
+        margin: a sparse format must be predicted at most this fraction of dense time.
+        model: a cost model (default: this machine's, calibrated once and cached).
+
+    Returns:
+        A :class:`FormatChoice` whose ``reasons`` say what each candidate was predicted to cost or why it did not
+        apply, and why the winner won.
+    """
+    keep = check_weight(weight, mask)
+    unknown = sorted(set(candidates) - set(CANDIDATES))
+    if unknown:
+        raise FormatError(f"choose_format: unknown candidates {unknown}; choose among {list(CANDIDATES)}.")
+    if not isinstance(batch_hint, int) or batch_hint < 1:
+        raise FormatError(f"choose_format: batch_hint must be a positive integer, got {batch_hint!r}.")
+    rows, cols = weight.shape
+    nnz = int(keep.sum())
+    density = nnz / max(rows * cols, 1)
+    device = torch.device(device)
+    if device.type != "cpu":
+        return FormatChoice("dense", {}, {}, (f"no calibrated hf_sparse kernel for {device.type} yet: kept dense",))
+    model = model or cost_model()
+    n = batch_hint
+    dense_s = model.predict("dense", rows * cols, n)
+    predicted: dict[str, float] = {"dense": dense_s}
+    reasons = [f"dense: {dense_s * 1e3:.3f} ms predicted ({rows}x{cols}, N={n}, density {density:.1%})"]
+    options: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    if "csr" in candidates:
+        predicted["csr"] = model.predict("csr", nnz, n)
+        options["csr"] = ("csr", {})
+        reasons.append(f"csr: {predicted['csr'] * 1e3:.3f} ms predicted ({nnz} stored)")
+    for b in (16, 32):
+        name = f"bsr{b}"
+        if name not in candidates:
+            continue
+        if rows % b or cols % b:
+            reasons.append(f"{name}: not applicable, shape {rows}x{cols} is not divisible by {b}x{b}")
+            continue
+        blocks = int(keep.reshape(rows // b, b, cols // b, b).any(dim=(1, 3)).sum())
+        entries = blocks * b * b
+        predicted[name] = model.predict(name, entries, n)
+        options[name] = ("bsr", {"block": (b, b)})
+        fill = nnz / max(entries, 1)
+        reasons.append(f"{name}: {predicted[name] * 1e3:.3f} ms predicted ({blocks} blocks, {fill:.0%} filled)")
+    if "nm2:4" in candidates:
+        bad = _nm_violations(keep, 2, 4)
+        if bad:
+            why = f"{cols} columns not divisible by 4" if bad < 0 else f"{bad} groups of 4 keep more than 2"
+            reasons.append(f"nm2:4: not applicable, {why}")
+        else:
+            predicted["nm2:4"] = model.predict("nm2:4", rows * cols // 2, n)
+            options["nm2:4"] = ("nm", {"n": 2, "m": 4})
+            reasons.append(f"nm2:4: {predicted['nm2:4'] * 1e3:.3f} ms predicted")
+    if "hybrid" in candidates:
+        # A row is cheaper dense once its CSR cost per stored entry times its nonzeros exceeds dense per row.
+        per_dense = model.predict("dense", rows * cols, n) / max(rows * cols, 1)
+        per_csr = max(model.predict("csr", nnz, n) / max(nnz, 1), 1e-15)
+        threshold = min(per_dense / per_csr, 1.0)
+        row_density = keep.float().mean(1)
+        dense_rows = int((row_density >= threshold).sum())
+        if dense_rows == 0 or dense_rows == rows:
+            reasons.append(f"hybrid: not useful, {dense_rows} of {rows} rows are denser than {threshold:.0%}")
+        else:
+            sparse_nnz = int(keep[row_density < threshold].sum())
+            predicted["hybrid"] = model.predict("dense", dense_rows * cols, n) + model.predict("csr", sparse_nnz, n)
+            options["hybrid"] = ("hybrid", {"threshold": float(threshold)})
+            reasons.append(
+                f"hybrid: {predicted['hybrid'] * 1e3:.3f} ms predicted ({dense_rows} rows denser than "
+                f"{threshold:.0%} stored dense)"
+            )
+    sparse = {k: v for k, v in predicted.items() if k != "dense"}
+    if not sparse:
+        return FormatChoice("dense", {}, predicted, (*reasons, "kept dense: no sparse candidate applies"))
+    best = min(sparse, key=sparse.get)
+    ratio = dense_s / sparse[best]
+    if sparse[best] > margin * dense_s:
+        verdict = (
+            f"kept dense: the best sparse format ({best}) is predicted {ratio:.2f}x dense (needs {1 / margin:.2f}x)"
+        )
+        return FormatChoice("dense", {}, predicted, (*reasons, verdict))
+    fmt, params = options[best]
+    return FormatChoice(fmt, params, predicted, (*reasons, f"chose {best}: predicted {ratio:.2f}x faster than dense"))

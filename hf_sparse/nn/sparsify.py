@@ -1,0 +1,127 @@
+"""``sparsify_``: store a pruned model's Linear layers in sparse formats where that is predicted faster."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, FormatError
+from ..formats import FORMATS, FormatChoice, choose_format
+from ..pruning.config import DEFAULT_EXCLUDE
+from .replace import replace_module
+from .sparse_linear import SparseLinear
+
+__all__ = ["sparsify_", "LayerDecision"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """What ``sparsify_`` did with one Linear layer and why."""
+
+    name: str
+    sparsity: float
+    choice: FormatChoice
+
+    @property
+    def converted(self) -> bool:
+        return self.choice.is_sparse
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return pattern in name.split(".") or re.fullmatch(pattern, name) is not None
+
+
+def sparsify_(
+    model: nn.Module,
+    *,
+    format: str = "auto",
+    batch_hint: int = 16,
+    min_sparsity: float = 0.3,
+    target_modules: Iterable[str] = (),
+    exclude_modules: Iterable[str] = DEFAULT_EXCLUDE,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    trainable: bool = True,
+    margin: float = 0.9,
+    progress: bool = True,
+    **format_params,
+) -> dict[str, LayerDecision]:
+    """Replace pruned ``nn.Linear`` layers of ``model``, in place, by :class:`SparseLinear` layers.
+
+    With ``format="auto"`` each layer gets the format :func:`~hf_sparse.formats.choose_format` predicts fastest for
+    ``batch_hint`` tokens per call on this machine, and stays dense when no format is predicted at least
+    ``1 / margin`` times faster. A named ``format`` (``"csr"``, ``"bsr"``, ``"nm"``, ``"hybrid"``, ...) is used for
+    every selected layer, with ``format_params`` (e.g. ``block=(16, 16)``).
+
+    Args:
+        model: Any model with ``nn.Linear`` layers (a transformers model, typically after pruning).
+        min_sparsity: layers with a smaller fraction of zeros (or of False in ``masks``) stay dense.
+        target_modules / exclude_modules: module-name components or full-name regexes; exclusion wins. By default
+            task heads, the pooler and embeddings are left alone, as in pruning.
+        masks: keep-masks by module name (e.g. ``Pruner.masks``); default: the weights' non-zeros.
+        trainable: whether the sparse values keep taking gradients (sparse fine-tuning).
+
+    Returns:
+        Per selected layer, a :class:`LayerDecision` with the choice and its reasons.
+
+    Raises:
+        ConfigError: nothing matches, or bad arguments. FormatError: a forced format cannot store a layer.
+    """
+    if format != "auto":
+        FORMATS.get(format)
+    elif format_params:
+        raise ConfigError(f"sparsify_: format parameters {sorted(format_params)} need a named format, not 'auto'.")
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ConfigError(f"sparsify_: min_sparsity must be in [0, 1], got {min_sparsity}.")
+    target_modules, exclude_modules = tuple(target_modules), tuple(exclude_modules)
+    masks = dict(masks or {})
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    chosen = {
+        n: m
+        for n, m in linears.items()
+        if (not target_modules or any(_matches(n, p) for p in target_modules))
+        and not any(_matches(n, p) for p in exclude_modules)
+    }
+    if not chosen:
+        raise ConfigError(
+            f"sparsify_ selects no nn.Linear (target_modules={list(target_modules)}, exclude_modules="
+            f"{list(exclude_modules)}); the model's Linear layers include {list(linears)[:8]}."
+        )
+    unknown = sorted(set(masks) - set(chosen))
+    if unknown:
+        raise ConfigError(f"sparsify_: masks given for modules it does not convert: {unknown[:5]}.")
+
+    from tqdm.auto import tqdm
+
+    decisions: dict[str, LayerDecision] = {}
+    for name, linear in tqdm(chosen.items(), desc="sparsify", disable=not progress, leave=False):
+        weight = linear.weight.detach()
+        mask = masks.get(name)
+        keep = mask if mask is not None else weight != 0
+        sparsity = 1.0 - float(keep.float().mean())
+        if sparsity < min_sparsity:
+            reason = f"sparsity {sparsity:.1%} is below min_sparsity {min_sparsity:.0%}: kept dense"
+            decisions[name] = LayerDecision(name, sparsity, FormatChoice("dense", {}, {}, (reason,)))
+            continue
+        if format == "auto":
+            choice = choose_format(
+                weight, mask, batch_hint=batch_hint, device=weight.device, margin=margin
+            )
+        else:
+            choice = FormatChoice(format, dict(format_params), {}, (f"format {format!r} requested",))
+        if choice.is_sparse:
+            try:
+                stored = choice.build(weight, mask)
+            except FormatError as exc:
+                raise FormatError(f"sparsify_: cannot store {name} as {choice.format}: {exc}") from None
+            replace_module(model, name, SparseLinear(stored, linear.bias, trainable=trainable))
+        decisions[name] = LayerDecision(name, sparsity, choice)
+    converted = sum(d.converted for d in decisions.values())
+    logger.info("sparsify_: %d of %d selected Linear layers stored sparse", converted, len(decisions))
+    return decisions
