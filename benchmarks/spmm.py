@@ -98,7 +98,7 @@ def run_case(fmt: str, M: int, K: int, N: int, sparsity: float, *, threads: int,
     ours_s, baselines, speedup = summarize(times)
     nnz = int(keep.sum())
     return {
-        "name": f"{fmt} {M}x{K} N={N} {int(round(100 * nnz / (M * K)))}% dense {'cold' if cold else 'hot'} t={threads}",
+        "name": f"{fmt} {M}x{K} N={N} {round(100 * nnz / (M * K))}% dense {'cold' if cold else 'hot'} t={threads}",
         "params": {
             "M": M,
             "K": K,

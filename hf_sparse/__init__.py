@@ -14,8 +14,8 @@ from . import data, formats, nn, ops
 from .apply import apply_
 from .callbacks import PruningCallback, attach_callbacks
 from .config import BaseConfig, register_config
-from .nn import SparseLinear, sparsify_
 from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
+from .nn import SparseLinear, sparsify_
 from .pruning import Pruner, PruningConfig, cubic_sparsity, select_modules, sparsity_at
 from .recipes import Recipe, load_recipe
 from .registry import CONFIGS, METHODS, Registry

@@ -122,11 +122,10 @@ class CSC(SparseFormat):
         return {"format": self.name, "shape": list(self.shape)}
 
     @classmethod
-    def from_tensors(cls, tensors, params):
-        try:
-            return cls(tensors["ccol_indices"], tensors["row_indices"], tensors["values"], params["shape"])
-        except KeyError as exc:
-            raise FormatError(f"{cls.name}: missing tensor or parameter {exc}.") from None
+    def _from_tensors(cls, tensors, params, validate):
+        return cls(
+            tensors["ccol_indices"], tensors["row_indices"], tensors["values"], params["shape"], validate=validate
+        )
 
     def validate(self):
         rows, cols = self.shape

@@ -1,4 +1,4 @@
-"""Modules that replace ``nn.Linear`` (and, later, ``nn.Embedding``) inside a model, and the functions that swap them."""
+"""Modules that replace ``nn.Linear`` inside a model (SparseLinear), and the functions that swap them in."""
 
 from .replace import replace_module
 from .sparse_linear import SparseLinear

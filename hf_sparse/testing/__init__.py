@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
-__all__ = ["tiny_bert_config", "tiny_bert_classifier", "tiny_classification_dataset", "cpu_training_args"]
+__all__ = [
+    "tiny_bert_config",
+    "tiny_bert_classifier",
+    "tiny_classification_dataset",
+    "cpu_training_args",
+    "random_format_case",
+]
 
 
 def tiny_bert_config(**overrides) -> BertConfig:
@@ -63,3 +71,32 @@ def cpu_training_args(output_dir, **overrides) -> TrainingArguments:
     )
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
+
+
+def random_format_case(rng: random.Random, name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A random small weight, keep-mask and format parameters valid for the format ``name`` (property tests)."""
+    params = {}
+    if name == "bsr":
+        r, c = rng.choice([1, 2, 4, 8]), rng.choice([1, 2, 4, 16])
+        rows, cols = r * rng.randint(1, 6), c * rng.randint(1, 6)
+        params["block"] = (r, c)
+    elif name == "nm":
+        m = rng.choice([2, 4, 8])
+        n = rng.randint(1, m)
+        rows, cols = rng.randint(1, 12), m * rng.randint(1, 6)
+        params.update(n=n, m=m)
+    else:
+        rows, cols = rng.randint(1, 40), rng.randint(1, 40)
+    g = torch.Generator().manual_seed(rng.randint(0, 2**31))
+    weight = torch.randn(rows, cols, generator=g)
+    sparsity = rng.choice([0.0, 0.3, 0.5, 0.8, 0.95, 1.0])
+    mask = torch.rand(rows, cols, generator=g) >= sparsity
+    if name == "nm":
+        # keep at most n per group: rank random scores inside each group
+        scores = torch.rand(rows, cols // params["m"], params["m"], generator=g)
+        top = scores.argsort(-1, descending=True)[..., : params["n"]]
+        nm_mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True).reshape(rows, cols)
+        mask = mask & nm_mask
+    if rng.random() < 0.3:
+        weight[mask & (torch.rand(rows, cols, generator=g) < 0.2)] = 0.0  # explicit zeros that are kept
+    return weight, mask, params

@@ -22,4 +22,8 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path):
     assert set(case["baselines_s"]) == {"torch_dense", "torch_csr"}
     assert set(case["speedup"]["torch_dense"]) == {"median", "min", "max"}
     assert case["ours_s"] > 0 and 0 < case["pct_bw"] and 0 < case["pct_peak"]
-    assert "bsr16x16" in record["not_implemented"]
+    assert record["not_implemented"] == []
+    by_format = {c["params"]["format"]: c for c in record["cases"]}
+    assert set(by_format) == {"csr", "bsr16x16", "2:4"}
+    assert set(by_format["bsr16x16"]["baselines_s"]) == {"torch_dense", "torch_bsr"}
+    assert by_format["2:4"]["params"]["sparsity"] == 0.5

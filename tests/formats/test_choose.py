@@ -1,0 +1,104 @@
+"""choose_format: decisions from a cost model, reasons a user can read, and the per-machine calibration cache."""
+
+import pytest
+import torch
+
+from hf_sparse.errors import FormatError
+from hf_sparse.formats import CostModel, calibrate, choose_format, cost_model
+
+NS = (1, 16, 128)
+
+
+def _model(**per_entry):
+    """A deterministic cost model: seconds per stored entry, the same at every N, no call overhead."""
+    costs = {"dense": 1e-9, "csr": 4e-9, "bsr16": 1.2e-9, "bsr32": 1.1e-9, "nm2:4": 0.6e-9, **per_entry}
+    return CostModel(
+        key="test",
+        backend="test",
+        threads=1,
+        overhead={f: dict.fromkeys(NS, 0.0) for f in costs},
+        per_entry={f: {n: c * n for n in NS} for f, c in costs.items()},
+    )
+
+
+def _unstructured(sparsity, shape=(64, 128), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(*shape, generator=g)
+    return w * (torch.rand(*shape, generator=g) >= sparsity)
+
+
+def test_sparse_enough_unstructured_goes_csr_and_says_why():
+    choice = choose_format(_unstructured(0.9), model=_model(), candidates=("csr", "bsr16", "nm2:4"))
+    assert choice.format == "csr" and choice.params == {}
+    assert choice.predicted_s["csr"] < choice.predicted_s["dense"]
+    assert any(r.startswith("chose csr: predicted") for r in choice.reasons)
+    assert any(r.startswith("nm2:4: not applicable") for r in choice.reasons)
+
+
+def test_keeps_dense_when_sparse_is_predicted_slower():
+    choice = choose_format(_unstructured(0.5), model=_model())
+    assert choice.format == "dense" and not choice.is_sparse
+    assert "kept dense: the best sparse format" in choice.reasons[-1]
+    with pytest.raises(FormatError, match="kept this weight dense"):
+        choice.build(torch.ones(2, 2))
+
+
+def test_blocks_and_two_four_patterns_are_recognised():
+    w = torch.randn(64, 128)
+    keep = (torch.rand(4, 8) < 0.2).repeat_interleave(16, 0).repeat_interleave(16, 1)
+    keep[:16, :16] = True
+    choice = choose_format(w * keep, model=_model())
+    assert choice.format == "bsr" and choice.params == {"block": (16, 16)}
+    stored = choice.build(w * keep)
+    torch.testing.assert_close(stored.to_dense(), w * keep)
+
+    top = torch.rand(64, 32, 4).argsort(-1)[..., :2]
+    keep24 = torch.zeros(64, 32, 4, dtype=torch.bool).scatter_(-1, top, True).reshape(64, 128)
+    choice = choose_format(w * keep24, model=_model())
+    assert choice.format == "nm" and choice.params == {"n": 2, "m": 4}
+    assert choice.build(w * keep24).to_dense().equal(w * keep24)
+
+
+def test_hybrid_when_a_few_rows_are_dense():
+    w = _unstructured(0.97, shape=(64, 128))
+    w[:4] = torch.randn(4, 128)
+    choice = choose_format(w, model=_model(csr=1.5e-9), candidates=("csr", "hybrid"))
+    assert choice.format == "hybrid", choice.reasons
+    assert choice.build(w).to_dense().equal(w)
+
+
+def test_other_devices_and_bad_arguments():
+    choice = choose_format(_unstructured(0.9), device="cuda", model=_model())
+    assert choice.format == "dense" and "cuda" in choice.reasons[0]
+    with pytest.raises(FormatError, match="unknown candidates"):
+        choose_format(_unstructured(0.9), candidates=("ell",), model=_model())
+    with pytest.raises(FormatError, match="batch_hint"):
+        choose_format(_unstructured(0.9), batch_hint=0, model=_model())
+
+
+def test_calibration_is_measured_cached_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_SPARSE_CACHE", str(tmp_path))
+    model = cost_model(recalibrate=True)
+    assert set(model.per_entry) == {"dense", "csr", "bsr16", "bsr32", "nm2:4"}
+    assert all(v > 0 for f in model.per_entry.values() for v in f.values())
+    files = list((tmp_path / "cost_model").glob("*.json"))
+    assert len(files) == 1
+    assert CostModel.from_json(files[0].read_text()) == model
+
+    import hf_sparse.formats.choose as choose
+
+    monkeypatch.setattr(choose, "_MODELS", {})
+    monkeypatch.setattr(choose, "calibrate", lambda: pytest.fail("the cached model should have been used"))
+    assert cost_model() == model
+    files[0].write_text("{not json")
+    monkeypatch.setattr(choose, "_MODELS", {})
+    monkeypatch.setattr(choose, "calibrate", lambda: model)
+    assert cost_model() == model  # a damaged cache is recalibrated, not trusted
+
+
+def test_calibrate_predicts_sparse_faster_when_very_sparse():
+    model = calibrate()
+    w = _unstructured(0.97, shape=(768, 768))
+    choice = choose_format(w, batch_hint=16, model=model)
+    if model.backend == "cpu-kernels":
+        assert choice.is_sparse, choice.reasons
