@@ -58,7 +58,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from ._resources import data_dir
 
-    path = data_dir("benchmarks") / f"{args.suite}.py"
+    path = data_dir("benchmarks") / f"{args.suite.replace('-', '_')}.py"
     spec = importlib.util.spec_from_file_location(f"hf_sparse_bench_{args.suite}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("bench", help="benchmark our kernels against the best baselines, same process (JSON)")
-    p.add_argument("suite", choices=["spmm"], help="which benchmark suite")
+    p.add_argument("suite", choices=["spmm", "minilm", "train-step"], help="which benchmark suite")
     p.add_argument("--quick", action="store_true", help="a few key cases, under a minute")
     p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per case")

@@ -44,9 +44,7 @@ def to_format(name: str, weight: torch.Tensor, mask: torch.Tensor | None = None,
     return FORMATS.get(name).from_dense(weight, mask, **params)
 
 
-def from_tensors(
-    tensors: dict[str, torch.Tensor], params: dict[str, Any], *, validate: bool = True
-) -> SparseFormat:
+def from_tensors(tensors: dict[str, torch.Tensor], params: dict[str, Any], *, validate: bool = True) -> SparseFormat:
     """Rebuild (and validate, unless ``validate=False``) a format from its tensors and parameters;
     ``params["format"]`` names it."""
     from ..errors import FormatError

@@ -110,9 +110,7 @@ def sparsify_(
             decisions[name] = LayerDecision(name, sparsity, FormatChoice("dense", {}, {}, (reason,)))
             continue
         if format == "auto":
-            choice = choose_format(
-                weight, mask, batch_hint=batch_hint, device=weight.device, margin=margin
-            )
+            choice = choose_format(weight, mask, batch_hint=batch_hint, device=weight.device, margin=margin)
         else:
             choice = FormatChoice(format, dict(format_params), {}, (f"format {format!r} requested",))
         if choice.is_sparse:

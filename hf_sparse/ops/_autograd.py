@@ -18,8 +18,9 @@ def _csr_setup(ctx, inputs, output):
 
 
 def _csr_backward(ctx, grad):
-    # With transpose_out the output (and so its gradient) is (N, rows); the formulas want (rows, N).
-    grad = grad.t() if ctx.transposed else grad
+    # With transpose_out the output (and so its gradient) is (N, rows); the formulas want (rows, N), contiguous:
+    # transpose once here rather than once in each kernel.
+    grad = grad.t().contiguous() if ctx.transposed else grad
     crow, col, values, xt = ctx.saved_tensors
     d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, grad, xt) if ctx.needs_input_grad[2] else None
     d_xt = ops.spmm_csr_t(crow, col, values, ctx.rows, ctx.cols, grad) if ctx.needs_input_grad[5] else None
@@ -42,7 +43,7 @@ def _csr_t_backward(ctx, grad):
 
 def _bsr_backward(ctx, grad):
     # Block-level SDDMM and transposed product with batched matmuls over the stored blocks only.
-    grad = grad.t() if ctx.transposed else grad
+    grad = grad.t().contiguous() if ctx.transposed else grad
     crow, col, values, xt = ctx.saved_tensors
     nb, r, c = values.shape
     n = grad.shape[1]
@@ -74,7 +75,7 @@ def _nm_setup(ctx, inputs, output):
 
 def _nm_backward(ctx, grad):
     # Every n:m slot is a stored position (unused ones hold zeros), so the slots stay n:m while they train.
-    grad = grad.t() if ctx.transposed else grad
+    grad = grad.t().contiguous() if ctx.transposed else grad
     values, indices, xt = ctx.saved_tensors
     rows = values.shape[0]
     crow, col = nm_as_csr(indices, ctx.n, ctx.m)

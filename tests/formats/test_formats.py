@@ -14,7 +14,6 @@ from hf_sparse.testing import random_format_case as _case
 ALL = ["csr", "csc", "coo", "bsr", "bitmask", "nm", "hybrid"]
 
 
-
 def test_every_format_round_trips_exactly_over_1000_cases():
     rng = random.Random(1234)
     for i in range(1400):

@@ -240,12 +240,15 @@ at::Tensor spmm_csr_t_cpu(const at::Tensor& crow, const at::Tensor& col, const a
     scalar_t* x = xt.data_ptr<scalar_t>();
     dispatch_index(col_c, [&](auto* ci) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
-      // chunks of 2 vectors: the scatter is load/store bound, narrow chunks give threads independent work
-      const int64_t step = 2 * Vc::W;
+      // Each thread owns a strip of N. Strips are as wide as the threads allow (up to 8 vectors): every strip
+      // re-reads the whole CSR structure, so narrow strips on one thread cost passes over memory.
+      const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+      const int64_t per_thread = (n + threads - 1) / threads;
+      const int64_t step = std::min<int64_t>(8 * Vc::W, std::max<int64_t>(Vc::W, (per_thread + Vc::W - 1) / Vc::W * Vc::W));
       const int64_t chunks = (n + step - 1) / step;
       at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
         const int64_t lo = cb * step, hi = std::min<int64_t>(n, ce * step);
-        for_each_chunk<scalar_t, 2>(hi - lo, [&](auto kind, int64_t j0, int tail) {
+        for_each_chunk<scalar_t, 8>(hi - lo, [&](auto kind, int64_t j0, int tail) {
           using K = decltype(kind);
           csr_t_chunk<scalar_t, I, K::v, K::tail>(cr, ci, val, rows, y, x, n, lo + j0, tail,
                                                    static_cast<uint64_t>(cols), bad);
@@ -277,6 +280,34 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return Vc::sum(Vc::add(Vc::add(s0, s1), Vc::add(s2, s3)));
 }
 
+// out[u] = <a, b[u]> for four rows b[u]: each vector of `a` is loaded once for the four products.
+template <typename T>
+inline void dot4(const T* a, const T* const* b, int64_t n, T* out) {
+  using Vc = Vec<T>;
+  constexpr int64_t W = Vc::W;
+  auto s0 = Vc::zero(), s1 = Vc::zero(), s2 = Vc::zero(), s3 = Vc::zero();
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const auto av = Vc::load(a + j);
+    s0 = Vc::fma(av, Vc::load(b[0] + j), s0);
+    s1 = Vc::fma(av, Vc::load(b[1] + j), s1);
+    s2 = Vc::fma(av, Vc::load(b[2] + j), s2);
+    s3 = Vc::fma(av, Vc::load(b[3] + j), s3);
+  }
+  if (j < n) {
+    const int t = static_cast<int>(n - j);
+    const auto av = Vc::load_part(a + j, t);
+    s0 = Vc::fma(av, Vc::load_part(b[0] + j, t), s0);
+    s1 = Vc::fma(av, Vc::load_part(b[1] + j, t), s1);
+    s2 = Vc::fma(av, Vc::load_part(b[2] + j, t), s2);
+    s3 = Vc::fma(av, Vc::load_part(b[3] + j, t), s3);
+  }
+  out[0] = Vc::sum(s0);
+  out[1] = Vc::sum(s1);
+  out[2] = Vc::sum(s2);
+  out[3] = Vc::sum(s3);
+}
+
 at::Tensor sddmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t rows, int64_t cols,
                          const at::Tensor& yt, const at::Tensor& xt) {
   check_csr_args(crow, col, rows, cols, "sddmm_csr");
@@ -300,14 +331,28 @@ at::Tensor sddmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t 
     dispatch_index(col_c, [&](auto* ci) {
       parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
         for (int64_t r = rb; r < re; ++r) {
-          for (int64_t p = cr[r]; p < cr[r + 1]; ++p) {
+          int64_t p = cr[r];
+          const int64_t e = cr[r + 1];
+          const scalar_t* yr = y + r * n;
+          for (; p + 4 <= e; p += 4) {  // four dot products share each load of the row of Yt
+            const scalar_t* xs[4];
+            bool ok = true;
+            for (int u = 0; u < 4; ++u) {
+              const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(ci[p + u]));
+              ok = ok && c < static_cast<uint64_t>(cols);
+              xs[u] = x + static_cast<int64_t>(c) * n;
+            }
+            if (HF_UNLIKELY(!ok)) break;  // the one-at-a-time loop below finds and reports the bad index
+            dot4(yr, xs, n, o + p);
+          }
+          for (; p < e; ++p) {
             const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(ci[p]));
             if (HF_UNLIKELY(c >= static_cast<uint64_t>(cols))) {
               bad.note(p);
               o[p] = scalar_t(0);
               continue;
             }
-            o[p] = dot(y + r * n, x + static_cast<int64_t>(c) * n, n);
+            o[p] = dot(yr, x + static_cast<int64_t>(c) * n, n);
           }
         }
       });

@@ -1,0 +1,115 @@
+"""End-to-end benchmark: the real all-MiniLM-L6-v2 encoder, pruned and sparsified, against the dense model
+(``hf-sparse bench minilm``).
+
+One forward pass at batch 1, sequence 128 (a real Rotten Tomatoes review, padded to 128 tokens), under
+``torch.inference_mode``. Ours: the model pruned to 80% / 90% (global magnitude over the encoder's Linear layers,
+the pruning defaults) and converted by ``sparsify_`` (format per layer from the cost model, batch_hint=128).
+Baselines, same process, interleaved: the dense fp32 model, and ``torch.ao`` dynamic int8 of the dense model.
+Correctness first: the sparse model's output must equal the pruned dense model's within fp32 tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+
+from hf_sparse.benchmarking import interleave, summarize
+
+SUITE = "minilm"
+SPARSITIES = [0.8, 0.9]
+SEQ = 128
+
+
+def _inputs():
+    from transformers import AutoTokenizer
+
+    from hf_sparse.data import load_rotten_tomatoes, minilm_l6_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_l6_path())
+    text = load_rotten_tomatoes(seed=42)["test"][0]["text"]
+    return tokenizer([text], padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt")
+
+
+def _dynamic_int8(model):
+    try:
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    except Exception:  # not every torch build ships the quantized engines; the case then records its absence
+        return None
+
+
+def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, int8) -> dict:
+    import hf_sparse
+
+    torch.set_num_threads(threads)
+    pruned = copy.deepcopy(dense)
+    hf_sparse.apply_(pruned, hf_sparse.PruningConfig(sparsity=sparsity))
+    sparse = copy.deepcopy(pruned)
+    decisions = hf_sparse.sparsify_(sparse, batch_hint=SEQ, progress=False)
+    with torch.inference_mode():
+        expected = pruned(**batch).last_hidden_state
+        got = sparse(**batch).last_hidden_state
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    del pruned
+
+    calls: dict[str, Callable[[int], object]] = {
+        "ours": lambda i: sparse(**batch),
+        "torch_dense": lambda i: dense(**batch),
+    }
+    if int8 is not None:
+        calls["torch_dynamic_int8"] = lambda i: int8(**batch)
+    with torch.inference_mode():
+        times = interleave(calls, rounds)
+    ours_s, baselines, speedup = summarize(times)
+    formats = Counter(d.choice.format for d in decisions.values())
+    return {
+        "name": f"minilm-l6 batch=1 seq={SEQ} {round(sparsity * 100)}% pruned t={threads}",
+        "params": {
+            "model": "sentence-transformers/all-MiniLM-L6-v2",
+            "batch": 1,
+            "seq": SEQ,
+            "sparsity": sparsity,
+            "dtype": "float32",
+            "threads": threads,
+            "formats": dict(formats),
+        },
+        "ours_s": ours_s,
+        "baselines_s": baselines,
+        "speedup": speedup,
+    }
+
+
+def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progress: Callable | None = None) -> dict:
+    """Run the suite and return the JSON-ready record."""
+    from transformers import AutoModel
+
+    from hf_sparse.data import minilm_l6_path
+    from hf_sparse.machine import machine_info
+    from hf_sparse.ops import kernel_status, load_kernels
+
+    load_kernels()
+    torch.set_num_threads(threads)
+    dense = AutoModel.from_pretrained(minilm_l6_path()).eval()
+    batch = _inputs()
+    int8 = _dynamic_int8(dense)
+    rounds = rounds or (15 if quick else 40)
+    cases = []
+    for i, sparsity in enumerate(SPARSITIES):
+        case = run_case(dense, batch, sparsity, threads=threads, rounds=rounds, int8=int8)
+        cases.append(case)
+        if progress:
+            progress(i + 1, len(SPARSITIES), case)
+    return {
+        "suite": SUITE,
+        "machine": machine_info(),
+        "kernels": kernel_status(),
+        "baselines_missing": [] if int8 is not None else ["torch_dynamic_int8 (torch.ao quantize_dynamic failed)"],
+        "cases": cases,
+    }
