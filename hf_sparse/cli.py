@@ -53,6 +53,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_kernels(args: argparse.Namespace) -> int:
+    from .ops import kernel_status, load_kernels
+    from .ops._loader import build_dir
+
+    print(f"hf-sparse: building the C++ ops into {build_dir()} (about a minute the first time) ...", flush=True)
+    ok = load_kernels()
+    print(f"hf-sparse: {'ready' if ok else 'NOT built'}: {kernel_status()['reason']}")
+    return 0 if ok else 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -104,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per case")
     p.add_argument("--json", default=None, help="write the results to this file instead of printing them")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("build-kernels", help="build the C++ ops now (otherwise they are built on first use)")
+    p.set_defaults(func=_cmd_build_kernels)
 
     p = sub.add_parser("info", help="versions, machine and packaged recipes")
     p.set_defaults(func=_cmd_info)

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from hf_sparse.cli import main
 
 
@@ -27,3 +29,31 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path):
     assert set(by_format) == {"csr", "bsr16x16", "2:4"}
     assert set(by_format["bsr16x16"]["baselines_s"]) == {"torch_dense", "torch_bsr"}
     assert by_format["2:4"]["params"]["sparsity"] == 0.5
+
+
+def test_bench_train_step_quick_checks_gradients_and_reports_ratios(tmp_path):
+    out = tmp_path / "train.json"
+    assert main(["bench", "train-step", "--quick", "--rounds", "2", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["suite"] == "train-step" and len(record["cases"]) == 2
+    case = record["cases"][0]
+    assert case["params"]["M"] == 3072 and case["params"]["N"] == 128 and case["params"]["sparsity"] == 0.9
+    assert set(case["baselines_s"]) == {"torch_dense", "torch_dense_masked"}
+
+
+@pytest.mark.real
+def test_bench_minilm_quick_on_the_real_model(tmp_path):
+    out = tmp_path / "minilm.json"
+    assert main(["bench", "minilm", "--quick", "--rounds", "2", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [c["params"]["sparsity"] for c in record["cases"]] == [0.8, 0.9]
+    assert {"torch_dense"} <= set(record["cases"][0]["baselines_s"])
+    assert sum(record["cases"][1]["params"]["formats"].values()) == 36
+
+
+def test_build_kernels_command(capsys):
+    from hf_sparse.ops import load_kernels
+
+    expected = 0 if load_kernels() else 1
+    assert main(["build-kernels"]) == expected
+    assert "hf-sparse:" in capsys.readouterr().out
