@@ -8,21 +8,11 @@ import torch
 
 from hf_sparse.errors import FormatError
 from hf_sparse.formats import to_format
-from hf_sparse.ops import explain, kernel_status, load_kernels, sparse_linear, spmm, spmm_reference
+from hf_sparse.ops import explain, sparse_linear, spmm, spmm_reference
 from hf_sparse.testing import random_format_case
 
 KERNEL_FORMATS = ["csr", "csc", "bsr", "nm", "hybrid"]
 ALL_FORMATS = [*KERNEL_FORMATS, "coo", "bitmask"]
-
-
-@pytest.fixture(scope="module")
-def ops():
-    if not load_kernels():
-        reason = kernel_status()["reason"]
-        if "no C++ compiler" in reason or "disabled" in reason:
-            pytest.skip(reason)
-        pytest.fail(f"the C++ ops failed to build: {reason}")
-    return torch.ops.hf_sparse
 
 
 def test_every_op_matches_reference_and_dense_over_1000_generated_cases(ops):

@@ -5,17 +5,7 @@ import torch
 
 from hf_sparse.errors import FormatError
 from hf_sparse.formats import CSR
-from hf_sparse.ops import kernel_status, load_kernels, spmm_csr, spmm_csr_reference
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    if not load_kernels():
-        reason = kernel_status()["reason"]
-        if "no C++ compiler" in reason or "disabled" in reason:
-            pytest.skip(reason)
-        pytest.fail(f"the C++ ops failed to build: {reason}")
-    return torch.ops.hf_sparse
+from hf_sparse.ops import spmm_csr, spmm_csr_reference
 
 
 def _csr(rows, cols, sparsity, seed):
@@ -25,7 +15,7 @@ def _csr(rows, cols, sparsity, seed):
     return w, CSR.from_dense(w)
 
 
-def test_spmm_csr_matches_reference_and_dense(kernels):
+def test_spmm_csr_matches_reference_and_dense(ops):
     rng = random.Random(0)
     for i in range(60):
         rows, cols, n = rng.randint(1, 80), rng.randint(1, 80), rng.choice([1, 3, 8, 16, 33])
@@ -36,37 +26,37 @@ def test_spmm_csr_matches_reference_and_dense(kernels):
         torch.testing.assert_close(out, w @ xt, rtol=1e-5, atol=1e-5)
 
 
-def test_spmm_csr_int32_columns(kernels):
+def test_spmm_csr_int32_columns(ops):
     w, f = _csr(3, 40_000, 0.999, 1)
     assert f.col_indices.dtype == torch.int32
     xt = torch.randn(40_000, 4)
     torch.testing.assert_close(spmm_csr(f, xt), w @ xt, rtol=1e-4, atol=1e-4)
 
 
-def test_opcheck(kernels):
+def test_opcheck(ops):
     _, f = _csr(24, 40, 0.7, 2)
     xt = torch.randn(40, 5)
     torch.library.opcheck(
-        kernels.spmm_csr.default,
+        ops.spmm_csr.default,
         (f.crow_indices, f.col_indices, f.values, 24, 40, xt),
         test_utils=("test_schema", "test_faketensor"),
     )
 
 
-def test_kernel_checks_its_inputs_at_the_boundary(kernels):
+def test_kernel_checks_its_inputs_at_the_boundary(ops):
     _, f = _csr(4, 10, 0.5, 3)
     xt = torch.randn(10, 2)
     bad_col = f.col_indices.clone()
     if bad_col.numel():
         bad_col[-1] = 10
         with pytest.raises(ValueError, match="out of range"):
-            kernels.spmm_csr(f.crow_indices, bad_col, f.values, 4, 10, xt)
+            ops.spmm_csr(f.crow_indices, bad_col, f.values, 4, 10, xt)
     bad_crow = f.crow_indices.clone()
     bad_crow[-1] += 1
     with pytest.raises(ValueError, match="crow must start at 0"):
-        kernels.spmm_csr(bad_crow, f.col_indices, f.values, 4, 10, xt)
+        ops.spmm_csr(bad_crow, f.col_indices, f.values, 4, 10, xt)
     with pytest.raises(ValueError, match="xt must be"):
-        kernels.spmm_csr(f.crow_indices, f.col_indices, f.values, 4, 10, torch.randn(9, 2))
+        ops.spmm_csr(f.crow_indices, f.col_indices, f.values, 4, 10, torch.randn(9, 2))
 
 
 def test_wrapper_errors_and_reference_for_other_dtypes():
