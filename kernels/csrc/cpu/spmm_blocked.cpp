@@ -93,7 +93,9 @@ at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
         for (int64_t br = bb; br < be; ++br) {
           rows_to_output(br * R, br * R + R, n, y, rows, transpose_out, R, buf,
                          [&](int64_t, int64_t, const Out<scalar_t>& out) {
-            for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
+            // Chunks of at most 2 vectors, 4 rows per pass: each Xt vector loaded serves 4 rows (measured 10-25%
+            // faster at N=128 than 8 vectors x 1 row or 4 vectors x 2 rows, which are bound by loads).
+            for_each_chunk<scalar_t, 2>(n, [&](auto kind, int64_t j0, int tail) {
               using K = decltype(kind);
               constexpr int RB = rows_per_pass<K::v>();
               int64_t i = 0;
