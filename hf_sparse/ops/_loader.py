@@ -34,7 +34,10 @@ def _headers() -> list[Path]:
 
 
 def cpu_flags() -> list[str]:
-    """Vector ISA flags for this CPU: AVX2 + FMA where /proc/cpuinfo lists both, else the portable one-lane path."""
+    """Vector ISA flags for this CPU: AVX2 + FMA where /proc/cpuinfo lists both, else the portable one-lane path
+    (``HF_SPARSE_PORTABLE=1`` forces the portable path, e.g. to test it or to build for older CPUs)."""
+    if os.environ.get("HF_SPARSE_PORTABLE") == "1":
+        return []
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
