@@ -10,7 +10,7 @@ Public API::
 
 __version__ = "0.1.0"
 
-from . import data, formats, nn, ops
+from . import data, formats, integrations, nn, ops
 from .apply import apply_
 from .callbacks import PruningCallback, attach_callbacks
 from .config import BaseConfig, register_config
@@ -24,6 +24,7 @@ __all__ = [
     "__version__",
     "data",
     "formats",
+    "integrations",
     "nn",
     "ops",
     "SparseLinear",

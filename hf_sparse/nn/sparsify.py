@@ -121,5 +121,11 @@ def sparsify_(
             replace_module(model, name, SparseLinear(stored, linear.bias, trainable=trainable))
         decisions[name] = LayerDecision(name, sparsity, choice)
     converted = sum(d.converted for d in decisions.values())
+    config = getattr(model, "config", None)
+    if converted and config is not None and hasattr(config, "to_dict"):
+        # What save_pretrained writes to config.json, so that from_pretrained can rebuild the sparse modules.
+        from ..integrations import sparse_config_for
+
+        config.quantization_config = sparse_config_for(model)
     logger.info("sparsify_: %d of %d selected Linear layers stored sparse", converted, len(decisions))
     return decisions
