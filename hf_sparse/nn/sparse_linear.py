@@ -48,6 +48,12 @@ class SparseLinear(nn.Module):
         if bias is not None and tuple(bias.shape) != (self.out_features,):
             raise FormatError(f"SparseLinear: bias must have shape ({self.out_features},), got {tuple(bias.shape)}.")
         self.bias = nn.Parameter(bias.detach(), requires_grad=trainable) if bias is not None else None
+        # ``weight`` is a zero-length placeholder that carries the layer's dtype and device (code that inspects
+        # ``module.weight.dtype`` keeps working; code that multiplies by it fails loudly). It is saved too, so a
+        # loader that does not know hf_sparse tries to put it into ``nn.Linear.weight`` and fails with a size
+        # mismatch instead of silently initialising the layer at random. ``dense_weight()`` gives the matrix.
+        dtype = next(t.dtype for t in weight.tensors().values() if t.is_floating_point())
+        self.register_buffer("weight", torch.empty(0, dtype=dtype, device=weight.values.device))
         self.register_load_state_dict_post_hook(_validate_after_load)
 
     @classmethod

@@ -36,8 +36,8 @@ def test_round_trip_in_process(tmp_path, fmt, params):
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "hf_sparse" and config["schema_version"] == 1
     assert len(config["modules"]) == 12
-    keys = load_file(out / "model.safetensors").keys()
-    assert not any(k.endswith(("query.weight", "intermediate.dense.weight")) for k in keys)
+    saved = load_file(out / "model.safetensors")
+    assert all(t.numel() == 0 for k, t in saved.items() if k.endswith(("query.weight", "intermediate.dense.weight")))
     loaded = AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert sum(isinstance(m, SparseLinear) for m in loaded.modules()) == 12
     torch.testing.assert_close(loaded(IDS).logits, expected, rtol=1e-5, atol=1e-5)
@@ -67,6 +67,17 @@ def test_round_trip_in_a_fresh_process_and_smaller_on_disk(tmp_path):
         if k.endswith(".weight") and "encoder" in k and "LayerNorm" not in k
     )
     assert sparse_bytes < 0.35 * dense_bytes
+
+
+def test_loading_without_import_hf_sparse_fails_loudly(tmp_path):
+    _, out, _ = _saved(tmp_path)
+    script = (
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"AutoModelForSequenceClassification.from_pretrained({str(out)!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "ignore_mismatched_sizes" in result.stderr and "torch.Size([0])" in result.stderr
 
 
 def _edit_config(out, fn):
