@@ -53,6 +53,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .integrations.inspect import format_inspection, inspect_checkpoint
+
+    report = inspect_checkpoint(args.path)
+    print(json.dumps(report, indent=2) if args.json else format_inspection(report))
+    return 0
+
+
 def _cmd_build_kernels(args: argparse.Namespace) -> int:
     from .ops import kernel_status, load_kernels
     from .ops._loader import build_dir
@@ -114,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per case")
     p.add_argument("--json", default=None, help="write the results to this file instead of printing them")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("inspect", help="per-layer format, shape, stored fraction and bytes of a sparse checkpoint")
+    p.add_argument("path", help="a folder written by save_pretrained after hf_sparse.sparsify_")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("build-kernels", help="build the C++ ops now (otherwise they are built on first use)")
     p.set_defaults(func=_cmd_build_kernels)

@@ -162,3 +162,26 @@ def test_real_minilm_round_trip_predictions_identical(tmp_path):
         tmp_path / "dense" / "model.safetensors"
     ).stat().st_size
     print(f"converted layers: {linear_sparse / linear_dense:.3f} of dense bytes; whole file: {file_ratio:.3f}")
+
+
+def test_inspect_reports_layers_and_totals(tmp_path, capsys):
+    from hf_sparse.cli import main
+    from hf_sparse.integrations.inspect import inspect_checkpoint
+
+    _, out, dense_dir = _saved(tmp_path, "bsr", block=(16, 16))
+    report = inspect_checkpoint(out)
+    assert report["totals"]["sparse_layers"] == 12 and report["schema_version"] == 1
+    layer = next(x for x in report["layers"] if x["name"] == "bert.encoder.layer.0.intermediate.dense")
+    assert layer["format"] == "bsr" and layer["shape"] == [64, 32]
+    weights = load_file(out / "model.safetensors")
+    prefix = "bert.encoder.layer.0.intermediate.dense.weight_"
+    expected = sum(t.numel() * t.element_size() for k, t in weights.items() if k.startswith(prefix))
+    assert layer["bytes"] == expected
+    assert layer["stored_fraction"] == weights[prefix + "values"].numel() / (64 * 32)
+    assert main(["inspect", str(out)]) == 0
+    assert "12 sparse layers" in capsys.readouterr().out
+    assert main(["inspect", str(dense_dir)]) == 2  # not a sparse checkpoint: a clear error, exit 2
+    assert "no hf_sparse quantization_config" in capsys.readouterr().err
+    (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(FormatError, match="not a readable safetensors file"):
+        inspect_checkpoint(out)
