@@ -181,6 +181,22 @@ inline void for_each_chunk(int64_t n, F&& f) {
   if (j < n) f(Chunk<1, true>{}, j, static_cast<int>(n - j));
 }
 
+// Calls f(const int16_t*) or f(const int32_t*) for a column-index tensor (the kernels accept both widths).
+template <typename F>
+inline void dispatch_index(const at::Tensor& col, F&& f) {
+  if (col.scalar_type() == at::kShort) {
+    f(col.data_ptr<int16_t>());
+  } else {
+    f(col.data_ptr<int32_t>());
+  }
+}
+
+// The result of an SpMM: (rows, N), or its transpose (N, rows) when the caller wants what a Linear returns.
+inline at::Tensor new_output(const at::Tensor& xt, int64_t rows, bool transpose_out) {
+  const int64_t n = xt.size(1);
+  return transpose_out ? at::empty({n, rows}, xt.options()) : at::empty({rows, n}, xt.options());
+}
+
 inline void check_dense_rhs(const at::Tensor& xt, int64_t rows, const char* op, const char* name) {
   TORCH_CHECK_VALUE(xt.dim() == 2 && xt.size(0) == rows, "hf_sparse::", op, ": ", name, " must be (", rows,
                     ", N), got ", xt.sizes());

@@ -11,6 +11,8 @@
 namespace {
 
 using hf_sparse_cpu::BadIndex;
+using hf_sparse_cpu::dispatch_index;
+using hf_sparse_cpu::new_output;
 using hf_sparse_cpu::for_each_chunk;
 using hf_sparse_cpu::load_v;
 using hf_sparse_cpu::Out;
@@ -79,14 +81,14 @@ at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   auto val_c = values.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t n = xt_c.size(1);
-  auto yt = transpose_out ? at::empty({n, rows}, xt_c.options()) : at::empty({rows, n}, xt_c.options());
+  auto yt = new_output(xt_c, rows, transpose_out);
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_bsr", [&] {
     const int32_t* cr = crow_c.data_ptr<int32_t>();
     const scalar_t* val = val_c.data_ptr<scalar_t>();
     const scalar_t* x = xt_c.data_ptr<scalar_t>();
     scalar_t* y = yt.data_ptr<scalar_t>();
-    auto run = [&](auto* ci) {
+    dispatch_index(col_c, [&](auto* ci) {
       using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
       at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
         std::vector<scalar_t> buf;
@@ -109,12 +111,7 @@ at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
           });
         }
       });
-    };
-    if (col_c.scalar_type() == at::kShort) {
-      run(col_c.data_ptr<int16_t>());
-    } else {
-      run(col_c.data_ptr<int32_t>());
-    }
+    });
   });
   const int64_t at = bad.get();
   TORCH_CHECK_VALUE(at < 0, "hf_sparse::spmm_bsr: col[", at, "] is out of range [0, ", bcols, ") block columns");
@@ -191,7 +188,7 @@ at::Tensor spmm_nm_cpu(const at::Tensor& values, const at::Tensor& indices, int6
   auto idx_c = indices.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t rows = val_c.size(0), width = val_c.size(1), n = xt_c.size(1);
-  auto yt = transpose_out ? at::empty({n, rows}, xt_c.options()) : at::empty({rows, n}, xt_c.options());
+  auto yt = new_output(xt_c, rows, transpose_out);
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_nm", [&] {
     const scalar_t* val = val_c.data_ptr<scalar_t>();

@@ -14,6 +14,8 @@
 namespace {
 
 using hf_sparse_cpu::BadIndex;
+using hf_sparse_cpu::dispatch_index;
+using hf_sparse_cpu::new_output;
 using hf_sparse_cpu::Chunk;
 using hf_sparse_cpu::for_each_chunk;
 using hf_sparse_cpu::load_v;
@@ -138,15 +140,6 @@ void raise_if_bad(const BadIndex& bad, const at::Tensor& col, int64_t cols, cons
   }
 }
 
-template <typename F>
-void dispatch_index(const at::Tensor& col, F&& f) {
-  if (col.scalar_type() == at::kShort) {
-    f(col.data_ptr<int16_t>());
-  } else {
-    f(col.data_ptr<int32_t>());
-  }
-}
-
 at::Tensor spmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
                         int64_t cols, const at::Tensor& xt, bool transpose_out) {
   check_csr_args(crow, col, rows, cols, "spmm_csr");
@@ -160,7 +153,7 @@ at::Tensor spmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   auto val_c = values.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t n = xt_c.size(1);
-  auto yt = transpose_out ? at::empty({n, rows}, xt_c.options()) : at::empty({rows, n}, xt_c.options());
+  auto yt = new_output(xt_c, rows, transpose_out);
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_csr", [&] {
     const int32_t* cr = crow_c.data_ptr<int32_t>();
