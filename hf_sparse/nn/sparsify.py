@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError, FormatError
 from ..formats import FORMATS, FormatChoice, choose_format
+from ..pruning.apply import match_linears
 from ..pruning.config import DEFAULT_EXCLUDE
 from .replace import replace_module
 from .sparse_linear import SparseLinear
@@ -32,10 +32,6 @@ class LayerDecision:
     @property
     def converted(self) -> bool:
         return self.choice.is_sparse
-
-
-def _matches(name: str, pattern: str) -> bool:
-    return pattern in name.split(".") or re.fullmatch(pattern, name) is not None
 
 
 def sparsify_(
@@ -81,18 +77,7 @@ def sparsify_(
         raise ConfigError(f"sparsify_: min_sparsity must be in [0, 1], got {min_sparsity}.")
     target_modules, exclude_modules = tuple(target_modules), tuple(exclude_modules)
     masks = dict(masks or {})
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    chosen = {
-        n: m
-        for n, m in linears.items()
-        if (not target_modules or any(_matches(n, p) for p in target_modules))
-        and not any(_matches(n, p) for p in exclude_modules)
-    }
-    if not chosen:
-        raise ConfigError(
-            f"sparsify_ selects no nn.Linear (target_modules={list(target_modules)}, exclude_modules="
-            f"{list(exclude_modules)}); the model's Linear layers include {list(linears)[:8]}."
-        )
+    chosen = match_linears(model, target_modules, exclude_modules, who="sparsify_")
     unknown = sorted(set(masks) - set(chosen))
     if unknown:
         raise ConfigError(f"sparsify_: masks given for modules it does not convert: {unknown[:5]}.")

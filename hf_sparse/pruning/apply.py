@@ -13,7 +13,7 @@ from ..registry import METHODS
 from .config import PruningConfig
 from .criteria import CRITERIA, masks_from_scores
 
-__all__ = ["select_modules", "Pruner", "prune_"]
+__all__ = ["select_modules", "match_linears", "Pruner", "prune_"]
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -21,29 +21,38 @@ def _matches(name: str, pattern: str) -> bool:
     return pattern in name.split(".") or re.fullmatch(pattern, name) is not None
 
 
-def select_modules(model: nn.Module, config: PruningConfig) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules of ``model`` that ``config`` prunes, by qualified name, in model order.
-
-    A module is selected when it is an ``nn.Linear``, matches one of ``config.target_modules`` (or that list is
-    empty), and matches none of ``config.exclude_modules``; exclusion takes precedence.
+def match_linears(
+    model: nn.Module, target_modules, exclude_modules, *, who: str = "PruningConfig"
+) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules of ``model`` matching one of ``target_modules`` (or all, when it is empty) and none
+    of ``exclude_modules``, by qualified name, in model order; exclusion takes precedence.
 
     Raises:
-        ConfigError: when nothing is selected (the message lists the model's Linear layers).
+        ConfigError: when nothing is selected (the message, which starts with ``who``, lists the Linear layers).
     """
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     chosen = {
         n: m
         for n, m in linears.items()
-        if (not config.target_modules or any(_matches(n, p) for p in config.target_modules))
-        and not any(_matches(n, p) for p in config.exclude_modules)
+        if (not target_modules or any(_matches(n, p) for p in target_modules))
+        and not any(_matches(n, p) for p in exclude_modules)
     }
     if not chosen:
         sample = list(linears)[:8]
         raise ConfigError(
-            f"PruningConfig selects no nn.Linear module (target_modules={list(config.target_modules)}, "
-            f"exclude_modules={list(config.exclude_modules)}). The model's Linear layers include: {sample}."
+            f"{who} selects no nn.Linear module (target_modules={list(target_modules)}, "
+            f"exclude_modules={list(exclude_modules)}). The model's Linear layers include: {sample}."
         )
     return chosen
+
+
+def select_modules(model: nn.Module, config: PruningConfig) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules of ``model`` that ``config`` prunes (see :func:`match_linears`).
+
+    Raises:
+        ConfigError: when nothing is selected (the message lists the model's Linear layers).
+    """
+    return match_linears(model, config.target_modules, config.exclude_modules)
 
 
 class Pruner:
