@@ -1,7 +1,9 @@
-"""Modules that replace ``nn.Linear`` inside a model (SparseLinear), and the functions that swap them in."""
+"""Modules that replace ``nn.Linear`` / ``nn.Embedding`` inside a model (SparseLinear, SparseEmbedding), and the
+functions that swap them in."""
 
 from .replace import replace_module
+from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
 from .sparsify import LayerDecision, sparsify_
 
-__all__ = ["SparseLinear", "sparsify_", "LayerDecision", "replace_module"]
+__all__ = ["SparseLinear", "SparseEmbedding", "sparsify_", "LayerDecision", "replace_module"]

@@ -11,9 +11,10 @@ from torch import nn
 
 from ..errors import ConfigError, FormatError
 from ..formats import FORMATS, FormatChoice, choose_format
-from ..pruning.apply import match_linears
+from ..pruning.apply import match_embeddings, match_linears
 from ..pruning.config import DEFAULT_EXCLUDE
 from .replace import replace_module
+from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
 
 __all__ = ["sparsify_", "LayerDecision"]
@@ -42,6 +43,7 @@ def sparsify_(
     min_sparsity: float = 0.3,
     target_modules: Iterable[str] = (),
     exclude_modules: Iterable[str] = DEFAULT_EXCLUDE,
+    embeddings: Iterable[str] = (),
     masks: Mapping[str, torch.Tensor] | None = None,
     trainable: bool = True,
     margin: float = 0.9,
@@ -60,6 +62,8 @@ def sparsify_(
         min_sparsity: layers with a smaller fraction of zeros (or of False in ``masks``) stay dense.
         target_modules / exclude_modules: module-name components or full-name regexes; exclusion wins. By default
             task heads, the pooler and embeddings are left alone, as in pruning.
+        embeddings: ``nn.Embedding`` tables (names or regexes, as ``PruningConfig.embeddings``) to store as
+            :class:`SparseEmbedding` (CSR rows) when at least ``min_sparsity`` of their entries are zero.
         masks: keep-masks by module name (e.g. ``Pruner.masks``); default: the weights' non-zeros.
         trainable: whether the sparse values keep taking gradients (sparse fine-tuning).
 
@@ -78,7 +82,8 @@ def sparsify_(
     target_modules, exclude_modules = tuple(target_modules), tuple(exclude_modules)
     masks = dict(masks or {})
     chosen = match_linears(model, target_modules, exclude_modules, who="sparsify_")
-    unknown = sorted(set(masks) - set(chosen))
+    tables = match_embeddings(model, tuple(embeddings), who="sparsify_")
+    unknown = sorted(set(masks) - set(chosen) - set(tables))
     if unknown:
         raise ConfigError(f"sparsify_: masks given for modules it does not convert: {unknown[:5]}.")
 
@@ -105,6 +110,21 @@ def sparsify_(
                 raise FormatError(f"sparsify_: cannot store {name} as {choice.format}: {exc}") from None
             replace_module(model, name, SparseLinear(stored, linear.bias, trainable=trainable))
         decisions[name] = LayerDecision(name, sparsity, choice)
+    for name, table in tables.items():
+        mask = masks.get(name)
+        keep = mask if mask is not None else table.weight.detach() != 0
+        sparsity = 1.0 - float(keep.float().mean())
+        if sparsity < min_sparsity:
+            reason = f"sparsity {sparsity:.1%} is below min_sparsity {min_sparsity:.0%}: kept dense"
+            decisions[name] = LayerDecision(name, sparsity, FormatChoice("dense", {}, {}, (reason,)))
+            continue
+        try:
+            sparse_table = SparseEmbedding.from_embedding(table, mask, trainable=trainable)
+        except FormatError as exc:
+            raise FormatError(f"sparsify_: cannot store embedding {name}: {exc}") from None
+        replace_module(model, name, sparse_table)
+        reason = "embedding table: rows stored in CSR (lookups gather each token's stored entries)"
+        decisions[name] = LayerDecision(name, sparsity, FormatChoice("csr", {}, {}, (reason,)))
     converted = sum(d.converted for d in decisions.values())
     config = getattr(model, "config", None)
     if converted and config is not None and hasattr(config, "to_dict"):
@@ -112,5 +132,5 @@ def sparsify_(
         from ..integrations import sparse_config_for
 
         config.quantization_config = sparse_config_for(model)
-    logger.info("sparsify_: %d of %d selected Linear layers stored sparse", converted, len(decisions))
+    logger.info("sparsify_: %d of %d selected layers stored sparse", converted, len(decisions))
     return decisions

@@ -13,7 +13,7 @@ from ..registry import METHODS
 from .config import PruningConfig
 from .criteria import CRITERIA, masks_from_scores
 
-__all__ = ["select_modules", "match_linears", "Pruner", "prune_"]
+__all__ = ["select_modules", "match_linears", "match_embeddings", "Pruner", "prune_"]
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -46,13 +46,44 @@ def match_linears(
     return chosen
 
 
-def select_modules(model: nn.Module, config: PruningConfig) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules of ``model`` that ``config`` prunes (see :func:`match_linears`).
+def match_embeddings(model: nn.Module, patterns, *, who: str = "PruningConfig") -> dict[str, nn.Embedding]:
+    """The ``nn.Embedding`` modules of ``model`` named by ``patterns`` (components or full-name regexes).
 
     Raises:
-        ConfigError: when nothing is selected (the message lists the model's Linear layers).
+        ConfigError: a pattern matches no embedding (a typo must not silently prune less), or an embedding is tied
+            to the model's output layer (pruning it would prune the LM head too, through the shared tensor).
     """
-    return match_linears(model, config.target_modules, config.exclude_modules)
+    embeddings = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    chosen: dict[str, nn.Embedding] = {}
+    for pattern in patterns:
+        found = {n: m for n, m in embeddings.items() if _matches(n, pattern)}
+        if not found:
+            raise ConfigError(
+                f"{who}.embeddings: {pattern!r} matches no nn.Embedding; the model's embeddings are "
+                f"{list(embeddings)}."
+            )
+        chosen.update(found)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, module in chosen.items():
+        if output is not None and getattr(output, "weight", None) is module.weight:
+            raise ConfigError(
+                f"{who}.embeddings: {name!r} shares its weight with the output layer (tied embeddings); prune "
+                "untied models only, or leave it out."
+            )
+    return chosen
+
+
+def select_modules(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
+    """The modules of ``model`` that ``config`` prunes: the ``nn.Linear`` layers of :func:`match_linears`, then the
+    ``nn.Embedding`` tables named by ``config.embeddings`` (see :func:`match_embeddings`).
+
+    Raises:
+        ConfigError: when no Linear layer is selected (the message lists the model's Linear layers), or a name in
+            ``config.embeddings`` matches no embedding.
+    """
+    chosen: dict[str, nn.Module] = dict(match_linears(model, config.target_modules, config.exclude_modules))
+    chosen.update(match_embeddings(model, config.embeddings))
+    return chosen
 
 
 class Pruner:

@@ -40,6 +40,12 @@ class PruningConfig(BaseConfig):
             ``"query"`` also matches as the last name component). Empty means every ``nn.Linear``.
         exclude_modules: Names (components) or regular expressions never pruned. Exclusion wins over
             ``target_modules``. Defaults to task heads, poolers and embeddings (:data:`DEFAULT_EXCLUDE`).
+        embeddings: ``nn.Embedding`` modules pruned together with the selected Linear layers (ranked with them
+            under ``scope="global"``), by name component or full-name regex, e.g. ``["word_embeddings"]``: in
+            MiniLM/BERT the word-embedding table is half the parameters, so a checkpoint cannot get much below half
+            its dense size without it. ``exclude_modules`` does not apply to embeddings named here (naming them is
+            explicit); a name that matches no ``nn.Embedding`` is an error. Tied input/output embeddings cannot be
+            pruned this way.
         schedule: ``"cubic"`` — gradual pruning of Zhu & Gupta (2017) from ``initial_sparsity`` at ``start_step``
             to ``sparsity`` at ``end_step``, masks recomputed every ``update_every`` optimizer steps;
             ``"oneshot"`` — prune to ``sparsity`` at ``start_step`` and keep the mask fixed.
@@ -54,6 +60,7 @@ class PruningConfig(BaseConfig):
     scope: Literal["global", "layer"] = "global"
     target_modules: tuple[str, ...] = ()
     exclude_modules: tuple[str, ...] = DEFAULT_EXCLUDE
+    embeddings: tuple[str, ...] = ()
     schedule: Literal["cubic", "oneshot"] = "cubic"
     initial_sparsity: float = 0.0
     start_step: int = 0
@@ -74,7 +81,7 @@ class PruningConfig(BaseConfig):
             raise ConfigError(f"PruningConfig.end_step ({self.end_step}) must be >= start_step ({self.start_step}).")
         if self.update_every < 1:
             raise ConfigError(f"PruningConfig.update_every must be >= 1, got {self.update_every}.")
-        for key in ("target_modules", "exclude_modules"):
+        for key in ("target_modules", "exclude_modules", "embeddings"):
             for pattern in getattr(self, key):
                 try:
                     re.compile(pattern)
