@@ -71,4 +71,8 @@ class COO(SparseFormat):
             ok = key[1:] > key[:-1]
             if not bool(ok.all()):
                 bad = int(torch.nonzero(~ok)[0]) + 1
-                raise FormatError(f"coo: coordinates are not sorted row-major without duplicates at position {bad}.")
+                raise FormatError(
+                    f"coo: row_indices and col_indices are not sorted row-major without duplicates at position {bad} "
+                    f"(({int(self.row_indices[bad - 1])}, {int(self.col_indices[bad - 1])}) then "
+                    f"({int(self.row_indices[bad])}, {int(self.col_indices[bad])}))."
+                )

@@ -121,8 +121,14 @@ class Hybrid(SparseFormat):
         if self.dense_values.shape[1] != cols:
             raise FormatError(f"hybrid: dense_values has {self.dense_values.shape[1]} columns; expected {cols}.")
         listed = torch.cat([self.dense_rows.to(torch.int64), self.sparse_rows.to(torch.int64)])
-        if listed.numel() != rows or torch.unique(listed).numel() != rows:
-            raise FormatError(f"hybrid: dense_rows and sparse_rows must list every one of the {rows} rows once.")
+        times = torch.bincount(listed, minlength=rows)
+        if listed.numel() != rows or bool((times != 1).any()):
+            row = int(torch.nonzero(times != 1)[0])
+            raise FormatError(
+                f"hybrid: dense_rows and sparse_rows must list every one of the {rows} rows once; row {row} is "
+                f"listed {int(times[row])} times (dense_rows has {self.dense_rows.numel()} entries, sparse_rows "
+                f"{self.sparse_rows.numel()})."
+            )
         n_sparse = self.sparse_rows.numel()
         if self.sparse.shape != (max(n_sparse, 1), cols):
             raise FormatError(f"hybrid: the CSR part must have shape {(n_sparse, cols)}.")

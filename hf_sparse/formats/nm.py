@@ -91,8 +91,18 @@ class NM(SparseFormat):
             if t.shape[1] != width:
                 raise FormatError(f"nm: {name} has {t.shape[1]} columns; expected {width} (cols / m * n).")
         idx = self.indices.to(torch.int64)
-        if bool(((idx < 0) | (idx >= self.m)).any()):
-            raise FormatError(f"nm: indices must be in [0, {self.m}).")
+        outside = (idx < 0) | (idx >= self.m)
+        if bool(outside.any()):
+            r, j = (int(x) for x in torch.nonzero(outside)[0])
+            raise FormatError(
+                f"nm: indices[{r}, {j}]={int(idx[r, j])} is outside its group of m={self.m} columns; indices must be "
+                f"in [0, {self.m})."
+            )
         grouped = idx.reshape(rows, -1, self.n)
-        if self.n > 1 and not bool((grouped[..., 1:] > grouped[..., :-1]).all()):
-            raise FormatError("nm: indices must be sorted and unique within each group.")
+        unsorted = grouped[..., 1:] <= grouped[..., :-1]
+        if self.n > 1 and bool(unsorted.any()):
+            r, g, _ = (int(x) for x in torch.nonzero(unsorted)[0])
+            raise FormatError(
+                f"nm: indices must be sorted and unique within each group: row {r}, group {g} (indices[{r}, "
+                f"{g * self.n}:{(g + 1) * self.n}]) holds {grouped[r, g].tolist()}."
+            )

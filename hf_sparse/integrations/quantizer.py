@@ -1,13 +1,33 @@
 """The ``hf_sparse`` entry of ``config.json["quantization_config"]`` and the thin quantizer that loads it.
 
 A sparsified model saves with ``model.save_pretrained(dir)``: the state dict holds only the compressed tensors of
-every ``SparseLinear`` (values, indices, pointers), and ``config.json`` carries one composite, versioned description
-per module — format, its parameters, and each stored tensor's shape and dtype — so that ``from_pretrained`` (after
-``import hf_sparse``) can build the sparse modules, empty, before the weights are loaded into them.
+every ``SparseLinear`` and ``SparseEmbedding`` (values, indices, pointers), and ``config.json`` carries one
+composite, versioned description per module — format, its parameters, and each stored tensor's shape and dtype —
+so that ``from_pretrained`` (after ``import hf_sparse``) can build the sparse modules, empty, before the weights are
+loaded into them.
+
+Loading checks a checkpoint in three places, so that a malformed one raises :class:`~hf_sparse.errors.FormatError`
+(naming the file or tensor and the problem) instead of a loader error, a crash, or a silently wrong model:
+
+1. ``HfSparseConfig.post_init``: the ``quantization_config`` of ``config.json`` itself (schema version, formats,
+   parameters, declared shapes and dtypes).
+2. ``HfSparseQuantizer._process_model_before_weight_loading``, before transformers opens the weights: the
+   safetensors headers of the checkpoint files (:func:`read_safetensors_header`: header length, JSON, dtypes,
+   shapes, data offsets, file length) against ``config.json`` and against the model with its sparse shells.
+3. ``HfSparseQuantizer._process_model_after_weight_loading`` (:func:`check_loaded_modules`): every sparse tensor
+   was loaded (none left to random initialisation) and every format's contents validate (pointers, index ranges,
+   ordering).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,36 +36,151 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import FormatError
 
-__all__ = ["HfSparseConfig", "HfSparseQuantizer", "sparse_config_for", "SCHEMA_VERSION"]
+__all__ = [
+    "HfSparseConfig",
+    "HfSparseQuantizer",
+    "sparse_config_for",
+    "SCHEMA_VERSION",
+    "TensorHeader",
+    "read_safetensors_header",
+    "check_loaded_modules",
+]
 
 #: Version of the per-module schema below; later methods (quantisation, low rank, ...) add keys and bump it.
 SCHEMA_VERSION = 1
-_DTYPES = {"float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "uint8", "bool"}
+
+#: dtype names config.json may declare, and the safetensors dtype code each one is stored as.
+_DTYPE_CODES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+_DTYPES = set(_DTYPE_CODES)
+#: safetensors dtype codes this loader reads, with their element sizes in bytes.
+_CODE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+_FLOAT_CODES = {"F8_E5M2", "F8_E4M3", "F16", "BF16", "F32", "F64"}
+_TORCH_CODES = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+}
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+_MAX_NAME_DIFF = 3  # characters; see _check_not_a_corrupted_name
+_MAX_ELEMENTS = 2**48  # far above any real tensor; a larger declared shape is corruption, not a model
+_FIX = (
+    "The checkpoint is corrupt or was not written by hf_sparse: restore its original files, or re-save it from "
+    "the source model with `model.save_pretrained(dir)` after `import hf_sparse`."
+)
 
 
-def _check_module_spec(name: str, spec: Any) -> None:
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _dims_ok(shape: Any, *, positive: bool = False) -> bool:
+    """A list of non-negative (or positive) ints with a plausible number of elements."""
+    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) and d >= (1 if positive else 0) for d in shape):
+        return False
+    return math.prod(shape) <= _MAX_ELEMENTS
+
+
+def _short(x: Any, limit: int = 160) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _find_bool(x: Any, path: str) -> str | None:
+    """The path of the first bool inside a JSON value (no format parameter is a bool: ``true`` is a corrupt 1)."""
+    if isinstance(x, bool):
+        return path
+    if isinstance(x, dict):
+        items: Iterable = x.items()
+    elif isinstance(x, (list, tuple)):
+        items = enumerate(x)
+    else:
+        return None
+    for key, value in items:
+        found = _find_bool(value, f"{path}[{key!r}]")
+        if found:
+            return found
+    return None
+
+
+def _check_module_spec(name: Any, spec: Any) -> None:
     from ..formats import FORMATS
 
-    where = f"quantization_config.modules[{name!r}]"
+    where = f"config.json quantization_config.modules[{_short(name)}]"
+    if not isinstance(name, str) or not name:
+        raise FormatError(f"{where}: module names must be non-empty strings. {_FIX}")
     if (
         not isinstance(spec, dict)
         or not isinstance(spec.get("params"), dict)
         or not isinstance(spec.get("tensors"), dict)
     ):
-        raise FormatError(f"{where} must be a dict with 'params' and 'tensors' dicts, got {spec!r}.")
-    fmt = spec["params"].get("format")
-    if fmt not in FORMATS:
-        raise FormatError(f"{where}: unknown format {fmt!r}; known formats: {sorted(FORMATS)}.")
+        raise FormatError(f"{where} must be a dict with 'params' and 'tensors' dicts, got {_short(spec)}. {_FIX}")
+    extra = sorted(map(str, set(spec) - {"params", "tensors"}))
+    if extra:
+        raise FormatError(
+            f"{where} has keys {extra} that schema version {SCHEMA_VERSION} does not define (only 'params' and "
+            f"'tensors'). {_FIX}"
+        )
+    params = spec["params"]
+    fmt = params.get("format")
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise FormatError(
+            f"{where}: unknown format {_short(fmt)}; known formats: {sorted(FORMATS)}. A newer hf_sparse may know "
+            f"it (upgrade), otherwise {_FIX}"
+        )
+    shape = params.get("shape")
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 2 and _dims_ok(shape, positive=True)):
+        raise FormatError(f"{where}.params['shape'] must be [rows, cols], two positive integers; got {_short(shape)}.")
+    flag = _find_bool(params, f"{where}.params")
+    if flag:
+        raise FormatError(f"{flag} is a boolean; format parameters are integers, lists and strings. {_FIX}")
+    if not spec["tensors"]:
+        raise FormatError(f"{where}.tensors is empty; every format stores at least one tensor. {_FIX}")
     for tname, entry in spec["tensors"].items():
         ok = (
             isinstance(entry, (list, tuple))
             and len(entry) == 2
-            and isinstance(entry[0], (list, tuple))
-            and all(isinstance(d, int) and d >= 0 for d in entry[0])
+            and _dims_ok(entry[0])
+            and isinstance(entry[1], str)
             and entry[1] in _DTYPES
         )
         if not ok:
-            raise FormatError(f"{where}.tensors[{tname!r}] must be [shape, dtype name], got {entry!r}.")
+            raise FormatError(
+                f"{where}.tensors[{_short(tname)}] must be [shape (non-negative integers), dtype name (one of "
+                f"{sorted(_DTYPES)})], got {_short(entry)}. {_FIX}"
+            )
 
 
 @register_quantization_config("hf_sparse")
@@ -56,33 +191,45 @@ class HfSparseConfig(QuantizationConfigMixin):
         modules: per module name, ``{"params": <format params, with "format" and "shape">, "tensors": {tensor name:
             [shape, dtype name]}}``.
         schema_version: the version of that schema; a newer one than this hf_sparse knows is an error.
+
+    Raises:
+        FormatError: the description is malformed (names the module and key) or of an unknown schema version.
     """
 
     def __init__(self, modules: dict[str, dict] | None = None, schema_version: int = SCHEMA_VERSION, **kwargs):
         self.quant_method = "hf_sparse"
         self.schema_version = schema_version
-        self.modules = dict(modules or {})
+        self.modules = dict(modules) if isinstance(modules, dict) else ({} if modules is None else modules)
         self.post_init()
 
     def post_init(self):
-        if self.schema_version != SCHEMA_VERSION:
+        version = self.schema_version
+        if not _is_int(version) or version != SCHEMA_VERSION:
+            advice = (
+                "Upgrade hf_sparse to load this checkpoint."
+                if _is_int(version) and version > SCHEMA_VERSION
+                else f"Version {SCHEMA_VERSION} is the only one that exists. {_FIX}"
+            )
             raise FormatError(
-                f"quantization_config.schema_version is {self.schema_version!r}; this hf_sparse reads version "
-                f"{SCHEMA_VERSION}. Upgrade hf_sparse to load this checkpoint."
+                f"config.json quantization_config.schema_version is {_short(version)}; this hf_sparse reads version "
+                f"{SCHEMA_VERSION}. {advice}"
             )
         if not isinstance(self.modules, dict):
-            raise FormatError(f"quantization_config.modules must be a dict, got {type(self.modules).__name__}.")
+            raise FormatError(
+                f"config.json quantization_config.modules must be a dict of module descriptions, got "
+                f"{type(self.modules).__name__}. {_FIX}"
+            )
         for name, spec in self.modules.items():
             _check_module_spec(name, spec)
 
 
 def sparse_config_for(model: torch.nn.Module) -> HfSparseConfig:
-    """The ``HfSparseConfig`` describing every ``SparseLinear`` of ``model`` as it is now."""
-    from ..nn import SparseLinear
+    """The ``HfSparseConfig`` describing every ``SparseLinear`` and ``SparseEmbedding`` of ``model`` as it is now."""
+    from ..nn import SparseEmbedding, SparseLinear
 
     modules = {}
     for name, module in model.named_modules():
-        if isinstance(module, SparseLinear):
+        if isinstance(module, (SparseLinear, SparseEmbedding)):
             tensors = module.weight_format().tensors()
             modules[name] = {
                 "params": dict(module.format_params),
@@ -91,27 +238,315 @@ def sparse_config_for(model: torch.nn.Module) -> HfSparseConfig:
     return HfSparseConfig(modules=modules)
 
 
+# -- safetensors headers -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorHeader:
+    """One tensor's entry in a safetensors header: the file's name, the dtype code (``"F32"``, ``"I16"``, ...) and
+    the shape."""
+
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _json_int(text: str) -> int:
+    if text.startswith("-"):
+        raise ValueError(f"negative number {text}")
+    return int(text)
+
+
+def _json_not_allowed(text: str) -> Any:
+    raise ValueError(f"{text} is not an integer")
+
+
+def _all_strings_encodable(x: Any) -> bool:
+    """False if a string of the parsed header holds a lone surrogate (invalid UTF-8 that ``json`` lets through)."""
+    try:
+        if isinstance(x, str):
+            x.encode("utf-8")
+        elif isinstance(x, dict):
+            return all(_all_strings_encodable(k) and _all_strings_encodable(v) for k, v in x.items())
+        elif isinstance(x, list):
+            return all(_all_strings_encodable(v) for v in x)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorHeader]:
+    """The tensors of a safetensors file, from its header, checked at least as strictly as the safetensors library
+    does when it opens the file: nothing that passes here fails there.
+
+    Checks: the 8-byte header length, that the header fits in the file, is UTF-8 JSON without duplicate keys, and
+    lists for each tensor a known dtype, a shape of non-negative integers and ``data_offsets`` that match the
+    shape's byte size; that the tensors tile the data section exactly (no gap, no overlap) and that the file is
+    exactly as long as the header says (a truncated file, or one with trailing bytes, fails).
+
+    Raises:
+        FormatError: naming the file, the tensor where one is at fault, and the problem.
+    """
+    path = Path(path)
+    file = path.name
+
+    def error(problem: str, tensor: str | None = None) -> FormatError:
+        at = f"tensor {tensor!r} in checkpoint file {file!r}" if tensor is not None else f"checkpoint file {file!r}"
+        return FormatError(f"{at}: {problem}. {_FIX}")
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise error(f"the file is {size} bytes, too short for the 8-byte header length (truncated)")
+            n = int.from_bytes(prefix, "little")
+            if n > _MAX_HEADER_BYTES:
+                raise error(f"the header length field says {n} bytes, more than safetensors' limit of 100,000,000")
+            if 8 + n > size:
+                raise error(f"the header length field says {n} bytes but only {size - 8} follow it (truncated)")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise FormatError(f"checkpoint file {str(path)!r} cannot be read: {exc}.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"the header is not valid UTF-8 (byte {exc.start} of {n})") from None
+    if not text.startswith("{"):
+        raise error("the header does not start with '{' (not a safetensors header)")
+    try:
+        header = json.loads(
+            text,
+            object_pairs_hook=_json_pairs,
+            parse_int=_json_int,
+            parse_float=_json_not_allowed,
+            parse_constant=_json_not_allowed,
+        )
+    except (ValueError, RecursionError) as exc:
+        raise error(f"the header is not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(header, dict) or not _all_strings_encodable(header):
+        raise error("the header is not a JSON object of UTF-8 strings")
+
+    out: dict[str, TensorHeader] = {}
+    spans: list[tuple[int, int, str]] = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise error(f"__metadata__ must map strings to strings, got {_short(info)}")
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise error(f"the entry must have exactly 'dtype', 'shape' and 'data_offsets', got {_short(info)}", key)
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _CODE_BYTES:
+            raise error(f"unsupported dtype {_short(dtype)} (known: {sorted(_CODE_BYTES)})", key)
+        if not _dims_ok(shape):
+            raise error(f"the shape must be a list of non-negative integers, got {_short(shape)}", key)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise error(f"data_offsets must be two non-negative integers, got {_short(offsets)}", key)
+        begin, end = offsets
+        nbytes = math.prod(shape) * _CODE_BYTES[dtype]
+        if end < begin or end - begin != nbytes:
+            raise error(
+                f"data_offsets {offsets} span {end - begin} bytes but shape {shape} of {dtype} needs {nbytes}", key
+            )
+        out[key] = TensorHeader(file, dtype, tuple(shape))
+        spans.append((begin, end, key))
+
+    data_bytes = size - 8 - n
+    expected = 0
+    for begin, end, key in sorted(spans):
+        if begin != expected:
+            kind = "overlaps the previous tensor" if begin < expected else "leaves a gap after the previous tensor"
+            raise error(f"its data starts at byte {begin} of the data section, expected {expected}: it {kind}", key)
+        if end > data_bytes:
+            raise error(
+                f"its data ends at byte {end} of the data section, which holds only {data_bytes} bytes "
+                "(the file is truncated)",
+                key,
+            )
+        expected = end
+    if expected != data_bytes:
+        raise error(f"{data_bytes - expected} unexpected bytes follow the last tensor's data")
+    return out
+
+
+# -- checks around weight loading ----------------------------------------------------------------------------------
+def _checkpoint_headers(files: Iterable[str | os.PathLike] | None) -> dict[str, TensorHeader] | None:
+    """The merged headers of safetensors checkpoint files (shards included); ``None`` when they are not all
+    safetensors (``.bin`` checkpoints are only checked after loading)."""
+    files = [Path(f) for f in files or ()]
+    if not files or not all(f.name.endswith(".safetensors") for f in files):
+        return None
+    merged: dict[str, TensorHeader] = {}
+    for f in files:
+        for key, head in read_safetensors_header(f).items():
+            if key in merged:
+                raise FormatError(f"tensor {key!r} is stored twice, in {merged[key].file!r} and {f.name!r}. {_FIX}")
+            merged[key] = head
+    return merged
+
+
+def _check_declared_tensors(headers: Mapping[str, TensorHeader], modules: Mapping[str, dict]) -> None:
+    """Each tensor config.json declares is in the files, with the declared dtype and shape."""
+    files = sorted({h.file for h in headers.values()}) or ["(no tensors)"]
+    for name, spec in modules.items():
+        for tname, (shape, dtype) in spec["tensors"].items():
+            key = f"{name}.weight_{tname}"
+            declared = f"config.json quantization_config.modules[{name!r}].tensors[{tname!r}]"
+            head = headers.get(key)
+            if head is None:
+                raise FormatError(
+                    f"checkpoint tensor {key!r} is missing from {', '.join(files)}, but {declared} declares it; a "
+                    f"sparse module is never initialised at random. {_FIX}"
+                )
+            if head.dtype != _DTYPE_CODES[dtype]:
+                raise FormatError(
+                    f"checkpoint tensor {key!r} in {head.file!r} is stored as {head.dtype}, but {declared} declares "
+                    f"{dtype} ({_DTYPE_CODES[dtype]}). {_FIX}"
+                )
+            if list(head.shape) != list(shape):
+                raise FormatError(
+                    f"checkpoint tensor {key!r} in {head.file!r} has shape {list(head.shape)}, but {declared} "
+                    f"declares {list(shape)}. {_FIX}"
+                )
+
+
+def _check_not_a_corrupted_name(key: str, head: TensorHeader, missing_by_length: Mapping[int, list[str]]) -> None:
+    """An unexpected tensor whose name is a few characters away from a tensor the model expects and the files lack
+    is that tensor under a corrupted name: loading would initialise it at random."""
+    for want in missing_by_length.get(len(key), ()):
+        diff = sum(a != b for a, b in zip(want, key))
+        if diff <= _MAX_NAME_DIFF:
+            raise FormatError(
+                f"tensor {key!r} in checkpoint file {head.file!r} matches no tensor of the model, and the model's "
+                f"{want!r} ({diff} character(s) away) is missing from the checkpoint: the name is corrupted, and "
+                f"loading would initialise {want!r} at random. {_FIX}"
+            )
+
+
+def _check_against_model(
+    headers: Mapping[str, TensorHeader], model: torch.nn.Module, modules: Mapping[str, dict]
+) -> None:
+    """The files against the model with its sparse shells in place: no tensor the model cannot take, no sparse
+    module left undescribed, floating-point tensors where the model has them."""
+    named = dict(model.named_modules())
+    expected = model.state_dict()
+    missing_by_length: dict[int, list[str]] = {}
+    for want in expected:
+        if want not in headers:
+            missing_by_length.setdefault(len(want), []).append(want)
+    for name in modules:
+        module = named[name]
+        if getattr(module, "bias", None) is not None and f"{name}.bias" not in headers:
+            raise FormatError(
+                f"checkpoint tensor {name + '.bias'!r} (the bias of sparse module {name!r}) is missing from the "
+                f"checkpoint files; it would be left uninitialised. {_FIX}"
+            )
+    for key, head in headers.items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in modules and key not in expected:
+            raise FormatError(
+                f"checkpoint tensor {key!r} in {head.file!r} is not a tensor of sparse module {owner!r} (which "
+                f"stores {sorted(k.rpartition('.')[2] for k in expected if k.startswith(owner + '.'))}). {_FIX}"
+            )
+        if owner not in modules and leaf.startswith("weight_") and owner in named and key not in expected:
+            raise FormatError(
+                f"checkpoint tensor {key!r} in {head.file!r} holds sparse data of module {owner!r}, but config.json "
+                f"quantization_config.modules does not describe that module (is its entry missing?). {_FIX}"
+            )
+        if key not in expected:
+            _check_not_a_corrupted_name(key, head, missing_by_length)
+            continue  # other unexpected keys: transformers reports them (and never loads them)
+        want = expected[key]
+        is_float = head.dtype in _FLOAT_CODES
+        if is_float != want.is_floating_point() or (not is_float and head.dtype != _TORCH_CODES.get(want.dtype)):
+            raise FormatError(
+                f"checkpoint tensor {key!r} in {head.file!r} is stored as {head.dtype}, but the model's tensor is "
+                f"{str(want.dtype).removeprefix('torch.')}. {_FIX}"
+            )
+        if owner in modules and tuple(head.shape) != tuple(want.shape):
+            raise FormatError(
+                f"checkpoint tensor {key!r} in {head.file!r} has shape {list(head.shape)}; sparse module {owner!r} "
+                f"needs {list(want.shape)}. {_FIX}"
+            )
+
+
+def _subject(name: str, tensor_names: Iterable[str], message: str) -> str:
+    """Who a format's error message is about: the full state-dict key of the first tensor it names, else the
+    module."""
+    found = []
+    for tname in tensor_names:
+        match = re.search(rf"(?<![\w.]){re.escape(tname)}\b", message)
+        if match:
+            found.append((match.start(), tname))
+    if not found:
+        return f"checkpoint module {name!r}"
+    return f"checkpoint tensor {name + '.weight_' + min(found)[1]!r} (module {name!r})"
+
+
+def check_loaded_modules(model: torch.nn.Module, modules: Mapping[str, dict] | None = None) -> None:
+    """After loading: every tensor of each described sparse module (and its bias) came from the checkpoint, has the
+    declared shape (and dtype, for index tensors), and the format of every hf_sparse module validates.
+
+    Raises:
+        FormatError: naming the tensor's full key (or the module) and what is wrong with it.
+    """
+    modules = modules or {}
+    for name, module in model.named_modules():
+        if not (callable(getattr(module, "weight_format", None)) and hasattr(module, "_names")):
+            continue  # not a hf_sparse module (SparseLinear and the like)
+        spec = modules.get(name)
+        if spec is not None:
+            bias = getattr(module, "bias", None)
+            names = [f"weight_{t}" for t in module._names] + (["bias"] if bias is not None else [])
+            for attr in names:
+                tensor = getattr(module, attr)
+                if not getattr(tensor, "_is_hf_initialized", False):
+                    raise FormatError(
+                        f"checkpoint tensor {name + '.' + attr!r} was not loaded from the checkpoint (it is missing "
+                        f"or was skipped), so it holds uninitialised memory. {_FIX}"
+                    )
+            for tname, (shape, dtype) in spec["tensors"].items():
+                tensor = getattr(module, f"weight_{tname}")
+                wrong_dtype = not tensor.is_floating_point() and str(tensor.dtype).removeprefix("torch.") != dtype
+                if list(tensor.shape) != list(shape) or wrong_dtype:
+                    raise FormatError(
+                        f"checkpoint tensor {name + '.weight_' + tname!r} loaded as {tensor.dtype} "
+                        f"{list(tensor.shape)}, but config.json declares {dtype} {list(shape)}. {_FIX}"
+                    )
+        try:
+            module.weight_format(validate=True)
+        except FormatError as exc:
+            raise FormatError(f"{_subject(name, module._names, str(exc))}: {exc} {_FIX}") from None
+
+
 @register_quantizer("hf_sparse")
 class HfSparseQuantizer(HfQuantizer):
-    """Loads hf_sparse checkpoints: builds empty ``SparseLinear`` modules before the weights load, validates every
-    loaded format afterwards. Only for checkpoints saved by hf_sparse (``sparsify_`` does the converting)."""
+    """Loads hf_sparse checkpoints: checks the files' headers against config.json and builds empty ``SparseLinear``
+    / ``SparseEmbedding`` modules before the weights load, checks and validates every loaded format afterwards.
+    Only for checkpoints saved by hf_sparse (``sparsify_`` does the converting)."""
 
     requires_calibration = True  # nothing is computed at load time: the checkpoint must already be sparse
 
-    def _process_model_before_weight_loading(self, model, **kwargs):
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         from ..nn.shells import build_sparse_shells
 
+        headers = _checkpoint_headers(checkpoint_files)
+        if headers is not None:
+            _check_declared_tensors(headers, self.quantization_config.modules)
         build_sparse_shells(model, self.quantization_config.modules)
+        if headers is not None:
+            _check_against_model(headers, model, self.quantization_config.modules)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        from ..nn import SparseLinear
-
-        for name, module in model.named_modules():
-            if isinstance(module, SparseLinear):
-                try:
-                    module.weight_format(validate=True)
-                except FormatError as exc:
-                    raise FormatError(f"checkpoint module {name!r}: {exc}") from None
+        check_loaded_modules(model, self.quantization_config.modules)
         return model
 
     def is_serializable(self):

@@ -2,40 +2,100 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
 from ..errors import FormatError
 from ..formats import from_tensors
 from .replace import replace_module
+from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
 
 __all__ = ["build_sparse_shells"]
 
+#: Tensors of a format that hold floating-point values; every other tensor holds indices, pointers or bits.
+_VALUE_TENSORS = ("values", "dense_values")
+_FIX = "Restore the checkpoint's original config.json, or re-save the checkpoint from the source model."
+
+
+def _json(x) -> str:
+    return json.dumps(x, sort_keys=True, default=list)
+
+
+def _dense_layer(model: nn.Module, name: str, params: dict, tied: set[str]) -> nn.Linear | nn.Embedding:
+    """The layer ``name`` of ``model`` that the description replaces, checked against it."""
+    try:
+        dense = model.get_submodule(name)
+    except AttributeError:
+        raise FormatError(f"checkpoint describes module {name!r}, which this model does not have. {_FIX}") from None
+    if not isinstance(dense, (nn.Linear, nn.Embedding)):
+        raise FormatError(
+            f"checkpoint module {name!r} is a {type(dense).__name__}, expected nn.Linear or nn.Embedding. {_FIX}"
+        )
+    shape = tuple(params.get("shape", ()))
+    if shape != tuple(dense.weight.shape):
+        raise FormatError(
+            f"checkpoint module {name!r} has shape {list(shape)} in config.json, but the model's layer is "
+            f"{list(dense.weight.shape)}. {_FIX}"
+        )
+    if isinstance(dense, nn.Embedding):
+        if params.get("format") != "csr":
+            raise FormatError(
+                f"checkpoint module {name!r} is an embedding table, stored as csr only, but config.json says "
+                f"{params.get('format')!r}. {_FIX}"
+            )
+        if f"{name}.weight" in tied or dense.max_norm is not None or dense.sparse:
+            raise FormatError(
+                f"checkpoint module {name!r} is an embedding that this model ties to another weight or uses with "
+                f"max_norm / sparse gradients: it is never stored sparse. {_FIX}"
+            )
+    return dense
+
 
 def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
-    """Replace each described ``nn.Linear`` of ``model`` by a ``SparseLinear`` with empty tensors of the described
-    shapes and dtypes (on the Linear's device, typically meta).
+    """Replace each described ``nn.Linear`` of ``model`` by a ``SparseLinear`` (each described ``nn.Embedding`` by
+    a ``SparseEmbedding``) with empty tensors of the described shapes and dtypes (on the layer's device, typically
+    meta).
+
+    ``modules`` is an already checked ``quantization_config.modules`` (see ``HfSparseConfig``).
 
     Raises:
-        FormatError: a described module is missing, is not an ``nn.Linear``, or disagrees with its shape.
+        FormatError: a described module is missing, is not an ``nn.Linear`` / ``nn.Embedding``, disagrees with its
+            shape, is a tied embedding, or its description does not fit its format (parameters, tensor names, value
+            versus index dtypes).
     """
+    tied_map = getattr(model, "all_tied_weights_keys", None) or {}
+    tied = set(tied_map) | set(tied_map.values())
     for name, spec in modules.items():
-        try:
-            linear = model.get_submodule(name)
-        except AttributeError:
-            raise FormatError(f"checkpoint describes module {name!r}, which this model does not have.") from None
-        if not isinstance(linear, nn.Linear):
-            raise FormatError(f"checkpoint module {name!r} is a {type(linear).__name__}, expected nn.Linear.")
-        shape = tuple(spec["params"].get("shape", ()))
-        if shape != (linear.out_features, linear.in_features):
-            raise FormatError(
-                f"checkpoint module {name!r} has shape {list(shape)} in config.json, but the model's layer is "
-                f"{[linear.out_features, linear.in_features]}."
-            )
-        device = linear.weight.device
+        where = f"config.json quantization_config.modules[{name!r}]"
+        params = spec["params"]
+        dense = _dense_layer(model, name, params, tied)
+        for tname, (_, dtype) in spec["tensors"].items():
+            is_float = getattr(torch, dtype).is_floating_point
+            if is_float != (tname in _VALUE_TENSORS):
+                kind = "floating-point" if tname in _VALUE_TENSORS else "integer"
+                raise FormatError(f"{where}.tensors[{tname!r}] is declared {dtype}; it must be {kind}. {_FIX}")
+        device = dense.weight.device
         tensors = {
             k: torch.empty(tuple(s), dtype=getattr(torch, dt), device=device) for k, (s, dt) in spec["tensors"].items()
         }
-        weight = from_tensors(tensors, spec["params"], validate=False)
-        replace_module(model, name, SparseLinear(weight, linear.bias))
+        try:
+            weight = from_tensors(tensors, params, validate=False)
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc} {_FIX}") from None
+        names, declared = sorted(weight.tensors()), sorted(spec["tensors"])
+        if names != declared:
+            raise FormatError(
+                f"{where}.tensors lists {declared}, but format {params['format']!r} stores {names}. {_FIX}"
+            )
+        if _json(weight.params()) != _json(params):
+            raise FormatError(
+                f"{where}.params is {_json(params)}; format {params['format']!r} with these tensors has parameters "
+                f"{_json(weight.params())}. {_FIX}"
+            )
+        if isinstance(dense, nn.Embedding):
+            replace_module(model, name, SparseEmbedding(weight, dense.padding_idx))
+        else:
+            replace_module(model, name, SparseLinear(weight, dense.bias))
