@@ -61,6 +61,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .integrations.hub import push_to_hub
+
+    url = push_to_hub(
+        args.path,
+        args.repo_id,
+        token=args.token,
+        private=True if args.private else None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        refresh_card=not args.keep_card,
+    )
+    print(f"hf-sparse push: {args.path} -> {args.repo_id}: {url}")
+    return 0
+
+
 def _cmd_build_kernels(args: argparse.Namespace) -> int:
     from .ops import kernel_status, load_kernels
     from .ops._loader import build_dir
@@ -127,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a folder written by save_pretrained after hf_sparse.sparsify_")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("push", help="upload a saved checkpoint folder to the Hub with its model card and plot")
+    p.add_argument("path", help="a folder written by save_pretrained (e.g. hf_sparse_output/pruned-80)")
+    p.add_argument("repo_id", help="model repository, e.g. user/minilm-rt-sparse80 (created if missing)")
+    p.add_argument("--token", default=None, help="Hub token (default: the one `hf auth login` stored, or HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    p.add_argument("--commit-message", default=None, help="commit message")
+    p.add_argument(
+        "--keep-card", action="store_true", help="upload README.md as it is instead of regenerating the model card"
+    )
+    p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("build-kernels", help="build the C++ ops now (otherwise they are built on first use)")
     p.set_defaults(func=_cmd_build_kernels)

@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from string import Template
 
 import numpy as np
 import torch
@@ -24,10 +23,11 @@ from transformers import (
     set_seed,
 )
 
-from ._resources import data_dir
 from .callbacks.pruning import PruningCallback, attach_callbacks
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
+from .integrations.hub import RESULTS_FILE, write_model_card
 from .machine import machine_info
+from .nn import sparsify_
 from .pruning.apply import model_parameter_counts
 from .pruning.config import PruningConfig
 from .recipes import Recipe, TrainSection, dump_recipe
@@ -78,10 +78,15 @@ def _finetune(model, train_dataset, tokenizer, section: TrainSection, work_dir: 
     return trainer
 
 
-def _accuracy(trainer: Trainer, dataset) -> float:
+def _predict(trainer: Trainer, dataset) -> tuple[float, np.ndarray]:
+    """(accuracy, logits) of the trainer's model on ``dataset``."""
     output = trainer.predict(dataset, metric_key_prefix="test")
-    predictions = np.argmax(output.predictions, axis=-1)
-    return float((predictions == np.asarray(output.label_ids)).mean())
+    logits = np.asarray(output.predictions)
+    return float((logits.argmax(-1) == np.asarray(output.label_ids)).mean()), logits
+
+
+def _accuracy(trainer: Trainer, dataset) -> float:
+    return _predict(trainer, dataset)[0]
 
 
 def _schedule_desc(cfg: PruningConfig) -> str:
@@ -93,27 +98,98 @@ def _schedule_desc(cfg: PruningConfig) -> str:
     )
 
 
-def _write_model_card(folder: Path, run: dict, report: dict, recipe: Recipe) -> None:
-    template = Template((data_dir("model_cards") / "pruned-classifier.md").read_text())
-    cfg = PruningConfig.from_dict(run["pruning_config"])
-    card = template.safe_substitute(
-        base_model=hub_id(report["model"]),
-        title=f"{recipe.model.name} pruned to {_pct(run['sparsity'])} on {recipe.data.dataset}",
-        task=f"sentiment classification ({' / '.join(LABEL_NAMES)}) on {recipe.data.dataset}",
-        sparsity_pct=_pct(run["sparsity"]),
-        n_layers=len(run["layers"]),
-        pruning_desc=f"unstructured {cfg.criterion} pruning, {cfg.scope} ranking",
-        test_size=report["data"]["test_examples"],
-        seed=recipe.data.seed,
-        dense_nonzero=f"{report['dense']['nonzero_params']:,}",
-        dense_accuracy=f"{report['dense']['test_accuracy']:.4f}",
-        nonzero=f"{run['nonzero_params']:,}",
-        accuracy=f"{run['test_accuracy']:.4f}",
-        repo_or_path=str(folder),
-        schedule_desc=_schedule_desc(cfg),
-        machine=f"{report['machine']['cpu']}, {report['machine']['cores']} cores",
+def _checkpoint_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def _dense_checkpoint_bytes(model) -> int:
+    """Size of ``model``'s weights saved dense by ``save_pretrained`` (the baseline of the disk-size ratio)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return _checkpoint_bytes(Path(tmp))
+
+
+def _latency(sparse_model, dense_model, batch, rounds: int) -> dict:
+    """Median forward time of the saved model and of the dense baseline, interleaved call by call."""
+    from .benchmarking import interleave, summarize
+
+    calls = {"ours": lambda i: sparse_model(**batch), "torch_dense": lambda i: dense_model(**batch)}
+    sparse_model.eval(), dense_model.eval()
+    with torch.inference_mode():
+        times = interleave(calls, rounds)
+    ours_s, baselines, speedup = summarize(times)
+    return {
+        "batch": int(batch["input_ids"].shape[0]),
+        "seq": int(batch["input_ids"].shape[1]),
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "ours_s": ours_s,
+        "dense_s": baselines["torch_dense"],
+        "speedup": speedup["torch_dense"]["median"],
+        "speedup_min": speedup["torch_dense"]["min"],
+        "speedup_max": speedup["torch_dense"]["max"],
+    }
+
+
+def _verify_round_trip(folder: Path, logits: np.ndarray, test_tok, tokenizer, section: TrainSection, work: Path):
+    """Reload ``folder`` with ``from_pretrained`` and compare its test-split logits with the saved model's."""
+    from .nn import SparseEmbedding, SparseLinear
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    trainer = Trainer(
+        model=loaded,
+        args=_training_args(section, work),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
     )
-    (folder / "README.md").write_text(card)
+    _, reloaded = _predict(trainer, test_tok)
+    return {
+        "identical_predictions": bool((reloaded.argmax(-1) == logits.argmax(-1)).all()),
+        "max_abs_logit_diff": float(np.abs(reloaded - logits).max()),
+        "sparse_layers_loaded": sum(isinstance(m, (SparseLinear, SparseEmbedding)) for m in loaded.modules()),
+    }
+
+
+def _card_results(run: dict, report: dict, recipe: Recipe) -> dict:
+    """What the model card of one pruned run shows (``hf_sparse_results.json``)."""
+    cfg = PruningConfig.from_dict(run["pruning_config"])
+    m = report["machine"]
+    latency = run.get("latency")
+    if latency:
+        latency = {**latency, "machine": f"{m['cpu']}, {m['cores']} cores", "torch": m["torch"]}
+    return {
+        "base_model": hub_id(report["model"]),
+        "title": f"{recipe.model.name} pruned to {_pct(run['sparsity'])} on {recipe.data.dataset}",
+        "summary": (
+            f"`{hub_id(report['model'])}` fine-tuned for sentiment classification ({' / '.join(LABEL_NAMES)}) on "
+            f"{recipe.data.dataset} and pruned with hf_sparse: {_pct(run['sparsity'])} of the weights of its "
+            f"{len(run['layers'])} encoder `nn.Linear` layers are zero (unstructured {cfg.criterion} pruning, "
+            f"{cfg.scope} ranking)."
+        ),
+        "method": (
+            "Fine-tuning and pruning ran through the stock `transformers.Trainer` with `hf_sparse.PruningCallback` "
+            f"({_schedule_desc(cfg)}); `hf_sparse.sparsify_` then stored each pruned layer in the format predicted "
+            f"fastest for {recipe.checkpoint.batch_hint} tokens per call on the machine below, or kept it dense."
+        ),
+        "dataset": recipe.data.dataset,
+        "pipeline_tag": "text-classification",
+        "recipe_file": "hf_sparse_recipe.yaml",
+        "accuracy": {
+            "metric": "accuracy",
+            "split": "test",
+            "examples": report["data"]["test_examples"],
+            "seed": recipe.data.seed,
+            "dense": report["dense"]["test_accuracy"],
+            "compressed": run["test_accuracy"],
+        },
+        "nonzero_params": run["nonzero_params"],
+        "dense_nonzero_params": report["dense"]["nonzero_params"],
+        "dense_checkpoint_bytes": report["dense"]["checkpoint_bytes"],
+        "latency": latency,
+        "layers": run["layers"],
+    }
 
 
 def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
@@ -166,12 +242,25 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     dense_accuracy = _accuracy(trainer, test_tok)
     timings["dense_eval_s"] = time.perf_counter() - t0
     logger.info("hf-sparse compress: dense test accuracy %.4f", dense_accuracy)
-    dense = {"test_accuracy": dense_accuracy, **model_parameter_counts(dense_model)}
+    dense = {
+        "test_accuracy": dense_accuracy,
+        **model_parameter_counts(dense_model),
+        "checkpoint_bytes": _dense_checkpoint_bytes(dense_model),
+    }
     if recipe.save_dense:
         dense_model.save_pretrained(output_dir / "dense")
         tokenizer.save_pretrained(output_dir / "dense")
+    ckpt = recipe.checkpoint
+    # One real test review padded to max_length, batch 1: the latency case of every saved model.
+    latency_batch = tokenizer(
+        [test[0]["text"]],
+        padding="max_length",
+        max_length=recipe.model.max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
 
-    # -- pruned runs, each from the fine-tuned dense model (train -> prune -> fine-tune) ------------------------------
+    # -- pruned runs, each from the fine-tuned dense model (train -> prune -> fine-tune -> store -> save) ------------
     runs = []
     for cfg in recipe.pruning_runs():
         tag = f"pruned-{round(100 * cfg.sparsity)}"
@@ -181,12 +270,30 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         t0 = time.perf_counter()
         trainer = _finetune(model, train_tok, tokenizer, recipe.pruned, work / tag, callbacks=[callback])
         train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        accuracy = _accuracy(trainer, test_tok)
-        eval_s = time.perf_counter() - t0
-        logger.info("hf-sparse compress: %s test accuracy %.4f (dense %.4f)", tag, accuracy, dense_accuracy)
         layer_report = callback.pruner.report()
         counts = model_parameter_counts(model)
+        formats: dict[str, str] = {n: "dense" for n in layer_report["layers"]}
+        if ckpt.format != "dense":
+            decisions = sparsify_(
+                model,
+                format=ckpt.format,
+                batch_hint=ckpt.batch_hint,
+                min_sparsity=ckpt.min_sparsity,
+                target_modules=cfg.target_modules,
+                exclude_modules=cfg.exclude_modules,
+                embeddings=cfg.embeddings,
+                masks=callback.pruner.masks,
+            )
+            formats.update({n: d.choice.format for n, d in decisions.items()})
+        # Accuracy of the model as it is saved (sparse layers and kernels included).
+        t0 = time.perf_counter()
+        accuracy, logits = _predict(trainer, test_tok)
+        eval_s = time.perf_counter() - t0
+        logger.info("hf-sparse compress: %s test accuracy %.4f (dense %.4f)", tag, accuracy, dense_accuracy)
+        folder = output_dir / tag
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "hf_sparse_recipe.yaml").write_text(dump_recipe(recipe))
         run = {
             "name": tag,
             "target_sparsity": cfg.sparsity,
@@ -200,13 +307,17 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             "eval_s": eval_s,
             "pruning_config": cfg.to_dict(),
             "layers": {n: round(v["sparsity"], 6) for n, v in layer_report["layers"].items()},
+            "formats": formats,
             "checkpoint": tag,
+            "checkpoint_bytes": _checkpoint_bytes(folder),
         }
+        run["disk_ratio_vs_dense"] = run["checkpoint_bytes"] / dense["checkpoint_bytes"]
+        if ckpt.verify:
+            run["round_trip"] = _verify_round_trip(folder, logits, test_tok, tokenizer, recipe.pruned, work / tag)
+            logger.info("hf-sparse compress: %s reloaded: %s", tag, run["round_trip"])
+        if ckpt.latency_rounds:
+            run["latency"] = _latency(model, dense_model, latency_batch, ckpt.latency_rounds)
         runs.append(run)
-        folder = output_dir / tag
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "hf_sparse_recipe.yaml").write_text(dump_recipe(recipe))
         del model, trainer
 
     timings["total_s"] = time.perf_counter() - started
@@ -227,7 +338,10 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         "machine": machine_info(),
     }
     for run in runs:
-        _write_model_card(output_dir / run["checkpoint"], run, report, recipe)
+        folder = output_dir / run["checkpoint"]
+        results = _card_results(run, report, recipe)
+        (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        write_model_card(folder, results=results)
     (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "report.md").write_text(render_markdown(report))

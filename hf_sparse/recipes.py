@@ -22,6 +22,7 @@ __all__ = [
     "ModelSection",
     "DataSection",
     "TrainSection",
+    "CheckpointSection",
     "Recipe",
     "load_recipe",
     "dump_recipe",
@@ -115,6 +116,43 @@ class TrainSection(BaseConfig):
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection(BaseConfig):
+    """How each pruned model is saved, checked and measured.
+
+    Args:
+        format: ``"auto"``: each pruned layer is stored in the format ``sparsify_`` predicts fastest on this machine
+            for ``batch_hint`` tokens per call, or kept dense; a format name (``"csr"``, ``"bsr"``, ``"hybrid"``,
+            ``"nm"``, ...) stores every pruned layer in it; ``"dense"`` saves plain weights with zeros (loads
+            without hf_sparse, no smaller on disk).
+        batch_hint: Tokens per call the automatic format choice optimises for.
+        min_sparsity: Layers pruned less than this stay dense.
+        verify: Reload each saved checkpoint with ``from_pretrained`` and compare its test-split predictions with
+            the model that was saved.
+        latency_rounds: Interleaved rounds of the latency measurement (one padded test review, batch 1, at
+            ``model.max_length`` tokens) of each saved model against the dense baseline; 0 skips it.
+    """
+
+    format: str = "auto"
+    batch_hint: int = 128
+    min_sparsity: float = 0.3
+    verify: bool = True
+    latency_rounds: int = 20
+
+    def validate(self) -> None:
+        from .formats import FORMATS
+
+        allowed = ["auto", "dense", *sorted(FORMATS)]
+        if self.format not in allowed:
+            raise ConfigError(f"checkpoint.format must be one of {allowed}, got {self.format!r}.")
+        if self.batch_hint < 1:
+            raise ConfigError(f"checkpoint.batch_hint must be >= 1, got {self.batch_hint}.")
+        if not 0.0 <= self.min_sparsity <= 1.0:
+            raise ConfigError(f"checkpoint.min_sparsity must be in [0, 1], got {self.min_sparsity}.")
+        if self.latency_rounds < 0:
+            raise ConfigError(f"checkpoint.latency_rounds must be >= 0, got {self.latency_rounds}.")
+
+
 @register_config("recipe")
 @dataclasses.dataclass(frozen=True)
 class Recipe(BaseConfig):
@@ -129,6 +167,7 @@ class Recipe(BaseConfig):
         sparsities: One pruned run per target sparsity; replaces ``pruning.sparsity``. Null: one run at
             ``pruning.sparsity``.
         save_dense: Also save the fine-tuned dense baseline.
+        checkpoint: How the pruned models are saved (sparse formats by default), verified and timed.
     """
 
     name: str = DEFAULT_RECIPE
@@ -139,6 +178,7 @@ class Recipe(BaseConfig):
     pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
     sparsities: tuple[float, ...] | None = None
     save_dense: bool = False
+    checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
 
     def validate(self) -> None:
         for s in self.sparsities or ():

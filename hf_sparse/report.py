@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 __all__ = ["render_markdown", "pct"]
 
@@ -48,6 +49,31 @@ def render_markdown(report: dict) -> str:
         for name in names:
             lines.append(f"| `{name}` | " + " | ".join(pct(r["layers"].get(name, 0.0)) for r in runs) + " |")
         lines.append("")
+        lines += [
+            "## Saved checkpoints",
+            "",
+            "| model | layer formats | weights file | vs dense file | reloaded: same predictions | latency (batch 1) "
+            "| vs dense |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in runs:
+            counts = Counter((r.get("formats") or {}).values())
+            layer_formats = ", ".join(f"{n} {f}" for f, n in counts.most_common()) or "–"
+            rt, lat = r.get("round_trip"), r.get("latency")
+            same = ("yes" if rt["identical_predictions"] else "NO") if rt else "not checked"
+            latency = f"{1e3 * lat['ours_s']:.1f} ms" if lat else "–"
+            speedup = f"{lat['speedup']:.2f}x" if lat else "–"
+            lines.append(
+                f"| {r['name']} | {layer_formats} | {r['checkpoint_bytes'] / 1e6:.1f} MB | "
+                f"{pct(r['disk_ratio_vs_dense'])} | {same} | {latency} | {speedup} |"
+            )
+        lines += [
+            "",
+            f"Dense checkpoint: {dense['checkpoint_bytes'] / 1e6:.1f} MB. Latency: one test review padded to the "
+            "recipe's max_length, batch 1, fp32, the saved model and the dense baseline interleaved in one process "
+            "(medians).",
+            "",
+        ]
     m = report["machine"]
     t = report["timings"]
     lines += [
