@@ -6,14 +6,13 @@ import torch
 from torch import nn
 
 from ..errors import FormatError
-from ..formats import CSR, from_tensors, to_format
+from ..formats import CSR, to_format
+from .stored import StoredWeightMixin
 
 __all__ = ["SparseEmbedding"]
 
-_PREFIX = "weight_"
 
-
-class SparseEmbedding(nn.Module):
+class SparseEmbedding(StoredWeightMixin, nn.Module):
     """Looks up rows of a pruned embedding table kept in CSR: each token's row holds only its non-zero entries.
 
     A magnitude-pruned word-embedding table at 80% costs 1.2 bytes per entry in CSR (4-byte value + 2-byte column
@@ -38,17 +37,7 @@ class SparseEmbedding(nn.Module):
             raise FormatError(f"SparseEmbedding stores its table as CSR, got {type(weight).__name__}.")
         self.num_embeddings, self.embedding_dim = weight.shape
         self.padding_idx = padding_idx
-        self.format_params = weight.params()
-        self._names = list(weight.tensors())
-        for name, tensor in weight.tensors().items():
-            if tensor.is_floating_point():
-                self.register_parameter(_PREFIX + name, nn.Parameter(tensor.detach(), requires_grad=trainable))
-            else:
-                self.register_buffer(_PREFIX + name, tensor)
-        # Zero-length placeholder, as in SparseLinear: keeps ``.weight.dtype``/``.device`` working and makes a loader
-        # that does not know hf_sparse fail with a size mismatch instead of initialising the table at random.
-        self.register_buffer("weight", torch.empty(0, dtype=weight.values.dtype, device=weight.values.device))
-        self.register_load_state_dict_post_hook(lambda module, keys: module.weight_format(validate=True))
+        self._store_weight(weight, trainable=trainable)
 
     @classmethod
     def from_embedding(
@@ -65,19 +54,6 @@ class SparseEmbedding(nn.Module):
         with torch.no_grad():
             weight = to_format("csr", embedding.weight.detach(), mask)
         return cls(weight, embedding.padding_idx, trainable=trainable)
-
-    @property
-    def format(self) -> str:
-        return "csr"
-
-    def weight_format(self, *, validate: bool = False) -> CSR:
-        """The table as a CSR object over this module's own tensors."""
-        tensors = {name: getattr(self, _PREFIX + name) for name in self._names}
-        return from_tensors(tensors, self.format_params, validate=validate)
-
-    def dense_weight(self) -> torch.Tensor:
-        """The table as a dense (num_embeddings, embedding_dim) tensor, zeros included (a copy)."""
-        return self.weight_format().to_dense()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.dtype not in (torch.int32, torch.int64):
