@@ -1,13 +1,15 @@
-"""PruningCallback: gradual magnitude pruning inside the stock ``transformers.Trainer``."""
+"""PruningCallback: gradual, iterative and dynamic (RigL) pruning inside the stock ``transformers.Trainer``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
@@ -15,21 +17,29 @@ from transformers.trainer_callback import ExportableState
 from ..errors import PruningStateError
 from ..pruning.apply import Pruner
 from ..pruning.config import PruningConfig
-from ..pruning.schedules import sparsity_at
+from ..pruning.schedules import is_rigl_update, rigl_regrow_fraction, sparsity_at
 
-__all__ = ["PruningCallback", "attach_callbacks", "MASKS_FILE"]
+__all__ = ["PruningCallback", "attach_callbacks", "MASKS_FILE", "SCORES_FILE"]
 
 logger = logging.getLogger(__name__)
 
 #: File written into each Trainer checkpoint folder with the pruning masks (safetensors, bool tensors).
 MASKS_FILE = "hf_sparse_pruning_masks.safetensors"
+#: File written next to it with the gradient criterion's accumulated scores (movement, taylor), so resuming
+#: continues the accumulation instead of restarting it.
+SCORES_FILE = "hf_sparse_pruning_scores.safetensors"
 
 
 class PruningCallback(TrainerCallback, ExportableState):
     """Prunes a model while the stock :class:`transformers.Trainer` trains it.
 
     - Follows ``config.schedule`` (cubic from ``initial_sparsity`` to ``sparsity`` between ``start_step`` and
-      ``end_step``, masks recomputed every ``update_every`` optimizer steps; or one-shot).
+      ``end_step``, masks recomputed every ``update_every`` optimizer steps; one-shot; iterative stages; or RigL
+      drop-and-regrow every ``update_every`` steps at constant sparsity).
+    - Feeds every backward pass's gradient, before it is masked, to the Pruner: gradient criteria (``movement``,
+      ``taylor``) accumulate their scores from it, and RigL reads the dense gradient of its update steps. A gradient
+      criterion cannot rank anything before the first training step: a schedule that prunes at step 0 with it
+      raises :class:`~hf_sparse.errors.ConfigError` when training starts.
     - Keeps pruned weights exactly zero: their gradients are zeroed before each optimizer step and the weights are
       re-masked right after it, so Adam moments and weight decay cannot revive them. Masks change only on optimizer
       steps, so gradient accumulation is respected.
@@ -69,6 +79,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         if state.global_step > 0:
             self._restore(args, state)
         self._update(state.global_step)
+        self.pruner.track_dense_grads = is_rigl_update(self.config, state.global_step + 1)
         self._register_grad_hooks()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
@@ -78,6 +89,9 @@ class PruningCallback(TrainerCallback, ExportableState):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._update(state.global_step)
+        # Record the dense gradient only during the steps that end in a RigL update (it costs a weight's memory).
+        self.pruner.clear_dense_grads()
+        self.pruner.track_dense_grads = is_rigl_update(self.config, state.global_step + 1)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.pruner is None or logs is None or "loss" not in logs:
@@ -108,12 +122,24 @@ class PruningCallback(TrainerCallback, ExportableState):
                 "global_step": str(state.global_step),
             },
         )
+        if self.pruner.score_state:
+            save_file(
+                {n: t.detach().to("cpu").contiguous() for n, t in self.pruner.score_state.items()},
+                os.path.join(folder, SCORES_FILE),
+                metadata={
+                    "format": "pt",
+                    "criterion": self.config.criterion,
+                    "grad_steps": json.dumps(self.pruner.grad_steps),
+                },
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
         if self.pruner is not None:
+            self.pruner.track_dense_grads = False
+            self.pruner.clear_dense_grads()
             self.pruner.apply_masks()
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -121,6 +147,14 @@ class PruningCallback(TrainerCallback, ExportableState):
         target = sparsity_at(self.config, step)
         if target != self.pruner.target_sparsity and target > 0:
             self.pruner.prune_to(target)
+        elif is_rigl_update(self.config, step) and self.pruner.masks:
+            fraction = rigl_regrow_fraction(
+                step,
+                fraction=self.config.regrow_fraction,
+                start_step=self.config.start_step,
+                end_step=self.config.end_step,
+            )
+            self.pruner.regrow(fraction)
 
     def _register_grad_hooks(self) -> None:
         # Zero pruned weights' gradients as they are produced: before gradient clipping measures them and before
@@ -132,6 +166,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         for name, module in pruner.modules.items():
 
             def hook(grad: torch.Tensor, name: str = name) -> torch.Tensor:
+                # Scores and RigL see the dense gradient: a pruned weight's gradient says whether to regrow it.
+                pruner.observe_gradient(name, grad)
                 mask = pruner.masks.get(name)
                 return grad if mask is None else grad * mask.to(grad.dtype)
 
@@ -142,6 +178,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         path = os.path.join(folder, MASKS_FILE)
         target = sparsity_at(self.config, state.global_step)
+        self._restore_scores(folder)
         if os.path.isfile(path):
             try:
                 masks = load_file(path)
@@ -170,6 +207,33 @@ class PruningCallback(TrainerCallback, ExportableState):
             self.pruner.masks = self.pruner.masks_from_zeros()
             self.pruner.target_sparsity = target
         self.restored_from = "weights"
+
+    def _restore_scores(self, folder: str) -> None:
+        path = os.path.join(folder, SCORES_FILE)
+        if not self.pruner.criterion.needs_gradients:
+            return
+        if not os.path.isfile(path):
+            logger.warning(
+                "PruningCallback: no %s in %s; the %s scores restart from zero.",
+                SCORES_FILE,
+                folder,
+                self.config.criterion,
+            )
+            return
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+            scores = load_file(path)
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            raise PruningStateError(f"Cannot read pruning scores from {path}: {exc}") from exc
+        unknown = sorted(set(scores) - set(self.pruner.modules))
+        if unknown:
+            raise PruningStateError(
+                f"Saved pruning scores in {path} name modules this config does not prune: {unknown[:5]}."
+            )
+        self.pruner.score_state = {n: t.to(self.pruner.modules[n].weight.device) for n, t in scores.items()}
+        steps = json.loads(meta.get("grad_steps", "{}"))
+        self.pruner.grad_steps = {n: int(steps.get(n, 1)) for n in scores}
 
 
 def attach_callbacks(trainer, *callbacks: TrainerCallback) -> None:

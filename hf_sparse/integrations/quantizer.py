@@ -17,6 +17,24 @@ Loading checks a checkpoint in three places, so that a malformed one raises :cla
 3. ``HfSparseQuantizer._process_model_after_weight_loading`` (:func:`check_loaded_modules`): every sparse tensor
    was loaded (none left to random initialisation) and every format's contents validate (pointers, index ranges,
    ordering).
+
+Structured pruning (:mod:`hf_sparse.pruning.structured`) adds an optional top-level ``structure`` key, the
+per-layer sizes that differ from the model's own config::
+
+    "structure": {
+        "attention": {"bert.encoder.layer.0.attention.self": {"num_heads": 3}},
+        "ffn": {"bert.encoder.layer.1.intermediate.dense": {"intermediate_size": 40}},
+        "dropped_layers": [2]
+    }
+
+Before the weights load, the quantizer shrinks the freshly built model to these sizes (then builds the sparse
+shells, so a structured model whose remaining layers are sparse round-trips too). ``dropped_layers`` is provenance
+only (original indices): the model's ``num_hidden_layers`` already has the smaller depth.
+
+Schema versions: 1 = ``modules`` only; 2 = ``modules`` and ``structure``. A checkpoint is written with the lowest
+version that describes it, so plain sparse checkpoints stay readable by every hf_sparse release, while a structured
+one says 2: an hf_sparse release that predates ``structure`` (it reads 1 only) refuses it with "upgrade hf_sparse"
+instead of ignoring the key and building the full-size model.
 """
 
 from __future__ import annotations
@@ -46,8 +64,10 @@ __all__ = [
     "check_loaded_modules",
 ]
 
-#: Version of the per-module schema below; later methods (quantisation, low rank, ...) add keys and bump it.
-SCHEMA_VERSION = 1
+#: The newest schema version this hf_sparse reads (1: ``modules``; 2: adds ``structure``). Later methods
+#: (quantisation, low rank, ...) add keys and bump it. Writers use the lowest version that describes the checkpoint.
+SCHEMA_VERSION = 2
+_STRUCTURE_VERSION = 2
 
 #: dtype names config.json may declare, and the safetensors dtype code each one is stored as.
 _DTYPE_CODES = {
@@ -183,6 +203,43 @@ def _check_module_spec(name: Any, spec: Any) -> None:
             )
 
 
+def _check_structure(structure: Any) -> None:
+    """The ``structure`` key by itself (types and ranges); :func:`~hf_sparse.pruning.structured.shrink_to_structure`
+    checks it against the model."""
+    where = "config.json quantization_config.structure"
+    if not isinstance(structure, dict):
+        raise FormatError(f"{where} must be a dict, got {_short(structure)}. {_FIX}")
+    extra = sorted(map(str, set(structure) - {"attention", "ffn", "dropped_layers"}))
+    if extra:
+        raise FormatError(
+            f"{where} has keys {extra} that schema version {SCHEMA_VERSION} does not define (only 'attention', "
+            f"'ffn' and 'dropped_layers'). {_FIX}"
+        )
+    for section, field, minimum in (("attention", "num_heads", 1), ("ffn", "intermediate_size", 0)):
+        entries = structure.get(section, {})
+        if not isinstance(entries, dict):
+            raise FormatError(f"{where}[{section!r}] must map module names to dicts, got {_short(entries)}. {_FIX}")
+        for name, spec in entries.items():
+            at = f"{where}[{section!r}][{_short(name)}]"
+            if not isinstance(name, str) or not name:
+                raise FormatError(f"{at}: module names must be non-empty strings. {_FIX}")
+            if not isinstance(spec, dict) or set(spec) != {field}:
+                raise FormatError(f"{at} must be {{{field!r}: integer}}, got {_short(spec)}. {_FIX}")
+            value = spec[field]
+            if not _is_int(value) or value < minimum or value > _MAX_ELEMENTS:
+                raise FormatError(f"{at}[{field!r}] must be an integer >= {minimum}, got {_short(value)}. {_FIX}")
+    dropped = structure.get("dropped_layers", [])
+    if (
+        not isinstance(dropped, list)
+        or not all(_is_int(i) and 0 <= i < 1_000_000 for i in dropped)
+        or len(set(dropped)) != len(dropped)
+    ):
+        raise FormatError(
+            f"{where}['dropped_layers'] must be a list of distinct non-negative layer indices, got "
+            f"{_short(dropped)}. {_FIX}"
+        )
+
+
 @register_quantization_config("hf_sparse")
 class HfSparseConfig(QuantizationConfigMixin):
     """What hf_sparse did to each module of a model (``quant_method: "hf_sparse"``).
@@ -190,25 +247,44 @@ class HfSparseConfig(QuantizationConfigMixin):
     Args:
         modules: per module name, ``{"params": <format params, with "format" and "shape">, "tensors": {tensor name:
             [shape, dtype name]}}``.
-        schema_version: the version of that schema; a newer one than this hf_sparse knows is an error.
+        schema_version: the version of that schema; a newer one than this hf_sparse knows is an error. Default: the
+            lowest version that describes the checkpoint (1 without ``structure``, 2 with it).
+        structure: optional per-layer sizes of a structurally pruned model (schema version 2; see the module
+            docstring): ``{"attention": {name: {"num_heads": k}}, "ffn": {name: {"intermediate_size": n}},
+            "dropped_layers": [original indices]}``.
 
     Raises:
         FormatError: the description is malformed (names the module and key) or of an unknown schema version.
     """
 
-    def __init__(self, modules: dict[str, dict] | None = None, schema_version: int = SCHEMA_VERSION, **kwargs):
+    def __init__(
+        self,
+        modules: dict[str, dict] | None = None,
+        schema_version: int | None = None,
+        structure: dict[str, Any] | None = None,
+        **kwargs,
+    ):
         self.quant_method = "hf_sparse"
+        if schema_version is None:
+            schema_version = _STRUCTURE_VERSION if structure is not None else 1
         self.schema_version = schema_version
         self.modules = dict(modules) if isinstance(modules, dict) else ({} if modules is None else modules)
+        self.structure = structure
         self.post_init()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out.get("structure") is None:
+            out.pop("structure", None)  # version-1 checkpoints keep exactly their version-1 keys
+        return out
 
     def post_init(self):
         version = self.schema_version
-        if not _is_int(version) or version != SCHEMA_VERSION:
+        if not _is_int(version) or not 1 <= version <= SCHEMA_VERSION:
             advice = (
                 "Upgrade hf_sparse to load this checkpoint."
                 if _is_int(version) and version > SCHEMA_VERSION
-                else f"Version {SCHEMA_VERSION} is the only one that exists. {_FIX}"
+                else f"Versions 1 to {SCHEMA_VERSION} are the only ones that exist. {_FIX}"
             )
             raise FormatError(
                 f"config.json quantization_config.schema_version is {_short(version)}; this hf_sparse reads version "
@@ -221,11 +297,26 @@ class HfSparseConfig(QuantizationConfigMixin):
             )
         for name, spec in self.modules.items():
             _check_module_spec(name, spec)
+        if self.structure is not None:
+            if version < _STRUCTURE_VERSION:
+                raise FormatError(
+                    f"config.json quantization_config has a 'structure' key, which schema version {version} does "
+                    f"not define (it needs schema_version {_STRUCTURE_VERSION}). {_FIX}"
+                )
+            _check_structure(self.structure)
 
 
-def sparse_config_for(model: torch.nn.Module) -> HfSparseConfig:
-    """The ``HfSparseConfig`` describing every ``SparseLinear`` and ``SparseEmbedding`` of ``model`` as it is now."""
+def sparse_config_for(model: torch.nn.Module, *, dropped_layers: list[int] | None = None) -> HfSparseConfig:
+    """The ``HfSparseConfig`` describing every ``SparseLinear`` and ``SparseEmbedding`` of ``model`` as it is now,
+    and (``structure``) every layer narrower than ``model.config`` says (see
+    :func:`~hf_sparse.pruning.structured.describe_structure`).
+
+    Args:
+        dropped_layers: original indices of dropped encoder layers to record; default: those the model's current
+            ``quantization_config`` records.
+    """
     from ..nn import SparseEmbedding, SparseLinear
+    from ..pruning.structured import describe_structure
 
     modules = {}
     for name, module in model.named_modules():
@@ -235,7 +326,13 @@ def sparse_config_for(model: torch.nn.Module) -> HfSparseConfig:
                 "params": dict(module.format_params),
                 "tensors": {k: [list(t.shape), str(t.dtype).removeprefix("torch.")] for k, t in tensors.items()},
             }
-    return HfSparseConfig(modules=modules)
+    structure = describe_structure(model)
+    if dropped_layers is None:
+        previous = getattr(getattr(getattr(model, "config", None), "quantization_config", None), "structure", None)
+        dropped_layers = list((previous or {}).get("dropped_layers", []))
+    if dropped_layers:
+        structure["dropped_layers"] = sorted(dropped_layers)
+    return HfSparseConfig(modules=modules, structure=structure or None)
 
 
 # -- safetensors headers -------------------------------------------------------------------------------------------
@@ -536,11 +633,14 @@ class HfSparseQuantizer(HfQuantizer):
     requires_calibration = True  # nothing is computed at load time: the checkpoint must already be sparse
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
-        from ..nn.shells import build_sparse_shells
+        from ..nn.shells import build_sparse_shells, build_structure_shells
 
         headers = _checkpoint_headers(checkpoint_files)
         if headers is not None:
             _check_declared_tensors(headers, self.quantization_config.modules)
+        # Shrink first: the sparse shells' declared shapes are those of the already narrower layers.
+        structure = getattr(self.quantization_config, "structure", None)
+        build_structure_shells(model, structure, headers, self.quantization_config.modules)
         build_sparse_shells(model, self.quantization_config.modules)
         if headers is not None:
             _check_against_model(headers, model, self.quantization_config.modules)

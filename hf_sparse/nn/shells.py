@@ -13,7 +13,7 @@ from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
 
-__all__ = ["build_sparse_shells"]
+__all__ = ["build_sparse_shells", "build_structure_shells"]
 
 #: Tensors of a format that hold floating-point values; every other tensor holds indices, pointers or bits.
 _VALUE_TENSORS = ("values", "dense_values")
@@ -52,6 +52,47 @@ def _dense_layer(model: nn.Module, name: str, params: dict, tied: set[str]) -> n
                 f"max_norm / sparse gradients: it is never stored sparse. {_FIX}"
             )
     return dense
+
+
+def build_structure_shells(
+    model: nn.Module, structure: dict | None, headers: dict | None = None, sparse_modules: dict | None = None
+) -> None:
+    """Shrink a freshly built model (typically on meta) to the per-layer sizes of a checkpoint's ``structure``
+    (already checked by ``HfSparseConfig``: types and ranges), then check the resized dense layers' tensors in the
+    checkpoint files, so that a size mismatch names the module instead of failing inside the loader.
+
+    Args:
+        structure: ``quantization_config.structure`` (``None``: nothing to do).
+        headers: the checkpoint's safetensors headers (``None`` when not safetensors: transformers' own shape
+            check applies then).
+        sparse_modules: ``quantization_config.modules``; those layers are checked by :func:`build_sparse_shells`.
+
+    Raises:
+        FormatError: a named module is missing or not of the expected kind, a size exceeds what the model's config
+            gives, or a resized layer's tensor in the files has another shape.
+    """
+    if not structure:
+        return
+    from ..pruning.structured import shrink_to_structure
+
+    changed = shrink_to_structure(model, structure, lambda message: FormatError(f"{message}. {_FIX}"))
+    if headers is None:
+        return
+    for name in changed:
+        if name in (sparse_modules or {}):
+            continue
+        module = model.get_submodule(name)
+        for leaf in ("weight", "bias"):
+            tensor = getattr(module, leaf, None)
+            head = headers.get(f"{name}.{leaf}")
+            if tensor is None or head is None:
+                continue  # a missing tensor is reported by transformers / check_loaded_modules
+            if tuple(head.shape) != tuple(tensor.shape):
+                raise FormatError(
+                    f"checkpoint tensor {name + '.' + leaf!r} in {head.file!r} has shape {list(head.shape)}, but "
+                    f"config.json quantization_config.structure makes module {name!r} {list(tensor.shape)} (no entry "
+                    f"for a layer means its original size). {_FIX}"
+                )
 
 
 def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:

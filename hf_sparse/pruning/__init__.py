@@ -1,9 +1,38 @@
-"""Weight pruning: config, criteria, schedules and the model transform."""
+"""Weight pruning: config, criteria, granularities, schedules and the model transform."""
 
 from .apply import Pruner, model_parameter_counts, prune_, select_modules, sparsity_report
+from .calibration import InputStats, collect_input_stats
 from .config import DEFAULT_EXCLUDE, PruningConfig
-from .criteria import CRITERIA, magnitude_scores, masks_from_scores
-from .schedules import SCHEDULES, cubic_sparsity, oneshot_sparsity, sparsity_at
+from .criteria import (
+    CRITERIA,
+    Criterion,
+    magnitude_scores,
+    masks_from_scores,
+    movement_update,
+    random_scores,
+    taylor_update,
+)
+from .granularity import GRANULARITIES, block_masks, embedding_row_masks, granular_masks, nm_masks
+from .oneshot import sparsegpt_prune_, wanda_prune_
+from .schedules import (
+    SCHEDULES,
+    cubic_sparsity,
+    is_rigl_update,
+    iterative_sparsity,
+    iterative_stage_steps,
+    oneshot_sparsity,
+    rigl_regrow_fraction,
+    sparsity_at,
+)
+from .structured import (
+    StructuredPruningConfig,
+    drop_layers_,
+    head_importance,
+    prune_heads_,
+    prune_neurons_,
+    structured_prune_,
+    taylor_scores,
+)
 
 __all__ = [
     "PruningConfig",
@@ -14,10 +43,34 @@ __all__ = [
     "sparsity_report",
     "model_parameter_counts",
     "CRITERIA",
+    "Criterion",
     "magnitude_scores",
+    "movement_update",
+    "taylor_update",
+    "random_scores",
     "masks_from_scores",
+    "GRANULARITIES",
+    "granular_masks",
+    "block_masks",
+    "nm_masks",
+    "embedding_row_masks",
     "SCHEDULES",
     "cubic_sparsity",
     "oneshot_sparsity",
+    "iterative_sparsity",
+    "iterative_stage_steps",
+    "rigl_regrow_fraction",
+    "is_rigl_update",
     "sparsity_at",
+    "wanda_prune_",
+    "sparsegpt_prune_",
+    "collect_input_stats",
+    "InputStats",
+    "StructuredPruningConfig",
+    "structured_prune_",
+    "prune_heads_",
+    "prune_neurons_",
+    "drop_layers_",
+    "head_importance",
+    "taylor_scores",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 
@@ -11,9 +12,12 @@ from torch import nn
 from ..errors import ConfigError, PruningStateError
 from ..registry import METHODS
 from .config import PruningConfig
-from .criteria import CRITERIA, masks_from_scores
+from .criteria import CRITERIA, Criterion
+from .granularity import granular_masks
 
 __all__ = ["select_modules", "match_linears", "match_embeddings", "Pruner", "prune_"]
+
+logger = logging.getLogger(__name__)
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -77,24 +81,44 @@ def select_modules(model: nn.Module, config: PruningConfig) -> dict[str, nn.Modu
     """The modules of ``model`` that ``config`` prunes: the ``nn.Linear`` layers of :func:`match_linears`, then the
     ``nn.Embedding`` tables named by ``config.embeddings`` (see :func:`match_embeddings`).
 
+    With ``granularity="embedding_row"`` only the embedding tables are selected (rows of a Linear weight are
+    output neurons, which structured pruning removes).
+
     Raises:
         ConfigError: when no Linear layer is selected (the message lists the model's Linear layers), or a name in
             ``config.embeddings`` matches no embedding.
     """
+    if config.granularity == "embedding_row":
+        return dict(match_embeddings(model, config.embeddings))
     chosen: dict[str, nn.Module] = dict(match_linears(model, config.target_modules, config.exclude_modules))
     chosen.update(match_embeddings(model, config.embeddings))
     return chosen
 
 
+class _FunctionCriterion(Criterion):
+    """Adapter for a plain ``fn(weight) -> scores`` registered in CRITERIA (the registry's original form)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def scores(self, weight, *, state=None, steps=0, name="", seed=0):
+        return self.fn(weight)
+
+
 class Pruner:
-    """Holds the keep-masks of the selected layers of one model and enforces them.
+    """Holds the keep-masks of the selected layers of one model, the criterion's score accumulators, and enforces
+    the masks.
 
     Masks are boolean tensors (True = keep) on the weights' device. Pruned weights are set to exactly zero in place;
     nothing is wrapped or patched, so the model saves and loads as the plain architecture it is.
 
+    Gradient criteria (``movement``, ``taylor``) need :meth:`observe_gradient` to be called with each backward
+    pass's unmasked gradient (:class:`~hf_sparse.PruningCallback` does it from a gradient hook); RigL regrowth
+    (:meth:`regrow`) reads the dense gradient recorded the same way while :attr:`track_dense_grads` is set.
+
     Args:
         model: The model to prune.
-        config: Which layers, which criterion, which scope.
+        config: Which layers, which criterion, granularity and scope.
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig):
@@ -102,19 +126,149 @@ class Pruner:
         self.modules = select_modules(model, config)
         self.masks: dict[str, torch.Tensor] = {}
         self.target_sparsity = 0.0
+        registered = CRITERIA.get(config.criterion)
+        self.criterion: Criterion = registered if isinstance(registered, Criterion) else _FunctionCriterion(registered)
+        #: Per-module accumulator of the criterion (fp32, the weight's shape) and the number of backward passes in it.
+        self.score_state: dict[str, torch.Tensor] = {}
+        self.grad_steps: dict[str, int] = {}
+        #: When True, :meth:`observe_gradient` also sums the dense gradients into :attr:`dense_grads` (RigL).
+        self.track_dense_grads = False
+        self.dense_grads: dict[str, torch.Tensor] = {}
+
+    # -- gradients ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def observe_gradient(self, name: str, grad: torch.Tensor) -> None:
+        """Fold one backward pass's gradient of module ``name``'s weight (before masking) into the accumulators.
+
+        Shapes:
+            grad: the weight's shape.
+        """
+        if self.criterion.needs_gradients:
+            weight = self.modules[name].weight
+            self.score_state[name] = self.criterion.accumulate(self.score_state.get(name), weight, grad)
+            self.grad_steps[name] = self.grad_steps.get(name, 0) + 1
+        if self.track_dense_grads:
+            g = grad.detach().float()
+            # Micro-batches of one accumulated step add up to the step's gradient.
+            self.dense_grads[name] = g.clone() if name not in self.dense_grads else self.dense_grads[name].add_(g)
+
+    def clear_dense_grads(self) -> None:
+        """Forget the dense gradients recorded for RigL."""
+        self.dense_grads = {}
 
     # -- masks ----------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def prune_to(self, sparsity: float) -> None:
-        """Recompute the masks for ``sparsity`` from the current weights and zero the pruned weights.
+    def compute_scores(self) -> dict[str, torch.Tensor]:
+        """The criterion's scores of every selected module's weight.
 
-        Weights pruned before stay pruned (they rank lowest), so masks are monotone while sparsity grows.
+        Raises:
+            ConfigError: a gradient criterion has seen no gradient for some module yet.
         """
-        criterion = CRITERIA.get(self.config.criterion)
-        scores = {n: criterion(m.weight) for n, m in self.modules.items()}
-        self.masks = masks_from_scores(scores, sparsity, self.config.scope, previous=self.masks or None)
+        if self.criterion.needs_gradients:
+            missing = [n for n in self.modules if n not in self.score_state]
+            if missing:
+                raise ConfigError(
+                    f"PruningConfig.criterion={self.config.criterion!r} ranks weights by gradients accumulated during "
+                    f"training, but none were seen for {missing[:3]}{' ...' if len(missing) > 3 else ''}. Use it with "
+                    "PruningCallback and a schedule whose first mask update comes after at least one training step "
+                    "(start_step >= 1, or cubic from initial_sparsity=0), or pass precomputed scores "
+                    "(prune_(model, config, scores={name: tensor})). For one-shot pruning without training use "
+                    "criterion='magnitude'."
+                )
+        return {
+            n: self.criterion.scores(
+                m.weight,
+                state=self.score_state.get(n),
+                steps=self.grad_steps.get(n, 0),
+                name=n,
+                seed=self.config.seed,
+            )
+            for n, m in self.modules.items()
+        }
+
+    def _check_scores(self, scores: Mapping[str, torch.Tensor]) -> None:
+        unknown = sorted(set(scores) - set(self.modules))
+        missing = sorted(set(self.modules) - set(scores))
+        if unknown or missing:
+            raise ConfigError(
+                f"scores must have one entry per pruned module; unknown: {unknown[:5]}, missing: {missing[:5]}."
+            )
+        for name, s in scores.items():
+            if tuple(s.shape) != tuple(self.modules[name].weight.shape):
+                raise ConfigError(
+                    f"scores[{name!r}] has shape {tuple(s.shape)}, expected the weight's "
+                    f"{tuple(self.modules[name].weight.shape)}."
+                )
+
+    @torch.no_grad()
+    def prune_to(self, sparsity: float, scores: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Recompute the masks for ``sparsity`` at the config's granularity and zero the pruned weights.
+
+        Weights (or blocks, rows) pruned before stay pruned (they rank lowest), so masks are monotone while
+        sparsity grows.
+
+        Args:
+            sparsity: Target fraction of zeros.
+            scores: Importance scores per module name (higher = keep), instead of the config's criterion.
+
+        Raises:
+            ConfigError: a gradient criterion without gradients and no ``scores``; ``scores`` that do not match
+                the modules; a layer whose shape does not fit the granularity.
+        """
+        if scores is None:
+            scores = self.compute_scores()
+        else:
+            self._check_scores(scores)
+        cfg = self.config
+        self.masks = granular_masks(
+            scores,
+            sparsity,
+            granularity=cfg.granularity,
+            scope=cfg.scope,
+            previous=self.masks or None,
+            block=tuple(cfg.block),
+            n=cfg.n,
+            m=cfg.m,
+            reduce=cfg.group_reduce,
+        )
         self.target_sparsity = float(sparsity)
         self.apply_masks()
+
+    @torch.no_grad()
+    def regrow(self, fraction: float) -> dict[str, int]:
+        """One RigL update (Evci et al. 2020): in every layer, drop the ``floor(fraction * kept)`` kept weights with
+        the lowest ``|w|`` and regrow as many previously pruned positions with the largest ``|dL/dw|`` of the dense
+        gradient in :attr:`dense_grads`. Regrown weights start at exactly zero; every layer keeps its number of
+        non-zeros, so the sparsity is unchanged. Positions dropped in this update are not regrown in it.
+
+        Layers without a recorded gradient (frozen or unused in the step) are left as they are.
+
+        Returns:
+            ``{"dropped": ..., "regrown": ...}`` counts over all layers (equal).
+        """
+        moved = 0
+        for name, mask in self.masks.items():
+            grad = self.dense_grads.get(name)
+            if grad is None:
+                logger.debug("RigL: no gradient recorded for %s; its mask is unchanged.", name)
+                continue
+            weight = self.modules[name].weight
+            flat_mask = mask.reshape(-1)
+            kept = int(flat_mask.sum())
+            k = min(int(fraction * kept), flat_mask.numel() - kept)
+            if k <= 0:
+                continue
+            w = weight.detach().float().reshape(-1).abs().masked_fill(~flat_mask, float("inf"))
+            drop = torch.topk(w, k, largest=False, sorted=False).indices
+            g = grad.to(w.device).reshape(-1).abs().masked_fill(flat_mask, float("-inf"))
+            grow = torch.topk(g, k, largest=True, sorted=False).indices
+            new = flat_mask.clone()
+            new[drop] = False
+            new[grow] = True
+            weight.view(-1)[grow] = 0.0  # regrown connections start from zero, as in RigL
+            self.masks[name] = new.reshape(mask.shape)
+            moved += k
+        self.apply_masks()
+        return {"dropped": moved, "regrown": moved}
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -188,7 +342,8 @@ def sparsity_report(modules: Mapping[str, nn.Module], target_sparsity: float | N
             "shape": list(w.shape),
             "numel": w.numel(),
             "nonzero": w.numel() - z,
-            "sparsity": z / w.numel(),
+            # A Linear emptied by structured pruning (all heads or neurons removed) has no weights to be sparse.
+            "sparsity": z / w.numel() if w.numel() else 0.0,
         }
         zeros += z
         total += w.numel()
@@ -201,14 +356,24 @@ def sparsity_report(modules: Mapping[str, nn.Module], target_sparsity: float | N
     }
 
 
-def prune_(model: nn.Module, config: PruningConfig) -> dict:
+def prune_(model: nn.Module, config: PruningConfig, *, scores: Mapping[str, torch.Tensor] | None = None) -> dict:
     """One-shot pruning of ``model`` in place to ``config.sparsity`` (the schedule fields are ignored).
+
+    Args:
+        model: The model to prune.
+        config: What to prune and how.
+        scores: Importance scores per pruned module name (higher = keep), used instead of ``config.criterion``.
+            Gradient criteria (``movement``, ``taylor``) need them here: one-shot pruning sees no gradient.
+
+    Raises:
+        ConfigError: a gradient criterion without ``scores`` (use :class:`~hf_sparse.PruningCallback`), or a layer
+            whose shape does not fit ``config.granularity``.
 
     Returns:
         The sparsity report (see :meth:`Pruner.report`) with model-wide parameter counts added.
     """
     pruner = Pruner(model, config)
-    pruner.prune_to(config.sparsity)
+    pruner.prune_to(config.sparsity, scores=scores)
     report = pruner.report()
     report.update(model_parameter_counts(model))
     return report

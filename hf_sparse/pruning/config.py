@@ -8,6 +8,8 @@ from typing import Literal
 
 from ..config import BaseConfig, register_config
 from ..errors import ConfigError
+from .criteria import CRITERIA
+from .granularity import GRANULARITIES, STRUCTURED_GRANULARITIES
 
 __all__ = ["PruningConfig", "DEFAULT_EXCLUDE"]
 
@@ -29,13 +31,22 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 @register_config("pruning")
 @dataclasses.dataclass(frozen=True)
 class PruningConfig(BaseConfig):
-    """Unstructured weight pruning of ``nn.Linear`` layers.
+    """Weight pruning of ``nn.Linear`` layers (and named ``nn.Embedding`` tables) with keep-masks.
 
     Args:
-        sparsity: Final fraction of the selected weights set to zero, in [0, 1).
-        criterion: How weights are ranked; ``"magnitude"`` keeps the largest ``|w|``.
-        scope: ``"global"`` ranks all selected weights together (layers end with different sparsities);
-            ``"layer"`` prunes every selected layer to the same sparsity.
+        sparsity: Final fraction of the selected weights set to zero, in [0, 1). With ``granularity="nm"`` it must
+            be ``1 - n / m``.
+        criterion: How weights are ranked, one of the names registered in
+            :data:`~hf_sparse.pruning.criteria.CRITERIA`: ``"magnitude"`` keeps the largest ``|w|``;
+            ``"movement"`` (Sanh et al. 2020) keeps weights moving away from zero during fine-tuning;
+            ``"taylor"`` keeps the largest ``|mean_t w * dL/dw|``; ``"random"`` is the seeded ablation baseline.
+            ``movement`` and ``taylor`` rank on gradients accumulated by :class:`~hf_sparse.PruningCallback`, so
+            their first mask update must come after at least one training step (``start_step >= 1``, or a cubic
+            schedule starting from ``initial_sparsity=0``); one-shot :func:`~hf_sparse.pruning.prune_` needs them
+            passed as ``scores=``. Otherwise a :class:`~hf_sparse.errors.ConfigError` says so.
+        scope: ``"global"`` ranks all selected weights (or blocks, or embedding rows) together, scores compared as
+            they are (layers end with different sparsities); ``"layer"`` prunes every selected layer to the same
+            sparsity. Ignored by ``granularity="nm"``.
         target_modules: Regular expressions over qualified module names (``re.fullmatch``; a plain word such as
             ``"query"`` also matches as the last name component). Empty means every ``nn.Linear``.
         exclude_modules: Names (components) or regular expressions never pruned. Exclusion wins over
@@ -48,28 +59,86 @@ class PruningConfig(BaseConfig):
             pruned this way.
         schedule: ``"cubic"`` — gradual pruning of Zhu & Gupta (2017) from ``initial_sparsity`` at ``start_step``
             to ``sparsity`` at ``end_step``, masks recomputed every ``update_every`` optimizer steps;
-            ``"oneshot"`` — prune to ``sparsity`` at ``start_step`` and keep the mask fixed.
-        initial_sparsity: Sparsity at ``start_step`` for the cubic schedule.
+            ``"oneshot"`` — prune to ``sparsity`` at ``start_step`` and keep the mask fixed;
+            ``"iterative"`` — prune / fine-tune cycles: ``stages`` equal sparsity increments, the first at
+            ``start_step``, the last (reaching ``sparsity``) at ``end_step``, evenly spaced;
+            ``"rigl"`` — dynamic sparse training (Evci et al. 2020): prune to ``sparsity`` at ``start_step``, then
+            every ``update_every`` steps until ``end_step`` drop a cosine-decayed fraction ``regrow_fraction`` of
+            each layer's kept weights with the lowest ``|w|`` and regrow as many pruned positions with the largest
+            ``|dL/dw|`` (starting at zero); the sparsity stays constant. Needs the callback and
+            ``granularity="unstructured"``.
+        initial_sparsity: Sparsity at ``start_step`` for the cubic and iterative schedules.
         start_step: Optimizer step at which pruning starts.
-        end_step: Optimizer step at which the final sparsity is reached (cubic schedule).
-        update_every: Steps between mask updates (cubic schedule).
+        end_step: Optimizer step at which the final sparsity is reached (cubic, iterative) or after which the mask
+            stops changing (rigl).
+        update_every: Steps between mask updates (cubic, rigl).
+        granularity: What is kept or dropped together: ``"unstructured"`` (single weights), ``"block"``
+            (``block``-shaped tiles), ``"nm"`` (``n`` of every ``m`` consecutive weights along the input
+            dimension of each row) or ``"embedding_row"`` (whole rows of the tables named in ``embeddings``; Linear
+            layers are then not pruned). Removing whole heads, neurons or layers is
+            ``StructuredPruningConfig``'s job.
+        block: ``(rows, cols)`` of a block for ``granularity="block"``; every selected weight's shape must be
+            divisible by it.
+        n: Weights kept per group for ``granularity="nm"``.
+        m: Group length for ``granularity="nm"``; every selected layer's input size must be a multiple of it.
+        group_reduce: How a block's or row's score is made from its weights' scores: ``"sum"`` or ``"l2"``.
+        seed: Seed of the ``"random"`` criterion (each layer draws from its own stream derived from it).
+        stages: Number of prune / fine-tune cycles of the ``"iterative"`` schedule.
+        regrow_fraction: Fraction of each layer's kept weights dropped and regrown at the first ``"rigl"`` update
+            (cosine-decayed to zero at ``end_step``), in [0, 1].
     """
 
     sparsity: float = 0.5
-    criterion: Literal["magnitude"] = "magnitude"
+    criterion: str = "magnitude"
     scope: Literal["global", "layer"] = "global"
     target_modules: tuple[str, ...] = ()
     exclude_modules: tuple[str, ...] = DEFAULT_EXCLUDE
     embeddings: tuple[str, ...] = ()
-    schedule: Literal["cubic", "oneshot"] = "cubic"
+    schedule: Literal["cubic", "oneshot", "iterative", "rigl"] = "cubic"
     initial_sparsity: float = 0.0
     start_step: int = 0
     end_step: int = 0
     update_every: int = 10
+    granularity: str = "unstructured"
+    block: tuple[int, ...] = (4, 4)
+    n: int = 2
+    m: int = 4
+    group_reduce: Literal["sum", "l2"] = "sum"
+    seed: int = 0
+    stages: int = 1
+    regrow_fraction: float = 0.3
 
     def validate(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"PruningConfig.sparsity must be in [0, 1), got {self.sparsity}.")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"PruningConfig.criterion must be one of {list(CRITERIA)}, got {self.criterion!r}.")
+        if self.granularity in STRUCTURED_GRANULARITIES:
+            raise ConfigError(
+                f"PruningConfig.granularity {self.granularity!r} removes whole structures: it is handled by "
+                f"StructuredPruningConfig, not PruningConfig. PruningConfig.granularity must be one of "
+                f"{list(GRANULARITIES)}."
+            )
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(
+                f"PruningConfig.granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}."
+            )
+        if len(self.block) != 2 or min(self.block) < 1:
+            raise ConfigError(
+                f"PruningConfig.block must be two positive integers (rows, cols), got {list(self.block)}."
+            )
+        if not 1 <= self.n <= self.m:
+            raise ConfigError(f"PruningConfig.n and m must satisfy 1 <= n <= m, got n={self.n}, m={self.m}.")
+        if self.granularity == "nm" and abs(self.sparsity - (1.0 - self.n / self.m)) > 1e-6:
+            raise ConfigError(
+                f"PruningConfig.sparsity is {self.sparsity} but granularity='nm' with n={self.n}, m={self.m} fixes "
+                f"it at 1 - n/m = {1.0 - self.n / self.m:g}. Set sparsity={1.0 - self.n / self.m:g} or change n/m."
+            )
+        if self.granularity == "embedding_row" and not self.embeddings:
+            raise ConfigError(
+                "PruningConfig.granularity='embedding_row' prunes rows of the tables named in "
+                "PruningConfig.embeddings, which is empty; name the nn.Embedding modules to prune."
+            )
         if not 0.0 <= self.initial_sparsity <= self.sparsity:
             raise ConfigError(
                 f"PruningConfig.initial_sparsity must be in [0, sparsity={self.sparsity}], "
@@ -77,10 +146,19 @@ class PruningConfig(BaseConfig):
             )
         if self.start_step < 0:
             raise ConfigError(f"PruningConfig.start_step must be >= 0, got {self.start_step}.")
-        if self.schedule == "cubic" and self.end_step < self.start_step:
+        if self.schedule != "oneshot" and self.end_step < self.start_step:
             raise ConfigError(f"PruningConfig.end_step ({self.end_step}) must be >= start_step ({self.start_step}).")
         if self.update_every < 1:
             raise ConfigError(f"PruningConfig.update_every must be >= 1, got {self.update_every}.")
+        if self.stages < 1:
+            raise ConfigError(f"PruningConfig.stages must be >= 1, got {self.stages}.")
+        if not 0.0 <= self.regrow_fraction <= 1.0:
+            raise ConfigError(f"PruningConfig.regrow_fraction must be in [0, 1], got {self.regrow_fraction}.")
+        if self.schedule == "rigl" and self.granularity != "unstructured":
+            raise ConfigError(
+                f"PruningConfig.schedule='rigl' regrows single weights and needs granularity='unstructured', got "
+                f"{self.granularity!r}."
+            )
         for key in ("target_modules", "exclude_modules", "embeddings"):
             for pattern in getattr(self, key):
                 try:

@@ -1,14 +1,27 @@
-"""Pruning schedules: the target sparsity as a function of the optimizer step. Pure functions, no torch."""
+"""Pruning schedules: the target sparsity (and RigL's regrow fraction) as a function of the optimizer step.
+
+Pure functions, no torch.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from ..errors import ConfigError
 from ..registry import Registry
 from .config import PruningConfig
 
-__all__ = ["cubic_sparsity", "oneshot_sparsity", "sparsity_at", "SCHEDULES"]
+__all__ = [
+    "cubic_sparsity",
+    "oneshot_sparsity",
+    "iterative_sparsity",
+    "iterative_stage_steps",
+    "rigl_regrow_fraction",
+    "is_rigl_update",
+    "sparsity_at",
+    "SCHEDULES",
+]
 
 SCHEDULES: Registry[Callable[[PruningConfig, int], float]] = Registry("pruning schedule")
 
@@ -47,6 +60,60 @@ def oneshot_sparsity(step: int, *, final: float, start_step: int) -> float:
     return final if step >= start_step else 0.0
 
 
+def iterative_stage_steps(*, start_step: int, end_step: int, stages: int) -> list[int]:
+    """Optimizer steps at which the ``stages`` prune / fine-tune cycles prune: evenly spaced (rounded down), the
+    first at ``start_step`` and the last at ``end_step`` (one stage: ``start_step``)."""
+    if stages < 1:
+        raise ConfigError(f"stages must be >= 1, got {stages}.")
+    if end_step < start_step:
+        raise ConfigError(f"end_step ({end_step}) must be >= start_step ({start_step}).")
+    if stages == 1:
+        return [start_step]
+    return [start_step + (j * (end_step - start_step)) // (stages - 1) for j in range(stages)]
+
+
+def iterative_sparsity(
+    step: int, *, initial: float, final: float, start_step: int, end_step: int, stages: int
+) -> float:
+    """Iterative pruning: after the ``j``-th of ``stages`` stage steps (:func:`iterative_stage_steps`) the sparsity is
+    ``initial + (final - initial) * j / stages``; it holds while the model fine-tunes until the next stage. Zero
+    before ``start_step``; ``final`` from ``end_step`` on.
+
+    Args:
+        step: Completed optimizer steps.
+        initial: Sparsity that the first stage starts from (the first stage prunes to one increment above it).
+        final: Sparsity reached at the last stage.
+        start_step, end_step: Steps of the first and last stage.
+        stages: Number of prune / fine-tune cycles.
+    """
+    steps = iterative_stage_steps(start_step=start_step, end_step=end_step, stages=stages)
+    reached = sum(step >= t for t in steps)
+    if reached == 0:
+        return 0.0
+    if reached == stages:
+        return final
+    return initial + (final - initial) * reached / stages
+
+
+def rigl_regrow_fraction(step: int, *, fraction: float, start_step: int, end_step: int) -> float:
+    """RigL's cosine-decayed update fraction (Evci et al. 2020): ``fraction / 2 * (1 + cos(pi * t / T))`` with
+    ``t = step - start_step`` and ``T = end_step - start_step``; zero outside ``(start_step, end_step)``."""
+    if step <= start_step or step >= end_step:
+        return 0.0
+    progress = (step - start_step) / (end_step - start_step)
+    return fraction / 2.0 * (1.0 + math.cos(math.pi * progress))
+
+
+def is_rigl_update(config: PruningConfig, step: int) -> bool:
+    """Whether the RigL schedule of ``config`` drops and regrows weights after ``step`` optimizer steps: every
+    ``update_every`` steps strictly between ``start_step`` and ``end_step``."""
+    return (
+        config.schedule == "rigl"
+        and config.start_step < step < config.end_step
+        and (step - config.start_step) % config.update_every == 0
+    )
+
+
 @SCHEDULES.register("cubic")
 def _cubic(config: PruningConfig, step: int) -> float:
     return cubic_sparsity(
@@ -61,6 +128,24 @@ def _cubic(config: PruningConfig, step: int) -> float:
 
 @SCHEDULES.register("oneshot")
 def _oneshot(config: PruningConfig, step: int) -> float:
+    return oneshot_sparsity(step, final=config.sparsity, start_step=config.start_step)
+
+
+@SCHEDULES.register("iterative")
+def _iterative(config: PruningConfig, step: int) -> float:
+    return iterative_sparsity(
+        step,
+        initial=config.initial_sparsity,
+        final=config.sparsity,
+        start_step=config.start_step,
+        end_step=config.end_step,
+        stages=config.stages,
+    )
+
+
+@SCHEDULES.register("rigl")
+def _rigl(config: PruningConfig, step: int) -> float:
+    # The sparsity is constant from start_step on; the mask changes through regrowth (see is_rigl_update).
     return oneshot_sparsity(step, final=config.sparsity, start_step=config.start_step)
 
 

@@ -102,3 +102,10 @@ def test_calibrate_predicts_sparse_faster_when_very_sparse():
     choice = choose_format(w, batch_hint=16, model=model)
     if model.backend == "cpu-kernels":
         assert choice.is_sparse, choice.reasons
+
+
+def test_blocks_covering_nearly_the_whole_matrix_are_never_chosen_even_if_predicted_cheap():
+    # 50% unstructured: every 16x16 block holds a kept weight, so BSR would multiply the whole matrix.
+    choice = choose_format(_unstructured(0.5), batch_hint=128, model=_model(bsr16=0.1e-9, bsr32=0.1e-9))
+    assert choice.format != "bsr"
+    assert any("bsr16: not useful" in r and "100% of the dense entries" in r for r in choice.reasons)

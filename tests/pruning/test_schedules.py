@@ -48,3 +48,31 @@ def test_bad_schedule_arguments():
         cubic_sparsity(1, initial=0, final=0.5, start_step=0, end_step=10, update_every=0)
     with pytest.raises(ConfigError, match="end_step"):
         cubic_sparsity(1, initial=0, final=0.5, start_step=10, end_step=5)
+
+
+def test_iterative_schedule_reaches_each_stage_at_its_step():
+    from hf_sparse.pruning import iterative_sparsity, iterative_stage_steps
+
+    assert iterative_stage_steps(start_step=2, end_step=11, stages=4) == [2, 5, 8, 11]
+    cfg = PruningConfig(sparsity=0.8, schedule="iterative", stages=4, start_step=2, end_step=11)
+    got = [sparsity_at(cfg, t) for t in range(14)]
+    assert got == pytest.approx([0, 0, 0.2, 0.2, 0.2, 0.4, 0.4, 0.4, 0.6, 0.6, 0.6, 0.8, 0.8, 0.8])
+    kw = dict(initial=0.2, final=0.8, start_step=0, end_step=10)
+    assert iterative_sparsity(0, stages=3, **kw) == pytest.approx(0.4)
+    assert iterative_sparsity(5, stages=3, **kw) == pytest.approx(0.6)
+    assert iterative_sparsity(10, stages=3, **kw) == pytest.approx(0.8)
+    assert iterative_sparsity(3, stages=1, **kw) == pytest.approx(0.8)  # one stage: one-shot at start_step
+    with pytest.raises(ConfigError, match="stages"):
+        iterative_stage_steps(start_step=0, end_step=1, stages=0)
+
+
+def test_rigl_schedule_is_constant_sparsity_with_cosine_decayed_updates():
+    from hf_sparse.pruning import is_rigl_update, rigl_regrow_fraction
+
+    cfg = PruningConfig(sparsity=0.7, schedule="rigl", start_step=2, end_step=12, update_every=5, regrow_fraction=0.4)
+    assert [sparsity_at(cfg, t) for t in (0, 1, 2, 3, 50)] == pytest.approx([0, 0, 0.7, 0.7, 0.7])
+    assert [t for t in range(20) if is_rigl_update(cfg, t)] == [7]
+    kw = dict(fraction=0.4, start_step=2, end_step=12)
+    assert rigl_regrow_fraction(7, **kw) == pytest.approx(0.2)  # cos(pi/2) = 0: half the fraction
+    assert rigl_regrow_fraction(3, **kw) > rigl_regrow_fraction(7, **kw) > rigl_regrow_fraction(11, **kw) > 0
+    assert rigl_regrow_fraction(2, **kw) == rigl_regrow_fraction(12, **kw) == 0.0

@@ -1,0 +1,343 @@
+"""Calibration statistics of ``nn.Linear`` inputs for post-training (one-shot) pruning.
+
+Two statistics are collected with forward pre-hooks, accumulated batch by batch so memory does not grow with the
+number of calibration samples:
+
+* ``"norms"`` (Wanda): for each input column ``j`` the sum over tokens of ``x_j**2`` (the squared L2 norm of that
+  column of the stacked inputs ``X``).
+* ``"hessian"`` (SparseGPT): ``H = 2 XᵀX`` (``in_features x in_features``), the Hessian of the layer-wise
+  reconstruction loss ``||WXᵀ - ŴXᵀ||²`` with respect to each row of ``Ŵ``.
+
+Here ``X`` stacks the inputs of a layer as rows (``tokens x in_features``); the papers write the same matrix
+transposed. Padding tokens are left out when a batch carries an ``attention_mask``: they are not part of any real
+input, and a sentence padded to 64 tokens would otherwise count its padding many times.
+
+Statistics are sums (not means) accumulated in float64: per batch the products are formed in float32 (fast on every
+device), and the running total is float64 so a few hundred thousand tokens do not lose the small contributions.
+
+:func:`calibrate_sequentially` runs the calibrate-then-prune loop block by block (the original algorithm of both
+papers): the inputs of transformer block ``i + 1`` are recomputed from the outputs of block ``i`` *after* it was
+pruned, so later blocks are calibrated on what the pruned model actually feeds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+
+__all__ = ["InputStats", "collect_input_stats", "find_blocks", "calibrate_sequentially"]
+
+StatKind = Literal["norms", "hessian"]
+
+
+@dataclasses.dataclass
+class InputStats:
+    """Accumulated input statistics of some ``nn.Linear`` layers.
+
+    Attributes:
+        kind: ``"norms"`` or ``"hessian"``.
+        sums: module name -> ``sum_t x_t**2`` (shape ``(in_features,)``) for ``"norms"``, or ``2 XᵀX`` (shape
+            ``(in_features, in_features)``) for ``"hessian"``; float64, on the layer's device.
+        tokens: module name -> number of input rows (tokens) accumulated.
+        batches: number of calibration batches seen.
+    """
+
+    kind: StatKind
+    sums: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+    batches: int = 0
+
+    def mean(self, name: str) -> torch.Tensor:
+        """The sum for ``name`` divided by its token count (``2 XᵀX / n`` for the Hessian)."""
+        return self.sums[name] / max(self.tokens[name], 1)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("norms", "hessian"):
+        raise ConfigError(f"kind must be 'norms' (Wanda) or 'hessian' (SparseGPT), got {kind!r}.")
+
+
+class _Collector:
+    """Forward pre-hooks on ``modules`` that add each input batch to :class:`InputStats`.
+
+    ``token_mask`` is set by the caller before each forward: a ``(batch, seq)`` boolean tensor of real tokens, or
+    ``None`` (every row counts). An input whose leading dimensions are not ``(batch, seq)`` (e.g. a pooler that sees
+    one vector per sequence) is taken whole.
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Linear], kind: StatKind):
+        _check_kind(kind)
+        self.stats = InputStats(kind)
+        self.token_mask: torch.Tensor | None = None
+        self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor):
+                return
+            self.add(name, x)
+
+        return hook
+
+    @torch.no_grad()
+    def add(self, name: str, x: torch.Tensor) -> None:
+        mask = self.token_mask
+        if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+            x = x[mask.to(x.device)]
+        x = x.reshape(-1, x.shape[-1]).float()
+        stats = self.stats
+        if stats.kind == "norms":
+            batch_sum = x.pow(2).sum(0)
+        else:
+            batch_sum = 2.0 * (x.T @ x)
+        if name in stats.sums:
+            stats.sums[name] += batch_sum.double()
+            stats.tokens[name] += x.shape[0]
+        else:
+            stats.sums[name] = batch_sum.double()
+            stats.tokens[name] = x.shape[0]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _token_mask(batch: Mapping[str, Any]) -> torch.Tensor | None:
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.bool()
+    return None
+
+
+class _EvalNoGrad:
+    """``model.eval()`` and ``torch.no_grad()`` for the duration, restoring the training flag afterwards (dropout
+    must be off while measuring the inputs a deployed model sees)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
+
+    def __exit__(self, *exc):
+        self.no_grad.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+@torch.no_grad()
+def collect_input_stats(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    modules: Mapping[str, nn.Linear],
+    kind: StatKind = "norms",
+    *,
+    progress: bool = True,
+) -> InputStats:
+    """Run ``model(**batch)`` over ``batches`` and accumulate input statistics of ``modules`` (one pass, no
+    pruning in between).
+
+    Args:
+        model: The model; run in eval mode without gradients (its training flag is restored afterwards).
+        batches: Dicts of model inputs (e.g. ``input_ids``, ``attention_mask``); tensors are moved to the model's
+            device. Iterated once, so a generator works.
+        modules: Name -> ``nn.Linear`` whose inputs are measured (e.g. from :func:`~hf_sparse.pruning.apply.
+            match_linears`).
+        kind: ``"norms"`` for Wanda's squared column norms, ``"hessian"`` for SparseGPT's ``2 XᵀX``.
+        progress: Show a tqdm progress bar over batches.
+
+    Returns:
+        :class:`InputStats` with one entry per module that saw at least one input.
+
+    Raises:
+        ConfigError: ``kind`` is unknown or ``batches`` is empty.
+
+    Shapes:
+        batch["attention_mask"] (optional): ``(batch, seq)``; rows of inputs shaped ``(batch, seq, in_features)``
+        where it is 0 are skipped. Returns: ``sums[name]`` is ``(in_features,)`` or ``(in_features, in_features)``.
+    """
+    collector = _Collector(modules, kind)
+    device = _model_device(model)
+    try:
+        with _EvalNoGrad(model):
+            for batch in tqdm(batches, desc=f"calibration ({kind})", disable=not progress, leave=False):
+                collector.token_mask = _token_mask(batch)
+                model(**_to_device(batch, device))
+                collector.stats.batches += 1
+    finally:
+        collector.remove()
+    if collector.stats.batches == 0:
+        raise ConfigError("batches is empty: one-shot pruning needs at least one calibration batch.")
+    return collector.stats
+
+
+def find_blocks(model: nn.Module, modules: Mapping[str, nn.Module]) -> tuple[str, nn.ModuleList] | None:
+    """The ``nn.ModuleList`` of repeated blocks (e.g. ``bert.encoder.layer``, ``model.layers``) that holds the most
+    of ``modules``, or ``None`` when no list holds at least two of them."""
+    best: tuple[str, nn.ModuleList] | None = None
+    best_count = 1
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.ModuleList) or len(m) == 0:
+            continue
+        prefix = f"{name}." if name else ""
+        count = sum(1 for n in modules if n.startswith(prefix))
+        if count > best_count:
+            best, best_count = (name, m), count
+    return best
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the first block once its inputs are captured: nothing after it needs to run."""
+
+
+def _capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, batches: Iterable[Mapping[str, Any]], progress: bool
+) -> list[tuple[tuple, dict, torch.Tensor | None]]:
+    """``(args, kwargs, token_mask)`` with which ``first_block`` is called, one per batch."""
+    captured: list[tuple[tuple, dict, torch.Tensor | None]] = []
+    current: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def hook(module, args, kwargs):
+        kwargs = dict(kwargs)
+        # A block run again by hand must not grow a decoder's KV cache: calibration needs no cache.
+        for key in ("past_key_values", "past_key_value", "cache"):
+            if key in kwargs:
+                kwargs[key] = None
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        captured.append((tuple(args), kwargs, current["mask"]))
+        raise _StopForward
+
+    device = _model_device(model)
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in tqdm(batches, desc="calibration inputs", disable=not progress, leave=False):
+            current["mask"] = _token_mask(batch)
+            try:
+                model(**_to_device(batch, device))
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _run_block(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Run ``block`` and return the ``(args, kwargs)`` for the next block: the output hidden states replace the
+    input hidden states (the first positional argument, or ``hidden_states=``), everything else is reused."""
+    out = block(*args, **kwargs)
+    hidden = out[0] if isinstance(out, (tuple, list)) else out
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+PruneFn = Callable[[Mapping[str, nn.Linear], InputStats], None]
+
+
+@torch.no_grad()
+def calibrate_sequentially(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    modules: Mapping[str, nn.Linear],
+    kind: StatKind,
+    prune_fn: PruneFn,
+    *,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Calibrate and prune ``modules`` block by block, feeding each block the outputs of the already pruned ones.
+
+    The inputs of the first block that contains selected modules are captured once (the model is run up to it and
+    stopped). Then, for each block in order: hooks collect the statistics of its selected layers over all captured
+    inputs (the layers of one block are measured together, with the block still dense, as in the papers' reference
+    setup), ``prune_fn(block_modules, stats)`` prunes them, and the pruned block is run again to produce the inputs
+    of the next block. Selected modules outside the block list (a pooler, a head) are calibrated last, in one pass
+    of the whole (already pruned) model.
+
+    When the model has no ``nn.ModuleList`` of blocks holding at least two selected layers, everything is
+    calibrated in one pass of the dense model and pruned afterwards (no sequential refresh).
+
+    Captured block inputs are kept on the model's device for the whole run: about ``samples x seq x hidden`` values
+    (12 MB for 128 MiniLM sentences of 64 tokens).
+
+    Args:
+        model, batches, modules, kind, progress: As in :func:`collect_input_stats`.
+        prune_fn: Prunes the given modules in place from their statistics.
+
+    Returns:
+        ``{"batches": ..., "tokens": ...}`` (tokens seen by the first selected layer).
+
+    Raises:
+        ConfigError: ``kind`` is unknown or ``batches`` is empty.
+    """
+    _check_kind(kind)
+    found = find_blocks(model, modules)
+    if found is None:
+        stats = collect_input_stats(model, batches, modules, kind, progress=progress)
+        prune_fn(modules, stats)
+        return {"batches": stats.batches, "tokens": next(iter(stats.tokens.values()), 0)}
+
+    list_name, blocks = found
+    prefix = f"{list_name}." if list_name else ""
+
+    def block_index(name: str) -> int | None:
+        if not name.startswith(prefix):
+            return None
+        head = name[len(prefix) :].split(".", 1)[0]
+        return int(head) if head.isdigit() and int(head) < len(blocks) else None
+
+    per_block: dict[int, dict[str, nn.Linear]] = {}
+    outside: dict[str, nn.Linear] = {}
+    for name, m in modules.items():
+        i = block_index(name)
+        (per_block.setdefault(i, {}) if i is not None else outside)[name] = m
+
+    first = min(per_block)
+    batches = list(batches)  # iterated again below when some modules live outside the blocks
+    tokens = 0
+    with _EvalNoGrad(model):
+        inputs = _capture_block_inputs(model, blocks[first], batches, progress)
+        if not inputs:
+            raise ConfigError("batches is empty: one-shot pruning needs at least one calibration batch.")
+        for i in tqdm(range(first, len(blocks)), desc=f"sequential pruning ({kind})", disable=not progress):
+            block = blocks[i]
+            chosen = per_block.get(i, {})
+            if chosen:
+                collector = _Collector(chosen, kind)
+                try:
+                    for args, kwargs, mask in inputs:
+                        collector.token_mask = mask
+                        block(*args, **kwargs)
+                        collector.stats.batches += 1
+                finally:
+                    collector.remove()
+                if not tokens:
+                    tokens = next(iter(collector.stats.tokens.values()), 0)
+                prune_fn(chosen, collector.stats)
+            if i + 1 < len(blocks) and any(j > i for j in per_block):
+                inputs = [(*_run_block(block, args, kwargs), mask) for args, kwargs, mask in inputs]
+    if outside:
+        stats = collect_input_stats(model, batches, outside, kind, progress=progress)
+        prune_fn(outside, stats)
+    return {"batches": len(inputs), "tokens": tokens}
