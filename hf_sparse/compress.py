@@ -92,10 +92,37 @@ def _accuracy(trainer: Trainer, dataset) -> float:
 def _schedule_desc(cfg: PruningConfig) -> str:
     if cfg.schedule == "oneshot":
         return f"one-shot at step {cfg.start_step}"
+    if cfg.schedule == "iterative":
+        return (
+            f"{cfg.stages} equal prune-then-fine-tune stages from step {cfg.start_step} to {_pct(cfg.sparsity)} at "
+            f"step {cfg.end_step}"
+        )
+    if cfg.schedule == "rigl":
+        return (
+            f"{_pct(cfg.sparsity)} from step {cfg.start_step}, then every {cfg.update_every} steps up to "
+            f"{_pct(cfg.regrow_fraction)} of the kept weights dropped and regrown (RigL, cosine-decayed) until step "
+            f"{cfg.end_step}"
+        )
     return (
         f"cubic schedule from {_pct(cfg.initial_sparsity)} at step {cfg.start_step} to {_pct(cfg.sparsity)} at step "
         f"{cfg.end_step}, masks updated every {cfg.update_every} steps"
     )
+
+
+def _pruning_desc(cfg: PruningConfig, n_layers: int) -> tuple[str, str]:
+    """What was pruned and how, in words: ("37 layers (1 of them an embedding table)", "unstructured magnitude
+    pruning, global ranking")."""
+    if cfg.embeddings:
+        tables = "an embedding table" if len(cfg.embeddings) == 1 else f"{len(cfg.embeddings)} embedding tables"
+        what = f"{n_layers} pruned layers ({tables} among them)"
+    else:
+        what = f"{n_layers} pruned `nn.Linear` layers"
+    grain = {
+        "block": f"{cfg.block[0]}x{cfg.block[1]}-block",
+        "nm": f"{cfg.n}:{cfg.m}",
+        "embedding_row": "embedding-row",
+    }.get(cfg.granularity, cfg.granularity)
+    return what, f"{grain} {cfg.criterion} pruning, {cfg.scope} ranking"
 
 
 def _checkpoint_bytes(folder: Path) -> int:
@@ -165,8 +192,7 @@ def _card_results(run: dict, report: dict, recipe: Recipe) -> dict:
         "summary": (
             f"`{hub_id(report['model'])}` fine-tuned for sentiment classification ({' / '.join(LABEL_NAMES)}) on "
             f"{recipe.data.dataset} and pruned with hf_sparse: {_pct(run['sparsity'])} of the weights of its "
-            f"{len(run['layers'])} encoder `nn.Linear` layers are zero (unstructured {cfg.criterion} pruning, "
-            f"{cfg.scope} ranking)."
+            "{} are zero ({}).".format(*_pruning_desc(cfg, len(run["layers"])))
         ),
         "method": (
             "Fine-tuning and pruning ran through the stock `transformers.Trainer` with `hf_sparse.PruningCallback` "
