@@ -29,6 +29,19 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .recipes import load_recipe
+    from .sweep import run_sweep
+
+    source = args.recipe or "minilm-pruning-sweep"
+    record = run_sweep(load_recipe(source), args.output, recipe_source=source)
+    print(f"\nhf-sparse sweep: {len(record['cells'])} cells; table written to {args.output}/sweep.md")
+    print(f"  dense: test accuracy {record['dense']['test_accuracy']:.4f}")
+    for cell in record["cells"]:
+        print(f"  {cell['name']}: {cell['test_accuracy']:.4f} ({100 * cell['delta_vs_dense']:+.2f} points)")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .recipes import dump_recipe, load_recipe
 
@@ -126,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", "-o", default="hf_sparse_output", help="output folder (default: %(default)s)")
     p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("sweep", help="accuracy of every criterion x granularity x sparsity of a recipe's sweep")
+    p.add_argument(
+        "recipe", nargs="?", default=None, help="recipe YAML file or packaged name (default: minilm-pruning-sweep)"
+    )
+    p.add_argument("--output", "-o", default="hf_sparse_sweep", help="output folder (default: %(default)s)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("validate", help="check a recipe and print it with every default resolved")
     p.add_argument("recipe", nargs="?", default=None, help="recipe YAML file or packaged recipe name")

@@ -218,21 +218,9 @@ def _card_results(run: dict, report: dict, recipe: Recipe) -> dict:
     }
 
 
-def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
-    """Run the compression job a recipe describes and write its outputs to ``output_dir``.
-
-    Writes ``report.json``, ``report.md``, ``recipe.yaml`` (the resolved recipe) and, per pruned run, a
-    ``pruned-<pct>/`` folder saved with ``save_pretrained`` (weights, tokenizer, model card, recipe).
-
-    Returns:
-        The report as a dict (what ``report.json`` holds).
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    work = output_dir / "trainer"
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
+def prepare_data(recipe: Recipe):
+    """The recipe's model path, tokenizer, test split (text), tokenized train and test splits, and the test split's
+    majority-class accuracy."""
     model_path = resolve_model(recipe.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     splits = load_rotten_tomatoes(
@@ -251,16 +239,40 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     train_tok = train.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing train")
     test_tok = test.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing test")
     majority = max(np.bincount(np.asarray(test["label"]), minlength=len(LABEL_NAMES))) / len(test)
+    return model_path, tokenizer, test, train_tok, test_tok, float(majority)
 
-    # -- dense baseline ---------------------------------------------------------------------------------------------
-    logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(train_tok))
-    set_seed(recipe.dense.seed)
-    dense_model = AutoModelForSequenceClassification.from_pretrained(
+
+def load_classifier(model_path: str, seed: int):
+    """The sequence classifier of the task's labels on ``model_path`` (new head initialised with ``seed``)."""
+    set_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(
         model_path,
         num_labels=len(LABEL_NAMES),
         id2label=dict(enumerate(LABEL_NAMES)),
         label2id={n: i for i, n in enumerate(LABEL_NAMES)},
     )
+
+
+def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
+    """Run the compression job a recipe describes and write its outputs to ``output_dir``.
+
+    Writes ``report.json``, ``report.md``, ``recipe.yaml`` (the resolved recipe) and, per pruned run, a
+    ``pruned-<pct>/`` folder saved with ``save_pretrained`` (weights, tokenizer, model card, recipe).
+
+    Returns:
+        The report as a dict (what ``report.json`` holds).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    work = output_dir / "trainer"
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    model_path, tokenizer, test, train_tok, test_tok, majority = prepare_data(recipe)
+
+    # -- dense baseline ---------------------------------------------------------------------------------------------
+    logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(train_tok))
+    dense_model = load_classifier(model_path, recipe.dense.seed)
     t0 = time.perf_counter()
     trainer = _finetune(dense_model, train_tok, tokenizer, recipe.dense, work / "dense")
     timings["dense_train_s"] = time.perf_counter() - t0

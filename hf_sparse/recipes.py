@@ -23,6 +23,7 @@ __all__ = [
     "DataSection",
     "TrainSection",
     "CheckpointSection",
+    "SweepSection",
     "Recipe",
     "load_recipe",
     "dump_recipe",
@@ -153,6 +154,41 @@ class CheckpointSection(BaseConfig):
             raise ConfigError(f"checkpoint.latency_rounds must be >= 0, got {self.latency_rounds}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepSection(BaseConfig):
+    """A grid of pruning runs compared on the same data (``hf-sparse sweep``): every criterion x granularity x
+    sparsity, each pruned from the same fine-tuned dense model and fine-tuned with the recipe's ``pruned``
+    section. Gradual criteria (magnitude, movement, taylor, random) follow the recipe's ``pruning`` schedule;
+    one-shot criteria (wanda, sparsegpt) prune at step 0 from calibration data, are evaluated before any
+    fine-tuning, then fine-tuned with their mask fixed.
+
+    Args:
+        criteria: Criterion names (see ``PruningConfig.criterion``).
+        granularities: ``"unstructured"``, ``"block"`` (``pruning.block``) or ``"nm"`` (``pruning.n``:``pruning.m``,
+            which fixes its sparsity at ``1 - n/m``: run once).
+        sparsities: Target sparsities of the unstructured and block runs.
+        finetune: Fine-tune each pruned model (false: one-shot criteria only, evaluated as pruned).
+    """
+
+    criteria: tuple[str, ...] = ("magnitude", "movement", "taylor", "wanda", "sparsegpt")
+    granularities: tuple[str, ...] = ("unstructured", "block", "nm")
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
+    finetune: bool = True
+
+    def validate(self) -> None:
+        from .pruning.criteria import CRITERIA
+
+        for c in self.criteria:
+            if c not in CRITERIA:
+                raise ConfigError(f"sweep.criteria: unknown criterion {c!r}; known: {sorted(CRITERIA)}.")
+        for g in self.granularities:
+            if g not in ("unstructured", "block", "nm"):
+                raise ConfigError(f"sweep.granularities: {g!r} is not one of ['unstructured', 'block', 'nm'].")
+        for s in self.sparsities:
+            if not 0 < s < 1:
+                raise ConfigError(f"sweep.sparsities must each be in (0, 1), got {s}.")
+
+
 @register_config("recipe")
 @dataclasses.dataclass(frozen=True)
 class Recipe(BaseConfig):
@@ -168,6 +204,7 @@ class Recipe(BaseConfig):
             ``pruning.sparsity``.
         save_dense: Also save the fine-tuned dense baseline.
         checkpoint: How the pruned models are saved (sparse formats by default), verified and timed.
+        sweep: The grid ``hf-sparse sweep`` runs (ignored by ``hf-sparse compress``).
     """
 
     name: str = DEFAULT_RECIPE
@@ -179,6 +216,7 @@ class Recipe(BaseConfig):
     sparsities: tuple[float, ...] | None = None
     save_dense: bool = False
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
+    sweep: SweepSection = dataclasses.field(default_factory=SweepSection)
 
     def validate(self) -> None:
         for s in self.sparsities or ():

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from ..errors import PruningStateError
+from ..errors import ConfigError, PruningStateError
 from ..pruning.apply import Pruner
 from ..pruning.config import PruningConfig
 from ..pruning.schedules import is_rigl_update, rigl_regrow_fraction, sparsity_at
@@ -50,8 +50,19 @@ class PruningCallback(TrainerCallback, ExportableState):
     Logging integrations chosen with ``report_to`` run before callbacks passed to ``Trainer(callbacks=...)``; to
     have them record the sparsity too, add the callback with :func:`attach_callbacks`.
 
+    - ``criterion="wanda"`` / ``"sparsegpt"`` (one-shot): the calibration data are the first
+      ``config.calibration_samples`` examples of the Trainer's training dataloader (labels dropped); the mask is
+      chosen at ``start_step`` and kept while the model fine-tunes.
+    - ``granularity="head"`` / ``"neuron"``: whole units are masked during training and, when training ends,
+      removed physically (:func:`~hf_sparse.pruning.units.shrink_masked_units_`), so the model the Trainer holds
+      afterwards is smaller and saves as such; ``shrink=False`` keeps the masked full-size model.
+
     Args:
         config: A :class:`~hf_sparse.PruningConfig` (or its dict form).
+        masks: Keep-masks to start from (``{module name: bool tensor}``, e.g. ``Pruner.masks`` after a one-shot
+            prune with calibration data): installed when training starts, and with ``schedule="oneshot"`` kept
+            as they are instead of recomputed.
+        shrink: Remove masked heads / neurons physically at the end of training (structured granularities).
 
     Example:
         >>> cb = PruningCallback(PruningConfig(sparsity=0.8, start_step=0, end_step=1000, update_every=50))
@@ -59,8 +70,23 @@ class PruningCallback(TrainerCallback, ExportableState):
         >>> trainer.train()
     """
 
-    def __init__(self, config: PruningConfig | Mapping[str, Any]):
+    def __init__(
+        self,
+        config: PruningConfig | Mapping[str, Any],
+        *,
+        masks: Mapping[str, torch.Tensor] | None = None,
+        shrink: bool = True,
+    ):
         self.config = config if isinstance(config, PruningConfig) else PruningConfig.from_dict(config)
+        if self.config.granularity == "layer":
+            raise ConfigError(
+                "PruningCallback cannot drop whole layers during training (the optimizer holds their parameters): "
+                "use hf_sparse.prune_(model, PruningConfig(granularity='layer', ...)) before creating the Trainer."
+            )
+        self.initial_masks = dict(masks) if masks is not None else None
+        self.shrink = shrink
+        #: What :func:`~hf_sparse.pruning.units.shrink_masked_units_` removed at the end of training.
+        self.shrunk: dict | None = None
         self.pruner: Pruner | None = None
         self.restored_from: str | None = None
         self._hooks: list = []
@@ -76,8 +102,14 @@ class PruningCallback(TrainerCallback, ExportableState):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         model = kwargs["model"]
         self.pruner = Pruner(model, self.config)
+        if self.pruner.criterion.needs_calibration:
+            self.pruner.calibration = _calibration_batches(
+                kwargs.get("train_dataloader"), self.config.calibration_samples, model
+            )
         if state.global_step > 0:
             self._restore(args, state)
+        elif self.initial_masks is not None:
+            self.pruner.load_state_dict(self.initial_masks, target_sparsity=self.config.sparsity)
         self._update(state.global_step)
         self.pruner.track_dense_grads = is_rigl_update(self.config, state.global_step + 1)
         self._register_grad_hooks()
@@ -141,10 +173,17 @@ class PruningCallback(TrainerCallback, ExportableState):
             self.pruner.track_dense_grads = False
             self.pruner.clear_dense_grads()
             self.pruner.apply_masks()
+            if self.pruner.units and self.shrink and self.pruner.masks:
+                from ..pruning.units import shrink_masked_units_
+
+                self.shrunk = shrink_masked_units_(self.pruner.model)
+                logger.info("PruningCallback: removed masked units physically: %s", self.shrunk)
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _update(self, step: int) -> None:
         target = sparsity_at(self.config, step)
+        if self.initial_masks is not None and self.config.schedule == "oneshot":
+            return  # the given masks are the one-shot result
         if target != self.pruner.target_sparsity and target > 0:
             self.pruner.prune_to(target)
         elif is_rigl_update(self.config, step) and self.pruner.masks:
@@ -234,6 +273,29 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.pruner.score_state = {n: t.to(self.pruner.modules[n].weight.device) for n, t in scores.items()}
         steps = json.loads(meta.get("grad_steps", "{}"))
         self.pruner.grad_steps = {n: int(steps.get(n, 1)) for n in scores}
+
+
+def _calibration_batches(dataloader, samples: int, model) -> list[dict]:
+    """The first ``samples`` examples of ``dataloader`` as model-input dicts on the model's device, without labels."""
+    if dataloader is None:
+        raise ConfigError(
+            "PruningCallback: a calibration criterion (wanda, sparsegpt) takes its calibration data from the "
+            "Trainer's training dataloader, and none was given."
+        )
+    device = next(model.parameters()).device
+    batches, seen = [], 0
+    for batch in dataloader:
+        batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label", "label_ids")}
+        batch = {k: v for k, v in batch.items() if k != "length"}
+        n = int(next(iter(batch.values())).shape[0])
+        if seen + n > samples:
+            batch = {k: v[: samples - seen] for k, v in batch.items()}
+            n = samples - seen
+        batches.append(batch)
+        seen += n
+        if seen >= samples:
+            break
+    return batches
 
 
 def attach_callbacks(trainer, *callbacks: TrainerCallback) -> None:

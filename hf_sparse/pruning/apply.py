@@ -13,7 +13,8 @@ from ..errors import ConfigError, PruningStateError
 from ..registry import METHODS
 from .config import PruningConfig
 from .criteria import CRITERIA, Criterion
-from .granularity import granular_masks
+from .granularity import STRUCTURED_GRANULARITIES, granular_masks
+from .units import drop_scored_layers_, shrink_masked_units_, unit_masks, unit_modules
 
 __all__ = ["select_modules", "match_linears", "match_embeddings", "Pruner", "prune_"]
 
@@ -123,7 +124,21 @@ class Pruner:
 
     def __init__(self, model: nn.Module, config: PruningConfig):
         self.config = config
-        self.modules = select_modules(model, config)
+        self.model = model
+        #: Heads, neurons or layers for the structured granularities (see :mod:`~hf_sparse.pruning.units`).
+        self.units: list = []
+        if config.granularity in STRUCTURED_GRANULARITIES:
+            self.modules, self.units = unit_modules(model, config.granularity)
+        else:
+            self.modules = select_modules(model, config)
+        unknown = sorted(set(config.layer_sparsity) - set(self.modules))
+        if unknown:
+            raise ConfigError(
+                f"PruningConfig.layer_sparsity names modules that are not pruned: {unknown[:5]}. Pruned modules "
+                f"include: {list(self.modules)[:8]}."
+            )
+        #: Calibration batches (dicts for ``model(**batch)``) of the ``wanda`` / ``sparsegpt`` criteria.
+        self.calibration: list | None = None
         self.masks: dict[str, torch.Tensor] = {}
         self.target_sparsity = 0.0
         registered = CRITERIA.get(config.criterion)
@@ -214,21 +229,66 @@ class Pruner:
             ConfigError: a gradient criterion without gradients and no ``scores``; ``scores`` that do not match
                 the modules; a layer whose shape does not fit the granularity.
         """
+        cfg = self.config
+        if self.criterion.needs_calibration and scores is None:
+            self._prune_calibrated(sparsity)
+            return
+        if cfg.granularity == "layer":
+            raise ConfigError(
+                "PruningConfig.granularity='layer' removes encoder layers from the model, which cannot happen while "
+                "an optimizer holds their parameters: prune layers one-shot with hf_sparse.prune_(model, config) "
+                "before creating the Trainer."
+            )
         if scores is None:
             scores = self.compute_scores()
         else:
             self._check_scores(scores)
+        previous = self.masks or None
+        if self.units:
+            self.masks = unit_masks(scores, self.units, sparsity, scope=cfg.scope, previous=previous)
+        else:
+            options = dict(
+                granularity=cfg.granularity,
+                block=tuple(cfg.block),
+                n=cfg.n,
+                m=cfg.m,
+                reduce=cfg.group_reduce,
+            )
+            named = cfg.layer_sparsity
+            rest = {n: s for n, s in scores.items() if n not in named}
+            masks = granular_masks(rest, sparsity, scope=cfg.scope, previous=previous, **options) if rest else {}
+            for name, final in named.items():
+                # Each named layer follows the schedule in proportion to its own final sparsity.
+                layer_target = sparsity * final / cfg.sparsity if cfg.sparsity else 0.0
+                prev = {name: previous[name]} if previous and name in previous else None
+                masks.update(
+                    granular_masks({name: scores[name]}, layer_target, scope="layer", previous=prev, **options)
+                )
+            self.masks = masks
+        self.target_sparsity = float(sparsity)
+        self.apply_masks()
+
+    def _prune_calibrated(self, sparsity: float) -> None:
+        from .oneshot import calibrated_prune_
+
         cfg = self.config
-        self.masks = granular_masks(
-            scores,
+        if not self.calibration:
+            raise ConfigError(
+                f"PruningConfig.criterion={cfg.criterion!r} needs calibration data: pass "
+                "prune_(model, config, calibration=batches) (a few hundred examples as model-input dicts), or use "
+                "PruningCallback, which takes config.calibration_samples examples from the training data."
+            )
+        if cfg.layer_sparsity:
+            raise ConfigError(f"PruningConfig.layer_sparsity is not supported with criterion={cfg.criterion!r}.")
+        self.masks = calibrated_prune_(
+            self.model,
+            self.modules,
+            self.calibration,
+            cfg.criterion,
             sparsity,
             granularity=cfg.granularity,
-            scope=cfg.scope,
-            previous=self.masks or None,
             block=tuple(cfg.block),
-            n=cfg.n,
-            m=cfg.m,
-            reduce=cfg.group_reduce,
+            nm=(cfg.n, cfg.m),
         )
         self.target_sparsity = float(sparsity)
         self.apply_masks()
@@ -356,14 +416,26 @@ def sparsity_report(modules: Mapping[str, nn.Module], target_sparsity: float | N
     }
 
 
-def prune_(model: nn.Module, config: PruningConfig, *, scores: Mapping[str, torch.Tensor] | None = None) -> dict:
+def prune_(
+    model: nn.Module,
+    config: PruningConfig,
+    *,
+    scores: Mapping[str, torch.Tensor] | None = None,
+    calibration=None,
+    shrink: bool = True,
+) -> dict:
     """One-shot pruning of ``model`` in place to ``config.sparsity`` (the schedule fields are ignored).
+
+    With ``granularity="head"`` or ``"neuron"`` the dropped units are then removed physically (``shrink=True``)
+    so the model is a smaller dense one; ``"layer"`` drops the encoder layers with the lowest mean weight score.
 
     Args:
         model: The model to prune.
         config: What to prune and how.
         scores: Importance scores per pruned module name (higher = keep), used instead of ``config.criterion``.
             Gradient criteria (``movement``, ``taylor``) need them here: one-shot pruning sees no gradient.
+        calibration: Model-input dicts (an iterable of batches) for ``criterion="wanda"`` / ``"sparsegpt"``.
+        shrink: Remove pruned heads / neurons physically (structured granularities only).
 
     Raises:
         ConfigError: a gradient criterion without ``scores`` (use :class:`~hf_sparse.PruningCallback`), or a layer
@@ -373,8 +445,18 @@ def prune_(model: nn.Module, config: PruningConfig, *, scores: Mapping[str, torc
         The sparsity report (see :meth:`Pruner.report`) with model-wide parameter counts added.
     """
     pruner = Pruner(model, config)
+    if config.granularity == "layer":
+        scores = scores or pruner.compute_scores()
+        pruner._check_scores(scores)
+        report = {"dropped_layers": drop_scored_layers_(model, scores, pruner.units, config.sparsity)}
+        report.update(model_parameter_counts(model))
+        return report
+    if calibration is not None:
+        pruner.calibration = list(calibration)
     pruner.prune_to(config.sparsity, scores=scores)
     report = pruner.report()
+    if pruner.units and shrink:
+        report["shrunk"] = shrink_masked_units_(model)
     report.update(model_parameter_counts(model))
     return report
 

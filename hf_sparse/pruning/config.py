@@ -86,6 +86,13 @@ class PruningConfig(BaseConfig):
         stages: Number of prune / fine-tune cycles of the ``"iterative"`` schedule.
         regrow_fraction: Fraction of each layer's kept weights dropped and regrown at the first ``"rigl"`` update
             (cosine-decayed to zero at ``end_step``), in [0, 1].
+        layer_sparsity: Final sparsity of individual layers, by exact module name (e.g. the output of
+            :func:`~hf_sparse.pruning.allocate_sparsity` after a sensitivity scan); layers not named get
+            ``sparsity``. Each named layer is pruned on its own (``scope`` applies to the others) and follows the
+            schedule in proportion: at a step where the schedule asks for ``s``, a layer with final sparsity ``t``
+            is at ``s * t / sparsity``. Not with ``granularity="nm"``.
+        calibration_samples: Examples of calibration data the ``"wanda"`` and ``"sparsegpt"`` criteria read
+            (:class:`~hf_sparse.PruningCallback` takes them from the start of the training data).
     """
 
     sparsity: float = 0.5
@@ -107,22 +114,55 @@ class PruningConfig(BaseConfig):
     seed: int = 0
     stages: int = 1
     regrow_fraction: float = 0.3
+    layer_sparsity: dict[str, float] = dataclasses.field(default_factory=dict)
+    calibration_samples: int = 256
 
     def validate(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"PruningConfig.sparsity must be in [0, 1), got {self.sparsity}.")
         if self.criterion not in CRITERIA:
             raise ConfigError(f"PruningConfig.criterion must be one of {list(CRITERIA)}, got {self.criterion!r}.")
+        allowed = [*GRANULARITIES, *STRUCTURED_GRANULARITIES]
+        if self.granularity not in allowed:
+            raise ConfigError(f"PruningConfig.granularity must be one of {allowed}, got {self.granularity!r}.")
+        calibrated = getattr(CRITERIA.get(self.criterion), "needs_calibration", False)
+        if calibrated:
+            if self.schedule != "oneshot":
+                raise ConfigError(
+                    f"PruningConfig.criterion={self.criterion!r} prunes once from calibration data: use "
+                    f"schedule='oneshot' (got {self.schedule!r}); fine-tuning afterwards keeps its mask."
+                )
+            if self.granularity not in ("unstructured", "block", "nm"):
+                raise ConfigError(
+                    f"PruningConfig.criterion={self.criterion!r} works with granularity 'unstructured', 'block' or "
+                    f"'nm', got {self.granularity!r}."
+                )
+            if self.embeddings:
+                raise ConfigError(
+                    f"PruningConfig.criterion={self.criterion!r} prunes nn.Linear layers from their inputs; it cannot "
+                    "prune embedding tables: leave PruningConfig.embeddings empty."
+                )
+        if self.calibration_samples < 1:
+            raise ConfigError(f"PruningConfig.calibration_samples must be >= 1, got {self.calibration_samples}.")
         if self.granularity in STRUCTURED_GRANULARITIES:
-            raise ConfigError(
-                f"PruningConfig.granularity {self.granularity!r} removes whole structures: it is handled by "
-                f"StructuredPruningConfig, not PruningConfig. PruningConfig.granularity must be one of "
-                f"{list(GRANULARITIES)}."
-            )
-        if self.granularity not in GRANULARITIES:
-            raise ConfigError(
-                f"PruningConfig.granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}."
-            )
+            if self.criterion not in ("magnitude", "movement", "taylor", "random"):
+                raise ConfigError(
+                    f"PruningConfig.granularity={self.granularity!r} ranks whole units by the criterion's scores "
+                    f"summed over their weights: criterion must be magnitude, movement, taylor or random, got "
+                    f"{self.criterion!r}."
+                )
+            if self.schedule == "rigl" or self.embeddings or self.layer_sparsity:
+                raise ConfigError(
+                    f"PruningConfig.granularity={self.granularity!r} does not combine with schedule='rigl', "
+                    "embeddings or layer_sparsity."
+                )
+        for name, value in self.layer_sparsity.items():
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"PruningConfig.layer_sparsity[{name!r}] must be in [0, 1), got {value}.")
+        if self.layer_sparsity and self.granularity == "nm":
+            raise ConfigError("PruningConfig.layer_sparsity cannot be used with granularity='nm' (N:M fixes it).")
+        if self.layer_sparsity and self.sparsity == 0:
+            raise ConfigError("PruningConfig.layer_sparsity needs sparsity > 0 (it scales the schedule).")
         if len(self.block) != 2 or min(self.block) < 1:
             raise ConfigError(
                 f"PruningConfig.block must be two positive integers (rows, cols), got {list(self.block)}."

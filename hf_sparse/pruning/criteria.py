@@ -41,6 +41,9 @@ class Criterion:
 
     #: True when :meth:`scores` is meaningless without gradients accumulated during training.
     needs_gradients: bool = False
+    #: True for one-shot methods that read calibration inputs and choose masks themselves (Wanda, SparseGPT): the
+    #: :class:`~hf_sparse.Pruner` hands them to :func:`~hf_sparse.pruning.oneshot.calibrated_prune_`.
+    needs_calibration: bool = False
 
     def accumulate(self, state: torch.Tensor | None, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor | None:
         """Fold one backward pass into the accumulator (``None`` the first time). Weight-only criteria keep none.
@@ -177,10 +180,27 @@ class RandomCriterion(Criterion):
         return random_scores(weight, seed=seed, name=name)
 
 
+class CalibrationCriterion(Criterion):
+    """Wanda (Sun et al. 2023, ``|W_ij| * ||X_j||``) or SparseGPT (Frantar & Alistarh 2023, OBS with weight
+    reconstruction): one-shot criteria that need a few hundred calibration examples. The masks come from
+    :func:`~hf_sparse.pruning.oneshot.calibrated_prune_`; :meth:`scores` is the weight-only fallback (magnitude)
+    for code that asks for per-weight scores."""
+
+    needs_calibration = True
+
+    def __init__(self, method: str):
+        self.method = method
+
+    def scores(self, weight, *, state=None, steps=0, name="", seed=0):
+        return magnitude_scores(weight)
+
+
 CRITERIA.register("magnitude", MagnitudeCriterion())
 CRITERIA.register("movement", MovementCriterion())
 CRITERIA.register("taylor", TaylorCriterion())
 CRITERIA.register("random", RandomCriterion())
+CRITERIA.register("wanda", CalibrationCriterion("wanda"))
+CRITERIA.register("sparsegpt", CalibrationCriterion("sparsegpt"))
 
 
 def _lowest_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:

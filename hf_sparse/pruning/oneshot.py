@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from .apply import match_linears, model_parameter_counts, sparsity_report
 from .calibration import InputStats, calibrate_sequentially, collect_input_stats
 from .config import DEFAULT_EXCLUDE
+from .granularity import granular_masks
 
 __all__ = [
     "wanda_scores",
@@ -174,6 +175,7 @@ def sparsegpt_prune_weight(
     nm: tuple[int, int] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    block: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune one weight matrix with SparseGPT and reconstruct the surviving weights.
 
@@ -196,8 +198,11 @@ def sparsegpt_prune_weight(
         hessian: ``2 XᵀX`` of the layer inputs (any positive scale: it cancels, except in the relative dampening).
         sparsity: Fraction of weights to zero, in [0, 1); may be None with ``nm``.
         nm: ``(n, m)``: keep ``n`` of every ``m`` consecutive input columns per row.
-        blocksize: Columns per lazy-update block (with ``nm``, rounded down to a multiple of ``m``).
+        blocksize: Columns per lazy-update block (with ``nm``, rounded down to a multiple of ``m``; with ``block``,
+            to a multiple of its columns).
         percdamp: Relative dampening of the Hessian's diagonal.
+        block: ``(r, c)``: prune whole ``r x c`` tiles, ranked by the sum of their weights' saliencies (chosen
+            per lazy-update block, like unstructured masks); the weight's shape must be divisible by it.
 
     Returns:
         ``(new_weight, keep_mask)``: the reconstructed weight in ``weight``'s dtype, pruned entries exactly zero,
@@ -223,6 +228,15 @@ def sparsegpt_prune_weight(
             raise ConfigError(f"sparsegpt_prune_weight: in_features={cols} is not divisible by m={nm[1]}.")
         # N:M groups must not straddle two blocks (a group's mask is chosen from weights updated up to its start).
         blocksize = max(nm[1], blocksize - blocksize % nm[1])
+    if block is not None:
+        if nm is not None:
+            raise ConfigError("sparsegpt_prune_weight: pass nm or block, not both.")
+        br, bc = block
+        if rows % br or cols % bc:
+            raise ConfigError(
+                f"sparsegpt_prune_weight: weight of shape {tuple(weight.shape)} does not divide into {br}x{bc} blocks."
+            )
+        blocksize = max(bc, blocksize - blocksize % bc)
 
     # float64 for the factorisations (cheap next to the column loop, and robust on ill-conditioned H), float32 for
     # the weights' updates.
@@ -246,9 +260,15 @@ def sparsegpt_prune_weight(
         if nm is None:
             saliency = (W1 / d1) ** 2
             saliency[:, dead1] = -1.0  # below every real saliency (>= 0): free to prune
-            # Cumulative rounding: the per-block counts add up to exactly round(sparsity * rows * cols).
-            k = round(sparsity * rows * i2) - round(sparsity * rows * i1)
-            keep1 = _lowest_k_flat(saliency, k)
+            if block is None:
+                # Cumulative rounding: the per-block counts add up to exactly round(sparsity * rows * cols).
+                k = round(sparsity * rows * i2) - round(sparsity * rows * i1)
+                keep1 = _lowest_k_flat(saliency, k)
+            else:
+                tiles = saliency.reshape(rows // br, br, (i2 - i1) // bc, bc).sum(dim=(1, 3))
+                per_col = rows // br / bc  # tiles per column of the weight
+                k = round(sparsity * per_col * i2) - round(sparsity * per_col * i1)
+                keep1 = _lowest_k_flat(tiles, k).repeat_interleave(br, 0).repeat_interleave(bc, 1)
         for j in range(i2 - i1):
             if nm is not None and j % nm[1] == 0:
                 n, m = nm
@@ -424,3 +444,59 @@ def sparsegpt_prune_(
         module.weight.copy_(new_weight)
 
     return _run("sparsegpt", model, batches, sparsity, nm, modules, "hessian", prune_one, sequential, progress)
+
+
+@torch.no_grad()
+def calibrated_prune_(
+    model: nn.Module,
+    modules: Mapping[str, nn.Linear],
+    batches: Iterable[Mapping[str, Any]],
+    method: str,
+    sparsity: float,
+    *,
+    granularity: str = "unstructured",
+    block: tuple[int, int] = (4, 4),
+    nm: tuple[int, int] | None = None,
+    sequential: bool = True,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Prune ``modules`` of ``model`` in place with Wanda or SparseGPT at any granularity; return the keep-masks.
+
+    The engine behind ``PruningConfig(criterion="wanda" | "sparsegpt")``. ``"unstructured"`` and ``"nm"`` follow
+    :func:`wanda_prune_` / :func:`sparsegpt_prune_` (per-row Wanda comparison, per-layer SparseGPT sparsity);
+    ``"block"`` ranks ``block``-shaped tiles by their summed scores, each layer pruned to ``sparsity`` (Wanda: the
+    ``|W| * ||X||`` scores; SparseGPT: the OBS saliencies, with the surviving weights reconstructed).
+
+    Returns:
+        ``{module name: bool keep-mask}``.
+    """
+    if method not in ("wanda", "sparsegpt"):
+        raise ConfigError(f"calibrated_prune_: method must be 'wanda' or 'sparsegpt', got {method!r}.")
+    if granularity not in ("unstructured", "block", "nm"):
+        raise ConfigError(
+            f"calibrated_prune_: granularity must be 'unstructured', 'block' or 'nm', got {granularity!r}."
+        )
+    nm = tuple(nm) if granularity == "nm" else None
+    block = tuple(block) if granularity == "block" else None
+    _check_nm_divides(method, modules, nm)
+    masks: dict[str, torch.Tensor] = {}
+
+    def prune_one(name: str, module: nn.Linear, stat: torch.Tensor | None) -> None:
+        w = module.weight
+        if method == "wanda":
+            sq = stat if stat is not None else torch.ones(module.in_features, device=w.device)
+            if block is not None:
+                scores = {name: wanda_scores(w, sq)}
+                mask = granular_masks(scores, sparsity, granularity="block", scope="layer", block=block)[name]
+            else:
+                mask = wanda_mask(w, sq, None if nm else sparsity, nm)
+            w.masked_fill_(~mask.to(w.device), 0.0)
+        else:
+            hessian = stat if stat is not None else torch.eye(module.in_features, device=w.device)
+            new_weight, mask = sparsegpt_prune_weight(w, hessian, None if nm else sparsity, nm=nm, block=block)
+            w.copy_(new_weight)
+        masks[name] = mask.to(w.device)
+
+    kind = "norms" if method == "wanda" else "hessian"
+    _run(method, model, batches, sparsity, nm, modules, kind, prune_one, sequential, progress)
+    return masks

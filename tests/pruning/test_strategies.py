@@ -153,9 +153,14 @@ def test_new_config_fields_validate_and_round_trip():
     cfg = PruningConfig(schedule="iterative", stages=3, end_step=20)
     assert PruningConfig.from_dict(cfg.to_dict()) == cfg
     cases = [
-        (dict(criterion="wandb"), r"criterion must be one of \['magnitude', 'movement', 'random', 'taylor'\]"),
-        (dict(granularity="head"), "StructuredPruningConfig"),
-        (dict(granularity="rows"), r"granularity must be one of \['unstructured', 'block', 'nm', 'embedding_row'\]"),
+        (dict(criterion="wandb"), r"criterion must be one of \['magnitude', 'movement', 'random', 'sparsegpt'"),
+        (dict(granularity="head", criterion="wanda", schedule="oneshot"), "'unstructured', 'block' or 'nm'"),
+        (dict(granularity="head", schedule="rigl"), "does not combine with schedule='rigl'"),
+        (dict(criterion="wanda"), "use schedule='oneshot'"),
+        (dict(criterion="sparsegpt", schedule="oneshot", embeddings=("word_embeddings",)), "cannot prune embedding"),
+        (dict(calibration_samples=0), "calibration_samples must be >= 1"),
+        (dict(layer_sparsity={"a": 1.0}), r"layer_sparsity\['a'\] must be in \[0, 1\)"),
+        (dict(granularity="rows"), r"granularity must be one of \['unstructured', 'block', 'nm', 'embedding_row', 'h"),
         (dict(granularity="nm", n=2, m=4, sparsity=0.7), "fixes it at 1 - n/m = 0.5"),
         (dict(n=5, m=4), "1 <= n <= m"),
         (dict(block=(4,)), "block must be two positive integers"),

@@ -1,0 +1,216 @@
+"""The ``hf-sparse sweep`` job: test accuracy of every criterion x granularity x sparsity of a recipe's ``sweep``
+section, each pruned from the same fine-tuned dense model, beside the dense baseline.
+
+The dense baseline is fine-tuned once and kept in ``<output>/dense`` (reused when the job is run again with the same
+recipe, so an interrupted sweep continues); finished cells are kept in ``<output>/sweep.json`` and skipped on a
+re-run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+
+from .callbacks.pruning import PruningCallback
+from .compress import _finetune, _predict, _training_args, load_classifier, prepare_data
+from .machine import machine_info
+from .pruning.apply import Pruner, model_parameter_counts
+from .pruning.config import PruningConfig
+from .pruning.criteria import CRITERIA
+from .recipes import Recipe, dump_recipe
+from .report import pct
+
+__all__ = ["run_sweep", "sweep_cells", "render_sweep_markdown"]
+
+logger = logging.getLogger(__name__)
+
+
+def sweep_cells(recipe: Recipe) -> list[PruningConfig]:
+    """The PruningConfig of every cell of ``recipe.sweep``, in table order."""
+    base, sweep = recipe.pruning, recipe.sweep
+    cells = []
+    for granularity in sweep.granularities:
+        sparsities = [1.0 - base.n / base.m] if granularity == "nm" else list(sweep.sparsities)
+        for sparsity in sparsities:
+            for criterion in sweep.criteria:
+                one_shot = getattr(CRITERIA.get(criterion), "needs_calibration", False)
+                if not sweep.finetune and not one_shot:
+                    continue
+                extra = dict(schedule="oneshot", start_step=0, embeddings=()) if one_shot else {}
+                cells.append(
+                    base.replace(
+                        criterion=criterion,
+                        granularity=granularity,
+                        sparsity=sparsity,
+                        initial_sparsity=min(base.initial_sparsity, sparsity),
+                        **extra,
+                    )
+                )
+    return cells
+
+
+def _cell_name(cfg: PruningConfig) -> str:
+    grain = {"block": f"block{cfg.block[0]}x{cfg.block[1]}", "nm": f"{cfg.n}of{cfg.m}"}.get(
+        cfg.granularity, cfg.granularity
+    )
+    return f"{cfg.criterion}-{grain}-{round(100 * cfg.sparsity)}"
+
+
+def _calibration(train_tok, tokenizer, samples: int, seed: int) -> list[dict]:
+    """``samples`` seeded training examples as padded model-input batches of 32 (labels left out)."""
+    subset = train_tok.shuffle(seed=seed).select(range(min(samples, len(train_tok))))
+    subset = subset.remove_columns([c for c in subset.column_names if c in ("label", "labels", "length")])
+    collate = DataCollatorWithPadding(tokenizer)
+    return [collate([subset[j] for j in range(i, min(i + 32, len(subset)))]) for i in range(0, len(subset), 32)]
+
+
+def _dense(recipe: Recipe, output_dir: Path, model_path, tokenizer, train_tok, test_tok) -> tuple:
+    folder = output_dir / "dense"
+    info_file = folder / "hf_sparse_sweep_dense.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        if info.get("recipe") == json.loads(recipe.replace(sweep=type(recipe.sweep)()).to_json()):
+            logger.info("hf-sparse sweep: reusing the fine-tuned dense model in %s", folder)
+            return AutoModelForSequenceClassification.from_pretrained(folder), info
+    model = load_classifier(model_path, recipe.dense.seed)
+    t0 = time.perf_counter()
+    trainer = _finetune(model, train_tok, tokenizer, recipe.dense, output_dir / "trainer" / "dense")
+    accuracy, _ = _predict(trainer, test_tok)
+    info = {
+        "recipe": json.loads(recipe.replace(sweep=type(recipe.sweep)()).to_json()),
+        "test_accuracy": accuracy,
+        "train_s": time.perf_counter() - t0,
+        **model_parameter_counts(model),
+    }
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    info_file.write_text(json.dumps(info, indent=2) + "\n")
+    return model, info
+
+
+def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
+    """Run ``recipe.sweep`` and write ``sweep.json`` and ``sweep.md`` to ``output_dir``.
+
+    Returns:
+        The record written to ``sweep.json``: dense baseline, one entry per cell (accuracy after pruning, before
+        fine-tuning for one-shot criteria, and after fine-tuning), machine.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record_file = output_dir / "sweep.json"
+    model_path, tokenizer, _test, train_tok, test_tok, majority = prepare_data(recipe)
+    dense_model, dense = _dense(recipe, output_dir, model_path, tokenizer, train_tok, test_tok)
+    logger.info("hf-sparse sweep: dense test accuracy %.4f", dense["test_accuracy"])
+    done: dict[str, dict] = {}
+    if record_file.is_file():
+        previous = json.loads(record_file.read_text())
+        if previous.get("dense", {}).get("test_accuracy") == dense["test_accuracy"]:
+            done = {c["name"]: c for c in previous.get("cells", [])}
+    record = {
+        "recipe": recipe_source or recipe.name,
+        "model": recipe.model.name,
+        "data": {
+            "dataset": recipe.data.dataset,
+            "seed": recipe.data.seed,
+            "train_examples": len(train_tok),
+            "test_examples": len(test_tok),
+            "test_majority_accuracy": majority,
+        },
+        "pruned_training": recipe.pruned.to_dict(header=False),
+        "pruning_base": recipe.pruning.to_dict(header=False),
+        "dense": dense,
+        "cells": [],
+        "machine": machine_info(),
+    }
+    cells = sweep_cells(recipe)
+    eval_trainer = Trainer(
+        model=dense_model,
+        args=_training_args(recipe.pruned, output_dir / "trainer" / "eval"),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    for i, cfg in enumerate(cells, 1):
+        name = _cell_name(cfg)
+        if name in done:
+            record["cells"].append(done[name])
+            continue
+        logger.info("hf-sparse sweep: [%d/%d] %s", i, len(cells), name)
+        model = copy.deepcopy(dense_model)
+        cell: dict = {"name": name, "config": cfg.to_dict(header=False)}
+        t0 = time.perf_counter()
+        masks = None
+        if getattr(CRITERIA.get(cfg.criterion), "needs_calibration", False):
+            pruner = Pruner(model, cfg)
+            pruner.calibration = _calibration(train_tok, tokenizer, cfg.calibration_samples, recipe.pruned.seed)
+            pruner.prune_to(cfg.sparsity)
+            masks = pruner.masks
+            eval_trainer.model = model
+            cell["oneshot_accuracy"], _ = _predict(eval_trainer, test_tok)
+            cell["oneshot_s"] = time.perf_counter() - t0
+        if recipe.sweep.finetune:
+            callback = PruningCallback(cfg, masks=masks)
+            trainer = _finetune(model, train_tok, tokenizer, recipe.pruned, output_dir / "trainer" / name, [callback])
+            cell["test_accuracy"], _ = _predict(trainer, test_tok)
+            cell["sparsity"] = callback.pruner.report()["sparsity"]
+        else:
+            cell["test_accuracy"] = cell["oneshot_accuracy"]
+            cell["sparsity"] = Pruner(model, cfg.replace(criterion="magnitude", schedule="cubic")).sparsity()
+        cell["delta_vs_dense"] = cell["test_accuracy"] - dense["test_accuracy"]
+        cell["seconds"] = time.perf_counter() - t0
+        logger.info(
+            "hf-sparse sweep: %s test accuracy %.4f (dense %.4f)", name, cell["test_accuracy"], dense["test_accuracy"]
+        )
+        record["cells"].append(cell)
+        record_file.write_text(json.dumps(record, indent=2) + "\n")
+        del model
+        torch.manual_seed(0)
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    (output_dir / "sweep.md").write_text(render_sweep_markdown(record))
+    (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    return record
+
+
+def render_sweep_markdown(record: dict) -> str:
+    """``sweep.md``: accuracy per granularity, sparsity and criterion, beside the dense baseline."""
+    dense = record["dense"]["test_accuracy"]
+    cells = record["cells"]
+    criteria = list(dict.fromkeys(c["config"]["criterion"] for c in cells))
+    grains = list(dict.fromkeys(_cell_name(PruningConfig.from_dict(c["config"])).split("-")[1] for c in cells))
+    data = record["data"]
+    train = record["pruned_training"]
+    lines = [
+        f"# hf-sparse sweep: {record['model']} on {data['dataset']}",
+        "",
+        f"Test accuracy of the dense baseline: **{dense:.4f}** ({data['test_examples']:,} test examples, seed "
+        f"{data['seed']}; majority class {data['test_majority_accuracy']:.4f}). Every cell starts from that "
+        f"fine-tuned model and is fine-tuned for {train['max_steps']} steps (lr {train['learning_rate']}, batch "
+        f"{train['batch_size']}) while pruned; one-shot criteria (wanda, sparsegpt) prune at step 0 from "
+        "calibration data and keep their mask; the number in brackets is their accuracy before any fine-tuning.",
+        "",
+    ]
+    for grain in grains:
+        rows = [c for c in cells if _cell_name(PruningConfig.from_dict(c["config"])).split("-")[1] == grain]
+        lines += [f"## {grain}", "", "| sparsity | " + " | ".join(criteria) + " |", "|---|" + "---|" * len(criteria)]
+        for sparsity in sorted({c["config"]["sparsity"] for c in rows}):
+            entries = []
+            for crit in criteria:
+                found = [c for c in rows if c["config"]["criterion"] == crit and c["config"]["sparsity"] == sparsity]
+                if not found:
+                    entries.append("–")
+                    continue
+                c = found[0]
+                text = f"{c['test_accuracy']:.4f} ({100 * c['delta_vs_dense']:+.1f})"
+                if "oneshot_accuracy" in c:
+                    text += f" [{c['oneshot_accuracy']:.4f}]"
+                entries.append(text)
+            lines.append(f"| {pct(sparsity)} | " + " | ".join(entries) + " |")
+        lines.append("")
+    m = record["machine"]
+    lines += [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}.", ""]
+    return "\n".join(lines)
