@@ -12,11 +12,24 @@ __version__ = "0.1.0"
 
 from . import data, formats, integrations, nn, ops
 from .apply import apply_
-from .callbacks import PruningCallback, attach_callbacks
+from .callbacks import PruningCallback, RegularizationCallback, attach_callbacks
 from .config import BaseConfig, register_config
 from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
 from .nn import SparseLinear, sparsify_
-from .pruning import Pruner, PruningConfig, cubic_sparsity, select_modules, sparsity_at
+from .pruning import (
+    Pruner,
+    PruningConfig,
+    RegularizationConfig,
+    StructuredPruningConfig,
+    allocate_sparsity,
+    attach_regularization,
+    cubic_sparsity,
+    guarded_prune_,
+    prune_,
+    select_modules,
+    sensitivity_scan,
+    sparsity_at,
+)
 from .recipes import Recipe, load_recipe
 from .registry import CONFIGS, METHODS, Registry
 
@@ -35,7 +48,15 @@ __all__ = [
     "PruningConfig",
     "Pruner",
     "PruningCallback",
+    "RegularizationCallback",
     "attach_callbacks",
+    "StructuredPruningConfig",
+    "RegularizationConfig",
+    "attach_regularization",
+    "prune_",
+    "guarded_prune_",
+    "sensitivity_scan",
+    "allocate_sparsity",
     "select_modules",
     "cubic_sparsity",
     "sparsity_at",

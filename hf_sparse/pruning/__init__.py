@@ -13,7 +13,19 @@ from .criteria import (
     taylor_update,
 )
 from .granularity import GRANULARITIES, block_masks, embedding_row_masks, granular_masks, nm_masks
-from .oneshot import sparsegpt_prune_, wanda_prune_
+from .guard import GuardResult, guarded_prune_
+from .oneshot import calibrated_prune_, sparsegpt_prune_, wanda_prune_
+from .regularization import (
+    DropConnect,
+    HardConcreteGate,
+    RegularizationConfig,
+    RegularizationHandle,
+    attach_regularization,
+    hard_concrete_deterministic,
+    hard_concrete_log_alpha,
+    hard_concrete_prob_nonzero,
+    hard_concrete_sample,
+)
 from .schedules import (
     SCHEDULES,
     cubic_sparsity,
@@ -24,6 +36,7 @@ from .schedules import (
     rigl_regrow_fraction,
     sparsity_at,
 )
+from .sensitivity import SensitivityScan, allocate_sparsity, sensitivity_scan
 from .structured import (
     StructuredPruningConfig,
     drop_layers_,
@@ -33,6 +46,7 @@ from .structured import (
     structured_prune_,
     taylor_scores,
 )
+from .units import drop_scored_layers_, shrink_masked_units_, unit_masks, unit_modules
 
 __all__ = [
     "PruningConfig",
@@ -73,4 +87,23 @@ __all__ = [
     "drop_layers_",
     "head_importance",
     "taylor_scores",
+    "calibrated_prune_",
+    "shrink_masked_units_",
+    "unit_masks",
+    "unit_modules",
+    "drop_scored_layers_",
+    "guarded_prune_",
+    "GuardResult",
+    "sensitivity_scan",
+    "allocate_sparsity",
+    "SensitivityScan",
+    "RegularizationConfig",
+    "RegularizationHandle",
+    "attach_regularization",
+    "HardConcreteGate",
+    "DropConnect",
+    "hard_concrete_sample",
+    "hard_concrete_deterministic",
+    "hard_concrete_prob_nonzero",
+    "hard_concrete_log_alpha",
 ]
