@@ -24,12 +24,14 @@ from transformers import (
 )
 
 from .callbacks.pruning import PruningCallback, attach_callbacks
+from .callbacks.regularization import RegularizationCallback
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
 from .integrations.hub import RESULTS_FILE, write_model_card
 from .machine import machine_info
 from .nn import sparsify_
 from .pruning.apply import model_parameter_counts
 from .pruning.config import PruningConfig
+from .pruning.structured import structured_prune_
 from .recipes import Recipe, TrainSection, dump_recipe
 from .report import pct as _pct
 from .report import render_markdown
@@ -64,7 +66,11 @@ def _training_args(section: TrainSection, output_dir: Path) -> TrainingArguments
     )
 
 
-def _finetune(model, train_dataset, tokenizer, section: TrainSection, work_dir: Path, callbacks=()) -> Trainer:
+def _finetune(
+    model, train_dataset, tokenizer, section: TrainSection, work_dir: Path, callbacks=(), init_callbacks=()
+) -> Trainer:
+    """Fine-tune ``model``; ``init_callbacks`` go to ``Trainer(callbacks=...)`` (they act before the optimizer
+    exists), ``callbacks`` are attached ahead of the logging integrations."""
     set_seed(section.seed)
     trainer = Trainer(
         model=model,
@@ -72,10 +78,19 @@ def _finetune(model, train_dataset, tokenizer, section: TrainSection, work_dir: 
         train_dataset=train_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=list(init_callbacks) or None,
     )
     attach_callbacks(trainer, *callbacks)
     trainer.train()
     return trainer
+
+
+def _labelled_batches(train_tok, tokenizer, samples: int, seed: int) -> list[dict]:
+    """``samples`` seeded training examples as padded batches of 32 with labels (Taylor scores need the loss)."""
+    subset = train_tok.shuffle(seed=seed).select(range(min(samples, len(train_tok))))
+    subset = subset.remove_columns([c for c in subset.column_names if c == "length"])
+    collate = DataCollatorWithPadding(tokenizer)
+    return [collate([subset[j] for j in range(i, min(i + 32, len(subset)))]) for i in range(0, len(subset), 32)]
 
 
 def _predict(trainer: Trainer, dataset) -> tuple[float, np.ndarray]:
@@ -186,19 +201,41 @@ def _card_results(run: dict, report: dict, recipe: Recipe) -> dict:
     latency = run.get("latency")
     if latency:
         latency = {**latency, "machine": f"{m['cpu']}, {m['cores']} cores", "torch": m["torch"]}
+    task = (
+        f"`{hub_id(report['model'])}` fine-tuned for sentiment classification ({' / '.join(LABEL_NAMES)}) on "
+        f"{recipe.data.dataset}"
+    )
+    title = f"{recipe.model.name} pruned to {_pct(run['sparsity'])} on {recipe.data.dataset}"
+    summary = f"{task} and pruned with hf_sparse: {_pct(run['sparsity'])} of the weights of its " + (
+        "{} are zero ({}).".format(*_pruning_desc(cfg, len(run["layers"])))
+    )
+    method = (
+        "Fine-tuning and pruning ran through the stock `transformers.Trainer` with `hf_sparse.PruningCallback` "
+        f"({_schedule_desc(cfg)}); `hf_sparse.sparsify_` then stored each pruned layer in the format predicted "
+        f"fastest for {recipe.checkpoint.batch_hint} tokens per call on the machine below, or kept it dense."
+    )
+    structure = run.get("structure")
+    if structure:
+        sc = structure["config"]
+        kept = structure["params_after"] / structure["params_before"]
+        title = f"{recipe.model.name} with {_pct(1 - kept)} of its parameters removed on {recipe.data.dataset}"
+        summary = (
+            f"{task}, then made smaller with hf_sparse structured pruning: {_pct(sc['heads_fraction'])} of the "
+            f"attention heads and {_pct(sc['neurons_fraction'])} of the FFN neurons removed ({sc['criterion']} "
+            f"scores, {sc['scope']} ranking), {structure['params_after']:,} of {structure['params_before']:,} "
+            "parameters left. The result is a smaller dense model; its per-layer sizes are in the checkpoint's "
+            "config so `from_pretrained` rebuilds it (after `import hf_sparse`)."
+        )
+        also = f"; `hf_sparse.PruningCallback` also pruned weights ({_schedule_desc(cfg)})."
+        method = (
+            "Heads and neurons were scored and removed once with `hf_sparse.pruning.structured_prune_`, then the "
+            "smaller model was fine-tuned with the stock `transformers.Trainer`" + (also if run["sparsity"] else ".")
+        )
     return {
         "base_model": hub_id(report["model"]),
-        "title": f"{recipe.model.name} pruned to {_pct(run['sparsity'])} on {recipe.data.dataset}",
-        "summary": (
-            f"`{hub_id(report['model'])}` fine-tuned for sentiment classification ({' / '.join(LABEL_NAMES)}) on "
-            f"{recipe.data.dataset} and pruned with hf_sparse: {_pct(run['sparsity'])} of the weights of its "
-            "{} are zero ({}).".format(*_pruning_desc(cfg, len(run["layers"])))
-        ),
-        "method": (
-            "Fine-tuning and pruning ran through the stock `transformers.Trainer` with `hf_sparse.PruningCallback` "
-            f"({_schedule_desc(cfg)}); `hf_sparse.sparsify_` then stored each pruned layer in the format predicted "
-            f"fastest for {recipe.checkpoint.batch_hint} tokens per call on the machine below, or kept it dense."
-        ),
+        "title": title,
+        "summary": summary,
+        "method": method,
         "dataset": recipe.data.dataset,
         "pipeline_tag": "text-classification",
         "recipe_file": "hf_sparse_recipe.yaml",
@@ -302,16 +339,42 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     runs = []
     for cfg in recipe.pruning_runs():
         tag = f"pruned-{round(100 * cfg.sparsity)}"
+        if recipe.structured is not None:
+            tag = "structured" if cfg.sparsity == 0 else f"structured-{tag}"
         logger.info("hf-sparse compress: %s (%s)", tag, _schedule_desc(cfg))
         model = copy.deepcopy(dense_model)
-        callback = PruningCallback(cfg)
         t0 = time.perf_counter()
-        trainer = _finetune(model, train_tok, tokenizer, recipe.pruned, work / tag, callbacks=[callback])
+        structure = None
+        if recipe.structured is not None:
+            batches = _labelled_batches(train_tok, tokenizer, 256, recipe.pruned.seed)
+            structure = structured_prune_(model, recipe.structured, batches)
+            logger.info(
+                "hf-sparse compress: %s: structured pruning kept %d of %d parameters",
+                tag,
+                structure["params_after"],
+                structure["params_before"],
+            )
+        callback = PruningCallback(cfg) if cfg.sparsity > 0 else None
+        init_callbacks = []
+        if recipe.regularization is not None:
+            init_callbacks.append(RegularizationCallback(recipe.regularization, finalize_gates=True))
+        trainer = _finetune(
+            model,
+            train_tok,
+            tokenizer,
+            recipe.pruned,
+            work / tag,
+            callbacks=[callback] if callback else [],
+            init_callbacks=init_callbacks,
+        )
         train_s = time.perf_counter() - t0
-        layer_report = callback.pruner.report()
+        if callback is not None:
+            layer_report = callback.pruner.report()
+        else:
+            layer_report = {"sparsity": 0.0, "pruned_params": 0, "prunable_params": 0, "layers": {}}
         counts = model_parameter_counts(model)
         formats: dict[str, str] = {n: "dense" for n in layer_report["layers"]}
-        if ckpt.format != "dense":
+        if ckpt.format != "dense" and callback is not None:
             decisions = sparsify_(
                 model,
                 format=ckpt.format,
@@ -349,6 +412,17 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             "checkpoint": tag,
             "checkpoint_bytes": _checkpoint_bytes(folder),
         }
+        if structure is not None:
+            run["structure"] = {
+                "config": recipe.structured.to_dict(header=False),
+                "params_before": structure["params_before"],
+                "params_after": structure["params_after"],
+                "dropped_layers": structure["dropped_layers"],
+                "layers": [
+                    {"layer": r["layer"], "heads": len(r["heads_kept"]), "neurons": len(r["neurons_kept"])}
+                    for r in structure["layers"]
+                ],
+            }
         run["disk_ratio_vs_dense"] = run["checkpoint_bytes"] / dense["checkpoint_bytes"]
         if ckpt.verify:
             run["round_trip"] = _verify_round_trip(folder, logits, test_tok, tokenizer, recipe.pruned, work / tag)

@@ -17,6 +17,8 @@ from ._resources import data_dir
 from .config import BaseConfig, register_config
 from .errors import ConfigError, RecipeError
 from .pruning.config import PruningConfig
+from .pruning.regularization import RegularizationConfig
+from .pruning.structured import StructuredPruningConfig
 
 __all__ = [
     "ModelSection",
@@ -205,6 +207,11 @@ class Recipe(BaseConfig):
         save_dense: Also save the fine-tuned dense baseline.
         checkpoint: How the pruned models are saved (sparse formats by default), verified and timed.
         sweep: The grid ``hf-sparse sweep`` runs (ignored by ``hf-sparse compress``).
+        structured: Heads and FFN neurons (and layers) removed physically from each pruned copy before its
+            fine-tuning (a :class:`~hf_sparse.pruning.StructuredPruningConfig`; the ``taylor`` criterion reads 256
+            training examples). A sparsity of 0 in ``sparsities`` is then a run with structured pruning only.
+        regularization: Penalties, DropConnect and L0 gates added to each pruned run's fine-tuning
+            (:class:`~hf_sparse.RegularizationCallback`; gates are finalized — units removed — when it ends).
     """
 
     name: str = DEFAULT_RECIPE
@@ -217,18 +224,26 @@ class Recipe(BaseConfig):
     save_dense: bool = False
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
     sweep: SweepSection = dataclasses.field(default_factory=SweepSection)
+    structured: StructuredPruningConfig | None = None
+    regularization: RegularizationConfig | None = None
 
     def validate(self) -> None:
         for s in self.sparsities or ():
-            if not 0 < s < 1:
-                raise ConfigError(f"sparsities must each be in (0, 1), got {s}.")
+            if not 0 < s < 1 and not (s == 0 and self.structured is not None):
+                raise ConfigError(
+                    f"sparsities must each be in (0, 1) (0 is allowed with a structured section), got {s}."
+                )
 
     def pruning_runs(self) -> list[PruningConfig]:
         """The PruningConfig of each pruned run."""
         if self.sparsities is None:
             return [self.pruning]
         return [
-            self.pruning.replace(sparsity=s, initial_sparsity=min(self.pruning.initial_sparsity, s))
+            self.pruning.replace(
+                sparsity=s,
+                initial_sparsity=min(self.pruning.initial_sparsity, s),
+                layer_sparsity={} if s == 0 else self.pruning.layer_sparsity,
+            )
             for s in self.sparsities
         ]
 

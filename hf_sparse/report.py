@@ -74,6 +74,19 @@ def render_markdown(report: dict) -> str:
             "(medians).",
             "",
         ]
+    structured = [r for r in runs if r.get("structure")]
+    if structured:
+        lines += ["## Structured pruning", "", "| model | parameters kept | heads per layer | FFN neurons per layer |"]
+        lines.append("|---|---|---|---|")
+        for r in structured:
+            st = r["structure"]
+            heads = ", ".join(str(x["heads"]) for x in st["layers"])
+            neurons = ", ".join(str(x["neurons"]) for x in st["layers"])
+            lines.append(
+                f"| {r['name']} | {st['params_after']:,} of {st['params_before']:,} "
+                f"({pct(st['params_after'] / st['params_before'])}) | {heads} | {neurons} |"
+            )
+        lines.append("")
     m = report["machine"]
     t = report["timings"]
     lines += [
