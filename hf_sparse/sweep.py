@@ -70,12 +70,20 @@ def _calibration(train_tok, tokenizer, samples: int, seed: int) -> list[dict]:
     return [collate([subset[j] for j in range(i, min(i + 32, len(subset)))]) for i in range(0, len(subset), 32)]
 
 
+def _dense_key(recipe: Recipe) -> dict:
+    """What the fine-tuned dense model depends on: the model, data and dense sections."""
+    return {k: getattr(recipe, k).to_dict(header=False) for k in ("model", "data", "dense")}
+
+
 def _dense(recipe: Recipe, output_dir: Path, model_path, tokenizer, train_tok, test_tok) -> tuple:
     folder = output_dir / "dense"
     info_file = folder / "hf_sparse_sweep_dense.json"
     if info_file.is_file():
         info = json.loads(info_file.read_text())
-        if info.get("recipe") == json.loads(recipe.replace(sweep=type(recipe.sweep)()).to_json()):
+        if info.get("recipe") in (
+            _dense_key(recipe),
+            json.loads(recipe.replace(sweep=type(recipe.sweep)()).to_json()),
+        ):
             logger.info("hf-sparse sweep: reusing the fine-tuned dense model in %s", folder)
             return AutoModelForSequenceClassification.from_pretrained(folder), info
     model = load_classifier(model_path, recipe.dense.seed)
@@ -83,7 +91,7 @@ def _dense(recipe: Recipe, output_dir: Path, model_path, tokenizer, train_tok, t
     trainer = _finetune(model, train_tok, tokenizer, recipe.dense, output_dir / "trainer" / "dense")
     accuracy, _ = _predict(trainer, test_tok)
     info = {
-        "recipe": json.loads(recipe.replace(sweep=type(recipe.sweep)()).to_json()),
+        "recipe": _dense_key(recipe),
         "test_accuracy": accuracy,
         "train_s": time.perf_counter() - t0,
         **model_parameter_counts(model),
