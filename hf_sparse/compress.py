@@ -31,6 +31,8 @@ from .machine import machine_info
 from .nn import sparsify_
 from .pruning.apply import model_parameter_counts
 from .pruning.config import PruningConfig
+from .pruning.guard import guarded_prune_
+from .pruning.sensitivity import allocate_sparsity, sensitivity_scan
 from .pruning.structured import structured_prune_
 from .recipes import Recipe, TrainSection, dump_recipe
 from .report import pct as _pct
@@ -256,8 +258,8 @@ def _card_results(run: dict, report: dict, recipe: Recipe) -> dict:
 
 
 def prepare_data(recipe: Recipe):
-    """The recipe's model path, tokenizer, test split (text), tokenized train and test splits, and the test split's
-    majority-class accuracy."""
+    """The recipe's model path, tokenizer, test split (text), tokenized train and test splits, the test split's
+    majority-class accuracy, and the tokenized validation split."""
     model_path = resolve_model(recipe.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     splits = load_rotten_tomatoes(
@@ -275,8 +277,9 @@ def prepare_data(recipe: Recipe):
 
     train_tok = train.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing train")
     test_tok = test.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing test")
+    val_tok = splits["validation"].map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing validation")
     majority = max(np.bincount(np.asarray(test["label"]), minlength=len(LABEL_NAMES))) / len(test)
-    return model_path, tokenizer, test, train_tok, test_tok, float(majority)
+    return model_path, tokenizer, test, train_tok, test_tok, float(majority), val_tok
 
 
 def load_classifier(model_path: str, seed: int):
@@ -288,6 +291,57 @@ def load_classifier(model_path: str, seed: int):
         id2label=dict(enumerate(LABEL_NAMES)),
         label2id={n: i for i, n in enumerate(LABEL_NAMES)},
     )
+
+
+def _evaluator(dataset, examples: int | None, tokenizer, recipe: Recipe, work: Path):
+    """``evaluate(model) -> accuracy`` on ``examples`` seeded examples of ``dataset`` (all when None)."""
+    from .data import stratified_subset
+
+    subset = stratified_subset(dataset, examples, seed=recipe.data.seed)
+
+    def evaluate(model) -> float:
+        trainer = Trainer(
+            model=model,
+            args=_training_args(recipe.pruned, work),
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+        )
+        return _accuracy(trainer, subset)
+
+    return evaluate
+
+
+def _guarded_run(recipe: Recipe, dense_model, train_tok, val_tok, test_tok, tokenizer, work: Path) -> dict:
+    """The accuracy-guarded progressive run of ``recipe.guard`` (see :class:`~hf_sparse.recipes.GuardSection`)."""
+    section = recipe.guard
+    model = copy.deepcopy(dense_model)
+    cfg = recipe.pruning.replace(sparsity=section.stages[-1], schedule="oneshot", initial_sparsity=0.0)
+    evaluate = _evaluator(val_tok, section.validation_examples, tokenizer, recipe, work)
+    stage_training = recipe.pruned.replace(max_steps=max(section.steps_per_stage, 1))
+
+    def finetune(model, pruner, sparsity: float) -> None:
+        if section.steps_per_stage == 0:
+            return
+        callback = PruningCallback(cfg.replace(sparsity=sparsity), masks=pruner.masks)
+        _finetune(model, train_tok, tokenizer, stage_training, work / f"stage-{round(100 * sparsity)}", [callback])
+
+    result = guarded_prune_(model, cfg, section.stages, evaluate, section.max_drop, finetune=finetune)
+    trainer = Trainer(
+        model=model,
+        args=_training_args(recipe.pruned, work),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    accepted = result.accepted_sparsity or 0.0
+    out = {
+        **{k: v for k, v in result.to_dict().items() if k != "masks"},
+        "metric": "validation accuracy",
+        "test_accuracy": _accuracy(trainer, test_tok),
+        "checkpoint": f"guarded-{round(100 * accepted)}",
+        "markdown": result.to_markdown(metric_name="validation accuracy"),
+        "model": model,
+    }
+    return out
 
 
 def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
@@ -305,7 +359,7 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
-    model_path, tokenizer, test, train_tok, test_tok, majority = prepare_data(recipe)
+    model_path, tokenizer, test, train_tok, test_tok, majority, val_tok = prepare_data(recipe)
 
     # -- dense baseline ---------------------------------------------------------------------------------------------
     logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(train_tok))
@@ -335,9 +389,22 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         return_tensors="pt",
     )
 
+    scan = None
+    if recipe.sensitivity is not None:
+        t0 = time.perf_counter()
+        scan = sensitivity_scan(
+            copy.deepcopy(dense_model),
+            recipe.pruning,
+            _evaluator(val_tok, recipe.sensitivity.validation_examples, tokenizer, recipe, work / "sensitivity"),
+            recipe.sensitivity.sparsities,
+        )
+        timings["sensitivity_s"] = time.perf_counter() - t0
+
     # -- pruned runs, each from the fine-tuned dense model (train -> prune -> fine-tune -> store -> save) ------------
     runs = []
     for cfg in recipe.pruning_runs():
+        if scan is not None and cfg.sparsity > 0:
+            cfg = cfg.replace(layer_sparsity=allocate_sparsity(scan, cfg.sparsity))
         tag = f"pruned-{round(100 * cfg.sparsity)}"
         if recipe.structured is not None:
             tag = "structured" if cfg.sparsity == 0 else f"structured-{tag}"
@@ -432,6 +499,16 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         runs.append(run)
         del model, trainer
 
+    guard = None
+    if recipe.guard is not None:
+        t0 = time.perf_counter()
+        guard = _guarded_run(recipe, dense_model, train_tok, val_tok, test_tok, tokenizer, work / "guarded")
+        timings["guard_s"] = time.perf_counter() - t0
+        folder = output_dir / guard["checkpoint"]
+        guard["model"].save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        del guard["model"]
+
     timings["total_s"] = time.perf_counter() - started
     report = {
         "recipe": recipe_source or recipe.name,
@@ -446,6 +523,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         },
         "dense": dense,
         "runs": runs,
+        "guard": guard,
+        "sensitivity": scan.to_dict() if scan is not None else None,
         "timings": timings,
         "machine": machine_info(),
     }

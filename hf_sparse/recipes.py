@@ -26,6 +26,8 @@ __all__ = [
     "TrainSection",
     "CheckpointSection",
     "SweepSection",
+    "GuardSection",
+    "SensitivitySection",
     "Recipe",
     "load_recipe",
     "dump_recipe",
@@ -191,6 +193,58 @@ class SweepSection(BaseConfig):
                 raise ConfigError(f"sweep.sparsities must each be in (0, 1), got {s}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class GuardSection(BaseConfig):
+    """An accuracy-guarded run of ``hf-sparse compress``: the fine-tuned dense model is pruned stage by stage
+    (``pruning``'s criterion and granularity, one-shot per stage, then ``steps_per_stage`` fine-tuning steps with the
+    mask fixed), validation accuracy is measured after each stage, and pruning stops at the first stage that loses
+    more than ``max_drop``, rolling the model back to the last stage within it
+    (:func:`~hf_sparse.pruning.guarded_prune_`). The history goes into the report; the accepted model is saved as
+    ``guarded-<pct>``.
+
+    Args:
+        max_drop: Largest accepted drop of validation accuracy below the dense model's (0.01 = one point).
+        stages: Increasing target sparsities.
+        steps_per_stage: Fine-tuning steps after each stage (the ``pruned`` section's other settings).
+        validation_examples: Seeded validation examples each evaluation reads (null = all).
+    """
+
+    max_drop: float = 0.01
+    stages: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
+    steps_per_stage: int = 100
+    validation_examples: int | None = None
+
+    def validate(self) -> None:
+        if self.max_drop < 0:
+            raise ConfigError(f"guard.max_drop must be >= 0, got {self.max_drop}.")
+        if not self.stages or any(not 0 < s < 1 for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
+            raise ConfigError(f"guard.stages must be increasing sparsities in (0, 1), got {list(self.stages)}.")
+        if self.steps_per_stage < 0:
+            raise ConfigError(f"guard.steps_per_stage must be >= 0, got {self.steps_per_stage}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivitySection(BaseConfig):
+    """Per-layer sparsities from a measured sensitivity scan: before the pruned runs, each pruned layer of the
+    fine-tuned dense model is pruned alone at each of ``sparsities`` and validation accuracy measured
+    (:func:`~hf_sparse.pruning.sensitivity_scan`); every run then gets ``pruning.layer_sparsity`` from
+    :func:`~hf_sparse.pruning.allocate_sparsity` at its target (sensitive layers pruned less). The scan is in the
+    report.
+
+    Args:
+        sparsities: Sparsities each layer is scanned at (scan up to the highest target).
+        validation_examples: Seeded validation examples each evaluation reads (null = all; the scan runs
+            ``layers x sparsities`` evaluations).
+    """
+
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.9)
+    validation_examples: int | None = 512
+
+    def validate(self) -> None:
+        if not self.sparsities or any(not 0 < s < 1 for s in self.sparsities):
+            raise ConfigError(f"sensitivity.sparsities must be in (0, 1), got {list(self.sparsities)}.")
+
+
 @register_config("recipe")
 @dataclasses.dataclass(frozen=True)
 class Recipe(BaseConfig):
@@ -212,6 +266,8 @@ class Recipe(BaseConfig):
             training examples). A sparsity of 0 in ``sparsities`` is then a run with structured pruning only.
         regularization: Penalties, DropConnect and L0 gates added to each pruned run's fine-tuning
             (:class:`~hf_sparse.RegularizationCallback`; gates are finalized — units removed — when it ends).
+        guard: An extra accuracy-guarded progressive run (see :class:`GuardSection`).
+        sensitivity: Per-layer sparsity allocation from a sensitivity scan (see :class:`SensitivitySection`).
     """
 
     name: str = DEFAULT_RECIPE
@@ -226,6 +282,8 @@ class Recipe(BaseConfig):
     sweep: SweepSection = dataclasses.field(default_factory=SweepSection)
     structured: StructuredPruningConfig | None = None
     regularization: RegularizationConfig | None = None
+    guard: GuardSection | None = None
+    sensitivity: SensitivitySection | None = None
 
     def validate(self) -> None:
         for s in self.sparsities or ():

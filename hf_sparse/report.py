@@ -87,6 +87,25 @@ def render_markdown(report: dict) -> str:
                 f"({pct(st['params_after'] / st['params_before'])}) | {heads} | {neurons} |"
             )
         lines.append("")
+    if report.get("sensitivity"):
+        lines += [
+            "Per-layer sparsities above come from a sensitivity scan of the dense model (each layer pruned alone, "
+            "validation accuracy measured; report.json holds the scan): sensitive layers are pruned less.",
+            "",
+        ]
+    guard = report.get("guard")
+    if guard:
+        lines += [
+            "## Accuracy guard",
+            "",
+            f"Progressive pruning, stopped at the first stage losing more than {100 * guard['max_drop']:.1f} points "
+            f"of validation accuracy; accepted sparsity {pct(guard['accepted_sparsity'] or 0.0)}, test accuracy "
+            f"{guard['test_accuracy']:.4f}, saved as `{guard['checkpoint']}`.",
+            "",
+            # the guard's own table, without its title (this section has one)
+            "\n".join(line for line in guard["markdown"].splitlines() if not line.startswith("## ")).strip(),
+            "",
+        ]
     m = report["machine"]
     t = report["timings"]
     lines += [

@@ -112,7 +112,7 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     record_file = output_dir / "sweep.json"
-    model_path, tokenizer, _test, train_tok, test_tok, majority = prepare_data(recipe)
+    model_path, tokenizer, _test, train_tok, test_tok, majority, _val = prepare_data(recipe)
     dense_model, dense = _dense(recipe, output_dir, model_path, tokenizer, train_tok, test_tok)
     logger.info("hf-sparse sweep: dense test accuracy %.4f", dense["test_accuracy"])
     done: dict[str, dict] = {}
