@@ -146,6 +146,7 @@ def write_model_card(folder: str | Path, *, repo_id: str | None = None, results:
         method=results.get("method") or "Pruned and converted with hf_sparse.",
         dataset=results.get("dataset") or "the evaluation data",
         layers=layers,
+        structured=bool((config.get("quantization_config") or {}).get("structure")),
         n_sparse=sum(1 for f in formats.values() if f != "dense"),
         n_layers=len(densities),
         format_counts=", ".join(f"{n} {f}" for f, n in Counter(formats.values()).most_common()),
