@@ -408,7 +408,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         tag = f"pruned-{round(100 * cfg.sparsity)}"
         if recipe.structured is not None:
             tag = "structured" if cfg.sparsity == 0 else f"structured-{tag}"
-        logger.info("hf-sparse compress: %s (%s)", tag, _schedule_desc(cfg))
+        what = _schedule_desc(cfg) if cfg.sparsity > 0 else "structured pruning, then fine-tuning"
+        logger.info("hf-sparse compress: %s (%s)", tag, what)
         model = copy.deepcopy(dense_model)
         t0 = time.perf_counter()
         structure = None
