@@ -43,12 +43,13 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     if runs:
-        names = list(runs[0]["layers"])
-        lines += ["## Per-layer sparsity", "", "| layer | " + " | ".join(r["name"] for r in runs) + " |"]
-        lines.append("|---|" + "---|" * len(runs))
-        for name in names:
-            lines.append(f"| `{name}` | " + " | ".join(pct(r["layers"].get(name, 0.0)) for r in runs) + " |")
-        lines.append("")
+        names = list(dict.fromkeys(n for r in runs for n in r["layers"]))
+        if names:  # structured-only runs prune no weights
+            lines += ["## Per-layer sparsity", "", "| layer | " + " | ".join(r["name"] for r in runs) + " |"]
+            lines.append("|---|" + "---|" * len(runs))
+            for name in names:
+                lines.append(f"| `{name}` | " + " | ".join(pct(r["layers"].get(name, 0.0)) for r in runs) + " |")
+            lines.append("")
         lines += [
             "## Saved checkpoints",
             "",
