@@ -11,13 +11,12 @@ Correctness first: the sparse model's output must equal the pruned dense model's
 from __future__ import annotations
 
 import copy
-import warnings
 from collections import Counter
 from collections.abc import Callable
 
 import torch
 
-from hf_sparse.benchmarking import interleave, summarize
+from hf_sparse.benchmarking import dynamic_int8, interleave, summarize
 
 SUITE = "minilm"
 SPARSITIES = [0.8, 0.9]
@@ -32,17 +31,6 @@ def _inputs():
     tokenizer = AutoTokenizer.from_pretrained(minilm_l6_path())
     text = load_rotten_tomatoes(seed=42)["test"][0]["text"]
     return tokenizer([text], padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt")
-
-
-def _dynamic_int8(model):
-    try:
-        from torch.ao.quantization import quantize_dynamic
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-    except Exception:  # not every torch build ships the quantized engines; the case then records its absence
-        return None
 
 
 def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, int8) -> dict:
@@ -98,7 +86,7 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
     torch.set_num_threads(threads)
     dense = AutoModel.from_pretrained(minilm_l6_path()).eval()
     batch = _inputs()
-    int8 = _dynamic_int8(dense)
+    int8 = dynamic_int8(dense)
     rounds = rounds or (15 if quick else 40)
     cases = []
     for i, sparsity in enumerate(SPARSITIES):

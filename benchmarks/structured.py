@@ -14,12 +14,11 @@ model's within fp32 tolerance.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 
 import torch
 
-from hf_sparse.benchmarking import interleave, summarize
+from hf_sparse.benchmarking import dynamic_int8, interleave, summarize
 
 SUITE = "structured"
 SEQ = 128
@@ -34,17 +33,6 @@ def _inputs(batch: int):
     tokenizer = AutoTokenizer.from_pretrained(minilm_l6_path())
     texts = load_rotten_tomatoes(seed=42)["test"]["text"][:batch]
     return tokenizer(texts, padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt")
-
-
-def _dynamic_int8(model):
-    try:
-        from torch.ao.quantization import quantize_dynamic
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-    except Exception:  # not every torch build ships the quantized engines; the case then records its absence
-        return None
 
 
 def shrunk_model(dense):
@@ -107,7 +95,7 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
     dense = AutoModel.from_pretrained(minilm_l6_path()).eval()
     shrunk, masked = shrunk_model(dense)
     shrunk.eval(), masked.eval()
-    int8 = _dynamic_int8(dense)
+    int8 = dynamic_int8(dense)
     rounds = rounds or (10 if quick else 30)
     cases = []
     for i, b in enumerate(BATCHES):

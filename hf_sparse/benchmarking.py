@@ -14,7 +14,23 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["measure_limits", "best_time", "interleave", "summarize"]
+__all__ = ["measure_limits", "best_time", "interleave", "summarize", "dynamic_int8"]
+
+
+def dynamic_int8(model):
+    """``torch.ao`` dynamic int8 quantisation of a copy of ``model``'s Linear layers (a baseline users have), or None
+    where this torch build has no quantized engine (the suite then records the baseline as missing)."""
+    import copy
+    import warnings
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    except Exception:  # not every torch build ships the quantized engines
+        return None
 
 
 def best_time(fn: Callable[[], object], repeat: int) -> float:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, PruningStateError
 from ..registry import METHODS
@@ -131,6 +132,14 @@ class Pruner:
             self.modules, self.units = unit_modules(model, config.granularity)
         else:
             self.modules = select_modules(model, config)
+        parametrized = [n for n, m in self.modules.items() if parametrize.is_parametrized(m, "weight")]
+        if parametrized:
+            # The masks act on ``module.weight``, which a parametrization (DropConnect) recomputes on every access.
+            raise ConfigError(
+                f"PruningConfig selects layers whose weight is parametrized (e.g. RegularizationConfig.dropconnect): "
+                f"{parametrized[:3]}. Exclude them from one of the two (target_modules / exclude_modules), or remove "
+                "the parametrization first."
+            )
         unknown = sorted(set(config.layer_sparsity) - set(self.modules))
         if unknown:
             raise ConfigError(

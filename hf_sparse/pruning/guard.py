@@ -130,12 +130,13 @@ def _check_stages(sparsities: Sequence[float], max_drop: float) -> list[float]:
     return stages
 
 
-def _as_metric(value: Any, where: str) -> float:
+def as_metric(value: Any, where: str, who: str = "guarded_prune_") -> float:
+    """``evaluate(model)``'s result as a float (a number or a one-element tensor), or a ConfigError naming ``who``."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(
-            f"guarded_prune_: evaluate(model) must return a number ({where}), got {type(value).__name__}: {value!r}."
+            f"{who}: evaluate(model) must return a number ({where}), got {type(value).__name__}: {value!r}."
         )
     return float(value)
 
@@ -223,9 +224,9 @@ def guarded_prune_(
         )
     pruner = Pruner(model, config)
     if baseline is None:
-        baseline = _as_metric(evaluate(model), "baseline")
+        baseline = as_metric(evaluate(model), "baseline")
     else:
-        baseline = _as_metric(baseline, "baseline argument")
+        baseline = as_metric(baseline, "baseline argument")
     if not math.isfinite(baseline):
         raise ConfigError(f"guarded_prune_: the baseline metric is {baseline}; it must be finite to measure drops.")
     sign = 1.0 if higher_is_better else -1.0
@@ -249,7 +250,7 @@ def guarded_prune_(
             pruner.prune_to(sparsity)
             if finetune is not None:
                 finetune(model, pruner, sparsity)
-            metric = _as_metric(evaluate(model), f"stage {index}, sparsity {sparsity}")
+            metric = as_metric(evaluate(model), f"stage {index}, sparsity {sparsity}")
         except BaseException:
             # Never leave the caller with a half-done stage (e.g. an interrupted fine-tuning).
             _restore(live, saved)

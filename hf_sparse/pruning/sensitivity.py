@@ -23,6 +23,7 @@ from .apply import Pruner
 from .config import PruningConfig
 from .criteria import CRITERIA
 from .granularity import STRUCTURED_GRANULARITIES, granular_masks
+from .guard import as_metric
 
 __all__ = ["SensitivityScan", "sensitivity_scan", "allocate_sparsity"]
 
@@ -144,16 +145,6 @@ def _check_scores(scores: Mapping[str, torch.Tensor], modules: Mapping[str, nn.M
             )
 
 
-def _as_metric(value: Any, where: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(
-            f"sensitivity_scan: evaluate(model) must return a number ({where}), got {type(value).__name__}: {value!r}."
-        )
-    return float(value)
-
-
 def sensitivity_scan(
     model: nn.Module,
     config: PruningConfig,
@@ -210,7 +201,7 @@ def sensitivity_scan(
         scores = pruner.compute_scores()  # raises a ConfigError for gradient criteria, naming the fix
     else:
         _check_scores(scores, pruner.modules)
-    baseline = _as_metric(evaluate(model), "baseline")
+    baseline = as_metric(evaluate(model), "baseline", "sensitivity_scan")
     metrics: dict[str, list[float]] = {}
     params = {name: module.weight.numel() for name, module in pruner.modules.items()}
     for name in tqdm(list(pruner.modules), desc="sensitivity scan", disable=not progress):
@@ -232,7 +223,9 @@ def sensitivity_scan(
                 ).values()
                 with torch.no_grad():
                     weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
-                metrics[name].append(_as_metric(evaluate(model), f"layer {name!r} at sparsity {sparsity}"))
+                metrics[name].append(
+                    as_metric(evaluate(model), f"layer {name!r} at sparsity {sparsity}", "sensitivity_scan")
+                )
                 with torch.no_grad():
                     weight.copy_(original)
         finally:

@@ -138,3 +138,14 @@ def test_layer_sparsity_prunes_named_layers_to_their_own_targets_and_follows_the
     assert report[v1]["sparsity"] == pytest.approx(0.375)
     with pytest.raises(ConfigError, match="names modules that are not pruned"):
         Pruner(tiny_bert_classifier(), PruningConfig(layer_sparsity={"bert.pooler.dense": 0.5}))
+
+
+def test_pruning_refuses_weights_under_dropconnect():
+    from hf_sparse import RegularizationConfig, attach_regularization
+
+    model = tiny_bert_classifier(seed=7)
+    handle = attach_regularization(model, RegularizationConfig(dropconnect=0.1))
+    with pytest.raises(ConfigError, match="parametrized"):
+        Pruner(model, PruningConfig(sparsity=0.5))
+    handle.remove()
+    Pruner(model, PruningConfig(sparsity=0.5)).prune_to(0.5)
