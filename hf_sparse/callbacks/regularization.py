@@ -38,8 +38,8 @@ class RegularizationCallback(TrainerCallback):
     ``train(resume_from_checkpoint=...)`` restores them. While DropConnect is on, the selected weights are saved
     under ``<module>.parametrizations.weight.original``; save the final model after training (when it is removed).
 
-    DropConnect is not meant to be combined with :class:`~hf_sparse.PruningCallback` on the same layers: its masks
-    act on ``module.weight``, which DropConnect recomputes at every access.
+    DropConnect cannot be combined with :class:`~hf_sparse.PruningCallback` on the same layers (its masks act on
+    ``module.weight``, which DropConnect recomputes at every access): the Pruner refuses parametrized weights.
 
     Args:
         config: A :class:`~hf_sparse.RegularizationConfig` (or its dict form).
