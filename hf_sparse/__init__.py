@@ -6,14 +6,16 @@ Public API::
     report = hf_sparse.apply_(model, hf_sparse.PruningConfig(sparsity=0.5))          # one-shot
     trainer = Trainer(..., callbacks=[hf_sparse.PruningCallback(PruningConfig(...))])  # gradual, while training
     decisions = hf_sparse.sparsify_(model)  # pruned Linear layers -> SparseLinear where predicted faster
+    trainer = Trainer(model=student, ..., callbacks=[hf_sparse.DistillationCallback(teacher, alpha=0.9)])
 """
 
 __version__ = "0.1.0"
 
-from . import data, formats, integrations, nn, ops
+from . import data, distillation, formats, integrations, nn, ops
 from .apply import apply_
-from .callbacks import PruningCallback, RegularizationCallback, attach_callbacks
+from .callbacks import DistillationCallback, PruningCallback, RegularizationCallback, attach_callbacks
 from .config import BaseConfig, register_config
+from .distillation import DistillationConfig, Distiller, student_from_teacher, teacher_snapshot
 from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
 from .nn import SparseLinear, sparsify_
 from .pruning import (
@@ -49,6 +51,12 @@ __all__ = [
     "Pruner",
     "PruningCallback",
     "RegularizationCallback",
+    "DistillationCallback",
+    "DistillationConfig",
+    "Distiller",
+    "student_from_teacher",
+    "teacher_snapshot",
+    "distillation",
     "attach_callbacks",
     "StructuredPruningConfig",
     "RegularizationConfig",

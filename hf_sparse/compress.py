@@ -23,9 +23,11 @@ from transformers import (
     set_seed,
 )
 
+from .callbacks.distillation import DistillationCallback
 from .callbacks.pruning import PruningCallback, attach_callbacks
 from .callbacks.regularization import RegularizationCallback
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
+from .distillation.students import teacher_snapshot
 from .integrations.hub import RESULTS_FILE, write_model_card
 from .machine import machine_info
 from .nn import sparsify_
@@ -85,6 +87,42 @@ def _finetune(
     attach_callbacks(trainer, *callbacks)
     trainer.train()
     return trainer
+
+
+#: Marker of a fine-tuned dense baseline saved by ``hf-sparse compress`` / ``sweep`` (what it was trained from).
+DENSE_INFO_FILE = "hf_sparse_dense.json"
+
+
+def _dense_key(recipe: Recipe) -> dict:
+    """What the fine-tuned dense model depends on: the model, data and dense sections."""
+    return {k: getattr(recipe, k).to_dict(header=False) for k in ("model", "data", "dense")}
+
+
+def fine_tuned_dense(recipe: Recipe, folder: Path, model_path, tokenizer, train_tok, test_tok, work: Path) -> tuple:
+    """The dense baseline fine-tuned as ``recipe`` says: read from ``folder`` when a previous run saved it there
+    from the same model, data and dense sections, else fine-tuned, evaluated and saved there.
+
+    Returns:
+        (model, info): ``info`` holds ``test_accuracy``, ``train_s``, the parameter counts and the recipe key.
+    """
+    for name in (DENSE_INFO_FILE, "hf_sparse_sweep_dense.json"):
+        info_file = folder / name
+        if info_file.is_file():
+            info = json.loads(info_file.read_text())
+            if info.get("recipe") == _dense_key(recipe):
+                logger.info("hf-sparse: reusing the fine-tuned dense model in %s", folder)
+                return AutoModelForSequenceClassification.from_pretrained(folder), info
+    model = load_classifier(model_path, recipe.dense.seed)
+    t0 = time.perf_counter()
+    trainer = _finetune(model, train_tok, tokenizer, recipe.dense, work)
+    train_s = time.perf_counter() - t0
+    accuracy, _ = _predict(trainer, test_tok)
+    info = {"recipe": _dense_key(recipe), "test_accuracy": accuracy, "train_s": train_s}
+    info.update(model_parameter_counts(model))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / DENSE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return model, info
 
 
 def _labelled_batches(train_tok, tokenizer, samples: int, seed: int) -> list[dict]:
@@ -363,22 +401,27 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
 
     # -- dense baseline ---------------------------------------------------------------------------------------------
     logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(train_tok))
-    dense_model = load_classifier(model_path, recipe.dense.seed)
     t0 = time.perf_counter()
-    trainer = _finetune(dense_model, train_tok, tokenizer, recipe.dense, work / "dense")
-    timings["dense_train_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dense_accuracy = _accuracy(trainer, test_tok)
-    timings["dense_eval_s"] = time.perf_counter() - t0
+    if recipe.save_dense:
+        # Saved with what it was trained from, so running the job again in the same folder reuses it.
+        dense_model, info = fine_tuned_dense(
+            recipe, output_dir / "dense", model_path, tokenizer, train_tok, test_tok, work / "dense"
+        )
+        dense_accuracy = info["test_accuracy"]
+        timings["dense_train_s"] = info["train_s"]
+    else:
+        dense_model = load_classifier(model_path, recipe.dense.seed)
+        trainer = _finetune(dense_model, train_tok, tokenizer, recipe.dense, work / "dense")
+        timings["dense_train_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dense_accuracy = _accuracy(trainer, test_tok)
+        timings["dense_eval_s"] = time.perf_counter() - t0
     logger.info("hf-sparse compress: dense test accuracy %.4f", dense_accuracy)
     dense = {
         "test_accuracy": dense_accuracy,
         **model_parameter_counts(dense_model),
         "checkpoint_bytes": _dense_checkpoint_bytes(dense_model),
     }
-    if recipe.save_dense:
-        dense_model.save_pretrained(output_dir / "dense")
-        tokenizer.save_pretrained(output_dir / "dense")
     ckpt = recipe.checkpoint
     # One real test review padded to max_length, batch 1: the latency case of every saved model.
     latency_batch = tokenizer(
@@ -402,13 +445,25 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
 
     # -- pruned runs, each from the fine-tuned dense model (train -> prune -> fine-tune -> store -> save) ------------
     runs = []
-    for cfg in recipe.pruning_runs():
+    distil = recipe.distillation
+    teacher = teacher_snapshot(dense_model) if distil is not None else None
+    # With distillation each run is trained with it and, to measure its gain, also without (``compare``).
+    plan = [
+        (cfg, kd)
+        for cfg in recipe.pruning_runs()
+        for kd in ((True, False) if distil is not None and distil.compare else (distil is not None,))
+    ]
+    for cfg, kd in plan:
         if scan is not None and cfg.sparsity > 0:
             cfg = cfg.replace(layer_sparsity=allocate_sparsity(scan, cfg.sparsity))
         tag = f"pruned-{round(100 * cfg.sparsity)}"
         if recipe.structured is not None:
             tag = "structured" if cfg.sparsity == 0 else f"structured-{tag}"
+        if kd:
+            tag += "-kd"
         what = _schedule_desc(cfg) if cfg.sparsity > 0 else "structured pruning, then fine-tuning"
+        if kd:
+            what += ", distilled from the dense model"
         logger.info("hf-sparse compress: %s (%s)", tag, what)
         model = copy.deepcopy(dense_model)
         t0 = time.perf_counter()
@@ -426,6 +481,9 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         init_callbacks = []
         if recipe.regularization is not None:
             init_callbacks.append(RegularizationCallback(recipe.regularization, finalize_gates=True))
+        distiller_cb = DistillationCallback(teacher, distil.to_config(output_dir)) if kd else None
+        if distiller_cb is not None:
+            init_callbacks.insert(0, distiller_cb)
         trainer = _finetune(
             model,
             train_tok,
@@ -480,6 +538,12 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             "checkpoint": tag,
             "checkpoint_bytes": _checkpoint_bytes(folder),
         }
+        if distil is not None:
+            run["distillation"] = {"kd": kd, "config": distil.to_dict(header=False) if kd else None}
+            if distiller_cb is not None:
+                d = distiller_cb.distiller
+                run["distillation"]["teacher_calls"] = d.teacher_calls
+                run["distillation"]["cache_hits"] = d.cache.hits if d.cache is not None else 0
         if structure is not None:
             run["structure"] = {
                 "config": recipe.structured.to_dict(header=False),

@@ -15,6 +15,7 @@ import yaml
 
 from ._resources import data_dir
 from .config import BaseConfig, register_config
+from .distillation.config import DistillationConfig
 from .errors import ConfigError, RecipeError
 from .pruning.config import PruningConfig
 from .pruning.regularization import RegularizationConfig
@@ -28,6 +29,7 @@ __all__ = [
     "SweepSection",
     "GuardSection",
     "SensitivitySection",
+    "DistillationSection",
     "Recipe",
     "load_recipe",
     "dump_recipe",
@@ -245,6 +247,38 @@ class SensitivitySection(BaseConfig):
             raise ConfigError(f"sensitivity.sparsities must be in (0, 1), got {list(self.sparsities)}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class DistillationSection(DistillationConfig):
+    """Distillation of each pruned run from the fine-tuned dense baseline (the teacher), with the fields of
+    :class:`~hf_sparse.DistillationConfig` and:
+
+    Args:
+        cache: Cache the teacher's outputs on disk (in ``cache_dir``, default ``<output>/teacher-cache``): the
+            first epoch of the first distilled run computes them, later epochs and runs read them.
+        compare: Also train each pruned run without distillation (same seed and steps), so the report shows the
+            gain of distillation beside the dense baseline.
+    """
+
+    cache: bool = True
+    compare: bool = True
+
+    def validate(self) -> None:
+        if self.cache and self.attention_weight > 0:
+            raise ConfigError(
+                "distillation: attention maps cannot be cached; set cache: false to use attention_weight."
+            )
+        super().validate()
+
+    def to_config(self, output_dir) -> DistillationConfig:
+        """The DistillationConfig of a run writing to ``output_dir``."""
+        fields = {k: getattr(self, k) for k in DistillationConfig.field_names()}
+        if self.cache and fields["cache_dir"] is None:
+            fields["cache_dir"] = str(Path(output_dir) / "teacher-cache")
+        if not self.cache:
+            fields["cache_dir"] = None
+        return DistillationConfig(**fields)
+
+
 @register_config("recipe")
 @dataclasses.dataclass(frozen=True)
 class Recipe(BaseConfig):
@@ -268,6 +302,8 @@ class Recipe(BaseConfig):
             (:class:`~hf_sparse.RegularizationCallback`; gates are finalized — units removed — when it ends).
         guard: An extra accuracy-guarded progressive run (see :class:`GuardSection`).
         sensitivity: Per-layer sparsity allocation from a sensitivity scan (see :class:`SensitivitySection`).
+        distillation: Each pruned run also learns from the fine-tuned dense model (see
+            :class:`DistillationSection`).
     """
 
     name: str = DEFAULT_RECIPE
@@ -284,6 +320,7 @@ class Recipe(BaseConfig):
     regularization: RegularizationConfig | None = None
     guard: GuardSection | None = None
     sensitivity: SensitivitySection | None = None
+    distillation: DistillationSection | None = None
 
     def validate(self) -> None:
         for s in self.sparsities or ():

@@ -88,6 +88,33 @@ def render_markdown(report: dict) -> str:
                 f"({pct(st['params_after'] / st['params_before'])}) | {heads} | {neurons} |"
             )
         lines.append("")
+    distilled = [r for r in runs if (r.get("distillation") or {}).get("kd")]
+    if distilled:
+        lines += [
+            "## Distillation",
+            "",
+            "Each `-kd` model learned from the fine-tuned dense model (the teacher) while it was fine-tuned; the same "
+            "model without `-kd` had the same pruning, steps and seed without the teacher.",
+            "",
+            "| model | with distillation | without | gain (points) | with distillation vs dense (points) |",
+            "|---|---|---|---|---|",
+        ]
+        by_name = {r["name"]: r for r in runs}
+        for r in distilled:
+            plain = by_name.get(r["name"].removesuffix("-kd"))
+            without = f"{plain['test_accuracy']:.4f}" if plain else "–"
+            gain = f"{100 * (r['test_accuracy'] - plain['test_accuracy']):+.2f}" if plain else "–"
+            lines.append(
+                f"| {r['name'].removesuffix('-kd')} | {r['test_accuracy']:.4f} | {without} | {gain} | "
+                f"{100 * r['delta_vs_dense']:+.2f} |"
+            )
+        cfg = distilled[0]["distillation"]["config"]
+        terms = [f"alpha {cfg['alpha']}, temperature {cfg['temperature']}"]
+        for key in ("hidden", "attention", "embedding"):
+            if cfg.get(f"{key}_weight"):
+                kind = cfg.get(f"{key}_loss", cfg.get("hidden_loss"))
+                terms.append(f"{key} {kind} x {cfg[f'{key}_weight']}")
+        lines += ["", "Losses: " + "; ".join(terms) + ".", ""]
     if report.get("sensitivity"):
         lines += [
             "Per-layer sparsities above come from a sensitivity scan of the dense model (each layer pruned alone, "

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+from transformers import DataCollatorWithPadding, Trainer
 
 from .callbacks.pruning import PruningCallback
-from .compress import _finetune, _predict, _training_args, load_classifier, prepare_data
+from .compress import _finetune, _predict, _training_args, fine_tuned_dense, prepare_data
 from .machine import machine_info
-from .pruning.apply import Pruner, model_parameter_counts
+from .pruning.apply import Pruner
 from .pruning.config import PruningConfig
 from .pruning.criteria import CRITERIA
 from .recipes import Recipe, dump_recipe
@@ -70,38 +70,6 @@ def _calibration(train_tok, tokenizer, samples: int, seed: int) -> list[dict]:
     return [collate([subset[j] for j in range(i, min(i + 32, len(subset)))]) for i in range(0, len(subset), 32)]
 
 
-def _dense_key(recipe: Recipe) -> dict:
-    """What the fine-tuned dense model depends on: the model, data and dense sections."""
-    return {k: getattr(recipe, k).to_dict(header=False) for k in ("model", "data", "dense")}
-
-
-def _dense(recipe: Recipe, output_dir: Path, model_path, tokenizer, train_tok, test_tok) -> tuple:
-    folder = output_dir / "dense"
-    info_file = folder / "hf_sparse_sweep_dense.json"
-    if info_file.is_file():
-        info = json.loads(info_file.read_text())
-        if info.get("recipe") in (
-            _dense_key(recipe),
-            json.loads(recipe.replace(sweep=type(recipe.sweep)()).to_json()),
-        ):
-            logger.info("hf-sparse sweep: reusing the fine-tuned dense model in %s", folder)
-            return AutoModelForSequenceClassification.from_pretrained(folder), info
-    model = load_classifier(model_path, recipe.dense.seed)
-    t0 = time.perf_counter()
-    trainer = _finetune(model, train_tok, tokenizer, recipe.dense, output_dir / "trainer" / "dense")
-    accuracy, _ = _predict(trainer, test_tok)
-    info = {
-        "recipe": _dense_key(recipe),
-        "test_accuracy": accuracy,
-        "train_s": time.perf_counter() - t0,
-        **model_parameter_counts(model),
-    }
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    info_file.write_text(json.dumps(info, indent=2) + "\n")
-    return model, info
-
-
 def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
     """Run ``recipe.sweep`` and write ``sweep.json`` and ``sweep.md`` to ``output_dir``.
 
@@ -113,7 +81,9 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
     output_dir.mkdir(parents=True, exist_ok=True)
     record_file = output_dir / "sweep.json"
     model_path, tokenizer, _test, train_tok, test_tok, majority, _val = prepare_data(recipe)
-    dense_model, dense = _dense(recipe, output_dir, model_path, tokenizer, train_tok, test_tok)
+    dense_model, dense = fine_tuned_dense(
+        recipe, output_dir / "dense", model_path, tokenizer, train_tok, test_tok, output_dir / "trainer" / "dense"
+    )
     logger.info("hf-sparse sweep: dense test accuracy %.4f", dense["test_accuracy"])
     done: dict[str, dict] = {}
     if record_file.is_file():

@@ -1,6 +1,7 @@
 """TrainerCallbacks: the only part of hf_sparse that knows the Trainer's order of events."""
 
+from .distillation import DistillationCallback
 from .pruning import MASKS_FILE, PruningCallback, attach_callbacks
 from .regularization import RegularizationCallback
 
-__all__ = ["PruningCallback", "RegularizationCallback", "attach_callbacks", "MASKS_FILE"]
+__all__ = ["DistillationCallback", "PruningCallback", "RegularizationCallback", "attach_callbacks", "MASKS_FILE"]

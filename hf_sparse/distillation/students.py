@@ -1,0 +1,127 @@
+"""Students and teachers: a shallower student cut from the teacher, a frozen float snapshot as teacher, and the
+mapping between student and teacher layers."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..pruning.structured import _dropped_so_far, drop_layers_, find_encoder_layers
+
+__all__ = ["auto_layer_map", "freeze_teacher", "layer_map_for", "student_from_teacher", "teacher_snapshot"]
+
+
+def _num_layers(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    n = getattr(config, "num_hidden_layers", None)
+    if isinstance(n, int):
+        return n
+    return len(find_encoder_layers(model))
+
+
+def student_from_teacher(
+    teacher: nn.Module, *, keep_every: int | None = None, keep_layers: Sequence[int] | None = None
+) -> nn.Module:
+    """A shallower student initialised from the teacher's weights: a deep copy with encoder layers removed.
+
+    ``keep_every=k`` keeps every k-th layer counted from the first, ending on the top one when ``k`` divides the
+    depth (6 layers, k=2: layers 1, 3, 5), which is the teacher layer the uniform :func:`auto_layer_map` pairs each
+    student layer with. The layers removed are recorded in the student's config, so a saved student reloads with
+    ``from_pretrained`` and :func:`layer_map_for` maps its layers back to the teacher's.
+
+    Args:
+        teacher: A BERT-family encoder (a transformers model); it is not modified.
+        keep_every: Keep layers ``k-1, 2k-1, ...``.
+        keep_layers: The 0-based teacher layers to keep, instead of ``keep_every``.
+
+    Raises:
+        ConfigError: neither or both given, an index out of range, or nothing kept.
+    """
+    if (keep_every is None) == (keep_layers is None):
+        raise ConfigError("student_from_teacher: give exactly one of keep_every=k or keep_layers=[...].")
+    n = _num_layers(teacher)
+    if keep_every is not None:
+        if not (isinstance(keep_every, int) and 1 <= keep_every <= n):
+            raise ConfigError(f"student_from_teacher: keep_every must be an integer in [1, {n}], got {keep_every!r}.")
+        keep = list(range(keep_every - 1, n, keep_every))
+    else:
+        keep = sorted(set(int(i) for i in keep_layers))  # type: ignore[union-attr]
+        if not keep or keep[0] < 0 or keep[-1] >= n:
+            raise ConfigError(
+                f"student_from_teacher: keep_layers must name layers in [0, {n - 1}] of the teacher, got "
+                f"{list(keep_layers)}."  # type: ignore[arg-type]
+            )
+    student = copy.deepcopy(teacher)
+    drop_layers_(student, [i for i in range(n) if i not in keep])
+    student.train(teacher.training)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """Put ``teacher`` in eval mode with every parameter frozen (in place); returns it."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def teacher_snapshot(model: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``model`` to teach the model itself once it is changed: quantisation-aware training
+    takes the snapshot of the float model, then quantises ``model`` and distils from the snapshot.
+
+    Take it before the model is quantised or pruned: the copy is of the weights as they are now.
+    """
+    return freeze_teacher(copy.deepcopy(model))
+
+
+def auto_layer_map(student_layers: int, teacher_layers: int, kept: Sequence[int] | None = None) -> list[int]:
+    """For each student layer, the teacher layer it learns from.
+
+    - ``kept`` (the teacher layers a layer-dropped student kept, in order): those layers;
+    - same depth: one to one (a pruned student);
+    - shallower: uniform, student layer ``i`` from teacher layer ``round((i + 1) * T / S) - 1``, so the top layers
+      meet (6 -> 3: ``[1, 3, 5]``; 12 -> 4: ``[2, 5, 8, 11]``).
+
+    Raises:
+        ConfigError: a student deeper than its teacher (give an explicit ``layer_map``), or ``kept`` that does not fit.
+    """
+    if kept is not None:
+        kept = list(kept)
+        if len(kept) != student_layers or (kept and (min(kept) < 0 or max(kept) >= teacher_layers)):
+            raise ConfigError(
+                f"auto_layer_map: the student records kept teacher layers {kept}, which do not fit a {student_layers}-"
+                f"layer student of a {teacher_layers}-layer teacher; give DistillationConfig.layer_map."
+            )
+        return kept
+    if student_layers == teacher_layers:
+        return list(range(student_layers))
+    if student_layers > teacher_layers:
+        raise ConfigError(
+            f"auto_layer_map: the student has more layers ({student_layers}) than the teacher ({teacher_layers}); "
+            "give DistillationConfig.layer_map (one teacher layer per student layer, -1 for none)."
+        )
+    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+
+
+def layer_map_for(student: nn.Module, teacher: nn.Module, explicit: Sequence[int] = ()) -> list[int]:
+    """The layer map of a (student, teacher) pair: ``explicit`` when given (checked against both depths), else
+    :func:`auto_layer_map`, using the layers a layer-dropped student records as removed."""
+    s, t = _num_layers(student), _num_layers(teacher)
+    if explicit:
+        explicit = list(explicit)
+        if len(explicit) != s or any(j >= t for j in explicit):
+            raise ConfigError(
+                f"DistillationConfig.layer_map must give one teacher layer in [0, {t - 1}] (or -1) for each of the "
+                f"student's {s} layers, got {explicit}."
+            )
+        return explicit
+    dropped = _dropped_so_far(student)
+    kept = None
+    if dropped and s + len(dropped) == t and not _dropped_so_far(teacher):
+        kept = [i for i in range(t) if i not in dropped]
+    return auto_layer_map(s, t, kept)
