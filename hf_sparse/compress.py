@@ -465,7 +465,10 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         if kd:
             what += ", distilled from the dense model"
         logger.info("hf-sparse compress: %s (%s)", tag, what)
-        model = copy.deepcopy(dense_model)
+        if distil is not None and distil.student_from == "pretrained":
+            model = load_classifier(model_path, recipe.pruned.seed)
+        else:
+            model = copy.deepcopy(dense_model)
         t0 = time.perf_counter()
         structure = None
         if recipe.structured is not None:

@@ -257,10 +257,14 @@ class DistillationSection(DistillationConfig):
             first epoch of the first distilled run computes them, later epochs and runs read them.
         compare: Also train each pruned run without distillation (same seed and steps), so the report shows the
             gain of distillation beside the dense baseline.
+        student_from: ``"dense"``: each student starts as a copy of the fine-tuned dense model (then pruned or cut
+            by ``structured``); ``"pretrained"``: as a copy of the pre-trained model with a fresh classifier (the
+            DistilBERT setting: the student learns the task only from the labels and the teacher).
     """
 
     cache: bool = True
     compare: bool = True
+    student_from: Literal["dense", "pretrained"] = "dense"
 
     def validate(self) -> None:
         if self.cache and self.attention_weight > 0:

@@ -7,7 +7,7 @@ import pytest
 
 from hf_sparse import Recipe, RecipeError, load_recipe
 from hf_sparse.errors import ConfigError
-from hf_sparse.recipes import GuardSection, SensitivitySection, SweepSection
+from hf_sparse.recipes import DistillationSection, GuardSection, SensitivitySection, SweepSection
 from hf_sparse.sweep import _cell_name, render_sweep_markdown, sweep_cells
 
 
@@ -39,6 +39,9 @@ def test_one_shot_cells_prune_once_and_gradual_cells_follow_the_recipe_schedule(
         (SensitivitySection, dict(sparsities=(1.2,)), r"sensitivity.sparsities must be in \(0, 1\)"),
         (SweepSection, dict(criteria=("magnitud",)), "unknown criterion 'magnitud'"),
         (SweepSection, dict(granularities=("head",)), "'head' is not one of"),
+        (DistillationSection, dict(student_from="teacher"), "student_from"),
+        (DistillationSection, dict(attention_weight=1.0), "cache: false"),
+        (DistillationSection, dict(alpha=2.0), "alpha must be in"),
     ],
 )
 def test_sections_validate(section, fields, pattern):
