@@ -38,7 +38,7 @@ def _data(n: int):
 
 
 def _epoch(student0, teacher, dataset, tokenizer, config, workdir, threads: int):
-    """A function timing-friendly: one epoch of distillation of a fresh copy of ``student0``."""
+    """A timed call: one epoch of distillation of a fresh copy of ``student0``."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from hf_sparse import DistillationCallback
@@ -76,14 +76,13 @@ def _epoch(student0, teacher, dataset, tokenizer, config, workdir, threads: int)
 
 
 def _check_same_loss(student0, teacher, dataset, tokenizer, live_cfg, cached_cfg) -> float:
-    """Relative difference of the first batch's distillation loss, cached vs live (the student in eval-free train
-    mode with dropout off so both forwards are identical)."""
+    """Relative difference of the first batch's distillation loss, cached vs live (the student in train mode with
+    dropout off, so both forwards are identical)."""
     from transformers import DataCollatorWithPadding
 
     from hf_sparse.distillation import Distiller
 
     batch = DataCollatorWithPadding(tokenizer)([dataset[i] for i in range(32)])
-    batch["labels"] = batch.pop("label") if "label" in batch else batch["labels"]
     losses = []
     for cfg in (live_cfg, cached_cfg):
         student = copy.deepcopy(student0).train()

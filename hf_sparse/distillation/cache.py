@@ -166,7 +166,6 @@ class TeacherCache:
         if not all(k in self._entries for k in keys):
             self.misses += len(keys)
             return None
-        self.hits += len(keys)
         entries = [self._entries[k] for k in keys]
         out = {"logits": torch.stack([e["logits"] for e in entries]).to(device), "hidden": {}}
         if self.hidden_layers:
@@ -178,10 +177,12 @@ class TeacherCache:
             for j in self.hidden_layers:
                 rows = torch.cat([e[f"hidden.{j}"] for e in entries]).to(device=device, dtype=torch.float32)
                 if rows.shape[0] != int(valid.sum()):
+                    self.misses += len(keys)
                     return None  # the same ids with another mask: recompute rather than misplace tokens
                 full = torch.zeros(*valid.shape, rows.shape[-1], device=device, dtype=torch.float32)
                 full[valid] = rows
                 out["hidden"][j] = full
+        self.hits += len(keys)
         return out
 
     def put(self, keys: Sequence[bytes], logits: torch.Tensor, hidden: Mapping[int, torch.Tensor], mask) -> None:
