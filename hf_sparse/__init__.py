@@ -7,17 +7,21 @@ Public API::
     trainer = Trainer(..., callbacks=[hf_sparse.PruningCallback(PruningConfig(...))])  # gradual, while training
     decisions = hf_sparse.sparsify_(model)  # pruned Linear layers -> SparseLinear where predicted faster
     trainer = Trainer(model=student, ..., callbacks=[hf_sparse.DistillationCallback(teacher, alpha=0.9)])
+    trainer = Trainer(model=model, ..., callbacks=[hf_sparse.QATCallback(hf_sparse.QuantizationConfig())])
+    hf_sparse.convert_(model)          # QAT layers -> int8 / int4 layers that save and load
 """
 
 __version__ = "0.1.0"
 
-from . import data, distillation, formats, integrations, nn, ops
+from . import data, distillation, formats, integrations, nn, ops, quantization
 from .apply import apply_
-from .callbacks import DistillationCallback, PruningCallback, RegularizationCallback, attach_callbacks
+from .callbacks import DistillationCallback, PruningCallback, QATCallback, RegularizationCallback, attach_callbacks
 from .config import BaseConfig, register_config
 from .distillation import DistillationConfig, Distiller, student_from_teacher, teacher_snapshot
 from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
 from .nn import SparseLinear, sparsify_
+from .nn.qat import QATEmbedding, QATLinear
+from .nn.quant import QuantEmbedding, QuantLinear
 from .pruning import (
     Pruner,
     PruningConfig,
@@ -32,6 +36,9 @@ from .pruning import (
     sensitivity_scan,
     sparsity_at,
 )
+from .quantization import QuantizationConfig, QuantScheme
+from .quantization.apply import calibrate_, convert_, prepare_qat_, quantize_
+from .quantization.sensitivity import choose_bits
 from .recipes import Recipe, load_recipe
 from .registry import CONFIGS, METHODS, Registry
 
@@ -57,6 +64,19 @@ __all__ = [
     "student_from_teacher",
     "teacher_snapshot",
     "distillation",
+    "quantization",
+    "QuantizationConfig",
+    "QuantScheme",
+    "QATCallback",
+    "QATLinear",
+    "QATEmbedding",
+    "QuantLinear",
+    "QuantEmbedding",
+    "prepare_qat_",
+    "convert_",
+    "quantize_",
+    "calibrate_",
+    "choose_bits",
     "attach_callbacks",
     "StructuredPruningConfig",
     "RegularizationConfig",

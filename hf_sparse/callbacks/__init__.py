@@ -2,6 +2,14 @@
 
 from .distillation import DistillationCallback
 from .pruning import MASKS_FILE, PruningCallback, attach_callbacks
+from .quantization import QATCallback
 from .regularization import RegularizationCallback
 
-__all__ = ["DistillationCallback", "PruningCallback", "RegularizationCallback", "attach_callbacks", "MASKS_FILE"]
+__all__ = [
+    "DistillationCallback",
+    "PruningCallback",
+    "QATCallback",
+    "RegularizationCallback",
+    "attach_callbacks",
+    "MASKS_FILE",
+]

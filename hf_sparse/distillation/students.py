@@ -74,9 +74,16 @@ def teacher_snapshot(model: nn.Module) -> nn.Module:
     """A frozen deep copy of ``model`` to teach the model itself once it is changed: quantisation-aware training
     takes the snapshot of the float model, then quantises ``model`` and distils from the snapshot.
 
-    Take it before the model is quantised or pruned: the copy is of the weights as they are now.
+    Take it before the model is pruned: the copy is of the weights as they are now. A model already prepared for
+    quantisation-aware training gives its float self: the copy's fake quantisers are switched off.
     """
-    return freeze_teacher(copy.deepcopy(model))
+    from ..nn.qat import FakeQuantizer
+
+    snapshot = copy.deepcopy(model)
+    for module in snapshot.modules():
+        if isinstance(module, FakeQuantizer):
+            module.enabled = False
+    return freeze_teacher(snapshot)
 
 
 def auto_layer_map(student_layers: int, teacher_layers: int, kept: Sequence[int] | None = None) -> list[int]:

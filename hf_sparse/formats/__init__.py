@@ -17,6 +17,7 @@ from .coo import COO
 from .csr import CSC, CSR
 from .hybrid import Hybrid
 from .nm import NM
+from .quantized import QCSR, QDense
 
 __all__ = [
     "FORMATS",
@@ -29,6 +30,8 @@ __all__ = [
     "Bitmask",
     "NM",
     "Hybrid",
+    "QDense",
+    "QCSR",
     "to_format",
     "from_tensors",
     "choose_format",

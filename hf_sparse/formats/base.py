@@ -48,6 +48,9 @@ class SparseFormat(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: Tensors that hold floating-point numbers (they train); every other tensor holds indices, pointers, bits or
+    #: integer codes.
+    float_tensors: ClassVar[tuple[str, ...]] = ("values", "dense_values")
     shape: tuple[int, int]
 
     # -- construction -----------------------------------------------------------------------------------------------

@@ -8,15 +8,13 @@ import torch
 from torch import nn
 
 from ..errors import FormatError
-from ..formats import from_tensors
+from ..formats import FORMATS, from_tensors
 from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
 
 __all__ = ["build_sparse_shells", "build_structure_shells"]
 
-#: Tensors of a format that hold floating-point values; every other tensor holds indices, pointers or bits.
-_VALUE_TENSORS = ("values", "dense_values")
 _FIX = "Restore the checkpoint's original config.json, or re-save the checkpoint from the source model."
 
 
@@ -41,10 +39,10 @@ def _dense_layer(model: nn.Module, name: str, params: dict, tied: set[str]) -> n
             f"{list(dense.weight.shape)}. {_FIX}"
         )
     if isinstance(dense, nn.Embedding):
-        if params.get("format") != "csr":
+        if params.get("format") not in ("csr", "qdense"):
             raise FormatError(
-                f"checkpoint module {name!r} is an embedding table, stored as csr only, but config.json says "
-                f"{params.get('format')!r}. {_FIX}"
+                f"checkpoint module {name!r} is an embedding table, stored as csr or qdense only, but config.json "
+                f"says {params.get('format')!r}. {_FIX}"
             )
         if f"{name}.weight" in tied or dense.max_norm is not None or dense.sparse:
             raise FormatError(
@@ -113,10 +111,11 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
         where = f"config.json quantization_config.modules[{name!r}]"
         params = spec["params"]
         dense = _dense_layer(model, name, params, tied)
+        float_tensors = FORMATS.get(params["format"]).float_tensors
         for tname, (_, dtype) in spec["tensors"].items():
             is_float = getattr(torch, dtype).is_floating_point
-            if is_float != (tname in _VALUE_TENSORS):
-                kind = "floating-point" if tname in _VALUE_TENSORS else "integer"
+            if is_float != (tname in float_tensors):
+                kind = "floating-point" if tname in float_tensors else "integer"
                 raise FormatError(f"{where}.tensors[{tname!r}] is declared {dtype}; it must be {kind}. {_FIX}")
         device = dense.weight.device
         tensors = {
@@ -136,7 +135,16 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
                 f"{where}.params is {_json(params)}; format {params['format']!r} with these tensors has parameters "
                 f"{_json(weight.params())}. {_FIX}"
             )
-        if isinstance(dense, nn.Embedding):
-            replace_module(model, name, SparseEmbedding(weight, dense.padding_idx))
-        else:
-            replace_module(model, name, SparseLinear(weight, dense.bias))
+        from .quant import QuantEmbedding, QuantLinear  # imported here: the quantised formats import this package
+
+        try:
+            if isinstance(dense, nn.Embedding):
+                cls = QuantEmbedding if params["format"] == "qdense" else SparseEmbedding
+                new = cls(weight, dense.padding_idx)
+            elif params["format"] in ("qdense", "qcsr"):
+                new = QuantLinear(weight, dense.bias)
+            else:
+                new = SparseLinear(weight, dense.bias)
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc} {_FIX}") from None
+        replace_module(model, name, new)

@@ -87,7 +87,31 @@ def _nm_backward(ctx, grad):
     return d_values, None, None, None, None, d_xt, None
 
 
+def _qcsr_setup(ctx, inputs, output):
+    crow, col, values, scales, rows, cols, xt, *rest = inputs
+    ctx.rows, ctx.cols, ctx.transposed = rows, cols, bool(rest and rest[0])
+    ctx.save_for_backward(crow, col, values, scales, xt)
+
+
+def _qcsr_backward(ctx, grad):
+    # Codes are integers (no gradient); the scales get d scale[r] = sum_p code[p] * <dYt[r], Xt[col(p)]>, and the
+    # input the transposed product with the dequantised values.
+    grad = grad.t().contiguous() if ctx.transposed else grad
+    crow, col, values, scales, xt = ctx.saved_tensors
+    row_of = torch.repeat_interleave(
+        torch.arange(ctx.rows), torch.diff(crow.to(torch.int64)), output_size=values.numel()
+    )
+    d_scales = d_xt = None
+    if ctx.needs_input_grad[3]:
+        per_value = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, grad, xt) * values.to(grad.dtype)
+        d_scales = grad.new_zeros(ctx.rows).index_add_(0, row_of, per_value)
+    if ctx.needs_input_grad[6]:
+        d_xt = ops.spmm_csr_t(crow, col, values.to(grad.dtype) * scales[row_of], ctx.rows, ctx.cols, grad)
+    return None, None, None, d_scales, None, None, d_xt, None
+
+
 torch.library.register_autograd("hf_sparse::spmm_csr", _csr_backward, setup_context=_csr_setup)
 torch.library.register_autograd("hf_sparse::spmm_csr_t", _csr_t_backward, setup_context=_csr_t_setup)
 torch.library.register_autograd("hf_sparse::spmm_bsr", _bsr_backward, setup_context=_csr_setup)
 torch.library.register_autograd("hf_sparse::spmm_nm", _nm_backward, setup_context=_nm_setup)
+torch.library.register_autograd("hf_sparse::spmm_qcsr", _qcsr_backward, setup_context=_qcsr_setup)

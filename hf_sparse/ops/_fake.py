@@ -40,3 +40,9 @@ def _spmm_nm_fake(values, indices, n, m, cols, xt, transpose_out=False):
     _check_rhs(xt, cols)
     rows = values.shape[0]
     return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))
+
+
+@torch.library.register_fake("hf_sparse::spmm_qcsr")
+def _spmm_qcsr_fake(crow, col, values, scales, rows, cols, xt, transpose_out=False):
+    _check_rhs(xt, cols)
+    return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))

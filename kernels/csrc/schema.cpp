@@ -14,6 +14,11 @@ TORCH_LIBRARY(hf_sparse, m) {
   m.def("spmm_csr_t(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor yt) -> Tensor");
   // out[p] = dot(Yt[row(p)], Xt[col(p)]) at W's stored positions only. Returns (nnz,). The value gradient.
   m.def("sddmm_csr(Tensor crow, Tensor col, int rows, int cols, Tensor yt, Tensor xt) -> Tensor");
+  // Yt = W @ Xt for W in CSR with int8 values and one float32 scale per row (W[r, c] = values[p] * scales[r]).
+  // Xt is float32 (cols, N). Same output convention as spmm_csr.
+  m.def(
+      "spmm_qcsr(Tensor crow, Tensor col, Tensor values, Tensor scales, int rows, int cols, Tensor xt, "
+      "bool transpose_out=False) -> Tensor");
   // Yt = W @ Xt for W in R x C blocks: crow int32 (rows/R+1), col int16/int32 block columns, values (blocks, R, C).
   m.def(
       "spmm_bsr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor xt, bool transpose_out=False) "

@@ -1,0 +1,58 @@
+"""Quantisation: fake quantisation with straight-through gradients, observers, learned step sizes,
+quantisation-aware training (prepare, then convert), post-training quantisation with calibration, per-layer mixed
+precision from a measured sensitivity scan, and integer layers that save and load.
+
+Typical use::
+
+    config = QuantizationConfig(weight=QuantScheme(bits=4, granularity="group", group_size=64))
+    trainer = Trainer(model=model, ..., callbacks=[QATCallback(config)])   # prepare_qat_ happens at init
+    trainer.train()
+    convert_(model)                  # QATLinear -> QuantLinear (int4 codes + scales)
+    model.save_pretrained("out")     # from_pretrained("out") after `import hf_sparse` gives the same predictions
+
+    quantize_(model, QuantizationConfig(activation="static"), calibration_batches)   # PTQ
+"""
+
+from .config import DEFAULT_ACTIVATION, QuantizationConfig
+from .observers import Observer
+from .schemes import QuantScheme, dequantize, fake_quantize, qparams_from_range, qrange, quantize
+
+__all__ = [
+    "QuantizationConfig",
+    "QuantScheme",
+    "DEFAULT_ACTIVATION",
+    "Observer",
+    "fake_quantize",
+    "quantize",
+    "dequantize",
+    "qparams_from_range",
+    "qrange",
+    "prepare_qat_",
+    "convert_",
+    "quantize_",
+    "calibrate_",
+    "set_weight_bits",
+    "choose_bits",
+    "quantization_report",
+]
+
+_LAZY = {
+    "prepare_qat_": "apply",
+    "convert_": "apply",
+    "quantize_": "apply",
+    "calibrate_": "apply",
+    "set_weight_bits": "apply",
+    "quantization_report": "apply",
+    "choose_bits": "sensitivity",
+}
+
+
+def __getattr__(name: str):
+    # The model transforms import the nn modules, which import the formats, which import this package's maths:
+    # loading them on first use keeps that chain free of import cycles.
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
