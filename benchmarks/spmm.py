@@ -65,23 +65,53 @@ def _copies(nbytes: int, cold: bool) -> int:
     return max(8, math.ceil(COLD_BYTES / max(nbytes, 1))) if cold else 1
 
 
-def run_case(fmt: str, M: int, K: int, N: int, sparsity: float, *, threads: int, cold: bool, rounds: int) -> dict:
+def run_case(
+    fmt: str,
+    M: int,
+    K: int,
+    N: int,
+    sparsity: float,
+    *,
+    threads: int,
+    cold: bool,
+    rounds: int,
+    dtype: str = "float32",
+) -> dict:
+    """One case. ``dtype="int8"`` (csr only): ours stores int8 values with per-row scales (``qcsr``) and is also
+    compared with our own float32 CSR kernel (baseline ``hf_sparse_csr_float32``)."""
+    from hf_sparse.formats import QCSR
     from hf_sparse.ops import sparse_linear
 
     torch.set_num_threads(threads)
     w, keep = make_weight(fmt, M, K, sparsity)
-    stored = _ours(fmt, w, keep)
+    if dtype == "int8":
+        if fmt != "csr":
+            raise ValueError(f"int8 cases are csr only, got {fmt}")
+
+        def build():
+            return QCSR.from_dense(w, keep)
+
+    else:
+
+        def build():
+            return _ours(fmt, w, keep)
+
+    stored = build()
     x = torch.randn(N, K)
-    ref = torch.nn.functional.linear(x, w)
-    # Correctness first: a fast wrong kernel is not a result.
+    # Correctness first: a fast wrong kernel is not a result (int8: against the dequantised weight).
+    ref = torch.nn.functional.linear(x, stored.to_dense() if dtype == "int8" else w)
     torch.testing.assert_close(sparse_linear(stored, x), ref, rtol=1e-4, atol=1e-3)
 
-    ours_w = [_ours(fmt, w, keep) for _ in range(_copies(stored.nbytes, cold))]
+    ours_w = [build() for _ in range(_copies(stored.nbytes, cold))]
     dense_w = [w.clone() for _ in range(_copies(w.numel() * 4, cold))]
     calls: dict[str, Callable[[int], object]] = {
         "ours": lambda i: sparse_linear(ours_w[i % len(ours_w)], x),
         "torch_dense": lambda i: torch.nn.functional.linear(x, dense_w[i % len(dense_w)]),
     }
+    if dtype == "int8":
+        f32 = _ours("csr", w, keep)
+        f32_w = [_ours("csr", w, keep) for _ in range(_copies(f32.nbytes, cold))]
+        calls["hf_sparse_csr_float32"] = lambda i: sparse_linear(f32_w[i % len(f32_w)], x)
     with warnings.catch_warnings():  # torch's "sparse support is in beta" notices
         warnings.simplefilter("ignore", UserWarning)
         if fmt.startswith("bsr"):
@@ -98,14 +128,17 @@ def run_case(fmt: str, M: int, K: int, N: int, sparsity: float, *, threads: int,
     ours_s, baselines, speedup = summarize(times)
     nnz = int(keep.sum())
     return {
-        "name": f"{fmt} {M}x{K} N={N} {round(100 * nnz / (M * K))}% dense {'cold' if cold else 'hot'} t={threads}",
+        "name": (
+            f"{fmt}{'-int8' if dtype == 'int8' else ''} {M}x{K} N={N} {round(100 * nnz / (M * K))}% dense "
+            f"{'cold' if cold else 'hot'} t={threads}"
+        ),
         "params": {
             "M": M,
             "K": K,
             "N": N,
             "sparsity": sparsity,
             "format": fmt,
-            "dtype": "float32",
+            "dtype": dtype,
             "threads": threads,
             "cold": cold,
         },
@@ -119,12 +152,17 @@ def run_case(fmt: str, M: int, K: int, N: int, sparsity: float, *, threads: int,
 
 
 QUICK = [
-    ("csr", 3072, 768, 16, 0.9, True),
-    ("csr", 3072, 768, 16, 0.9, False),
-    ("csr", 3072, 768, 128, 0.9, True),
-    ("bsr16x16", 3072, 768, 128, 0.9, True),
-    ("2:4", 3072, 768, 128, 0.5, True),
+    ("csr", 3072, 768, 16, 0.9, True, "float32"),
+    ("csr", 3072, 768, 16, 0.9, False, "float32"),
+    ("csr", 3072, 768, 128, 0.9, True, "float32"),
+    ("bsr16x16", 3072, 768, 128, 0.9, True, "float32"),
+    ("2:4", 3072, 768, 128, 0.5, True, "float32"),
+    ("csr", 3072, 768, 16, 0.9, True, "int8"),
+    ("csr", 3072, 768, 1, 0.9, True, "int8"),
+    ("csr", 3072, 768, 128, 0.9, True, "int8"),
 ]
+#: Value dtypes per format: int8 values (with per-row scales) exist for CSR.
+DTYPES = {"csr": ("float32", "int8")}
 
 
 def grid() -> list[tuple]:
@@ -133,8 +171,9 @@ def grid() -> list[tuple]:
         for N in NS:
             for fmt in FORMATS:
                 for s in [0.5] if fmt == "2:4" else SPARSITIES:
-                    for cold in (True, False):
-                        out.append((fmt, M, K, N, s, cold))
+                    for dtype in DTYPES.get(fmt, ("float32",)):
+                        for cold in (True, False):
+                            out.append((fmt, M, K, N, s, cold, dtype))
     return out
 
 
@@ -148,8 +187,8 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
     cases_in = QUICK if quick else grid()
     rounds = rounds or (20 if quick else 30)
     cases = []
-    for i, (fmt, M, K, N, s, cold) in enumerate(cases_in):
-        case = run_case(fmt, M, K, N, s, threads=threads, cold=cold, rounds=rounds)
+    for i, (fmt, M, K, N, s, cold, dtype) in enumerate(cases_in):
+        case = run_case(fmt, M, K, N, s, threads=threads, cold=cold, rounds=rounds, dtype=dtype)
         case["pct_bw"] = 100 * case["gbps"] / limits["gbps"]
         case["pct_peak"] = 100 * case["gflops"] / limits["gflops"]
         cases.append(case)

@@ -25,6 +25,7 @@ from transformers import (
 
 from .callbacks.distillation import DistillationCallback
 from .callbacks.pruning import PruningCallback, attach_callbacks
+from .callbacks.quantization import QATCallback
 from .callbacks.regularization import RegularizationCallback
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
 from .distillation.students import teacher_snapshot
@@ -36,6 +37,7 @@ from .pruning.config import PruningConfig
 from .pruning.guard import guarded_prune_
 from .pruning.sensitivity import allocate_sparsity, sensitivity_scan
 from .pruning.structured import structured_prune_
+from .quantization.apply import convert_, prepare_qat_, quantization_report, quantize_
 from .recipes import Recipe, TrainSection, dump_recipe
 from .report import pct as _pct
 from .report import render_markdown
@@ -218,6 +220,7 @@ def _latency(sparse_model, dense_model, batch, rounds: int) -> dict:
 def _verify_round_trip(folder: Path, logits: np.ndarray, test_tok, tokenizer, section: TrainSection, work: Path):
     """Reload ``folder`` with ``from_pretrained`` and compare its test-split logits with the saved model's."""
     from .nn import SparseEmbedding, SparseLinear
+    from .nn.quant import QuantEmbedding
 
     loaded = AutoModelForSequenceClassification.from_pretrained(folder)
     trainer = Trainer(
@@ -230,7 +233,9 @@ def _verify_round_trip(folder: Path, logits: np.ndarray, test_tok, tokenizer, se
     return {
         "identical_predictions": bool((reloaded.argmax(-1) == logits.argmax(-1)).all()),
         "max_abs_logit_diff": float(np.abs(reloaded - logits).max()),
-        "sparse_layers_loaded": sum(isinstance(m, (SparseLinear, SparseEmbedding)) for m in loaded.modules()),
+        "sparse_layers_loaded": sum(
+            isinstance(m, (SparseLinear, SparseEmbedding, QuantEmbedding)) for m in loaded.modules()
+        ),
     }
 
 
@@ -270,6 +275,20 @@ def _card_results(run: dict, report: dict, recipe: Recipe) -> dict:
         method = (
             "Heads and neurons were scored and removed once with `hf_sparse.pruning.structured_prune_`, then the "
             "smaller model was fine-tuned with the stock `transformers.Trainer`" + (also if run["sparsity"] else ".")
+        )
+    quant = run.get("quantization")
+    if quant:
+        bits = quant["config"]["weight"]["bits"]
+        how = (
+            "trained with fake quantisation (`hf_sparse.QATCallback`), then converted"
+            if quant["mode"] == "qat"
+            else "quantised after training (`hf_sparse.quantize_`, calibrated on real training examples)"
+        )
+        base = title if run["sparsity"] else recipe.model.name
+        title = f"{base} with {bits}-bit weights"
+        summary += (
+            f" Its {quant['layers']} encoder Linear layers hold {bits}-bit integer weights with float scales ({how}); "
+            f"they take {quant['weight_bytes']:,} bytes instead of {quant['float_weight_bytes']:,} in float32."
         )
     return {
         "base_model": hub_id(report["model"]),
@@ -448,22 +467,37 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     distil = recipe.distillation
     teacher = teacher_snapshot(dense_model) if distil is not None else None
     # With distillation each run is trained with it and, to measure its gain, also without (``compare``).
+    quant = recipe.quantization
+    quant_modes: tuple = (None,)
+    if quant is not None:
+        quant_modes = ("qat", "ptq") if quant.mode == "qat" and quant.compare_ptq else (quant.mode,)
     plan = [
-        (cfg, kd)
+        (cfg, kd, qmode)
         for cfg in recipe.pruning_runs()
         for kd in ((True, False) if distil is not None and distil.compare else (distil is not None,))
+        for qmode in quant_modes
     ]
-    for cfg, kd in plan:
+    for cfg, kd, qmode in plan:
         if scan is not None and cfg.sparsity > 0:
             cfg = cfg.replace(layer_sparsity=allocate_sparsity(scan, cfg.sparsity))
         tag = f"pruned-{round(100 * cfg.sparsity)}"
         if recipe.structured is not None:
             tag = "structured" if cfg.sparsity == 0 else f"structured-{tag}"
+        if qmode is not None:
+            bits = quant.weight.bits
+            tag = f"{tag}-int{bits}" if cfg.sparsity > 0 or recipe.structured is not None else f"dense-int{bits}"
+            tag += f"-{qmode}"
         if kd:
             tag += "-kd"
         what = _schedule_desc(cfg) if cfg.sparsity > 0 else "structured pruning, then fine-tuning"
+        if cfg.sparsity == 0 and recipe.structured is None:
+            what = "fine-tuning"
         if kd:
             what += ", distilled from the dense model"
+        if qmode == "qat":
+            what += f", quantisation-aware ({quant.weight.bits}-bit weights)"
+        elif qmode == "ptq":
+            what += f", then post-training quantisation ({quant.weight.bits}-bit weights)"
         logger.info("hf-sparse compress: %s (%s)", tag, what)
         if distil is not None and distil.student_from == "pretrained":
             model = load_classifier(model_path, recipe.pruned.seed)
@@ -482,6 +516,12 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             )
         callback = PruningCallback(cfg) if cfg.sparsity > 0 else None
         init_callbacks = []
+        qat_callback = None
+        if qmode == "qat":
+            # Prepared before the Trainer exists, so learned step sizes are in its optimizer; the pruning callback
+            # then prunes the wrapped layers' own weights.
+            prepare_qat_(model, quant.to_config())
+            qat_callback = QATCallback(quant.to_config())
         if recipe.regularization is not None:
             init_callbacks.append(RegularizationCallback(recipe.regularization, finalize_gates=True))
         distiller_cb = DistillationCallback(teacher, distil.to_config(output_dir)) if kd else None
@@ -493,17 +533,29 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             tokenizer,
             recipe.pruned,
             work / tag,
-            callbacks=[callback] if callback else [],
+            callbacks=([callback] if callback else []) + ([qat_callback] if qat_callback else []),
             init_callbacks=init_callbacks,
         )
         train_s = time.perf_counter() - t0
+        float_accuracy = None
+        if qmode == "ptq":
+            float_accuracy = _accuracy(trainer, test_tok)
+            t0 = time.perf_counter()
+            calibration = _labelled_batches(train_tok, tokenizer, quant.calibration_samples, recipe.pruned.seed)
+            quantize_(model, quant.to_config(), calibration)
+            train_s += time.perf_counter() - t0
         if callback is not None:
             layer_report = callback.pruner.report()
         else:
             layer_report = {"sparsity": 0.0, "pruned_params": 0, "prunable_params": 0, "layers": {}}
         counts = model_parameter_counts(model)
-        formats: dict[str, str] = {n: "dense" for n in layer_report["layers"]}
-        if ckpt.format != "dense" and callback is not None:
+        formats: dict[str, str] = {n.removesuffix(".base_layer"): "dense" for n in layer_report["layers"]}
+        layer_report["layers"] = {n.removesuffix(".base_layer"): v for n, v in layer_report["layers"].items()}
+        if qmode == "qat":
+            formats.update(convert_(model))
+        elif qmode == "ptq":
+            formats.update({n: r["format"] for n, r in quantization_report(model).items()})
+        elif ckpt.format != "dense" and callback is not None:
             decisions = sparsify_(
                 model,
                 format=ckpt.format,
@@ -541,6 +593,16 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             "checkpoint": tag,
             "checkpoint_bytes": _checkpoint_bytes(folder),
         }
+        if qmode is not None:
+            qreport = quantization_report(model)
+            run["quantization"] = {
+                "mode": qmode,
+                "config": quant.to_config().to_dict(header=False),
+                "float_accuracy": float_accuracy,
+                "layers": len(qreport),
+                "weight_bytes": sum(r["nbytes"] for r in qreport.values()),
+                "float_weight_bytes": sum(r["float_bytes"] for r in qreport.values()),
+            }
         if distil is not None:
             run["distillation"] = {"kd": kd, "config": distil.to_dict(header=False) if kd else None}
             if distiller_cb is not None:

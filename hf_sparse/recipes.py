@@ -20,6 +20,7 @@ from .errors import ConfigError, RecipeError
 from .pruning.config import PruningConfig
 from .pruning.regularization import RegularizationConfig
 from .pruning.structured import StructuredPruningConfig
+from .quantization.config import QuantizationConfig
 
 __all__ = [
     "ModelSection",
@@ -283,6 +284,33 @@ class DistillationSection(DistillationConfig):
         return DistillationConfig(**fields)
 
 
+@register_config("recipe_quantization")
+@dataclasses.dataclass(frozen=True)
+class QuantizationSection(QuantizationConfig):
+    """Quantisation of each run, with the fields of :class:`~hf_sparse.QuantizationConfig` and:
+
+    Args:
+        mode: ``"qat"``: each run fine-tunes with fake quantisation (``QATCallback``) and is converted to integer
+            layers; ``"ptq"``: each run fine-tunes in float and is quantised afterwards (calibrated on
+            ``calibration_samples`` training examples).
+        compare_ptq: with ``mode: qat``, also run each configuration as ``ptq`` (same training, quantised after),
+            so the report shows QAT, PTQ and the float model of the same training side by side.
+        calibration_samples: training examples that calibrate static activation ranges (PTQ).
+    """
+
+    mode: Literal["qat", "ptq"] = "qat"
+    compare_ptq: bool = True
+    calibration_samples: int = 256
+
+    def validate(self) -> None:
+        super().validate()
+        if self.calibration_samples < 1:
+            raise ConfigError(f"quantization.calibration_samples must be >= 1, got {self.calibration_samples}.")
+
+    def to_config(self) -> QuantizationConfig:
+        return QuantizationConfig(**{k: getattr(self, k) for k in QuantizationConfig.field_names()})
+
+
 @register_config("recipe")
 @dataclasses.dataclass(frozen=True)
 class Recipe(BaseConfig):
@@ -308,6 +336,8 @@ class Recipe(BaseConfig):
         sensitivity: Per-layer sparsity allocation from a sensitivity scan (see :class:`SensitivitySection`).
         distillation: Each pruned run also learns from the fine-tuned dense model (see
             :class:`DistillationSection`).
+        quantization: Each run is also quantised, by QAT or PTQ (see :class:`QuantizationSection`); a sparsity
+            of 0 in ``sparsities`` is then a quantised dense run.
     """
 
     name: str = DEFAULT_RECIPE
@@ -325,12 +355,15 @@ class Recipe(BaseConfig):
     guard: GuardSection | None = None
     sensitivity: SensitivitySection | None = None
     distillation: DistillationSection | None = None
+    quantization: QuantizationSection | None = None
 
     def validate(self) -> None:
+        zero_ok = self.structured is not None or self.quantization is not None
         for s in self.sparsities or ():
-            if not 0 < s < 1 and not (s == 0 and self.structured is not None):
+            if not 0 < s < 1 and not (s == 0 and zero_ok):
                 raise ConfigError(
-                    f"sparsities must each be in (0, 1) (0 is allowed with a structured section), got {s}."
+                    f"sparsities must each be in (0, 1) (0 is allowed with a structured or quantization section), "
+                    f"got {s}."
                 )
 
     def pruning_runs(self) -> list[PruningConfig]:

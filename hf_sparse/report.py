@@ -115,6 +115,26 @@ def render_markdown(report: dict) -> str:
                 kind = cfg.get(f"{key}_loss", cfg.get("hidden_loss"))
                 terms.append(f"{key} {kind} x {cfg[f'{key}_weight']}")
         lines += ["", "Losses: " + "; ".join(terms) + ".", ""]
+    quantised = [r for r in runs if r.get("quantization")]
+    if quantised:
+        lines += [
+            "## Quantisation",
+            "",
+            "`-qat` models trained with fake-quantised weights and were converted to integer layers; `-ptq` models "
+            "had the same training in float and were quantised afterwards (the float column is that model before "
+            "quantisation). Weight bytes: the quantised Linear layers' codes, scales and indices.",
+            "",
+            "| model | mode | test accuracy | vs dense (points) | float before PTQ | weight bytes | vs float32 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in quantised:
+            q = r["quantization"]
+            before = f"{q['float_accuracy']:.4f}" if q.get("float_accuracy") is not None else "–"
+            lines.append(
+                f"| {r['name']} | {q['mode']} | {r['test_accuracy']:.4f} | {100 * r['delta_vs_dense']:+.2f} | "
+                f"{before} | {q['weight_bytes']:,} | {pct(q['weight_bytes'] / max(q['float_weight_bytes'], 1))} |"
+            )
+        lines.append("")
     if report.get("sensitivity"):
         lines += [
             "Per-layer sparsities above come from a sensitivity scan of the dense model (each layer pruned alone, "
