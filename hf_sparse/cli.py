@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark our kernels against the best baselines, same process (JSON)")
     p.add_argument(
-        "suite", choices=["spmm", "minilm", "train-step", "structured", "distill"], help="which benchmark suite"
+        "suite",
+        choices=["spmm", "minilm", "train-step", "structured", "distill", "quant"],
+        help="which benchmark suite",
     )
     p.add_argument("--quick", action="store_true", help="a few key cases, under a minute")
     p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads (default: %(default)s)")
