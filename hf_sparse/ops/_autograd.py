@@ -110,8 +110,49 @@ def _qcsr_backward(ctx, grad):
     return None, None, None, d_scales, None, None, d_xt, None
 
 
+def _linear_csr_setup(ctx, inputs, output):
+    crow, col, values, rows, cols, x = inputs
+    ctx.rows, ctx.cols = rows, cols
+    ctx.save_for_backward(crow, col, values, x)
+
+
+def _linear_csr_backward(ctx, grad):
+    # Y = X @ W^T: dX = dY @ W (the transposed kernel on dY^T), dV at the stored positions (SDDMM).
+    crow, col, values, x = ctx.saved_tensors
+    dyt = grad.t().contiguous()
+    d_values = d_x = None
+    if ctx.needs_input_grad[2]:
+        d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, dyt, x.t().contiguous())
+    if ctx.needs_input_grad[5]:
+        d_x = ops.spmm_csr_t(crow, col, values, ctx.rows, ctx.cols, dyt).t()
+    return None, None, d_values, None, None, d_x
+
+
+def _linear_qcsr_setup(ctx, inputs, output):
+    crow, col, values, scales, rows, cols, x = inputs
+    ctx.rows, ctx.cols = rows, cols
+    ctx.save_for_backward(crow, col, values, scales, x)
+
+
+def _linear_qcsr_backward(ctx, grad):
+    crow, col, values, scales, x = ctx.saved_tensors
+    dyt = grad.t().contiguous()
+    row_of = torch.repeat_interleave(
+        torch.arange(ctx.rows), torch.diff(crow.to(torch.int64)), output_size=values.numel()
+    )
+    d_scales = d_x = None
+    if ctx.needs_input_grad[3]:
+        per_value = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, dyt, x.t().contiguous()) * values.to(grad.dtype)
+        d_scales = grad.new_zeros(ctx.rows).index_add_(0, row_of, per_value)
+    if ctx.needs_input_grad[6]:
+        d_x = ops.spmm_csr_t(crow, col, values.to(grad.dtype) * scales[row_of], ctx.rows, ctx.cols, dyt).t()
+    return None, None, None, d_scales, None, None, d_x
+
+
 torch.library.register_autograd("hf_sparse::spmm_csr", _csr_backward, setup_context=_csr_setup)
 torch.library.register_autograd("hf_sparse::spmm_csr_t", _csr_t_backward, setup_context=_csr_t_setup)
 torch.library.register_autograd("hf_sparse::spmm_bsr", _bsr_backward, setup_context=_csr_setup)
 torch.library.register_autograd("hf_sparse::spmm_nm", _nm_backward, setup_context=_nm_setup)
 torch.library.register_autograd("hf_sparse::spmm_qcsr", _qcsr_backward, setup_context=_qcsr_setup)
+torch.library.register_autograd("hf_sparse::linear_csr", _linear_csr_backward, setup_context=_linear_csr_setup)
+torch.library.register_autograd("hf_sparse::linear_qcsr", _linear_qcsr_backward, setup_context=_linear_qcsr_setup)

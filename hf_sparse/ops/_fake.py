@@ -46,3 +46,15 @@ def _spmm_nm_fake(values, indices, n, m, cols, xt, transpose_out=False):
 def _spmm_qcsr_fake(crow, col, values, scales, rows, cols, xt, transpose_out=False):
     _check_rhs(xt, cols)
     return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))
+
+
+@torch.library.register_fake("hf_sparse::linear_csr")
+def _linear_csr_fake(crow, col, values, rows, cols, x):
+    torch._check(x.dim() == 2 and x.shape[1] == cols, lambda: f"x must be (N, {cols})")
+    return x.new_empty((x.shape[0], rows))
+
+
+@torch.library.register_fake("hf_sparse::linear_qcsr")
+def _linear_qcsr_fake(crow, col, values, scales, rows, cols, x):
+    torch._check(x.dim() == 2 and x.shape[1] == cols, lambda: f"x must be (N, {cols})")
+    return x.new_empty((x.shape[0], rows))

@@ -231,7 +231,19 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
     if x.shape[-1] != cols:
         raise FormatError(f"sparse_linear: expected inputs with last dimension {cols}, got shape {tuple(x.shape)}.")
     lead = x.shape[:-1]
-    xt = x.reshape(-1, cols).to(weight.dtype).t().contiguous()  # (in, N): N is the kernels' fast axis
+    x2 = x.reshape(-1, cols).to(weight.dtype)
+    if isinstance(weight, (CSR, QCSR)) and weight.dtype == torch.float32 and not BACKENDS[0].reasons(weight, x2.t()):
+        # The Linear-layout kernels read X (N, in) as it is: no transposed copy of the input.
+        if isinstance(weight, QCSR):
+            y = _ops.linear_qcsr(
+                weight.crow_indices, weight.col_indices, weight.values, weight.scales, rows, cols, x2.contiguous()
+            )
+        else:
+            y = _ops.linear_csr(weight.crow_indices, weight.col_indices, weight.values, rows, cols, x2.contiguous())
+        if bias is not None:
+            y = y.add_(bias.to(y.dtype))
+        return y.reshape(*lead, rows).to(x.dtype)
+    xt = x2.t().contiguous()  # (in, N): N is the kernels' fast axis
     y = spmm(weight, xt, transpose_out=True)
     if bias is not None:
         y = y.add_(bias.to(y.dtype))  # y is a fresh output: adding in place saves a pass over it

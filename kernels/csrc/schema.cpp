@@ -19,6 +19,10 @@ TORCH_LIBRARY(hf_sparse, m) {
   m.def(
       "spmm_qcsr(Tensor crow, Tensor col, Tensor values, Tensor scales, int rows, int cols, Tensor xt, "
       "bool transpose_out=False) -> Tensor");
+  // Y = X @ W^T in the Linear layout: X (N, cols) and Y (N, rows) row-major float32, W in CSR with float32 values
+  // (linear_csr) or int8 values and per-row float32 scales (linear_qcsr). No transposed copy of X is needed.
+  m.def("linear_csr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor x) -> Tensor");
+  m.def("linear_qcsr(Tensor crow, Tensor col, Tensor values, Tensor scales, int rows, int cols, Tensor x) -> Tensor");
   // Yt = W @ Xt for W in R x C blocks: crow int32 (rows/R+1), col int16/int32 block columns, values (blocks, R, C).
   m.def(
       "spmm_bsr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor xt, bool transpose_out=False) "

@@ -302,3 +302,40 @@ def test_qat_composes_with_pruning(tmp_path):
     weights = [m.weight_format() for m in model.modules() if isinstance(m, QuantLinear)]
     stored = sum(w.nnz for w in weights)
     assert stored <= 0.251 * sum(w.shape[0] * w.shape[1] for w in weights)  # the pruned zeros stayed zero
+
+
+@kernels
+@pytest.mark.parametrize("n", [1, 7, 32, 70])
+@pytest.mark.parametrize("quantized", [False, True])
+def test_linear_layout_kernels_match_and_train(n, quantized):
+    from hf_sparse.formats import CSR
+    from hf_sparse.ops import sparse_linear
+
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(20, 24, generator=g) * (torch.rand(20, 24, generator=g) > 0.6)
+    fmt = QCSR.from_dense(w) if quantized else CSR.from_dense(w)
+    dense_w = fmt.to_dense()
+    x = torch.randn(n, 24, generator=g, requires_grad=True)
+    values = fmt.scales if quantized else fmt.values
+    values = values.clone().requires_grad_(True)
+    fmt = (
+        QCSR(fmt.crow_indices, fmt.col_indices, fmt.values, values, fmt.shape)
+        if quantized
+        else CSR(fmt.crow_indices, fmt.col_indices, values, fmt.shape)
+    )
+    y = sparse_linear(fmt, x)
+    torch.testing.assert_close(y, x.detach() @ dense_w.t(), rtol=1e-5, atol=1e-5)
+    y.pow(2).sum().backward()
+    gx, gv = x.grad.clone(), values.grad.clone()
+    x.grad = None
+    values.grad = None
+    spmm(fmt, x.t(), backend="reference").t().pow(2).sum().backward()
+    torch.testing.assert_close(gx, x.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gv, values.grad, rtol=1e-4, atol=1e-4)
+    args = (fmt.crow_indices, fmt.col_indices, fmt.values.detach())
+    if quantized:
+        torch.library.opcheck(
+            torch.ops.hf_sparse.linear_qcsr, (*args, fmt.scales.detach(), 20, 24, torch.randn(5, 24))
+        )
+    else:
+        torch.library.opcheck(torch.ops.hf_sparse.linear_csr, (*args, 20, 24, torch.randn(5, 24)))
