@@ -538,7 +538,9 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         )
         train_s = time.perf_counter() - t0
         float_accuracy = None
+        float_counts = None
         if qmode == "ptq":
+            float_counts = model_parameter_counts(model)  # counted in float: integer codes are not parameters
             float_accuracy = _accuracy(trainer, test_tok)
             t0 = time.perf_counter()
             calibration = _labelled_batches(train_tok, tokenizer, quant.calibration_samples, recipe.pruned.seed)
@@ -548,7 +550,7 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             layer_report = callback.pruner.report()
         else:
             layer_report = {"sparsity": 0.0, "pruned_params": 0, "prunable_params": 0, "layers": {}}
-        counts = model_parameter_counts(model)
+        counts = float_counts or model_parameter_counts(model)
         formats: dict[str, str] = {n.removesuffix(".base_layer"): "dense" for n in layer_report["layers"]}
         layer_report["layers"] = {n.removesuffix(".base_layer"): v for n, v in layer_report["layers"].items()}
         if qmode == "qat":

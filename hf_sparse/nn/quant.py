@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import FormatError
 from ..formats.quantized import QCSR, QDense
+from ..ops import dequantize_weight
 from .sparse_linear import SparseLinear
 from .stored import StoredWeightMixin
 
@@ -38,7 +39,7 @@ class QuantLinear(SparseLinear):
         weight = self.weight_format()
         x = weight.quantize_input(x)
         if isinstance(weight, QDense):
-            return F.linear(x, weight.to_dense().to(x.dtype), self.bias)
+            return F.linear(x, dequantize_weight(weight).to(x.dtype), self.bias)
         return super().forward(x)
 
     def extra_repr(self) -> str:
@@ -95,7 +96,7 @@ class QuantEmbedding(StoredWeightMixin, nn.Module):
             group_size=table.group_size,
             validate=False,
         )
-        return rows.to_dense().reshape(*input_ids.shape, self.embedding_dim)
+        return dequantize_weight(rows).reshape(*input_ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
         bits = self.format_params["bits"]

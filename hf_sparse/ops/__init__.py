@@ -2,7 +2,16 @@
 
 from ._loader import load as load_kernels
 from ._loader import status as kernel_status
-from .spmm import BACKENDS, explain, sparse_linear, spmm, spmm_csr, spmm_csr_reference, spmm_reference
+from .spmm import (
+    BACKENDS,
+    dequantize_weight,
+    explain,
+    sparse_linear,
+    spmm,
+    spmm_csr,
+    spmm_csr_reference,
+    spmm_reference,
+)
 
 __all__ = [
     "load_kernels",
@@ -12,6 +21,7 @@ __all__ = [
     "sparse_linear",
     "spmm_csr",
     "spmm_csr_reference",
+    "dequantize_weight",
     "explain",
     "BACKENDS",
 ]

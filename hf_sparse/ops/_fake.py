@@ -58,3 +58,8 @@ def _linear_csr_fake(crow, col, values, rows, cols, x):
 def _linear_qcsr_fake(crow, col, values, scales, rows, cols, x):
     torch._check(x.dim() == 2 and x.shape[1] == cols, lambda: f"x must be (N, {cols})")
     return x.new_empty((x.shape[0], rows))
+
+
+@torch.library.register_fake("hf_sparse::dequantize")
+def _dequantize_fake(values, scales, zero_points, bits, rows, cols):
+    return scales.new_empty((rows, cols))

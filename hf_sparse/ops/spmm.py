@@ -21,6 +21,7 @@ __all__ = [
     "sparse_linear",
     "spmm_csr",
     "spmm_csr_reference",
+    "dequantize_weight",
     "explain",
     "BACKENDS",
 ]
@@ -259,3 +260,26 @@ def spmm_csr(weight: CSR, xt: torch.Tensor) -> torch.Tensor:
     if not isinstance(weight, CSR):
         raise FormatError(f"spmm_csr needs a CSR weight, got {type(weight).__name__}.")
     return spmm(weight, xt)
+
+
+def dequantize_weight(weight: QDense) -> torch.Tensor:
+    """The float weight of a ``qdense`` format: our one-pass C++ kernel on the CPU (float32 scales, no gradient
+    needed), else :meth:`~hf_sparse.formats.QDense.to_dense`.
+
+    Shapes:
+        weight: (rows, cols) qdense. Returns: (rows, cols) in the scales' dtype.
+    """
+    if not isinstance(weight, QDense):
+        raise FormatError(f"dequantize_weight needs a qdense weight, got {type(weight).__name__}.")
+    s = weight.scales
+    usable = (
+        s.device.type == "cpu"
+        and s.dtype == torch.float32
+        and not (torch.is_grad_enabled() and s.requires_grad)
+        and _loader.load()
+    )
+    if not usable:
+        return weight.to_dense()
+    zero = weight.zero_points if weight.zero_points is not None else torch.empty(0, dtype=torch.int8)
+    rows, cols = weight.shape
+    return _ops.dequantize(weight.values, s, zero, weight.bits, rows, cols)

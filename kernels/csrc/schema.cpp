@@ -23,6 +23,10 @@ TORCH_LIBRARY(hf_sparse, m) {
   // (linear_csr) or int8 values and per-row float32 scales (linear_qcsr). No transposed copy of X is needed.
   m.def("linear_csr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor x) -> Tensor");
   m.def("linear_qcsr(Tensor crow, Tensor col, Tensor values, Tensor scales, int rows, int cols, Tensor x) -> Tensor");
+  // The float32 (rows, cols) weight of a qdense layer: (code - zero_point) * scale per group. values: int8 (rows,
+  // cols) for 8 bits, uint8 (rows, cols * bits / 8) packed low bits first for 4 and 2; scales float32 (rows or 1,
+  // groups); zero_points int8 like scales, or empty for symmetric codes.
+  m.def("dequantize(Tensor values, Tensor scales, Tensor zero_points, int bits, int rows, int cols) -> Tensor");
   // Yt = W @ Xt for W in R x C blocks: crow int32 (rows/R+1), col int16/int32 block columns, values (blocks, R, C).
   m.def(
       "spmm_bsr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor xt, bool transpose_out=False) "

@@ -339,3 +339,23 @@ def test_linear_layout_kernels_match_and_train(n, quantized):
         )
     else:
         torch.library.opcheck(torch.ops.hf_sparse.linear_csr, (*args, 20, 24, torch.randn(5, 24)))
+
+
+@kernels
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(bits=8, granularity="channel"),
+        dict(bits=8, granularity="tensor", symmetric=False),
+        dict(bits=4, granularity="group", group_size=8, symmetric=False),
+        dict(bits=4, granularity="channel"),
+        dict(bits=2, granularity="group", group_size=4, symmetric=False),
+    ],
+)
+def test_dequantize_kernel_matches_to_dense(params):
+    from hf_sparse.ops import dequantize_weight
+
+    q = QDense.from_dense(torch.randn(9, 24), **params)
+    torch.testing.assert_close(dequantize_weight(q), q.to_dense())
+    with pytest.raises(ValueError, match="scales"):
+        torch.ops.hf_sparse.dequantize(q.values, q.scales.double(), torch.empty(0, dtype=torch.int8), q.bits, 9, 24)
