@@ -58,6 +58,9 @@ def build_dir() -> Path:
 
 def load() -> bool:
     """Build (once, cached) and load the CPU ops. Safe to call many times; thread-safe."""
+    done = _state["loaded"]
+    if done is not None:  # the common case, on every layer call: no lock
+        return done
     with _lock:
         if _state["loaded"] is not None:
             return _state["loaded"]

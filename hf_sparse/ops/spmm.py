@@ -233,7 +233,15 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
         raise FormatError(f"sparse_linear: expected inputs with last dimension {cols}, got shape {tuple(x.shape)}.")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, cols).to(weight.dtype)
-    if isinstance(weight, (CSR, QCSR)) and weight.dtype == torch.float32 and not BACKENDS[0].reasons(weight, x2.t()):
+    fast = (
+        isinstance(weight, (CSR, QCSR))
+        and x2.dtype == torch.float32
+        and x2.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and weight.values.device.type == "cpu"
+        and _loader.load()
+    )
+    if fast:
         # The Linear-layout kernels read X (N, in) as it is: no transposed copy of the input.
         if isinstance(weight, QCSR):
             y = _ops.linear_qcsr(
