@@ -544,7 +544,7 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             float_accuracy = _accuracy(trainer, test_tok)
             t0 = time.perf_counter()
             calibration = _labelled_batches(train_tok, tokenizer, quant.calibration_samples, recipe.pruned.seed)
-            quantize_(model, quant.to_config(), calibration)
+            quantize_(model, quant.to_config(post_training=True), calibration)
             train_s += time.perf_counter() - t0
         if callback is not None:
             layer_report = callback.pruner.report()
@@ -599,7 +599,7 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             qreport = quantization_report(model)
             run["quantization"] = {
                 "mode": qmode,
-                "config": quant.to_config().to_dict(header=False),
+                "config": quant.to_config(post_training=qmode == "ptq").to_dict(header=False),
                 "float_accuracy": float_accuracy,
                 "layers": len(qreport),
                 "weight_bytes": sum(r["nbytes"] for r in qreport.values()),

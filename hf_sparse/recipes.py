@@ -307,8 +307,15 @@ class QuantizationSection(QuantizationConfig):
         if self.calibration_samples < 1:
             raise ConfigError(f"quantization.calibration_samples must be >= 1, got {self.calibration_samples}.")
 
-    def to_config(self) -> QuantizationConfig:
-        return QuantizationConfig(**{k: getattr(self, k) for k in QuantizationConfig.field_names()})
+    def to_config(self, *, post_training: bool = False) -> QuantizationConfig:
+        """The QuantizationConfig of a run; ``post_training``: for PTQ, where scales come from the observed ranges
+        (a learned step size needs training, so ``lsq`` is switched off)."""
+        fields = {k: getattr(self, k) for k in QuantizationConfig.field_names()}
+        if post_training:
+            fields["weight"] = fields["weight"].replace(lsq=False)
+            if fields["embedding"] is not None:
+                fields["embedding"] = fields["embedding"].replace(lsq=False)
+        return QuantizationConfig(**fields)
 
 
 @register_config("recipe")

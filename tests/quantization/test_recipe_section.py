@@ -23,3 +23,11 @@ def test_quantization_section_validates(tmp_path):
 def test_packaged_quantisation_recipes_load(name):
     recipe = load_recipe(name)
     assert recipe.quantization is not None
+
+
+def test_post_training_config_drops_learned_step_sizes(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("sparsities: [0.0]\nquantization: {weight: {bits: 4, lsq: true}}\n")
+    section = load_recipe(path).quantization
+    assert section.to_config().weight.lsq
+    assert not section.to_config(post_training=True).weight.lsq
