@@ -18,7 +18,9 @@ def apply_(model: nn.Module, config: BaseConfig) -> Any:
 
     For a :class:`~hf_sparse.PruningConfig` this prunes once to ``config.sparsity`` and returns the sparsity report
     (per-layer sparsity, pruned and total parameter counts). To prune gradually while training, use
-    :class:`~hf_sparse.PruningCallback` with the same config.
+    :class:`~hf_sparse.PruningCallback` with the same config. For a :class:`~hf_sparse.QuantizationConfig` it
+    quantises after training (:func:`~hf_sparse.quantize_` without calibration data: weight-only or dynamic
+    inputs) and returns each converted layer's format; for QAT use :class:`~hf_sparse.QATCallback`.
 
     Raises:
         ConfigError: ``config`` is not an hf_sparse config, or no method is registered for its type.

@@ -60,12 +60,14 @@ def inspect_checkpoint(path: str | Path) -> dict:
                 count *= d
             stored_bytes += count * _BYTES.get(dtype, 4)
             if tname in ("values", "dense_values"):
-                stored += count
+                # packed 4- and 2-bit codes hold 8 / bits weights per byte
+                stored += count * (8 // params["bits"] if params.get("bits") in (2, 4) else 1)
         dense_bytes = rows * cols * 4
         layers.append(
             {
                 "name": name,
                 "format": params.get("format"),
+                "bits": params.get("bits", 8 if params.get("format") == "qcsr" else None),
                 "shape": [rows, cols],
                 "stored_fraction": stored / max(rows * cols, 1),
                 "bytes": stored_bytes,

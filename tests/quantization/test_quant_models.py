@@ -359,3 +359,16 @@ def test_dequantize_kernel_matches_to_dense(params):
     torch.testing.assert_close(dequantize_weight(q), q.to_dense())
     with pytest.raises(ValueError, match="scales"):
         torch.ops.hf_sparse.dequantize(q.values, q.scales.double(), torch.empty(0, dtype=torch.int8), q.bits, 9, 24)
+
+
+def test_inspect_reports_quantised_layers(tmp_path):
+    from hf_sparse.integrations.inspect import inspect_checkpoint
+
+    model = tiny_bert_classifier(seed=10)
+    quantize_(model, QuantizationConfig(weight=QuantScheme(bits=4, granularity="group", group_size=8)), progress=False)
+    model.save_pretrained(tmp_path)
+    report = inspect_checkpoint(tmp_path)
+    layer = report["layers"][0]
+    assert layer["format"] == "qdense" and layer["bits"] == 4
+    assert layer["stored_fraction"] == 1.0
+    assert layer["bytes"] < layer["dense_fp32_bytes"] / 3  # 4-bit codes plus a float scale per 8 weights
