@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "simd.h"
 
@@ -355,135 +356,6 @@ at::Tensor sddmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t 
   return out;
 }
 
-// ---- int8 values with one scale per row (qcsr): Yt[r] = scale[r] * sum_p code[p] * Xt[col(p)] ----------------------
-// The codes are widened to float eight at a time (one vector convert) into a small buffer that the inner loop
-// broadcasts from, so a stored value costs what it costs in the float kernel; the row's scale multiplies the
-// accumulators once, at the end. A value occupies one byte instead of four: with 16-bit indices a stored weight is
-// three bytes instead of six, which is what the cold, memory-bound cases read.
-template <int V, bool TAIL, typename I>
-inline void qcsr_row(const I* col, const int8_t* val, int64_t b, int64_t e, float scale, const float* xt,
-                     int64_t ldx, int64_t j0, int tail, const Out<float>& y, int64_t r, uint64_t cols,
-                     BadIndex& bad) {
-  using Vc = Vec<float>;
-  constexpr int U = V >= 4 ? 1 : 4 / V;  // independent chains when N is narrow
-  int64_t first_bad = -1;
-  typename Vc::R acc[U][V];
-  for (int u = 0; u < U; ++u)
-    for (int v = 0; v < V; ++v) acc[u][v] = Vc::zero();
-  alignas(32) float w[8];
-  int64_t p = b;
-  for (; p + 8 <= e; p += 8) {
-    __builtin_prefetch(val + p + 512);
-    __builtin_prefetch(col + p + 512);
-    hf_sparse_cpu::widen8(val + p, w);
-    for (int k = 0; k < 8; ++k) {
-      const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p + k]));
-      if (HF_UNLIKELY(c >= cols)) {
-        first_bad = p + k;
-        continue;
-      }
-      const auto wk = Vc::set1(w[k]);
-      const float* x = xt + static_cast<int64_t>(c) * ldx + j0;
-      auto& a = acc[k % U];
-      for (int v = 0; v < V; ++v) a[v] = Vc::fma(wk, load_v<float, TAIL>(x, v, V - 1, tail), a[v]);
-    }
-  }
-  for (; p < e; ++p) {
-    const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p]));
-    if (HF_UNLIKELY(c >= cols)) {
-      first_bad = p;
-      continue;
-    }
-    const auto wk = Vc::set1(static_cast<float>(val[p]));
-    const float* x = xt + static_cast<int64_t>(c) * ldx + j0;
-    for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(wk, load_v<float, TAIL>(x, v, V - 1, tail), acc[0][v]);
-  }
-  if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
-  for (int u = 1; u < U; ++u)
-    for (int v = 0; v < V; ++v) acc[0][v] = Vc::add(acc[0][v], acc[u][v]);
-  const auto s = Vc::set1(scale);
-  for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(acc[0][v], s, Vc::zero());
-  store_out<float, V, TAIL>(y, r, j0, tail, acc[0]);
-}
-
-template <typename I>
-inline float qcsr_dot(const I* col, const int8_t* val, int64_t b, int64_t e, const float* x, uint64_t cols,
-                      BadIndex& bad) {
-  int64_t first_bad = -1;
-  float s[4] = {0.f, 0.f, 0.f, 0.f};
-  int64_t p = b;
-  for (; p + 4 <= e; p += 4) {
-    for (int u = 0; u < 4; ++u) {
-      const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p + u]));
-      if (HF_UNLIKELY(c >= cols)) {
-        first_bad = p + u;
-        continue;
-      }
-      s[u] += static_cast<float>(val[p + u]) * x[c];
-    }
-  }
-  for (; p < e; ++p) {
-    const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p]));
-    if (HF_UNLIKELY(c >= cols)) {
-      first_bad = p;
-      continue;
-    }
-    s[0] += static_cast<float>(val[p]) * x[c];
-  }
-  if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
-  return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-at::Tensor spmm_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
-                         const at::Tensor& scales, int64_t rows, int64_t cols, const at::Tensor& xt,
-                         bool transpose_out) {
-  check_csr_args(crow, col, rows, cols, "spmm_qcsr");
-  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_qcsr", "xt");
-  TORCH_CHECK_VALUE(xt.scalar_type() == at::kFloat, "hf_sparse::spmm_qcsr: xt must be float32, got ",
-                    xt.scalar_type());
-  TORCH_CHECK_VALUE(values.scalar_type() == at::kChar && values.dim() == 1 && values.numel() == col.numel(),
-                    "hf_sparse::spmm_qcsr: values must be int8, 1-D, one per column index (", col.numel(),
-                    "), got ", values.scalar_type(), " ", values.sizes());
-  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.dim() == 1 && scales.numel() == rows,
-                    "hf_sparse::spmm_qcsr: scales must be float32 with one entry per row (", rows, "), got ",
-                    scales.scalar_type(), " ", scales.sizes());
-  auto crow_c = crow.contiguous();
-  auto col_c = col.contiguous();
-  auto val_c = values.contiguous();
-  auto sc_c = scales.contiguous();
-  auto xt_c = xt.contiguous();
-  const int64_t n = xt_c.size(1);
-  auto yt = new_output(xt_c, rows, transpose_out);
-  BadIndex bad;
-  const int32_t* cr = crow_c.data_ptr<int32_t>();
-  const int8_t* val = val_c.data_ptr<int8_t>();
-  const float* sc = sc_c.data_ptr<float>();
-  const float* x = xt_c.data_ptr<float>();
-  float* y = yt.data_ptr<float>();
-  dispatch_index(col_c, [&](auto* ci) {
-    using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
-    parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
-      if (n == 1) {
-        for (int64_t r = rb; r < re; ++r)
-          y[r] = sc[r] * qcsr_dot(ci, val, cr[r], cr[r + 1], x, static_cast<uint64_t>(cols), bad);
-        return;
-      }
-      std::vector<float> buf;
-      rows_to_output(rb, re, n, y, rows, transpose_out, 16, buf, [&](int64_t tb, int64_t te, const Out<float>& out) {
-        for (int64_t r = tb; r < te; ++r) {
-          for_each_chunk<float, 8>(n, [&](auto kind, int64_t j0, int tail) {
-            using K = decltype(kind);
-            qcsr_row<K::v, K::tail, I>(ci, val, cr[r], cr[r + 1], sc[r], x, n, j0, tail, out, r,
-                                       static_cast<uint64_t>(cols), bad);
-          });
-        }
-      });
-    });
-  });
-  raise_if_bad(bad, col_c, cols, "spmm_qcsr");
-  return yt;
-}
-
 // ---- Linear layout: Y = X @ W^T with X (N, cols) and Y (N, rows) row-major, W in CSR (float or int8 values) ------
 // The kernels above want the dense operand transposed (cols, N). Transposing X as a separate torch op costs a pass
 // over X in memory (measured: a fifth of a 90%-sparse MiniLM forward), and for wide N the transposed X outgrows L2,
@@ -557,6 +429,41 @@ inline void packed_row(const I* col, const VT* val, int64_t b, int64_t e, float 
   store_out<float, V, TAIL>(y, r, j0, tail, acc[0]);
 }
 
+// One row times a vector (N == 1): four independent chains so the adds do not wait on each other.
+template <typename VT, typename I>
+inline float dot_row(const I* col, const VT* val, int64_t b, int64_t e, const float* x, uint64_t cols, BadIndex& bad) {
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  int64_t first_bad = -1;
+  int64_t p = b;
+  for (; p + 4 <= e; p += 4) {
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p + u]));
+      if (HF_UNLIKELY(c >= cols)) {
+        first_bad = p + u;
+        continue;
+      }
+      acc[u] += Values<VT>::one(val + p + u) * x[c];
+    }
+  }
+  for (; p < e; ++p) {
+    const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(col[p]));
+    if (HF_UNLIKELY(c >= cols)) {
+      first_bad = p;
+      continue;
+    }
+    acc[0] += Values<VT>::one(val + p) * x[c];
+  }
+  if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+// The packed block starts on a cache line: with 16 tokens a packed row is exactly one 64-byte line, and a block
+// that starts mid-line makes every gathered row touch two.
+inline float* aligned64(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
+}
+
 // xt[k * nb + b] = x[(n0 + b) * cols + k] for b < nb: 8 x 8 tiles, so both sides are read and written in lines.
 inline void pack_block(const float* x, int64_t cols, int64_t n0, int64_t nb, float* xt) {
   for (int64_t k0 = 0; k0 < cols; k0 += 8) {
@@ -590,31 +497,7 @@ at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const 
     if (n == 1) {  // a matrix-vector product: X's one row is already the column the dot products need
       parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
         for (int64_t r = rb; r < re; ++r) {
-          float acc[4] = {0.f, 0.f, 0.f, 0.f};  // four chains: the adds do not wait on each other
-          int64_t p = cr[r];
-          const int64_t e = cr[r + 1];
-          int64_t first_bad = -1;
-          for (; p + 4 <= e; p += 4) {
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; ++u) {
-              const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(ci[p + u]));
-              if (HF_UNLIKELY(c >= ucols)) {
-                first_bad = p + u;
-                continue;
-              }
-              acc[u] += Values<VT>::one(val + p + u) * xp[c];
-            }
-          }
-          for (; p < e; ++p) {
-            const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(ci[p]));
-            if (HF_UNLIKELY(c >= ucols)) {
-              first_bad = p;
-              continue;
-            }
-            acc[0] += Values<VT>::one(val + p) * xp[c];
-          }
-          if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
-          const float sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+          const float sum = dot_row<VT, I>(ci, val, cr[r], cr[r + 1], xp, ucols, bad);
           yp[r] = scaled ? sum * scales[r] : sum;
         }
       });
@@ -636,27 +519,81 @@ at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const 
     const int64_t threads = at::get_num_threads();
     if (blocks >= threads) {  // each thread packs its own token blocks and runs every row over them
       at::parallel_for(0, blocks, 1, [&](int64_t bb, int64_t be) {
-        std::vector<float> xt(static_cast<size_t>(cols * B)), buf;
+        std::unique_ptr<float[]> storage(new float[cols * B + 16]);  // uninitialised: pack_block fills it
+        std::vector<float> buf;
+        float* xt = aligned64(storage.get());
         for (int64_t blk = bb; blk < be; ++blk) {
           const int64_t n0 = blk * B, nb = std::min<int64_t>(B, n - n0);
-          pack_block(xp, cols, n0, nb, xt.data());
-          run_rows(xt.data(), n0, nb, 0, rows, buf);
+          pack_block(xp, cols, n0, nb, xt);
+          run_rows(xt, n0, nb, 0, rows, buf);
         }
       });
     } else {  // fewer blocks than threads: pack once, split the rows
-      std::vector<float> xt(static_cast<size_t>(cols * B));
+      std::unique_ptr<float[]> storage(new float[cols * B + 16]);
+      float* xt = aligned64(storage.get());
       for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t n0 = blk * B, nb = std::min<int64_t>(B, n - n0);
-        pack_block(xp, cols, n0, nb, xt.data());
+        pack_block(xp, cols, n0, nb, xt);
         parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
           std::vector<float> buf;
-          run_rows(xt.data(), n0, nb, rb, re, buf);
+          run_rows(xt, n0, nb, rb, re, buf);
         });
       }
     }
   });
   raise_if_bad(bad, col_c, cols, op);
   return y;
+}
+
+// W @ Xt with int8 values and per-row scales, Xt (cols, N): the transposed-operand form of linear_qcsr.
+at::Tensor spmm_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                         const at::Tensor& scales, int64_t rows, int64_t cols, const at::Tensor& xt,
+                         bool transpose_out) {
+  check_csr_args(crow, col, rows, cols, "spmm_qcsr");
+  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_qcsr", "xt");
+  TORCH_CHECK_VALUE(xt.scalar_type() == at::kFloat, "hf_sparse::spmm_qcsr: xt must be float32, got ",
+                    xt.scalar_type());
+  TORCH_CHECK_VALUE(values.scalar_type() == at::kChar && values.dim() == 1 && values.numel() == col.numel(),
+                    "hf_sparse::spmm_qcsr: values must be int8, 1-D, one per column index (", col.numel(),
+                    "), got ", values.scalar_type(), " ", values.sizes());
+  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.dim() == 1 && scales.numel() == rows,
+                    "hf_sparse::spmm_qcsr: scales must be float32 with one entry per row (", rows, "), got ",
+                    scales.scalar_type(), " ", scales.sizes());
+  auto crow_c = crow.contiguous();
+  auto col_c = col.contiguous();
+  auto val_c = values.contiguous();
+  auto sc_c = scales.contiguous();
+  auto xt_c = xt.contiguous();
+  const int64_t n = xt_c.size(1);
+  auto yt = new_output(xt_c, rows, transpose_out);
+  BadIndex bad;
+  const int32_t* cr = crow_c.data_ptr<int32_t>();
+  const int8_t* val = val_c.data_ptr<int8_t>();
+  const float* sc = sc_c.data_ptr<float>();
+  const float* x = xt_c.data_ptr<float>();
+  float* y = yt.data_ptr<float>();
+  dispatch_index(col_c, [&](auto* ci) {
+    using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
+    parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
+      if (n == 1) {
+        for (int64_t r = rb; r < re; ++r)
+          y[r] = sc[r] * dot_row<int8_t, I>(ci, val, cr[r], cr[r + 1], x, static_cast<uint64_t>(cols), bad);
+        return;
+      }
+      std::vector<float> buf;
+      rows_to_output(rb, re, n, y, rows, transpose_out, 16, buf, [&](int64_t tb, int64_t te, const Out<float>& out) {
+        for (int64_t r = tb; r < te; ++r) {
+          for_each_chunk<float, 8>(n, [&](auto kind, int64_t j0, int tail) {
+            using K = decltype(kind);
+            packed_row<int8_t, K::v, K::tail, I>(ci, val, cr[r], cr[r + 1], sc[r], true, x, n, j0, tail, out, r,
+                                                 static_cast<uint64_t>(cols), bad);
+          });
+        }
+      });
+    });
+  });
+  raise_if_bad(bad, col_c, cols, "spmm_qcsr");
+  return yt;
 }
 
 void check_linear_x(const at::Tensor& x, int64_t cols, const char* op) {
