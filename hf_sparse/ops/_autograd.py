@@ -93,20 +93,27 @@ def _qcsr_setup(ctx, inputs, output):
     ctx.save_for_backward(crow, col, values, scales, xt)
 
 
-def _qcsr_backward(ctx, grad):
-    # Codes are integers (no gradient); the scales get d scale[r] = sum_p code[p] * <dYt[r], Xt[col(p)]>, and the
-    # input the transposed product with the dequantised values.
-    grad = grad.t().contiguous() if ctx.transposed else grad
-    crow, col, values, scales, xt = ctx.saved_tensors
+def _qcsr_grads(ctx, dyt, xt, need_scales: bool, need_x: bool):
+    """Gradients of ``Yt = W @ Xt`` for int8-value CSR, given dYt (rows, N) and Xt (cols, N). Codes are integers
+    (no gradient); d scale[r] = sum_p code[p] * <dYt[r], Xt[col(p)]>; dXt = W^T @ dYt with the dequantised values.
+    Returns (d_scales, d_xt)."""
+    crow, col, values, scales = ctx.saved_tensors[:4]
     row_of = torch.repeat_interleave(
         torch.arange(ctx.rows), torch.diff(crow.to(torch.int64)), output_size=values.numel()
     )
     d_scales = d_xt = None
-    if ctx.needs_input_grad[3]:
-        per_value = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, grad, xt) * values.to(grad.dtype)
-        d_scales = grad.new_zeros(ctx.rows).index_add_(0, row_of, per_value)
-    if ctx.needs_input_grad[6]:
-        d_xt = ops.spmm_csr_t(crow, col, values.to(grad.dtype) * scales[row_of], ctx.rows, ctx.cols, grad)
+    if need_scales:
+        per_value = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, dyt, xt) * values.to(dyt.dtype)
+        d_scales = dyt.new_zeros(ctx.rows).index_add_(0, row_of, per_value)
+    if need_x:
+        d_xt = ops.spmm_csr_t(crow, col, values.to(dyt.dtype) * scales[row_of], ctx.rows, ctx.cols, dyt)
+    return d_scales, d_xt
+
+
+def _qcsr_backward(ctx, grad):
+    grad = grad.t().contiguous() if ctx.transposed else grad
+    xt = ctx.saved_tensors[4]
+    d_scales, d_xt = _qcsr_grads(ctx, grad, xt, ctx.needs_input_grad[3], ctx.needs_input_grad[6])
     return None, None, None, d_scales, None, None, d_xt, None
 
 
@@ -135,18 +142,12 @@ def _linear_qcsr_setup(ctx, inputs, output):
 
 
 def _linear_qcsr_backward(ctx, grad):
-    crow, col, values, scales, x = ctx.saved_tensors
-    dyt = grad.t().contiguous()
-    row_of = torch.repeat_interleave(
-        torch.arange(ctx.rows), torch.diff(crow.to(torch.int64)), output_size=values.numel()
-    )
-    d_scales = d_x = None
-    if ctx.needs_input_grad[3]:
-        per_value = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, dyt, x.t().contiguous()) * values.to(grad.dtype)
-        d_scales = grad.new_zeros(ctx.rows).index_add_(0, row_of, per_value)
-    if ctx.needs_input_grad[6]:
-        d_x = ops.spmm_csr_t(crow, col, values.to(grad.dtype) * scales[row_of], ctx.rows, ctx.cols, dyt).t()
-    return None, None, None, d_scales, None, None, d_x
+    # Y = X @ W^T is Yt = W @ Xt transposed: the same gradients, with dYt = dY^T and dX = dXt^T.
+    x = ctx.saved_tensors[4]
+    need_scales, need_x = ctx.needs_input_grad[3], ctx.needs_input_grad[6]
+    xt = x.t().contiguous() if need_scales else x
+    d_scales, d_xt = _qcsr_grads(ctx, grad.t().contiguous(), xt, need_scales, need_x)
+    return None, None, None, d_scales, None, None, d_xt.t() if d_xt is not None else None
 
 
 torch.library.register_autograd("hf_sparse::spmm_csr", _csr_backward, setup_context=_csr_setup)
