@@ -77,19 +77,23 @@ def run_case(
     rounds: int,
     dtype: str = "float32",
 ) -> dict:
-    """One case. ``dtype="int8"`` (csr only): ours stores int8 values with per-row scales (``qcsr``) and is also
-    compared with our own float32 CSR kernel (baseline ``hf_sparse_csr_float32``)."""
-    from hf_sparse.formats import QCSR
+    """One case. ``dtype="int8"`` (csr, bsr and 2:4): ours stores int8 values with per-row scales (``qcsr``,
+    ``qbsr``, ``qnm``) and is also compared with our own kernel for the same format in float32 (baseline
+    ``hf_sparse_<format>_float32``)."""
+    from hf_sparse.formats import QBSR, QCSR, QNM
     from hf_sparse.ops import sparse_linear
 
     torch.set_num_threads(threads)
     w, keep = make_weight(fmt, M, K, sparsity)
     if dtype == "int8":
-        if fmt != "csr":
-            raise ValueError(f"int8 cases are csr only, got {fmt}")
+        if fmt not in DTYPES or "int8" not in DTYPES[fmt]:
+            raise ValueError(f"int8 cases exist for {sorted(DTYPES)}, got {fmt}")
 
         def build():
-            return QCSR.from_dense(w, keep)
+            if fmt.startswith("bsr"):
+                b = int(fmt[3:].split("x")[0])
+                return QBSR.from_dense(w, keep, block=(b, b))
+            return QNM.from_dense(w, keep, n=2, m=4) if fmt == "2:4" else QCSR.from_dense(w, keep)
 
     else:
 
@@ -109,9 +113,10 @@ def run_case(
         "torch_dense": lambda i: torch.nn.functional.linear(x, dense_w[i % len(dense_w)]),
     }
     if dtype == "int8":
-        f32 = _ours("csr", w, keep)
-        f32_w = [_ours("csr", w, keep) for _ in range(_copies(f32.nbytes, cold))]
-        calls["hf_sparse_csr_float32"] = lambda i: sparse_linear(f32_w[i % len(f32_w)], x)
+        f32 = _ours(fmt, w, keep)
+        f32_w = [_ours(fmt, w, keep) for _ in range(_copies(f32.nbytes, cold))]
+        key = "hf_sparse_" + ("nm" if fmt == "2:4" else "bsr" if fmt.startswith("bsr") else "csr") + "_float32"
+        calls[key] = lambda i: sparse_linear(f32_w[i % len(f32_w)], x)
     with warnings.catch_warnings():  # torch's "sparse support is in beta" notices
         warnings.simplefilter("ignore", UserWarning)
         if fmt.startswith("bsr"):
@@ -160,9 +165,18 @@ QUICK = [
     ("csr", 3072, 768, 16, 0.9, True, "int8"),
     ("csr", 3072, 768, 1, 0.9, True, "int8"),
     ("csr", 3072, 768, 128, 0.9, True, "int8"),
+    ("bsr16x16", 3072, 768, 16, 0.9, True, "int8"),
+    ("bsr16x16", 3072, 768, 128, 0.9, True, "int8"),
+    ("2:4", 3072, 768, 16, 0.5, True, "int8"),
+    ("2:4", 3072, 768, 128, 0.5, True, "int8"),
 ]
-#: Value dtypes per format: int8 values (with per-row scales) exist for CSR.
-DTYPES = {"csr": ("float32", "int8")}
+#: Value dtypes per format: int8 values (with per-row scales) exist for CSR, BSR and 2:4.
+DTYPES = {
+    "csr": ("float32", "int8"),
+    "bsr16x16": ("float32", "int8"),
+    "bsr32x32": ("float32", "int8"),
+    "2:4": ("float32", "int8"),
+}
 
 
 def grid() -> list[tuple]:

@@ -17,7 +17,7 @@ from .coo import COO
 from .csr import CSC, CSR
 from .hybrid import Hybrid
 from .nm import NM
-from .quantized import QCSR, QDense
+from .quantized import QBSR, QCSR, QNM, QDense
 
 __all__ = [
     "FORMATS",
@@ -32,6 +32,8 @@ __all__ = [
     "Hybrid",
     "QDense",
     "QCSR",
+    "QBSR",
+    "QNM",
     "to_format",
     "from_tensors",
     "choose_format",

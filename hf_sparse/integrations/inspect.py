@@ -67,7 +67,7 @@ def inspect_checkpoint(path: str | Path) -> dict:
             {
                 "name": name,
                 "format": params.get("format"),
-                "bits": params.get("bits", 8 if params.get("format") == "qcsr" else None),
+                "bits": params.get("bits", 8 if params.get("format") in ("qcsr", "qbsr", "qnm") else None),
                 "shape": [rows, cols],
                 "stored_fraction": stored / max(rows * cols, 1),
                 "bytes": stored_bytes,

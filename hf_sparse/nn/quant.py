@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FormatError
-from ..formats.quantized import QCSR, QDense
+from ..formats.quantized import QBSR, QCSR, QNM, QDense
 from ..ops import dequantize_weight
 from .sparse_linear import SparseLinear
 from .stored import StoredWeightMixin
@@ -21,7 +21,8 @@ __all__ = ["QuantLinear", "QuantEmbedding"]
 class QuantLinear(SparseLinear):
     """``y = x @ W^T + b`` with ``W`` as integer codes and scales.
 
-    A ``qcsr`` weight runs through our int8-value SpMM kernel (the scale is applied once per output row); a
+    A ``qcsr``, ``qbsr`` or ``qnm`` weight runs through our int8-value SpMM kernels (the scale is applied once per
+    output row); a
     ``qdense`` weight is dequantised and multiplied by the float GEMM (int8 and int4 cut memory and disk four and
     eight times; the arithmetic is float). Inputs are rounded to the recorded 8-bit grid first when the weight
     records input quantisation (``activation`` static or dynamic), as in the training that produced it.
@@ -30,9 +31,11 @@ class QuantLinear(SparseLinear):
         input: (..., in_features). output: (..., out_features).
     """
 
-    def __init__(self, weight: QDense | QCSR, bias: torch.Tensor | None = None, *, trainable: bool = False):
-        if not isinstance(weight, (QDense, QCSR)):
-            raise FormatError(f"QuantLinear needs a qdense or qcsr weight, got {type(weight).__name__}.")
+    def __init__(
+        self, weight: QDense | QCSR | QBSR | QNM, bias: torch.Tensor | None = None, *, trainable: bool = False
+    ):
+        if not isinstance(weight, (QDense, QCSR, QBSR, QNM)):
+            raise FormatError(f"QuantLinear needs a qdense, qcsr, qbsr or qnm weight, got {type(weight).__name__}.")
         super().__init__(weight, bias, trainable=trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -135,13 +135,14 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
                 f"{where}.params is {_json(params)}; format {params['format']!r} with these tensors has parameters "
                 f"{_json(weight.params())}. {_FIX}"
             )
+        from ..formats.quantized import quantized_formats
         from .quant import QuantEmbedding, QuantLinear  # imported here: the quantised formats import this package
 
         try:
             if isinstance(dense, nn.Embedding):
                 cls = QuantEmbedding if params["format"] == "qdense" else SparseEmbedding
                 new = cls(weight, dense.padding_idx)
-            elif params["format"] in ("qdense", "qcsr"):
+            elif params["format"] in quantized_formats():
                 new = QuantLinear(weight, dense.bias)
             else:
                 new = SparseLinear(weight, dense.bias)

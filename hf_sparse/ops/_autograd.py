@@ -117,6 +117,57 @@ def _qcsr_backward(ctx, grad):
     return None, None, None, d_scales, None, None, d_xt, None
 
 
+def _qbsr_setup(ctx, inputs, output):
+    crow, col, values, scales, rows, cols, xt, *rest = inputs
+    ctx.rows, ctx.cols, ctx.transposed = rows, cols, bool(rest and rest[0])
+    ctx.save_for_backward(crow, col, values, scales, xt)
+
+
+def _qbsr_backward(ctx, grad):
+    # Codes are integers (no gradient). With Z = codes @ Xt (unscaled): d scale[r] = <dYt[r], Z[r]>, and
+    # dXt = codes^T @ (scales * dYt), both by batched matmuls over the stored blocks only.
+    grad = grad.t().contiguous() if ctx.transposed else grad
+    crow, col, values, scales, xt = ctx.saved_tensors
+    nb, r, c = values.shape
+    n = grad.shape[1]
+    brow = torch.repeat_interleave(torch.arange(ctx.rows // r), torch.diff(crow.to(torch.int64)), output_size=nb)
+    bcol = col.to(torch.int64)
+    codes = values.to(grad.dtype)
+    d_scales = d_xt = None
+    if ctx.needs_input_grad[3]:
+        z = torch.bmm(codes, xt.reshape(ctx.cols // c, c, n)[bcol])  # (nb, r, N)
+        z = grad.new_zeros(ctx.rows // r, r, n).index_add_(0, brow, z).reshape(ctx.rows, n)
+        d_scales = (grad * z).sum(1)
+    if ctx.needs_input_grad[6]:
+        scaled = (grad * scales.to(grad.dtype).unsqueeze(1)).reshape(ctx.rows // r, r, n)[brow]
+        parts = torch.bmm(codes.transpose(1, 2), scaled)  # (nb, c, N)
+        d_xt = grad.new_zeros(ctx.cols // c, c, n).index_add_(0, bcol, parts).reshape(ctx.cols, n)
+    return None, None, None, d_scales, None, None, d_xt, None
+
+
+def _qnm_setup(ctx, inputs, output):
+    values, indices, scales, n, m, cols, xt, *rest = inputs
+    ctx.n, ctx.m, ctx.cols, ctx.transposed = n, m, cols, bool(rest and rest[0])
+    ctx.save_for_backward(values, indices, scales, xt)
+
+
+def _qnm_backward(ctx, grad):
+    # The n:m slots as CSR: d scale[r] = sum_slots code * <dYt[r], Xt[col]>, dXt = W^T @ dYt (dequantised).
+    grad = grad.t().contiguous() if ctx.transposed else grad
+    values, indices, scales, xt = ctx.saved_tensors
+    rows, width = values.shape
+    crow, col = nm_as_csr(indices, ctx.n, ctx.m)
+    codes = values.to(grad.dtype)
+    d_scales = d_xt = None
+    if ctx.needs_input_grad[2]:
+        per_slot = ops.sddmm_csr(crow, col, rows, ctx.cols, grad, xt).reshape(rows, width)
+        d_scales = (per_slot * codes).sum(1)
+    if ctx.needs_input_grad[6]:
+        dequant = (codes * scales.to(grad.dtype).unsqueeze(1)).reshape(-1)
+        d_xt = ops.spmm_csr_t(crow, col, dequant, rows, ctx.cols, grad)
+    return None, None, d_scales, None, None, None, d_xt, None
+
+
 def _linear_csr_setup(ctx, inputs, output):
     crow, col, values, rows, cols, x = inputs
     ctx.rows, ctx.cols = rows, cols
@@ -155,5 +206,7 @@ torch.library.register_autograd("hf_sparse::spmm_csr_t", _csr_t_backward, setup_
 torch.library.register_autograd("hf_sparse::spmm_bsr", _bsr_backward, setup_context=_csr_setup)
 torch.library.register_autograd("hf_sparse::spmm_nm", _nm_backward, setup_context=_nm_setup)
 torch.library.register_autograd("hf_sparse::spmm_qcsr", _qcsr_backward, setup_context=_qcsr_setup)
+torch.library.register_autograd("hf_sparse::spmm_qbsr", _qbsr_backward, setup_context=_qbsr_setup)
+torch.library.register_autograd("hf_sparse::spmm_qnm", _qnm_backward, setup_context=_qnm_setup)
 torch.library.register_autograd("hf_sparse::linear_csr", _linear_csr_backward, setup_context=_linear_csr_setup)
 torch.library.register_autograd("hf_sparse::linear_qcsr", _linear_qcsr_backward, setup_context=_linear_qcsr_setup)

@@ -48,6 +48,19 @@ def _spmm_qcsr_fake(crow, col, values, scales, rows, cols, xt, transpose_out=Fal
     return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))
 
 
+@torch.library.register_fake("hf_sparse::spmm_qbsr")
+def _spmm_qbsr_fake(crow, col, values, scales, rows, cols, xt, transpose_out=False):
+    _check_rhs(xt, cols)
+    return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))
+
+
+@torch.library.register_fake("hf_sparse::spmm_qnm")
+def _spmm_qnm_fake(values, indices, scales, n, m, cols, xt, transpose_out=False):
+    _check_rhs(xt, cols)
+    rows = values.shape[0]
+    return xt.new_empty((xt.shape[1], rows) if transpose_out else (rows, xt.shape[1]))
+
+
 @torch.library.register_fake("hf_sparse::linear_csr")
 def _linear_csr_fake(crow, col, values, rows, cols, x):
     torch._check(x.dim() == 2 and x.shape[1] == cols, lambda: f"x must be (N, {cols})")

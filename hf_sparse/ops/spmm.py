@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FormatError
-from ..formats import BSR, COO, CSC, CSR, NM, QCSR, Bitmask, Hybrid, QDense, SparseFormat
+from ..formats import BSR, COO, CSC, CSR, NM, QBSR, QCSR, QNM, Bitmask, Hybrid, QDense, SparseFormat
 from . import _loader
 
 __all__ = [
@@ -105,6 +105,10 @@ def spmm_reference(weight: SparseFormat, xt: torch.Tensor) -> torch.Tensor:
         row_of = _rows_of(weight.crow_indices, weight.values.numel())
         values = weight.values.to(weight.scales.dtype) * weight.scales[row_of]
         return _scatter_rows(weight.shape[0], row_of, weight.col_indices.to(torch.int64), values, xt)
+    if isinstance(weight, QBSR):
+        return _bsr_reference(weight._twin(), xt) * weight.scales.to(xt.dtype).unsqueeze(1)
+    if isinstance(weight, QNM):
+        return _nm_reference(weight._twin(), xt) * weight.scales.to(xt.dtype).unsqueeze(1)
     if isinstance(weight, QDense):
         return weight.to_dense().to(xt.dtype) @ xt
     raise FormatError(f"spmm: no reference for format {type(weight).__name__}.")
@@ -133,6 +137,12 @@ def _cpu_kernel(weight: SparseFormat, xt: torch.Tensor, transpose_out: bool = Fa
         return _ops.spmm_qcsr(
             weight.crow_indices, weight.col_indices, weight.values, weight.scales, rows, cols, xt, transpose_out
         )
+    if isinstance(weight, QBSR):
+        return _ops.spmm_qbsr(
+            weight.crow_indices, weight.col_indices, weight.values, weight.scales, rows, cols, xt, transpose_out
+        )
+    if isinstance(weight, QNM):
+        return _ops.spmm_qnm(weight.values, weight.indices, weight.scales, weight.n, weight.m, cols, xt, transpose_out)
     if isinstance(weight, CSC):  # the CSC of W is the CSR of W^T: W @ Xt = (W^T)^T @ Xt
         out = _ops.spmm_csr_t(weight.ccol_indices, weight.row_indices, weight.values, cols, rows, xt)
     elif isinstance(weight, Hybrid):  # dense rows through sgemm, the others through the CSR kernel
@@ -163,20 +173,20 @@ class Backend:
             out.append(f"dtypes {sorted(map(str, dtypes))} are not supported ({', '.join(map(str, self.dtypes))})")
         if len(dtypes) > 1 and self.name == "cpu":
             out.append("the weight's values and xt must have the same dtype")
-        if self.name == "cpu" and isinstance(weight, QCSR) and xt.dtype != torch.float32:
-            out.append("int8-value CSR runs in float32 only")
+        if self.name == "cpu" and isinstance(weight, (QCSR, QBSR, QNM)) and xt.dtype != torch.float32:
+            out.append(f"int8-value {weight.name[1:].upper()} runs in float32 only")
         if self.name == "cpu" and not _loader.load():
             out.append(f"the C++ ops are not available: {_loader.status()['reason']}")
         return out
 
 
 BACKENDS: tuple[Backend, ...] = (
-    Backend("cpu", ("cpu",), (torch.float32, torch.float64), (CSR, CSC, BSR, NM, Hybrid, QCSR)),
+    Backend("cpu", ("cpu",), (torch.float32, torch.float64), (CSR, CSC, BSR, NM, Hybrid, QCSR, QBSR, QNM)),
     Backend(
         "reference",
         ("cpu", "cuda", "meta", "mps", "xpu"),
         (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-        (CSR, CSC, COO, BSR, NM, Hybrid, Bitmask, QCSR, QDense),
+        (CSR, CSC, COO, BSR, NM, Hybrid, Bitmask, QCSR, QBSR, QNM, QDense),
     ),
 )
 

@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..formats.quantized import QCSR, QDense
+from ..formats.quantized import QBSR, QCSR, QNM, QDense
 from ..nn.qat import FakeQuantizer, QATEmbedding, QATLinear
 from ..nn.quant import QuantEmbedding, QuantLinear
 from ..nn.replace import replace_module
@@ -160,7 +160,35 @@ def calibrate_(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, progre
     return seen
 
 
-def _linear_format(module: QATLinear, config: QuantizationConfig, format: str | None) -> QDense | QCSR:
+def sparse_layout(keep: torch.Tensor) -> tuple[str, dict[str, Any]]:
+    """The sparse int8 storage that fits a keep-mask's structure: ``("nm", {"n", "m"})`` when every group of ``m``
+    consecutive columns keeps at most ``n`` and most groups keep exactly ``n`` (m = 4, 8, 16 tried in turn);
+    ``("bsr", {"block"})`` when the kept positions fill whole blocks (32x32, 16x16, 8x8, 4x4 tried in turn; at most
+    5% explicit zeros stored); else ``("csr", {})``."""
+    rows, cols = keep.shape
+    nnz = int(keep.sum())
+    if nnz == 0:
+        return "csr", {}
+    for m in (4, 8, 16):
+        if cols % m:
+            continue
+        counts = keep.reshape(rows, cols // m, m).sum(-1)
+        n = int(counts.max())
+        if n < m and nnz >= 0.9 * n * counts.numel():
+            return "nm", {"n": n, "m": m}
+    for r, c in ((32, 32), (16, 16), (8, 8), (4, 4)):
+        if rows % r or cols % c:
+            continue
+        blocks = int(keep.reshape(rows // r, r, cols // c, c).any(dim=(1, 3)).sum())
+        if blocks * r * c <= 1.05 * nnz:
+            return "bsr", {"block": (r, c)}
+    return "csr", {}
+
+
+_SPARSE_INT8 = {"csr": QCSR, "bsr": QBSR, "nm": QNM}
+
+
+def _linear_format(module: QATLinear, config: QuantizationConfig, format: str | None) -> QDense | QCSR | QBSR | QNM:
     q = module.weight_quantizer
     weight = module.float_weight().detach()
     scale, zero_point = q.qparams(weight)
@@ -171,24 +199,35 @@ def _linear_format(module: QATLinear, config: QuantizationConfig, format: str | 
         )
     wanted = format or config.convert_format
     sparsity = float((weight == 0).float().mean())
-    csr_ok = bits == 8 and scheme.symmetric and scheme.granularity in ("channel", "tensor")
-    if wanted == "csr" and not csr_ok:
+    sparse_ok = bits == 8 and scheme.symmetric and scheme.granularity in ("channel", "tensor")
+    if wanted in _SPARSE_INT8 and not sparse_ok:
         raise ConfigError(
-            "convert_: format 'csr' stores symmetric int8 values with one scale per row; this layer is "
+            f"convert_: format {wanted!r} stores symmetric int8 values with one scale per row; this layer is "
             f"{bits}-bit, {scheme.granularity}, {'symmetric' if scheme.symmetric else 'asymmetric'}. Use 'dense'."
         )
-    use_csr = wanted == "csr" or (wanted == "auto" and csr_ok and sparsity >= config.min_sparsity)
+    use_sparse = wanted in _SPARSE_INT8 or (wanted == "auto" and sparse_ok and sparsity >= config.min_sparsity)
     activation = None if module.activation == "none" else module.activation
     input_scale = input_zero = None
     if activation == "static":
         s, z = module.input_quantizer.qparams()
         input_scale, input_zero = s.reshape(1, 1).float(), z.reshape(1, 1).to(torch.int8)
     rows = weight.shape[0]
-    if use_csr:
+    if use_sparse:
         row_scale = scale.reshape(-1).expand(rows) if scale.numel() == 1 else scale.reshape(-1)
         fmt = QDense.from_dense(weight, bits=8, granularity="channel", symmetric=True, scales=row_scale)
-        dense = fmt.to_dense()  # the fake-quantised weight; its non-zeros are what qcsr stores
-        out = QCSR.from_dense(dense, dense != 0, scales=row_scale)
+        dense = fmt.to_dense()  # the fake-quantised weight; its non-zeros are what the sparse int8 format stores
+        keep = weight != 0  # the pruning pattern (a kept weight may round to code 0)
+        layout, params = sparse_layout(keep)
+        if wanted in _SPARSE_INT8 and wanted != layout:
+            if wanted == "nm":
+                raise ConfigError(
+                    "convert_: format 'nm' needs an n:m pattern (at most n kept in every m consecutive weights, "
+                    "m = 4, 8 or 16); this layer has none. Prune with granularity 'nm', or use 'csr'."
+                )
+            layout, params = wanted, ({"block": (16, 16)} if wanted == "bsr" else {})
+        # CSR drops codes that rounded to zero; n:m slots and blocks keep the pattern's shape.
+        mask = dense != 0 if layout == "csr" else keep
+        out = _SPARSE_INT8[layout].from_dense(dense, mask, scales=row_scale, **params)
     else:
         out = QDense.from_dense(
             weight,
@@ -207,8 +246,9 @@ def _linear_format(module: QATLinear, config: QuantizationConfig, format: str | 
 def convert_(model: nn.Module, *, format: str | None = None) -> dict[str, str]:
     """Turn every QAT layer into its integer layer, in place: the second of QAT's two steps.
 
-    ``QATLinear`` -> :class:`~hf_sparse.nn.quant.QuantLinear` (``qcsr`` for sparse int8 layers, ``qdense``
-    otherwise; ``format`` overrides the config's ``convert_format``), ``QATEmbedding`` ->
+    ``QATLinear`` -> :class:`~hf_sparse.nn.quant.QuantLinear` (for sparse int8 layers ``qnm`` when the pattern
+    is n:m, ``qbsr`` when it is whole blocks, else ``qcsr`` — see :func:`sparse_layout`; ``qdense`` otherwise;
+    ``format`` overrides the config's ``convert_format``), ``QATEmbedding`` ->
     :class:`~hf_sparse.nn.quant.QuantEmbedding`. The integer weights dequantise to exactly the weights the last
     QAT forward pass used, so predictions are those of the trained model (up to float summation order).
     ``model.save_pretrained`` then writes codes and scales, and ``config.json`` records each layer's scheme.
@@ -219,8 +259,8 @@ def convert_(model: nn.Module, *, format: str | None = None) -> dict[str, str]:
     Raises:
         ConfigError: the model has no QAT layers, or a layer's scheme cannot be stored as asked.
     """
-    if format not in (None, "auto", "dense", "csr"):
-        raise ConfigError(f"convert_: format must be 'auto', 'dense' or 'csr', got {format!r}.")
+    if format not in (None, "auto", "dense", "csr", "bsr", "nm"):
+        raise ConfigError(f"convert_: format must be 'auto', 'dense', 'csr', 'bsr' or 'nm', got {format!r}.")
     modules = _qat_modules(model)
     if not modules:
         raise ConfigError("convert_: the model has no QAT layers; call prepare_qat_ (or quantize_) first.")

@@ -63,8 +63,9 @@ class QuantizationConfig(BaseConfig):
             ``bit_candidates``.
         keep_sparsity: pruned (zero) weights stay exactly zero through QAT and conversion.
         convert_format: integer storage after conversion: ``"dense"`` (int8 / packed int4 with scales),
-            ``"csr"`` (int8 values with per-row scales, our SpMM kernel), or ``"auto"`` (csr for layers at least
-            ``min_sparsity`` sparse).
+            ``"csr"``, ``"bsr"`` or ``"nm"`` (int8 values with per-row scales inside that sparse format, run by our
+            SpMM kernels), or ``"auto"`` (for layers at least ``min_sparsity`` sparse, the sparse format that fits
+            the pruning pattern: n:m, whole blocks, else CSR).
         freeze_observers_step: from this training step on, activation ranges stop updating (-1: never).
     """
 
@@ -83,7 +84,7 @@ class QuantizationConfig(BaseConfig):
     bit_candidates: tuple[int, ...] = (4, 8)
     sensitivity_batches: int = 8
     keep_sparsity: bool = True
-    convert_format: Literal["auto", "dense", "csr"] = "auto"
+    convert_format: Literal["auto", "dense", "csr", "bsr", "nm"] = "auto"
     min_sparsity: float = 0.3
     freeze_observers_step: int = -1
 
@@ -146,10 +147,10 @@ class QuantizationConfig(BaseConfig):
             raise ConfigError(f"QuantizationConfig.sensitivity_batches must be >= 1, got {self.sensitivity_batches}.")
         if not 0.0 <= self.min_sparsity <= 1.0:
             raise ConfigError(f"QuantizationConfig.min_sparsity must be in [0, 1], got {self.min_sparsity}.")
-        if self.convert_format == "csr" and not self.weight.symmetric:
+        if self.convert_format in ("csr", "bsr", "nm") and not self.weight.symmetric:
             raise ConfigError(
-                "QuantizationConfig.convert_format 'csr' stores symmetric int8 values (no zero point); set "
-                "weight.symmetric: true."
+                f"QuantizationConfig.convert_format {self.convert_format!r} stores symmetric int8 values (no zero "
+                "point); set weight.symmetric: true."
             )
 
     def bits_for(self, name: str) -> int:

@@ -33,4 +33,11 @@ TORCH_LIBRARY(hf_sparse, m) {
       "-> Tensor");
   // Yt = W @ Xt for W in n:m form: values (rows, cols/m*n), indices int8 (rows, cols/m*n) positions in the group.
   m.def("spmm_nm(Tensor values, Tensor indices, int n, int m, int cols, Tensor xt, bool transpose_out=False) -> Tensor");
+  // The same two with int8 values and one float32 scale per row (W[r, :] = codes[r, :] * scales[r]); Xt float32.
+  m.def(
+      "spmm_qbsr(Tensor crow, Tensor col, Tensor values, Tensor scales, int rows, int cols, Tensor xt, "
+      "bool transpose_out=False) -> Tensor");
+  m.def(
+      "spmm_qnm(Tensor values, Tensor indices, Tensor scales, int n, int m, int cols, Tensor xt, "
+      "bool transpose_out=False) -> Tensor");
 }

@@ -25,10 +25,14 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path):
     assert set(case["speedup"]["torch_dense"]) == {"median", "min", "max"}
     assert case["ours_s"] > 0 and 0 < case["pct_bw"] and 0 < case["pct_peak"]
     assert record["not_implemented"] == []
-    by_format = {c["params"]["format"]: c for c in record["cases"]}
-    assert set(by_format) == {"csr", "bsr16x16", "2:4"}
-    assert set(by_format["bsr16x16"]["baselines_s"]) == {"torch_dense", "torch_bsr"}
-    assert by_format["2:4"]["params"]["sparsity"] == 0.5
+    by_format = {(c["params"]["format"], c["params"]["dtype"]): c for c in record["cases"]}
+    assert {f for f, _ in by_format} == {"csr", "bsr16x16", "2:4"}
+    assert set(by_format["bsr16x16", "float32"]["baselines_s"]) == {"torch_dense", "torch_bsr"}
+    assert by_format["2:4", "float32"]["params"]["sparsity"] == 0.5
+    # int8-value cases also compare with our float32 kernel for the same format
+    assert set(by_format["csr", "int8"]["baselines_s"]) == {"torch_dense", "torch_csr", "hf_sparse_csr_float32"}
+    assert set(by_format["bsr16x16", "int8"]["baselines_s"]) == {"torch_dense", "torch_bsr", "hf_sparse_bsr_float32"}
+    assert set(by_format["2:4", "int8"]["baselines_s"]) == {"torch_dense", "torch_csr", "hf_sparse_nm_float32"}
 
 
 def test_bench_train_step_quick_checks_gradients_and_reports_ratios(tmp_path):

@@ -1,6 +1,8 @@
 // CPU kernels for the structured formats, with the dense operand transposed (Xt is (cols, N)):
 //   spmm_bsr  Yt = W @ Xt for W in R x C blocks (CSR over block rows); values (blocks, R, C)
 //   spmm_nm   Yt = W @ Xt for W in N:M form; values and int8 in-group positions, both (rows, cols / M * N)
+//   spmm_qbsr, spmm_qnm: the same with int8 values and one float32 scale per row (W[r, :] = codes * scales[r]):
+//             codes are widened as they are used and the row's scale multiplies each output once.
 // Both compute RB rows at once over a chunk of V vectors of N, so the Xt rows a block (or an M-group) touches are
 // loaded once into registers or L1 and reused by every row of the group: the structure buys data reuse that
 // unstructured CSR cannot have. Indices are checked right before use; a bad one raises, nothing is read through it.
@@ -23,10 +25,10 @@ using hf_sparse_cpu::Vec;
 
 // RB rows (i0 .. i0+RB) of one block row: for every stored block, for each of its C columns, the Xt row chunk is
 // loaded once and used by the RB rows.
-template <typename T, typename I, int V, int RB, bool TAIL>
-inline void bsr_rows(const I* col, const T* val, int64_t b, int64_t e, int64_t R, int64_t C, int64_t i0,
+template <typename T, typename VT, typename I, int V, int RB, bool TAIL>
+inline void bsr_rows(const I* col, const VT* val, int64_t b, int64_t e, int64_t R, int64_t C, int64_t i0,
                      const T* xt, int64_t ldx, int64_t j0, int tail, const Out<T>& y, int64_t row0, uint64_t bcols,
-                     BadIndex& bad) {
+                     const float* scales, BadIndex& bad) {
   using Vc = Vec<T>;
   int64_t first_bad = -1;  // a local, not the shared flag: no call or atomic inside the hot loop
   typename Vc::R acc[RB][V];
@@ -38,18 +40,24 @@ inline void bsr_rows(const I* col, const T* val, int64_t b, int64_t e, int64_t R
       first_bad = p;
       continue;
     }
-    const T* blk = val + p * R * C + i0 * C;
+    const VT* blk = val + p * R * C + i0 * C;
     const T* xb = xt + static_cast<int64_t>(cb) * C * ldx + j0;
     for (int64_t c = 0; c < C; ++c) {
       typename Vc::R xv[V];
       for (int v = 0; v < V; ++v) xv[v] = load_v<T, TAIL>(xb + c * ldx, v, V - 1, tail);
       for (int r = 0; r < RB; ++r) {
-        const auto w = Vc::set1(blk[r * C + c]);
+        const auto w = Vc::set1(static_cast<T>(blk[r * C + c]));
         for (int v = 0; v < V; ++v) acc[r][v] = Vc::fma(w, xv[v], acc[r][v]);
       }
     }
   }
   if (HF_UNLIKELY(first_bad >= 0)) bad.note(first_bad);
+  if (scales != nullptr) {
+    for (int r = 0; r < RB; ++r) {
+      const auto sv = Vc::set1(static_cast<T>(scales[row0 + i0 + r]));
+      for (int v = 0; v < V; ++v) acc[r][v] = Vc::fma(acc[r][v], sv, Vc::zero());
+    }
+  }
   for (int r = 0; r < RB; ++r)
     store_out<T, V, TAIL>(y, row0 + i0 + r, j0, tail, acc[r]);
 }
@@ -60,71 +68,102 @@ constexpr int rows_per_pass() {
   return V >= 8 ? 1 : (V >= 4 ? 2 : 4);
 }
 
-at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
-                        int64_t cols, const at::Tensor& xt, bool transpose_out) {
-  TORCH_CHECK_VALUE(values.dim() == 3, "hf_sparse::spmm_bsr: values must be (blocks, R, C), got ", values.sizes());
+// The BSR product for float values (scales undefined) or int8 values with per-row float32 scales.
+at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor* scales,
+                    int64_t rows, int64_t cols, const at::Tensor& xt, bool transpose_out, const char* op) {
+  TORCH_CHECK_VALUE(values.dim() == 3, "hf_sparse::", op, ": values must be (blocks, R, C), got ", values.sizes());
   const int64_t R = values.size(1), C = values.size(2);
-  TORCH_CHECK_VALUE(R > 0 && C > 0 && rows % R == 0 && cols % C == 0, "hf_sparse::spmm_bsr: shape (", rows, ", ",
+  TORCH_CHECK_VALUE(R > 0 && C > 0 && rows % R == 0 && cols % C == 0, "hf_sparse::", op, ": shape (", rows, ", ",
                     cols, ") is not divisible by the block (", R, ", ", C, ")");
   const int64_t brows = rows / R, bcols = cols / C;
-  TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && crow.dim() == 1 && crow.numel() == brows + 1,
-                    "hf_sparse::spmm_bsr: crow must be int32 of length rows/R+1=", brows + 1);
+  TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && crow.dim() == 1 && crow.numel() == brows + 1, "hf_sparse::", op,
+                    ": crow must be int32 of length rows/R+1=", brows + 1);
   TORCH_CHECK_VALUE((col.scalar_type() == at::kShort || col.scalar_type() == at::kInt) && col.dim() == 1 &&
                         col.numel() == values.size(0),
-                    "hf_sparse::spmm_bsr: col must be 1-D int16/int32 with one entry per block (", values.size(0),
+                    "hf_sparse::", op, ": col must be 1-D int16/int32 with one entry per block (", values.size(0),
                     ")");
-  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_bsr", "xt");
-  TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::spmm_bsr: values and xt dtypes differ");
+  hf_sparse_cpu::check_dense_rhs(xt, cols, op, "xt");
+  if (scales != nullptr) {
+    TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "hf_sparse::", op, ": values must be int8, got ",
+                      values.scalar_type());
+    TORCH_CHECK_VALUE(xt.scalar_type() == at::kFloat, "hf_sparse::", op, ": xt must be float32, got ",
+                      xt.scalar_type());
+    TORCH_CHECK_VALUE(scales->scalar_type() == at::kFloat && scales->dim() == 1 && scales->numel() == rows,
+                      "hf_sparse::", op, ": scales must be float32 with one entry per row (", rows, "), got ",
+                      scales->scalar_type(), " ", scales->sizes());
+  } else {
+    TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::", op, ": values and xt dtypes differ");
+  }
   auto crow_c = crow.contiguous();
-  hf_sparse_cpu::check_pointers(crow_c.data_ptr<int32_t>(), brows, col.numel(), "spmm_bsr", "crow");
+  hf_sparse_cpu::check_pointers(crow_c.data_ptr<int32_t>(), brows, col.numel(), op, "crow");
   auto col_c = col.contiguous();
   auto val_c = values.contiguous();
+  auto sc_c = scales != nullptr ? scales->contiguous() : at::Tensor();
+  const float* sc = scales != nullptr ? sc_c.data_ptr<float>() : nullptr;
   auto xt_c = xt.contiguous();
   const int64_t n = xt_c.size(1);
   auto yt = new_output(xt_c, rows, transpose_out);
   BadIndex bad;
-  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_bsr", [&] {
+  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
     const int32_t* cr = crow_c.data_ptr<int32_t>();
-    const scalar_t* val = val_c.data_ptr<scalar_t>();
     const scalar_t* x = xt_c.data_ptr<scalar_t>();
     scalar_t* y = yt.data_ptr<scalar_t>();
-    dispatch_index(col_c, [&](auto* ci) {
-      using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
-      at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
-        std::vector<scalar_t> buf;
-        for (int64_t br = bb; br < be; ++br) {
-          rows_to_output(br * R, br * R + R, n, y, rows, transpose_out, R, buf,
-                         [&](int64_t, int64_t, const Out<scalar_t>& out) {
-            // Chunks of at most 2 vectors, 4 rows per pass: each Xt vector loaded serves 4 rows (measured 10-25%
-            // faster at N=128 than 8 vectors x 1 row or 4 vectors x 2 rows, which are bound by loads).
-            for_each_chunk<scalar_t, 2>(n, [&](auto kind, int64_t j0, int tail) {
-              using K = decltype(kind);
-              constexpr int RB = rows_per_pass<K::v>();
-              int64_t i = 0;
-              for (; i + RB <= R; i += RB)
-                bsr_rows<scalar_t, I, K::v, RB, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, out,
-                                                         br * R, static_cast<uint64_t>(bcols), bad);
-              for (; i < R; ++i)
-                bsr_rows<scalar_t, I, K::v, 1, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, out,
-                                                        br * R, static_cast<uint64_t>(bcols), bad);
+    auto run = [&](const auto* val) {
+      using VT = std::remove_const_t<std::remove_pointer_t<decltype(val)>>;
+      dispatch_index(col_c, [&](auto* ci) {
+        using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
+        at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
+          std::vector<scalar_t> buf;
+          for (int64_t br = bb; br < be; ++br) {
+            rows_to_output(br * R, br * R + R, n, y, rows, transpose_out, R, buf,
+                           [&](int64_t, int64_t, const Out<scalar_t>& out) {
+              // Chunks of at most 2 vectors, 4 rows per pass: each Xt vector loaded serves 4 rows (measured 10-25%
+              // faster at N=128 than 8 vectors x 1 row or 4 vectors x 2 rows, which are bound by loads).
+              for_each_chunk<scalar_t, 2>(n, [&](auto kind, int64_t j0, int tail) {
+                using K = decltype(kind);
+                constexpr int RB = rows_per_pass<K::v>();
+                int64_t i = 0;
+                for (; i + RB <= R; i += RB)
+                  bsr_rows<scalar_t, VT, I, K::v, RB, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail,
+                                                               out, br * R, static_cast<uint64_t>(bcols), sc, bad);
+                for (; i < R; ++i)
+                  bsr_rows<scalar_t, VT, I, K::v, 1, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail,
+                                                              out, br * R, static_cast<uint64_t>(bcols), sc, bad);
+              });
             });
-          });
-        }
+          }
+        });
       });
-    });
+    };
+    if (sc != nullptr)
+      run(val_c.data_ptr<int8_t>());
+    else
+      run(val_c.data_ptr<scalar_t>());
   });
   const int64_t at = bad.get();
-  TORCH_CHECK_VALUE(at < 0, "hf_sparse::spmm_bsr: col[", at, "] is out of range [0, ", bcols, ") block columns");
+  TORCH_CHECK_VALUE(at < 0, "hf_sparse::", op, ": col[", at, "] is out of range [0, ", bcols, ") block columns");
   return yt;
+}
+
+at::Tensor spmm_bsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
+                        int64_t cols, const at::Tensor& xt, bool transpose_out) {
+  return bsr_impl(crow, col, values, nullptr, rows, cols, xt, transpose_out, "spmm_bsr");
+}
+
+at::Tensor spmm_qbsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                         const at::Tensor& scales, int64_t rows, int64_t cols, const at::Tensor& xt,
+                         bool transpose_out) {
+  return bsr_impl(crow, col, values, &scales, rows, cols, xt, transpose_out, "spmm_qbsr");
 }
 
 // One row of an N:M weight: slot q (group q / N) holds values[q] at column (q / N) * M + indices[q]. Like a CSR
 // row with implicit pointers: U independent chains over the slots hide the FMA latency when N is narrow. (Computing
 // several rows at once so they share the group's Xt rows from registers was measured slower: it costs more
 // instructions per slot than it saves in loads, and this kernel is bound by instructions per slot.)
-template <typename T, int V, bool TAIL>
-inline void nm_row(const T* val, const int8_t* idx, int64_t q0, int64_t q1, int64_t nn, int64_t mm, const T* xt,
-                   int64_t ldx, int64_t j0, int tail, const Out<T>& y, int64_t row, BadIndex& bad) {
+template <typename T, typename VT, int V, bool TAIL>
+inline void nm_row(const VT* val, const int8_t* idx, int64_t q0, int64_t q1, int64_t nn, int64_t mm, const T* xt,
+                   int64_t ldx, int64_t j0, int tail, const Out<T>& y, int64_t row, const float* scales,
+                   BadIndex& bad) {
   using Vc = Vec<T>;
   constexpr int U = V >= 8 ? 1 : 8 / V;
   int64_t first_bad = -1;  // a local, not the shared flag: no call or atomic inside the hot loop
@@ -145,7 +184,7 @@ inline void nm_row(const T* val, const int8_t* idx, int64_t q0, int64_t q1, int6
         first_bad = q + u;
         continue;
       }
-      const auto w = Vc::set1(val[q + u]);
+      const auto w = Vc::set1(static_cast<T>(val[q + u]));
       const T* x = xt + c * ldx + j0;
       for (int v = 0; v < V; ++v) acc[u][v] = Vc::fma(w, load_v<T, TAIL>(x, v, V - 1, tail), acc[u][v]);
     }
@@ -161,59 +200,94 @@ inline void nm_row(const T* val, const int8_t* idx, int64_t q0, int64_t q1, int6
       first_bad = q;
       continue;
     }
-    const auto w = Vc::set1(val[q]);
+    const auto w = Vc::set1(static_cast<T>(val[q]));
     const T* x = xt + c * ldx + j0;
     for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(w, load_v<T, TAIL>(x, v, V - 1, tail), acc[0][v]);
   }
   if (HF_UNLIKELY(first_bad >= 0)) bad.note(row * q1 + first_bad);
   for (int u = 1; u < U; ++u)
     for (int v = 0; v < V; ++v) acc[0][v] = Vc::add(acc[0][v], acc[u][v]);
+  if (scales != nullptr) {
+    const auto sv = Vc::set1(static_cast<T>(scales[row]));
+    for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(acc[0][v], sv, Vc::zero());
+  }
   store_out<T, V, TAIL>(y, row, j0, tail, acc[0]);
+}
+
+// The N:M product for float values (scales undefined) or int8 values with per-row float32 scales.
+at::Tensor nm_impl(const at::Tensor& values, const at::Tensor& indices, const at::Tensor* scales, int64_t nn,
+                   int64_t mm, int64_t cols, const at::Tensor& xt, bool transpose_out, const char* op) {
+  TORCH_CHECK_VALUE(nn > 0 && nn <= mm && mm <= 127, "hf_sparse::", op, ": need 0 < n <= m <= 127, got n=", nn,
+                    ", m=", mm);
+  TORCH_CHECK_VALUE(cols % mm == 0, "hf_sparse::", op, ": cols=", cols, " is not divisible by m=", mm);
+  TORCH_CHECK_VALUE(values.dim() == 2 && indices.dim() == 2 && values.sizes() == indices.sizes() &&
+                        values.size(1) == cols / mm * nn,
+                    "hf_sparse::", op, ": values and indices must both be (rows, cols/m*n=", cols / mm * nn,
+                    "), got ", values.sizes(), " and ", indices.sizes());
+  TORCH_CHECK_VALUE(indices.scalar_type() == at::kChar, "hf_sparse::", op, ": indices must be int8, got ",
+                    indices.scalar_type());
+  hf_sparse_cpu::check_dense_rhs(xt, cols, op, "xt");
+  const int64_t rows = values.size(0);
+  if (scales != nullptr) {
+    TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "hf_sparse::", op, ": values must be int8, got ",
+                      values.scalar_type());
+    TORCH_CHECK_VALUE(xt.scalar_type() == at::kFloat, "hf_sparse::", op, ": xt must be float32, got ",
+                      xt.scalar_type());
+    TORCH_CHECK_VALUE(scales->scalar_type() == at::kFloat && scales->dim() == 1 && scales->numel() == rows,
+                      "hf_sparse::", op, ": scales must be float32 with one entry per row (", rows, "), got ",
+                      scales->scalar_type(), " ", scales->sizes());
+  } else {
+    TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::", op, ": values and xt dtypes differ");
+  }
+  auto val_c = values.contiguous();
+  auto idx_c = indices.contiguous();
+  auto sc_c = scales != nullptr ? scales->contiguous() : at::Tensor();
+  const float* sc = scales != nullptr ? sc_c.data_ptr<float>() : nullptr;
+  auto xt_c = xt.contiguous();
+  const int64_t width = val_c.size(1), n = xt_c.size(1);
+  auto yt = new_output(xt_c, rows, transpose_out);
+  BadIndex bad;
+  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
+    const int8_t* idx = idx_c.data_ptr<int8_t>();
+    const scalar_t* x = xt_c.data_ptr<scalar_t>();
+    scalar_t* y = yt.data_ptr<scalar_t>();
+    auto run = [&](const auto* val) {
+      using VT = std::remove_const_t<std::remove_pointer_t<decltype(val)>>;
+      // One pass per row and chunk of N. (Tiling K into panels whose Xt fits L1 was measured slower here: the
+      // kernel is bound by instructions per slot, not by where Xt comes from.)
+      at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+        std::vector<scalar_t> buf;
+        rows_to_output(lo, hi, n, y, rows, transpose_out, 16, buf,
+                       [&](int64_t tb, int64_t te, const Out<scalar_t>& out) {
+          for (int64_t r = tb; r < te; ++r) {
+            for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
+              using K = decltype(kind);
+              nm_row<scalar_t, VT, K::v, K::tail>(val + r * width, idx + r * width, 0, width, nn, mm, x, n, j0,
+                                                  tail, out, r, sc, bad);
+            });
+          }
+        });
+      });
+    };
+    if (sc != nullptr)
+      run(val_c.data_ptr<int8_t>());
+    else
+      run(val_c.data_ptr<scalar_t>());
+  });
+  const int64_t at = bad.get();
+  TORCH_CHECK_VALUE(at < 0, "hf_sparse::", op, ": indices[", at / width, ", ", at % width, "]=",
+                    static_cast<int>(idx_c.data_ptr<int8_t>()[at]), " is out of range [0, ", mm, ")");
+  return yt;
 }
 
 at::Tensor spmm_nm_cpu(const at::Tensor& values, const at::Tensor& indices, int64_t nn, int64_t mm, int64_t cols,
                        const at::Tensor& xt, bool transpose_out) {
-  TORCH_CHECK_VALUE(nn > 0 && nn <= mm && mm <= 127, "hf_sparse::spmm_nm: need 0 < n <= m <= 127, got n=", nn,
-                    ", m=", mm);
-  TORCH_CHECK_VALUE(cols % mm == 0, "hf_sparse::spmm_nm: cols=", cols, " is not divisible by m=", mm);
-  TORCH_CHECK_VALUE(values.dim() == 2 && indices.dim() == 2 && values.sizes() == indices.sizes() &&
-                        values.size(1) == cols / mm * nn,
-                    "hf_sparse::spmm_nm: values and indices must both be (rows, cols/m*n=", cols / mm * nn,
-                    "), got ", values.sizes(), " and ", indices.sizes());
-  TORCH_CHECK_VALUE(indices.scalar_type() == at::kChar, "hf_sparse::spmm_nm: indices must be int8, got ",
-                    indices.scalar_type());
-  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_nm", "xt");
-  TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::spmm_nm: values and xt dtypes differ");
-  auto val_c = values.contiguous();
-  auto idx_c = indices.contiguous();
-  auto xt_c = xt.contiguous();
-  const int64_t rows = val_c.size(0), width = val_c.size(1), n = xt_c.size(1);
-  auto yt = new_output(xt_c, rows, transpose_out);
-  BadIndex bad;
-  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_nm", [&] {
-    const scalar_t* val = val_c.data_ptr<scalar_t>();
-    const int8_t* idx = idx_c.data_ptr<int8_t>();
-    const scalar_t* x = xt_c.data_ptr<scalar_t>();
-    scalar_t* y = yt.data_ptr<scalar_t>();
-    // One pass per row and chunk of N. (Tiling K into panels whose Xt fits L1 was measured slower here: the
-    // kernel is bound by instructions per slot, not by where Xt comes from.)
-    at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
-      std::vector<scalar_t> buf;
-      rows_to_output(lo, hi, n, y, rows, transpose_out, 16, buf, [&](int64_t tb, int64_t te, const Out<scalar_t>& out) {
-        for (int64_t r = tb; r < te; ++r) {
-          for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
-            using K = decltype(kind);
-            nm_row<scalar_t, K::v, K::tail>(val + r * width, idx + r * width, 0, width, nn, mm, x, n, j0, tail, out,
-                                            r, bad);
-          });
-        }
-      });
-    });
-  });
-  const int64_t at = bad.get();
-  TORCH_CHECK_VALUE(at < 0, "hf_sparse::spmm_nm: indices[", at / width, ", ", at % width, "]=",
-                    static_cast<int>(idx_c.data_ptr<int8_t>()[at]), " is out of range [0, ", mm, ")");
-  return yt;
+  return nm_impl(values, indices, nullptr, nn, mm, cols, xt, transpose_out, "spmm_nm");
+}
+
+at::Tensor spmm_qnm_cpu(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& scales, int64_t nn,
+                        int64_t mm, int64_t cols, const at::Tensor& xt, bool transpose_out) {
+  return nm_impl(values, indices, &scales, nn, mm, cols, xt, transpose_out, "spmm_qnm");
 }
 
 }  // namespace
@@ -221,4 +295,6 @@ at::Tensor spmm_nm_cpu(const at::Tensor& values, const at::Tensor& indices, int6
 TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) {
   m.impl("spmm_bsr", &spmm_bsr_cpu);
   m.impl("spmm_nm", &spmm_nm_cpu);
+  m.impl("spmm_qbsr", &spmm_qbsr_cpu);
+  m.impl("spmm_qnm", &spmm_qnm_cpu);
 }
