@@ -8,6 +8,8 @@
 // unstructured CSR cannot have. Indices are checked right before use; a bad one raises, nothing is read through it.
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "simd.h"
 
 namespace {
@@ -22,6 +24,8 @@ using hf_sparse_cpu::rows_to_output;
 using hf_sparse_cpu::store_out;
 using hf_sparse_cpu::store_v;
 using hf_sparse_cpu::Vec;
+
+constexpr int64_t kWidenMax = 512;  // floats of widened int8 codes one pass of bsr_rows keeps on the stack
 
 // RB rows (i0 .. i0+RB) of one block row: for every stored block, for each of its C columns, the Xt row chunk is
 // loaded once and used by the RB rows.
@@ -42,6 +46,23 @@ inline void bsr_rows(const I* col, const VT* val, int64_t b, int64_t e, int64_t 
     }
     const VT* blk = val + p * R * C + i0 * C;
     const T* xb = xt + static_cast<int64_t>(cb) * C * ldx + j0;
+    if constexpr (std::is_same_v<VT, int8_t> && std::is_same_v<T, float>) {
+      // int8 codes: the RB x C values this pass reads are contiguous; widen them to floats once (8 per convert)
+      // so the inner loop broadcasts from L1 as the float kernel does, instead of converting one scalar per FMA row.
+      if (RB * C <= kWidenMax && (RB * C) % 8 == 0) {
+        alignas(32) float wf[kWidenMax];
+        for (int64_t k = 0; k < RB * C; k += 8) hf_sparse_cpu::widen8(blk + k, wf + k);
+        for (int64_t c = 0; c < C; ++c) {
+          typename Vc::R xv[V];
+          for (int v = 0; v < V; ++v) xv[v] = load_v<T, TAIL>(xb + c * ldx, v, V - 1, tail);
+          for (int r = 0; r < RB; ++r) {
+            const auto w = Vc::set1(wf[r * C + c]);
+            for (int v = 0; v < V; ++v) acc[r][v] = Vc::fma(w, xv[v], acc[r][v]);
+          }
+        }
+        continue;
+      }
+    }
     for (int64_t c = 0; c < C; ++c) {
       typename Vc::R xv[V];
       for (int v = 0; v < V; ++v) xv[v] = load_v<T, TAIL>(xb + c * ldx, v, V - 1, tail);
@@ -172,6 +193,31 @@ inline void nm_row(const VT* val, const int8_t* idx, int64_t q0, int64_t q1, int
     for (int v = 0; v < V; ++v) acc[u][v] = Vc::zero();
   int64_t base = q0 / nn * mm, s = 0;  // column of the current group's first position; slot within the group
   int64_t q = q0;
+  if constexpr (std::is_same_v<VT, int8_t> && std::is_same_v<T, float>) {
+    // int8 codes: widen 8 slots with one vector convert, then broadcast from L1 as the float kernel does.
+    static_assert(8 % U == 0, "U divides the 8 widened slots");
+    alignas(32) float wf[8];
+    for (; q + 8 <= q1; q += 8) {
+      hf_sparse_cpu::widen8(val + q, wf);
+      for (int q8 = 0; q8 < 8; q8 += U) {
+        for (int u = 0; u < U; ++u) {
+          const uint64_t k = static_cast<uint64_t>(static_cast<int64_t>(idx[q + q8 + u]));
+          const int64_t c = base + static_cast<int64_t>(k);
+          if (++s == nn) {
+            s = 0;
+            base += mm;
+          }
+          if (HF_UNLIKELY(k >= static_cast<uint64_t>(mm))) {
+            first_bad = q + q8 + u;
+            continue;
+          }
+          const auto w = Vc::set1(wf[q8 + u]);
+          const T* x = xt + c * ldx + j0;
+          for (int v = 0; v < V; ++v) acc[u][v] = Vc::fma(w, load_v<T, TAIL>(x, v, V - 1, tail), acc[u][v]);
+        }
+      }
+    }
+  }
   for (; q + U <= q1; q += U) {
     for (int u = 0; u < U; ++u) {
       const uint64_t k = static_cast<uint64_t>(static_cast<int64_t>(idx[q + u]));
