@@ -210,3 +210,64 @@ torch.library.register_autograd("hf_sparse::spmm_qbsr", _qbsr_backward, setup_co
 torch.library.register_autograd("hf_sparse::spmm_qnm", _qnm_backward, setup_context=_qnm_setup)
 torch.library.register_autograd("hf_sparse::linear_csr", _linear_csr_backward, setup_context=_linear_csr_setup)
 torch.library.register_autograd("hf_sparse::linear_qcsr", _linear_qcsr_backward, setup_context=_linear_qcsr_setup)
+
+
+# -- block-sparse attention ----------------------------------------------------------------------------------------
+_KEY_BLOCK = 64
+
+
+def _attention_mask_from_layout(kv_ptr, kv_blocks, mask_index, bits, block_q, q_length, kv_length):
+    """(Sq, Skv) bool: the (query, key) pairs a block layout allows."""
+    nqb = kv_ptr.numel() - 1
+    nkb = -(-kv_length // _KEY_BLOCK)
+    qb = torch.repeat_interleave(torch.arange(nqb), torch.diff(kv_ptr.to(torch.int64)))
+    tiles = torch.zeros(kv_blocks.numel(), block_q, _KEY_BLOCK, dtype=torch.bool)
+    full = mask_index < 0
+    tiles[full] = True
+    if bits.numel():
+        words = bits[mask_index[~full].to(torch.int64)]
+        tiles[~full] = ((words.unsqueeze(-1) >> torch.arange(_KEY_BLOCK, dtype=torch.int64)) & 1).bool()
+    out = torch.zeros(nqb, nkb, block_q, _KEY_BLOCK, dtype=torch.bool)
+    out[qb, kv_blocks.to(torch.int64)] = tiles
+    return out.permute(0, 2, 1, 3).reshape(nqb * block_q, nkb * _KEY_BLOCK)[:q_length, :kv_length]
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, kv_ptr, kv_blocks, mask_index, bits, key_bias, scale, block_q = inputs
+    out, lse = output
+    ctx.scale, ctx.block_q = scale, block_q
+    ctx.save_for_backward(q, k, v, kv_ptr, kv_blocks, mask_index, bits, key_bias, out, lse)
+
+
+def _attention_backward(ctx, grad_out, grad_lse):
+    # The flash-attention backward in dense form over the allowed pairs: P = exp(S - lse) (0 where masked),
+    # dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)), dQ = scale dS K, dK = scale dS^T Q. Grouped
+    # key/value heads sum the gradients of their query heads. (Memory is O(Sq * Skv) per head: fine for the
+    # training lengths it serves; the forward pass is the long-sequence path.)
+    q, k, v, kv_ptr, kv_blocks, mask_index, bits, key_bias, out, lse = ctx.saved_tensors
+    B, H, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    group = H // Hkv
+    allowed = _attention_mask_from_layout(kv_ptr, kv_blocks, mask_index, bits, ctx.block_q, Sq, Skv)
+    kx = k.repeat_interleave(group, dim=1) if group > 1 else k
+    vx = v.repeat_interleave(group, dim=1) if group > 1 else v
+    s = (q @ kx.transpose(-1, -2)) * ctx.scale
+    if key_bias.numel():
+        s = s + key_bias[:, None, None, :]
+    finite = torch.isfinite(lse).unsqueeze(-1)
+    p = torch.where(allowed & finite, torch.exp(s - lse.unsqueeze(-1).masked_fill(~finite, 0.0)), 0.0)
+    grad_out = grad_out if grad_out is not None else torch.zeros_like(out)
+    dv = p.transpose(-1, -2) @ grad_out
+    dp = grad_out @ vx.transpose(-1, -2)
+    ds = p * (dp - (grad_out * out).sum(-1, keepdim=True))
+    if grad_lse is not None:  # d lse / d s = p
+        ds = ds + p * grad_lse.unsqueeze(-1)
+    dq = (ds @ kx) * ctx.scale
+    dk = (ds.transpose(-1, -2) @ q) * ctx.scale
+    if group > 1:
+        dk = dk.reshape(B, Hkv, group, Skv, D).sum(2)
+        dv = dv.reshape(B, Hkv, group, Skv, D).sum(2)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("hf_sparse::sparse_attention", _attention_backward, setup_context=_attention_setup)

@@ -76,3 +76,9 @@ def _linear_qcsr_fake(crow, col, values, scales, rows, cols, x):
 @torch.library.register_fake("hf_sparse::dequantize")
 def _dequantize_fake(values, scales, zero_points, bits, rows, cols):
     return scales.new_empty((rows, cols))
+
+
+@torch.library.register_fake("hf_sparse::sparse_attention")
+def _sparse_attention_fake(q, k, v, kv_ptr, kv_blocks, mask_index, bits, key_bias, scale, block_q):
+    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "q, k, v must be 4-D")
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3])

@@ -40,4 +40,13 @@ TORCH_LIBRARY(hf_sparse, m) {
   m.def(
       "spmm_qnm(Tensor values, Tensor indices, Tensor scales, int n, int m, int cols, Tensor xt, "
       "bool transpose_out=False) -> Tensor");
+  // Block-sparse attention: q (B, H, Sq, D), k and v (B, Hkv, Skv, D) float32, H a multiple of Hkv. Layout: CSR over
+  // query blocks of block_q rows: kv_ptr int32 (nqb + 1), kv_blocks int32 key blocks of 64 keys, mask_index int32
+  // (-1: the whole tile is allowed; else a row of bits), bits int64 (partial tiles, block_q) one 64-bit key mask per
+  // query. key_bias float32 (B, Skv) added to the scores (0 or -inf for padding), or empty. Returns the output
+  // (B, H, Sq, D) and the log-sum-exp of each score row (B, H, Sq) (-inf, with a zero output, where no key is
+  // allowed).
+  m.def(
+      "sparse_attention(Tensor q, Tensor k, Tensor v, Tensor kv_ptr, Tensor kv_blocks, Tensor mask_index, "
+      "Tensor bits, Tensor key_bias, float scale, int block_q) -> (Tensor, Tensor)");
 }

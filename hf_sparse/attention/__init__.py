@@ -1,0 +1,21 @@
+"""Sparse and windowed attention: patterns, block layouts, our kernels, and the ``hf_sparse`` attention
+implementation registered with transformers."""
+
+from .functional import explain, sparse_attention, sparse_attention_reference
+from .layout import BlockLayout, build_layout
+from .patterns import BlockSparse, DilatedWindow, Full, GlobalTokens, Pattern, SlidingWindow, dense_mask
+
+__all__ = [
+    "Pattern",
+    "Full",
+    "SlidingWindow",
+    "DilatedWindow",
+    "GlobalTokens",
+    "BlockSparse",
+    "dense_mask",
+    "BlockLayout",
+    "build_layout",
+    "sparse_attention",
+    "sparse_attention_reference",
+    "explain",
+]

@@ -1,0 +1,231 @@
+"""``sparse_attention``: attention restricted by a pattern, run by our block-sparse C++ kernel or by a PyTorch
+reference (dense boolean mask + SDPA maths) that is both the fallback and the test oracle.
+
+Both give what ``torch.nn.functional.scaled_dot_product_attention`` gives with the equivalent dense boolean mask,
+except that a query row no key may attend returns zeros (SDPA returns NaN there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..ops import _loader
+from .layout import KEY_BLOCK, BlockLayout, build_layout
+from .patterns import Pattern, dense_mask
+
+__all__ = ["sparse_attention", "sparse_attention_reference", "explain", "layout_mask"]
+
+_ops = torch.ops.hf_sparse
+
+
+def _full_mask(
+    pattern: Pattern,
+    q_length: int,
+    kv_length: int,
+    *,
+    causal: bool,
+    q_offset: int,
+    kv_offset: int,
+    key_padding_mask: torch.Tensor | None,
+    is_global: torch.Tensor | None,
+    device,
+) -> torch.Tensor:
+    """(B or 1, 1, Sq, Skv) bool: pattern, causal and padding together."""
+    m = dense_mask(
+        pattern, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset, causal=causal, is_global=is_global
+    ).to(device)
+    m = m.unsqueeze(0) if m.dim() == 2 else m  # (B or 1, Sq, Skv)
+    if key_padding_mask is not None:
+        m = m & key_padding_mask.to(device=device, dtype=torch.bool).unsqueeze(1)
+    return m.unsqueeze(1)
+
+
+def sparse_attention_reference(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    pattern: Pattern,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    is_global: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """Attention with the pattern as a dense boolean mask, in plain PyTorch (differentiable).
+
+    ``top_k`` additionally keeps only the ``top_k`` largest allowed scores of each query (dynamic attention
+    pruning).
+
+    Shapes:
+        query: (B, H, Sq, D). key, value: (B, Hkv, Skv, D). key_padding_mask: (B, Skv) bool, True = a real token.
+        Returns: (B, H, Sq, D).
+    """
+    B, H, Sq, D = query.shape
+    Skv = key.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    mask = _full_mask(
+        pattern,
+        Sq,
+        Skv,
+        causal=causal,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        key_padding_mask=key_padding_mask,
+        is_global=is_global,
+        device=query.device,
+    )
+    if key.shape[1] != H:
+        key = key.repeat_interleave(H // key.shape[1], dim=1)
+        value = value.repeat_interleave(H // value.shape[1], dim=1)
+    empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key: computed unmasked, then zeroed
+    mask = mask | empty
+    if top_k is not None:
+        scores = (query @ key.transpose(-1, -2)) * scale
+        scores = scores.masked_fill(~mask, float("-inf"))
+        if top_k < Skv:
+            kth = scores.topk(top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        probs = F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=dropout > 0)
+        out = probs @ value
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+    return out.masked_fill(empty, 0.0)
+
+
+def layout_mask(layout: BlockLayout) -> torch.Tensor:
+    """(Sq, Skv) bool mask of a block layout, vectorised (the backward pass and tests use it)."""
+    nqb = layout.kv_ptr.numel() - 1
+    nkb = -(-layout.kv_length // KEY_BLOCK)
+    counts = torch.diff(layout.kv_ptr.to(torch.int64))
+    qb = torch.repeat_interleave(torch.arange(nqb), counts)
+    tiles = torch.zeros(layout.tiles, layout.block_q, KEY_BLOCK, dtype=torch.bool)
+    full = layout.mask_index < 0
+    tiles[full] = True
+    if layout.bits.numel():
+        shifts = torch.arange(KEY_BLOCK, dtype=torch.int64)
+        words = layout.bits[layout.mask_index[~full].to(torch.int64)]  # (partial, block_q)
+        tiles[~full] = ((words.unsqueeze(-1) >> shifts) & 1).bool()
+    out = torch.zeros(nqb, nkb, layout.block_q, KEY_BLOCK, dtype=torch.bool)
+    out[qb, layout.kv_blocks.to(torch.int64)] = tiles
+    out = out.permute(0, 2, 1, 3).reshape(nqb * layout.block_q, nkb * KEY_BLOCK)
+    return out[: layout.q_length, : layout.kv_length]
+
+
+# -- backends ------------------------------------------------------------------------------------------------------
+
+
+def _kernel_reasons(query, key, value, *, dropout, top_k) -> list[str]:
+    out = []
+    if query.device.type != "cpu":
+        out.append(f"device {query.device.type} is not supported (cpu)")
+    if {query.dtype, key.dtype, value.dtype} != {torch.float32}:
+        out.append(f"dtypes {sorted({str(t.dtype) for t in (query, key, value)})} are not supported (float32)")
+    if query.shape[-1] % 8:
+        out.append(f"head_dim {query.shape[-1]} is not a multiple of 8")
+    if query.shape[1] % key.shape[1]:
+        out.append("query heads are not a multiple of key/value heads")
+    if dropout > 0:
+        out.append("attention dropout is not implemented in the kernel (it runs in training only; eval is exact)")
+    if top_k is not None:
+        out.append("top-k pruning needs whole score rows; the reference computes it")
+    if not _loader.load():
+        out.append(f"the C++ ops are not available: {_loader.status()['reason']}")
+    return out
+
+
+def explain(query, key, value, *, dropout: float = 0.0, top_k: int | None = None) -> dict[str, list[str]]:
+    """For each backend, why it cannot run this input (an empty list: it can)."""
+    return {"cpu": _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k), "reference": []}
+
+
+def sparse_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    pattern: Pattern,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    is_global: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    top_k: int | None = None,
+    block_q: int = 32,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Attention restricted to ``pattern`` (and ``causal``, and the keys ``key_padding_mask`` keeps).
+
+    Runs our block-sparse C++ kernel when it can take the input (CPU, float32, no dropout, no top-k), else the
+    reference; ``backend="cpu"`` or ``"reference"`` insists and raises with the reasons when it cannot.
+
+    Args:
+        q_offset, kv_offset: absolute positions of the first query and key (decoding with a cache).
+        is_global: (B, kv_offset + Skv) bool, global positions per batch row (token-id globals).
+        block_q: query rows per kernel tile.
+
+    Shapes:
+        query: (B, H, Sq, D). key, value: (B, Hkv, Skv, D), H a multiple of Hkv. Returns: (B, H, Sq, D).
+    """
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+        raise ConfigError(
+            f"sparse_attention: query, key and value must be (batch, heads, length, head_dim), got "
+            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}."
+        )
+    reasons = _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k)
+    if backend not in (None, "cpu", "reference"):
+        raise ConfigError(f"sparse_attention: unknown backend {backend!r}; choose 'cpu' or 'reference'.")
+    if backend == "cpu" and reasons:
+        raise ConfigError("sparse_attention: backend 'cpu' cannot run this input: " + "; ".join(reasons) + ".")
+    kwargs = dict(
+        causal=causal, key_padding_mask=key_padding_mask, scale=scale, q_offset=q_offset, kv_offset=kv_offset
+    )
+    if backend == "reference" or reasons:
+        return sparse_attention_reference(
+            query, key, value, pattern, is_global=is_global, dropout=dropout, top_k=top_k, **kwargs
+        )
+    B, H, Sq, D = query.shape
+    Skv = key.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    bias = torch.empty(0)
+    if key_padding_mask is not None:
+        keep = key_padding_mask.to(torch.bool)
+        if not bool(keep.all()):
+            bias = torch.zeros(B, Skv).masked_fill_(~keep, float("-inf"))
+    rows = range(B) if is_global is not None else [None]
+    outs = []
+    for b in rows:  # token-id globals make one layout per sequence; otherwise one for the whole batch
+        layout = build_layout(
+            pattern,
+            Sq,
+            Skv,
+            q_offset=q_offset,
+            kv_offset=kv_offset,
+            causal=causal,
+            block_q=block_q,
+            is_global=None if b is None else is_global[b],
+        )
+        sl = slice(None) if b is None else slice(b, b + 1)
+        out, _ = _ops.sparse_attention(
+            query[sl],
+            key[sl],
+            value[sl],
+            layout.kv_ptr,
+            layout.kv_blocks,
+            layout.mask_index,
+            layout.bits,
+            bias[sl] if bias.numel() else bias,
+            float(scale),
+            block_q,
+        )
+        outs.append(out)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)

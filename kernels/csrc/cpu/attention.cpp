@@ -1,0 +1,304 @@
+// Block-sparse attention on the CPU (forward): softmax(Q K^T * scale + mask) V over only the (query block, key
+// block) tiles a pattern keeps, with an online softmax so no score row is ever stored whole.
+//
+// The layout (built in Python from any mask predicate, hf_sparse/attention/layout.py) is CSR over query blocks of
+// BQ rows: kv_ptr (nqb + 1) int32, kv_blocks (nnzb) int32 key-block indices of BK = 64 keys, and per stored tile
+// mask_index (nnzb) int32: -1 when every (query, key) pair of the tile is allowed, else a row of `bits` (npartial,
+// BQ) int64 holding one 64-bit key mask per query. Padding comes as an additive key bias (B, Skv) (0 or -inf).
+// Per (batch, head) the keys are transposed once into (D, Skv) so every score tile is a small GEMM over contiguous
+// rows; a query row that no key may attend gives a zero output and lse = -inf.
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "simd.h"
+
+namespace {
+
+using hf_sparse_cpu::Vec;
+using Vf = Vec<float>;
+constexpr int64_t BK = 64;               // keys per block: one 64-bit mask word per query row
+constexpr int64_t KW = BK / Vf::W;       // vectors per key-block row
+constexpr float kMinExpArg = -87.0f;     // below this exp underflows; such entries (and -inf) give exactly 0
+
+// exp(x) for a vector: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 Taylor polynomial (relative error
+// below 1e-8 on that range), 2^n by building the exponent bits. Inputs below kMinExpArg give 0.
+inline Vf::R exp_v(Vf::R x) {
+#ifdef HF_SPARSE_AVX2
+  const __m256 too_small = _mm256_cmp_ps(x, _mm256_set1_ps(kMinExpArg), _CMP_LT_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(kMinExpArg));
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 split in two for exactness
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(too_small, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+#else
+  return x < kMinExpArg ? 0.0f : std::exp(x);
+#endif
+}
+
+inline Vf::R max_v(Vf::R a, Vf::R b) {
+#ifdef HF_SPARSE_AVX2
+  return _mm256_max_ps(a, b);
+#else
+  return a > b ? a : b;
+#endif
+}
+
+inline float hmax(Vf::R a) {
+  alignas(32) float t[Vf::W];
+  Vf::store(t, a);
+  float m = t[0];
+  for (int i = 1; i < Vf::W; ++i) m = std::max(m, t[i]);
+  return m;
+}
+
+inline void scale_row(float* row, int64_t d, float factor) {
+  const Vf::R f = Vf::set1(factor);
+  for (int64_t c = 0; c < d; c += Vf::W) Vf::store(row + c, Vf::fma(Vf::load(row + c), f, Vf::zero()));
+}
+
+// S (rows x BK) = Qs (rows x D, scaled) times the key block kt (D x BK, row stride ldk): four query rows at a time,
+// two vectors of keys per pass, so each loaded key vector serves four rows.
+inline void scores_tile(const float* qs, int64_t rows, int64_t d, const float* kt, int64_t ldk, float* s) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    for (int64_t c = 0; c < KW; c += 2) {
+      Vf::R acc[4][2];
+      for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = Vf::zero();
+      for (int64_t e = 0; e < d; ++e) {
+        const Vf::R k0 = Vf::load(kt + e * ldk + c * Vf::W), k1 = Vf::load(kt + e * ldk + (c + 1) * Vf::W);
+        for (int r = 0; r < 4; ++r) {
+          const Vf::R qv = Vf::set1(qs[(i + r) * d + e]);
+          acc[r][0] = Vf::fma(qv, k0, acc[r][0]);
+          acc[r][1] = Vf::fma(qv, k1, acc[r][1]);
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        Vf::store(s + (i + r) * BK + c * Vf::W, acc[r][0]);
+        Vf::store(s + (i + r) * BK + (c + 1) * Vf::W, acc[r][1]);
+      }
+    }
+  }
+  for (; i < rows; ++i) {
+    for (int64_t c = 0; c < KW; ++c) {
+      Vf::R acc = Vf::zero();
+      for (int64_t e = 0; e < d; ++e)
+        acc = Vf::fma(Vf::set1(qs[i * d + e]), Vf::load(kt + e * ldk + c * Vf::W), acc);
+      Vf::store(s + i * BK + c * Vf::W, acc);
+    }
+  }
+}
+
+// O (rows x D) += P (rows x BK) times the value block v (BK x D, contiguous rows): four rows and two vectors of D
+// at a time, accumulators in registers across the 64 keys.
+inline void pv_tile(const float* p, int64_t rows, const float* v, int64_t d, float* o) {
+  const int64_t dv = d / Vf::W;
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    int64_t c = 0;
+    for (; c + 2 <= dv; c += 2) {
+      Vf::R acc[4][2];
+      for (int r = 0; r < 4; ++r) {
+        acc[r][0] = Vf::load(o + (i + r) * d + c * Vf::W);
+        acc[r][1] = Vf::load(o + (i + r) * d + (c + 1) * Vf::W);
+      }
+      for (int64_t j = 0; j < BK; ++j) {
+        const Vf::R v0 = Vf::load(v + j * d + c * Vf::W), v1 = Vf::load(v + j * d + (c + 1) * Vf::W);
+        for (int r = 0; r < 4; ++r) {
+          const Vf::R pv = Vf::set1(p[(i + r) * BK + j]);
+          acc[r][0] = Vf::fma(pv, v0, acc[r][0]);
+          acc[r][1] = Vf::fma(pv, v1, acc[r][1]);
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        Vf::store(o + (i + r) * d + c * Vf::W, acc[r][0]);
+        Vf::store(o + (i + r) * d + (c + 1) * Vf::W, acc[r][1]);
+      }
+    }
+    for (; c < dv; ++c) {
+      for (int r = 0; r < 4; ++r) {
+        Vf::R acc = Vf::load(o + (i + r) * d + c * Vf::W);
+        for (int64_t j = 0; j < BK; ++j)
+          acc = Vf::fma(Vf::set1(p[(i + r) * BK + j]), Vf::load(v + j * d + c * Vf::W), acc);
+        Vf::store(o + (i + r) * d + c * Vf::W, acc);
+      }
+    }
+  }
+  for (; i < rows; ++i) {
+    for (int64_t c = 0; c < dv; ++c) {
+      Vf::R acc = Vf::load(o + i * d + c * Vf::W);
+      for (int64_t j = 0; j < BK; ++j) acc = Vf::fma(Vf::set1(p[i * BK + j]), Vf::load(v + j * d + c * Vf::W), acc);
+      Vf::store(o + i * d + c * Vf::W, acc);
+    }
+  }
+}
+
+void check_layout(const at::Tensor& kv_ptr, const at::Tensor& kv_blocks, const at::Tensor& mask_index,
+                  const at::Tensor& bits, int64_t nqb, int64_t nkb, int64_t bq) {
+  TORCH_CHECK_VALUE(kv_ptr.scalar_type() == at::kInt && kv_ptr.dim() == 1 && kv_ptr.numel() == nqb + 1,
+                    "hf_sparse::sparse_attention: kv_ptr must be int32 of length (query blocks + 1) = ", nqb + 1,
+                    ", got ", kv_ptr.scalar_type(), " ", kv_ptr.sizes());
+  TORCH_CHECK_VALUE(kv_blocks.scalar_type() == at::kInt && kv_blocks.dim() == 1 &&
+                        mask_index.scalar_type() == at::kInt && mask_index.sizes() == kv_blocks.sizes(),
+                    "hf_sparse::sparse_attention: kv_blocks and mask_index must be 1-D int32 of equal length");
+  TORCH_CHECK_VALUE(bits.scalar_type() == at::kLong && bits.dim() == 2 && bits.size(1) == bq,
+                    "hf_sparse::sparse_attention: bits must be int64 (partial tiles, block_q=", bq, "), got ",
+                    bits.scalar_type(), " ", bits.sizes());
+  const int32_t* ptr = kv_ptr.data_ptr<int32_t>();
+  const int64_t nnz = kv_blocks.numel();
+  TORCH_CHECK_VALUE(ptr[0] == 0 && ptr[nqb] == nnz, "hf_sparse::sparse_attention: kv_ptr must start at 0 and end at ",
+                    nnz);
+  for (int64_t i = 0; i < nqb; ++i)
+    TORCH_CHECK_VALUE(ptr[i] <= ptr[i + 1], "hf_sparse::sparse_attention: kv_ptr is not monotone at ", i);
+  const int32_t* kb = kv_blocks.data_ptr<int32_t>();
+  const int32_t* mi = mask_index.data_ptr<int32_t>();
+  for (int64_t p = 0; p < nnz; ++p) {
+    TORCH_CHECK_VALUE(kb[p] >= 0 && kb[p] < nkb, "hf_sparse::sparse_attention: kv_blocks[", p, "]=", kb[p],
+                      " is out of range [0, ", nkb, ")");
+    TORCH_CHECK_VALUE(mi[p] >= -1 && mi[p] < bits.size(0), "hf_sparse::sparse_attention: mask_index[", p, "]=",
+                      mi[p], " is out of range [-1, ", bits.size(0), ")");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                         const at::Tensor& v, const at::Tensor& kv_ptr,
+                                                         const at::Tensor& kv_blocks, const at::Tensor& mask_index,
+                                                         const at::Tensor& bits, const at::Tensor& key_bias,
+                                                         double scale, int64_t block_q) {
+  TORCH_CHECK_VALUE(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "hf_sparse::sparse_attention: q, k, v must be 4-D "
+                    "(batch, heads, length, head_dim)");
+  TORCH_CHECK_VALUE(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+                    "hf_sparse::sparse_attention: q, k, v must be float32");
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), Skv = k.size(2);
+  TORCH_CHECK_VALUE(k.size(0) == B && v.size(0) == B && v.size(1) == Hkv && v.size(2) == Skv && k.size(3) == D &&
+                        v.size(3) == D && Hkv > 0 && H % Hkv == 0,
+                    "hf_sparse::sparse_attention: shapes do not match: q ", q.sizes(), ", k ", k.sizes(), ", v ",
+                    v.sizes(), " (heads must be a multiple of key/value heads)");
+  TORCH_CHECK_VALUE(D % Vf::W == 0, "hf_sparse::sparse_attention: head_dim must be a multiple of ", Vf::W, ", got ", D);
+  TORCH_CHECK_VALUE(block_q > 0 && block_q <= 256, "hf_sparse::sparse_attention: block_q must be in [1, 256]");
+  const int64_t nqb = (Sq + block_q - 1) / block_q, nkb = (Skv + BK - 1) / BK;
+  auto ptr_c = kv_ptr.contiguous();
+  auto kb_c = kv_blocks.contiguous();
+  auto mi_c = mask_index.contiguous();
+  auto bits_c = bits.contiguous();
+  check_layout(ptr_c, kb_c, mi_c, bits_c, nqb, nkb, block_q);
+  const bool has_bias = key_bias.numel() > 0;
+  if (has_bias)
+    TORCH_CHECK_VALUE(key_bias.scalar_type() == at::kFloat && key_bias.dim() == 2 && key_bias.size(0) == B &&
+                          key_bias.size(1) == Skv,
+                      "hf_sparse::sparse_attention: key_bias must be float32 (batch, kv_length) = (", B, ", ", Skv,
+                      "), got ", key_bias.sizes());
+  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  auto bias_c = has_bias ? key_bias.contiguous() : key_bias;
+  auto out = at::zeros({B, H, Sq, D}, q.options());
+  auto lse = at::empty({B, H, Sq}, q.options());
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = kc.data_ptr<float>();
+  const float* vp = vc.data_ptr<float>();
+  const float* biasp = has_bias ? bias_c.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  float* lp = lse.data_ptr<float>();
+  const int32_t* ptr = ptr_c.data_ptr<int32_t>();
+  const int32_t* kbl = kb_c.data_ptr<int32_t>();
+  const int32_t* mip = mi_c.data_ptr<int32_t>();
+  const int64_t* bitp = bits_c.data_ptr<int64_t>();
+  const float fscale = static_cast<float>(scale);
+  const int64_t ldk = nkb * BK;  // transposed keys, padded to whole blocks (the padding is zero and masked)
+  const int64_t group = H / Hkv;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  // One task per (batch, kv head): its transposed keys serve every query head of the group.
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> kt(static_cast<size_t>(D * ldk)), vpad(static_cast<size_t>(BK * D));
+    std::vector<float> qs(static_cast<size_t>(block_q * D)), s(static_cast<size_t>(block_q * BK));
+    std::vector<float> m(block_q), l(block_q);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / Hkv, hk = t % Hkv;
+      const float* kbh = kp + (b * Hkv + hk) * Skv * D;
+      const float* vbh = vp + (b * Hkv + hk) * Skv * D;
+      std::fill(kt.begin(), kt.end(), 0.f);
+      for (int64_t j = 0; j < Skv; ++j)
+        for (int64_t e = 0; e < D; ++e) kt[e * ldk + j] = kbh[j * D + e];
+      const float* bias = has_bias ? biasp + b * Skv : nullptr;
+      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        const float* qbh = qp + (b * H + h) * Sq * D;
+        float* obh = op + (b * H + h) * Sq * D;
+        float* lbh = lp + (b * H + h) * Sq;
+        for (int64_t qb = 0; qb < nqb; ++qb) {
+          const int64_t i0 = qb * block_q, rows = std::min(block_q, Sq - i0);
+          for (int64_t i = 0; i < rows * D; ++i) qs[i] = qbh[i0 * D + i] * fscale;
+          std::fill(m.begin(), m.end(), ninf);
+          std::fill(l.begin(), l.end(), 0.f);
+          float* o = obh + i0 * D;  // accumulated in place (out starts at zero)
+          for (int32_t p = ptr[qb]; p < ptr[qb + 1]; ++p) {
+            const int64_t j0 = static_cast<int64_t>(kbl[p]) * BK;
+            const int64_t valid = std::min(BK, Skv - j0);
+            scores_tile(qs.data(), rows, D, kt.data() + j0, ldk, s.data());
+            const int64_t* mbits = mip[p] >= 0 ? bitp + static_cast<int64_t>(mip[p]) * block_q : nullptr;
+            const float* vb = vbh + j0 * D;
+            if (valid < BK) {  // the last key block: copy it zero-padded so the P V tile reads whole rows
+              std::fill(vpad.begin(), vpad.end(), 0.f);
+              std::copy(vb, vb + valid * D, vpad.begin());
+              vb = vpad.data();
+            }
+            for (int64_t i = 0; i < rows; ++i) {
+              float* si = s.data() + i * BK;
+              if (mbits != nullptr || valid < BK || bias != nullptr) {
+                const uint64_t word = mbits != nullptr ? static_cast<uint64_t>(mbits[i]) : ~uint64_t(0);
+                for (int64_t j = 0; j < BK; ++j) {
+                  const bool keep = j < valid && ((word >> j) & 1u);
+                  si[j] = keep ? (bias != nullptr ? si[j] + bias[j0 + j] : si[j]) : ninf;
+                }
+              }
+              Vf::R mx = Vf::set1(ninf);
+              for (int64_t c = 0; c < KW; ++c) mx = max_v(mx, Vf::load(si + c * Vf::W));
+              const float mnew = std::max(m[i], hmax(mx));
+              if (mnew == ninf) {  // nothing allowed in this row so far
+                for (int64_t j = 0; j < BK; ++j) si[j] = 0.f;
+                continue;
+              }
+              const float alpha = m[i] == ninf ? 0.f : std::exp(m[i] - mnew);
+              const Vf::R negm = Vf::set1(-mnew);
+              Vf::R sum = Vf::zero();
+              for (int64_t c = 0; c < KW; ++c) {
+                const Vf::R e = exp_v(Vf::add(Vf::load(si + c * Vf::W), negm));
+                Vf::store(si + c * Vf::W, e);
+                sum = Vf::add(sum, e);
+              }
+              l[i] = l[i] * alpha + Vf::sum(sum);
+              m[i] = mnew;
+              if (alpha != 1.f) scale_row(o + i * D, D, alpha);
+            }
+            pv_tile(s.data(), rows, vb, D, o);
+          }
+          for (int64_t i = 0; i < rows; ++i) {
+            if (l[i] > 0.f) {
+              scale_row(o + i * D, D, 1.f / l[i]);
+              lbh[i0 + i] = m[i] + std::log(l[i]);
+            } else {
+              for (int64_t e = 0; e < D; ++e) o[i * D + e] = 0.f;
+              lbh[i0 + i] = ninf;
+            }
+          }
+        }
+      }
+    }
+  });
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) { m.impl("sparse_attention", &sparse_attention_cpu); }
