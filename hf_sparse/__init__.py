@@ -13,8 +13,9 @@ Public API::
 
 __version__ = "0.1.0"
 
-from . import data, distillation, formats, integrations, nn, ops, quantization
+from . import attention, data, distillation, formats, integrations, nn, ops, quantization
 from .apply import apply_
+from .attention import SparseAttentionConfig, apply_sparse_attention_
 from .callbacks import DistillationCallback, PruningCallback, QATCallback, RegularizationCallback, attach_callbacks
 from .config import BaseConfig, register_config
 from .distillation import DistillationConfig, Distiller, student_from_teacher, teacher_snapshot
@@ -45,6 +46,9 @@ from .registry import CONFIGS, METHODS, Registry
 __all__ = [
     "__version__",
     "data",
+    "attention",
+    "SparseAttentionConfig",
+    "apply_sparse_attention_",
     "formats",
     "integrations",
     "nn",

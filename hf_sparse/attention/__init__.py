@@ -1,11 +1,15 @@
 """Sparse and windowed attention: patterns, block layouts, our kernels, and the ``hf_sparse`` attention
 implementation registered with transformers."""
 
+from .apply import apply_sparse_attention_
+from .config import SparseAttentionConfig
 from .functional import explain, sparse_attention, sparse_attention_reference
 from .layout import BlockLayout, build_layout
 from .patterns import BlockSparse, DilatedWindow, Full, GlobalTokens, Pattern, SlidingWindow, dense_mask
 
 __all__ = [
+    "SparseAttentionConfig",
+    "apply_sparse_attention_",
     "Pattern",
     "Full",
     "SlidingWindow",

@@ -1,0 +1,249 @@
+"""The ``hf_sparse`` attention implementation, registered with transformers' ``AttentionInterface`` and
+``AttentionMaskInterface`` under the same name (without the mask entry a model would silently get no mask).
+
+The mask function does not build a dense (B, 1, Sq, Skv) mask: it returns a :class:`SparseMaskInfo` — causal or
+not, offsets, and the key padding — and the attention function combines it with the layer's pattern (from
+``model.config.hf_sparse_attention``, see :func:`~hf_sparse.attention.apply_sparse_attention_`) into the block
+layout our kernel runs over. Masks transformers composes from other pieces (packed sequences, a model's own
+sliding window) arrive as a dense boolean mask and run through the reference path, intersected with the pattern.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import weakref
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import (
+    AttentionMaskInterface,
+    bidirectional_mask_function,
+    causal_mask_function,
+    prepare_padding_mask,
+    sdpa_mask,
+)
+
+from ..attention.config import SparseAttentionConfig
+from ..attention.functional import sparse_attention, sparse_attention_reference
+from ..errors import ConfigError
+
+__all__ = ["ATTENTION_NAME", "SparseMaskInfo", "sparse_attention_forward", "sparse_attention_mask", "CONFIG_KEY"]
+
+#: The name to pass as ``attn_implementation``.
+ATTENTION_NAME = "hf_sparse"
+#: The model-config attribute holding the :class:`SparseAttentionConfig` as a dict (saved in ``config.json``).
+CONFIG_KEY = "hf_sparse_attention"
+
+# input_ids of the latest forward pass per model config (token-id global tokens), set by a forward pre-hook.
+_TOKENS: dict[int, torch.Tensor] = {}
+
+
+@dataclasses.dataclass
+class SparseMaskInfo:
+    """What the model's mask says, in the compact form our kernels use.
+
+    Attributes:
+        causal: the model's mask is causal.
+        q_offset, kv_offset: absolute position of the first query / key.
+        key_padding: (B, kv_length) bool, True = a real key; ``None`` when nothing is padded.
+        dense: (B, 1, Sq, Skv) bool for masks that are neither plain causal nor plain bidirectional (they run through
+            the reference path); else ``None``.
+    """
+
+    causal: bool
+    q_offset: int
+    kv_offset: int
+    q_length: int
+    kv_length: int
+    key_padding: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:  # what code that inspects a mask's shape expects
+        return (
+            self.key_padding.shape[0] if self.key_padding is not None else 1,
+            1,
+            self.q_length,
+            self.kv_length,
+        )
+
+
+def sparse_attention_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function=causal_mask_function,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> SparseMaskInfo:
+    """The ``AttentionMaskInterface`` entry of ``hf_sparse`` (same signature as transformers' ``sdpa_mask``)."""
+    q_offset, kv_offset = int(q_offset), int(kv_offset)
+    info = SparseMaskInfo(
+        causal=mask_function is causal_mask_function,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        q_length=q_length,
+        kv_length=kv_length,
+    )
+    if mask_function not in (causal_mask_function, bidirectional_mask_function):
+        kw = {k: v for k, v in kwargs.items() if k in ("device", "use_vmap")}
+        info.dense = sdpa_mask(
+            batch_size=batch_size,
+            q_length=q_length,
+            kv_length=kv_length,
+            q_offset=q_offset,
+            kv_offset=kv_offset,
+            mask_function=mask_function,
+            attention_mask=attention_mask,
+            allow_is_causal_skip=False,
+            allow_is_bidirectional_skip=False,
+            **kw,
+        )
+        return info
+    if attention_mask is not None:
+        padding = prepare_padding_mask(attention_mask.to(torch.bool), kv_length, kv_offset)
+        padding = padding[:, kv_offset : kv_offset + kv_length]
+        if not bool(padding.all()):
+            info.key_padding = padding
+    return info
+
+
+_CONFIG_CACHE: dict[str, SparseAttentionConfig] = {}
+
+
+def config_of(model_config) -> SparseAttentionConfig:
+    """The :class:`SparseAttentionConfig` recorded in a model config (parsed once per distinct value)."""
+    raw = getattr(model_config, CONFIG_KEY, None)
+    if raw is None:
+        raise ConfigError(
+            f"attn_implementation={ATTENTION_NAME!r} needs a sparse attention config on the model: call "
+            "hf_sparse.attention.apply_sparse_attention_(model, SparseAttentionConfig(...)) (or set "
+            f"config.{CONFIG_KEY} to its to_dict() before loading)."
+        )
+    if isinstance(raw, SparseAttentionConfig):
+        return raw
+    key = json.dumps(raw, sort_keys=True)
+    if key not in _CONFIG_CACHE:
+        _CONFIG_CACHE[key] = SparseAttentionConfig.from_dict(raw)
+    return _CONFIG_CACHE[key]
+
+
+def _global_flags(cfg: SparseAttentionConfig, model_config, total: int, device) -> torch.Tensor | None:
+    if not cfg.global_token_ids:
+        return None
+    ids = _TOKENS.get(id(model_config))
+    if ids is None or ids.shape[-1] != total:
+        raise ConfigError(
+            "global_token_ids needs the input_ids of the forward pass: apply the config with "
+            "hf_sparse.attention.apply_sparse_attention_ (it records them), and pass input_ids (not inputs_embeds)."
+        )
+    flags = torch.isin(ids.to(device), torch.tensor(cfg.global_token_ids, device=device))
+    for p in cfg.global_positions:
+        if p < total:
+            flags[:, p] = True
+    return flags
+
+
+def sparse_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The ``AttentionInterface`` entry of ``hf_sparse``: (B, H, S, D) query/key/value in, (B, S, H, D) out."""
+    model_config = getattr(module, "config", None)
+    cfg = config_of(model_config)
+    layer_idx = getattr(module, "layer_idx", None)
+    pattern = cfg.pattern_for(layer_idx)
+    if isinstance(attention_mask, SparseMaskInfo):
+        info = attention_mask
+    elif attention_mask is None:  # e.g. a module called on its own, or a mask transformers decided to skip
+        causal = bool(getattr(module, "is_causal", False))
+        sq, skv = query.shape[2], key.shape[2]
+        info = SparseMaskInfo(
+            causal=causal, q_offset=skv - sq if causal else 0, kv_offset=0, q_length=sq, kv_length=skv
+        )
+    else:
+        raise ConfigError(
+            f"attn_implementation={ATTENTION_NAME!r} got a {type(attention_mask).__name__} mask; it needs the mask "
+            "its own mask function builds. Load or set the implementation through transformers "
+            f"(attn_implementation={ATTENTION_NAME!r} or model.set_attn_implementation({ATTENTION_NAME!r}))."
+        )
+    causal = info.causal or cfg.causal
+    is_global = _global_flags(cfg, model_config, info.kv_offset + info.kv_length, query.device)
+    common = dict(causal=causal, scale=scaling, q_offset=info.q_offset, kv_offset=info.kv_offset, is_global=is_global)
+    if info.dense is not None:
+        out = _dense_path(query, key, value, pattern, info.dense, dropout=dropout, top_k=cfg.top_k, **common)
+    else:
+        out = sparse_attention(
+            query,
+            key,
+            value,
+            pattern,
+            key_padding_mask=info.key_padding,
+            dropout=dropout,
+            top_k=cfg.top_k,
+            block_q=cfg.block_q,
+            backend=None if cfg.backend == "auto" else cfg.backend,
+            **common,
+        )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _dense_path(query, key, value, pattern, dense, *, causal, scale, q_offset, kv_offset, is_global, dropout, top_k):
+    # A mask transformers composed (packed sequences, a model's own window): the pattern intersected with it, by
+    # the reference. The reference's padding argument is per key; a general mask is applied through is_global-free
+    # composition: run per batch row with the row's mask as an extra pattern.
+    from ..attention.patterns import Pattern
+
+    class _Given(Pattern):
+        def __init__(self, m):
+            self.m = m
+
+        def __call__(self, q, k, *, is_global=None, length=None):
+            return self.m[(q - q_offset).clamp(min=0), (k - kv_offset).clamp(min=0)]
+
+    outs = []
+    for b in range(query.shape[0]):
+        row = dense[b if dense.shape[0] > 1 else 0, 0]
+        outs.append(
+            sparse_attention_reference(
+                query[b : b + 1],
+                key[b : b + 1],
+                value[b : b + 1],
+                pattern & _Given(row),
+                causal=causal,
+                scale=scale,
+                q_offset=q_offset,
+                kv_offset=kv_offset,
+                is_global=None if is_global is None else is_global[b : b + 1],
+                dropout=dropout,
+                top_k=top_k,
+            )
+        )
+    return torch.cat(outs)
+
+
+def record_input_ids(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Record each forward pass's token ids (for token-id global tokens): a forward pre-hook on the model's input
+    embedding table, which every call path (the task model, its base model) goes through."""
+    config = model.config
+    key = id(config)
+    weakref.finalize(config, _TOKENS.pop, key, None)
+
+    def _hook(mod, args):
+        if args and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point():
+            _TOKENS[key] = args[0].detach()
+
+    return model.get_input_embeddings().register_forward_pre_hook(_hook)
+
+
+AttentionInterface.register(ATTENTION_NAME, sparse_attention_forward)
+AttentionMaskInterface.register(ATTENTION_NAME, sparse_attention_mask)
