@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark our kernels against the best baselines, same process (JSON)")
     p.add_argument(
         "suite",
-        choices=["spmm", "minilm", "train-step", "structured", "distill", "quant"],
+        choices=["spmm", "minilm", "train-step", "structured", "distill", "quant", "attention", "long-context"],
         help="which benchmark suite",
     )
     p.add_argument("--quick", action="store_true", help="a few key cases, under a minute")
