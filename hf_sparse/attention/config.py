@@ -54,7 +54,7 @@ class SparseAttentionConfig(BaseConfig):
     top_k: int | None = None
     layers: tuple[int, ...] = ()
     layer_windows: dict[str, int] = dataclasses.field(default_factory=dict)
-    block_q: int = 32
+    block_q: int = 24
     backend: Literal["auto", "cpu", "reference"] = "auto"
 
     def validate(self) -> None:

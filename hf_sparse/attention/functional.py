@@ -128,8 +128,8 @@ def _kernel_reasons(query, key, value, *, dropout, top_k) -> list[str]:
         out.append(f"device {query.device.type} is not supported (cpu)")
     if {query.dtype, key.dtype, value.dtype} != {torch.float32}:
         out.append(f"dtypes {sorted({str(t.dtype) for t in (query, key, value)})} are not supported (float32)")
-    if query.shape[-1] % 8:
-        out.append(f"head_dim {query.shape[-1]} is not a multiple of 8")
+    if query.shape[-1] % 16:
+        out.append(f"head_dim {query.shape[-1]} is not a multiple of 16")
     if query.shape[1] % key.shape[1]:
         out.append("query heads are not a multiple of key/value heads")
     if dropout > 0:
@@ -160,7 +160,7 @@ def sparse_attention(
     is_global: torch.Tensor | None = None,
     dropout: float = 0.0,
     top_k: int | None = None,
-    block_q: int = 32,
+    block_q: int = 24,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention restricted to ``pattern`` (and ``causal``, and the keys ``key_padding_mask`` keeps).

@@ -83,7 +83,7 @@ def build_layout(
     q_offset: int = 0,
     kv_offset: int = 0,
     causal: bool = False,
-    block_q: int = 32,
+    block_q: int = 24,
     is_global: torch.Tensor | None = None,
 ) -> BlockLayout:
     """The block layout of ``pattern`` (and the causal mask when ``causal``) for one sequence.

@@ -73,7 +73,7 @@ def test_layout_with_offsets_matches_the_dense_mask():
 @kernels
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", [(2, 4, 4, 77, 16), (1, 4, 2, 130, 32), (3, 2, 1, 9, 8)])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 77, 16), (1, 4, 2, 130, 32), (3, 2, 1, 9, 16)])
 def test_kernel_forward_and_gradients_equal_sdpa_with_the_dense_mask(name, causal, shape):
     B, H, Hkv, S, D = shape
     pattern = PATTERNS[name]
@@ -94,7 +94,7 @@ def test_kernel_forward_and_gradients_equal_sdpa_with_the_dense_mask(name, causa
 
 @kernels
 def test_kernel_opcheck_and_explain():
-    q, k, v = _inputs(1, 2, 2, 40, 8, seed=0)
+    q, k, v = _inputs(1, 2, 2, 40, 16, seed=0)
     layout = build_layout(SlidingWindow(6), 40, 40, block_q=16)
     args = (q, k, v, layout.kv_ptr, layout.kv_blocks, layout.mask_index, layout.bits, torch.empty(0), 0.3, 16)
     torch.library.opcheck(torch.ops.hf_sparse.sparse_attention, args, test_utils=("test_schema", "test_faketensor"))
@@ -106,7 +106,7 @@ def test_kernel_opcheck_and_explain():
 
 @kernels
 def test_kernel_rejects_a_malformed_layout_without_crashing():
-    q, k, v = _inputs(1, 1, 1, 40, 8, seed=0)
+    q, k, v = _inputs(1, 1, 1, 40, 16, seed=0)
     layout = build_layout(SlidingWindow(6), 40, 40, block_q=16)
     bad_blocks = layout.kv_blocks.clone()
     bad_blocks[0] = 99

@@ -69,80 +69,65 @@ inline void scale_row(float* row, int64_t d, float factor) {
   for (int64_t c = 0; c < d; c += Vf::W) Vf::store(row + c, Vf::fma(Vf::load(row + c), f, Vf::zero()));
 }
 
-// S (rows x BK) = Qs (rows x D, scaled) times the key block kt (D x BK, row stride ldk): four query rows at a time,
-// two vectors of keys per pass, so each loaded key vector serves four rows.
-inline void scores_tile(const float* qs, int64_t rows, int64_t d, const float* kt, int64_t ldk, float* s) {
-  int64_t i = 0;
-  for (; i + 4 <= rows; i += 4) {
-    for (int64_t c = 0; c < KW; c += 2) {
-      Vf::R acc[4][2];
-      for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = Vf::zero();
-      for (int64_t e = 0; e < d; ++e) {
-        const Vf::R k0 = Vf::load(kt + e * ldk + c * Vf::W), k1 = Vf::load(kt + e * ldk + (c + 1) * Vf::W);
-        for (int r = 0; r < 4; ++r) {
-          const Vf::R qv = Vf::set1(qs[(i + r) * d + e]);
-          acc[r][0] = Vf::fma(qv, k0, acc[r][0]);
-          acc[r][1] = Vf::fma(qv, k1, acc[r][1]);
-        }
-      }
-      for (int r = 0; r < 4; ++r) {
-        Vf::store(s + (i + r) * BK + c * Vf::W, acc[r][0]);
-        Vf::store(s + (i + r) * BK + (c + 1) * Vf::W, acc[r][1]);
+// S (RB rows x BK) = Qs (scaled) times the key block kt (D x BK, row stride ldk), two vectors of keys per pass:
+// RB * 2 accumulators (12 for RB = 6 cover the FMA latency on two ports), each loaded key vector serves RB rows.
+template <int RB>
+inline void scores_rows(const float* qs, int64_t d, const float* kt, int64_t ldk, float* s) {
+  for (int64_t c = 0; c < KW; c += 2) {
+    Vf::R acc[RB][2];
+    for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = Vf::zero();
+    for (int64_t e = 0; e < d; ++e) {
+      const Vf::R k0 = Vf::load(kt + e * ldk + c * Vf::W), k1 = Vf::load(kt + e * ldk + (c + 1) * Vf::W);
+      for (int r = 0; r < RB; ++r) {
+        const Vf::R qv = Vf::set1(qs[r * d + e]);
+        acc[r][0] = Vf::fma(qv, k0, acc[r][0]);
+        acc[r][1] = Vf::fma(qv, k1, acc[r][1]);
       }
     }
-  }
-  for (; i < rows; ++i) {
-    for (int64_t c = 0; c < KW; ++c) {
-      Vf::R acc = Vf::zero();
-      for (int64_t e = 0; e < d; ++e)
-        acc = Vf::fma(Vf::set1(qs[i * d + e]), Vf::load(kt + e * ldk + c * Vf::W), acc);
-      Vf::store(s + i * BK + c * Vf::W, acc);
+    for (int r = 0; r < RB; ++r) {
+      Vf::store(s + r * BK + c * Vf::W, acc[r][0]);
+      Vf::store(s + r * BK + (c + 1) * Vf::W, acc[r][1]);
     }
   }
 }
 
-// O (rows x D) += P (rows x BK) times the value block v (BK x D, contiguous rows): four rows and two vectors of D
-// at a time, accumulators in registers across the 64 keys.
-inline void pv_tile(const float* p, int64_t rows, const float* v, int64_t d, float* o) {
-  const int64_t dv = d / Vf::W;
+inline void scores_tile(const float* qs, int64_t rows, int64_t d, const float* kt, int64_t ldk, float* s) {
   int64_t i = 0;
-  for (; i + 4 <= rows; i += 4) {
-    int64_t c = 0;
-    for (; c + 2 <= dv; c += 2) {
-      Vf::R acc[4][2];
-      for (int r = 0; r < 4; ++r) {
-        acc[r][0] = Vf::load(o + (i + r) * d + c * Vf::W);
-        acc[r][1] = Vf::load(o + (i + r) * d + (c + 1) * Vf::W);
-      }
-      for (int64_t j = 0; j < BK; ++j) {
-        const Vf::R v0 = Vf::load(v + j * d + c * Vf::W), v1 = Vf::load(v + j * d + (c + 1) * Vf::W);
-        for (int r = 0; r < 4; ++r) {
-          const Vf::R pv = Vf::set1(p[(i + r) * BK + j]);
-          acc[r][0] = Vf::fma(pv, v0, acc[r][0]);
-          acc[r][1] = Vf::fma(pv, v1, acc[r][1]);
-        }
-      }
-      for (int r = 0; r < 4; ++r) {
-        Vf::store(o + (i + r) * d + c * Vf::W, acc[r][0]);
-        Vf::store(o + (i + r) * d + (c + 1) * Vf::W, acc[r][1]);
+  for (; i + 6 <= rows; i += 6) scores_rows<6>(qs + i * d, d, kt, ldk, s + i * BK);
+  for (; i + 2 <= rows; i += 2) scores_rows<2>(qs + i * d, d, kt, ldk, s + i * BK);
+  for (; i < rows; ++i) scores_rows<1>(qs + i * d, d, kt, ldk, s + i * BK);
+}
+
+// O (RB rows x D) += P (RB x BK) times the value block v (BK x D, contiguous rows), two vectors of D per pass,
+// accumulators in registers across the 64 keys.
+template <int RB>
+inline void pv_rows(const float* p, const float* v, int64_t d, float* o) {
+  for (int64_t c = 0; c < d / Vf::W; c += 2) {
+    Vf::R acc[RB][2];
+    for (int r = 0; r < RB; ++r) {
+      acc[r][0] = Vf::load(o + r * d + c * Vf::W);
+      acc[r][1] = Vf::load(o + r * d + (c + 1) * Vf::W);
+    }
+    for (int64_t j = 0; j < BK; ++j) {
+      const Vf::R v0 = Vf::load(v + j * d + c * Vf::W), v1 = Vf::load(v + j * d + (c + 1) * Vf::W);
+      for (int r = 0; r < RB; ++r) {
+        const Vf::R pv = Vf::set1(p[r * BK + j]);
+        acc[r][0] = Vf::fma(pv, v0, acc[r][0]);
+        acc[r][1] = Vf::fma(pv, v1, acc[r][1]);
       }
     }
-    for (; c < dv; ++c) {
-      for (int r = 0; r < 4; ++r) {
-        Vf::R acc = Vf::load(o + (i + r) * d + c * Vf::W);
-        for (int64_t j = 0; j < BK; ++j)
-          acc = Vf::fma(Vf::set1(p[(i + r) * BK + j]), Vf::load(v + j * d + c * Vf::W), acc);
-        Vf::store(o + (i + r) * d + c * Vf::W, acc);
-      }
+    for (int r = 0; r < RB; ++r) {
+      Vf::store(o + r * d + c * Vf::W, acc[r][0]);
+      Vf::store(o + r * d + (c + 1) * Vf::W, acc[r][1]);
     }
   }
-  for (; i < rows; ++i) {
-    for (int64_t c = 0; c < dv; ++c) {
-      Vf::R acc = Vf::load(o + i * d + c * Vf::W);
-      for (int64_t j = 0; j < BK; ++j) acc = Vf::fma(Vf::set1(p[i * BK + j]), Vf::load(v + j * d + c * Vf::W), acc);
-      Vf::store(o + i * d + c * Vf::W, acc);
-    }
-  }
+}
+
+inline void pv_tile(const float* p, int64_t rows, const float* v, int64_t d, float* o) {
+  int64_t i = 0;
+  for (; i + 6 <= rows; i += 6) pv_rows<6>(p + i * BK, v, d, o + i * d);
+  for (; i + 2 <= rows; i += 2) pv_rows<2>(p + i * BK, v, d, o + i * d);
+  for (; i < rows; ++i) pv_rows<1>(p + i * BK, v, d, o + i * d);
 }
 
 void check_layout(const at::Tensor& kv_ptr, const at::Tensor& kv_blocks, const at::Tensor& mask_index,
@@ -187,7 +172,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
                         v.size(3) == D && Hkv > 0 && H % Hkv == 0,
                     "hf_sparse::sparse_attention: shapes do not match: q ", q.sizes(), ", k ", k.sizes(), ", v ",
                     v.sizes(), " (heads must be a multiple of key/value heads)");
-  TORCH_CHECK_VALUE(D % Vf::W == 0, "hf_sparse::sparse_attention: head_dim must be a multiple of ", Vf::W, ", got ", D);
+  TORCH_CHECK_VALUE(D % (2 * Vf::W) == 0, "hf_sparse::sparse_attention: head_dim must be a multiple of ", 2 * Vf::W,
+                    ", got ", D);
   TORCH_CHECK_VALUE(block_q > 0 && block_q <= 256, "hf_sparse::sparse_attention: block_q must be in [1, 256]");
   const int64_t nqb = (Sq + block_q - 1) / block_q, nkb = (Skv + BK - 1) / BK;
   auto ptr_c = kv_ptr.contiguous();
