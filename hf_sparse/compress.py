@@ -23,6 +23,7 @@ from transformers import (
     set_seed,
 )
 
+from .attention import apply_sparse_attention_
 from .callbacks.distillation import DistillationCallback
 from .callbacks.pruning import PruningCallback, attach_callbacks
 from .callbacks.quantization import QATCallback
@@ -222,7 +223,10 @@ def _verify_round_trip(folder: Path, logits: np.ndarray, test_tok, tokenizer, se
     from .nn import SparseEmbedding, SparseLinear
     from .nn.quant import QuantEmbedding
 
-    loaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    saved = json.loads((folder / "config.json").read_text())
+    # A sparse-attention model names its implementation when it loads (the pattern itself is in config.json).
+    extra = {"attn_implementation": "hf_sparse"} if "hf_sparse_attention" in saved else {}
+    loaded = AutoModelForSequenceClassification.from_pretrained(folder, **extra)
     trainer = Trainer(
         model=loaded,
         args=_training_args(section, work),
@@ -489,6 +493,9 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             tag += f"-{qmode}"
         if kd:
             tag += "-kd"
+        attn = recipe.attention
+        if attn is not None:
+            tag = tag.replace("pruned-0", "dense") + f"-{_attention_tag(attn)}"
         what = _schedule_desc(cfg) if cfg.sparsity > 0 else "structured pruning, then fine-tuning"
         if cfg.sparsity == 0 and recipe.structured is None:
             what = "fine-tuning"
@@ -498,11 +505,15 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             what += f", quantisation-aware ({quant.weight.bits}-bit weights)"
         elif qmode == "ptq":
             what += f", then post-training quantisation ({quant.weight.bits}-bit weights)"
+        if attn is not None:
+            what += f", {_attention_desc(attn)}"
         logger.info("hf-sparse compress: %s (%s)", tag, what)
         if distil is not None and distil.student_from == "pretrained":
             model = load_classifier(model_path, recipe.pruned.seed)
         else:
             model = copy.deepcopy(dense_model)
+        if attn is not None:
+            apply_sparse_attention_(model, attn)
         t0 = time.perf_counter()
         structure = None
         if recipe.structured is not None:
@@ -611,6 +622,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
                 d = distiller_cb.distiller
                 run["distillation"]["teacher_calls"] = d.teacher_calls
                 run["distillation"]["cache_hits"] = d.cache.hits if d.cache is not None else 0
+        if attn is not None:
+            run["attention"] = {"config": attn.to_dict(header=False), "description": _attention_desc(attn)}
         if structure is not None:
             run["structure"] = {
                 "config": recipe.structured.to_dict(header=False),
@@ -671,6 +684,32 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     # Trainer work folders only hold logs of runs that saved no checkpoints; keep the output folder tidy.
     _remove_empty_tree(work)
     return report
+
+
+def _attention_tag(cfg) -> str:
+    if cfg.pattern == "window":
+        base = f"window{cfg.window}"
+    elif cfg.pattern == "dilated":
+        base = f"dilated{cfg.window}x{cfg.dilation}"
+    else:
+        base = cfg.pattern
+    return base + ("-global" if cfg.global_positions or cfg.global_token_ids else "")
+
+
+def _attention_desc(cfg) -> str:
+    if cfg.pattern == "window":
+        what = f"sliding-window attention (±{cfg.window} tokens)"
+    elif cfg.pattern == "dilated":
+        what = f"dilated-window attention (every {cfg.dilation}th token within ±{cfg.window * cfg.dilation})"
+    elif cfg.pattern == "bigbird":
+        what = f"BigBird block-sparse attention ({cfg.block}-token blocks)"
+    else:
+        what = "full attention"
+    if cfg.global_positions:
+        what += f" with global positions {list(cfg.global_positions)}"
+    if cfg.global_token_ids:
+        what += f" and global token ids {list(cfg.global_token_ids)}"
+    return what
 
 
 def _remove_empty_tree(folder: Path) -> None:

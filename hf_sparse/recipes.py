@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from ._resources import data_dir
+from .attention.config import SparseAttentionConfig
 from .config import BaseConfig, register_config
 from .distillation.config import DistillationConfig
 from .errors import ConfigError, RecipeError
@@ -345,6 +346,9 @@ class Recipe(BaseConfig):
             :class:`DistillationSection`).
         quantization: Each run is also quantised, by QAT or PTQ (see :class:`QuantizationSection`); a sparsity
             of 0 in ``sparsities`` is then a quantised dense run.
+        attention: Each run is fine-tuned (from the dense baseline, trained with full attention) with this sparse
+            attention pattern (:class:`~hf_sparse.attention.SparseAttentionConfig`, ``attn_implementation=
+            "hf_sparse"``); a sparsity of 0 in ``sparsities`` is then a dense-weight run with sparse attention.
     """
 
     name: str = DEFAULT_RECIPE
@@ -363,13 +367,15 @@ class Recipe(BaseConfig):
     sensitivity: SensitivitySection | None = None
     distillation: DistillationSection | None = None
     quantization: QuantizationSection | None = None
+    attention: SparseAttentionConfig | None = None
 
     def validate(self) -> None:
-        zero_ok = self.structured is not None or self.quantization is not None
+        zero_ok = self.structured is not None or self.quantization is not None or self.attention is not None
         for s in self.sparsities or ():
             if not 0 < s < 1 and not (s == 0 and zero_ok):
                 raise ConfigError(
-                    f"sparsities must each be in (0, 1) (0 is allowed with a structured or quantization section), "
+                    "sparsities must each be in (0, 1) (0 is allowed with a structured, quantization or attention "
+                    "section), "
                     f"got {s}."
                 )
 
