@@ -240,6 +240,28 @@ def _attention_setup(ctx, inputs, output):
 
 
 def _attention_backward(ctx, grad_out, grad_lse):
+    q, k, v, kv_ptr, kv_blocks, mask_index, bits, key_bias, out, lse = ctx.saved_tensors
+    if grad_lse is None and grad_out is not None:  # the usual case: our C++ backward over the same tiles
+        dq, dk, dv = ops.sparse_attention_backward(
+            grad_out.contiguous(),
+            q,
+            k,
+            v,
+            out,
+            lse,
+            kv_ptr,
+            kv_blocks,
+            mask_index,
+            bits,
+            key_bias,
+            ctx.scale,
+            ctx.block_q,
+        )
+        return dq, dk, dv, None, None, None, None, None, None, None
+    return _attention_backward_dense(ctx, grad_out, grad_lse)
+
+
+def _attention_backward_dense(ctx, grad_out, grad_lse):
     # The flash-attention backward in dense form over the allowed pairs: P = exp(S - lse) (0 where masked),
     # dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)), dQ = scale dS K, dK = scale dS^T Q. Grouped
     # key/value heads sum the gradients of their query heads. (Memory is O(Sq * Skv) per head: fine for the

@@ -82,3 +82,10 @@ def _dequantize_fake(values, scales, zero_points, bits, rows, cols):
 def _sparse_attention_fake(q, k, v, kv_ptr, kv_blocks, mask_index, bits, key_bias, scale, block_q):
     torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "q, k, v must be 4-D")
     return q.new_empty(q.shape), q.new_empty(q.shape[:3])
+
+
+@torch.library.register_fake("hf_sparse::sparse_attention_backward")
+def _sparse_attention_backward_fake(
+    grad_out, q, k, v, out, lse, kv_ptr, kv_blocks, mask_index, bits, key_bias, scale, block_q
+):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

@@ -49,4 +49,9 @@ TORCH_LIBRARY(hf_sparse, m) {
   m.def(
       "sparse_attention(Tensor q, Tensor k, Tensor v, Tensor kv_ptr, Tensor kv_blocks, Tensor mask_index, "
       "Tensor bits, Tensor key_bias, float scale, int block_q) -> (Tensor, Tensor)");
+  // Its gradients (dq, dk, dv) from grad_out, the forward's out and lse, over the same layout.
+  m.def(
+      "sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "Tensor kv_ptr, Tensor kv_blocks, Tensor mask_index, Tensor bits, Tensor key_bias, float scale, int block_q) "
+      "-> (Tensor, Tensor, Tensor)");
 }

@@ -98,6 +98,11 @@ def test_kernel_opcheck_and_explain():
     layout = build_layout(SlidingWindow(6), 40, 40, block_q=16)
     args = (q, k, v, layout.kv_ptr, layout.kv_blocks, layout.mask_index, layout.bits, torch.empty(0), 0.3, 16)
     torch.library.opcheck(torch.ops.hf_sparse.sparse_attention, args, test_utils=("test_schema", "test_faketensor"))
+    out, lse = torch.ops.hf_sparse.sparse_attention(*args)
+    bwd_args = (torch.randn_like(out), q, k, v, out, lse, *args[3:])
+    torch.library.opcheck(
+        torch.ops.hf_sparse.sparse_attention_backward, bwd_args, test_utils=("test_schema", "test_faketensor")
+    )
     why = explain(q.double(), k.double(), v.double(), dropout=0.1, top_k=3)["cpu"]
     assert any("float32" in r for r in why) and any("dropout" in r for r in why) and any("top-k" in r for r in why)
     with pytest.raises(ConfigError, match="cannot run this input.*dropout"):
@@ -141,3 +146,19 @@ def test_bigbird_random_blocks_are_seeded_and_bounded():
     assert int(blocks.sum(1).max()) <= 3 + 1 + 3 + 1  # window (3) + global + random (3) + global row
     with pytest.raises(ConfigError, match="non-negative"):
         SlidingWindow(-1)
+
+
+@kernels
+def test_lse_output_is_the_row_logsumexp_and_differentiable():
+    q, k, v = _inputs(1, 2, 2, 50, 16, seed=5, requires_grad=True)
+    layout = build_layout(SlidingWindow(7), 50, 50, block_q=24)
+    args = (layout.kv_ptr, layout.kv_blocks, layout.mask_index, layout.bits, torch.empty(0), 0.25, 24)
+    out, lse = torch.ops.hf_sparse.sparse_attention(q, k, v, *args)
+    mask = dense_mask(SlidingWindow(7), 50, 50)
+    scores = (q @ k.transpose(-1, -2) * 0.25).masked_fill(~mask, float("-inf"))
+    ref = torch.logsumexp(scores, -1)
+    torch.testing.assert_close(lse, ref, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad((lse * 0.5).sum() + out.sum(), (q, k))
+    g2 = torch.autograd.grad((ref * 0.5).sum() + _sdpa_with_mask(q, k, v, mask[None, None], 0.25).sum(), (q, k))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-// Block-sparse attention on the CPU (forward): softmax(Q K^T * scale + mask) V over only the (query block, key
+// Block-sparse attention on the CPU, forward and backward: softmax(Q K^T * scale + mask) V over only the (query block, key
 // block) tiles a pattern keeps, with an online softmax so no score row is ever stored whole.
 //
 // The layout (built in Python from any mask predicate, hf_sparse/attention/layout.py) is CSR over query blocks of
@@ -98,22 +98,23 @@ inline void scores_tile(const float* qs, int64_t rows, int64_t d, const float* k
   for (; i < rows; ++i) scores_rows<1>(qs + i * d, d, kt, ldk, s + i * BK);
 }
 
-// O (RB rows x D) += P (RB x BK) times the value block v (BK x D, contiguous rows), two vectors of D per pass,
-// accumulators in registers across the 64 keys.
+// O (RB rows x D) += A (RB x n, row stride lda) times B (n x D, row stride ldb), two vectors of D per pass,
+// accumulators in registers across the n inner steps. The forward's P V (n = 64 keys) and the backward's dQ, dK
+// and dV products all have this shape.
 template <int RB>
-inline void pv_rows(const float* p, const float* v, int64_t d, float* o) {
+inline void acc_rows(const float* a, int64_t lda, int64_t n, const float* bm, int64_t ldb, int64_t d, float* o) {
   for (int64_t c = 0; c < d / Vf::W; c += 2) {
     Vf::R acc[RB][2];
     for (int r = 0; r < RB; ++r) {
       acc[r][0] = Vf::load(o + r * d + c * Vf::W);
       acc[r][1] = Vf::load(o + r * d + (c + 1) * Vf::W);
     }
-    for (int64_t j = 0; j < BK; ++j) {
-      const Vf::R v0 = Vf::load(v + j * d + c * Vf::W), v1 = Vf::load(v + j * d + (c + 1) * Vf::W);
+    for (int64_t j = 0; j < n; ++j) {
+      const Vf::R b0 = Vf::load(bm + j * ldb + c * Vf::W), b1 = Vf::load(bm + j * ldb + (c + 1) * Vf::W);
       for (int r = 0; r < RB; ++r) {
-        const Vf::R pv = Vf::set1(p[r * BK + j]);
-        acc[r][0] = Vf::fma(pv, v0, acc[r][0]);
-        acc[r][1] = Vf::fma(pv, v1, acc[r][1]);
+        const Vf::R av = Vf::set1(a[r * lda + j]);
+        acc[r][0] = Vf::fma(av, b0, acc[r][0]);
+        acc[r][1] = Vf::fma(av, b1, acc[r][1]);
       }
     }
     for (int r = 0; r < RB; ++r) {
@@ -123,11 +124,34 @@ inline void pv_rows(const float* p, const float* v, int64_t d, float* o) {
   }
 }
 
-inline void pv_tile(const float* p, int64_t rows, const float* v, int64_t d, float* o) {
+// O (rows x D) += A (rows x n) B (n x D).
+inline void acc_tile(const float* a, int64_t lda, int64_t rows, int64_t n, const float* bm, int64_t ldb, int64_t d,
+                     float* o) {
   int64_t i = 0;
-  for (; i + 6 <= rows; i += 6) pv_rows<6>(p + i * BK, v, d, o + i * d);
-  for (; i + 2 <= rows; i += 2) pv_rows<2>(p + i * BK, v, d, o + i * d);
-  for (; i < rows; ++i) pv_rows<1>(p + i * BK, v, d, o + i * d);
+  for (; i + 6 <= rows; i += 6) acc_rows<6>(a + i * lda, lda, n, bm, ldb, d, o + i * d);
+  for (; i + 2 <= rows; i += 2) acc_rows<2>(a + i * lda, lda, n, bm, ldb, d, o + i * d);
+  for (; i < rows; ++i) acc_rows<1>(a + i * lda, lda, n, bm, ldb, d, o + i * d);
+}
+
+// Scores of one tile made final: keys outside the tile's mask word, past the end, or padded get -inf; the bias
+// (0 or -inf per key) is added. A wholly allowed tile without bias is left as it is.
+inline void mask_scores(float* s, int64_t rows, const int64_t* mbits, int64_t valid, const float* bias) {
+  if (mbits == nullptr && valid == BK && bias == nullptr) return;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < rows; ++i) {
+    float* si = s + i * BK;
+    const uint64_t word = mbits != nullptr ? static_cast<uint64_t>(mbits[i]) : ~uint64_t(0);
+    for (int64_t j = 0; j < BK; ++j) {
+      const bool keep = j < valid && ((word >> j) & 1u);
+      si[j] = keep ? (bias != nullptr ? si[j] + bias[j] : si[j]) : ninf;
+    }
+  }
+}
+
+// Keys (rows x D, row-major, `count` of them) into kt (D x ld): the score tiles then read contiguous key rows.
+inline void transpose_keys(const float* k, int64_t count, int64_t d, float* kt, int64_t ld) {
+  for (int64_t j = 0; j < count; ++j)
+    for (int64_t e = 0; e < d; ++e) kt[e * ld + j] = k[j * d + e];
 }
 
 void check_layout(const at::Tensor& kv_ptr, const at::Tensor& kv_blocks, const at::Tensor& mask_index,
@@ -215,8 +239,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
       const float* kbh = kp + (b * Hkv + hk) * Skv * D;
       const float* vbh = vp + (b * Hkv + hk) * Skv * D;
       std::fill(kt.begin(), kt.end(), 0.f);
-      for (int64_t j = 0; j < Skv; ++j)
-        for (int64_t e = 0; e < D; ++e) kt[e * ldk + j] = kbh[j * D + e];
+      transpose_keys(kbh, Skv, D, kt.data(), ldk);
       const float* bias = has_bias ? biasp + b * Skv : nullptr;
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const float* qbh = qp + (b * H + h) * Sq * D;
@@ -239,15 +262,9 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
               std::copy(vb, vb + valid * D, vpad.begin());
               vb = vpad.data();
             }
+            mask_scores(s.data(), rows, mbits, valid, bias != nullptr ? bias + j0 : nullptr);
             for (int64_t i = 0; i < rows; ++i) {
               float* si = s.data() + i * BK;
-              if (mbits != nullptr || valid < BK || bias != nullptr) {
-                const uint64_t word = mbits != nullptr ? static_cast<uint64_t>(mbits[i]) : ~uint64_t(0);
-                for (int64_t j = 0; j < BK; ++j) {
-                  const bool keep = j < valid && ((word >> j) & 1u);
-                  si[j] = keep ? (bias != nullptr ? si[j] + bias[j0 + j] : si[j]) : ninf;
-                }
-              }
               Vf::R mx = Vf::set1(ninf);
               for (int64_t c = 0; c < KW; ++c) mx = max_v(mx, Vf::load(si + c * Vf::W));
               const float mnew = std::max(m[i], hmax(mx));
@@ -267,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
               m[i] = mnew;
               if (alpha != 1.f) scale_row(o + i * D, D, alpha);
             }
-            pv_tile(s.data(), rows, vb, D, o);
+            acc_tile(s.data(), BK, rows, BK, vb, D, D, o);
           }
           for (int64_t i = 0; i < rows; ++i) {
             if (l[i] > 0.f) {
@@ -285,6 +302,134 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
   return {out, lse};
 }
 
+// The backward pass over the same tiles (FlashAttention-2's, on the CPU): per tile, recompute S, then
+// P = exp(S - lse) (0 where masked), dP = dO V^T, dS = P (dP - rowsum(dO O)); accumulate dV += P^T dO,
+// dK += dS^T (scale Q), dQ += dS K (scaled at the end). One task per (batch, kv head) owns that head's dK and dV and
+// its query heads' dQ, so no two threads write the same row.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const at::Tensor& kv_ptr, const at::Tensor& kv_blocks, const at::Tensor& mask_index,
+    const at::Tensor& bits, const at::Tensor& key_bias, double scale, int64_t block_q) {
+  TORCH_CHECK_VALUE(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && grad_out.sizes() == q.sizes() &&
+                        out.sizes() == q.sizes(),
+                    "hf_sparse::sparse_attention_backward: grad_out and out must have q's shape ", q.sizes());
+  for (const auto* t : {&grad_out, &q, &k, &v, &out, &lse})
+    TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat, "hf_sparse::sparse_attention_backward: tensors must be float32");
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), Skv = k.size(2);
+  TORCH_CHECK_VALUE(k.size(0) == B && v.sizes() == k.sizes() && k.size(3) == D && Hkv > 0 && H % Hkv == 0,
+                    "hf_sparse::sparse_attention_backward: shapes do not match: q ", q.sizes(), ", k ", k.sizes(),
+                    ", v ", v.sizes());
+  TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == B && lse.size(1) == H && lse.size(2) == Sq,
+                    "hf_sparse::sparse_attention_backward: lse must be (", B, ", ", H, ", ", Sq, ")");
+  TORCH_CHECK_VALUE(D % (2 * Vf::W) == 0, "hf_sparse::sparse_attention_backward: head_dim must be a multiple of ",
+                    2 * Vf::W, ", got ", D);
+  TORCH_CHECK_VALUE(block_q > 0 && block_q <= 256, "hf_sparse::sparse_attention_backward: block_q in [1, 256]");
+  const int64_t nqb = (Sq + block_q - 1) / block_q, nkb = (Skv + BK - 1) / BK;
+  auto ptr_c = kv_ptr.contiguous();
+  auto kb_c = kv_blocks.contiguous();
+  auto mi_c = mask_index.contiguous();
+  auto bits_c = bits.contiguous();
+  check_layout(ptr_c, kb_c, mi_c, bits_c, nqb, nkb, block_q);
+  const bool has_bias = key_bias.numel() > 0;
+  if (has_bias)
+    TORCH_CHECK_VALUE(key_bias.scalar_type() == at::kFloat && key_bias.dim() == 2 && key_bias.size(0) == B &&
+                          key_bias.size(1) == Skv,
+                      "hf_sparse::sparse_attention_backward: key_bias must be float32 (", B, ", ", Skv, ")");
+  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = out.contiguous();
+  auto gc = grad_out.contiguous(), lc = lse.contiguous();
+  auto bias_c = has_bias ? key_bias.contiguous() : key_bias;
+  auto dq = at::zeros_like(qc), dk = at::zeros_like(kc), dv = at::zeros_like(vc);
+  const float *qp = qc.data_ptr<float>(), *kp = kc.data_ptr<float>(), *vp = vc.data_ptr<float>();
+  const float *opp = oc.data_ptr<float>(), *gp = gc.data_ptr<float>(), *lp = lc.data_ptr<float>();
+  const float* biasp = has_bias ? bias_c.data_ptr<float>() : nullptr;
+  float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+  const int32_t* ptr = ptr_c.data_ptr<int32_t>();
+  const int32_t* kbl = kb_c.data_ptr<int32_t>();
+  const int32_t* mip = mi_c.data_ptr<int32_t>();
+  const int64_t* bitp = bits_c.data_ptr<int64_t>();
+  const float fscale = static_cast<float>(scale);
+  const int64_t ldk = nkb * BK, group = H / Hkv;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> kt(static_cast<size_t>(D * ldk)), vt(static_cast<size_t>(D * ldk));
+    std::vector<float> kpad(static_cast<size_t>(nkb * BK * D));  // keys, zero-padded to whole blocks
+    std::vector<float> dkpad(static_cast<size_t>(nkb * BK * D)), dvpad(static_cast<size_t>(nkb * BK * D));
+    std::vector<float> qs(static_cast<size_t>(block_q * D)), s(static_cast<size_t>(block_q * BK));
+    std::vector<float> dp(static_cast<size_t>(block_q * BK)), pt(static_cast<size_t>(BK * block_q));
+    std::vector<float> dst(static_cast<size_t>(BK * block_q)), di(block_q);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / Hkv, hk = t % Hkv;
+      const float* kbh = kp + (b * Hkv + hk) * Skv * D;
+      const float* vbh = vp + (b * Hkv + hk) * Skv * D;
+      std::fill(kt.begin(), kt.end(), 0.f);
+      std::fill(vt.begin(), vt.end(), 0.f);
+      transpose_keys(kbh, Skv, D, kt.data(), ldk);
+      transpose_keys(vbh, Skv, D, vt.data(), ldk);
+      std::fill(kpad.begin(), kpad.end(), 0.f);
+      std::copy(kbh, kbh + Skv * D, kpad.begin());
+      std::fill(dkpad.begin(), dkpad.end(), 0.f);
+      std::fill(dvpad.begin(), dvpad.end(), 0.f);
+      const float* bias = has_bias ? biasp + b * Skv : nullptr;
+      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        const int64_t off = (b * H + h) * Sq * D;
+        for (int64_t qb = 0; qb < nqb; ++qb) {
+          const int64_t i0 = qb * block_q, rows = std::min(block_q, Sq - i0);
+          const float* go = gp + off + i0 * D;
+          const float* lrow = lp + (b * H + h) * Sq + i0;
+          for (int64_t i = 0; i < rows * D; ++i) qs[i] = qp[off + i0 * D + i] * fscale;
+          for (int64_t i = 0; i < rows; ++i) {
+            float acc = 0.f;
+            for (int64_t e = 0; e < D; ++e) acc += go[i * D + e] * opp[off + (i0 + i) * D + e];
+            di[i] = acc;
+          }
+          float* dqrow = dqp + off + i0 * D;
+          for (int32_t p = ptr[qb]; p < ptr[qb + 1]; ++p) {
+            const int64_t j0 = static_cast<int64_t>(kbl[p]) * BK;
+            const int64_t valid = std::min(BK, Skv - j0);
+            const int64_t* mbits = mip[p] >= 0 ? bitp + static_cast<int64_t>(mip[p]) * block_q : nullptr;
+            scores_tile(qs.data(), rows, D, kt.data() + j0, ldk, s.data());
+            mask_scores(s.data(), rows, mbits, valid, bias != nullptr ? bias + j0 : nullptr);
+            scores_tile(go, rows, D, vt.data() + j0, ldk, dp.data());  // dP = dO V^T
+            for (int64_t i = 0; i < rows; ++i) {
+              float* si = s.data() + i * BK;
+              float* dpi = dp.data() + i * BK;
+              if (lrow[i] == ninf) {  // a row that attends nothing has no gradient
+                std::fill(si, si + BK, 0.f);
+                std::fill(dpi, dpi + BK, 0.f);
+                continue;
+              }
+              const Vf::R negl = Vf::set1(-lrow[i]), dv_i = Vf::set1(di[i]);
+              for (int64_t c = 0; c < KW; ++c) {
+                const Vf::R pv = exp_v(Vf::add(Vf::load(si + c * Vf::W), negl));  // P
+                Vf::store(si + c * Vf::W, pv);
+                const Vf::R d = Vf::add(Vf::load(dpi + c * Vf::W), Vf::fma(dv_i, Vf::set1(-1.f), Vf::zero()));
+                Vf::store(dpi + c * Vf::W, Vf::fma(pv, d, Vf::zero()));  // dS
+              }
+            }
+            // P^T and dS^T (BK x rows) so the key-side products read rows.
+            for (int64_t i = 0; i < rows; ++i)
+              for (int64_t j = 0; j < BK; ++j) {
+                pt[j * block_q + i] = s[i * BK + j];
+                dst[j * block_q + i] = dp[i * BK + j];
+              }
+            acc_tile(pt.data(), block_q, BK, rows, go, D, D, dvpad.data() + j0 * D);          // dV += P^T dO
+            acc_tile(dst.data(), block_q, BK, rows, qs.data(), D, D, dkpad.data() + j0 * D);  // dK += dS^T (sQ)
+            acc_tile(dp.data(), BK, rows, BK, kpad.data() + j0 * D, D, D, dqrow);              // dQ += dS K
+          }
+          for (int64_t i = 0; i < rows * D; ++i) dqrow[i] *= fscale;
+        }
+      }
+      std::copy(dkpad.begin(), dkpad.begin() + Skv * D, dkp + (b * Hkv + hk) * Skv * D);
+      std::copy(dvpad.begin(), dvpad.begin() + Skv * D, dvp + (b * Hkv + hk) * Skv * D);
+    }
+  });
+  return {dq, dk, dv};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) { m.impl("sparse_attention", &sparse_attention_cpu); }
+TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) {
+  m.impl("sparse_attention", &sparse_attention_cpu);
+  m.impl("sparse_attention_backward", &sparse_attention_backward_cpu);
+}
