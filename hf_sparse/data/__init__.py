@@ -1,6 +1,7 @@
 """Loaders of the real packaged models and data sets (see the README's "Real data" section)."""
 
-from .models import MODEL_ALIASES, hub_id, minilm_l6_path, resolve_model
+from .long_text import load_long_documents
+from .models import MODEL_ALIASES, hub_id, minilm_l6_path, resolve_model, smollm2_gguf_path, smollm2_path
 from .movielens import load_movielens_100k
 from .rotten_tomatoes import LABEL_NAMES, load_rotten_tomatoes, stratified_subset
 
@@ -8,9 +9,12 @@ __all__ = [
     "MODEL_ALIASES",
     "LABEL_NAMES",
     "minilm_l6_path",
+    "smollm2_path",
+    "smollm2_gguf_path",
     "resolve_model",
     "hub_id",
     "load_rotten_tomatoes",
     "stratified_subset",
     "load_movielens_100k",
+    "load_long_documents",
 ]
