@@ -138,11 +138,29 @@ inline void acc_tile(const float* a, int64_t lda, int64_t rows, int64_t n, const
 inline void mask_scores(float* s, int64_t rows, const int64_t* mbits, int64_t valid, const float* bias) {
   if (mbits == nullptr && valid == BK && bias == nullptr) return;
   const float ninf = -std::numeric_limits<float>::infinity();
+  // Keys past the end are masked through the word, so the vector path needs no bounds.
+  const uint64_t tail = valid >= BK ? ~uint64_t(0) : ((uint64_t(1) << valid) - 1);
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * BK;
-    const uint64_t word = mbits != nullptr ? static_cast<uint64_t>(mbits[i]) : ~uint64_t(0);
+    const uint64_t word = (mbits != nullptr ? static_cast<uint64_t>(mbits[i]) : ~uint64_t(0)) & tail;
+#ifdef HF_SPARSE_AVX2
+    // Eight keys at a time: their 8 mask bits against one bit per lane, then a blend with -inf. (The bias of the
+    // last, partial key block is read one key at a time below: it ends at the sequence.)
+    if (bias == nullptr || valid == BK) {
+      const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+      const __m256 neg = _mm256_set1_ps(ninf);
+      for (int64_t c = 0; c < KW; ++c) {
+        const __m256i b8 = _mm256_set1_epi32(static_cast<int>((word >> (8 * c)) & 0xFFu));
+        const __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b8, lane_bit), lane_bit));
+        __m256 x = _mm256_loadu_ps(si + 8 * c);
+        if (bias != nullptr) x = _mm256_add_ps(x, _mm256_loadu_ps(bias + 8 * c));
+        _mm256_storeu_ps(si + 8 * c, _mm256_blendv_ps(neg, x, keep));
+      }
+      continue;
+    }
+#endif
     for (int64_t j = 0; j < BK; ++j) {
-      const bool keep = j < valid && ((word >> j) & 1u);
+      const bool keep = (word >> j) & 1u;
       si[j] = keep ? (bias != nullptr ? si[j] + bias[j] : si[j]) : ninf;
     }
   }
