@@ -112,33 +112,43 @@ def _build(pattern, q_length, kv_length, q_offset, kv_offset, causal, block_q, i
     if is_global is not None:  # pad so padded key positions index something (they are masked by k_valid)
         g = torch.zeros(max(kv_offset + nkb * KEY_BLOCK, q_offset + nqb * block_q), dtype=torch.bool)
         g[: is_global.numel()] = is_global.cpu()
-    ptr, blocks, index, bits = [0], [], [], []
-    n_partial = 0
-    for qb in range(nqb):
-        rows = min(block_q, q_length - qb * block_q)
-        q = torch.arange(q_offset + qb * block_q, q_offset + qb * block_q + block_q).unsqueeze(1)
+    # Several query blocks per evaluation (about 2M mask entries at a time): few Python steps, bounded memory.
+    step = max(1, (1 << 21) // (block_q * nkb * KEY_BLOCK))
+    kept_blocks, full_blocks, tiles_all = [], [], []
+    for qb0 in range(0, nqb, step):
+        qb1 = min(nqb, qb0 + step)
+        q = torch.arange(q_offset + qb0 * block_q, q_offset + qb1 * block_q).unsqueeze(1)
         m = pattern(q, k, is_global=g, length=kv_offset + kv_length) & k_valid
         if causal:
             m = m & (k <= q)
-        m[rows:] = False  # query rows past the end
-        tiles = m.reshape(block_q, nkb, KEY_BLOCK)
-        any_ = tiles.any(dim=(0, 2))
-        full = tiles[:rows].all(dim=(0, 2)) & k_valid.reshape(nkb, KEY_BLOCK).all(1)
-        kept = torch.nonzero(any_).reshape(-1)
-        blocks.append(kept)
-        partial = ~full[kept]
-        idx = torch.full((kept.numel(),), -1, dtype=torch.int64)
-        count = int(partial.sum())
-        idx[partial] = torch.arange(n_partial, n_partial + count)
-        n_partial += count
-        index.append(idx)
-        if count:
-            bits.append(_pack_bits(tiles[:, kept[partial]].transpose(0, 1)))  # (count, block_q)
-        ptr.append(ptr[-1] + kept.numel())
+        m[q.reshape(-1) - q_offset >= q_length] = False  # query rows past the end
+        tiles = m.reshape(qb1 - qb0, block_q, nkb, KEY_BLOCK).transpose(1, 2)  # (blocks, nkb, block_q, 64)
+        rows = (q_length - torch.arange(qb0, qb1) * block_q).clamp(max=block_q)  # real rows per query block
+        row_ok = torch.arange(block_q).unsqueeze(0) < rows.unsqueeze(1)  # (blocks, block_q)
+        any_ = tiles.any(dim=(2, 3))
+        # a tile is wholly allowed when every real row allows every real key
+        all_keys = tiles.all(dim=3) | ~row_ok.unsqueeze(1)  # (blocks, nkb, block_q)
+        full = all_keys.all(dim=2) & k_valid.reshape(nkb, KEY_BLOCK).all(1)
+        kept_blocks.append(any_)
+        full_blocks.append(full)
+        tiles_all.append(tiles)
+    any_ = torch.cat(kept_blocks)  # (nqb, nkb)
+    full = torch.cat(full_blocks)
+    qb_idx, kb_idx = torch.nonzero(any_, as_tuple=True)  # row-major: grouped by query block, keys ascending
+    partial = ~full[qb_idx, kb_idx]
+    index = torch.full((qb_idx.numel(),), -1, dtype=torch.int64)
+    index[partial] = torch.arange(int(partial.sum()))
+    bits = []
+    for qb0, tiles in zip(range(0, nqb, step), tiles_all):
+        sel = partial & (qb_idx >= qb0) & (qb_idx < qb0 + tiles.shape[0])
+        if bool(sel.any()):
+            bits.append(_pack_bits(tiles[qb_idx[sel] - qb0, kb_idx[sel]]))  # (count, block_q)
+    ptr = torch.zeros(nqb + 1, dtype=torch.int64)
+    ptr[1:] = torch.cumsum(any_.sum(1), 0)
     return BlockLayout(
-        kv_ptr=torch.tensor(ptr, dtype=torch.int32),
-        kv_blocks=torch.cat(blocks).to(torch.int32) if blocks else torch.zeros(0, dtype=torch.int32),
-        mask_index=torch.cat(index).to(torch.int32) if index else torch.zeros(0, dtype=torch.int32),
+        kv_ptr=ptr.to(torch.int32),
+        kv_blocks=kb_idx.to(torch.int32),
+        mask_index=index.to(torch.int32),
         bits=torch.cat(bits) if bits else torch.zeros(0, block_q, dtype=torch.int64),
         q_length=q_length,
         kv_length=kv_length,
