@@ -3,7 +3,7 @@ implementation registered with transformers."""
 
 from .apply import apply_sparse_attention_
 from .config import SparseAttentionConfig
-from .functional import explain, sparse_attention, sparse_attention_reference
+from .functional import explain, lowrank_attention, sparse_attention, sparse_attention_reference
 from .layout import BlockLayout, build_layout
 from .patterns import BlockSparse, DilatedWindow, Full, GlobalTokens, Pattern, SlidingWindow, dense_mask
 
@@ -21,5 +21,6 @@ __all__ = [
     "build_layout",
     "sparse_attention",
     "sparse_attention_reference",
+    "lowrank_attention",
     "explain",
 ]

@@ -25,7 +25,8 @@ class SparseAttentionConfig(BaseConfig):
             after the query differently), ``"dilated"`` (every ``dilation``-th position within
             ``window * dilation``), ``"bigbird"`` (``block``-sized tiles: ``window_blocks`` on each side of the
             diagonal, ``global_blocks`` global block rows/columns, ``random_blocks`` random key blocks per query
-            block, drawn with ``seed``) or ``"full"``.
+            block, drawn with ``seed``), ``"lowrank"`` (Linformer-style: keys and values pooled along the sequence
+            to ``rank`` segment means before the softmax; encoders only) or ``"full"``.
         global_positions: positions that attend everywhere and that every query attends to (e.g. ``[0]`` for
             ``[CLS]``); added to any pattern.
         global_token_ids: token ids that are global wherever they occur (needs the model's ``input_ids``:
@@ -39,7 +40,7 @@ class SparseAttentionConfig(BaseConfig):
         backend: ``"auto"`` (our kernel where it applies, else the reference), ``"cpu"`` or ``"reference"``.
     """
 
-    pattern: Literal["window", "dilated", "bigbird", "full"] = "window"
+    pattern: Literal["window", "dilated", "bigbird", "lowrank", "full"] = "window"
     window: int = 128
     window_right: int | None = None
     dilation: int = 2
@@ -48,6 +49,7 @@ class SparseAttentionConfig(BaseConfig):
     global_blocks: int = 1
     random_blocks: int = 2
     seed: int = 0
+    rank: int = 64
     global_positions: tuple[int, ...] = ()
     global_token_ids: tuple[int, ...] = ()
     causal: bool = False
@@ -63,6 +65,13 @@ class SparseAttentionConfig(BaseConfig):
                 raise ConfigError(f"SparseAttentionConfig.{name} must be >= 0, got {getattr(self, name)}.")
         if self.window_right is not None and self.window_right < 0:
             raise ConfigError(f"SparseAttentionConfig.window_right must be >= 0, got {self.window_right}.")
+        if self.rank < 1:
+            raise ConfigError(f"SparseAttentionConfig.rank must be >= 1, got {self.rank}.")
+        if self.pattern == "lowrank" and (self.causal or self.top_k or self.global_positions or self.global_token_ids):
+            raise ConfigError(
+                "SparseAttentionConfig: pattern 'lowrank' pools keys along the whole sequence; it does not combine "
+                "with causal, top_k or global tokens."
+            )
         if self.dilation < 1:
             raise ConfigError(f"SparseAttentionConfig.dilation must be >= 1, got {self.dilation}.")
         if self.block < 1:
@@ -100,8 +109,9 @@ class SparseAttentionConfig(BaseConfig):
         return self.window
 
     def pattern_for(self, layer_idx: int | None = None) -> Pattern:
-        """The pattern of layer ``layer_idx`` (full attention for layers not in ``layers``)."""
-        if not self.applies_to(layer_idx) or self.pattern == "full":
+        """The pattern of layer ``layer_idx`` (full attention for layers not in ``layers``; ``"lowrank"`` is not a
+        mask and runs its own path, see :func:`~hf_sparse.attention.lowrank_attention`)."""
+        if not self.applies_to(layer_idx) or self.pattern in ("full", "lowrank"):
             base: Pattern = Full()
         elif self.pattern == "window":
             base = SlidingWindow(self.window_for(layer_idx), self.window_right)

@@ -17,7 +17,7 @@ from ..ops import _loader
 from .layout import KEY_BLOCK, BlockLayout, build_layout
 from .patterns import Pattern, dense_mask
 
-__all__ = ["sparse_attention", "sparse_attention_reference", "explain", "layout_mask"]
+__all__ = ["sparse_attention", "sparse_attention_reference", "lowrank_attention", "explain", "layout_mask"]
 
 _ops = torch.ops.hf_sparse
 
@@ -229,3 +229,55 @@ def sparse_attention(
         )
         outs.append(out)
     return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def lowrank_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rank: int,
+    *,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Low-rank (Linformer-style) attention: keys and values are projected along the sequence to ``rank`` rows
+    before the softmax, so the cost is O(S * rank) instead of O(S^2). The projection is fixed, not learned: row r
+    averages the r-th of ``rank`` equal segments of each sequence's real (unpadded) keys. With ``rank`` at least the
+    sequence length every segment is one key and the result is exact attention.
+
+    Bidirectional only (a pooled key mixes positions after the query).
+
+    Shapes:
+        query: (B, H, Sq, D). key, value: (B, Hkv, Skv, D). key_padding_mask: (B, Skv) bool. Returns: (B, H, Sq, D).
+    """
+    if not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"lowrank_attention: rank must be a positive integer, got {rank!r}.")
+    B, H, Sq, D = query.shape
+    Skv = key.shape[2]
+    if key_padding_mask is None:
+        lengths = torch.full((B,), Skv, dtype=torch.int64)
+    else:
+        lengths = key_padding_mask.to(torch.bool).sum(1).cpu()
+    pos = torch.arange(Skv).unsqueeze(0)  # real keys are taken as the first `length` positions' order
+    order = (
+        torch.argsort((~key_padding_mask.to(torch.bool)).to(torch.int8), dim=1, stable=True).cpu()
+        if (key_padding_mask is not None)
+        else pos.expand(B, Skv)
+    )
+    r = torch.minimum(lengths, torch.tensor(rank)).clamp(min=1)  # segments per row
+    # segment of the j-th real key of row b: floor(j * r_b / length_b); padded keys get no segment
+    seg = (pos * r.unsqueeze(1)) // lengths.clamp(min=1).unsqueeze(1)
+    real = pos < lengths.unsqueeze(1)
+    proj = torch.zeros(B, rank, Skv, dtype=query.dtype)
+    rows = torch.arange(B).unsqueeze(1).expand(B, Skv)
+    proj[rows[real], seg[real], order[real]] = 1.0
+    proj = proj / proj.sum(-1, keepdim=True).clamp(min=1.0)
+    proj = proj.to(query.device).unsqueeze(1)  # (B, 1, rank, Skv)
+    k_low, v_low = proj @ key, proj @ value  # (B, Hkv, rank, D)
+    used = (torch.arange(rank).unsqueeze(0) < r.unsqueeze(1)).to(query.device)  # (B, rank) non-empty segments
+    if key.shape[1] != H:
+        k_low = k_low.repeat_interleave(H // key.shape[1], dim=1)
+        v_low = v_low.repeat_interleave(H // value.shape[1], dim=1)
+    mask = used[:, None, None, :]
+    return F.scaled_dot_product_attention(query, k_low, v_low, attn_mask=mask, dropout_p=dropout, scale=scale)

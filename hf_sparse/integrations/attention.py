@@ -25,7 +25,7 @@ from transformers.masking_utils import (
 )
 
 from ..attention.config import SparseAttentionConfig
-from ..attention.functional import sparse_attention, sparse_attention_reference
+from ..attention.functional import lowrank_attention, sparse_attention, sparse_attention_reference
 from ..errors import ConfigError
 
 __all__ = ["ATTENTION_NAME", "SparseMaskInfo", "sparse_attention_forward", "sparse_attention_mask", "CONFIG_KEY"]
@@ -177,6 +177,16 @@ def sparse_attention_forward(
             f"(attn_implementation={ATTENTION_NAME!r} or model.set_attn_implementation({ATTENTION_NAME!r}))."
         )
     causal = info.causal or cfg.causal
+    if cfg.pattern == "lowrank" and cfg.applies_to(layer_idx):
+        if causal or info.dense is not None:
+            raise ConfigError(
+                "pattern 'lowrank' pools keys along the whole sequence, so it cannot respect a causal (or other "
+                "composed) mask: use it with encoders, or use a window pattern for decoders."
+            )
+        out = lowrank_attention(
+            query, key, value, cfg.rank, key_padding_mask=info.key_padding, scale=scaling, dropout=dropout
+        )
+        return out.transpose(1, 2).contiguous(), None
     is_global = _global_flags(cfg, model_config, info.kv_offset + info.kv_length, query.device)
     common = dict(causal=causal, scale=scaling, q_offset=info.q_offset, kv_offset=info.kv_offset, is_global=is_global)
     if info.dense is not None:

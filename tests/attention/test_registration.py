@@ -195,3 +195,23 @@ def test_training_gradients_match_sdpa_with_the_equivalent_mask():
         loss.backward()
         grads.append(model.bert.encoder.layer[0].attention.self.query.weight.grad.clone())
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_lowrank_attention_in_an_encoder_and_refused_in_a_decoder():
+    model = _bert(8)
+    ids, mask = _batch(2, 40, seed=8)
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+    apply_sparse_attention_(model, SparseAttentionConfig(pattern="lowrank", rank=64))  # rank >= length: exact
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, ref, rtol=1e-4, atol=1e-5)
+    apply_sparse_attention_(model, SparseAttentionConfig(pattern="lowrank", rank=8))
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids, attention_mask=mask).logits).all()
+    decoder = _llama(8)
+    apply_sparse_attention_(decoder, SparseAttentionConfig(pattern="lowrank", rank=8))
+    with pytest.raises(ConfigError, match="causal"):
+        decoder(input_ids=ids)
+    with pytest.raises(ConfigError, match="lowrank"):
+        SparseAttentionConfig(pattern="lowrank", causal=True)

@@ -162,3 +162,24 @@ def test_lse_output_is_the_row_logsumexp_and_differentiable():
     g2 = torch.autograd.grad((ref * 0.5).sum() + _sdpa_with_mask(q, k, v, mask[None, None], 0.25).sum(), (q, k))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_lowrank_attention_is_exact_at_full_rank_and_pools_below_it():
+    from hf_sparse.attention import lowrank_attention
+
+    q, k, v = _inputs(2, 4, 2, 30, 16, seed=6, requires_grad=True)
+    pad = torch.ones(2, 30, dtype=torch.bool)
+    pad[1, :7] = False  # left padding
+    full = lowrank_attention(q, k, v, rank=30, key_padding_mask=pad)
+    torch.testing.assert_close(full, _sdpa_with_mask(q, k, v, pad[:, None, None, :].expand(2, 1, 30, 30)))
+    low = lowrank_attention(q, k, v, rank=5, key_padding_mask=pad)
+    # rank 5 over row 0's 30 keys: segments of 6; keys pooled to their segment means
+    seg_k = k[0].reshape(2, 5, 6, 16).mean(2)
+    seg_v = v[0].reshape(2, 5, 6, 16).mean(2)
+    ref0 = F.scaled_dot_product_attention(q[0], seg_k.repeat_interleave(2, 0), seg_v.repeat_interleave(2, 0))
+    torch.testing.assert_close(low[0], ref0)
+    assert torch.isfinite(low).all()
+    low.sum().backward()
+    assert q.grad is not None and k.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="rank"):
+        lowrank_attention(q, k, v, rank=0)
