@@ -215,3 +215,22 @@ def test_lowrank_attention_in_an_encoder_and_refused_in_a_decoder():
         decoder(input_ids=ids)
     with pytest.raises(ConfigError, match="lowrank"):
         SparseAttentionConfig(pattern="lowrank", causal=True)
+
+
+@pytest.mark.real
+def test_real_minilm_gives_sdpa_logits_when_the_window_covers_the_sequence():
+    from transformers import AutoTokenizer
+
+    from hf_sparse.data import load_rotten_tomatoes, minilm_l6_path, stratified_subset
+
+    path = minilm_l6_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    texts = list(stratified_subset(load_rotten_tomatoes(seed=42)["test"], 8, seed=0)["text"])
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        ref = model(**batch).logits
+        apply_sparse_attention_(model, SparseAttentionConfig(window=128))
+        torch.testing.assert_close(model(**batch).logits, ref, rtol=1e-4, atol=1e-5)
+        apply_sparse_attention_(model, SparseAttentionConfig(window=8))  # a real window changes the result
+        assert (model(**batch).logits - ref).abs().max() > 1e-4
