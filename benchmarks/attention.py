@@ -63,6 +63,9 @@ def _flex(S: int, window: int, causal: bool):
             ok = (d <= window) & (d >= -window)
             return ok & (d >= 0) if causal else ok
 
+        # A fresh compile per case: one shape per case, and dynamo stops compiling after its recompile limit
+        # (the unfused eager fallback it then runs is not the baseline users get).
+        torch._dynamo.reset()
         block_mask = create_block_mask(band, B=None, H=None, Q_LEN=S, KV_LEN=S, device="cpu")
         fn = torch.compile(flex_attention, dynamic=False)
         return fn, block_mask, None
