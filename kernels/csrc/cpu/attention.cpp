@@ -72,8 +72,8 @@ inline void scale_row(float* row, int64_t d, float factor) {
 // S (RB rows x BK) = Qs (scaled) times the key block kt (D x BK, row stride ldk), two vectors of keys per pass:
 // RB * 2 accumulators (12 for RB = 6 cover the FMA latency on two ports), each loaded key vector serves RB rows.
 template <int RB>
-inline void scores_rows(const float* qs, int64_t d, const float* kt, int64_t ldk, float* s) {
-  for (int64_t c = 0; c < KW; c += 2) {
+inline void scores_rows(const float* qs, int64_t d, const float* kt, int64_t ldk, float* s, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; c += 2) {
     Vf::R acc[RB][2];
     for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = Vf::zero();
     for (int64_t e = 0; e < d; ++e) {
@@ -91,11 +91,31 @@ inline void scores_rows(const float* qs, int64_t d, const float* kt, int64_t ldk
   }
 }
 
-inline void scores_tile(const float* qs, int64_t rows, int64_t d, const float* kt, int64_t ldk, float* s) {
+// Key vectors [c0, c1) of the tile only (even bounds); the caller masks the others.
+inline void scores_tile(const float* qs, int64_t rows, int64_t d, const float* kt, int64_t ldk, float* s,
+                        int64_t c0 = 0, int64_t c1 = KW) {
   int64_t i = 0;
-  for (; i + 6 <= rows; i += 6) scores_rows<6>(qs + i * d, d, kt, ldk, s + i * BK);
-  for (; i + 2 <= rows; i += 2) scores_rows<2>(qs + i * d, d, kt, ldk, s + i * BK);
-  for (; i < rows; ++i) scores_rows<1>(qs + i * d, d, kt, ldk, s + i * BK);
+  for (; i + 6 <= rows; i += 6) scores_rows<6>(qs + i * d, d, kt, ldk, s + i * BK, c0, c1);
+  for (; i + 2 <= rows; i += 2) scores_rows<2>(qs + i * d, d, kt, ldk, s + i * BK, c0, c1);
+  for (; i < rows; ++i) scores_rows<1>(qs + i * d, d, kt, ldk, s + i * BK, c0, c1);
+}
+
+// The keys of a tile any of its rows may attend, as a range [j0, j1) rounded out to pairs of vectors: at a band's
+// edge a partial tile often leaves whole groups of 16 keys unused by all its rows, and those are not computed.
+inline void used_keys(const int64_t* mbits, int64_t rows, int64_t valid, int64_t& j0, int64_t& j1) {
+  uint64_t used = valid >= BK ? ~uint64_t(0) : ((uint64_t(1) << valid) - 1);
+  if (mbits != nullptr) {
+    uint64_t any = 0;
+    for (int64_t i = 0; i < rows; ++i) any |= static_cast<uint64_t>(mbits[i]);
+    used &= any;
+  }
+  if (used == 0) {
+    j0 = j1 = 0;
+    return;
+  }
+  const int64_t step = 2 * Vf::W;
+  j0 = static_cast<int64_t>(__builtin_ctzll(used)) / step * step;
+  j1 = (BK - static_cast<int64_t>(__builtin_clzll(used)) + step - 1) / step * step;
 }
 
 // O (RB rows x D) += A (RB x n, row stride lda) times B (n x D, row stride ldb), two vectors of D per pass,
@@ -272,8 +292,12 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
           for (int32_t p = ptr[qb]; p < ptr[qb + 1]; ++p) {
             const int64_t j0 = static_cast<int64_t>(kbl[p]) * BK;
             const int64_t valid = std::min(BK, Skv - j0);
-            scores_tile(qs.data(), rows, D, kt.data() + j0, ldk, s.data());
             const int64_t* mbits = mip[p] >= 0 ? bitp + static_cast<int64_t>(mip[p]) * block_q : nullptr;
+            int64_t u0, u1;
+            used_keys(mbits, rows, valid, u0, u1);
+            if (u1 == u0) continue;  // no row of this tile may attend any of its keys
+            const int64_t c0 = u0 / Vf::W, c1 = u1 / Vf::W;
+            scores_tile(qs.data(), rows, D, kt.data() + j0, ldk, s.data(), c0, c1);
             const float* vb = vbh + j0 * D;
             if (valid < BK) {  // the last key block: copy it zero-padded so the P V tile reads whole rows
               std::fill(vpad.begin(), vpad.end(), 0.f);
@@ -283,17 +307,18 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
             mask_scores(s.data(), rows, mbits, valid, bias != nullptr ? bias + j0 : nullptr);
             for (int64_t i = 0; i < rows; ++i) {
               float* si = s.data() + i * BK;
+              // Only the used keys [u0, u1): the P V product reads no others.
               Vf::R mx = Vf::set1(ninf);
-              for (int64_t c = 0; c < KW; ++c) mx = max_v(mx, Vf::load(si + c * Vf::W));
+              for (int64_t c = c0; c < c1; ++c) mx = max_v(mx, Vf::load(si + c * Vf::W));
               const float mnew = std::max(m[i], hmax(mx));
               if (mnew == ninf) {  // nothing allowed in this row so far
-                for (int64_t j = 0; j < BK; ++j) si[j] = 0.f;
+                for (int64_t j = u0; j < u1; ++j) si[j] = 0.f;
                 continue;
               }
               const float alpha = m[i] == ninf ? 0.f : std::exp(m[i] - mnew);
               const Vf::R negm = Vf::set1(-mnew);
               Vf::R sum = Vf::zero();
-              for (int64_t c = 0; c < KW; ++c) {
+              for (int64_t c = c0; c < c1; ++c) {
                 const Vf::R e = exp_v(Vf::add(Vf::load(si + c * Vf::W), negm));
                 Vf::store(si + c * Vf::W, e);
                 sum = Vf::add(sum, e);
@@ -302,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
               m[i] = mnew;
               if (alpha != 1.f) scale_row(o + i * D, D, alpha);
             }
-            acc_tile(s.data(), BK, rows, BK, vb, D, D, o);
+            acc_tile(s.data() + u0, BK, rows, u1 - u0, vb + u0 * D, D, D, o);
           }
           for (int64_t i = 0; i < rows; ++i) {
             if (l[i] > 0.f) {
