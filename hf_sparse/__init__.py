@@ -13,13 +13,14 @@ Public API::
 
 __version__ = "0.1.0"
 
-from . import attention, data, distillation, formats, integrations, nn, ops, quantization
+from . import attention, data, distillation, formats, integrations, lowrank, nn, ops, quantization
 from .apply import apply_
 from .attention import SparseAttentionConfig, apply_sparse_attention_
 from .callbacks import DistillationCallback, PruningCallback, QATCallback, RegularizationCallback, attach_callbacks
 from .config import BaseConfig, register_config
 from .distillation import DistillationConfig, Distiller, student_from_teacher, teacher_snapshot
 from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
+from .lowrank import LowRankConfig, factorize_
 from .nn import SparseLinear, sparsify_
 from .nn.qat import QATEmbedding, QATLinear
 from .nn.quant import QuantEmbedding, QuantLinear
@@ -49,6 +50,9 @@ __all__ = [
     "attention",
     "SparseAttentionConfig",
     "apply_sparse_attention_",
+    "lowrank",
+    "LowRankConfig",
+    "factorize_",
     "formats",
     "integrations",
     "nn",

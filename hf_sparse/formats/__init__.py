@@ -1,4 +1,5 @@
-"""Sparse storage formats: CSR, CSC, COO, BSR, bitmask, N:M and hybrid, and the automatic choice among them.
+"""Sparse storage formats: CSR, CSC, COO, BSR, bitmask, N:M and hybrid (and low rank, quantised codes), and the
+automatic choice among them.
 
 Each builds from a dense weight (and an optional keep-mask), converts back exactly, validates its tensors with typed
 errors (:class:`~hf_sparse.errors.FormatError`), reports its exact ``nbytes`` and round-trips through a dict of plain
@@ -16,6 +17,7 @@ from .choose import CostModel, FormatChoice, calibrate, choose_format, cost_mode
 from .coo import COO
 from .csr import CSC, CSR
 from .hybrid import Hybrid
+from .lowrank import LowRank, LowRankSparse
 from .nm import NM
 from .quantized import QBSR, QCSR, QNM, QDense
 
@@ -34,6 +36,8 @@ __all__ = [
     "QCSR",
     "QBSR",
     "QNM",
+    "LowRank",
+    "LowRankSparse",
     "to_format",
     "from_tensors",
     "choose_format",

@@ -10,9 +10,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import FormatError
-from ..formats import BSR, COO, CSC, CSR, NM, QBSR, QCSR, QNM, Bitmask, Hybrid, QDense, SparseFormat
+from ..formats import (
+    BSR,
+    COO,
+    CSC,
+    CSR,
+    NM,
+    QBSR,
+    QCSR,
+    QNM,
+    Bitmask,
+    Hybrid,
+    LowRank,
+    LowRankSparse,
+    QDense,
+    SparseFormat,
+)
 from . import _loader
 
 __all__ = [
@@ -111,6 +127,10 @@ def spmm_reference(weight: SparseFormat, xt: torch.Tensor) -> torch.Tensor:
         return _nm_reference(weight._twin(), xt) * weight.scales.to(xt.dtype).unsqueeze(1)
     if isinstance(weight, QDense):
         return weight.to_dense().to(xt.dtype) @ xt
+    if isinstance(weight, LowRank):
+        return weight.u.to(xt.dtype) @ (weight.v.to(xt.dtype) @ xt)
+    if isinstance(weight, LowRankSparse):
+        return weight.u.to(xt.dtype) @ (weight.v.to(xt.dtype) @ xt) + spmm(weight.sparse, xt)
     raise FormatError(f"spmm: no reference for format {type(weight).__name__}.")
 
 
@@ -186,7 +206,7 @@ BACKENDS: tuple[Backend, ...] = (
         "reference",
         ("cpu", "cuda", "meta", "mps", "xpu"),
         (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-        (CSR, CSC, COO, BSR, NM, Hybrid, Bitmask, QCSR, QBSR, QNM, QDense),
+        (CSR, CSC, COO, BSR, NM, Hybrid, Bitmask, QCSR, QBSR, QNM, QDense, LowRank, LowRankSparse),
     ),
 )
 
@@ -241,6 +261,12 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
     rows, cols = weight.shape
     if x.shape[-1] != cols:
         raise FormatError(f"sparse_linear: expected inputs with last dimension {cols}, got shape {tuple(x.shape)}.")
+    if isinstance(weight, (LowRank, LowRankSparse)):
+        # Two thin GEMMs: (N, in) x (in, r) then (N, r) x (r, out); the sparse residual through its own kernel.
+        y = F.linear(F.linear(x, weight.v.to(x.dtype)), weight.u.to(x.dtype), bias)
+        if isinstance(weight, LowRankSparse):
+            y = y + sparse_linear(weight.sparse, x)
+        return y
     lead = x.shape[:-1]
     x2 = x.reshape(-1, cols).to(weight.dtype)
     fast = (

@@ -121,5 +121,6 @@ def test_index_dtypes_and_hybrid_rows():
     assert h.dense_rows.tolist() == [0] and h.sparse_rows.tolist() == [1, 2, 3]
     assert torch.equal(h.to_dense(), w)
     assert h.nbytes < CSR.from_dense(w).nbytes + 64 * 4
-    # The lossy quantised formats (qdense, qcsr, qbsr, qnm) are tested in tests/quantization.
-    assert set(FORMATS) == set(ALL) | {"qdense", "qcsr", "qbsr", "qnm"}
+    # The lossy formats (qdense, qcsr, qbsr, qnm; lowrank, lowrank_sparse) are tested in tests/quantization and
+    # tests/lowrank.
+    assert set(FORMATS) == set(ALL) | {"qdense", "qcsr", "qbsr", "qnm", "lowrank", "lowrank_sparse"}

@@ -1,0 +1,82 @@
+"""``LowRankConfig``: which Linear layers to factorise and how their ranks are chosen."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from ..config import BaseConfig, register_config
+from ..errors import ConfigError
+
+__all__ = ["LowRankConfig"]
+
+
+def _default_exclude() -> tuple[str, ...]:
+    from ..pruning.config import DEFAULT_EXCLUDE  # imported late: the pruning package imports the model modules
+
+    return DEFAULT_EXCLUDE
+
+
+@register_config("lowrank")
+@dataclasses.dataclass(frozen=True)
+class LowRankConfig(BaseConfig):
+    """Truncated-SVD factorisation of Linear layers (``W ≈ U V``, optionally ``+ S`` sparse).
+
+    Each selected layer's rank comes from, in this order of precedence: ``module_ranks`` (by name or regular
+    expression), ``rank`` (one rank for all), ``energy`` (the smallest rank whose singular values keep that fraction
+    of ``||W||_F^2``), or ``compression`` (the largest rank whose factors hold at most that fraction of the layer's
+    parameters). A layer whose factors would not be smaller than it stays dense (reported with the reason).
+
+    Args:
+        target_modules: names or regular expressions of the Linear layers to factorise (empty: every Linear not
+            excluded).
+        exclude_modules: names or regular expressions to leave dense (default: task heads and poolers).
+        rank, energy, compression, module_ranks: the rank rules above; exactly one of rank / energy / compression
+            (or only module_ranks covering every layer).
+        sparse_density: with a value > 0, also keep the largest ``sparse_density`` fraction of each residual
+            ``W - U V`` in CSR (``lowrank_sparse``).
+        round_to: ranks are rounded down to a multiple of this (SIMD-friendly GEMM widths), at least ``min_rank``.
+        min_rank: the smallest rank a layer gets.
+    """
+
+    target_modules: tuple[str, ...] = ()
+    exclude_modules: tuple[str, ...] = dataclasses.field(default_factory=_default_exclude)
+    rank: int | None = None
+    energy: float | None = None
+    compression: float | None = None
+    module_ranks: dict[str, int] = dataclasses.field(default_factory=dict)
+    sparse_density: float = 0.0
+    round_to: int = 8
+    min_rank: int = 8
+
+    def validate(self) -> None:
+        rules = [n for n in ("rank", "energy", "compression") if getattr(self, n) is not None]
+        if len(rules) > 1:
+            raise ConfigError(f"LowRankConfig: give one of rank, energy, compression; got {rules}.")
+        if not rules and not self.module_ranks:
+            raise ConfigError("LowRankConfig: give rank, energy, compression or module_ranks.")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"LowRankConfig.rank must be >= 1, got {self.rank}.")
+        if self.energy is not None and not 0.0 < self.energy <= 1.0:
+            raise ConfigError(f"LowRankConfig.energy must be in (0, 1], got {self.energy}.")
+        if self.compression is not None and not 0.0 < self.compression < 1.0:
+            raise ConfigError(f"LowRankConfig.compression must be in (0, 1), got {self.compression}.")
+        for key, r in self.module_ranks.items():
+            try:
+                re.compile(key)
+            except re.error as exc:
+                raise ConfigError(f"LowRankConfig.module_ranks key {key!r} is not a valid pattern: {exc}.") from None
+            if r < 1:
+                raise ConfigError(f"LowRankConfig.module_ranks[{key!r}] must be >= 1, got {r}.")
+        if not 0.0 <= self.sparse_density < 1.0:
+            raise ConfigError(f"LowRankConfig.sparse_density must be in [0, 1), got {self.sparse_density}.")
+        if self.round_to < 1 or self.min_rank < 1:
+            raise ConfigError("LowRankConfig.round_to and min_rank must be >= 1.")
+
+    def rank_rule_for(self, name: str) -> int | None:
+        """The explicit rank of module ``name`` (``module_ranks``, then ``rank``), or None when a spectrum rule
+        (energy, compression) decides."""
+        for pattern, r in self.module_ranks.items():
+            if pattern == name or re.fullmatch(pattern, name):
+                return r
+        return self.rank

@@ -1,0 +1,113 @@
+"""Low-rank formats, rank selection, factorize_ on a tiny BERT, training and save -> from_pretrained."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from hf_sparse import LowRankConfig, SparseLinear, factorize_
+from hf_sparse.errors import ConfigError, FormatError
+from hf_sparse.formats import LowRank, LowRankSparse, from_tensors
+from hf_sparse.lowrank import rank_for_compression, rank_for_energy
+from hf_sparse.testing import tiny_bert_classifier
+
+
+def _low_rank_matrix(rows, cols, rank, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, rank, generator=g) @ torch.randn(rank, cols, generator=g) / rank**0.5
+
+
+def test_truncated_svd_is_exact_at_the_true_rank_and_round_trips():
+    w = _low_rank_matrix(40, 56, 6)
+    q = LowRank.from_dense(w, rank=6)
+    torch.testing.assert_close(q.to_dense(), w, rtol=1e-4, atol=1e-5)
+    again = from_tensors(q.tensors(), q.params())
+    assert torch.equal(again.to_dense(), q.to_dense()) and q.nbytes == 6 * (40 + 56) * 4
+    noisy = w + 0.01 * torch.randn(40, 56)
+    err4 = (LowRank.from_dense(noisy, rank=4).to_dense() - noisy).norm()
+    err6 = (LowRank.from_dense(noisy, rank=6).to_dense() - noisy).norm()
+    assert err6 < err4
+
+
+def test_lowrank_sparse_keeps_the_largest_residual_entries():
+    w = _low_rank_matrix(30, 30, 3)
+    w[4, 7] += 10.0  # an outlier the low-rank part cannot hold
+    q = LowRankSparse.from_dense(w, rank=3, density=0.01)
+    plain = LowRank.from_dense(w, rank=3)
+    residual = w - plain.to_dense()
+    assert (q.to_dense() - w).norm() < 0.75 * residual.norm()
+    assert q.sparse.values.numel() == 9  # 1% of 900
+    largest = residual.abs().flatten().topk(9).values
+    torch.testing.assert_close(q.sparse.values.abs().sort().values, largest.sort().values)
+    again = from_tensors(q.tensors(), q.params())
+    torch.testing.assert_close(again.to_dense(), q.to_dense())
+
+
+def test_bad_factors_raise_typed_errors():
+    q = LowRank.from_dense(torch.randn(8, 12), rank=3)
+    t = q.tensors()
+    with pytest.raises(FormatError, match="factors have shapes"):
+        from_tensors({**t, "u": t["u"][:, :2]}, q.params())
+    with pytest.raises(FormatError, match="non-finite"):
+        from_tensors({**t, "v": torch.full_like(t["v"], float("nan"))}, q.params())
+    with pytest.raises(FormatError, match="rank must be an integer"):
+        from_tensors(t, {**q.params(), "rank": 99})
+    with pytest.raises(FormatError, match="rank must be an integer"):
+        LowRank.from_dense(torch.randn(8, 12), rank=0)
+
+
+def test_rank_rules():
+    s = torch.tensor([4.0, 2.0, 1.0, 1.0])  # energies 16, 4, 1, 1 of 22
+    assert rank_for_energy(s, 0.7) == 1 and rank_for_energy(s, 0.9) == 2 and rank_for_energy(s, 1.0) == 4
+    assert rank_for_compression(384, 1536, 0.5) == 153  # 153 * 1920 <= 0.5 * 384 * 1536 < 154 * 1920
+    with pytest.raises(ConfigError, match="one of rank, energy, compression"):
+        LowRankConfig(rank=8, energy=0.9)
+    with pytest.raises(ConfigError, match="give rank"):
+        LowRankConfig()
+
+
+def test_factorize_tiny_bert_trains_and_reloads(tmp_path):
+    model = tiny_bert_classifier(seed=3)
+    ids = torch.randint(6, 128, (3, 11), generator=torch.Generator().manual_seed(0))
+    report = factorize_(model, LowRankConfig(rank=8, round_to=1, min_rank=1), progress=False)
+    converted = [n for n, e in report.items() if "format" in e]
+    assert converted and all(report[n]["rank"] == 8 for n in converted)
+    assert all(isinstance(model.get_submodule(n), SparseLinear) for n in converted)
+    kept = [n for n, e in report.items() if "kept_dense" in e]
+    assert all(report[n]["stored"] >= report[n]["params"] for n in kept)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    script = (
+        "import torch, hf_sparse\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r}).eval()\n"
+        f"ids = torch.tensor({ids.tolist()})\n"
+        "with torch.no_grad(): print(repr(m(input_ids=ids).logits.tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert torch.equal(torch.tensor(eval(out.stdout.strip().splitlines()[-1])), logits)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    layer = loaded.get_submodule(converted[0])
+    assert isinstance(layer, SparseLinear) and layer.format == "lowrank"
+    loaded.train()
+    loss = loaded(input_ids=ids, labels=torch.tensor([0, 1, 0])).loss
+    loss.backward()
+    assert layer.weight_u.grad is not None and layer.weight_v.grad is not None
+
+
+def test_energy_rule_chooses_small_ranks_for_low_rank_layers():
+    model = tiny_bert_classifier(seed=4)
+    name = "bert.encoder.layer.0.intermediate.dense"
+    with torch.no_grad():
+        model.get_submodule(name).weight.copy_(_low_rank_matrix(64, 32, 4, seed=1))
+    report = factorize_(
+        model, LowRankConfig(energy=0.999, round_to=1, min_rank=1, target_modules=(name,)), progress=False
+    )
+    assert report[name]["rank"] == 4 and report[name]["relative_error"] < 1e-3
