@@ -316,12 +316,13 @@ def sparse_config_for(model: torch.nn.Module, *, dropped_layers: list[int] | Non
             ``quantization_config`` records.
     """
     from ..nn import SparseEmbedding, SparseLinear
+    from ..nn.lowrank_embedding import LowRankEmbedding
     from ..nn.quant import QuantEmbedding
     from ..pruning.structured import describe_structure
 
     modules = {}
     for name, module in model.named_modules():
-        if isinstance(module, (SparseLinear, SparseEmbedding, QuantEmbedding)):
+        if isinstance(module, (SparseLinear, SparseEmbedding, QuantEmbedding, LowRankEmbedding)):
             tensors = module.weight_format().tensors()
             modules[name] = {
                 "params": dict(module.format_params),

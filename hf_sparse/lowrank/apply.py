@@ -32,11 +32,38 @@ def factorize_(model: nn.Module, config: LowRankConfig, *, progress: bool = True
         ConfigError: no Linear layer matches, or an explicit rank is out of range for a layer.
     """
     from ..integrations import sparse_config_for
-    from ..pruning.apply import match_linears
+    from ..nn.lowrank_embedding import LowRankEmbedding
+    from ..pruning.apply import match_embeddings, match_linears
 
-    layers = match_linears(model, config.target_modules, config.exclude_modules, who="LowRankConfig")
+    has_linear_rule = config.rank is not None or config.energy is not None or config.compression is not None
+    layers = (
+        match_linears(model, config.target_modules, config.exclude_modules, who="LowRankConfig")
+        if has_linear_rule or config.module_ranks
+        else {}
+    )
     report: dict[str, dict[str, Any]] = {}
+    for name, table in match_embeddings(model, config.embeddings, who="LowRankConfig").items():
+        vocab, dim = table.weight.shape
+        if config.embedding_rank is not None:
+            rank = min(config.embedding_rank, vocab, dim)
+        else:
+            rank = round_rank(
+                rank_for_compression(vocab, dim, config.embedding_compression), config.round_to, 1, min(vocab, dim)
+            )
+        new = LowRankEmbedding.from_embedding(table, rank).to(table.weight.device)
+        with torch.no_grad():
+            err = float((new.dense_weight() - table.weight).norm() / table.weight.norm().clamp(min=1e-30))
+        report[name] = {
+            "rank": rank,
+            "params": vocab * dim,
+            "stored": factor_params(vocab, dim, rank),
+            "relative_error": err,
+            "format": "lowrank",
+        }
+        replace_module(model, name, new)
     for name, linear in tqdm(list(layers.items()), desc="Factorising", disable=not progress):
+        if config.rank_rule_for(name) is None and not has_linear_rule:
+            continue  # only module_ranks were given, and none names this layer
         weight = linear.weight.detach()
         rows, cols = weight.shape
         full = min(rows, cols)

@@ -37,6 +37,11 @@ class LowRankConfig(BaseConfig):
             ``W - U V`` in CSR (``lowrank_sparse``).
         round_to: ranks are rounded down to a multiple of this (SIMD-friendly GEMM widths), at least ``min_rank``.
         min_rank: the smallest rank a layer gets.
+        embeddings: ``nn.Embedding`` tables to factorise too (names or regular expressions, e.g.
+            ``["word_embeddings"]``), each into ``vocab x r`` and ``r x dim`` factors
+            (:class:`~hf_sparse.nn.lowrank_embedding.LowRankEmbedding`).
+        embedding_rank, embedding_compression: the tables' rank, or the fraction of their values the factors may
+            hold (one of the two when ``embeddings`` is set).
     """
 
     target_modules: tuple[str, ...] = ()
@@ -48,13 +53,16 @@ class LowRankConfig(BaseConfig):
     sparse_density: float = 0.0
     round_to: int = 8
     min_rank: int = 8
+    embeddings: tuple[str, ...] = ()
+    embedding_rank: int | None = None
+    embedding_compression: float | None = None
 
     def validate(self) -> None:
         rules = [n for n in ("rank", "energy", "compression") if getattr(self, n) is not None]
         if len(rules) > 1:
             raise ConfigError(f"LowRankConfig: give one of rank, energy, compression; got {rules}.")
-        if not rules and not self.module_ranks:
-            raise ConfigError("LowRankConfig: give rank, energy, compression or module_ranks.")
+        if not rules and not self.module_ranks and not self.embeddings:
+            raise ConfigError("LowRankConfig: give rank, energy, compression or module_ranks (or embeddings).")
         if self.rank is not None and self.rank < 1:
             raise ConfigError(f"LowRankConfig.rank must be >= 1, got {self.rank}.")
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
@@ -70,6 +78,14 @@ class LowRankConfig(BaseConfig):
                 raise ConfigError(f"LowRankConfig.module_ranks[{key!r}] must be >= 1, got {r}.")
         if not 0.0 <= self.sparse_density < 1.0:
             raise ConfigError(f"LowRankConfig.sparse_density must be in [0, 1), got {self.sparse_density}.")
+        if self.embeddings and (self.embedding_rank is None) == (self.embedding_compression is None):
+            raise ConfigError("LowRankConfig: with embeddings, give one of embedding_rank or embedding_compression.")
+        if self.embedding_rank is not None and self.embedding_rank < 1:
+            raise ConfigError(f"LowRankConfig.embedding_rank must be >= 1, got {self.embedding_rank}.")
+        if self.embedding_compression is not None and not 0.0 < self.embedding_compression < 1.0:
+            raise ConfigError(
+                f"LowRankConfig.embedding_compression must be in (0, 1), got {self.embedding_compression}."
+            )
         if self.round_to < 1 or self.min_rank < 1:
             raise ConfigError("LowRankConfig.round_to and min_rank must be >= 1.")
 

@@ -39,10 +39,10 @@ def _dense_layer(model: nn.Module, name: str, params: dict, tied: set[str]) -> n
             f"{list(dense.weight.shape)}. {_FIX}"
         )
     if isinstance(dense, nn.Embedding):
-        if params.get("format") not in ("csr", "qdense"):
+        if params.get("format") not in ("csr", "qdense", "lowrank"):
             raise FormatError(
-                f"checkpoint module {name!r} is an embedding table, stored as csr or qdense only, but config.json "
-                f"says {params.get('format')!r}. {_FIX}"
+                f"checkpoint module {name!r} is an embedding table, stored as csr, qdense or lowrank only, but "
+                f"config.json says {params.get('format')!r}. {_FIX}"
             )
         if f"{name}.weight" in tied or dense.max_norm is not None or dense.sparse:
             raise FormatError(
@@ -140,7 +140,9 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
 
         try:
             if isinstance(dense, nn.Embedding):
-                cls = QuantEmbedding if params["format"] == "qdense" else SparseEmbedding
+                from .lowrank_embedding import LowRankEmbedding
+
+                cls = {"qdense": QuantEmbedding, "lowrank": LowRankEmbedding}.get(params["format"], SparseEmbedding)
                 new = cls(weight, dense.padding_idx)
             elif params["format"] in quantized_formats():
                 new = QuantLinear(weight, dense.bias)

@@ -111,3 +111,29 @@ def test_energy_rule_chooses_small_ranks_for_low_rank_layers():
         model, LowRankConfig(energy=0.999, round_to=1, min_rank=1, target_modules=(name,)), progress=False
     )
     assert report[name]["rank"] == 4 and report[name]["relative_error"] < 1e-3
+
+
+def test_embedding_factorisation_round_trips(tmp_path):
+    from hf_sparse.nn.lowrank_embedding import LowRankEmbedding
+
+    model = tiny_bert_classifier(seed=5)
+    ids = torch.randint(6, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    table = model.bert.embeddings.word_embeddings.weight.detach().clone()
+    report = factorize_(model, LowRankConfig(embeddings=("word_embeddings",), embedding_rank=8), progress=False)
+    entry = report["bert.embeddings.word_embeddings"]
+    assert entry["rank"] == 8 and entry["stored"] == 8 * (table.shape[0] + table.shape[1])
+    emb = model.bert.embeddings.word_embeddings
+    assert isinstance(emb, LowRankEmbedding) and len(report) == 1  # no Linear rule: Linear layers untouched
+    torch.testing.assert_close(emb(ids), emb.dense_weight()[ids])
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.bert.embeddings.word_embeddings, LowRankEmbedding)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, logits)
+    with pytest.raises(IndexError, match="token ids"):
+        emb(torch.tensor([[10_000]]))
+    with pytest.raises(ConfigError, match="embedding_rank or embedding_compression"):
+        LowRankConfig(embeddings=("word_embeddings",))
