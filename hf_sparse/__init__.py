@@ -16,7 +16,14 @@ __version__ = "0.1.0"
 from . import attention, data, distillation, formats, integrations, lowrank, nn, ops, quantization
 from .apply import apply_
 from .attention import SparseAttentionConfig, apply_sparse_attention_
-from .callbacks import DistillationCallback, PruningCallback, QATCallback, RegularizationCallback, attach_callbacks
+from .callbacks import (
+    DistillationCallback,
+    LowRankCallback,
+    PruningCallback,
+    QATCallback,
+    RegularizationCallback,
+    attach_callbacks,
+)
 from .config import BaseConfig, register_config
 from .distillation import DistillationConfig, Distiller, student_from_teacher, teacher_snapshot
 from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
@@ -53,6 +60,7 @@ __all__ = [
     "lowrank",
     "LowRankConfig",
     "factorize_",
+    "LowRankCallback",
     "formats",
     "integrations",
     "nn",

@@ -15,7 +15,26 @@ from ..nn.sparse_linear import SparseLinear
 from .config import LowRankConfig
 from .ranks import factor_params, rank_for_compression, rank_for_energy, round_rank
 
-__all__ = ["factorize_"]
+__all__ = ["factorize_", "choose_rank"]
+
+
+def choose_rank(name: str, weight: torch.Tensor, config: LowRankConfig, singular_values=None) -> int:
+    """The rank ``config`` gives the Linear layer ``name`` with this ``weight`` (see :class:`LowRankConfig`).
+
+    Raises:
+        ConfigError: an explicit rank exceeds the layer's largest rank.
+    """
+    rows, cols = weight.shape
+    full = min(rows, cols)
+    explicit = config.rank_rule_for(name)
+    if explicit is not None:
+        if explicit > full:
+            raise ConfigError(f"LowRankConfig: rank {explicit} for {name} exceeds its largest rank {full}.")
+        return explicit
+    if config.energy is not None:
+        s = singular_values if singular_values is not None else torch.linalg.svdvals(weight.detach().double())
+        return round_rank(rank_for_energy(s, config.energy), config.round_to, config.min_rank, full)
+    return round_rank(rank_for_compression(rows, cols, config.compression), config.round_to, config.min_rank, full)
 
 
 def factorize_(model: nn.Module, config: LowRankConfig, *, progress: bool = True) -> dict[str, dict[str, Any]]:
@@ -66,20 +85,9 @@ def factorize_(model: nn.Module, config: LowRankConfig, *, progress: bool = True
             continue  # only module_ranks were given, and none names this layer
         weight = linear.weight.detach()
         rows, cols = weight.shape
-        full = min(rows, cols)
-        explicit = config.rank_rule_for(name)
         with torch.no_grad():
             s = torch.linalg.svdvals(weight.double())
-        if explicit is not None:
-            if explicit > full:
-                raise ConfigError(f"LowRankConfig: rank {explicit} for {name} exceeds its largest rank {full}.")
-            rank = explicit
-        elif config.energy is not None:
-            rank = round_rank(rank_for_energy(s, config.energy), config.round_to, config.min_rank, full)
-        else:
-            rank = round_rank(
-                rank_for_compression(rows, cols, config.compression), config.round_to, config.min_rank, full
-            )
+        rank = choose_rank(name, weight, config, s)
         dense_params = rows * cols
         stored = factor_params(rows, cols, rank) + int(round(config.sparse_density * dense_params))
         entry: dict[str, Any] = {"rank": rank, "params": dense_params, "stored": stored}

@@ -137,3 +137,41 @@ def test_embedding_factorisation_round_trips(tmp_path):
         emb(torch.tensor([[10_000]]))
     with pytest.raises(ConfigError, match="embedding_rank or embedding_compression"):
         LowRankConfig(embeddings=("word_embeddings",))
+
+
+def test_callback_lowers_ranks_on_schedule_then_factorises(tmp_path):
+    from transformers import Trainer
+
+    from hf_sparse import LowRankCallback
+    from hf_sparse.testing import cpu_training_args, tiny_classification_dataset
+
+    model = tiny_bert_classifier(seed=6)
+    name = "bert.encoder.layer.0.intermediate.dense"  # 64 x 32: full rank 32
+    cb = LowRankCallback(
+        LowRankConfig(rank=4, round_to=1, min_rank=1),
+        start_step=0,
+        end_step=6,
+        update_every=2,
+        nuclear_weight=0.5,
+        prox_every=1,
+    )
+    args = cpu_training_args(tmp_path, max_steps=8, per_device_train_batch_size=8, learning_rate=1e-3)
+    trainer = Trainer(model=model, args=args, train_dataset=tiny_classification_dataset(), callbacks=[cb])
+    trainer.train()
+    assert cb.targets[name] == 4 and cb.full[name] == 32
+    ranks = [cb.rank_at(name, s) for s in range(0, 9)]
+    assert ranks[0] == 32 and ranks[6] == 4 and ranks == sorted(ranks, reverse=True)
+    layer = model.get_submodule(name)
+    assert isinstance(layer, SparseLinear) and layer.format == "lowrank" and layer.format_params["rank"] == 4
+    assert cb.report[name]["relative_error"] < 1e-4  # already rank 4 when factorised: nothing lost
+
+
+def test_nuclear_prox_and_rank_projection():
+    from hf_sparse.lowrank.proximal import project_rank_, singular_value_threshold_
+
+    w = _low_rank_matrix(20, 16, 5) + 0.01 * torch.randn(20, 16)
+    s = torch.linalg.svdvals(w)
+    left = singular_value_threshold_(w, float(s[5]) + 1e-6)  # everything below the 5th value goes
+    assert left == 5 and int((torch.linalg.svdvals(w) > 1e-5).sum()) == 5
+    kept = project_rank_(w, 2)
+    assert int((torch.linalg.svdvals(w) > 1e-5).sum()) == 2 and 0 < kept < 1

@@ -1,0 +1,117 @@
+"""LowRankCallback: nuclear-norm regularisation and a gradual rank schedule inside the stock ``Trainer``, ending in
+a factorised model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ..errors import ConfigError
+from ..lowrank.apply import choose_rank, factorize_
+from ..lowrank.config import LowRankConfig
+from ..lowrank.proximal import project_rank_, singular_value_threshold_
+from ..pruning.schedules import cubic_sparsity
+
+__all__ = ["LowRankCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+class LowRankCallback(TrainerCallback):
+    """Lowers the rank of a model's Linear layers while it fine-tunes, then factorises them.
+
+    - ``nuclear_weight`` (λ > 0): every ``prox_every`` optimizer steps, each selected weight takes the proximal step
+      of ``λ ||W||_*``: singular-value thresholding ``W <- U max(S - λ·lr·prox_every, 0) V^T`` (lr: the current
+      learning rate), which drives small singular values to zero, so the spectrum the ranks are cut from is
+      already concentrated.
+    - Rank schedule: from ``start_step`` to ``end_step`` each layer's allowed rank falls from its full rank to its
+      target (:class:`~hf_sparse.LowRankConfig`'s rules, evaluated on the weights when training begins) along the
+      cubic schedule of gradual pruning, updated every ``update_every`` steps; at each update the weight is
+      projected onto its current rank (its best approximation of that rank), so the training between updates
+      repairs the loss; after the ramp the projections go on at the same interval, so the rank training adds back
+      between them is removed before the final factorisation.
+    - ``on_train_end``: :func:`~hf_sparse.lowrank.factorize_` with the final ranks (``factorize=True``): the
+      model's layers become two-factor layers that save and load; :attr:`report` holds its per-layer report.
+
+    Args:
+        config: which layers and target ranks (a :class:`~hf_sparse.LowRankConfig`).
+        nuclear_weight: λ of the nuclear-norm penalty (0: none).
+        prox_every: optimizer steps between proximal steps.
+        start_step, end_step: the rank schedule's ramp (``end_step`` 0: the end of training).
+        update_every: steps between rank projections.
+        factorize: factorise at the end of training.
+    """
+
+    def __init__(
+        self,
+        config: LowRankConfig,
+        *,
+        nuclear_weight: float = 0.0,
+        prox_every: int = 50,
+        start_step: int = 0,
+        end_step: int = 0,
+        update_every: int = 50,
+        factorize: bool = True,
+    ):
+        if not isinstance(config, LowRankConfig):
+            raise ConfigError(f"LowRankCallback needs a LowRankConfig, got {type(config).__name__}.")
+        if nuclear_weight < 0 or prox_every < 1 or update_every < 1 or start_step < 0 or end_step < 0:
+            raise ConfigError(
+                "LowRankCallback: nuclear_weight must be >= 0, prox_every and update_every >= 1, steps >= 0."
+            )
+        self.config, self.nuclear_weight, self.prox_every = config, float(nuclear_weight), int(prox_every)
+        self.start_step, self.end_step, self.update_every = int(start_step), int(end_step), int(update_every)
+        self.factorize = bool(factorize)
+        self.targets: dict[str, int] = {}
+        self.full: dict[str, int] = {}
+        self.current: dict[str, int] = {}
+        self.report: dict[str, dict[str, Any]] | None = None
+
+    def _layers(self, model) -> dict:
+        from ..pruning.apply import match_linears
+
+        return match_linears(model, self.config.target_modules, self.config.exclude_modules, who="LowRankConfig")
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        model = kwargs["model"]
+        layers = self._layers(model)
+        self.targets = {n: choose_rank(n, m.weight, self.config) for n, m in layers.items()}
+        self.full = {n: min(m.weight.shape) for n, m in layers.items()}
+        self.current = dict(self.full)
+        if not self.end_step:
+            self.end_step = max(state.max_steps, self.start_step)
+
+    def rank_at(self, name: str, step: int) -> int:
+        """The rank layer ``name`` is allowed after ``step`` optimizer steps: its full rank before the ramp, its
+        target after it, the cubic schedule between."""
+        full, target = self.full[name], self.targets[name]
+        fraction = cubic_sparsity(step, initial=0.0, final=1.0, start_step=self.start_step, end_step=self.end_step)
+        return max(target, int(round(full - fraction * (full - target))))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        model = kwargs["model"]
+        step = state.global_step
+        layers = self._layers(model)
+        if self.nuclear_weight > 0 and step % self.prox_every == 0:
+            scheduler = kwargs.get("lr_scheduler")
+            lr = scheduler.get_last_lr()[0] if scheduler is not None else args.learning_rate
+            tau = self.nuclear_weight * lr * self.prox_every
+            for m in layers.values():
+                singular_value_threshold_(m.weight.data, tau)
+        if step > self.start_step and (step - self.start_step) % self.update_every == 0:
+            # Projected at every update, also after the ramp: training between updates lets the rank grow back.
+            for name, m in layers.items():
+                rank = self.rank_at(name, step)
+                if rank < self.full[name]:
+                    project_rank_(m.weight.data, rank)
+                    self.current[name] = rank
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if not self.factorize:
+            return
+        model = kwargs["model"]
+        final = self.config.replace(rank=None, energy=None, compression=None, module_ranks=dict(self.targets))
+        self.report = factorize_(model, final, progress=False)
+        logger.info("LowRankCallback: factorised %d layers", sum("format" in e for e in self.report.values()))
