@@ -31,6 +31,7 @@ from .callbacks.regularization import RegularizationCallback
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
 from .distillation.students import teacher_snapshot
 from .integrations.hub import RESULTS_FILE, write_model_card
+from .lowrank import factorize_
 from .machine import machine_info
 from .nn import sparsify_
 from .pruning.apply import model_parameter_counts
@@ -496,6 +497,9 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         attn = recipe.attention
         if attn is not None:
             tag = tag.replace("pruned-0", "dense") + f"-{_attention_tag(attn)}"
+        low = recipe.lowrank
+        if low is not None:
+            tag = tag.replace("pruned-0", "dense") + "-lowrank"
         what = _schedule_desc(cfg) if cfg.sparsity > 0 else "structured pruning, then fine-tuning"
         if cfg.sparsity == 0 and recipe.structured is None:
             what = "fine-tuning"
@@ -507,6 +511,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             what += f", then post-training quantisation ({quant.weight.bits}-bit weights)"
         if attn is not None:
             what += f", {_attention_desc(attn)}"
+        if low is not None:
+            what += ", low-rank factorised (truncated SVD) before fine-tuning"
         logger.info("hf-sparse compress: %s (%s)", tag, what)
         if distil is not None and distil.student_from == "pretrained":
             model = load_classifier(model_path, recipe.pruned.seed)
@@ -514,6 +520,9 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             model = copy.deepcopy(dense_model)
         if attn is not None:
             apply_sparse_attention_(model, attn)
+        lowrank_report = None
+        if low is not None:
+            lowrank_report = factorize_(model, low, progress=False)
         t0 = time.perf_counter()
         structure = None
         if recipe.structured is not None:
@@ -624,6 +633,14 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
                 run["distillation"]["cache_hits"] = d.cache.hits if d.cache is not None else 0
         if attn is not None:
             run["attention"] = {"config": attn.to_dict(header=False), "description": _attention_desc(attn)}
+        if lowrank_report is not None:
+            factored = {n: e for n, e in lowrank_report.items() if "format" in e}
+            run["lowrank"] = {
+                "config": low.to_dict(header=False),
+                "layers": lowrank_report,
+                "dense_params": sum(e["params"] for e in factored.values()),
+                "stored_params": sum(e["stored"] for e in factored.values()),
+            }
         if structure is not None:
             run["structure"] = {
                 "config": recipe.structured.to_dict(header=False),

@@ -18,6 +18,7 @@ from .attention.config import SparseAttentionConfig
 from .config import BaseConfig, register_config
 from .distillation.config import DistillationConfig
 from .errors import ConfigError, RecipeError
+from .lowrank.config import LowRankConfig
 from .pruning.config import PruningConfig
 from .pruning.regularization import RegularizationConfig
 from .pruning.structured import StructuredPruningConfig
@@ -346,6 +347,9 @@ class Recipe(BaseConfig):
             :class:`DistillationSection`).
         quantization: Each run is also quantised, by QAT or PTQ (see :class:`QuantizationSection`); a sparsity
             of 0 in ``sparsities`` is then a quantised dense run.
+        lowrank: Each run's Linear layers (and any embedding tables it names) are factorised by truncated SVD
+            (:class:`~hf_sparse.LowRankConfig`) before its fine-tuning; a sparsity of 0 in ``sparsities`` is then a
+            low-rank run without pruning.
         attention: Each run is fine-tuned (from the dense baseline, trained with full attention) with this sparse
             attention pattern (:class:`~hf_sparse.attention.SparseAttentionConfig`, ``attn_implementation=
             "hf_sparse"``); a sparsity of 0 in ``sparsities`` is then a dense-weight run with sparse attention.
@@ -368,14 +372,20 @@ class Recipe(BaseConfig):
     distillation: DistillationSection | None = None
     quantization: QuantizationSection | None = None
     attention: SparseAttentionConfig | None = None
+    lowrank: LowRankConfig | None = None
 
     def validate(self) -> None:
-        zero_ok = self.structured is not None or self.quantization is not None or self.attention is not None
+        zero_ok = any(x is not None for x in (self.structured, self.quantization, self.attention, self.lowrank))
+        if self.lowrank is not None and any(s > 0 for s in (self.sparsities or (self.pruning.sparsity,))):
+            raise ConfigError(
+                "lowrank: factorised layers are not pruned by the pruning schedule; set sparsities: [0.0] and use "
+                "lowrank.sparse_density for low rank + sparse."
+            )
         for s in self.sparsities or ():
             if not 0 < s < 1 and not (s == 0 and zero_ok):
                 raise ConfigError(
-                    "sparsities must each be in (0, 1) (0 is allowed with a structured, quantization or attention "
-                    "section), "
+                    "sparsities must each be in (0, 1) (0 is allowed with a structured, quantization, attention or "
+                    "lowrank section), "
                     f"got {s}."
                 )
 
