@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ops import _loader
-from .layout import KEY_BLOCK, BlockLayout, build_layout
+from .layout import BlockLayout, build_layout
 from .patterns import Pattern, dense_mask
 
 __all__ = ["sparse_attention", "sparse_attention_reference", "lowrank_attention", "explain", "layout_mask"]
@@ -101,22 +101,8 @@ def sparse_attention_reference(
 
 
 def layout_mask(layout: BlockLayout) -> torch.Tensor:
-    """(Sq, Skv) bool mask of a block layout, vectorised (the backward pass and tests use it)."""
-    nqb = layout.kv_ptr.numel() - 1
-    nkb = -(-layout.kv_length // KEY_BLOCK)
-    counts = torch.diff(layout.kv_ptr.to(torch.int64))
-    qb = torch.repeat_interleave(torch.arange(nqb), counts)
-    tiles = torch.zeros(layout.tiles, layout.block_q, KEY_BLOCK, dtype=torch.bool)
-    full = layout.mask_index < 0
-    tiles[full] = True
-    if layout.bits.numel():
-        shifts = torch.arange(KEY_BLOCK, dtype=torch.int64)
-        words = layout.bits[layout.mask_index[~full].to(torch.int64)]  # (partial, block_q)
-        tiles[~full] = ((words.unsqueeze(-1) >> shifts) & 1).bool()
-    out = torch.zeros(nqb, nkb, layout.block_q, KEY_BLOCK, dtype=torch.bool)
-    out[qb, layout.kv_blocks.to(torch.int64)] = tiles
-    out = out.permute(0, 2, 1, 3).reshape(nqb * layout.block_q, nkb * KEY_BLOCK)
-    return out[: layout.q_length, : layout.kv_length]
+    """(Sq, Skv) bool mask of a block layout (the same as ``layout.to_dense()``)."""
+    return layout.to_dense()
 
 
 # -- backends ------------------------------------------------------------------------------------------------------

@@ -52,21 +52,12 @@ class BlockLayout:
         return self.tiles / max(nqb * nkb, 1)
 
     def to_dense(self) -> torch.Tensor:
-        """The (q_length, kv_length) bool mask this layout computes (for tests)."""
-        out = torch.zeros(self.q_length, -(-self.kv_length // KEY_BLOCK) * KEY_BLOCK, dtype=torch.bool)
-        shifts = torch.arange(KEY_BLOCK, dtype=torch.int64)
-        ptr = self.kv_ptr.tolist()
-        for qb in range(len(ptr) - 1):
-            i0, i1 = qb * self.block_q, min(self.q_length, (qb + 1) * self.block_q)
-            for p in range(ptr[qb], ptr[qb + 1]):
-                j0 = int(self.kv_blocks[p]) * KEY_BLOCK
-                mi = int(self.mask_index[p])
-                if mi < 0:
-                    out[i0:i1, j0 : j0 + KEY_BLOCK] = True
-                else:
-                    words = self.bits[mi, : i1 - i0].unsqueeze(1)
-                    out[i0:i1, j0 : j0 + KEY_BLOCK] = ((words >> shifts) & 1).bool()
-        return out[:, : self.kv_length]
+        """The (q_length, kv_length) bool mask this layout computes."""
+        from ..ops._autograd import attention_mask_from_layout
+
+        return attention_mask_from_layout(
+            self.kv_ptr, self.kv_blocks, self.mask_index, self.bits, self.block_q, self.q_length, self.kv_length
+        )
 
 
 def _pack_bits(tile: torch.Tensor) -> torch.Tensor:

@@ -216,7 +216,7 @@ torch.library.register_autograd("hf_sparse::linear_qcsr", _linear_qcsr_backward,
 _KEY_BLOCK = 64
 
 
-def _attention_mask_from_layout(kv_ptr, kv_blocks, mask_index, bits, block_q, q_length, kv_length):
+def attention_mask_from_layout(kv_ptr, kv_blocks, mask_index, bits, block_q, q_length, kv_length):
     """(Sq, Skv) bool: the (query, key) pairs a block layout allows."""
     nqb = kv_ptr.numel() - 1
     nkb = -(-kv_length // _KEY_BLOCK)
@@ -270,7 +270,7 @@ def _attention_backward_dense(ctx, grad_out, grad_lse):
     B, H, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     group = H // Hkv
-    allowed = _attention_mask_from_layout(kv_ptr, kv_blocks, mask_index, bits, ctx.block_q, Sq, Skv)
+    allowed = attention_mask_from_layout(kv_ptr, kv_blocks, mask_index, bits, ctx.block_q, Sq, Skv)
     kx = k.repeat_interleave(group, dim=1) if group > 1 else k
     vx = v.repeat_interleave(group, dim=1) if group > 1 else v
     s = (q @ kx.transpose(-1, -2)) * ctx.scale
