@@ -25,6 +25,7 @@ from transformers import (
 
 from .attention import apply_sparse_attention_
 from .callbacks.distillation import DistillationCallback
+from .callbacks.lowrank import LowRankCallback
 from .callbacks.pruning import PruningCallback, attach_callbacks
 from .callbacks.quantization import QATCallback
 from .callbacks.regularization import RegularizationCallback
@@ -32,6 +33,7 @@ from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stra
 from .distillation.students import teacher_snapshot
 from .integrations.hub import RESULTS_FILE, write_model_card
 from .lowrank import factorize_
+from .lowrank.sensitivity import allocate_ranks, rank_sensitivity_scan
 from .machine import machine_info
 from .nn import sparsify_
 from .pruning.apply import model_parameter_counts
@@ -457,7 +459,16 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     )
 
     scan = None
-    if recipe.sensitivity is not None:
+    if recipe.sensitivity is not None and recipe.lowrank is not None:
+        t0 = time.perf_counter()
+        scan = rank_sensitivity_scan(
+            copy.deepcopy(dense_model),
+            recipe.lowrank.to_config(),
+            _evaluator(val_tok, recipe.sensitivity.validation_examples, tokenizer, recipe, work / "sensitivity"),
+            recipe.sensitivity.sparsities,
+        )
+        timings["sensitivity_s"] = time.perf_counter() - t0
+    elif recipe.sensitivity is not None:
         t0 = time.perf_counter()
         scan = sensitivity_scan(
             copy.deepcopy(dense_model),
@@ -485,6 +496,9 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     for cfg, kd, qmode in plan:
         if scan is not None and cfg.sparsity > 0:
             cfg = cfg.replace(layer_sparsity=allocate_sparsity(scan, cfg.sparsity))
+        low = recipe.lowrank.to_config() if recipe.lowrank is not None else None
+        if scan is not None and low is not None:
+            low = low.replace(compression=None, module_ranks=allocate_ranks(scan, dense_model, low))
         tag = f"pruned-{round(100 * cfg.sparsity)}"
         if recipe.structured is not None:
             tag = "structured" if cfg.sparsity == 0 else f"structured-{tag}"
@@ -497,9 +511,9 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         attn = recipe.attention
         if attn is not None:
             tag = tag.replace("pruned-0", "dense") + f"-{_attention_tag(attn)}"
-        low = recipe.lowrank
+        gradual = low is not None and recipe.lowrank.mode == "gradual"
         if low is not None:
-            tag = tag.replace("pruned-0", "dense") + "-lowrank"
+            tag = tag.replace("pruned-0", "dense") + ("-lowrank-gradual" if gradual else "-lowrank")
         what = _schedule_desc(cfg) if cfg.sparsity > 0 else "structured pruning, then fine-tuning"
         if cfg.sparsity == 0 and recipe.structured is None:
             what = "fine-tuning"
@@ -512,7 +526,16 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         if attn is not None:
             what += f", {_attention_desc(attn)}"
         if low is not None:
-            what += ", low-rank factorised (truncated SVD) before fine-tuning"
+            ranks_from = ", ranks from a sensitivity scan" if scan is not None else ""
+            if gradual:
+                what += (
+                    f", ranks lowered during fine-tuning (cubic schedule to {recipe.lowrank.schedule_end:.0%} of the "
+                    f"steps, projections every {recipe.lowrank.update_every} steps"
+                    + (f", nuclear norm {recipe.lowrank.nuclear_weight:g}" if recipe.lowrank.nuclear_weight else "")
+                    + f"{ranks_from}), then factorised"
+                )
+            else:
+                what += f", low-rank factorised (truncated SVD{ranks_from}) before fine-tuning"
         logger.info("hf-sparse compress: %s (%s)", tag, what)
         if distil is not None and distil.student_from == "pretrained":
             model = load_classifier(model_path, recipe.pruned.seed)
@@ -521,7 +544,16 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         if attn is not None:
             apply_sparse_attention_(model, attn)
         lowrank_report = None
-        if low is not None:
+        lowrank_cb = None
+        if gradual:
+            lowrank_cb = LowRankCallback(
+                low,
+                nuclear_weight=recipe.lowrank.nuclear_weight,
+                prox_every=recipe.lowrank.prox_every,
+                update_every=recipe.lowrank.update_every,
+                end_fraction=recipe.lowrank.schedule_end,
+            )
+        elif low is not None:
             lowrank_report = factorize_(model, low, progress=False)
         t0 = time.perf_counter()
         structure = None
@@ -553,10 +585,14 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             tokenizer,
             recipe.pruned,
             work / tag,
-            callbacks=([callback] if callback else []) + ([qat_callback] if qat_callback else []),
+            callbacks=([callback] if callback else [])
+            + ([qat_callback] if qat_callback else [])
+            + ([lowrank_cb] if lowrank_cb else []),
             init_callbacks=init_callbacks,
         )
         train_s = time.perf_counter() - t0
+        if lowrank_cb is not None:
+            lowrank_report = lowrank_cb.report
         float_accuracy = None
         float_counts = None
         if qmode == "ptq":
@@ -636,7 +672,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         if lowrank_report is not None:
             factored = {n: e for n, e in lowrank_report.items() if "format" in e}
             run["lowrank"] = {
-                "config": low.to_dict(header=False),
+                "config": recipe.lowrank.to_dict(header=False),
+                "module_ranks": dict(low.module_ranks),
                 "layers": lowrank_report,
                 "dense_params": sum(e["params"] for e in factored.values()),
                 "stored_params": sum(e["stored"] for e in factored.values()),

@@ -40,7 +40,8 @@ class MissingPackageError(HfSparseError, ImportError):
 
 
 class PruningStateError(HfSparseError, RuntimeError):
-    """Pruning masks do not match the model they are applied to (wrong names, shapes or a corrupted file)."""
+    """A compression callback's saved training state (pruning masks, low-rank schedule) does not match the model it
+    is applied to (wrong names, shapes or ranks, or a corrupted file)."""
 
 
 class FormatError(HfSparseError, ValueError):

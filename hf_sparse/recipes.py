@@ -320,6 +320,50 @@ class QuantizationSection(QuantizationConfig):
         return QuantizationConfig(**fields)
 
 
+@register_config("recipe_lowrank")
+@dataclasses.dataclass(frozen=True)
+class LowRankSection(LowRankConfig):
+    """Low-rank factorisation of each run, with the fields of :class:`~hf_sparse.LowRankConfig` and:
+
+    Args:
+        mode: ``"oneshot"``: each run's layers are factorised by truncated SVD before its fine-tuning;
+            ``"gradual"``: each run fine-tunes its dense layers while :class:`~hf_sparse.LowRankCallback` lowers
+            their ranks along a cubic schedule (and applies the nuclear-norm penalty when ``nuclear_weight`` > 0),
+            then factorises them when training ends.
+        nuclear_weight, prox_every, update_every: the callback's penalty weight, steps between proximal steps and
+            steps between rank projections (``gradual`` only).
+        schedule_end: the fraction of the run's optimizer steps by which ranks reach their targets (``gradual``).
+
+    With a ``sensitivity`` section in the recipe, the ranks come from a measured scan
+    (:func:`~hf_sparse.lowrank.rank_sensitivity_scan`, its ``sparsities`` read as fractions of each layer's values
+    removed) allocated at ``compression`` (:func:`~hf_sparse.lowrank.allocate_ranks`).
+    """
+
+    mode: Literal["oneshot", "gradual"] = "oneshot"
+    nuclear_weight: float = 0.0
+    prox_every: int = 50
+    update_every: int = 50
+    schedule_end: float = 0.6
+
+    def validate(self) -> None:
+        super().validate()
+        if self.mode == "oneshot" and (self.nuclear_weight > 0):
+            raise ConfigError("lowrank.nuclear_weight needs mode: gradual (the penalty acts while training).")
+        if self.nuclear_weight < 0 or self.prox_every < 1 or self.update_every < 1:
+            raise ConfigError("lowrank: nuclear_weight must be >= 0, prox_every and update_every >= 1.")
+        if not 0.0 < self.schedule_end <= 1.0:
+            raise ConfigError(f"lowrank.schedule_end must be in (0, 1], got {self.schedule_end}.")
+        if self.mode == "gradual" and self.embeddings:
+            raise ConfigError(
+                "lowrank: mode gradual lowers Linear layers' ranks while training; embedding tables are factorised "
+                "one-shot — use mode: oneshot with embeddings."
+            )
+
+    def to_config(self) -> LowRankConfig:
+        """The plain LowRankConfig of this section."""
+        return LowRankConfig(**{k: getattr(self, k) for k in LowRankConfig.field_names()})
+
+
 @register_config("recipe")
 @dataclasses.dataclass(frozen=True)
 class Recipe(BaseConfig):
@@ -348,8 +392,8 @@ class Recipe(BaseConfig):
         quantization: Each run is also quantised, by QAT or PTQ (see :class:`QuantizationSection`); a sparsity
             of 0 in ``sparsities`` is then a quantised dense run.
         lowrank: Each run's Linear layers (and any embedding tables it names) are factorised by truncated SVD
-            (:class:`~hf_sparse.LowRankConfig`) before its fine-tuning; a sparsity of 0 in ``sparsities`` is then a
-            low-rank run without pruning.
+            before its fine-tuning, or gradually during it (see :class:`LowRankSection`); a sparsity of 0 in
+            ``sparsities`` is then a low-rank run without pruning.
         attention: Each run is fine-tuned (from the dense baseline, trained with full attention) with this sparse
             attention pattern (:class:`~hf_sparse.attention.SparseAttentionConfig`, ``attn_implementation=
             "hf_sparse"``); a sparsity of 0 in ``sparsities`` is then a dense-weight run with sparse attention.
@@ -372,9 +416,14 @@ class Recipe(BaseConfig):
     distillation: DistillationSection | None = None
     quantization: QuantizationSection | None = None
     attention: SparseAttentionConfig | None = None
-    lowrank: LowRankConfig | None = None
+    lowrank: LowRankSection | None = None
 
     def validate(self) -> None:
+        if self.lowrank is not None and self.sensitivity is not None and self.lowrank.compression is None:
+            raise ConfigError(
+                "lowrank with a sensitivity section: set lowrank.compression (the fraction of the layers' values "
+                "the factors keep); the scan spreads it over the layers."
+            )
         zero_ok = any(x is not None for x in (self.structured, self.quantization, self.attention, self.lowrank))
         if self.lowrank is not None and any(s > 0 for s in (self.sparsities or (self.pruning.sparsity,))):
             raise ConfigError(

@@ -135,7 +135,38 @@ def render_markdown(report: dict) -> str:
                 f"{before} | {q['weight_bytes']:,} | {pct(q['weight_bytes'] / max(q['float_weight_bytes'], 1))} |"
             )
         lines.append("")
-    if report.get("sensitivity"):
+    factored = [r for r in runs if r.get("lowrank")]
+    if factored:
+        lines += [
+            "## Low rank",
+            "",
+            "Factorised layers: `W ≈ U V` (two thin matmuls; `+ S` with sparse residuals). Values: what the factored "
+            "layers store vs their dense weights; error: `||W - U V|| / ||W||` when factorised (mean over layers).",
+            "",
+            "| model | layers factorised | kept dense | ranks (min–max) | values stored | vs dense | mean error |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in factored:
+            lr = r["lowrank"]
+            done = [e for e in lr["layers"].values() if "format" in e]
+            kept = len(lr["layers"]) - len(done)
+            ranks = [e["rank"] for e in done]
+            errors = [e["relative_error"] for e in done if "relative_error" in e]
+            span = f"{min(ranks)}–{max(ranks)}" if ranks else "–"
+            err = f"{sum(errors) / len(errors):.3f}" if errors else "–"
+            ratio = pct(lr["stored_params"] / max(lr["dense_params"], 1))
+            lines.append(
+                f"| {r['name']} | {len(done)} | {kept} | {span} | {lr['stored_params']:,} | {ratio} | {err} |"
+            )
+        lines.append("")
+    if report.get("sensitivity") and factored:
+        lines += [
+            "Per-layer ranks above come from a sensitivity scan of the dense model (each layer alone replaced by "
+            "low-rank approximations removing the scanned fractions of its values, validation accuracy measured; "
+            "report.json holds the scan): sensitive layers keep more rank.",
+            "",
+        ]
+    elif report.get("sensitivity"):
         lines += [
             "Per-layer sparsities above come from a sensitivity scan of the dense model (each layer pruned alone, "
             "validation accuracy measured; report.json holds the scan): sensitive layers are pruned less.",

@@ -3,18 +3,24 @@ a factorised model."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PruningStateError
 from ..lowrank.apply import choose_rank, factorize_
 from ..lowrank.config import LowRankConfig
 from ..lowrank.proximal import project_rank_, singular_value_threshold_
 from ..pruning.schedules import cubic_sparsity
 
-__all__ = ["LowRankCallback"]
+__all__ = ["LowRankCallback", "LOWRANK_STATE_FILE"]
+
+#: Written into each Trainer checkpoint folder: the rank schedule's targets and current ranks, so a resumed run
+#: continues the same schedule (targets chosen by an energy rule cannot be recomputed from projected weights).
+LOWRANK_STATE_FILE = "hf_sparse_lowrank_state.json"
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +40,17 @@ class LowRankCallback(TrainerCallback):
       between them is removed before the final factorisation.
     - ``on_train_end``: :func:`~hf_sparse.lowrank.factorize_` with the final ranks (``factorize=True``): the
       model's layers become two-factor layers that save and load; :attr:`report` holds its per-layer report.
+    - Resume: each Trainer checkpoint gets ``hf_sparse_lowrank_state.json`` (targets, full and current ranks, the
+      ramp); ``trainer.train(resume_from_checkpoint=...)`` reads it back, so the resumed run follows the same
+      schedule and ends with the same weights as an uninterrupted one.
 
     Args:
         config: which layers and target ranks (a :class:`~hf_sparse.LowRankConfig`).
         nuclear_weight: λ of the nuclear-norm penalty (0: none).
         prox_every: optimizer steps between proximal steps.
         start_step, end_step: the rank schedule's ramp (``end_step`` 0: the end of training).
+        end_fraction: instead of ``end_step``, the fraction of the run's optimizer steps by which ranks reach their
+            targets.
         update_every: steps between rank projections.
         factorize: factorise at the end of training.
     """
@@ -53,6 +64,7 @@ class LowRankCallback(TrainerCallback):
         start_step: int = 0,
         end_step: int = 0,
         update_every: int = 50,
+        end_fraction: float | None = None,
         factorize: bool = True,
     ):
         if not isinstance(config, LowRankConfig):
@@ -63,7 +75,11 @@ class LowRankCallback(TrainerCallback):
             )
         self.config, self.nuclear_weight, self.prox_every = config, float(nuclear_weight), int(prox_every)
         self.start_step, self.end_step, self.update_every = int(start_step), int(end_step), int(update_every)
+        if end_fraction is not None and not 0.0 < end_fraction <= 1.0:
+            raise ConfigError(f"LowRankCallback: end_fraction must be in (0, 1], got {end_fraction}.")
+        self.end_fraction = end_fraction
         self.factorize = bool(factorize)
+        self.restored_from: str | None = None
         self.targets: dict[str, int] = {}
         self.full: dict[str, int] = {}
         self.current: dict[str, int] = {}
@@ -77,11 +93,68 @@ class LowRankCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         model = kwargs["model"]
         layers = self._layers(model)
-        self.targets = {n: choose_rank(n, m.weight, self.config) for n, m in layers.items()}
         self.full = {n: min(m.weight.shape) for n, m in layers.items()}
+        if state.global_step > 0 and self._restore(args, state, layers):
+            return
+        self.targets = {n: choose_rank(n, m.weight, self.config) for n, m in layers.items()}
         self.current = dict(self.full)
-        if not self.end_step:
+        if self.end_fraction is not None:
+            self.end_step = max(int(round(self.end_fraction * state.max_steps)), self.start_step)
+        elif not self.end_step:
             self.end_step = max(state.max_steps, self.start_step)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if not args.should_save or not self.targets:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(folder):
+            logger.warning("LowRankCallback: checkpoint folder %s not found; rank state not saved with it.", folder)
+            return
+        payload = {
+            "config": self.config.to_dict(),
+            "global_step": state.global_step,
+            "start_step": self.start_step,
+            "end_step": self.end_step,
+            "targets": self.targets,
+            "full": self.full,
+            "current": self.current,
+        }
+        path = os.path.join(folder, LOWRANK_STATE_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    def _restore(self, args: TrainingArguments, state: TrainerState, layers: dict) -> bool:
+        """Read the schedule of the checkpoint being resumed; False (with a warning) when it has none."""
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        path = os.path.join(folder, LOWRANK_STATE_FILE)
+        if not os.path.isfile(path):
+            logger.warning(
+                "LowRankCallback: no %s in %s; the targets are recomputed from the resumed (already projected) "
+                "weights, which an energy rule reads differently.",
+                LOWRANK_STATE_FILE,
+                folder,
+            )
+            return False
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            targets = {str(n): int(r) for n, r in saved["targets"].items()}
+            current = {str(n): int(r) for n, r in saved["current"].items()}
+            start, end = int(saved["start_step"]), int(saved["end_step"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PruningStateError(f"Cannot read the low-rank schedule state from {path}: {exc}") from None
+        if set(targets) != set(layers) or set(current) != set(layers):
+            raise PruningStateError(
+                f"The low-rank state in {path} names other layers than this config selects "
+                f"(saved {sorted(set(targets) ^ set(layers))[:5]} differ); resume with the config that wrote it."
+            )
+        bad = [n for n, r in targets.items() if not 1 <= r <= self.full[n] or not 1 <= current[n] <= self.full[n]]
+        if bad:
+            raise PruningStateError(f"The low-rank state in {path} has ranks out of range for layers {bad[:5]}.")
+        self.targets, self.current, self.start_step, self.end_step = targets, current, start, end
+        self.restored_from = path
+        return True
 
     def rank_at(self, name: str, step: int) -> int:
         """The rank layer ``name`` is allowed after ``step`` optimizer steps: its full rank before the ramp, its

@@ -92,7 +92,9 @@ class LowRankConfig(BaseConfig):
     def rank_rule_for(self, name: str) -> int | None:
         """The explicit rank of module ``name`` (``module_ranks``, then ``rank``), or None when a spectrum rule
         (energy, compression) decides."""
+        if name in self.module_ranks:  # an exact name wins over any pattern that also matches it
+            return self.module_ranks[name]
         for pattern, r in self.module_ranks.items():
-            if pattern == name or re.fullmatch(pattern, name):
+            if re.fullmatch(pattern, name):
                 return r
         return self.rank

@@ -175,3 +175,106 @@ def test_nuclear_prox_and_rank_projection():
     assert left == 5 and int((torch.linalg.svdvals(w) > 1e-5).sum()) == 5
     kept = project_rank_(w, 2)
     assert int((torch.linalg.svdvals(w) > 1e-5).sum()) == 2 and 0 < kept < 1
+
+
+def test_rank_sensitivity_scan_restores_the_model_and_gives_sensitive_layers_more_rank():
+    from hf_sparse.lowrank import allocate_ranks, rank_sensitivity_scan
+
+    model = tiny_bert_classifier(seed=3)
+    config = LowRankConfig(compression=0.3, round_to=1, min_rank=1)
+    sensitive = "bert.encoder.layer.0.attention.self.query"
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+    def evaluate(m):  # a metric that loses 10x faster when the query layer of block 0 is approximated
+        loss = 0.0
+        for name, layer in m.named_modules():
+            if name in original and name.startswith("bert.encoder"):
+                err = float((layer.weight.detach() - original[name]).norm() / original[name].norm())
+                loss += (10.0 if name == sensitive else 1.0) * err
+        return 1.0 - loss
+
+    scan = rank_sensitivity_scan(model, config, evaluate, removed=(0.5, 0.75, 0.9), progress=False)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n  # restored bit-exactly
+    assert scan.baseline == 1.0 and len(scan.metrics) == 12 and scan.sparsities == (0.5, 0.75, 0.9)
+    assert all(d > 0 for d in scan.drops(sensitive))
+    ranks = allocate_ranks(scan, model, config)
+    others = [r for n, r in ranks.items() if n.endswith("attention.self.key")]
+    assert ranks[sensitive] > max(others)
+    stored = sum(r * sum(model.get_submodule(n).weight.shape) for n, r in ranks.items())
+    total = sum(model.get_submodule(n).weight.numel() for n in ranks)
+    assert stored <= 0.3 * total + 1e-9 * total  # rounded down: never over the target
+    assert stored >= 0.25 * total
+    with pytest.raises(ConfigError, match="compression"):
+        allocate_ranks(scan, model, LowRankConfig(rank=4))
+    with pytest.raises(ConfigError, match="removed"):
+        rank_sensitivity_scan(model, config, evaluate, removed=(0.7, 0.5))
+    with pytest.raises(ConfigError, match="number"):
+        rank_sensitivity_scan(model, config, lambda m: "high", removed=(0.5,))
+
+
+def test_module_ranks_prefer_an_exact_name_over_a_pattern():
+    cfg = LowRankConfig(module_ranks={r"a.b": 3, "a_b": 5})
+    assert cfg.rank_rule_for("a_b") == 5 and cfg.rank_rule_for("a.b") == 3 and cfg.rank_rule_for("axb") == 3
+
+
+def _train_lowrank(out, *, stop_at=None, resume=None):
+    from transformers import Trainer, TrainerCallback
+
+    from hf_sparse import LowRankCallback
+    from hf_sparse.testing import cpu_training_args, tiny_classification_dataset
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == stop_at:
+                control.should_training_stop = True
+
+    model = tiny_bert_classifier(seed=6)
+    # An energy rule: targets read off the weights at the start, which a resumed run sees already projected.
+    cb = LowRankCallback(
+        LowRankConfig(energy=0.6, round_to=1, min_rank=1), end_fraction=0.75, update_every=2, nuclear_weight=0.1
+    )
+    args = cpu_training_args(
+        out,
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_steps=6,
+    )
+    callbacks = [cb] + ([StopAt()] if stop_at else [])
+    trainer = Trainer(model=model, args=args, train_dataset=tiny_classification_dataset(n=96), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume)
+    return model, cb
+
+
+def test_lowrank_schedule_resumes_to_the_same_weights(tmp_path):
+    import json
+
+    from hf_sparse.callbacks.lowrank import LOWRANK_STATE_FILE
+    from hf_sparse.errors import PruningStateError
+
+    ref_model, ref_cb = _train_lowrank(tmp_path / "a")
+    assert ref_cb.end_step == 9
+    _train_lowrank(tmp_path / "b", stop_at=6)
+    ckpt = tmp_path / "b" / "checkpoint-6"
+    state = json.loads((ckpt / LOWRANK_STATE_FILE).read_text())
+    assert state["targets"] == ref_cb.targets and state["end_step"] == 9
+    model, cb = _train_lowrank(tmp_path / "b", resume=str(ckpt))
+    assert cb.restored_from == str(ckpt / LOWRANK_STATE_FILE) and cb.targets == ref_cb.targets
+    ref = dict(ref_model.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, ref[name], rtol=0, atol=1e-6, msg=name)
+    # Without the state file the energy rule reads the projected weights: different (smaller) targets.
+    (ckpt / LOWRANK_STATE_FILE).unlink()
+    _, lost = _train_lowrank(tmp_path / "b", resume=str(ckpt))
+    assert lost.restored_from is None and lost.targets != ref_cb.targets
+    # A corrupt or mismatched state file is a typed error naming the file.
+    (ckpt / LOWRANK_STATE_FILE).write_text("{not json")
+    with pytest.raises(PruningStateError, match=LOWRANK_STATE_FILE):
+        _train_lowrank(tmp_path / "b", resume=str(ckpt))
+    state["targets"] = {"nope": 1}
+    (ckpt / LOWRANK_STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(PruningStateError, match="other layers"):
+        _train_lowrank(tmp_path / "b", resume=str(ckpt))
