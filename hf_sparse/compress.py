@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -31,6 +32,7 @@ from .callbacks.quantization import QATCallback
 from .callbacks.regularization import RegularizationCallback
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
 from .distillation.students import teacher_snapshot
+from .embeddings import compress_embeddings_
 from .integrations.hub import RESULTS_FILE, write_model_card
 from .lowrank import factorize_
 from .lowrank.sensitivity import allocate_ranks, rank_sensitivity_scan
@@ -346,6 +348,25 @@ def prepare_data(recipe: Recipe):
     return model_path, tokenizer, test, train_tok, test_tok, float(majority), val_tok
 
 
+def _check_modules(recipe: Recipe, model_path) -> None:
+    """Module names the recipe gives that must exist in the model, checked before any training (a typo must not
+    surface after the dense baseline's fine-tuning).
+
+    Raises:
+        ConfigError: a table of the ``embeddings`` section names no embedding (the message lists the model's).
+    """
+    if recipe.embeddings is None:
+        return
+    from .pruning.apply import match_embeddings
+
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(
+            AutoConfig.from_pretrained(model_path, num_labels=len(LABEL_NAMES))
+        )
+    for key in recipe.embeddings.tables:
+        match_embeddings(model, [key], who="embeddings.tables")
+
+
 def load_classifier(model_path: str, seed: int):
     """The sequence classifier of the task's labels on ``model_path`` (new head initialised with ``seed``)."""
     set_seed(seed)
@@ -424,6 +445,7 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     timings: dict[str, float] = {}
 
     model_path, tokenizer, test, train_tok, test_tok, majority, val_tok = prepare_data(recipe)
+    _check_modules(recipe, model_path)
 
     # -- dense baseline ---------------------------------------------------------------------------------------------
     logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(train_tok))
@@ -512,6 +534,9 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         if attn is not None:
             tag = tag.replace("pruned-0", "dense") + f"-{_attention_tag(attn)}"
         gradual = low is not None and recipe.lowrank.mode == "gradual"
+        emb = recipe.embeddings
+        if emb is not None:
+            tag = tag.replace("pruned-0", "dense") + "-emb-" + "-".join(_embedding_tag(s) for s in emb.tables.values())
         if low is not None:
             tag = tag.replace("pruned-0", "dense") + ("-lowrank-gradual" if gradual else "-lowrank")
         what = _schedule_desc(cfg) if cfg.sparsity > 0 else "structured pruning, then fine-tuning"
@@ -525,6 +550,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             what += f", then post-training quantisation ({quant.weight.bits}-bit weights)"
         if attn is not None:
             what += f", {_attention_desc(attn)}"
+        if emb is not None:
+            what += ", embedding tables compressed (" + "; ".join(_embedding_tag(s) for s in emb.tables.values()) + ")"
         if low is not None:
             ranks_from = ", ranks from a sensitivity scan" if scan is not None else ""
             if gradual:
@@ -543,6 +570,11 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             model = copy.deepcopy(dense_model)
         if attn is not None:
             apply_sparse_attention_(model, attn)
+        embedding_report = None
+        if emb is not None:
+            embedding_report = compress_embeddings_(
+                model, emb, frequencies=_token_frequencies(train_tok, model), progress=False
+            )
         lowrank_report = None
         lowrank_cb = None
         if gradual:
@@ -678,6 +710,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
                 "dense_params": sum(e["params"] for e in factored.values()),
                 "stored_params": sum(e["stored"] for e in factored.values()),
             }
+        if embedding_report is not None:
+            run["embeddings"] = {"config": emb.to_dict(header=False), "tables": embedding_report}
         if structure is not None:
             run["structure"] = {
                 "config": recipe.structured.to_dict(header=False),
@@ -738,6 +772,23 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     # Trainer work folders only hold logs of runs that saved no checkpoints; keep the output folder tidy.
     _remove_empty_tree(work)
     return report
+
+
+def _embedding_tag(spec) -> str:
+    """A short name of a table's compression for run names: ``qrow4``, ``qr-mult``, ``tt``, ... (+ ``-hotN``)."""
+    name = {"qrow": f"int{spec.bits}", "qr": f"qr-{spec.op}"}.get(spec.method, spec.method)
+    return name + (f"-hot{spec.hot_rows}" if spec.hot_rows else "")
+
+
+def _token_frequencies(train_tok, model) -> dict[str, torch.Tensor]:
+    """How often each token id occurs in the tokenised training set, for the model's input (word) embedding table,
+    by its module name (its hot rows; other tables get no frequencies)."""
+    table = model.get_input_embeddings()
+    name = next(n for n, m in model.named_modules() if m is table)
+    counts = torch.zeros(table.weight.shape[0], dtype=torch.float64)
+    for row in train_tok["input_ids"]:
+        counts += torch.bincount(torch.as_tensor(row), minlength=counts.numel()).double()
+    return {name: counts}
 
 
 def _attention_tag(cfg) -> str:

@@ -17,6 +17,7 @@ from ._resources import data_dir
 from .attention.config import SparseAttentionConfig
 from .config import BaseConfig, register_config
 from .distillation.config import DistillationConfig
+from .embeddings.config import EmbeddingCompressionConfig
 from .errors import ConfigError, RecipeError
 from .lowrank.config import LowRankConfig
 from .pruning.config import PruningConfig
@@ -394,6 +395,10 @@ class Recipe(BaseConfig):
         lowrank: Each run's Linear layers (and any embedding tables it names) are factorised by truncated SVD
             before its fine-tuning, or gradually during it (see :class:`LowRankSection`); a sparsity of 0 in
             ``sparsities`` is then a low-rank run without pruning.
+        embeddings: Each run's embedding tables are replaced by compressed ones before its fine-tuning
+            (:class:`~hf_sparse.embeddings.EmbeddingCompressionConfig`: row-wise int8/4/2, hashing, QR, TT, row
+            pruning, low rank, per table; id frequencies are counted on the training set); a sparsity of 0 in
+            ``sparsities`` is then a run with compressed embeddings only.
         attention: Each run is fine-tuned (from the dense baseline, trained with full attention) with this sparse
             attention pattern (:class:`~hf_sparse.attention.SparseAttentionConfig`, ``attn_implementation=
             "hf_sparse"``); a sparsity of 0 in ``sparsities`` is then a dense-weight run with sparse attention.
@@ -417,6 +422,7 @@ class Recipe(BaseConfig):
     quantization: QuantizationSection | None = None
     attention: SparseAttentionConfig | None = None
     lowrank: LowRankSection | None = None
+    embeddings: EmbeddingCompressionConfig | None = None
 
     def validate(self) -> None:
         if self.lowrank is not None and self.sensitivity is not None and self.lowrank.compression is None:
@@ -424,7 +430,9 @@ class Recipe(BaseConfig):
                 "lowrank with a sensitivity section: set lowrank.compression (the fraction of the layers' values "
                 "the factors keep); the scan spreads it over the layers."
             )
-        zero_ok = any(x is not None for x in (self.structured, self.quantization, self.attention, self.lowrank))
+        zero_ok = any(
+            x is not None for x in (self.structured, self.quantization, self.attention, self.lowrank, self.embeddings)
+        )
         if self.lowrank is not None and any(s > 0 for s in (self.sparsities or (self.pruning.sparsity,))):
             raise ConfigError(
                 "lowrank: factorised layers are not pruned by the pruning schedule; set sparsities: [0.0] and use "
@@ -433,8 +441,8 @@ class Recipe(BaseConfig):
         for s in self.sparsities or ():
             if not 0 < s < 1 and not (s == 0 and zero_ok):
                 raise ConfigError(
-                    "sparsities must each be in (0, 1) (0 is allowed with a structured, quantization, attention or "
-                    "lowrank section), "
+                    "sparsities must each be in (0, 1) (0 is allowed with a structured, quantization, attention, "
+                    "lowrank or embeddings section), "
                     f"got {s}."
                 )
 

@@ -159,6 +159,26 @@ def render_markdown(report: dict) -> str:
                 f"| {r['name']} | {len(done)} | {kept} | {span} | {lr['stored_params']:,} | {ratio} | {err} |"
             )
         lines.append("")
+    compressed = [r for r in runs if r.get("embeddings")]
+    if compressed:
+        lines += [
+            "## Compressed embeddings",
+            "",
+            "Memory: the compressed table's bytes (codes, scales, indices, factors) vs the float32 table; error: "
+            "`||E' - E|| / ||E||` of the table as compressed, before fine-tuning (fitted initialisation).",
+            "",
+            "| model | table | method | size | memory vs float32 | error |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in compressed:
+            for table, e in r["embeddings"]["tables"].items():
+                size = ", ".join(f"{k} {v}" for k, v in e["size"].items() if k not in ("seed", "vocab_factors"))
+                hot = f", {e['hot_rows']} hot rows" if e.get("hot_rows") else ""
+                err = f"{e['relative_error']:.3f}" if e.get("relative_error") is not None else "– (random init)"
+                lines.append(
+                    f"| {r['name']} | `{table}` | {e['method']}{hot} | {size} | {pct(e['memory_ratio'])} | {err} |"
+                )
+        lines.append("")
     if report.get("sensitivity") and factored:
         lines += [
             "Per-layer ranks above come from a sensitivity scan of the dense model (each layer alone replaced by "

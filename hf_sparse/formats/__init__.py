@@ -16,9 +16,11 @@ from .bsr import BSR
 from .choose import CostModel, FormatChoice, calibrate, choose_format, cost_model
 from .coo import COO
 from .csr import CSC, CSR
+from .embedding import QR, TT, Hashed, Hot, RowMap, float_tensor_names, lookup_rows
 from .hybrid import Hybrid
 from .lowrank import LowRank, LowRankSparse
 from .nm import NM
+from .qrow import QRow
 from .quantized import QBSR, QCSR, QNM, QDense
 
 __all__ = [
@@ -36,8 +38,16 @@ __all__ = [
     "QCSR",
     "QBSR",
     "QNM",
+    "QRow",
     "LowRank",
     "LowRankSparse",
+    "Hashed",
+    "QR",
+    "TT",
+    "RowMap",
+    "Hot",
+    "float_tensor_names",
+    "lookup_rows",
     "to_format",
     "from_tensors",
     "choose_format",

@@ -100,6 +100,10 @@ class LowRank(SparseFormat):
     def to_dense(self) -> torch.Tensor:
         return self.u @ self.v
 
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of ``U V`` (an embedding lookup: ``U[ids] @ V``)."""
+        return self.u[ids] @ self.v
+
     def tensors(self):
         return {"u": self.u, "v": self.v}
 

@@ -315,14 +315,12 @@ def sparse_config_for(model: torch.nn.Module, *, dropped_layers: list[int] | Non
         dropped_layers: original indices of dropped encoder layers to record; default: those the model's current
             ``quantization_config`` records.
     """
-    from ..nn import SparseEmbedding, SparseLinear
-    from ..nn.lowrank_embedding import LowRankEmbedding
-    from ..nn.quant import QuantEmbedding
+    from ..nn.stored import StoredWeightMixin
     from ..pruning.structured import describe_structure
 
     modules = {}
     for name, module in model.named_modules():
-        if isinstance(module, (SparseLinear, SparseEmbedding, QuantEmbedding, LowRankEmbedding)):
+        if isinstance(module, StoredWeightMixin):
             tensors = module.weight_format().tensors()
             modules[name] = {
                 "params": dict(module.format_params),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import FormatError
-from ..formats import FORMATS, from_tensors
+from ..formats import float_tensor_names, from_tensors
 from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
@@ -39,9 +39,12 @@ def _dense_layer(model: nn.Module, name: str, params: dict, tied: set[str]) -> n
             f"{list(dense.weight.shape)}. {_FIX}"
         )
     if isinstance(dense, nn.Embedding):
-        if params.get("format") not in ("csr", "qdense", "lowrank"):
+        from .compressed_embedding import EMBEDDING_FORMATS
+
+        allowed = ("csr", "qdense", "lowrank", *EMBEDDING_FORMATS)
+        if params.get("format") not in allowed:
             raise FormatError(
-                f"checkpoint module {name!r} is an embedding table, stored as csr, qdense or lowrank only, but "
+                f"checkpoint module {name!r} is an embedding table, stored as one of {list(allowed)} only, but "
                 f"config.json says {params.get('format')!r}. {_FIX}"
             )
         if f"{name}.weight" in tied or dense.max_norm is not None or dense.sparse:
@@ -111,7 +114,7 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
         where = f"config.json quantization_config.modules[{name!r}]"
         params = spec["params"]
         dense = _dense_layer(model, name, params, tied)
-        float_tensors = FORMATS.get(params["format"]).float_tensors
+        float_tensors = float_tensor_names(params)
         for tname, (_, dtype) in spec["tensors"].items():
             is_float = getattr(torch, dtype).is_floating_point
             if is_float != (tname in float_tensors):
@@ -140,9 +143,12 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
 
         try:
             if isinstance(dense, nn.Embedding):
+                from .compressed_embedding import EMBEDDING_FORMATS, CompressedEmbedding
                 from .lowrank_embedding import LowRankEmbedding
 
                 cls = {"qdense": QuantEmbedding, "lowrank": LowRankEmbedding}.get(params["format"], SparseEmbedding)
+                if params["format"] in EMBEDDING_FORMATS:
+                    cls = CompressedEmbedding
                 new = cls(weight, dense.padding_idx)
             elif params["format"] in quantized_formats():
                 new = QuantLinear(weight, dense.bias)

@@ -2,6 +2,13 @@
 
 from ._loader import load as load_kernels
 from ._loader import status as kernel_status
+from .embedding import (
+    explain_qrow,
+    qrow_embedding_bag,
+    qrow_embedding_bag_reference,
+    qrow_lookup,
+    qrow_lookup_reference,
+)
 from .spmm import (
     BACKENDS,
     dequantize_weight,
@@ -24,4 +31,9 @@ __all__ = [
     "dequantize_weight",
     "explain",
     "BACKENDS",
+    "qrow_lookup",
+    "qrow_lookup_reference",
+    "qrow_embedding_bag",
+    "qrow_embedding_bag_reference",
+    "explain_qrow",
 ]

@@ -89,3 +89,18 @@ def _sparse_attention_backward_fake(
     grad_out, q, k, v, out, lse, kv_ptr, kv_blocks, mask_index, bits, key_bias, scale, block_q
 ):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@torch.library.register_fake("hf_sparse::qrow_lookup")
+def _qrow_lookup_fake(values, scales, biases, bits, cols, indices):
+    torch._check(indices.dim() == 1, lambda: "indices must be 1-D")
+    return values.new_empty((indices.shape[0], cols), dtype=torch.float32)
+
+
+@torch.library.register_fake("hf_sparse::qrow_embedding_bag")
+def _qrow_embedding_bag_fake(
+    values, scales, biases, bits, cols, indices, offsets, mode, per_sample_weights=None, include_last_offset=False
+):
+    torch._check(indices.dim() == 1 and offsets.dim() == 1, lambda: "indices and offsets must be 1-D")
+    bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+    return values.new_empty((bags, cols), dtype=torch.float32)

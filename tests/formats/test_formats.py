@@ -123,4 +123,12 @@ def test_index_dtypes_and_hybrid_rows():
     assert h.nbytes < CSR.from_dense(w).nbytes + 64 * 4
     # The lossy formats (qdense, qcsr, qbsr, qnm; lowrank, lowrank_sparse) are tested in tests/quantization and
     # tests/lowrank.
-    assert set(FORMATS) == set(ALL) | {"qdense", "qcsr", "qbsr", "qnm", "lowrank", "lowrank_sparse"}
+    embedding_only = {
+        "hashed",
+        "qr",
+        "tt",
+        "rowmap",
+        "hot",
+        "qrow",
+    }  # tables: tested in tests/embeddings and qrow's tests
+    assert set(FORMATS) == set(ALL) | {"qdense", "qcsr", "qbsr", "qnm", "lowrank", "lowrank_sparse"} | embedding_only

@@ -1,0 +1,115 @@
+"""``EmbeddingCompressionConfig``: which embedding tables to compress, and how, per table."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal
+
+from ..config import BaseConfig, register_config
+from ..errors import ConfigError
+
+__all__ = ["TableCompression", "EmbeddingCompressionConfig", "METHODS"]
+
+#: method -> the storage format it produces.
+METHODS = {
+    "qrow": "qrow",
+    "hashed": "hashed",
+    "qr": "qr",
+    "tt": "tt",
+    "rowmap": "rowmap",
+    "lowrank": "lowrank",
+}
+
+
+@register_config("embedding_table")
+@dataclasses.dataclass(frozen=True)
+class TableCompression(BaseConfig):
+    """How one embedding table is compressed.
+
+    The method's size comes from its own field when given, else from ``compression`` (the fraction of the float32
+    table's bytes the compressed table may use, e.g. ``0.125`` for "memory / 8", hot rows included).
+
+    Args:
+        method: ``qrow`` (row-wise ``bits``-bit codes, float16 scale and bias per row, fused C++ lookup),
+            ``hashed`` (hashing trick, ``num_hashes`` hash functions into ``buckets`` shared rows), ``qr``
+            (quotient-remainder, ``collisions`` remainder rows, combined by ``op``), ``tt`` (tensor train of rank
+            ``tt_rank``), ``rowmap`` (row pruning: ``keep_rows`` ids keep a row, the others share ``shared_rows``),
+            ``lowrank`` (``rank`` factors).
+        compression: target bytes as a fraction of the float32 table (sizes every method but ``qrow``).
+        hot_rows: frequency-aware: the ``hot_rows`` most frequent ids (needs frequencies; else the largest-norm
+            rows) keep their own rows at ``hot_bits`` (32: float32, trained; 8: ``qrow`` int8, frozen) and only
+            the other ids are compressed by ``method``.
+        init: ``"fit"``: start from the trained table (each method's closed form — SVD, TT-SVD, quantisation,
+            bucket means — then ``fit_steps`` Adam steps on the frequency-weighted reconstruction error);
+            ``"random"``: a fresh table of the method's shape at the dense table's scale (training from scratch).
+        seed: hash functions and random initialisation.
+    """
+
+    method: Literal["qrow", "hashed", "qr", "tt", "rowmap", "lowrank"] = "qrow"
+    compression: float | None = None
+    bits: int = 4
+    buckets: int | None = None
+    num_hashes: int = 2
+    collisions: int | None = None
+    op: Literal["add", "mult", "concat"] = "mult"
+    tt_rank: int | None = None
+    keep_rows: int | None = None
+    shared_rows: int = 1
+    rank: int | None = None
+    hot_rows: int = 0
+    hot_bits: Literal[8, 32] = 32
+    init: Literal["fit", "random"] = "fit"
+    fit_steps: int = 200
+    fit_lr: float = 0.01
+    seed: int = 0
+
+    def validate(self) -> None:
+        size_field = {
+            "hashed": "buckets",
+            "qr": "collisions",
+            "tt": "tt_rank",
+            "rowmap": "keep_rows",
+            "lowrank": "rank",
+        }.get(self.method)
+        if size_field is not None and getattr(self, size_field) is None and self.compression is None:
+            raise ConfigError(f"method {self.method!r} needs {size_field} or compression.")
+        if self.compression is not None and not 0.0 < self.compression < 1.0:
+            raise ConfigError(f"compression must be in (0, 1), got {self.compression}.")
+        if self.bits not in (2, 4, 8):
+            raise ConfigError(f"bits must be 2, 4 or 8, got {self.bits}.")
+        for name in ("buckets", "collisions", "tt_rank", "keep_rows", "rank"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}.")
+        if self.num_hashes < 1 or self.shared_rows < 1:
+            raise ConfigError("num_hashes and shared_rows must be >= 1.")
+        if self.hot_rows < 0 or self.fit_steps < 0 or self.fit_lr <= 0:
+            raise ConfigError("hot_rows and fit_steps must be >= 0 and fit_lr > 0.")
+        if self.method == "qrow" and self.init == "random":
+            raise ConfigError("method 'qrow' quantises a trained table; init 'random' needs a float method.")
+
+
+@register_config("embeddings")
+@dataclasses.dataclass(frozen=True)
+class EmbeddingCompressionConfig(BaseConfig):
+    """Compressed embedding tables, per table.
+
+    Args:
+        tables: a component of a module's name (``word_embeddings``) or a regular expression of the full name ->
+            how the ``nn.Embedding`` tables it names are compressed (:class:`TableCompression`). Tied tables (an
+            embedding shared with an output layer) are refused.
+    """
+
+    tables: dict[str, TableCompression] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.tables:
+            raise ConfigError(
+                "tables is empty: name at least one embedding table, e.g. {word_embeddings: {method: qr}}."
+            )
+        for key in self.tables:
+            try:
+                re.compile(key)
+            except re.error as exc:
+                raise ConfigError(f"tables key {key!r} is not a valid pattern: {exc}.") from None

@@ -1,0 +1,290 @@
+"""Lookups and bag reductions in row-wise quantised embedding tables (:class:`~hf_sparse.formats.QRow`): our fused
+C++ kernels (``hf_sparse::qrow_lookup`` / ``hf_sparse::qrow_embedding_bag``) where they apply, a pure-PyTorch
+reference otherwise.
+
+The kernels dequantise only the rows they read, straight into the float32 output (a table is never expanded as a
+whole), prefetch the rows of upcoming lookups and split the bags over threads. They are inference-only: a call that
+needs a gradient (``per_sample_weights`` that require grad) runs the reference, which is differentiable with respect
+to ``per_sample_weights``. The references are also the test oracle.
+
+Errors match ``torch.nn.functional.embedding_bag``'s kinds: an id outside ``[0, rows)`` raises ``IndexError``, bad
+offsets, modes or weights raise ``ValueError``, whichever path runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import FormatError
+from ..formats.qrow import QRow, unpack_unsigned
+from . import _loader
+
+__all__ = [
+    "qrow_lookup",
+    "qrow_embedding_bag",
+    "qrow_lookup_reference",
+    "qrow_embedding_bag_reference",
+    "explain_qrow",
+]
+
+_ops = torch.ops.hf_sparse
+_MODES = {"sum": 0, "mean": 1}
+_BACKENDS = ("cpu", "reference")
+
+
+# --- argument checks shared by both paths -------------------------------------------------------------------------
+
+
+def _check_table(table: QRow, op: str) -> None:
+    if not isinstance(table, QRow):
+        raise FormatError(f"{op} needs a qrow table (hf_sparse.formats.QRow), got {type(table).__name__}.")
+
+
+def _check_ids(ids: torch.Tensor, op: str, name: str = "ids") -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64):
+        got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"{op}: {name} must be an int32 or int64 tensor, got {got}.")
+
+
+def _check_range(ids: torch.Tensor, rows: int, op: str) -> None:
+    """IndexError for the first id outside [0, rows), with its position (the reference path's check)."""
+    if not ids.numel() or ids.device.type == "meta":
+        return
+    bad = (ids < 0) | (ids >= rows)
+    if bool(bad.any()):
+        p = int(torch.nonzero(bad.reshape(-1))[0])
+        raise IndexError(
+            f"{op}: indices[{p}] = {int(ids.reshape(-1)[p])} is out of range [0, {rows}) for a table of {rows} rows."
+        )
+
+
+def _bag_args(
+    table: QRow,
+    ids: torch.Tensor,
+    offsets: torch.Tensor | None,
+    mode: str,
+    per_sample_weights: torch.Tensor | None,
+    include_last_offset: bool,
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None, bool]:
+    """(1-D ids, offsets, mode number, 1-D float32 weights or None, include_last_offset), as the op takes them."""
+    op = "qrow_embedding_bag"
+    _check_table(table, op)
+    _check_ids(ids, op)
+    if mode not in _MODES:
+        raise ValueError(f"{op}: mode must be one of {list(_MODES)}, got {mode!r}.")
+    if per_sample_weights is not None:
+        if mode != "sum":
+            raise ValueError(f"{op}: per_sample_weights are only supported with mode 'sum', got mode {mode!r}.")
+        if not isinstance(per_sample_weights, torch.Tensor) or not per_sample_weights.is_floating_point():
+            raise TypeError(f"{op}: per_sample_weights must be a floating-point tensor.")
+        if tuple(per_sample_weights.shape) != tuple(ids.shape):
+            raise ValueError(
+                f"{op}: per_sample_weights must have the shape of ids {tuple(ids.shape)}, got "
+                f"{tuple(per_sample_weights.shape)}."
+            )
+    if ids.dim() == 2:  # (bags, bag_size): fixed-size bags, as F.embedding_bag takes them
+        if offsets is not None:
+            raise ValueError(f"{op}: offsets must be None when ids is 2-D (each row of ids is a bag).")
+        bags, size = ids.shape
+        offsets = torch.arange(bags, dtype=ids.dtype, device=ids.device) * size
+        ids, include_last_offset = ids.reshape(-1), False
+        per_sample_weights = per_sample_weights.reshape(-1) if per_sample_weights is not None else None
+    elif ids.dim() == 1:
+        if offsets is None:
+            raise ValueError(f"{op}: 1-D ids need offsets (each bag's start).")
+        _check_ids(offsets, op, "offsets")
+        if offsets.dim() != 1:
+            raise ValueError(f"{op}: offsets must be 1-D, got shape {tuple(offsets.shape)}.")
+    else:
+        raise ValueError(f"{op}: ids must be 1-D (with offsets) or 2-D (bags, bag_size), got {tuple(ids.shape)}.")
+    if per_sample_weights is not None:
+        per_sample_weights = per_sample_weights.to(torch.float32)
+    return ids, offsets, _MODES[mode], per_sample_weights, bool(include_last_offset)
+
+
+def _bag_bounds(offsets: torch.Tensor, n: int, include_last_offset: bool, op: str) -> torch.Tensor:
+    """int64 (bags + 1,) bag boundaries, after the checks the kernel makes (ValueError)."""
+    off = offsets.to(torch.int64)
+    if include_last_offset and off.numel() == 0:
+        raise ValueError(f"{op}: include_last_offset needs at least one offset (the end of the last bag).")
+    if off.numel():
+        if int(off[0]) != 0:
+            raise ValueError(
+                f"{op}: offsets[0] must be 0 (the first bag starts at the first index), got {int(off[0])}."
+            )
+        steps = off[1:] < off[:-1]
+        if bool(steps.any()):
+            b = int(torch.nonzero(steps)[0]) + 1
+            raise ValueError(
+                f"{op}: offsets must be non-decreasing, got offsets[{b - 1}] = {int(off[b - 1])} > "
+                f"offsets[{b}] = {int(off[b])}."
+            )
+        if int(off[-1]) > n:
+            raise ValueError(f"{op}: offsets[{off.numel() - 1}] = {int(off[-1])} is past the end of the {n} indices.")
+        if include_last_offset and int(off[-1]) != n:
+            raise ValueError(
+                f"{op}: with include_last_offset the last offset must equal the number of indices ({n}), got "
+                f"{int(off[-1])}."
+            )
+    if include_last_offset:
+        return off
+    return torch.cat([off, off.new_tensor([n])])
+
+
+# --- references (the fallback and the test oracle) ---------------------------------------------------------------
+
+
+def _dequantize_rows(table: QRow, ids: torch.Tensor) -> torch.Tensor:
+    """float32 (n, cols): ``codes * scale + bias`` of the rows ``ids`` (1-D int64), exactly as the kernels round."""
+    codes = unpack_unsigned(table.values[ids], table.bits, table.shape[1]).float()
+    return codes * table.scales[ids].float().unsqueeze(1) + table.biases[ids].float().unsqueeze(1)
+
+
+def qrow_lookup_reference(table: QRow, ids: torch.Tensor) -> torch.Tensor:
+    """The rows ``ids`` of a qrow table, in plain PyTorch.
+
+    Shapes:
+        table: (rows, cols) qrow. ids: (...) int32/int64. Returns: (..., cols) float32.
+    """
+    _check_table(table, "qrow_lookup")
+    _check_ids(ids, "qrow_lookup")
+    _check_range(ids, table.shape[0], "qrow_lookup")
+    flat = ids.reshape(-1).to(torch.int64)
+    return _dequantize_rows(table, flat).reshape(*ids.shape, table.shape[1])
+
+
+def qrow_embedding_bag_reference(
+    table: QRow,
+    ids: torch.Tensor,
+    offsets: torch.Tensor | None = None,
+    *,
+    mode: str = "sum",
+    per_sample_weights: torch.Tensor | None = None,
+    include_last_offset: bool = False,
+) -> torch.Tensor:
+    """``F.embedding_bag`` over a qrow table, in plain PyTorch (differentiable in ``per_sample_weights``).
+
+    Shapes: as :func:`qrow_embedding_bag`.
+    """
+    op = "qrow_embedding_bag"
+    ids, offsets, mode_id, weights, last = _bag_args(
+        table, ids, offsets, mode, per_sample_weights, include_last_offset
+    )
+    bounds = _bag_bounds(offsets, ids.numel(), last, op)
+    _check_range(ids, table.shape[0], op)
+    bags, cols = bounds.numel() - 1, table.shape[1]
+    counts = torch.diff(bounds)
+    flat = ids.to(torch.int64)
+    rows = _dequantize_rows(table, flat)
+    if weights is not None:
+        rows = rows * weights.unsqueeze(1)
+    bag_of = torch.repeat_interleave(
+        torch.arange(bags, device=rows.device), counts.to(rows.device), output_size=len(flat)
+    )
+    out = rows.new_zeros(bags, cols).index_add(0, bag_of, rows)
+    if mode_id == 1:
+        out = out / counts.clamp_min(1).to(out).unsqueeze(1)
+    return out
+
+
+# --- dispatch -------------------------------------------------------------------------------------------------------
+
+
+def explain_qrow(table: QRow, ids: torch.Tensor, per_sample_weights: torch.Tensor | None = None) -> dict[str, list]:
+    """For each backend (``"cpu"``, ``"reference"``), why it cannot run a lookup in ``table`` (empty: it can)."""
+    why = []
+    devices = {t.device.type for t in (table.values, table.scales, table.biases, ids)}
+    if devices != {"cpu"}:
+        why.append(f"the table and ids must be on the CPU, got {sorted(devices)}")
+    if per_sample_weights is not None and per_sample_weights.requires_grad and torch.is_grad_enabled():
+        why.append("per_sample_weights require grad and the kernel has no gradient formula")
+    if not _loader.load():
+        why.append(f"the C++ ops are not available: {_loader.status()['reason']}")
+    return {"cpu": why, "reference": []}
+
+
+def _use_kernel(table: QRow, ids: torch.Tensor, weights: torch.Tensor | None, backend: str | None, op: str) -> bool:
+    if backend is None:
+        # The common case, on every lookup: the same conditions as explain_qrow's, without building the reasons
+        # (this runs per call, and a lookup of a few rows takes microseconds).
+        return (
+            ids.is_cpu
+            and table.values.is_cpu
+            and table.scales.is_cpu
+            and table.biases.is_cpu
+            and (weights is None or not (weights.requires_grad and torch.is_grad_enabled()))
+            and _loader.load()
+        )
+    if backend not in _BACKENDS:
+        raise FormatError(f"{op}: unknown backend {backend!r}; choose one of {list(_BACKENDS)}.")
+    if backend == "reference":
+        return False
+    why = explain_qrow(table, ids, weights)["cpu"]
+    if why:
+        raise FormatError(f"{op}: backend 'cpu' cannot run this input: " + "; ".join(why) + ".")
+    return True
+
+
+def qrow_lookup(table: QRow, ids: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """The rows ``ids`` of a qrow table, dequantised (``F.embedding`` on the float table, without building it).
+
+    Args:
+        backend: ``"cpu"`` (our kernel) or ``"reference"`` to insist on one (default: the kernel when it applies).
+
+    Shapes:
+        table: (rows, cols) qrow. ids: (...) int32/int64. Returns: (..., cols) float32.
+
+    Raises:
+        IndexError: an id is outside ``[0, rows)``. TypeError: ids are not int32/int64.
+    """
+    _check_table(table, "qrow_lookup")
+    _check_ids(ids, "qrow_lookup")
+    if not _use_kernel(table, ids, None, backend, "qrow_lookup"):
+        return qrow_lookup_reference(table, ids)
+    out = _ops.qrow_lookup(table.values, table.scales, table.biases, table.bits, table.shape[1], ids.reshape(-1))
+    return out.reshape(*ids.shape, table.shape[1])
+
+
+def qrow_embedding_bag(
+    table: QRow,
+    ids: torch.Tensor,
+    offsets: torch.Tensor | None = None,
+    *,
+    mode: str = "sum",
+    per_sample_weights: torch.Tensor | None = None,
+    include_last_offset: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``torch.nn.functional.embedding_bag`` over a qrow table: the sum or mean of each bag of rows.
+
+    Args:
+        ids: the row ids; 1-D with ``offsets``, or 2-D ``(bags, bag_size)`` without (each row a bag).
+        offsets: each bag's start (``offsets[0] = 0``, non-decreasing; the last bag ends at the last id), or with
+            ``include_last_offset=True`` one more entry, the end of the last bag, which must equal ``len(ids)``.
+            int32 or int64.
+        mode: ``"sum"`` or ``"mean"`` (an empty bag gives zeros in both).
+        per_sample_weights: one weight per id, multiplied into its row before the sum (mode ``"sum"`` only).
+        backend: ``"cpu"`` or ``"reference"`` to insist on one (default: the kernel when it applies).
+
+    Shapes:
+        table: (rows, cols) qrow. ids: (n,) or (bags, bag_size). offsets: (bags,) or (bags + 1,).
+        per_sample_weights: like ids. Returns: (bags, cols) float32.
+
+    Raises:
+        IndexError: an id is outside ``[0, rows)``. ValueError: bad offsets, mode or per_sample_weights.
+    """
+    flat, bounds, mode_id, weights, last = _bag_args(
+        table, ids, offsets, mode, per_sample_weights, include_last_offset
+    )
+    if not _use_kernel(table, flat, weights, backend, "qrow_embedding_bag"):
+        return qrow_embedding_bag_reference(
+            table,
+            ids,
+            offsets,
+            mode=mode,
+            per_sample_weights=per_sample_weights,
+            include_last_offset=include_last_offset,
+        )
+    return _ops.qrow_embedding_bag(
+        table.values, table.scales, table.biases, table.bits, table.shape[1], flat, bounds, mode_id, weights, last
+    )
