@@ -32,7 +32,7 @@ from .callbacks.quantization import QATCallback
 from .callbacks.regularization import RegularizationCallback
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
 from .distillation.students import teacher_snapshot
-from .embeddings import compress_embeddings_
+from .embeddings import compress_embeddings_, finalize_embeddings_
 from .integrations.hub import RESULTS_FILE, write_model_card
 from .lowrank import factorize_
 from .lowrank.sensitivity import allocate_ranks, rank_sensitivity_scan
@@ -625,6 +625,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         train_s = time.perf_counter() - t0
         if lowrank_cb is not None:
             lowrank_report = lowrank_cb.report
+        if emb is not None and qmode is None:
+            finalize_embeddings_(model)  # embedding QAT: the trained float table becomes integer codes
         float_accuracy = None
         float_counts = None
         if qmode == "ptq":

@@ -2,7 +2,7 @@
 trick, quotient-remainder and tensor-train compositional embeddings, row pruning with remapping, low rank, and a
 frequency-aware split (hot ids kept precise), chosen per table."""
 
-from .apply import build_table, compress_embeddings_, size_for
+from .apply import build_table, compress_embeddings_, finalize_embeddings_, size_for
 from .config import EmbeddingCompressionConfig, TableCompression
 from .fit import fit_format_
 
@@ -10,6 +10,7 @@ __all__ = [
     "EmbeddingCompressionConfig",
     "TableCompression",
     "compress_embeddings_",
+    "finalize_embeddings_",
     "build_table",
     "size_for",
     "fit_format_",

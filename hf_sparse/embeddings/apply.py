@@ -18,7 +18,7 @@ from ..nn.replace import replace_module
 from .config import EmbeddingCompressionConfig, TableCompression
 from .fit import fit_format_
 
-__all__ = ["compress_embeddings_", "build_table", "size_for"]
+__all__ = ["compress_embeddings_", "finalize_embeddings_", "build_table", "size_for"]
 
 
 def size_for(spec: TableCompression, rows: int, cols: int) -> dict[str, Any]:
@@ -233,6 +233,24 @@ def compress_embeddings_(
     for name, (table, spec, freq) in tqdm(list(chosen.items()), desc="Compressing embeddings", disable=not progress):
         if table.max_norm is not None or table.sparse:
             raise ConfigError(f"{name}: max_norm and sparse=True embeddings are not compressed; keep them dense.")
+        if spec.qat:
+            replace_module(model, name, _qat_table(name, table, spec))
+            rows, cols = table.weight.shape
+            report[name] = {
+                "method": "qrow",
+                "format": "qdense",
+                "qat": True,
+                "shape": [rows, cols],
+                "size": {"bits": spec.bits},
+                "hot_rows": 0,
+                # codes, a float32 scale and an int8 zero point per row, once finalized
+                "bytes": rows * (cols * spec.bits // 8 + 5),
+                "dense_bytes": rows * cols * 4,
+                "memory_ratio": (cols * spec.bits // 8 + 5) / (cols * 4),
+                "relative_error": None,
+                "init": "fit",
+            }
+            continue
         fmt, entry = build_table(table.weight, spec, freq)
         device = table.weight.device
         if isinstance(fmt, LowRank):
@@ -245,3 +263,36 @@ def compress_embeddings_(
     if config_obj is not None and hasattr(config_obj, "to_dict") and report:
         config_obj.quantization_config = sparse_config_for(model)
     return report
+
+
+def _qat_table(name: str, table: nn.Embedding, spec: TableCompression) -> nn.Module:
+    from ..nn.qat import QATEmbedding
+    from ..quantization.config import QuantizationConfig
+    from ..quantization.schemes import QuantScheme
+
+    scheme = QuantScheme(bits=spec.bits, granularity="channel", symmetric=False)
+    module = QATEmbedding(table, scheme)
+    # What convert_ reads to store the table (only its embedding scheme applies).
+    module.hf_sparse_quantization = QuantizationConfig(embedding=scheme, embedding_modules=(name,))
+    return module
+
+
+def finalize_embeddings_(model: nn.Module) -> dict[str, str]:
+    """Store every table trained with embedding QAT (``qat: true``) as integer codes, in place (the QAT layers of
+    Linear weights, if any, are converted too: see :func:`~hf_sparse.quantization.convert_`).
+
+    Returns:
+        The storage format of each converted module, by name (empty when there was nothing to convert).
+    """
+    from ..nn.qat import QATEmbedding
+    from ..quantization.apply import convert_
+
+    if not any(isinstance(m, QATEmbedding) for m in model.modules()):
+        return {}
+    out = convert_(model)
+    config_obj = getattr(model, "config", None)
+    if config_obj is not None and hasattr(config_obj, "to_dict"):
+        from ..integrations import sparse_config_for
+
+        config_obj.quantization_config = sparse_config_for(model)
+    return out

@@ -43,6 +43,10 @@ class TableCompression(BaseConfig):
         init: ``"fit"``: start from the trained table (each method's closed form — SVD, TT-SVD, quantisation,
             bucket means — then ``fit_steps`` Adam steps on the frequency-weighted reconstruction error);
             ``"random"``: a fresh table of the method's shape at the dense table's scale (training from scratch).
+        qat: with ``qrow``: embedding QAT instead — the table stays float and trains with fake-quantised rows
+            (``bits`` codes, one scale and zero point per row, straight-through gradients); after training
+            :func:`~hf_sparse.embeddings.finalize_embeddings_` stores it as integer codes (``qdense``: a float32
+            scale and int8 zero point per row) that dequantise to exactly what the last training step used.
         seed: hash functions and random initialisation.
     """
 
@@ -60,6 +64,7 @@ class TableCompression(BaseConfig):
     hot_rows: int = 0
     hot_bits: Literal[8, 32] = 32
     init: Literal["fit", "random"] = "fit"
+    qat: bool = False
     fit_steps: int = 200
     fit_lr: float = 0.01
     seed: int = 0
@@ -86,6 +91,8 @@ class TableCompression(BaseConfig):
             raise ConfigError("num_hashes and shared_rows must be >= 1.")
         if self.hot_rows < 0 or self.fit_steps < 0 or self.fit_lr <= 0:
             raise ConfigError("hot_rows and fit_steps must be >= 0 and fit_lr > 0.")
+        if self.qat and (self.method != "qrow" or self.hot_rows):
+            raise ConfigError("qat applies to method 'qrow' without hot_rows (row-wise codes for the whole table).")
         if self.method == "qrow" and self.init == "random":
             raise ConfigError("method 'qrow' quantises a trained table; init 'random' needs a float method.")
 

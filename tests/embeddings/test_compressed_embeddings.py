@@ -157,3 +157,31 @@ def test_tied_and_unknown_tables_are_refused():
             progress=False,
         )
     assert math.isfinite(0.0)
+
+
+def test_embedding_qat_trains_then_finalizes_to_integer_codes(tmp_path):
+    from hf_sparse.embeddings import finalize_embeddings_
+    from hf_sparse.nn.qat import QATEmbedding
+    from hf_sparse.nn.quant import QuantEmbedding
+
+    model = tiny_bert_classifier(seed=4)
+    spec = TableCompression(method="qrow", bits=2, qat=True)
+    report = compress_embeddings_(model, EmbeddingCompressionConfig(tables={"word_embeddings": spec}), progress=False)
+    table = model.bert.embeddings.word_embeddings
+    assert isinstance(table, QATEmbedding) and report["bert.embeddings.word_embeddings"]["qat"]
+    ids = torch.randint(0, table.num_embeddings, (2, 7), generator=torch.Generator().manual_seed(1))
+    model(input_ids=ids, labels=torch.tensor([0, 1])).loss.backward()
+    assert table.base_layer.weight.grad is not None  # straight-through gradients reach the float table
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    assert finalize_embeddings_(model) == {"bert.embeddings.word_embeddings": "qdense"}
+    assert isinstance(model.bert.embeddings.word_embeddings, QuantEmbedding)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="qat applies"):
+        TableCompression(method="qr", collisions=3, qat=True)
