@@ -13,7 +13,7 @@ Public API::
 
 __version__ = "0.1.0"
 
-from . import attention, data, distillation, formats, integrations, lowrank, nn, ops, quantization
+from . import attention, data, distillation, formats, integrations, lowrank, nn, ops, quantization, recsys
 from .apply import apply_
 from .attention import SparseAttentionConfig, apply_sparse_attention_
 from .callbacks import (
@@ -58,6 +58,7 @@ __all__ = [
     "SparseAttentionConfig",
     "apply_sparse_attention_",
     "lowrank",
+    "recsys",
     "LowRankConfig",
     "factorize_",
     "LowRankCallback",

@@ -29,6 +29,29 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recsys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .recipes import packaged_recipes
+    from .recsys.compress import load_recsys_recipe, run_recsys
+
+    source = args.recipe
+    path = Path(source)
+    if not path.is_file():
+        packaged = packaged_recipes()
+        if source not in packaged:
+            raise HfSparseError(
+                f"hf-sparse recsys: {source!r} is neither a file nor a packaged recipe ({sorted(packaged)})."
+            )
+        path = packaged[source]
+    report = run_recsys(load_recsys_recipe(path), args.output, recipe_source=source)
+    print(f"\nhf-sparse recsys: report written to {args.output}/report.md")
+    for run in report["runs"]:
+        ratio = f", item table {100 * run['memory_ratio']:.1f}% of dense" if "memory_ratio" in run else ""
+        print(f"  {run['name']}: test HR@10 {run['test_hr@10']:.4f}, NDCG@10 {run['test_ndcg@10']:.4f}{ratio}")
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .recipes import load_recipe
     from .sweep import run_sweep
@@ -147,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="hf_sparse_sweep", help="output folder (default: %(default)s)")
     p.set_defaults(func=_cmd_sweep)
 
+    p = sub.add_parser(
+        "recsys", help="train the MovieLens recommender, dense and with each compressed item table of a recipe"
+    )
+    p.add_argument("recipe", help="recsys recipe YAML file or packaged name (e.g. movielens-sasrec)")
+    p.add_argument("--output", "-o", default="hf_sparse_recsys", help="output folder (default: %(default)s)")
+    p.set_defaults(func=_cmd_recsys)
+
     p = sub.add_parser("validate", help="check a recipe and print it with every default resolved")
     p.add_argument("recipe", nargs="?", default=None, help="recipe YAML file or packaged recipe name")
     p.set_defaults(func=_cmd_validate)
@@ -154,7 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark our kernels against the best baselines, same process (JSON)")
     p.add_argument(
         "suite",
-        choices=["spmm", "minilm", "train-step", "structured", "distill", "quant", "attention", "long-context"],
+        choices=[
+            "spmm",
+            "minilm",
+            "train-step",
+            "structured",
+            "distill",
+            "quant",
+            "attention",
+            "long-context",
+            "embedding",
+        ],
         help="which benchmark suite",
     )
     p.add_argument("--quick", action="store_true", help="a few key cases, under a minute")

@@ -1,0 +1,321 @@
+"""``hf-sparse recsys``: the MovieLens 100K recommender, dense and with each compressed item table, side by side.
+
+A :class:`RecsysRecipe` names the model, the dense training, and one run per compressed-table method
+(:class:`~hf_sparse.embeddings.TableCompression`: row-wise int8/4/2, hashing, QR, TT, row pruning, low rank, each
+optionally frequency-aware). :func:`run_recsys` trains the dense baseline, then each run: a copy of the trained
+model whose item table is compressed from the trained one (``init: fit``) and fine-tuned, or a fresh model with a
+compressed table trained from scratch (``init: random``). Every model is saved (``save_pretrained``), reloaded
+with ``from_pretrained`` and checked to rank identically; ``report.json`` and ``report.md`` hold HR@10 and
+NDCG@10 on the test users, ranked over all items, with the item table's memory beside the dense one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..config import BaseConfig, register_config
+from ..embeddings import EmbeddingCompressionConfig, TableCompression, compress_embeddings_, finalize_embeddings_
+from ..errors import ConfigError, RecipeError
+from ..machine import machine_info
+
+__all__ = ["RecsysRecipe", "RecsysModelSection", "RecsysTrainSection", "run_recsys", "load_recsys_recipe"]
+
+logger = logging.getLogger(__name__)
+
+
+@register_config("recsys_model")
+@dataclasses.dataclass(frozen=True)
+class RecsysModelSection(BaseConfig):
+    """The SASRec model (:func:`~hf_sparse.recsys.movielens_config` fields)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 256
+    max_len: int = 50
+    dropout: float = 0.2
+
+    def validate(self) -> None:
+        if min(self.hidden_size, self.num_hidden_layers, self.num_attention_heads, self.intermediate_size) < 1:
+            raise ConfigError("model sizes must be >= 1.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}."
+            )
+        if self.max_len < 2 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("max_len must be >= 2 and dropout in [0, 1).")
+
+
+@register_config("recsys_train")
+@dataclasses.dataclass(frozen=True)
+class RecsysTrainSection(BaseConfig):
+    """Training of one model (the stock ``Trainer``; constant learning rate)."""
+
+    epochs: float = 30.0
+    learning_rate: float = 2e-3
+    batch_size: int = 128
+
+    def validate(self) -> None:
+        if self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1:
+            raise ConfigError("epochs and learning_rate must be > 0, batch_size >= 1.")
+
+
+@register_config("recsys_recipe")
+@dataclasses.dataclass(frozen=True)
+class RecsysRecipe(BaseConfig):
+    """A recommender compression job on MovieLens 100K.
+
+    Args:
+        name: a label for the report.
+        seed: initialisation, dropout and data order of every run.
+        users: train and evaluate on the first ``users`` users only (null: all 943; for quick checks).
+        model: the SASRec model.
+        dense: training of the dense baseline (and of every ``init: random`` run, from scratch).
+        finetune: training of every ``init: fit`` run, starting from the trained dense model. With such runs, the
+            dense model is also trained for the same extra epochs (``dense-continued``), the fair control.
+        runs: run name -> how the item table is compressed.
+        verify: reload every saved model with ``from_pretrained`` and check identical rankings.
+    """
+
+    name: str = "movielens-sasrec"
+    seed: int = 42
+    users: int | None = None
+    model: RecsysModelSection = dataclasses.field(default_factory=RecsysModelSection)
+    dense: RecsysTrainSection = dataclasses.field(default_factory=RecsysTrainSection)
+    finetune: RecsysTrainSection = dataclasses.field(
+        default_factory=lambda: RecsysTrainSection(epochs=10.0, learning_rate=1e-3)
+    )
+    runs: dict[str, TableCompression] = dataclasses.field(default_factory=dict)
+    verify: bool = True
+
+    def validate(self) -> None:
+        if self.users is not None and self.users < 2:
+            raise ConfigError(f"users must be >= 2 (or null for all), got {self.users}.")
+        for label in self.runs:
+            if not label or "/" in label or label in ("dense", "dense-continued"):
+                raise ConfigError(f"runs: {label!r} is not a usable run name (a folder name other than 'dense').")
+
+
+def load_recsys_recipe(path: str | Path) -> RecsysRecipe:
+    """Read and validate a recsys recipe (YAML).
+
+    Raises:
+        RecipeError: the file is not YAML, or a key or value is wrong (the message names it).
+    """
+    from ..recipes import _RecipeLoader
+
+    text = Path(path).read_text()
+    try:
+        data = yaml.load(text, Loader=_RecipeLoader) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}.")
+    data.pop("version", None)
+    try:
+        return RecsysRecipe.from_dict(data)
+    except ConfigError as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+
+
+def _model(recipe: RecsysRecipe, num_items: int):
+    from .train import sasrec_for_movielens
+
+    m = recipe.model
+    return sasrec_for_movielens(
+        seed=recipe.seed,
+        num_items=num_items,
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        intermediate_size=m.intermediate_size,
+        max_position_embeddings=m.max_len,
+        hidden_dropout_prob=m.dropout,
+        attention_probs_dropout_prob=m.dropout,
+    )
+
+
+def _train(model, splits, section: RecsysTrainSection, recipe: RecsysRecipe, work: Path) -> float:
+    from .train import train_recommender
+
+    t0 = time.perf_counter()
+    train_recommender(
+        model,
+        splits,
+        work,
+        epochs=section.epochs,
+        learning_rate=section.learning_rate,
+        batch_size=section.batch_size,
+        seed=recipe.seed,
+        max_len=recipe.model.max_len,
+    )
+    return time.perf_counter() - t0
+
+
+def _metrics(model, splits, max_len: int) -> dict[str, float]:
+    from .metrics import evaluate_ranking
+
+    model.eval()
+    out = {}
+    for split in ("valid", "test"):
+        m = evaluate_ranking(model, splits, split=split, k=10, max_len=max_len)
+        out[f"{split}_hr@10"], out[f"{split}_ndcg@10"] = m["hr@10"], m["ndcg@10"]
+    return out
+
+
+def _top10(model, splits, max_len: int) -> torch.Tensor:
+    """Each test user's top-10 item ids (what a reloaded model must reproduce)."""
+    from .data import left_pad
+
+    histories = [h[-max_len:] for h in splits.history("test")]
+    ids = left_pad(histories)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=(ids != 0).long(), logits_to_keep=1).logits[:, -1]
+    return logits.topk(10, dim=-1).indices
+
+
+def _verify(model, folder: Path, splits, max_len: int) -> dict[str, Any]:
+    from transformers import AutoModel
+
+    before = _top10(model, splits, max_len)
+    reloaded = AutoModel.from_pretrained(folder)
+    after = _top10(reloaded, splits, max_len)
+    return {"identical_top10": bool(torch.equal(before, after)), "users": int(before.shape[0])}
+
+
+def _table_bytes(model) -> int:
+    table = model.item_embeddings
+    if hasattr(table, "weight_format"):
+        return int(table.weight_format().nbytes)
+    return int(table.weight.numel() * table.weight.element_size())
+
+
+def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
+    """Run ``recipe`` and write ``report.json``, ``report.md``, ``recipe.yaml`` and one saved model per run to
+    ``output_dir``.
+
+    Returns:
+        The report (what ``report.json`` holds).
+    """
+    from .data import item_frequencies, movielens_splits
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    work = output_dir / "trainer"
+    started = time.perf_counter()
+    splits = movielens_splits()
+    if recipe.users is not None:
+        splits = splits.subset(recipe.users)
+    max_len = recipe.model.max_len
+    freq = item_frequencies(splits).double()
+
+    logger.info("hf-sparse recsys: training the dense baseline (%g epochs)", recipe.dense.epochs)
+    dense = _model(recipe, splits.num_items)
+    dense_s = _train(dense, splits, recipe.dense, recipe, work / "dense")
+    dense_bytes = _table_bytes(dense)
+    runs = [{"name": "dense", "train_s": dense_s, "table_bytes": dense_bytes, **_metrics(dense, splits, max_len)}]
+    dense.save_pretrained(output_dir / "dense")
+    logger.info("hf-sparse recsys: dense %s", runs[0])
+
+    plan: list[tuple[str, TableCompression | None]] = []
+    if any(spec.init == "fit" for spec in recipe.runs.values()):
+        plan.append(("dense-continued", None))
+    plan += list(recipe.runs.items())
+    for name, spec in plan:
+        if spec is None or spec.init == "fit":
+            model = copy.deepcopy(dense)
+            section = recipe.finetune
+        else:
+            model = _model(recipe, splits.num_items)
+            section = recipe.dense
+        table_report = None
+        if spec is not None:
+            table_report = compress_embeddings_(
+                model,
+                EmbeddingCompressionConfig(tables={"item_embeddings": spec}),
+                frequencies={"item_embeddings": freq},
+                progress=False,
+            )["item_embeddings"]
+        logger.info("hf-sparse recsys: %s (%g epochs)", name, section.epochs)
+        train_s = _train(model, splits, section, recipe, work / name)
+        finalize_embeddings_(model)  # embedding QAT: the trained float table becomes integer codes
+        run = {
+            "name": name,
+            "method": None if spec is None else spec.to_dict(header=False),
+            "table": table_report,
+            "train_s": train_s,
+            "table_bytes": _table_bytes(model),
+            **_metrics(model, splits, max_len),
+        }
+        run["memory_ratio"] = run["table_bytes"] / dense_bytes
+        run["hr_vs_dense"] = run["test_hr@10"] / runs[0]["test_hr@10"] - 1.0 if runs[0]["test_hr@10"] else None
+        model.save_pretrained(output_dir / name)
+        if recipe.verify:
+            run["round_trip"] = _verify(model, output_dir / name, splits, max_len)
+        logger.info("hf-sparse recsys: %s %s", name, {k: v for k, v in run.items() if k not in ("method", "table")})
+        runs.append(run)
+    report = {
+        "recipe": recipe_source or recipe.name,
+        "name": recipe.name,
+        "data": {"dataset": "movielens-100k", "users": splits.num_users, "items": splits.num_items},
+        "runs": runs,
+        "machine": machine_info(),
+        "total_s": time.perf_counter() - started,
+    }
+    (output_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (output_dir / "report.md").write_text(render_recsys_markdown(report))
+    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    return report
+
+
+def render_recsys_markdown(report: dict) -> str:
+    """``report.md`` of :func:`run_recsys`."""
+    dense = report["runs"][0]
+    data = report["data"]
+    lines = [
+        f"# hf-sparse recsys: SASRec on {data['dataset']}",
+        "",
+        f"Recipe `{report['recipe']}`; {data['users']} users, {data['items']} items, leave-one-out by time; HR@10 and "
+        "NDCG@10 of each user's last item ranked over all items (the user's other rated items excluded).",
+        "",
+        "| run | method | item table | vs dense | test HR@10 | vs dense HR | test NDCG@10 | valid HR@10 | train |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        method = "–"
+        if r.get("method"):
+            m = r["method"]
+            size = ", ".join(f"{k} {v}" for k, v in (r["table"] or {}).get("size", {}).items() if k != "seed")
+            method = f"{m['method']} ({size})" + (f", {m['hot_rows']} hot rows" if m.get("hot_rows") else "")
+            method += ", from scratch" if m.get("init") == "random" else ""
+            method += ", QAT" if m.get("qat") else ""
+        rel = "–" if r["name"] == "dense" else f"{100 * r['hr_vs_dense']:+.1f}%"
+        ratio = "–" if r["name"] == "dense" else f"{100 * r['memory_ratio']:.1f}% (÷{1 / r['memory_ratio']:.1f})"
+        lines.append(
+            f"| {r['name']} | {method} | {r['table_bytes'] / 1e3:.1f} kB | {ratio} | {r['test_hr@10']:.4f} | {rel} | "
+            f"{r['test_ndcg@10']:.4f} | {r['valid_hr@10']:.4f} | {r['train_s']:.0f} s |"
+        )
+    lines += [
+        "",
+        f"Dense item table: {dense['table_bytes'] / 1e3:.1f} kB (float32). Every saved model reloaded with "
+        "`from_pretrained` gives the same top-10 lists: "
+        + (
+            "yes."
+            if all(r.get("round_trip", {}).get("identical_top10", True) for r in report["runs"])
+            else "NO (see report.json)."
+        ),
+        "",
+        f"Machine: {report['machine'].get('cpu', '?')}; whole job {report['total_s']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
