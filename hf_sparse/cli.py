@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import HfSparseError
@@ -30,8 +31,6 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_recsys(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .recipes import packaged_recipes
     from .recsys.compress import load_recsys_recipe, run_recsys
 
@@ -66,8 +65,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .recipes import dump_recipe, load_recipe
+    import yaml
 
+    from .recipes import dump_recipe, load_recipe, packaged_recipes
+    from .recsys.compress import load_recsys_recipe
+
+    path = packaged_recipes().get(args.recipe) if args.recipe else None
+    text = path or (Path(args.recipe) if args.recipe and Path(args.recipe).is_file() else None)
+    if text is not None and "task: recsys" in text.read_text():
+        print(yaml.safe_dump(load_recsys_recipe(text).to_dict(), sort_keys=False), end="")
+        return 0
     recipe = load_recipe(args.recipe)
     print(dump_recipe(recipe), end="")
     return 0

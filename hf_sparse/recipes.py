@@ -502,6 +502,11 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
         data = {}
+    if isinstance(data, dict) and data.get("task") == "recsys":
+        raise RecipeError(
+            f"{path} is a recommender recipe (task: recsys); run it with `hf-sparse recsys {source}` "
+            "(hf_sparse.recsys.compress.load_recsys_recipe reads it)."
+        )
     try:
         return Recipe.from_dict(data)
     except ConfigError as exc:

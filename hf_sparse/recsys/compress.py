@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -75,6 +75,7 @@ class RecsysRecipe(BaseConfig):
     """A recommender compression job on MovieLens 100K.
 
     Args:
+        task: ``recsys`` (what tells this recipe from a ``hf-sparse compress`` one).
         name: a label for the report.
         seed: initialisation, dropout and data order of every run.
         users: train and evaluate on the first ``users`` users only (null: all 943; for quick checks).
@@ -86,6 +87,7 @@ class RecsysRecipe(BaseConfig):
         verify: reload every saved model with ``from_pretrained`` and check identical rankings.
     """
 
+    task: Literal["recsys"] = "recsys"
     name: str = "movielens-sasrec"
     seed: int = 42
     users: int | None = None
