@@ -15,7 +15,7 @@ def test_quantization_section_validates(tmp_path):
     with pytest.raises(ConfigError, match="quantization.calibration"):
         load_recipe(path)
     path.write_text("sparsities: [0.0]\n")
-    with pytest.raises(ConfigError, match="structured, quantization, attention or lowrank"):
+    with pytest.raises(ConfigError, match="structured, quantization, attention, lowrank or embeddings"):
         load_recipe(path)
 
 
