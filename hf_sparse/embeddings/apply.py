@@ -139,7 +139,10 @@ def build_table(
             raise ConfigError(f"hot_rows={spec.hot_rows} leaves no row of the {rows} to compress.")
         hot_ids = torch.sort(torch.argsort(importance, descending=True, stable=True)[: spec.hot_rows]).values
         if spec.compression is not None:
-            hot_bytes = spec.hot_rows * (cols * 4 if spec.hot_bits == 32 else cols + 4) + 4 * spec.hot_rows
+            hot_bytes = (
+                spec.hot_rows * (cols * 4 if spec.hot_bits == 32 else cols * spec.hot_bits // 8 + 4)
+                + 4 * spec.hot_rows
+            )
             left = spec.compression * rows * cols * 4 - hot_bytes
             if left <= 0:
                 raise ConfigError(
@@ -166,8 +169,8 @@ def build_table(
         fmt = cold
     else:
         hot_w = w[is_hot]
-        if spec.hot_bits == 8:
-            hot = FORMATS.get("qrow").from_dense(hot_w, bits=8)
+        if spec.hot_bits in (4, 8):
+            hot = FORMATS.get("qrow").from_dense(hot_w, bits=spec.hot_bits)
         else:
             hot = RowMap.from_dense(hot_w, keep=int(hot_w.shape[0]), shared=0)
         fmt = Hot(hot_ids.to(torch.int32), hot, cold, (rows, cols))

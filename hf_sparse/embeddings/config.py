@@ -38,7 +38,7 @@ class TableCompression(BaseConfig):
             ``lowrank`` (``rank`` factors).
         compression: target bytes as a fraction of the float32 table (sizes every method but ``qrow``).
         hot_rows: frequency-aware: the ``hot_rows`` most frequent ids (needs frequencies; else the largest-norm
-            rows) keep their own rows at ``hot_bits`` (32: float32, trained; 8: ``qrow`` int8, frozen) and only
+            rows) keep their own rows at ``hot_bits`` (32: float32, trained; 8 or 4: ``qrow`` codes, frozen) and only
             the other ids are compressed by ``method``.
         init: ``"fit"``: start from the trained table (each method's closed form — SVD, TT-SVD, quantisation,
             bucket means — then ``fit_steps`` Adam steps on the frequency-weighted reconstruction error);
@@ -62,7 +62,7 @@ class TableCompression(BaseConfig):
     shared_rows: int = 1
     rank: int | None = None
     hot_rows: int = 0
-    hot_bits: Literal[8, 32] = 32
+    hot_bits: Literal[4, 8, 32] = 32
     init: Literal["fit", "random"] = "fit"
     qat: bool = False
     fit_steps: int = 200
