@@ -83,13 +83,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .machine import machine_info
     from .ops import kernel_status, load_kernels
+    from .ops._loader import cuda_status, load_cuda
     from .recipes import packaged_recipes
 
     load_kernels()
+    load_cuda()  # builds only where torch has CUDA, a GPU is visible and nvcc is found; else records why
     info = {
         "hf_sparse": __version__,
         **machine_info(),
         "cpu_kernels": kernel_status(),
+        "cuda_kernels": cuda_status(),
         "packaged_recipes": sorted(packaged_recipes()),
     }
     print(json.dumps(info, indent=2))
@@ -201,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
             "attention",
             "long-context",
             "embedding",
+            "gpu",
         ],
         help="which benchmark suite",
     )

@@ -22,3 +22,22 @@ def tiny_model():
 @pytest.fixture
 def tiny_dataset():
     return tiny_classification_dataset(n=64, seed=0)
+
+
+# -- hardware markers (the one place they live) -------------------------------------------------------------------
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA device (skipped with the reason 'no CUDA device' elsewhere)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    why = "no CUDA device" + ("" if torch.version.cuda else f" (torch {torch.__version__} is a CPU build)")
+    skip = pytest.mark.skip(reason=why)
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

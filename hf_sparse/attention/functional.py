@@ -127,9 +127,44 @@ def _kernel_reasons(query, key, value, *, dropout, top_k) -> list[str]:
     return out
 
 
-def explain(query, key, value, *, dropout: float = 0.0, top_k: int | None = None) -> dict[str, list[str]]:
+_CUDA_HEAD_DIMS = (32, 64, 96, 128)  # what sparse_attention.cu instantiates
+_CUDA_MAX_BLOCK_Q = 128
+
+
+def _cuda_reasons(query, key, value, *, dropout, top_k, block_q) -> list[str]:
+    """Why our CUDA kernel (kernels/csrc/cuda/sparse_attention.cu, via binding.cpp) cannot take this input."""
+    out = []
+    if query.device.type != "cuda":
+        out.append(f"device {query.device.type} is not supported (cuda)")
+    if len({query.device, key.device, value.device}) > 1:
+        out.append("query, key and value are on different devices")
+    dtypes = {query.dtype, key.dtype, value.dtype}
+    if len(dtypes) > 1 or not dtypes <= {torch.float16, torch.bfloat16, torch.float32}:
+        out.append(f"dtypes {sorted(map(str, dtypes))} are not supported (one of float16, bfloat16, float32)")
+    if query.shape[-1] not in _CUDA_HEAD_DIMS:
+        out.append(f"head_dim {query.shape[-1]} is not supported (32, 64, 96 or 128)")
+    if query.shape[1] % key.shape[1]:
+        out.append("query heads are not a multiple of key/value heads")
+    if not 1 <= block_q <= _CUDA_MAX_BLOCK_Q:
+        out.append(f"block_q {block_q} is not in [1, {_CUDA_MAX_BLOCK_Q}]")
+    if dropout > 0:
+        out.append("attention dropout is not implemented in the kernel (it runs in training only; eval is exact)")
+    if top_k is not None:
+        out.append("top-k pruning needs whole score rows; the reference computes it")
+    if not out and not _loader.load_cuda():  # only now: the first call may build the extension (minutes)
+        out.append(f"the CUDA ops are not available: {_loader.cuda_status()}")
+    return out
+
+
+def explain(
+    query, key, value, *, dropout: float = 0.0, top_k: int | None = None, block_q: int = 24
+) -> dict[str, list[str]]:
     """For each backend, why it cannot run this input (an empty list: it can)."""
-    return {"cpu": _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k), "reference": []}
+    return {
+        "cpu": _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k),
+        "cuda": _cuda_reasons(query, key, value, dropout=dropout, top_k=top_k, block_q=block_q),
+        "reference": [],
+    }
 
 
 def sparse_attention(
@@ -151,8 +186,10 @@ def sparse_attention(
 ) -> torch.Tensor:
     """Attention restricted to ``pattern`` (and ``causal``, and the keys ``key_padding_mask`` keeps).
 
-    Runs our block-sparse C++ kernel when it can take the input (CPU, float32, no dropout, no top-k), else the
-    reference; ``backend="cpu"`` or ``"reference"`` insists and raises with the reasons when it cannot.
+    Runs our block-sparse C++ kernel when it can take the input (CPU, float32, no dropout, no top-k), or our CUDA
+    kernel for CUDA tensors (float16/bfloat16/float32, head_dim 32/64/96/128, when the CUDA extension is built),
+    else the reference; ``backend="cpu"``, ``"cuda"`` or ``"reference"`` insists and raises with the reasons when
+    it cannot. (The layout is built on the host and passed as CPU tensors; the CUDA op checks and copies it.)
 
     Args:
         q_offset, kv_offset: absolute positions of the first query and key (decoding with a cache).
@@ -167,11 +204,19 @@ def sparse_attention(
             f"sparse_attention: query, key and value must be (batch, heads, length, head_dim), got "
             f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}."
         )
-    reasons = _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k)
-    if backend not in (None, "cpu", "reference"):
-        raise ConfigError(f"sparse_attention: unknown backend {backend!r}; choose 'cpu' or 'reference'.")
-    if backend == "cpu" and reasons:
-        raise ConfigError("sparse_attention: backend 'cpu' cannot run this input: " + "; ".join(reasons) + ".")
+    if backend not in (None, "cpu", "cuda", "reference"):
+        raise ConfigError(f"sparse_attention: unknown backend {backend!r}; choose 'cpu', 'cuda' or 'reference'.")
+    on_cuda = query.device.type == "cuda"
+    why: dict[str, list[str]] = {}  # only the backends this call could use (checking CUDA may build it)
+    if backend == "cpu" or (backend is None and not on_cuda):
+        why["cpu"] = _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k)
+    if backend == "cuda" or (backend is None and on_cuda):
+        why["cuda"] = _cuda_reasons(query, key, value, dropout=dropout, top_k=top_k, block_q=block_q)
+    if backend in why and why[backend]:
+        raise ConfigError(
+            f"sparse_attention: backend {backend!r} cannot run this input: " + "; ".join(why[backend]) + "."
+        )
+    reasons = why.get("cuda" if on_cuda else "cpu", ["the reference was asked for"])
     kwargs = dict(
         causal=causal, key_padding_mask=key_padding_mask, scale=scale, q_offset=q_offset, kv_offset=kv_offset
     )
@@ -186,7 +231,7 @@ def sparse_attention(
     if key_padding_mask is not None:
         keep = key_padding_mask.to(torch.bool)
         if not bool(keep.all()):
-            bias = torch.zeros(B, Skv).masked_fill_(~keep, float("-inf"))
+            bias = torch.zeros(B, Skv, device=query.device).masked_fill_(~keep.to(query.device), float("-inf"))
     rows = range(B) if is_global is not None else [None]
     outs = []
     for b in rows:  # token-id globals make one layout per sequence; otherwise one for the whole batch

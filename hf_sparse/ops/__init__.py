@@ -1,6 +1,8 @@
 """hf_sparse:: ops: typed wrappers, fake impls, autograd formulas, pure-PyTorch references and the lazy loader."""
 
+from ._loader import cuda_status as cuda_kernel_status
 from ._loader import load as load_kernels
+from ._loader import load_cuda as load_cuda_kernels
 from ._loader import status as kernel_status
 from .embedding import (
     explain_qrow,
@@ -23,6 +25,8 @@ from .spmm import (
 __all__ = [
     "load_kernels",
     "kernel_status",
+    "load_cuda_kernels",
+    "cuda_kernel_status",
     "spmm",
     "spmm_reference",
     "sparse_linear",

@@ -197,11 +197,34 @@ class Backend:
             out.append(f"int8-value {weight.name[1:].upper()} runs in float32 only")
         if self.name == "cpu" and not _loader.load():
             out.append(f"the C++ ops are not available: {_loader.status()['reason']}")
+        if self.name == "cuda":
+            out.extend(_cuda_reasons(weight, xt))
         return out
+
+
+def _cuda_reasons(weight: SparseFormat, xt: torch.Tensor) -> list[str]:
+    """What the CUDA kernels (kernels/csrc/cuda, via binding.cpp) need beyond device / dtype / format."""
+    out = []
+    quantized = isinstance(weight, (QCSR, QBSR))
+    if quantized and weight.dtype != torch.float32:
+        out.append(f"int8-value {weight.name[1:].upper()} needs float32 scales, got {weight.dtype}")
+    if not quantized and weight.dtype != xt.dtype:
+        out.append(f"the weight's values ({weight.dtype}) and xt ({xt.dtype}) must have the same dtype")
+    if isinstance(weight, (BSR, QBSR)) and not set(weight.block) <= {16, 32}:
+        out.append(f"block {weight.block[0]}x{weight.block[1]} is not supported (16 or 32 on each side)")
+    if isinstance(weight, (CSR, BSR, QCSR, QBSR)) and weight.values.device != xt.device:
+        out.append(f"the weight is on {weight.values.device} but xt is on {xt.device}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (xt, *weight.tensors().values())):
+        # The autograd formulas call spmm_csr_t / sddmm_csr, which have no CUDA kernel yet.
+        out.append("gradients are needed and the CUDA backward ops (spmm_csr_t, sddmm_csr) are not written yet")
+    if xt.device.type == "cuda" and not out and not _loader.load_cuda():  # only now: loading may build (minutes)
+        out.append(f"the CUDA ops are not available: {_loader.cuda_status()}")
+    return out
 
 
 BACKENDS: tuple[Backend, ...] = (
     Backend("cpu", ("cpu",), (torch.float32, torch.float64), (CSR, CSC, BSR, NM, Hybrid, QCSR, QBSR, QNM)),
+    Backend("cuda", ("cuda",), (torch.float16, torch.bfloat16, torch.float32), (CSR, BSR, QCSR, QBSR)),
     Backend(
         "reference",
         ("cpu", "cuda", "meta", "mps", "xpu"),
@@ -209,6 +232,8 @@ BACKENDS: tuple[Backend, ...] = (
         (CSR, CSC, COO, BSR, NM, Hybrid, Bitmask, QCSR, QBSR, QNM, QDense, LowRank, LowRankSparse),
     ),
 )
+
+_CUDA = next(b for b in BACKENDS if b.name == "cuda")
 
 
 def explain(weight: SparseFormat, xt: torch.Tensor) -> dict[str, list[str]]:
@@ -227,7 +252,7 @@ def spmm(
     Args:
         transpose_out: return ``(weight @ xt)^T``, shape (N, rows) — what a Linear layer returns; the kernels
             write it directly, which saves a transpose pass over the output.
-        backend: ``"cpu"`` or ``"reference"`` to insist on one (default: the first that applies).
+        backend: ``"cpu"``, ``"cuda"`` or ``"reference"`` to insist on one (default: the first that applies).
 
     Shapes:
         weight: (rows, cols) in any hf_sparse format. xt: (cols, N). Returns: (rows, N), or (N, rows).
@@ -243,10 +268,10 @@ def spmm(
         why = chosen[0].reasons(weight, xt)
         if why:
             raise FormatError(f"spmm: backend {backend!r} cannot run this input: " + "; ".join(why) + ".")
-        use_kernel = backend == "cpu"
-    else:
-        use_kernel = not BACKENDS[0].reasons(weight, xt)
-    if use_kernel:
+        use_kernel = backend in ("cpu", "cuda")
+    else:  # the first kernel backend that takes the input (cpu and cuda never both do: devices differ)
+        use_kernel = any(not b.reasons(weight, xt) for b in BACKENDS if b.name != "reference")
+    if use_kernel:  # the same hf_sparse:: ops; the dispatcher picks the CPU or CUDA impl by device
         return _cpu_kernel(weight, xt, transpose_out)
     out = spmm_reference(weight, xt)
     return out.t() if transpose_out else out
@@ -269,6 +294,10 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
         return y
     lead = x.shape[:-1]
     x2 = x.reshape(-1, cols).to(weight.dtype)
+    if isinstance(weight, (QCSR, QBSR)):
+        x2 = x.reshape(-1, cols)  # int8 values: x keeps its dtype (the CUDA kernels take float16/bfloat16 too)
+        if x2.device.type != "cuda":
+            x2 = x2.to(weight.dtype)
     fast = (
         isinstance(weight, (CSR, QCSR))
         and x2.dtype == torch.float32
@@ -276,7 +305,7 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
         and weight.dtype == torch.float32
         and weight.values.device.type == "cpu"
         and _loader.load()
-    )
+    ) or (isinstance(weight, (CSR, QCSR)) and x2.device.type == "cuda" and not _CUDA.reasons(weight, x2))
     if fast:
         # The Linear-layout kernels read X (N, in) as it is: no transposed copy of the input.
         if isinstance(weight, QCSR):
