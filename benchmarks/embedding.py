@@ -12,7 +12,7 @@ included). Baselines, interleaved call by call:
   ``torch.ops.quantized.embedding_bag_*_prepack`` (FBGEMM's kernels; codes with the scale and bias fused at the end of
   each row), where this torch build has them.
 
-``cold``: a 128 MB streaming read between calls (not timed) evicts the rows, scales and ids from every cache level,
+``cold``: a 128 MB streaming read between calls (not timed) evicts the rows and ids from every cache level,
 so each call waits on DRAM as a lookup into a large table does; ``hot``: the same ids again and again (their rows
 stay cached). Correctness first: ours against the PyTorch reference and the float32 result (within the quantisation
 step).
@@ -76,7 +76,7 @@ def run_case(table, weight, fbgemm, ids, bag_size: int, *, cold: bool, rounds: i
     ref = qrow_embedding_bag_reference(table, ids, offsets, mode="sum")
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
     fp32 = F.embedding_bag(ids, weight, offsets, mode="sum")
-    half_step = float(table.scales.float()[ids].max()) / 2
+    half_step = float(table.scales().float()[ids].max()) / 2
     err = float((ours - fp32).abs().max())
     if err > bag_size * half_step * 1.01 + 1e-4:
         raise AssertionError(f"qrow int{bits}: error {err} exceeds {bag_size} half steps ({half_step})")
@@ -93,8 +93,7 @@ def run_case(table, weight, fbgemm, ids, bag_size: int, *, cold: bool, rounds: i
     with torch.inference_mode():
         times = _timed_cold(calls, rounds, flush) if cold else interleave(calls, rounds)
     ours_s, baselines, speedup = summarize(times)
-    row_bytes = DIM * bits // 8 + 4  # codes + float16 scale + float16 bias
-    needed = ids.numel() * (row_bytes + ids.element_size()) + bags * DIM * 4
+    needed = ids.numel() * (table.row_bytes + ids.element_size()) + bags * DIM * 4  # rows: codes, scale, bias
     fp32_bytes = ROWS * DIM * 4
     table_bytes = {"ours": table.nbytes, "fp32": fp32_bytes}
     if fbgemm is not None:

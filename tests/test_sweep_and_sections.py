@@ -52,7 +52,9 @@ def test_sections_validate(section, fields, pattern):
 def test_zero_sparsity_needs_a_structured_or_quantization_section(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("sparsities: [0.0, 0.5]\n")
-    with pytest.raises(RecipeError, match="0 is allowed with a structured, quantization, attention, lowrank or embeddings"):
+    with pytest.raises(
+        RecipeError, match="0 is allowed with a structured, quantization, attention, lowrank or embeddings"
+    ):
         load_recipe(path)
     path.write_text("sparsities: [0.0]\nstructured: {heads_fraction: 0.25}\nguard: {stages: [0.5, 0.8]}\n")
     recipe = load_recipe(path)

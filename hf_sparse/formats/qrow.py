@@ -4,15 +4,28 @@ Row ``r`` of a ``(rows, cols)`` table is stored as unsigned codes ``c`` in ``[0,
 4- and 2-bit codes packed into uint8, low bits first, as :func:`~hf_sparse.quantization.schemes.pack_codes` does)
 with one float16 ``scale`` and one float16 ``bias`` per row::
 
-    W[r, j] = c[r, j] * scales[r] + biases[r]
+    W[r, j] = c[r, j] * scale[r] + bias[r]
 
 The bias is the row's minimum and the scale spans the row's range, so every row uses all its codes whatever its
-offset (a table whose rows sit far from zero loses nothing to a symmetric range). At 4 bits a 64-wide row costs 32
-bytes of codes plus 4 bytes of scale and bias, 7.1x less than float32.
+offset (a table whose rows sit far from zero loses nothing to a symmetric range).
+
+Layout: one uint8 tensor ``values`` of shape ``(rows, cols * bits / 8 + 4)``. Each row holds its packed codes
+(``cols * bits / 8`` bytes), then its float16 scale (2 bytes), then its float16 bias (2 bytes), both little-endian
+(the IEEE binary16 bits, low byte first)::
+
+    values[r] = [ codes (cols * bits / 8 bytes) | scale lo, scale hi | bias lo, bias hi ]
+
+Why inline: a lookup into a table larger than the caches waits on DRAM, and what it waits for is the number of
+random cache lines (and pages) it touches, not its bytes. With the scale and bias in their own arrays a lookup
+touched three random lines on three pages; inline it touches one (two adjacent ones when the row straddles a line
+boundary), on one page. At 4 bits a 64-wide row costs 32 bytes of codes plus 4 bytes of scale and bias (36 bytes,
+7.1x less than float32). Rows are not padded: a power-of-two row (64 bytes at int4 x 64) would be only 4x smaller,
+and measured slower, not faster (numbers in ``kernels/csrc/cpu/embedding.cpp``).
 
 :meth:`QRow.lookup` and :meth:`QRow.embedding_bag` dequantise only the rows they return, in one pass, with our C++
 kernels (``hf_sparse::qrow_lookup`` / ``qrow_embedding_bag``) where they are built, and the pure-PyTorch reference
-otherwise (see :mod:`hf_sparse.ops.embedding`).
+otherwise (see :mod:`hf_sparse.ops.embedding`). :meth:`QRow.scales` and :meth:`QRow.biases` read the float16 numbers
+back out of the rows (copies, for tests and tooling).
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ _BITS = (8, 4, 2)
 _FP16_MAX = float(torch.finfo(torch.float16).max)
 #: The smallest positive float16 (a subnormal): the scale of a constant row, whose codes are then all 0.
 _FP16_TINY = 2.0**-24
+#: Bytes after each row's codes: its float16 scale, then its float16 bias.
+TAIL_BYTES = 4
 
 
 def _check_bits(bits: Any) -> None:
@@ -50,6 +65,19 @@ def _fp16_up(x: torch.Tensor) -> torch.Tensor:
     """The smallest float16 >= ``x``: a scale rounded up keeps the row's maximum in range."""
     h = x.to(torch.float16)
     return torch.where(h.float() < x, torch.nextafter(h, torch.full_like(h, float("inf"))), h)
+
+
+def _fp16_to_bytes(x: torch.Tensor) -> torch.Tensor:
+    """float16 (n,) -> its bits as uint8 (n, 2), low byte first. Arithmetic on the bits rather than a byte view, so
+    the stored layout is little-endian whatever the host's byte order."""
+    bits = x.view(torch.int16).to(torch.int32) & 0xFFFF
+    return torch.stack([bits & 0xFF, bits >> 8], dim=-1).to(torch.uint8)
+
+
+def _fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 2), low byte first -> float16 (...): the inverse of :func:`_fp16_to_bytes`."""
+    bits = b[..., 0].to(torch.int32) | (b[..., 1].to(torch.int32) << 8)
+    return (bits - ((bits >> 15) << 16)).to(torch.int16).view(torch.float16)  # 0..65535 -> the same int16 bits
 
 
 @functools.cache
@@ -75,30 +103,43 @@ def unpack_unsigned(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
     return fields.reshape(*packed.shape[:-1], packed.shape[-1] * per)[..., :cols]
 
 
+def dequantize_rows(rows: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
+    """``codes * scale + bias`` of whole qrow rows (codes, scale and bias read out of each row), in float32, rounded
+    exactly as the C++ kernels round (``c * scale`` is exact in float32, so one rounding, at the add).
+
+    Shapes:
+        rows: (n, cols * bits / 8 + 4) uint8, rows of a qrow ``values`` tensor. Returns: (n, cols) float32.
+    """
+    cb = cols * bits // 8
+    codes = unpack_unsigned(rows[:, :cb], bits, cols).float()
+    scale = _fp16_from_bytes(rows[:, cb : cb + 2]).float().unsqueeze(1)
+    bias = _fp16_from_bytes(rows[:, cb + 2 : cb + 4]).float().unsqueeze(1)
+    return codes * scale + bias
+
+
 @register_format("qrow")
 class QRow(SparseFormat):
-    """An embedding table as ``bits``-bit unsigned codes with a float16 scale and bias per row:
-    ``W[r, j] = values[r, j] * scales[r] + biases[r]`` (codes unpacked).
+    """An embedding table as ``bits``-bit unsigned codes with a float16 scale and bias per row, all three inside
+    the row: ``W[r, j] = code(r, j) * scale(r) + bias(r)`` (see the module docstring for the byte layout).
 
     Args:
-        values: uint8 codes (rows, cols * bits / 8): one code per byte at 8 bits, two (4 bits) or four (2 bits) per
-            byte, low bits first.
-        scales: float16 (rows,), finite and > 0.
-        biases: float16 (rows,), finite.
+        values: uint8 (rows, cols * bits / 8 + 4): each row's codes (one per byte at 8 bits, two at 4 bits, four at
+            2 bits, low bits first), then its float16 scale (finite, > 0) and float16 bias (finite), little-endian.
         shape: (rows, cols).
         bits: 8, 4 or 2.
 
     Shapes:
-        values: (rows, cols * bits / 8) uint8. scales, biases: (rows,) float16.
+        values: (rows, cols * bits / 8 + 4) uint8.
     """
 
-    # Floating-point storage (what checkpoint loading checks the dtypes against). They are not meant to train: the
-    # codes cannot follow a moved scale, and the lookups have no gradient formula.
-    float_tensors: ClassVar[tuple[str, ...]] = ("scales", "biases")
+    # No floating-point storage: the scales and biases are bytes inside ``values`` (uint8), and they are not meant to
+    # train anyway (the codes cannot follow a moved scale, and the lookups have no gradient formula). What lookups
+    # return is float32 (:attr:`dtype`).
+    float_tensors: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, values, scales, biases, shape, *, bits: int, validate: bool = True):
+    def __init__(self, values, shape, *, bits: int, validate: bool = True):
         self.shape = check_shape(shape)
-        self.values, self.scales, self.biases, self.bits = values, scales, biases, bits
+        self.values, self.bits = values, bits
         if validate:
             self.validate()
 
@@ -136,15 +177,69 @@ class QRow(SparseFormat):
         scale = _fp16_up((w.amax(1) - bias.float()) / qmax).clamp_min(_FP16_TINY)
         codes = torch.round((w - bias.float().unsqueeze(1)) / scale.float().unsqueeze(1)).clamp_(0, qmax)
         codes = codes.to(torch.uint8) if bits == 8 else pack_codes(codes.to(torch.int8), bits)
-        return cls(codes.contiguous(), scale.contiguous(), bias.contiguous(), (rows, cols), bits=bits, validate=False)
+        return cls.from_parts(codes, scale, bias, (rows, cols), bits=bits, validate=False)
+
+    @classmethod
+    def from_parts(
+        cls,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        biases: torch.Tensor,
+        shape,
+        *,
+        bits: int,
+        validate: bool = True,
+    ) -> QRow:
+        """Assemble the rows from packed codes and separate float16 scales and biases (e.g. tables stored in the
+        earlier layout, which kept them in tensors of their own, or tables quantised elsewhere).
+
+        Shapes:
+            codes: (rows, cols * bits / 8) uint8, packed low bits first. scales, biases: (rows,) float16.
+
+        Raises:
+            FormatError: a wrong dtype or shape (and, with ``validate``, a bad scale or bias).
+        """
+        _check_bits(bits)
+        rows, cols = check_shape(shape)
+        check_tensor(cls.name, "codes", codes, dtypes=(torch.uint8,), ndim=2)
+        if tuple(codes.shape) != (rows, cols * bits // 8):
+            raise FormatError(
+                f"qrow: codes has shape {tuple(codes.shape)}; {bits}-bit codes of a {(rows, cols)} table need "
+                f"{(rows, cols * bits // 8)}."
+            )
+        check_tensor(cls.name, "scales", scales, dtypes=(torch.float16,), length=rows)
+        check_tensor(cls.name, "biases", biases, dtypes=(torch.float16,), length=rows)
+        values = torch.cat([codes, _fp16_to_bytes(scales), _fp16_to_bytes(biases)], dim=1).contiguous()
+        return cls(values, (rows, cols), bits=bits, validate=validate)
+
+    # -- the row layout ---------------------------------------------------------------------------------------------
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of codes at the start of each row (``cols * bits / 8``); the scale and bias follow them."""
+        return self.shape[1] * self.bits // 8
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes per row: the codes, a float16 scale and a float16 bias."""
+        return self.code_bytes + TAIL_BYTES
 
     def codes(self) -> torch.Tensor:
         """The unsigned codes, unpacked: uint8 (rows, cols)."""
-        return unpack_unsigned(self.values, self.bits, self.shape[1])
+        return unpack_unsigned(self.values[:, : self.code_bytes], self.bits, self.shape[1])
+
+    def scales(self) -> torch.Tensor:
+        """Each row's scale, read out of the row: float16 (rows,) (a copy)."""
+        cb = self.code_bytes
+        return _fp16_from_bytes(self.values[:, cb : cb + 2])
+
+    def biases(self) -> torch.Tensor:
+        """Each row's bias, read out of the row: float16 (rows,) (a copy)."""
+        cb = self.code_bytes
+        return _fp16_from_bytes(self.values[:, cb + 2 : cb + 4])
 
     def to_dense(self) -> torch.Tensor:
         """The float32 (rows, cols) table (``codes * scale + bias``, computed as the lookups compute it)."""
-        return self.codes().float() * self.scales.float().unsqueeze(1) + self.biases.float().unsqueeze(1)
+        return dequantize_rows(self.values, self.bits, self.shape[1])
 
     # -- lookups ----------------------------------------------------------------------------------------------------
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
@@ -187,7 +282,7 @@ class QRow(SparseFormat):
     # -- the SparseFormat interface ---------------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        """What lookups return (float32), not the storage dtype of the codes."""
+        """What lookups return (float32), not the storage dtype of the rows (uint8)."""
         return torch.float32
 
     @property
@@ -195,7 +290,7 @@ class QRow(SparseFormat):
         return self.shape[0] * self.shape[1]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"values": self.values, "scales": self.scales, "biases": self.biases}
+        return {"values": self.values}
 
     def params(self) -> dict[str, Any]:
         return {"format": self.name, "shape": list(self.shape), "bits": self.bits}
@@ -205,14 +300,17 @@ class QRow(SparseFormat):
         extra = sorted(set(params) - {"format", "shape", "bits"})
         if extra:
             raise FormatError(f"qrow: unknown parameters {extra}.")
-        return cls(
-            tensors["values"],
-            tensors["scales"],
-            tensors["biases"],
-            params["shape"],
-            bits=params["bits"],
-            validate=validate,
-        )
+        unknown = sorted(set(tensors) - {"values"})
+        if unknown:
+            hint = ""
+            if {"scales", "biases"} & set(unknown):
+                hint = (
+                    " Each row now holds its float16 scale and bias after its codes, in `values`; convert a table "
+                    "saved with separate scales and biases with QRow.from_parts(values, scales, biases, shape, "
+                    "bits=bits)."
+                )
+            raise FormatError(f"qrow: unknown tensors {unknown}; qrow stores one tensor, `values`.{hint}")
+        return cls(tensors["values"], params["shape"], bits=params["bits"], validate=validate)
 
     def validate(self) -> None:
         _check_bits(self.bits)
@@ -221,21 +319,22 @@ class QRow(SparseFormat):
         if cols % per:
             raise FormatError(f"qrow: {self.bits}-bit codes pack {per} per byte; {cols} columns do not divide.")
         check_tensor(self.name, "values", self.values, dtypes=(torch.uint8,), ndim=2)
-        if tuple(self.values.shape) != (rows, cols // per):
+        need = (rows, self.row_bytes)
+        if tuple(self.values.shape) != need:
             raise FormatError(
                 f"qrow: values has shape {tuple(self.values.shape)}; {self.bits}-bit codes of a {self.shape} table "
-                f"need {(rows, cols // per)}."
+                f"need {need} ({self.code_bytes} bytes of codes, a float16 scale and a float16 bias per row)."
             )
-        for name, one in (("scales", "scale"), ("biases", "bias")):
-            t = getattr(self, name)
-            check_tensor(self.name, name, t, dtypes=(torch.float16,), length=rows)
-            if t.device.type == "meta" or not t.numel():
-                continue
+        if self.values.device.type == "meta" or not rows:
+            return
+        for one, t in (("scale", self.scales()), ("bias", self.biases())):
             tf = t.float()
-            bad = ~torch.isfinite(tf) | (tf <= 0) if name == "scales" else ~torch.isfinite(tf)
+            bad = ~torch.isfinite(tf) | (tf <= 0) if one == "scale" else ~torch.isfinite(tf)
             if bool(bad.any()):
                 i = int(torch.nonzero(bad)[0])
-                need = "finite and > 0" if name == "scales" else "finite"
+                need_s = "finite and > 0" if one == "scale" else "finite"
+                at = self.code_bytes + (0 if one == "scale" else 2)
                 raise FormatError(
-                    f"qrow: {name}[{i}] is {float(tf[i])}; every {one} must be {need} (a corrupt checkpoint?)."
+                    f"qrow: row {i} has {one} {float(tf[i])} (float16 at bytes {at}-{at + 1} of values[{i}]); every "
+                    f"{one} must be {need_s} (a corrupt checkpoint?)."
                 )

@@ -81,7 +81,8 @@ def _dequantize_fake(values, scales, zero_points, bits, rows, cols):
 @torch.library.register_fake("hf_sparse::sparse_attention")
 def _sparse_attention_fake(q, k, v, kv_ptr, kv_blocks, mask_index, bits, key_bias, scale, block_q):
     torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "q, k, v must be 4-D")
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3])
+    # lse is float32 whatever q's dtype (the kernels' contract: an exact backward needs it).
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.register_fake("hf_sparse::sparse_attention_backward")
@@ -92,15 +93,17 @@ def _sparse_attention_backward_fake(
 
 
 @torch.library.register_fake("hf_sparse::qrow_lookup")
-def _qrow_lookup_fake(values, scales, biases, bits, cols, indices):
+def _qrow_lookup_fake(values, bits, cols, indices):
+    torch._check(values.dim() == 2, lambda: "values must be 2-D (rows, cols * bits / 8 + 4)")
     torch._check(indices.dim() == 1, lambda: "indices must be 1-D")
     return values.new_empty((indices.shape[0], cols), dtype=torch.float32)
 
 
 @torch.library.register_fake("hf_sparse::qrow_embedding_bag")
 def _qrow_embedding_bag_fake(
-    values, scales, biases, bits, cols, indices, offsets, mode, per_sample_weights=None, include_last_offset=False
+    values, bits, cols, indices, offsets, mode, per_sample_weights=None, include_last_offset=False
 ):
+    torch._check(values.dim() == 2, lambda: "values must be 2-D (rows, cols * bits / 8 + 4)")
     torch._check(indices.dim() == 1 and offsets.dim() == 1, lambda: "indices and offsets must be 1-D")
     bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
     return values.new_empty((bags, cols), dtype=torch.float32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import FormatError
-from ..formats.qrow import QRow, unpack_unsigned
+from ..formats.qrow import QRow, dequantize_rows
 from . import _loader
 
 __all__ = [
@@ -136,8 +136,7 @@ def _bag_bounds(offsets: torch.Tensor, n: int, include_last_offset: bool, op: st
 
 def _dequantize_rows(table: QRow, ids: torch.Tensor) -> torch.Tensor:
     """float32 (n, cols): ``codes * scale + bias`` of the rows ``ids`` (1-D int64), exactly as the kernels round."""
-    codes = unpack_unsigned(table.values[ids], table.bits, table.shape[1]).float()
-    return codes * table.scales[ids].float().unsqueeze(1) + table.biases[ids].float().unsqueeze(1)
+    return dequantize_rows(table.values[ids], table.bits, table.shape[1])
 
 
 def qrow_lookup_reference(table: QRow, ids: torch.Tensor) -> torch.Tensor:
@@ -193,7 +192,7 @@ def qrow_embedding_bag_reference(
 def explain_qrow(table: QRow, ids: torch.Tensor, per_sample_weights: torch.Tensor | None = None) -> dict[str, list]:
     """For each backend (``"cpu"``, ``"reference"``), why it cannot run a lookup in ``table`` (empty: it can)."""
     why = []
-    devices = {t.device.type for t in (table.values, table.scales, table.biases, ids)}
+    devices = {t.device.type for t in (table.values, ids)}
     if devices != {"cpu"}:
         why.append(f"the table and ids must be on the CPU, got {sorted(devices)}")
     if per_sample_weights is not None and per_sample_weights.requires_grad and torch.is_grad_enabled():
@@ -210,8 +209,6 @@ def _use_kernel(table: QRow, ids: torch.Tensor, weights: torch.Tensor | None, ba
         return (
             ids.is_cpu
             and table.values.is_cpu
-            and table.scales.is_cpu
-            and table.biases.is_cpu
             and (weights is None or not (weights.requires_grad and torch.is_grad_enabled()))
             and _loader.load()
         )
@@ -241,7 +238,7 @@ def qrow_lookup(table: QRow, ids: torch.Tensor, *, backend: str | None = None) -
     _check_ids(ids, "qrow_lookup")
     if not _use_kernel(table, ids, None, backend, "qrow_lookup"):
         return qrow_lookup_reference(table, ids)
-    out = _ops.qrow_lookup(table.values, table.scales, table.biases, table.bits, table.shape[1], ids.reshape(-1))
+    out = _ops.qrow_lookup(table.values, table.bits, table.shape[1], ids.reshape(-1))
     return out.reshape(*ids.shape, table.shape[1])
 
 
@@ -285,6 +282,4 @@ def qrow_embedding_bag(
             per_sample_weights=per_sample_weights,
             include_last_offset=include_last_offset,
         )
-    return _ops.qrow_embedding_bag(
-        table.values, table.scales, table.biases, table.bits, table.shape[1], flat, bounds, mode_id, weights, last
-    )
+    return _ops.qrow_embedding_bag(table.values, table.bits, table.shape[1], flat, bounds, mode_id, weights, last)

@@ -54,16 +54,18 @@ TORCH_LIBRARY(hf_sparse, m) {
       "sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "Tensor kv_ptr, Tensor kv_blocks, Tensor mask_index, Tensor bits, Tensor key_bias, float scale, int block_q) "
       "-> (Tensor, Tensor, Tensor)");
-  // Row-wise quantised embedding table (qrow): values uint8 (rows, cols * bits / 8) holding unsigned bits-bit codes
-  // (8, 4 or 2; 4 and 2 packed low bits first), scales and biases float16 (rows,): W[r, j] = c * scales[r] +
-  // biases[r]. indices int32 or int64 (n,) in [0, rows) (else IndexError). Inference only (no autograd formula).
+  // Row-wise quantised embedding table (qrow): values uint8 (rows, cols * bits / 8 + 4), one row per table row
+  // holding its unsigned bits-bit codes (8, 4 or 2; 4 and 2 packed low bits first, cols * bits / 8 bytes), then its
+  // float16 scale, then its float16 bias (2 bytes each, little-endian): W[r, j] = c * scale[r] + bias[r]. Rows need
+  // not be adjacent: a view whose bytes within a row are contiguous is read in place, stride(0) bytes apart. indices
+  // int32 or int64 (n,) in [0, rows) (else IndexError). Inference only (no autograd formula).
   // qrow_lookup returns the rows W[indices] as float32 (n, cols).
-  m.def("qrow_lookup(Tensor values, Tensor scales, Tensor biases, int bits, int cols, Tensor indices) -> Tensor");
+  m.def("qrow_lookup(Tensor values, int bits, int cols, Tensor indices) -> Tensor");
   // torch.nn.functional.embedding_bag on a qrow table: offsets int32 or int64 (bags,) hold each bag's start
   // (offsets[0] = 0, non-decreasing; the last bag ends at n), or with include_last_offset (bags + 1,) whose last entry
   // must be n. mode 0 sums each bag, 1 averages it (an empty bag gives zeros). per_sample_weights float32 (n,) scale
   // each row before the sum (mode 0 only). Returns float32 (bags, cols).
   m.def(
-      "qrow_embedding_bag(Tensor values, Tensor scales, Tensor biases, int bits, int cols, Tensor indices, "
-      "Tensor offsets, int mode, Tensor? per_sample_weights=None, bool include_last_offset=False) -> Tensor");
+      "qrow_embedding_bag(Tensor values, int bits, int cols, Tensor indices, Tensor offsets, int mode, "
+      "Tensor? per_sample_weights=None, bool include_last_offset=False) -> Tensor");
 }

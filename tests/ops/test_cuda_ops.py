@@ -284,14 +284,7 @@ def test_sparse_attention_corrupt_layout_raises(ops):
     torch.cuda.synchronize()
 
 
-LSE_FAKE = pytest.mark.xfail(
-    reason="hf_sparse/ops/_fake.py's sparse_attention fake gives lse q's dtype; the kernels return float32 lse (the "
-    "contract of sparse_attention.h, needed for an exact backward): the fake needs dtype=torch.float32",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=LSE_FAKE)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_opcheck_attention(ops, dtype):
     q, k, v, layout, bias = _attention_inputs(96, 64, dtype, block_q=16)
     cu = [t.cuda().requires_grad_() for t in (q, k, v)]

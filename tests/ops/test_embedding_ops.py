@@ -58,9 +58,28 @@ def test_lookup_kernel_equals_reference_exactly(ops, bits, cols, dtype):
     # c * scale is exact in float32, so the kernel's FMA and the reference's multiply-add round the same way
     assert torch.equal(out, qrow_lookup_reference(table, ids))
     assert torch.equal(out, table.to_dense()[ids.long()])
-    assert torch.equal(
-        ops.qrow_lookup(table.values, table.scales, table.biases, bits, cols, ids.reshape(-1)), out.reshape(-1, cols)
-    )
+    assert torch.equal(ops.qrow_lookup(table.values, bits, cols, ids.reshape(-1)), out.reshape(-1, cols))
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_kernel_reads_scale_and_bias_from_the_row_exactly(ops, bits):
+    # Scales and biases across the float16 range (subnormal scales, the largest biases, negative zero) written into
+    # the rows: the kernel's float16 conversion (F16C where built) must agree bit for bit with the reference's.
+    g = torch.Generator().manual_seed(bits)
+    rows, cols = 4096, 16
+    finite = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    finite = finite[torch.isfinite(finite)]
+    scales = finite[finite > 0][torch.randint(0, int((finite > 0).sum()), (rows,), generator=g)]
+    biases = finite[torch.randint(0, finite.numel(), (rows,), generator=g)]
+    scales[:8] = torch.tensor([2.0**-24, 2.0**-14, 1.0, 65504.0, 2.0**-24, 0.5, 1e-3, 3.0], dtype=torch.float16)
+    biases[:8] = torch.tensor([0.0, -0.0, -65504.0, 65504.0, -1.0, 1e-7, -3.5, 2.0**-24], dtype=torch.float16)
+    codes = torch.randint(0, 256, (rows, cols * bits // 8), dtype=torch.uint8, generator=g)
+    table = QRow.from_parts(codes, scales, biases, (rows, cols), bits=bits)
+    ids = torch.randperm(rows, generator=g)
+    dense = table.to_dense()
+    assert torch.equal(qrow_lookup(table, ids, backend="cpu"), dense[ids])
+    assert torch.equal(qrow_lookup_reference(table, ids), dense[ids])
+    assert torch.equal(qrow_embedding_bag(table, ids, torch.arange(rows), backend="cpu"), dense[ids])
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -126,13 +145,26 @@ def test_many_lookups_across_threads_and_prefetch_distance(ops):
     _close(one, qrow_embedding_bag_reference(table, ids, offsets), table, ids, full)
 
 
-def test_non_contiguous_table_tensors(ops):
-    base = _table(100, 16, 8)
-    wide = torch.cat([base.values, base.values], dim=1)
-    table = QRow(wide[:, :16], base.scales, base.biases, base.shape, bits=8)  # a strided view of the codes
-    assert not table.values.is_contiguous()
+@pytest.mark.parametrize("bits", BITS)
+def test_non_contiguous_table_tensors(ops, bits):
+    base = _table(100, 16, bits)
+    width = base.values.shape[1]
     ids = torch.randint(0, 100, (30,))
-    assert torch.equal(qrow_lookup(table, ids, backend="cpu"), base.to_dense()[ids])
+    expected = base.to_dense()[ids]
+    # rows further apart than their bytes (a slice of a wider tensor: read in place, at its row stride) ...
+    wide = torch.cat([base.values, base.values], dim=1)
+    table = QRow(wide[:, :width], base.shape, bits=bits)
+    assert not table.values.is_contiguous()
+    # ... at an odd stride and offset (no alignment is assumed) ...
+    odd = torch.cat([base.values.new_zeros(100, 3), base.values, base.values.new_zeros(100, 2)], dim=1)
+    shifted = QRow(odd[:, 3 : 3 + width], base.shape, bits=bits)
+    # ... and rows whose bytes are not contiguous (copied first)
+    cols_major = QRow(base.values.t().contiguous().t(), base.shape, bits=bits)
+    assert cols_major.values.stride(1) != 1
+    for t in (table, shifted, cols_major):
+        assert torch.equal(qrow_lookup(t, ids, backend="cpu"), expected)
+        assert torch.equal(qrow_embedding_bag(t, ids, torch.arange(30), backend="cpu"), expected)
+        assert torch.equal(qrow_lookup(t, ids, backend="reference"), expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -189,28 +221,34 @@ def test_bad_arguments_raise_typed_errors(ops, backend):
 
 def test_the_ops_check_their_arguments(ops):
     table = _table(50, 8, 4)
-    v, s, b = table.values, table.scales, table.biases
+    v = table.values  # (50, 8): 4 bytes of codes, scale, bias
     ids, off = torch.tensor([1, 2]), torch.tensor([0])
     with pytest.raises(ValueError, match="bits must be 8, 4 or 2"):
-        ops.qrow_lookup(v, s, b, 3, 8, ids)
-    with pytest.raises(ValueError, match=r"values must be uint8 \(rows, 4\)"):
-        ops.qrow_lookup(v.to(torch.int8), s, b, 4, 8, ids)
+        ops.qrow_lookup(v, 3, 8, ids)
+    with pytest.raises(ValueError, match="cols must be a positive multiple of 2"):
+        ops.qrow_lookup(v, 4, 7, ids)
+    with pytest.raises(ValueError, match=r"values must be uint8 \(rows, 8\): 4 bytes of 4-bit codes"):
+        ops.qrow_lookup(v.to(torch.int8), 4, 8, ids)
+    with pytest.raises(ValueError, match=r"values must be uint8 \(rows, 12\)"):
+        ops.qrow_lookup(v, 8, 8, ids)  # 4-bit rows read as 8-bit: the width does not match
+    with pytest.raises(ValueError, match=r"values must be uint8 \(rows, 8\)"):
+        ops.qrow_lookup(v[:, :4].contiguous(), 4, 8, ids)  # codes without their scale and bias
     with pytest.raises(ValueError, match="values must be uint8"):
-        ops.qrow_lookup(v, s, b, 8, 8, ids)  # 4-bit codes read as 8-bit: the width does not match
-    with pytest.raises(ValueError, match="scales must be float16"):
-        ops.qrow_lookup(v, s.float(), b, 4, 8, ids)
-    with pytest.raises(ValueError, match="biases must be float16"):
-        ops.qrow_lookup(v, s, b[:10], 4, 8, ids)
+        ops.qrow_lookup(v.reshape(-1), 4, 8, ids)
     with pytest.raises(ValueError, match="indices must be int32 or int64"):
-        ops.qrow_lookup(v, s, b, 4, 8, ids.to(torch.int16))
+        ops.qrow_lookup(v, 4, 8, ids.to(torch.int16))
+    with pytest.raises(ValueError, match="indices must be 1-D"):
+        ops.qrow_lookup(v, 4, 8, ids.reshape(1, 2))
     with pytest.raises(ValueError, match="mode must be 0"):
-        ops.qrow_embedding_bag(v, s, b, 4, 8, ids, off, 2, None)
+        ops.qrow_embedding_bag(v, 4, 8, ids, off, 2, None)
     with pytest.raises(ValueError, match="per_sample_weights must be float32"):
-        ops.qrow_embedding_bag(v, s, b, 4, 8, ids, off, 0, torch.ones(3))
+        ops.qrow_embedding_bag(v, 4, 8, ids, off, 0, torch.ones(3))
     with pytest.raises(ValueError, match="only supported with mode sum"):
-        ops.qrow_embedding_bag(v, s, b, 4, 8, ids, off, 1, torch.ones(2))
+        ops.qrow_embedding_bag(v, 4, 8, ids, off, 1, torch.ones(2))
     with pytest.raises(IndexError, match=r"indices\[1\] = 50 is out of range"):
-        ops.qrow_embedding_bag(v, s, b, 4, 8, torch.tensor([0, 50]), off, 0, None)
+        ops.qrow_embedding_bag(v, 4, 8, torch.tensor([0, 50]), off, 0, None)
+    with pytest.raises(IndexError, match=r"indices\[0\] = -1 is out of range"):
+        ops.qrow_lookup(v, 4, 8, torch.tensor([-1, 0]))
 
 
 def test_per_sample_weights_gradient_runs_the_reference(ops):
@@ -233,9 +271,9 @@ def _opcheck_cases():
     cases = []
     for bits in BITS:
         t = _table(40, 16, bits)
-        cases.append(("qrow_lookup", (t.values, t.scales, t.biases, bits, 16, torch.randint(0, 40, (9,)))))
+        cases.append(("qrow_lookup", (t.values, bits, 16, torch.randint(0, 40, (9,)))))
     ids = torch.randint(0, 40, (10,))
-    args = (table.values, table.scales, table.biases, 4, 16)
+    args = (table.values, 4, 16)
     cases += [
         ("qrow_embedding_bag", (*args, ids, torch.tensor([0, 3, 3, 7]), 0, None, False)),
         ("qrow_embedding_bag", (*args, ids, torch.tensor([0, 3, 3, 7]), 1, None, False)),

@@ -1,17 +1,25 @@
-// Lookups and bag reductions in a row-wise quantised embedding table (the `qrow` format, FBGEMM's row-wise layout
-// with the scale and bias in their own arrays): row r holds `bits`-bit unsigned codes c (uint8, 4- and 2-bit codes
-// packed low bits first) and W[r, j] = c * scales[r] + biases[r] with float16 scales and biases.
+// Lookups and bag reductions in a row-wise quantised embedding table (the `qrow` format, FBGEMM's row-wise layout):
+// row r of `values` (uint8, rows x (cols * bits / 8 + 4)) holds `bits`-bit unsigned codes c (4- and 2-bit codes
+// packed low bits first), then its float16 scale and float16 bias (little-endian), and W[r, j] = c * scale + bias.
 //
-// A lookup reads one row of codes and two float16 numbers and writes float32: the table is never dequantised as a
+// A lookup reads one row (codes, scale and bias together) and writes float32: the table is never dequantised as a
 // whole. Random lookups in a table larger than the caches wait on DRAM, not on arithmetic, so the loops prefetch the
-// rows (codes, scale and bias) of the lookups `kAhead` positions ahead; the dequantisation itself is one FMA per
-// eight columns (AVX2).
+// rows of the lookups `kAhead` positions ahead; the dequantisation itself is one FMA per eight columns (AVX2), and
+// the scale and bias are converted together by one F16C instruction where the build has it.
 //
-// What bounds a cold lookup is the number of random cache lines (and pages) it touches, not its bytes: here three
-// (codes, scale, bias, each in its own array), against four adjacent lines on one page for a float32 row of 64 (which
-// DRAM serves almost as fast as one). Measured in a standalone loop (4,096 lookups, 1M x 64, one Zen 2 core, cold):
-// this layout 240 us, a float32 row copy 211-240 us, codes with scale and bias inline in the row (FBGEMM's layout,
-// one line) 177-216 us; with 2 MB pages, 155 us against 160 us float32.
+// What bounds a cold lookup is the number of random cache lines and pages it touches, not its bytes. The scale and
+// bias sit in the row for that reason: one random line per lookup (two adjacent ones, on one page, when a row
+// straddles a line boundary: half the 36-byte int4 rows of 64 columns), where separate scale and bias arrays cost
+// three lines on three pages, against four adjacent lines on one page for a float32 row of 64 (which DRAM serves
+// almost as fast as one). Measured in a standalone loop before this layout (4,096 lookups, 1M x 64, one Zen 2 core,
+// cold): separate arrays 240 us, a float32 row copy 211-240 us, inline 177-216 us; with 2 MB pages, 155 us against
+// 160 us float32.
+//
+// Rows are not padded. Padding them to a power of two (so that none straddles a line) was measured slower, besides
+// costing memory (4,096 lookups as bags of one, 1M x 64, one core, 40 rounds interleaved, medians): int4 36-byte rows
+// 392 us cold / 101 us hot against 64-byte rows 421 / 110 us; int2 20 against 32 bytes 312 / 99 against 345 / 100
+// us; int8 68 against 128 bytes 485 / 67 against 456 / 74 us (per-round ratio 0.94 in favour of 68 bytes, cold and
+// hot). A 64-byte int4 row would also be only 4x smaller than float32, not 7.1x.
 //
 // The ops are inference-only (no autograd formula): the Python wrappers send anything that needs a gradient to the
 // pure-PyTorch reference.
@@ -24,24 +32,60 @@
 
 #include "simd.h"
 
+#ifdef __F16C__
+#include <immintrin.h>  // _mm_cvtph_ps (simd.h includes it only for AVX2 + FMA builds)
+#endif
+
 namespace {
 
 using hf_sparse_cpu::BadIndex;
 
-// Lookups ahead whose rows are prefetched. Each lookup misses on up to three lines (codes, scale, bias) on three
-// pages; 8 lookups ahead keeps about as many misses in flight as one Zen 2 core can track. Measured (4,096 random
-// lookups in a 1M x 64 int4 table, cold): no prefetch 420 us, 4 to 32 ahead all 200-245 us (within the noise of a
-// shared machine), 8 the best hot.
+// Lookups ahead whose rows are prefetched. Measured with the earlier layout (three lines per lookup on three pages;
+// 4,096 random lookups in a 1M x 64 int4 table, cold): no prefetch 420 us, 4 to 32 ahead all 200-245 us (within the
+// noise of a shared machine), 8 the best hot. Again with rows inline (one or two adjacent lines per lookup, the
+// benchmark's 128 MB flush between calls, load average 3-4 on 2 cores): 4, 8 and 16 ahead 330-400 us, within the
+// noise, 32 ahead 415-445 us; the float32 baseline 330-500 us in the same runs. A cold lookup still costs 70-100 ns
+// whatever the distance, as a float32 one of four lines does: what it waits on is its random page (every lookup is
+// on a 4 KB page of its own, in a VM), not its lines; 2 MB pages (THP_MEM_ALLOC_ENABLE=1) took 10-20% off both.
 constexpr int64_t kAhead = 8;
+
+// Bytes after the codes of each row: the float16 scale, then the float16 bias.
+constexpr int64_t kTail = 4;
 
 struct Table {
   const uint8_t* values;
-  const c10::Half* scales;
-  const c10::Half* biases;
   int64_t rows;
   int64_t cols;
-  int64_t row_bytes;
+  int64_t code_bytes;  // cols * bits / 8: the scale starts here
+  int64_t row_bytes;   // code_bytes + kTail: the bytes a lookup reads
+  int64_t stride;      // bytes from one row to the next (row_bytes for a contiguous table; more for a view)
+  const uint8_t* row(int64_t r) const { return values + r * stride; }
 };
+
+// A row's scale and bias (float16, little-endian, at `tail`) as floats.
+struct ScaleBias {
+  float scale, bias;
+};
+
+// F16C pays: without it each float16 goes through c10's bit-twiddling conversion, and hot lookups (rows in cache)
+// measured 0.44-0.80x float32 F.embedding_bag against 0.74-0.95x with it (4,096 lookups, 1M x 64, bits 8/4/2, bags
+// of 1 and 8, two runs each).
+inline ScaleBias scale_bias(const uint8_t* tail) {
+#ifdef __F16C__
+  // Both halves in one conversion: the 4 bytes are lanes 0 (scale) and 1 (bias) of a float16 vector. (x86 is
+  // little-endian, as the layout is.)
+  int32_t w;
+  std::memcpy(&w, tail, sizeof(w));
+  const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(w));
+  return {_mm_cvtss_f32(f), _mm_cvtss_f32(_mm_movehdup_ps(f))};
+#else
+  // Bytes assembled low first, so the portable build reads the layout right on any host byte order.
+  const uint16_t s = static_cast<uint16_t>(tail[0] | (tail[1] << 8));
+  const uint16_t b = static_cast<uint16_t>(tail[2] | (tail[3] << 8));
+  return {static_cast<float>(c10::Half(s, c10::Half::from_bits())),
+          static_cast<float>(c10::Half(b, c10::Half::from_bits()))};
+#endif
+}
 
 // The unsigned code of column j of a row (the scalar path: tails and builds without AVX2).
 template <int BITS>
@@ -113,19 +157,17 @@ inline void prefetch_line(const void* p) {
 #endif
 }
 
-// Starts loading row r's codes (each of its cache lines once) and its scale and bias. r is checked first: no pointer
-// is formed outside the table.
+// Starts loading row r: codes, scale and bias, each of its cache lines once. r is checked first: no pointer is formed
+// outside the table.
 inline void prefetch_row(const Table& t, int64_t r) {
   if (static_cast<uint64_t>(r) >= static_cast<uint64_t>(t.rows)) return;
-  const uint8_t* row = t.values + r * t.row_bytes;
+  const uint8_t* row = t.row(r);
   int64_t k = 0;
   for (; k < t.row_bytes; k += 64) prefetch_line(row + k);
   const uint8_t* last = row + t.row_bytes - 1;  // a row that straddles a line boundary ends on one more line
   if ((reinterpret_cast<uintptr_t>(last) >> 6) != (reinterpret_cast<uintptr_t>(row + k - 64) >> 6)) {
     prefetch_line(last);
   }
-  prefetch_line(t.scales + r);
-  prefetch_line(t.biases + r);
 }
 
 // out (n, cols) = the rows idx[p0:p1) dequantised.
@@ -140,8 +182,9 @@ void lookup_range(const Table& t, const I* idx, int64_t p0, int64_t p1, float* o
       std::memset(o, 0, sizeof(float) * t.cols);
       continue;
     }
-    row_axpb<BITS, false>(t.values + r * t.row_bytes, static_cast<float>(t.scales[r]), static_cast<float>(t.biases[r]),
-                          o, t.cols);
+    const uint8_t* row = t.row(r);
+    const ScaleBias sb = scale_bias(row + t.code_bytes);
+    row_axpb<BITS, false>(row, sb.scale, sb.bias, o, t.cols);
   }
 }
 
@@ -165,9 +208,10 @@ void bags_range(const Table& t, const I* idx, const O* off, int64_t n_off, int64
         continue;
       }
       const float w = psw ? psw[p] : 1.f;
-      const float a = w * static_cast<float>(t.scales[r]);
-      const float bias = w * static_cast<float>(t.biases[r]);
-      const uint8_t* row = t.values + r * t.row_bytes;
+      const uint8_t* row = t.row(r);
+      const ScaleBias sb = scale_bias(row + t.code_bytes);
+      const float a = w * sb.scale;
+      const float bias = w * sb.bias;
       if (first) {
         row_axpb<BITS, false>(row, a, bias, o, t.cols);
         first = false;
@@ -208,28 +252,26 @@ void dispatch_int(const at::Tensor& t, F&& f) {
   }
 }
 
-// The table's tensors, made contiguous (a no-op for a validated qrow format) and kept alive for the raw pointers.
+// The table's tensor, kept alive for the raw pointer. Rows need contiguous bytes, not contiguous rows: a view whose
+// rows are further apart (a column slice of a wider tensor, a padded table) is read in place, without a copy of the
+// whole table per call.
 struct Checked {
-  at::Tensor values, scales, biases;
+  at::Tensor values;
   Table table;
 };
 
-Checked check_table(const at::Tensor& values, const at::Tensor& scales, const at::Tensor& biases, int64_t bits,
-                    int64_t cols, const char* op) {
+Checked check_table(const at::Tensor& values, int64_t bits, int64_t cols, const char* op) {
   TORCH_CHECK_VALUE(bits == 8 || bits == 4 || bits == 2, "hf_sparse::", op, ": bits must be 8, 4 or 2, got ", bits);
   TORCH_CHECK_VALUE(cols > 0 && cols % (8 / bits) == 0, "hf_sparse::", op, ": cols must be a positive multiple of ",
                     8 / bits, " for ", bits, "-bit codes, got ", cols);
-  TORCH_CHECK_VALUE(values.scalar_type() == at::kByte && values.dim() == 2 && values.size(1) == cols * bits / 8,
-                    "hf_sparse::", op, ": values must be uint8 (rows, ", cols * bits / 8, ") for ", cols, " ", bits,
-                    "-bit codes per row, got ", values.scalar_type(), " ", values.sizes());
-  const int64_t rows = values.size(0);
-  TORCH_CHECK_VALUE(scales.scalar_type() == at::kHalf && scales.dim() == 1 && scales.size(0) == rows, "hf_sparse::",
-                    op, ": scales must be float16 (", rows, ",), got ", scales.scalar_type(), " ", scales.sizes());
-  TORCH_CHECK_VALUE(biases.scalar_type() == at::kHalf && biases.dim() == 1 && biases.size(0) == rows, "hf_sparse::",
-                    op, ": biases must be float16 (", rows, ",), got ", biases.scalar_type(), " ", biases.sizes());
-  Checked c{values.contiguous(), scales.contiguous(), biases.contiguous(), {}};
-  c.table = Table{c.values.data_ptr<uint8_t>(), c.scales.data_ptr<c10::Half>(), c.biases.data_ptr<c10::Half>(), rows,
-                  cols, cols * bits / 8};
+  const int64_t code_bytes = cols * bits / 8;
+  TORCH_CHECK_VALUE(values.scalar_type() == at::kByte && values.dim() == 2 && values.size(1) == code_bytes + kTail,
+                    "hf_sparse::", op, ": values must be uint8 (rows, ", code_bytes + kTail, "): ", code_bytes,
+                    " bytes of ", bits, "-bit codes for ", cols, " columns, then a float16 scale and a float16 bias "
+                    "per row; got ", values.scalar_type(), " ", values.sizes());
+  Checked c{values.stride(1) == 1 ? values : values.contiguous(), {}};
+  c.table = Table{c.values.data_ptr<uint8_t>(), values.size(0), cols, code_bytes, code_bytes + kTail,
+                  c.values.stride(0)};
   return c;
 }
 
@@ -247,9 +289,8 @@ void raise_if_bad(const BadIndex& bad, const at::Tensor& idx, int64_t rows, cons
                     ") for a table of ", rows, " rows");
 }
 
-at::Tensor qrow_lookup_cpu(const at::Tensor& values, const at::Tensor& scales, const at::Tensor& biases, int64_t bits,
-                           int64_t cols, const at::Tensor& indices) {
-  const Checked checked = check_table(values, scales, biases, bits, cols, "qrow_lookup");
+at::Tensor qrow_lookup_cpu(const at::Tensor& values, int64_t bits, int64_t cols, const at::Tensor& indices) {
+  const Checked checked = check_table(values, bits, cols, "qrow_lookup");
   const Table& t = checked.table;
   check_int_vector(indices, "qrow_lookup", "indices");
   auto idx = indices.contiguous();
@@ -292,12 +333,11 @@ bool check_offsets(const O* off, int64_t n_off, int64_t n, bool include_last_off
   return ones && bags == n;
 }
 
-at::Tensor qrow_embedding_bag_cpu(const at::Tensor& values, const at::Tensor& scales, const at::Tensor& biases,
-                                  int64_t bits, int64_t cols, const at::Tensor& indices, const at::Tensor& offsets,
-                                  int64_t mode, const std::optional<at::Tensor>& per_sample_weights,
-                                  bool include_last_offset) {
+at::Tensor qrow_embedding_bag_cpu(const at::Tensor& values, int64_t bits, int64_t cols, const at::Tensor& indices,
+                                  const at::Tensor& offsets, int64_t mode,
+                                  const std::optional<at::Tensor>& per_sample_weights, bool include_last_offset) {
   const char* op = "qrow_embedding_bag";
-  const Checked checked = check_table(values, scales, biases, bits, cols, op);
+  const Checked checked = check_table(values, bits, cols, op);
   const Table& t = checked.table;
   check_int_vector(indices, op, "indices");
   check_int_vector(offsets, op, "offsets");
