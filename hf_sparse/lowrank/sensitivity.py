@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..pruning.guard import as_metric
-from ..pruning.sensitivity import SensitivityScan, _check_sparsities, allocate_sparsity
+from ..pruning.sensitivity import SensitivityScan, _check_sparsities, allocate_sparsity, scan_layers
 from .config import LowRankConfig
 from .proximal import project_rank_
 from .ranks import rank_for_compression, round_rank
@@ -71,25 +70,16 @@ def rank_sensitivity_scan(
         raise ConfigError(f"rank_sensitivity_scan: bad removed levels ({exc})") from None
     layers = _layers(model, config)
     baseline = as_metric(evaluate(model), "baseline", "rank_sensitivity_scan")
-    metrics: dict[str, list[float]] = {}
     params = {name: m.weight.numel() for name, m in layers.items()}
-    for name in tqdm(list(layers), desc="rank sensitivity scan", disable=not progress):
-        weight = layers[name].weight
+
+    def project(name: str, weight: torch.Tensor, level: float) -> str:
         rows, cols = weight.shape
-        original = weight.detach().clone()
-        metrics[name] = []
-        try:
-            for level in levels:
-                rank = min(rank_for_compression(rows, cols, 1.0 - level), rows, cols)
-                project_rank_(weight.data, rank)
-                metrics[name].append(
-                    as_metric(evaluate(model), f"layer {name!r} at rank {rank}", "rank_sensitivity_scan")
-                )
-                with torch.no_grad():
-                    weight.copy_(original)
-        finally:
-            with torch.no_grad():
-                weight.copy_(original)
+        rank = min(rank_for_compression(rows, cols, 1.0 - level), rows, cols)
+        project_rank_(weight, rank)
+        return f"rank {rank}"
+
+    weights = {name: m.weight for name, m in layers.items()}
+    metrics = scan_layers(model, weights, levels, project, evaluate, who="rank_sensitivity_scan", progress=progress)
     return SensitivityScan(
         baseline=baseline, sparsities=levels, metrics=metrics, params=params, higher_is_better=higher_is_better
     )

@@ -25,7 +25,7 @@ from .criteria import CRITERIA
 from .granularity import STRUCTURED_GRANULARITIES, granular_masks
 from .guard import as_metric
 
-__all__ = ["SensitivityScan", "sensitivity_scan", "allocate_sparsity"]
+__all__ = ["SensitivityScan", "sensitivity_scan", "allocate_sparsity", "scan_layers"]
 
 
 @dataclasses.dataclass
@@ -202,38 +202,60 @@ def sensitivity_scan(
     else:
         _check_scores(scores, pruner.modules)
     baseline = as_metric(evaluate(model), "baseline", "sensitivity_scan")
-    metrics: dict[str, list[float]] = {}
     params = {name: module.weight.numel() for name, module in pruner.modules.items()}
-    for name in tqdm(list(pruner.modules), desc="sensitivity scan", disable=not progress):
-        weight = pruner.modules[name].weight
+
+    def prune(name: str, weight: torch.Tensor, sparsity: float) -> str:
+        (mask,) = granular_masks(
+            {name: scores[name]},
+            sparsity,
+            granularity=config.granularity,
+            scope="layer",
+            block=tuple(config.block),
+            n=config.n,
+            m=config.m,
+            reduce=config.group_reduce,
+        ).values()
+        weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+        return f"sparsity {sparsity}"
+
+    weights = {name: module.weight for name, module in pruner.modules.items()}
+    metrics = scan_layers(model, weights, levels, prune, evaluate, who="sensitivity_scan", progress=progress)
+    return SensitivityScan(
+        baseline=baseline, sparsities=levels, metrics=metrics, params=params, higher_is_better=higher_is_better
+    )
+
+
+def scan_layers(
+    model: nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    levels: Sequence[float],
+    degrade: Callable[[str, torch.Tensor, float], str],
+    evaluate: Callable[[nn.Module], float],
+    *,
+    who: str,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """The metric with each weight alone degraded at each level: ``degrade(name, weight, level)`` changes the
+    weight in place (under ``no_grad``) and returns a description for errors; ``evaluate(model)`` is measured; the
+    weight is copied back bit-exactly after each level (also when ``evaluate`` raises). The shared loop of the
+    pruning and low-rank sensitivity scans."""
+    metrics: dict[str, list[float]] = {}
+    for name in tqdm(list(weights), desc=f"{who.replace('_', ' ')}", disable=not progress):
+        weight = weights[name]
         # One layer's copy at a time, on its own device: cheap, and copy_ back is bit-exact.
         original = weight.detach().clone()
         metrics[name] = []
         try:
-            for sparsity in levels:
-                (mask,) = granular_masks(
-                    {name: scores[name]},
-                    sparsity,
-                    granularity=config.granularity,
-                    scope="layer",
-                    block=tuple(config.block),
-                    n=config.n,
-                    m=config.m,
-                    reduce=config.group_reduce,
-                ).values()
+            for level in levels:
                 with torch.no_grad():
-                    weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
-                metrics[name].append(
-                    as_metric(evaluate(model), f"layer {name!r} at sparsity {sparsity}", "sensitivity_scan")
-                )
+                    what = degrade(name, weight.data, level)
+                metrics[name].append(as_metric(evaluate(model), f"layer {name!r} at {what}", who))
                 with torch.no_grad():
                     weight.copy_(original)
         finally:
             with torch.no_grad():
                 weight.copy_(original)
-    return SensitivityScan(
-        baseline=baseline, sparsities=levels, metrics=metrics, params=params, higher_is_better=higher_is_better
-    )
+    return metrics
 
 
 def _drop_curve(
