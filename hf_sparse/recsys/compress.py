@@ -159,6 +159,7 @@ def _train(model, splits, section: RecsysTrainSection, recipe: RecsysRecipe, wor
         batch_size=section.batch_size,
         seed=recipe.seed,
         max_len=recipe.model.max_len,
+        disable_tqdm=False,  # a progress bar per run: the whole job takes minutes
     )
     return time.perf_counter() - t0
 
