@@ -679,8 +679,9 @@ class Hot(SparseFormat):
             if not isinstance(inner, dict) or inner.get("format") in (None, "hot") or inner["format"] not in FORMATS:
                 raise FormatError(f"hot: params[{part!r}] must describe a (non-hot) registered format, got {inner!r}.")
             try:
+                own = {k: v for k, v in tensors.items() if k != "hot_ids"}  # "hot_ids" is not the hot part's
                 parts[part] = FORMATS.get(inner["format"]).from_tensors(
-                    _nested(f"{part}_", tensors), inner, validate=validate
+                    _nested(f"{part}_", own), inner, validate=validate
                 )
             except FormatError as exc:
                 raise FormatError(f"hot: the {part} rows: {exc}") from None

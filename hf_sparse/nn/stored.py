@@ -32,7 +32,8 @@ class StoredWeightMixin:
                 self.register_parameter(PREFIX + name, nn.Parameter(tensor.detach(), requires_grad=trainable))
             else:
                 self.register_buffer(PREFIX + name, tensor)
-        dtype = next(t.dtype for t in weight.tensors().values() if t.is_floating_point())
+        # Formats made only of integer tensors (qrow rows hold their scales as bytes) compute float32.
+        dtype = next((t.dtype for t in weight.tensors().values() if t.is_floating_point()), torch.float32)
         self.register_buffer("weight", torch.empty(0, dtype=dtype, device=weight.values.device))
         self.register_load_state_dict_post_hook(_validate_after_load)
 
