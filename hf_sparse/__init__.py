@@ -26,7 +26,15 @@ from .callbacks import (
 )
 from .config import BaseConfig, register_config
 from .distillation import DistillationConfig, Distiller, student_from_teacher, teacher_snapshot
-from .errors import ConfigError, FormatError, HfSparseError, MissingPackageError, PruningStateError, RecipeError
+from .errors import (
+    CheckpointWriteError,
+    ConfigError,
+    FormatError,
+    HfSparseError,
+    MissingPackageError,
+    PruningStateError,
+    RecipeError,
+)
 from .lowrank import LowRankConfig, factorize_
 from .nn import SparseLinear, sparsify_
 from .nn.qat import QATEmbedding, QATLinear
@@ -50,6 +58,7 @@ from .quantization.apply import calibrate_, convert_, prepare_qat_, quantize_
 from .quantization.sensitivity import choose_bits
 from .recipes import Recipe, load_recipe
 from .registry import CONFIGS, METHODS, Registry
+from .resilience import CheckpointMarkerCallback
 
 __all__ = [
     "__version__",
@@ -116,4 +125,6 @@ __all__ = [
     "MissingPackageError",
     "PruningStateError",
     "FormatError",
+    "CheckpointWriteError",
+    "CheckpointMarkerCallback",
 ]

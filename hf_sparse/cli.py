@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,18 +15,63 @@ from .errors import HfSparseError
 __all__ = ["main"]
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """What an interrupted ``hf-sparse compress`` tells the user: the last good checkpoint and how to continue."""
+    from .compress import RUN_FILE
+    from .resilience import last_complete_checkpoint
+
+    out = Path(args.output)
+    checkpoints = [c for c in map(last_complete_checkpoint, (out / "trainer").glob("*")) if c is not None]
+    saved = sorted(p.parent.name for p in out.glob(f"*/{RUN_FILE}"))
+    lines = ["hf-sparse compress: interrupted; no half-written checkpoint was left under a final name."]
+    if checkpoints:
+        last = max(checkpoints, key=lambda c: c.stat().st_mtime)
+        lines.append(f"  last good checkpoint: {last}")
+    else:
+        lines.append("  no training checkpoint was complete yet (checkpoint.save_steps sets how often one is written)")
+    if saved:
+        lines.append(f"  runs already saved: {', '.join(saved)}")
+    again = ["hf-sparse", "compress", *([args.recipe] if args.recipe else []), "--output", str(out), "--resume"]
+    lines.append(f"  continue with: {' '.join(again)}")
+    return "\n".join(lines)
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
+    import signal
+
     from .compress import run_compress
     from .recipes import DEFAULT_RECIPE, load_recipe
 
     recipe = load_recipe(args.recipe)
-    report = run_compress(recipe, args.output, recipe_source=args.recipe or DEFAULT_RECIPE)
+    # A scheduler's SIGTERM stops the job like Ctrl-C: cleanly, naming the last good checkpoint.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        report = run_compress(recipe, args.output, recipe_source=args.recipe or DEFAULT_RECIPE, resume=args.resume)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("\n" + _interrupted_message(args), file=sys.stderr, flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        from .integrations.hub import push_to_hub
+
+        runs = report["runs"]
+        for run in runs:
+            repo = args.push_to_hub if len(runs) == 1 else f"{args.push_to_hub}-{run['checkpoint']}"
+            folder = Path(args.output) / run["checkpoint"]
+            run["hub_url"] = push_to_hub(folder, repo, token=args.hub_token, private=True if args.private else None)
     print(f"\nhf-sparse compress: report written to {args.output}/report.md")
     print(f"  dense: test accuracy {report['dense']['test_accuracy']:.4f}")
     for run in report["runs"]:
         print(
             f"  {run['name']}: sparsity {100 * run['sparsity']:.1f}%, test accuracy {run['test_accuracy']:.4f} "
             f"({100 * run['delta_vs_dense']:+.2f} points), saved to {args.output}/{run['checkpoint']}"
+            + (f", pushed to {run['hub_url']}" if run.get("hub_url") else "")
         )
     return 0
 
@@ -76,6 +122,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(load_recsys_recipe(text).to_dict(), sort_keys=False), end="")
         return 0
     recipe = load_recipe(args.recipe)
+    if not args.no_model:
+        from .compress import preflight
+
+        preflight(recipe)  # module names, layer indices and the teacher, against the model's config
     print(dump_recipe(recipe), end="")
     return 0
 
@@ -171,6 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="recipe YAML file or packaged recipe name (default: the embedded minilm-rotten-tomatoes)",
     )
     p.add_argument("--output", "-o", default="hf_sparse_output", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted job in --output: reuse its saved runs and resume unfinished training from "
+        "its last complete checkpoint",
+    )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="upload each saved model with its card to this Hub repository (REPO-<run> when the recipe has several)",
+    )
+    p.add_argument("--hub-token", default=None, help="Hub token for --push-to-hub (default: the stored one)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repositories private")
     p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser("sweep", help="accuracy of every criterion x granularity x sparsity of a recipe's sweep")
@@ -189,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a recipe and print it with every default resolved")
     p.add_argument("recipe", nargs="?", default=None, help="recipe YAML file or packaged recipe name")
+    p.add_argument(
+        "--no-model", action="store_true", help="check the recipe alone, not its names against the model's config"
+    )
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("bench", help="benchmark our kernels against the best baselines, same process (JSON)")

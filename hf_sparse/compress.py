@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,14 +32,15 @@ from .callbacks.pruning import PruningCallback, attach_callbacks
 from .callbacks.quantization import QATCallback
 from .callbacks.regularization import RegularizationCallback
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
-from .distillation.students import teacher_snapshot
+from .distillation.students import freeze_teacher, teacher_snapshot
 from .embeddings import compress_embeddings_, finalize_embeddings_
+from .errors import ConfigError, RecipeError
 from .integrations.hub import RESULTS_FILE, write_model_card
 from .lowrank import factorize_
 from .lowrank.sensitivity import allocate_ranks, rank_sensitivity_scan
 from .machine import machine_info
 from .nn import sparsify_
-from .pruning.apply import model_parameter_counts
+from .pruning.apply import _matches, model_parameter_counts
 from .pruning.config import PruningConfig
 from .pruning.guard import guarded_prune_
 from .pruning.sensitivity import allocate_sparsity, sensitivity_scan
@@ -47,13 +49,20 @@ from .quantization.apply import convert_, prepare_qat_, quantization_report, qua
 from .recipes import Recipe, TrainSection, dump_recipe
 from .report import pct as _pct
 from .report import render_markdown
+from .resilience import (
+    CheckpointMarkerCallback,
+    atomic_folder,
+    atomic_write_text,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
+)
 
-__all__ = ["run_compress"]
+__all__ = ["run_compress", "preflight"]
 
 logger = logging.getLogger(__name__)
 
 
-def _training_args(section: TrainSection, output_dir: Path) -> TrainingArguments:
+def _training_args(section: TrainSection, output_dir: Path, save_steps: int = 0) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=section.learning_rate,
@@ -66,7 +75,10 @@ def _training_args(section: TrainSection, output_dir: Path) -> TrainingArguments
         warmup_steps=section.warmup_fraction,
         lr_scheduler_type="linear",
         logging_steps=section.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        # Two kept: the newest may be incomplete when a run is killed while writing it (see hf_sparse.resilience).
+        save_total_limit=2,
         eval_strategy="no",
         report_to="none",
         seed=section.seed,
@@ -79,22 +91,69 @@ def _training_args(section: TrainSection, output_dir: Path) -> TrainingArguments
 
 
 def _finetune(
-    model, train_dataset, tokenizer, section: TrainSection, work_dir: Path, callbacks=(), init_callbacks=()
+    model,
+    train_dataset,
+    tokenizer,
+    section: TrainSection,
+    work_dir: Path,
+    callbacks=(),
+    init_callbacks=(),
+    *,
+    save_steps: int = 0,
+    resume: bool = False,
 ) -> Trainer:
     """Fine-tune ``model``; ``init_callbacks`` go to ``Trainer(callbacks=...)`` (they act before the optimizer
-    exists), ``callbacks`` are attached ahead of the logging integrations."""
+    exists), ``callbacks`` are attached ahead of the logging integrations.
+
+    With ``save_steps`` a Trainer checkpoint is written under ``work_dir`` every that many steps (marked complete
+    last, see :mod:`hf_sparse.resilience`). ``resume``: continue from the last complete checkpoint there, if any;
+    otherwise checkpoints left there by an earlier job are deleted first.
+    """
+    work_dir = Path(work_dir)
+    checkpoint = None
+    if _is_main_process():
+        if resume:
+            remove_incomplete_checkpoints(work_dir)
+        else:
+            _remove_checkpoints(work_dir)
+    _barrier()
+    if resume:
+        checkpoint = last_complete_checkpoint(work_dir)
+        if checkpoint is not None:
+            logger.info("hf-sparse compress: resuming from %s", checkpoint)
     set_seed(section.seed)
     trainer = Trainer(
         model=model,
-        args=_training_args(section, work_dir),
+        args=_training_args(section, work_dir, save_steps),
         train_dataset=train_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         callbacks=list(init_callbacks) or None,
     )
     attach_callbacks(trainer, *callbacks)
-    trainer.train()
+    trainer.add_callback(CheckpointMarkerCallback())  # last: marks a checkpoint complete after every other writer
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     return trainer
+
+
+def _is_main_process() -> bool:
+    """Whether this process writes the job's files (rank 0 of a multi-process launch, or the only process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    """Wait for every process of a multi-process launch (no-op in a single process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    """Delete the Trainer checkpoints under ``folder`` (a run that is saved, or one started afresh)."""
+    if folder.is_dir():
+        for child in folder.glob("checkpoint-*"):
+            shutil.rmtree(child, ignore_errors=True)
 
 
 #: Marker of a fine-tuned dense baseline saved by ``hf-sparse compress`` / ``sweep`` (what it was trained from).
@@ -106,7 +165,18 @@ def _dense_key(recipe: Recipe) -> dict:
     return {k: getattr(recipe, k).to_dict(header=False) for k in ("model", "data", "dense")}
 
 
-def fine_tuned_dense(recipe: Recipe, folder: Path, model_path, tokenizer, train_tok, test_tok, work: Path) -> tuple:
+def fine_tuned_dense(
+    recipe: Recipe,
+    folder: Path,
+    model_path,
+    tokenizer,
+    train_tok,
+    test_tok,
+    work: Path,
+    *,
+    save_steps: int = 0,
+    resume: bool = False,
+) -> tuple:
     """The dense baseline fine-tuned as ``recipe`` says: read from ``folder`` when a previous run saved it there
     from the same model, data and dense sections, else fine-tuned, evaluated and saved there.
 
@@ -122,14 +192,18 @@ def fine_tuned_dense(recipe: Recipe, folder: Path, model_path, tokenizer, train_
                 return AutoModelForSequenceClassification.from_pretrained(folder), info
     model = load_classifier(model_path, recipe.dense.seed)
     t0 = time.perf_counter()
-    trainer = _finetune(model, train_tok, tokenizer, recipe.dense, work)
+    trainer = _finetune(model, train_tok, tokenizer, recipe.dense, work, save_steps=save_steps, resume=resume)
     train_s = time.perf_counter() - t0
     accuracy, _ = _predict(trainer, test_tok)
     info = {"recipe": _dense_key(recipe), "test_accuracy": accuracy, "train_s": train_s}
     info.update(model_parameter_counts(model))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / DENSE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if _is_main_process():
+        with atomic_folder(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / DENSE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        _remove_checkpoints(Path(work))
+    _barrier()
     return model, info
 
 
@@ -348,23 +422,162 @@ def prepare_data(recipe: Recipe):
     return model_path, tokenizer, test, train_tok, test_tok, float(majority), val_tok
 
 
-def _check_modules(recipe: Recipe, model_path) -> None:
-    """Module names the recipe gives that must exist in the model, checked before any training (a typo must not
-    surface after the dense baseline's fine-tuning).
+def _meta_classifier(model_path: str, who: str):
+    """The task's classifier on ``model_path`` built on the meta device (no weights read: shapes and names only)."""
+    try:
+        config = AutoConfig.from_pretrained(model_path, num_labels=len(LABEL_NAMES))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{who}: cannot read a model config from {model_path!r} (a packaged alias, a local folder or a Hub id "
+            f"already in the cache; there is no download here): {str(exc).splitlines()[0]}"
+        ) from None
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def preflight(recipe: Recipe) -> Recipe:
+    """Every check of ``recipe`` that needs the model, run before any data is read or any training starts: the model
+    and the teacher load, and every module name, layer index and layer map the recipe gives (in its sections, its
+    stages and its ``overrides``) exists in them — a typo must not surface after the dense baseline's fine-tuning.
+
+    Returns:
+        The recipe with its ``overrides`` resolved into the sections they change (exact module names in
+        ``layer_sparsity``, ``module_bits``, ``module_ranks`` and ``exclude_modules``): what the job runs and what
+        is saved with each checkpoint.
 
     Raises:
-        ConfigError: a table of the ``embeddings`` section names no embedding (the message lists the model's).
+        RecipeError: the message names the recipe key and what the model has instead.
     """
-    if recipe.embeddings is None:
-        return
-    from .pruning.apply import match_embeddings
+    try:
+        model = _meta_classifier(resolve_model(recipe.model.name), "model.name")
+        if recipe.stages:
+            # Each stage's overrides are resolved against the model as the stages before it leave it.
+            cut = False
+            stages = []
+            for i, stage in enumerate(recipe.stages):
+                stage = _resolve_overrides(recipe, model, stage)
+                cut = _check_sections(recipe, model, stage, f"stages[{i}].", cut=cut)
+                stages.append(stage)
+            recipe = recipe.replace(stages=tuple(stages))
+        else:
+            recipe = _resolve_overrides(recipe, model, recipe)
+            _check_sections(recipe, model, recipe, "")
+        return recipe
+    except RecipeError:
+        raise
+    except ConfigError as exc:
+        raise RecipeError(f"recipe {recipe.name!r} does not fit its model ({recipe.model.name}): {exc}") from None
 
-    with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(
-            AutoConfig.from_pretrained(model_path, num_labels=len(LABEL_NAMES))
-        )
-    for key in recipe.embeddings.tables:
-        match_embeddings(model, [key], who="embeddings.tables")
+
+def _resolve_overrides(recipe: Recipe, model, section):
+    """``section`` (the recipe itself, or one of its stages) with each entry of ``recipe.overrides`` turned into the
+    exact module names of ``model`` in the pruning, quantization and lowrank settings it changes."""
+    names = [n for n, _ in model.named_modules() if n]
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    sections = recipe.stages or (recipe,)
+    for i, entry in enumerate(recipe.overrides):
+        matched = [n for n in names if any(_matches(n, p) for p in entry.modules)]
+        if not matched:
+            raise ConfigError(
+                f"overrides[{i}].modules: {list(entry.modules)} match no module of the model; its modules include "
+                f"{names[:8]}."
+            )
+        layers = [n for n in matched if n in linears]
+        for method, value in (("pruning", entry.sparsity), ("quantization", entry.bits), ("lowrank", entry.rank)):
+            if value is None and method not in entry.skip:
+                continue
+            if method == "pruning" and not recipe.stages:
+                present = any(cfg.sparsity > 0 for cfg in recipe.pruning_runs())
+            else:
+                present = any(getattr(sec, method) is not None for sec in sections)
+            if not present:
+                raise ConfigError(
+                    f"overrides[{i}] sets {method} for {list(entry.modules)}, but the recipe has no {method}."
+                )
+        if (entry.sparsity is not None or entry.bits is not None or entry.rank is not None) and not layers:
+            raise ConfigError(f"overrides[{i}].modules: {list(entry.modules)} match no Linear layer: {matched[:6]}.")
+        section = _override_section(section, entry, layers, matched)
+    return section
+
+
+def _override_section(sec, entry, layers: list[str], matched: list[str]):
+    """A recipe or stage with one ``overrides`` entry applied to its pruning, quantization and lowrank sections."""
+    changes = {}
+    if sec.pruning is not None and entry.sparsity is not None:
+        changes["pruning"] = {
+            "layer_sparsity": {**sec.pruning.layer_sparsity, **dict.fromkeys(layers, entry.sparsity)}
+        }
+    if sec.quantization is not None and entry.bits is not None:
+        changes["quantization"] = {
+            "module_bits": {**sec.quantization.module_bits, **dict.fromkeys(layers, entry.bits)}
+        }
+    if sec.lowrank is not None and entry.rank is not None:
+        changes["lowrank"] = {"module_ranks": {**sec.lowrank.module_ranks, **dict.fromkeys(layers, entry.rank)}}
+    for method in entry.skip:
+        if getattr(sec, method) is not None:
+            excluded = (*getattr(sec, method).exclude_modules, *matched)
+            changes.setdefault(method, {})["exclude_modules"] = excluded
+    return sec.replace(**{key: getattr(sec, key).replace(**fields) for key, fields in changes.items()})
+
+
+def _check_sections(recipe: Recipe, model, sec, where: str, *, cut: bool = False) -> bool:
+    """Check one set of method sections (the recipe's, or a stage's) against ``model``, transforming the meta model
+    as they would (layers dropped), so later stages are checked against what earlier ones leave."""
+    from .pruning.apply import match_embeddings, match_linears, select_modules
+    from .pruning.structured import drop_layers_
+
+    pruning = sec.pruning
+    if pruning is not None and (where or any(cfg.sparsity > 0 for cfg in recipe.pruning_runs())):
+        chosen = select_modules(model, pruning)
+        unknown = [n for n in pruning.layer_sparsity if n not in chosen]
+        if unknown:
+            raise ConfigError(
+                f"{where}pruning.layer_sparsity: {unknown[0]!r} is not a pruned module (exact names); pruned modules "
+                f"include {list(chosen)[:6]}."
+            )
+    if sec.embeddings is not None:
+        for key in sec.embeddings.tables:
+            match_embeddings(model, [key], who=f"{where}embeddings.tables")
+    low = sec.lowrank
+    if low is not None:
+        if low.rank is not None or low.energy is not None or low.compression is not None or low.module_ranks:
+            layers = match_linears(model, low.target_modules, low.exclude_modules, who=f"{where}lowrank")
+            for name in low.module_ranks:
+                if not any(_matches(n, name) for n in layers):
+                    raise ConfigError(
+                        f"{where}lowrank.module_ranks: {name!r} names no factorised Linear layer; they include "
+                        f"{list(layers)[:6]}."
+                    )
+        match_embeddings(model, low.embeddings, who=f"{where}lowrank")
+    if sec.attention is not None:
+        apply_sparse_attention_(model, sec.attention)
+    if sec.structured is not None and sec.structured.layers_to_drop:
+        drop_layers_(model, sec.structured.layers_to_drop)
+        cut = True
+    teacher = None if cut else model  # the dense baseline: the uncut model
+    distil = sec.distillation
+    if distil is None:
+        return cut
+    if distil.teacher is not None:
+        teacher = _meta_classifier(resolve_model(distil.teacher), f"{where}distillation.teacher")
+        if teacher.config.num_labels != len(LABEL_NAMES):
+            raise ConfigError(
+                f"{where}distillation.teacher {distil.teacher!r} classifies into {teacher.config.num_labels} labels; "
+                f"the task has {len(LABEL_NAMES)} ({LABEL_NAMES})."
+            )
+        sv, tv = model.config.vocab_size, getattr(teacher.config, "vocab_size", None)
+        if sv != tv:
+            raise ConfigError(
+                f"{where}distillation.teacher {distil.teacher!r} has a vocabulary of {tv} tokens, the student "
+                f"{sv}: both read the same token ids, so they must share a tokenizer."
+            )
+    if distil.needs_hidden or distil.needs_attentions:
+        from .distillation.students import layer_map_for
+
+        if teacher is None:
+            teacher = _meta_classifier(resolve_model(recipe.model.name), "model.name")
+        layer_map_for(model, teacher, distil.layer_map)
+    return cut
 
 
 def load_classifier(model_path: str, seed: int):
@@ -429,11 +642,20 @@ def _guarded_run(recipe: Recipe, dense_model, train_tok, val_tok, test_tok, toke
     return out
 
 
-def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
+def run_compress(
+    recipe: Recipe, output_dir: str | Path, *, recipe_source: str | None = None, resume: bool = False
+) -> dict:
     """Run the compression job a recipe describes and write its outputs to ``output_dir``.
 
     Writes ``report.json``, ``report.md``, ``recipe.yaml`` (the resolved recipe) and, per pruned run, a
-    ``pruned-<pct>/`` folder saved with ``save_pretrained`` (weights, tokenizer, model card, recipe).
+    ``pruned-<pct>/`` folder saved with ``save_pretrained`` (weights, tokenizer, model card, recipe). Every folder
+    and file is written atomically (complete under its name, or not there). Under ``accelerate launch`` with several
+    processes, every process trains (DDP) and only the first writes.
+
+    Args:
+        resume: Continue a job that was interrupted in ``output_dir``: runs already saved there with the same
+            resolved recipe are reused, an unfinished fine-tuning continues from its last complete checkpoint
+            (``checkpoint.save_steps``), and the rest runs as usual. The result is the same as an uninterrupted job.
 
     Returns:
         The report as a dict (what ``report.json`` holds).
@@ -444,8 +666,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
+    recipe = preflight(recipe)
     model_path, tokenizer, test, train_tok, test_tok, majority, val_tok = prepare_data(recipe)
-    _check_modules(recipe, model_path)
 
     # -- dense baseline ---------------------------------------------------------------------------------------------
     logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(train_tok))
@@ -453,13 +675,29 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     if recipe.save_dense:
         # Saved with what it was trained from, so running the job again in the same folder reuses it.
         dense_model, info = fine_tuned_dense(
-            recipe, output_dir / "dense", model_path, tokenizer, train_tok, test_tok, work / "dense"
+            recipe,
+            output_dir / "dense",
+            model_path,
+            tokenizer,
+            train_tok,
+            test_tok,
+            work / "dense",
+            save_steps=recipe.checkpoint.save_steps,
+            resume=resume,
         )
         dense_accuracy = info["test_accuracy"]
         timings["dense_train_s"] = info["train_s"]
     else:
         dense_model = load_classifier(model_path, recipe.dense.seed)
-        trainer = _finetune(dense_model, train_tok, tokenizer, recipe.dense, work / "dense")
+        trainer = _finetune(
+            dense_model,
+            train_tok,
+            tokenizer,
+            recipe.dense,
+            work / "dense",
+            save_steps=recipe.checkpoint.save_steps,
+            resume=resume,
+        )
         timings["dense_train_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         dense_accuracy = _accuracy(trainer, test_tok)
@@ -503,7 +741,11 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
     # -- pruned runs, each from the fine-tuned dense model (train -> prune -> fine-tune -> store -> save) ------------
     runs = []
     distil = recipe.distillation
-    teacher = teacher_snapshot(dense_model) if distil is not None else None
+    teacher = None
+    if distil is not None and distil.teacher is not None:
+        teacher = freeze_teacher(load_classifier(resolve_model(distil.teacher), recipe.dense.seed))
+    elif distil is not None:
+        teacher = teacher_snapshot(dense_model)
     # With distillation each run is trained with it and, to measure its gain, also without (``compare``).
     quant = recipe.quantization
     quant_modes: tuple = (None,)
@@ -515,6 +757,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         for kd in ((True, False) if distil is not None and distil.compare else (distil is not None,))
         for qmode in quant_modes
     ]
+    if recipe.stages:
+        plan = []  # one run through the stages instead (below)
     for cfg, kd, qmode in plan:
         if scan is not None and cfg.sparsity > 0:
             cfg = cfg.replace(layer_sparsity=allocate_sparsity(scan, cfg.sparsity))
@@ -564,6 +808,11 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             else:
                 what += f", low-rank factorised (truncated SVD{ranks_from}) before fine-tuning"
         logger.info("hf-sparse compress: %s (%s)", tag, what)
+        done = _completed_run(output_dir / tag, recipe) if resume else None
+        if done is not None:
+            logger.info("hf-sparse compress: %s was saved by the interrupted job; reused", tag)
+            runs.append(done)
+            continue
         if distil is not None and distil.student_from == "pretrained":
             model = load_classifier(model_path, recipe.pruned.seed)
         else:
@@ -621,6 +870,8 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
             + ([qat_callback] if qat_callback else [])
             + ([lowrank_cb] if lowrank_cb else []),
             init_callbacks=init_callbacks,
+            save_steps=ckpt.save_steps,
+            resume=resume,
         )
         train_s = time.perf_counter() - t0
         if lowrank_cb is not None:
@@ -665,9 +916,12 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         eval_s = time.perf_counter() - t0
         logger.info("hf-sparse compress: %s test accuracy %.4f (dense %.4f)", tag, accuracy, dense_accuracy)
         folder = output_dir / tag
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "hf_sparse_recipe.yaml").write_text(dump_recipe(recipe))
+        if _is_main_process():
+            with atomic_folder(folder) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                (tmp / RECIPE_FILE).write_text(dump_recipe(recipe))
+        _barrier()
         run = {
             "name": tag,
             "target_sparsity": cfg.sparsity,
@@ -729,10 +983,36 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         if ckpt.verify:
             run["round_trip"] = _verify_round_trip(folder, logits, test_tok, tokenizer, recipe.pruned, work / tag)
             logger.info("hf-sparse compress: %s reloaded: %s", tag, run["round_trip"])
-        if ckpt.latency_rounds:
+        if ckpt.latency_rounds and _is_main_process():
             run["latency"] = _latency(model, dense_model, latency_batch, ckpt.latency_rounds)
         runs.append(run)
+        if _is_main_process():
+            # The run is complete: a resumed job reuses it, and its training checkpoints are no longer needed.
+            atomic_write_text(folder / RUN_FILE, json.dumps(run, indent=2) + "\n")
+            _remove_checkpoints(work / tag)
+        _barrier()
         del model, trainer
+
+    if recipe.stages:
+        from .staged import run_stages
+
+        done = _completed_run(output_dir / recipe.name, recipe) if resume else None
+        if done is not None:
+            logger.info("hf-sparse compress: %s was saved by the interrupted job; reused", recipe.name)
+            runs.append(done)
+        else:
+            context = {
+                "dense_model": dense_model,
+                "dense_accuracy": dense_accuracy,
+                "dense_bytes": dense["checkpoint_bytes"],
+                "tokenizer": tokenizer,
+                "train_tok": train_tok,
+                "test_tok": test_tok,
+                "output_dir": output_dir,
+                "work": work,
+                "latency_batch": latency_batch,
+            }
+            runs.append(run_stages(recipe, context, resume=resume))
 
     guard = None
     if recipe.guard is not None:
@@ -740,8 +1020,11 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         guard = _guarded_run(recipe, dense_model, train_tok, val_tok, test_tok, tokenizer, work / "guarded")
         timings["guard_s"] = time.perf_counter() - t0
         folder = output_dir / guard["checkpoint"]
-        guard["model"].save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        if _is_main_process():
+            with atomic_folder(folder) as tmp:
+                guard["model"].save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        _barrier()
         del guard["model"]
 
     timings["total_s"] = time.perf_counter() - started
@@ -763,17 +1046,42 @@ def run_compress(recipe: Recipe, output_dir: str | Path, *, recipe_source: str |
         "timings": timings,
         "machine": machine_info(),
     }
-    for run in runs:
-        folder = output_dir / run["checkpoint"]
-        results = _card_results(run, report, recipe)
-        (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-        write_model_card(folder, results=results)
-    (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output_dir / "report.md").write_text(render_markdown(report))
-    # Trainer work folders only hold logs of runs that saved no checkpoints; keep the output folder tidy.
-    _remove_empty_tree(work)
+    if _is_main_process():
+        for run in runs:
+            folder = output_dir / run["checkpoint"]
+            results = _card_results(run, report, recipe)
+            atomic_write_text(folder / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+            write_model_card(folder, results=results)
+        from .integrations.plot import write_report_plots
+
+        plots = write_report_plots(report, output_dir / "plots")
+        report["plots"] = {name: f"plots/{file}" for name, file in plots.items()}
+        atomic_write_text(output_dir / "recipe.yaml", dump_recipe(recipe))
+        atomic_write_text(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(output_dir / "report.md", render_markdown(report))
+        # The job is complete: training checkpoints (kept for --resume) and empty log folders go.
+        for folder in work.iterdir() if work.is_dir() else ():
+            _remove_checkpoints(folder)
+        _remove_empty_tree(work)
+    _barrier()
     return report
+
+
+#: Written into each run's folder once the run is complete (its report entry); ``--resume`` reuses such runs.
+RUN_FILE = "hf_sparse_run.json"
+#: The resolved recipe saved with each checkpoint.
+RECIPE_FILE = "hf_sparse_recipe.yaml"
+
+
+def _completed_run(folder: Path, recipe: Recipe) -> dict | None:
+    """The report entry of a run an earlier (interrupted) job completed in ``folder`` with the same resolved recipe,
+    or None."""
+    try:
+        if (folder / RECIPE_FILE).read_text() != dump_recipe(recipe):
+            return None
+        return json.loads((folder / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _embedding_tag(spec) -> str:

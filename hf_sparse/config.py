@@ -9,7 +9,10 @@ name and the allowed ones. Nested configs are validated the same way, and errors
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -19,7 +22,10 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 from .errors import ConfigError
 from .registry import CONFIGS
 
-__all__ = ["BaseConfig", "register_config"]
+__all__ = ["BaseConfig", "register_config", "check_seed", "anchor_message"]
+
+#: Seeds reach numpy (``np.random.seed``), which takes integers in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
 
 C = TypeVar("C", bound="BaseConfig")
 _HEADER_KEYS = ("config_type", "version")
@@ -52,6 +58,81 @@ def _type_name(tp: Any) -> str:
     if isinstance(tp, type) and issubclass(tp, BaseConfig):
         return f"mapping ({tp.__name__})"
     return getattr(tp, "__name__", str(tp))
+
+
+def check_seed(value: int, where: str) -> None:
+    """Raise ConfigError unless ``value`` is a seed every RNG takes (numpy's range, [0, 2**32 - 1])."""
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{where} must be an integer in [0, 2**32 - 1] (numpy's seed range), got {value}.")
+
+
+def _did_you_mean(key: Any, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _in_section(message: str, target: type[BaseConfig], path: str) -> str:
+    """A ``validate()`` message of a config nested at ``path`` (``"pruning."``), anchored at its place in the
+    document: class-name references (``PruningConfig.sparsity``, ``LowRankConfig:``) become dotted paths
+    (``pruning.sparsity``, ``lowrank:``), a message that starts with the section's usual key or with a bare field
+    name gets the path in front, and any other message is prefixed with ``in <section>:``.
+    """
+    section = path[:-1]
+    names = sorted(
+        {
+            c.__name__
+            for c in target.__mro__
+            if isinstance(c, type) and issubclass(c, BaseConfig) and c is not BaseConfig
+        },
+        key=len,
+        reverse=True,
+    )
+    message = re.sub(
+        r"\b(?:" + "|".join(map(re.escape, names)) + r")\b(\.)?",
+        lambda m: path if m.group(1) else section,
+        message,
+    )
+    anchored = (section + " ", section + ":", section + ".", section + "[")
+    if message == section or message.startswith(anchored):
+        return message
+    # A section class that names itself by its usual key (``quantization.calibration_samples``, ``overrides.rank``)
+    # may sit elsewhere (``stages[0].quantization``, ``overrides[1]``): the leading key becomes the real place.
+    usual = re.sub(r"\[\d+\]$", "", section.rsplit(".", 1)[-1])
+    if usual != section and re.match(rf"{re.escape(usual)}(?=[ :.\[])", message):
+        return section + message[len(usual) :]
+    head = re.match(r"([A-Za-z_]\w*)(?=[ .\[:])", message)
+    if head and head.group(1) in target.field_names():
+        return path + message
+    return f"in {section}: {message}"
+
+
+def anchor_message(config: BaseConfig, message: str) -> str:
+    """``message`` about a part of ``config`` with each class-name reference to a config nested in it
+    (``PruningConfig.embeddings``, ``DistillationConfig.layer_map``) replaced by that config's dotted place
+    (``pruning.embeddings``, ``distillation.layer_map``), so an error raised by code that only sees the nested
+    config (a model transform, a preflight check) names the key of the file. Classes nested at more than one place
+    (``TrainSection`` is both ``dense`` and ``pruned``) are left as they are.
+    """
+    places: dict[str, set[str]] = {}
+
+    def walk(cfg: BaseConfig, path: str) -> None:
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, item in items:
+                if isinstance(item, BaseConfig):
+                    place = path + f.name + ("" if key is None else f".{key}")
+                    for c in type(item).__mro__:
+                        if isinstance(c, type) and issubclass(c, BaseConfig) and c is not BaseConfig:
+                            places.setdefault(c.__name__, set()).add(place)
+                    walk(item, place + ".")
+
+    walk(config, "")
+    unique = {name: paths.pop() for name, paths in places.items() if len(paths) == 1}
+    if not unique:
+        return message
+    names = "|".join(map(re.escape, sorted(unique, key=len, reverse=True)))
+    return re.sub(rf"\b({names})\b", lambda m: unique[m.group(1)], message)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -108,7 +189,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            # NaN passes every range check written as ``if x < lo: raise`` and inf means nothing in a config: both
+            # are refused here, once, for every float field.
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f"{where} must be a finite number, got {value!r}.")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -205,7 +294,8 @@ class BaseConfig:
         unknown = [k for k in data if k not in allowed]
         if unknown:
             raise ConfigError(
-                f"Unknown key '{path}{unknown[0]}' for {target.__name__}. Allowed keys: {sorted(allowed)}."
+                f"Unknown key '{path}{unknown[0]}' for {target.__name__}{_did_you_mean(unknown[0], allowed)}. "
+                f"Allowed keys: {sorted(allowed)}."
             )
         hints = target._field_types()
         kwargs = {k: _coerce(v, hints[k], f"{path}{k}") for k, v in data.items()}
@@ -220,7 +310,7 @@ class BaseConfig:
             return target(**kwargs)  # type: ignore[return-value]
         except ConfigError as exc:
             if path:
-                raise ConfigError(f"in {path.rstrip('.')}: {exc}") from None
+                raise ConfigError(_in_section(str(exc), target, path)) from None
             raise
 
     @classmethod
@@ -251,7 +341,8 @@ class BaseConfig:
         unknown = [k for k in changes if k not in self.field_names()]
         if unknown:
             raise ConfigError(
-                f"Unknown key {unknown[0]!r} for {type(self).__name__}. Allowed keys: {sorted(self.field_names())}."
+                f"Unknown key {unknown[0]!r} for {type(self).__name__}{_did_you_mean(unknown[0], self.field_names())}."
+                f" Allowed keys: {sorted(self.field_names())}."
             )
         return dataclasses.replace(self, **changes)
 

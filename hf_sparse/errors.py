@@ -13,6 +13,7 @@ __all__ = [
     "MissingPackageError",
     "PruningStateError",
     "FormatError",
+    "CheckpointWriteError",
 ]
 
 
@@ -47,3 +48,8 @@ class PruningStateError(HfSparseError, RuntimeError):
 class FormatError(HfSparseError, ValueError):
     """A sparse-format tensor is malformed (wrong dtype or length, non-monotone pointers, out-of-range or unsorted
     indices) or a weight cannot be stored in the requested format (e.g. shape not divisible by the block)."""
+
+
+class CheckpointWriteError(HfSparseError, OSError):
+    """Writing a checkpoint, report or state file failed (a full disk, permissions). Writes are atomic: the target
+    was left as it was before the write, and no partial file or folder is under its name."""

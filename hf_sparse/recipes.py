@@ -15,7 +15,7 @@ import yaml
 
 from ._resources import data_dir
 from .attention.config import SparseAttentionConfig
-from .config import BaseConfig, register_config
+from .config import BaseConfig, check_seed, register_config
 from .distillation.config import DistillationConfig
 from .embeddings.config import EmbeddingCompressionConfig
 from .errors import ConfigError, RecipeError
@@ -58,6 +58,11 @@ class ModelSection(BaseConfig):
     max_length: int = 128
 
     def validate(self) -> None:
+        if not self.name.strip():
+            raise ConfigError(
+                f"model.name must name a model (a packaged alias such as 'minilm-l6', a local folder or a cached Hub "
+                f"id), got {self.name!r}."
+            )
         if self.max_length < 8:
             raise ConfigError(f"model.max_length must be >= 8, got {self.max_length}.")
 
@@ -81,6 +86,15 @@ class DataSection(BaseConfig):
     test_limit: int | None = None
 
     def validate(self) -> None:
+        for key in ("validation_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ConfigError(f"data.{key} must be in (0, 1), got {getattr(self, key)}.")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                f"data.validation_fraction + data.test_fraction must be below 1 (the rest is the training split), got "
+                f"{self.validation_fraction} + {self.test_fraction}."
+            )
+        check_seed(self.seed, "data.seed")
         for key in ("train_limit", "test_limit"):
             value = getattr(self, key)
             if value is not None and value < 2:
@@ -114,17 +128,26 @@ class TrainSection(BaseConfig):
     logging_steps: int = 25
 
     def validate(self) -> None:
+        # Messages name fields as TrainSection.<field>: in a recipe that becomes dense.<field> or pruned.<field>.
         if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}.")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise ConfigError("Set epochs > 0 or max_steps > 0.")
+            raise ConfigError(f"TrainSection.learning_rate must be > 0, got {self.learning_rate}.")
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ConfigError(f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}.")
+            raise ConfigError(f"TrainSection.max_steps must be -1 (use epochs) or > 0, got {self.max_steps}.")
+        if self.epochs < 0:
+            raise ConfigError(f"TrainSection.epochs must be >= 0, got {self.epochs}.")
+        if self.max_steps == -1 and self.epochs == 0:
+            raise ConfigError(
+                "TrainSection.epochs is 0 and TrainSection.max_steps is -1 (train for epochs): nothing would train; "
+                "set epochs > 0 or max_steps > 0."
+            )
         for key in ("batch_size", "gradient_accumulation_steps", "logging_steps"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
+                raise ConfigError(f"TrainSection.{key} must be >= 1, got {getattr(self, key)}.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"TrainSection.weight_decay must be >= 0, got {self.weight_decay}.")
         if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
+            raise ConfigError(f"TrainSection.warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
+        check_seed(self.seed, "TrainSection.seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +165,10 @@ class CheckpointSection(BaseConfig):
             the model that was saved.
         latency_rounds: Interleaved rounds of the latency measurement (one padded test review, batch 1, at
             ``model.max_length`` tokens) of each saved model against the dense baseline; 0 skips it.
+        save_steps: Every this many optimizer steps each fine-tuning writes a Trainer checkpoint (model, optimizer,
+            schedule, RNG, pruning masks and callback state) under ``<output>/trainer/<run>/``, so an interrupted job
+            continues from where it stopped with ``hf-sparse compress --resume`` (the two most recent are kept, and
+            deleted once the run is saved); 0 writes none (a resumed job then repeats unfinished runs).
     """
 
     format: str = "auto"
@@ -149,6 +176,7 @@ class CheckpointSection(BaseConfig):
     min_sparsity: float = 0.3
     verify: bool = True
     latency_rounds: int = 20
+    save_steps: int = 100
 
     def validate(self) -> None:
         from .formats import FORMATS
@@ -162,6 +190,8 @@ class CheckpointSection(BaseConfig):
             raise ConfigError(f"checkpoint.min_sparsity must be in [0, 1], got {self.min_sparsity}.")
         if self.latency_rounds < 0:
             raise ConfigError(f"checkpoint.latency_rounds must be >= 0, got {self.latency_rounds}.")
+        if self.save_steps < 0:
+            raise ConfigError(f"checkpoint.save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +218,11 @@ class SweepSection(BaseConfig):
     def validate(self) -> None:
         from .pruning.criteria import CRITERIA
 
+        for key in ("criteria", "granularities", "sparsities"):
+            if not getattr(self, key):
+                raise ConfigError(
+                    f"sweep.{key} is empty: the sweep runs every combination, so each list needs an entry."
+                )
         for c in self.criteria:
             if c not in CRITERIA:
                 raise ConfigError(f"sweep.criteria: unknown criterion {c!r}; known: {sorted(CRITERIA)}.")
@@ -227,6 +262,8 @@ class GuardSection(BaseConfig):
             raise ConfigError(f"guard.stages must be increasing sparsities in (0, 1), got {list(self.stages)}.")
         if self.steps_per_stage < 0:
             raise ConfigError(f"guard.steps_per_stage must be >= 0, got {self.steps_per_stage}.")
+        if self.validation_examples is not None and self.validation_examples < 2:
+            raise ConfigError(f"guard.validation_examples must be >= 2 or null (all), got {self.validation_examples}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,32 +286,35 @@ class SensitivitySection(BaseConfig):
     def validate(self) -> None:
         if not self.sparsities or any(not 0 < s < 1 for s in self.sparsities):
             raise ConfigError(f"sensitivity.sparsities must be in (0, 1), got {list(self.sparsities)}.")
+        if self.validation_examples is not None and self.validation_examples < 2:
+            raise ConfigError(
+                f"sensitivity.validation_examples must be >= 2 or null (all), got {self.validation_examples}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
-class DistillationSection(DistillationConfig):
-    """Distillation of each pruned run from the fine-tuned dense baseline (the teacher), with the fields of
-    :class:`~hf_sparse.DistillationConfig` and:
+class StageDistillationSection(DistillationConfig):
+    """Distillation during one stage of a staged recipe, with the fields of :class:`~hf_sparse.DistillationConfig`
+    and:
 
     Args:
         cache: Cache the teacher's outputs on disk (in ``cache_dir``, default ``<output>/teacher-cache``): the
-            first epoch of the first distilled run computes them, later epochs and runs read them.
-        compare: Also train each pruned run without distillation (same seed and steps), so the report shows the
-            gain of distillation beside the dense baseline.
-        student_from: ``"dense"``: each student starts as a copy of the fine-tuned dense model (then pruned or cut
-            by ``structured``); ``"pretrained"``: as a copy of the pre-trained model with a fresh classifier (the
-            DistilBERT setting: the student learns the task only from the labels and the teacher).
+            first epoch that needs them computes them, later epochs, stages and runs read them.
+        teacher: The teacher: a sequence classifier already fine-tuned on the task (a packaged alias, a local folder
+            or a cached Hub id) with the task's labels and the student's vocabulary. Null: the recipe's fine-tuned
+            dense baseline. Checked before any training.
     """
 
     cache: bool = True
-    compare: bool = True
-    student_from: Literal["dense", "pretrained"] = "dense"
+    teacher: str | None = None
 
     def validate(self) -> None:
         if self.cache and self.attention_weight > 0:
             raise ConfigError(
                 "distillation: attention maps cannot be cached; set cache: false to use attention_weight."
             )
+        if self.teacher is not None and not self.teacher.strip():
+            raise ConfigError("distillation.teacher must name a model (a folder, packaged alias, Hub id) or be null.")
         super().validate()
 
     def to_config(self, output_dir) -> DistillationConfig:
@@ -287,22 +327,37 @@ class DistillationSection(DistillationConfig):
         return DistillationConfig(**fields)
 
 
-@register_config("recipe_quantization")
 @dataclasses.dataclass(frozen=True)
-class QuantizationSection(QuantizationConfig):
-    """Quantisation of each run, with the fields of :class:`~hf_sparse.QuantizationConfig` and:
+class DistillationSection(StageDistillationSection):
+    """Distillation of each pruned run from the fine-tuned dense baseline (the teacher), with the fields of
+    :class:`StageDistillationSection` (``cache``, ``teacher``) and:
 
     Args:
-        mode: ``"qat"``: each run fine-tunes with fake quantisation (``QATCallback``) and is converted to integer
-            layers; ``"ptq"``: each run fine-tunes in float and is quantised afterwards (calibrated on
-            ``calibration_samples`` training examples).
-        compare_ptq: with ``mode: qat``, also run each configuration as ``ptq`` (same training, quantised after),
-            so the report shows QAT, PTQ and the float model of the same training side by side.
+        compare: Also train each pruned run without distillation (same seed and steps), so the report shows the
+            gain of distillation beside the dense baseline.
+        student_from: ``"dense"``: each student starts as a copy of the fine-tuned dense model (then pruned or cut
+            by ``structured``); ``"pretrained"``: as a copy of the pre-trained model with a fresh classifier (the
+            DistilBERT setting: the student learns the task only from the labels and the teacher).
+    """
+
+    compare: bool = True
+    student_from: Literal["dense", "pretrained"] = "dense"
+
+
+@register_config("recipe_stage_quantization")
+@dataclasses.dataclass(frozen=True)
+class StageQuantizationSection(QuantizationConfig):
+    """Quantisation in a staged recipe or of each run, with the fields of :class:`~hf_sparse.QuantizationConfig`
+    and:
+
+    Args:
+        mode: ``"qat"``: fine-tuning with fake quantisation (``QATCallback``; in a staged recipe from this stage on),
+            then conversion to integer layers; ``"ptq"``: fine-tuning in float, quantised afterwards (calibrated on
+            ``calibration_samples`` training examples; in a staged recipe at the end of this stage, the last).
         calibration_samples: training examples that calibrate static activation ranges (PTQ).
     """
 
     mode: Literal["qat", "ptq"] = "qat"
-    compare_ptq: bool = True
     calibration_samples: int = 256
 
     def validate(self) -> None:
@@ -319,6 +374,20 @@ class QuantizationSection(QuantizationConfig):
             if fields["embedding"] is not None:
                 fields["embedding"] = fields["embedding"].replace(lsq=False)
         return QuantizationConfig(**fields)
+
+
+@register_config("recipe_quantization")
+@dataclasses.dataclass(frozen=True)
+class QuantizationSection(StageQuantizationSection):
+    """Quantisation of each run, with the fields of :class:`StageQuantizationSection` (``mode``,
+    ``calibration_samples``) and:
+
+    Args:
+        compare_ptq: with ``mode: qat``, also run each configuration as ``ptq`` (same training, quantised after),
+            so the report shows QAT, PTQ and the float model of the same training side by side.
+    """
+
+    compare_ptq: bool = True
 
 
 @register_config("recipe_lowrank")
@@ -350,8 +419,11 @@ class LowRankSection(LowRankConfig):
         super().validate()
         if self.mode == "oneshot" and (self.nuclear_weight > 0):
             raise ConfigError("lowrank.nuclear_weight needs mode: gradual (the penalty acts while training).")
-        if self.nuclear_weight < 0 or self.prox_every < 1 or self.update_every < 1:
-            raise ConfigError("lowrank: nuclear_weight must be >= 0, prox_every and update_every >= 1.")
+        if self.nuclear_weight < 0:
+            raise ConfigError(f"lowrank.nuclear_weight must be >= 0, got {self.nuclear_weight}.")
+        for key in ("prox_every", "update_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"lowrank.{key} must be >= 1 (optimizer steps), got {getattr(self, key)}.")
         if not 0.0 < self.schedule_end <= 1.0:
             raise ConfigError(f"lowrank.schedule_end must be in (0, 1], got {self.schedule_end}.")
         if self.mode == "gradual" and self.embeddings:
@@ -363,6 +435,100 @@ class LowRankSection(LowRankConfig):
     def to_config(self) -> LowRankConfig:
         """The plain LowRankConfig of this section."""
         return LowRankConfig(**{k: getattr(self, k) for k in LowRankConfig.field_names()})
+
+
+@register_config("recipe_stage")
+@dataclasses.dataclass(frozen=True)
+class StageSection(BaseConfig):
+    """One stage of a staged recipe: the model as the previous stage left it (the fine-tuned dense baseline for the
+    first) is transformed, then fine-tuned with this stage's callbacks. What a stage did stays done: pruning masks are
+    kept fixed in the stages after it, quantisation-aware training continues to the end, tables stay compressed.
+
+    Applied when the stage starts, in this order: ``attention``, ``structured``, ``lowrank`` (truncated SVD),
+    ``embeddings``, ``quantization`` (``mode: qat``: fake quantisation from here on). During the stage's training:
+    ``pruning`` (its schedule counts this stage's steps; it starts from the masks of earlier stages),
+    ``distillation``, ``regularization``. ``quantization`` with ``mode: ptq`` quantises at the end of the stage
+    (only in the last one).
+
+    Args:
+        name: A short label (letters, digits, ``-``, ``_``), unique in the recipe; the report's row of the stage.
+        train: The stage's fine-tuning (null: no training, transforms only).
+        pruning, structured, distillation, quantization, lowrank, embeddings, attention, regularization: As the
+            recipe sections of the same names, for this stage.
+    """
+
+    name: str = "stage"
+    train: TrainSection | None = dataclasses.field(default_factory=TrainSection)
+    pruning: PruningConfig | None = None
+    structured: StructuredPruningConfig | None = None
+    distillation: StageDistillationSection | None = None
+    quantization: StageQuantizationSection | None = None
+    lowrank: LowRankConfig | None = None
+    embeddings: EmbeddingCompressionConfig | None = None
+    attention: SparseAttentionConfig | None = None
+    regularization: RegularizationConfig | None = None
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", self.name):
+            raise ConfigError(
+                f"stage name {self.name!r} must be 1-40 letters, digits, '-' or '_' (it names the stage's folder)."
+            )
+        if self.train is None:
+            for key in ("pruning", "distillation", "regularization"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(
+                        f"stage {self.name!r}: {key} acts during training; give the stage a train section."
+                    )
+            if self.quantization is not None and self.quantization.mode == "qat":
+                raise ConfigError(
+                    f"stage {self.name!r}: quantization mode qat trains; give the stage a train section or use ptq."
+                )
+        if self.pruning is not None and self.pruning.granularity == "layer":
+            raise ConfigError(f"stage {self.name!r}: pruning.granularity layer: use structured.layers_to_drop.")
+
+
+@register_config("recipe_override")
+@dataclasses.dataclass(frozen=True)
+class OverrideSection(BaseConfig):
+    """Settings of some modules that differ from the rest, for every stage and run of the recipe.
+
+    Args:
+        modules: Module names: exact qualified names, full-name regular expressions, or name components (as
+            ``target_modules``); each must match at least one module of the model.
+        sparsity: Final pruning sparsity of the matched pruned modules (``pruning.layer_sparsity``).
+        bits: Weight bits of the matched quantised Linear layers (``quantization.module_bits``).
+        rank: Rank of the matched factorised Linear layers (``lowrank.module_ranks``).
+        skip: Methods that leave the matched modules alone: ``pruning``, ``quantization``, ``lowrank`` (added to
+            their ``exclude_modules``).
+    """
+
+    modules: tuple[str, ...] = ()
+    sparsity: float | None = None
+    bits: int | None = None
+    rank: int | None = None
+    skip: tuple[Literal["pruning", "quantization", "lowrank"], ...] = ()
+
+    def validate(self) -> None:
+        if not self.modules or any(not m.strip() for m in self.modules):
+            raise ConfigError("overrides: each entry needs modules: a list of module names or patterns.")
+        for pattern in self.modules:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"overrides.modules: {pattern!r} is not a valid regular expression ({exc})."
+                ) from None
+        if self.sparsity is None and self.bits is None and self.rank is None and not self.skip:
+            raise ConfigError(f"overrides for {list(self.modules)}: set sparsity, bits, rank or skip.")
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
+            raise ConfigError(f"overrides.sparsity must be in [0, 1), got {self.sparsity}.")
+        if self.bits is not None and not 2 <= self.bits <= 8:
+            raise ConfigError(f"overrides.bits must be in [2, 8], got {self.bits}.")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"overrides.rank must be >= 1, got {self.rank}.")
+        for method, value in (("pruning", self.sparsity), ("quantization", self.bits), ("lowrank", self.rank)):
+            if method in self.skip and value is not None:
+                raise ConfigError(f"overrides for {list(self.modules)}: skip {method} and set its value at once.")
 
 
 @register_config("recipe")
@@ -402,6 +568,11 @@ class Recipe(BaseConfig):
         attention: Each run is fine-tuned (from the dense baseline, trained with full attention) with this sparse
             attention pattern (:class:`~hf_sparse.attention.SparseAttentionConfig`, ``attn_implementation=
             "hf_sparse"``); a sparsity of 0 in ``sparsities`` is then a dense-weight run with sparse attention.
+        stages: A staged recipe: one run that goes through these stages in order, starting from the fine-tuned dense
+            baseline (see :class:`StageSection`); the method sections above then belong inside the stages. The run
+            is saved as ``<output>/<name>/`` and the report gives the test accuracy after each stage.
+        overrides: Per-module settings applied to every stage and run (see :class:`OverrideSection`), e.g. a lower
+            sparsity for the first layer, or the classifier left unquantised.
     """
 
     name: str = DEFAULT_RECIPE
@@ -423,8 +594,12 @@ class Recipe(BaseConfig):
     attention: SparseAttentionConfig | None = None
     lowrank: LowRankSection | None = None
     embeddings: EmbeddingCompressionConfig | None = None
+    stages: tuple[StageSection, ...] = ()
+    overrides: tuple[OverrideSection, ...] = ()
 
     def validate(self) -> None:
+        if self.stages:
+            self._validate_stages()
         if self.lowrank is not None and self.sensitivity is not None and self.lowrank.compression is None:
             raise ConfigError(
                 "lowrank with a sensitivity section: set lowrank.compression (the fraction of the layers' values "
@@ -446,6 +621,59 @@ class Recipe(BaseConfig):
                     f"got {s}."
                 )
 
+    def _validate_stages(self) -> None:
+        for key in (
+            "structured",
+            "regularization",
+            "guard",
+            "sensitivity",
+            "distillation",
+            "quantization",
+            "attention",
+            "lowrank",
+            "embeddings",
+            "sparsities",
+        ):
+            if getattr(self, key) is not None:
+                raise ConfigError(
+                    f"{key}: a recipe with stages runs its methods inside the stages; move {key} into the stage "
+                    "that uses it (or remove stages)."
+                )
+        if self.pruning != PruningConfig():
+            raise ConfigError("pruning: a recipe with stages prunes inside its stages; move pruning into a stage.")
+        names = [st.name for st in self.stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stages: names must be unique, got {names}.")
+        pruned_in = None
+        quantized_in = None
+        for i, st in enumerate(self.stages):
+            where = f"stages[{i}] ({st.name})"
+            if pruned_in is not None:
+                for key in ("structured", "lowrank", "embeddings"):
+                    if getattr(st, key) is not None:
+                        raise ConfigError(
+                            f"{where}.{key}: changes the shapes of layers that stage {pruned_in!r} pruned (its masks "
+                            f"would no longer fit); put {key} in a stage before {pruned_in!r}."
+                        )
+            if st.quantization is not None:
+                if quantized_in is not None:
+                    raise ConfigError(
+                        f"{where}.quantization: stage {quantized_in!r} already quantises; quantisation-aware "
+                        "training continues through the later stages by itself."
+                    )
+                quantized_in = st.name
+                if st.quantization.mode == "ptq" and i != len(self.stages) - 1:
+                    raise ConfigError(
+                        f"{where}.quantization: mode ptq turns the layers into integer ones at the end of the stage; "
+                        "nothing trains after it, so it must be the last stage (or use mode qat)."
+                    )
+            if quantized_in is not None and quantized_in != st.name and (st.lowrank or st.embeddings or st.structured):
+                raise ConfigError(
+                    f"{where}: transforms layers after stage {quantized_in!r} started quantisation; put them before it."
+                )
+            if st.pruning is not None:
+                pruned_in = st.name
+
     def pruning_runs(self) -> list[PruningConfig]:
         """The PruningConfig of each pruned run."""
         if self.sparsities is None:
@@ -461,7 +689,25 @@ class Recipe(BaseConfig):
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-5`` as a float (YAML 1.1 wants ``5.0e-5``; people write ``5e-5``)."""
+    """SafeLoader that also reads ``5e-5`` as a float (YAML 1.1 wants ``5.0e-5``; people write ``5e-5``) and refuses
+    a key written twice in one mapping (plain YAML keeps the last one and silently drops the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], yaml.Node] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # merge keys (<<) may be overridden on purpose
+                first = seen.setdefault((key_node.tag, key_node.value), key_node)
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key_node.value!r} (first on line {first.start_mark.line + 1}); "
+                        "each key may appear once",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 _RecipeLoader.add_implicit_resolver(
@@ -497,12 +743,34 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
                 f"No recipe file {str(source)!r}, and no packaged recipe of that name ({sorted(known)})."
             )
     try:
-        data: Any = yaml.load(path.read_text(), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); save the recipe as UTF-8."
+        ) from None
+    # Parsed once into the node tree (which keeps each key's line, for the error messages), then constructed.
+    loader = _RecipeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data: Any = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        raise RecipeError(f"{where}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
     if data is None:
-        data = {}
-    if isinstance(data, dict) and data.get("task") == "recsys":
+        # An empty file is more likely a mistake (a truncated copy, the wrong path) than a request for every default.
+        raise RecipeError(
+            f"{path} is empty (no settings, or only comments). Write the settings that differ from the defaults, "
+            f"`{{}}` to take every default, or give no recipe to run the packaged default {DEFAULT_RECIPE!r}."
+        )
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{path}: a recipe is a mapping of sections and settings (name:, model:, pruning: ...), got a "
+            f"{type(data).__name__}: {str(data)[:60]!r}."
+        )
+    if data.get("task") == "recsys":
         raise RecipeError(
             f"{path} is a recommender recipe (task: recsys); run it with `hf-sparse recsys {source}` "
             "(hf_sparse.recsys.compress.load_recsys_recipe reads it)."
@@ -510,7 +778,48 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
     try:
         return Recipe.from_dict(data)
     except ConfigError as exc:
-        raise RecipeError(f"{path}: {exc}") from None
+        line = _key_line(root, str(exc))
+        where = f"{path}, line {line}" if line is not None else str(path)
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+#: The dotted key a ConfigError message is about: quoted in ``Unknown key 'pruning.sparsty'`` / ``Missing required
+#: key ...``, else the message's first word (``pruning.sparsity must be ...``, ``in pruning: ...``, ``lowrank: ...``).
+_QUOTED_KEY = re.compile(r"(?:Unknown|Missing required) key '([^']+)'")
+_LEADING_KEY = re.compile(r"(?:in )?([A-Za-z_][\w\-]*(?:\.[^\s:,;'()]+|\[\d+\])*)")
+
+
+def _key_line(node: yaml.Node | None, message: str) -> int | None:
+    """1-based line, in the YAML document composed as ``node``, of the key a ConfigError ``message`` names (the
+    deepest part of its dotted path that the document holds), or None when the message names no key of it."""
+    quoted = _QUOTED_KEY.search(message)
+    leading = _LEADING_KEY.match(message)
+    dotted = quoted.group(1) if quoted else leading.group(1) if leading else None
+    if not dotted:
+        return None
+    line, rest = None, dotted
+    while rest and node is not None:
+        if isinstance(node, yaml.MappingNode):
+            # The longest key that starts the rest of the path: keys may hold dots (regexes in ``tables``).
+            matches = [
+                (key, value)
+                for key, value in node.value
+                if isinstance(key, yaml.ScalarNode)
+                and (rest == key.value or rest.startswith((key.value + ".", key.value + "[")))
+            ]
+            if not matches:
+                break
+            key, node = max(matches, key=lambda kv: len(kv[0].value))
+            line, rest = key.start_mark.line + 1, rest[len(key.value) :].removeprefix(".")
+        elif isinstance(node, yaml.SequenceNode):
+            index = re.match(r"\[(\d+)\]", rest)
+            if index is None or int(index.group(1)) >= len(node.value):
+                break
+            node = node.value[int(index.group(1))]
+            line, rest = node.start_mark.line + 1, rest[index.end() :].removeprefix(".")
+        else:
+            break
+    return line
 
 
 def dump_recipe(recipe: Recipe) -> str:

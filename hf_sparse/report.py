@@ -42,6 +42,25 @@ def render_markdown(report: dict) -> str:
         "non-zero count of the whole model falls by less than the pruned-layer sparsity.",
         "",
     ]
+    for r in runs:
+        if r.get("stages"):
+            lines += [
+                f"## Stages of {r['name']}",
+                "",
+                "Each stage starts from the model the stage before it left (the first from the fine-tuned dense "
+                "baseline); test accuracy measured at the end of each stage, before the final conversion.",
+                "",
+                "| stage | what | steps | pruned-layer sparsity | parameters | test accuracy | Δ vs dense (points) "
+                "| time |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for st in r["stages"]:
+                lines.append(
+                    f"| {st['name']} | {st['description']} | {st['steps']} | {pct(st['sparsity'])} | "
+                    f"{st['total_params']:,} | {st['test_accuracy']:.4f} | {100 * (st['test_accuracy'] - acc):+.2f} | "
+                    f"{st['train_s']:.0f} s |"
+                )
+            lines.append("")
     if runs:
         names = list(dict.fromkeys(n for r in runs for n in r["layers"]))
         if names:  # structured-only runs prune no weights
@@ -207,6 +226,11 @@ def render_markdown(report: dict) -> str:
         ]
     m = report["machine"]
     t = report["timings"]
+    plots = report.get("plots") or {}
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{name}]({path})" for name, path in plots.items()]
+        lines.append("")
     lines += [
         "## Machine and time",
         "",

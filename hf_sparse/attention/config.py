@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Literal
 
-from ..config import BaseConfig, register_config
+from ..config import BaseConfig, check_seed, register_config
 from ..errors import ConfigError
 from .patterns import BlockSparse, DilatedWindow, Full, GlobalTokens, Pattern, SlidingWindow
 
@@ -76,6 +76,11 @@ class SparseAttentionConfig(BaseConfig):
             raise ConfigError(f"SparseAttentionConfig.dilation must be >= 1, got {self.dilation}.")
         if self.block < 1:
             raise ConfigError(f"SparseAttentionConfig.block must be >= 1, got {self.block}.")
+        if any(t < 0 for t in self.global_token_ids):
+            raise ConfigError(
+                f"SparseAttentionConfig.global_token_ids must be token ids >= 0, got {list(self.global_token_ids)}."
+            )
+        check_seed(self.seed, "SparseAttentionConfig.seed")
         if any(p < 0 for p in self.global_positions):
             raise ConfigError(
                 f"SparseAttentionConfig.global_positions must be >= 0, got {list(self.global_positions)}."

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Literal
 
-from ..config import BaseConfig, register_config
+from ..config import BaseConfig, check_seed, register_config
 from ..errors import ConfigError
 
 __all__ = ["TableCompression", "EmbeddingCompressionConfig", "METHODS"]
@@ -70,6 +70,7 @@ class TableCompression(BaseConfig):
     seed: int = 0
 
     def validate(self) -> None:
+        name = type(self).__name__
         size_field = {
             "hashed": "buckets",
             "qr": "collisions",
@@ -78,23 +79,28 @@ class TableCompression(BaseConfig):
             "lowrank": "rank",
         }.get(self.method)
         if size_field is not None and getattr(self, size_field) is None and self.compression is None:
-            raise ConfigError(f"method {self.method!r} needs {size_field} or compression.")
+            raise ConfigError(f"{name}.method {self.method!r} needs {size_field} or compression.")
         if self.compression is not None and not 0.0 < self.compression < 1.0:
-            raise ConfigError(f"compression must be in (0, 1), got {self.compression}.")
+            raise ConfigError(f"{name}.compression must be in (0, 1), got {self.compression}.")
         if self.bits not in (2, 4, 8):
-            raise ConfigError(f"bits must be 2, 4 or 8, got {self.bits}.")
-        for name in ("buckets", "collisions", "tt_rank", "keep_rows", "rank"):
-            value = getattr(self, name)
+            raise ConfigError(f"{name}.bits must be 2, 4 or 8, got {self.bits}.")
+        for key in ("buckets", "collisions", "tt_rank", "keep_rows", "rank", "num_hashes", "shared_rows"):
+            value = getattr(self, key)
             if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}.")
-        if self.num_hashes < 1 or self.shared_rows < 1:
-            raise ConfigError("num_hashes and shared_rows must be >= 1.")
-        if self.hot_rows < 0 or self.fit_steps < 0 or self.fit_lr <= 0:
-            raise ConfigError("hot_rows and fit_steps must be >= 0 and fit_lr > 0.")
+                raise ConfigError(f"{name}.{key} must be >= 1, got {value}.")
+        for key in ("hot_rows", "fit_steps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{name}.{key} must be >= 0, got {getattr(self, key)}.")
+        if self.fit_lr <= 0:
+            raise ConfigError(f"{name}.fit_lr must be > 0, got {self.fit_lr}.")
+        check_seed(self.seed, f"{name}.seed")
         if self.qat and (self.method != "qrow" or self.hot_rows):
-            raise ConfigError("qat applies to method 'qrow' without hot_rows (row-wise codes for the whole table).")
+            raise ConfigError(
+                f"{name}.qat applies to method 'qrow' without hot_rows (row-wise codes for the whole table), got "
+                f"method {self.method!r} and hot_rows {self.hot_rows}."
+            )
         if self.method == "qrow" and self.init == "random":
-            raise ConfigError("method 'qrow' quantises a trained table; init 'random' needs a float method.")
+            raise ConfigError(f"{name}.method 'qrow' quantises a trained table; init 'random' needs a float method.")
 
 
 @register_config("embeddings")
@@ -113,10 +119,11 @@ class EmbeddingCompressionConfig(BaseConfig):
     def validate(self) -> None:
         if not self.tables:
             raise ConfigError(
-                "tables is empty: name at least one embedding table, e.g. {word_embeddings: {method: qr}}."
+                f"{type(self).__name__}.tables is empty: name at least one embedding table, e.g. "
+                "{word_embeddings: {method: qr}}."
             )
         for key in self.tables:
             try:
                 re.compile(key)
             except re.error as exc:
-                raise ConfigError(f"tables key {key!r} is not a valid pattern: {exc}.") from None
+                raise ConfigError(f"{type(self).__name__}.tables key {key!r} is not a valid pattern: {exc}.") from None

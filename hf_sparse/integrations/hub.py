@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, HfSparseError
+from ..resilience import atomic_write_text
 
 __all__ = ["RESULTS_FILE", "PLOT_FILE", "HubError", "write_model_card", "push_to_hub"]
 
@@ -161,7 +162,7 @@ def write_model_card(folder: str | Path, *, repo_id: str | None = None, results:
         repo_id=repo_id or str(folder),
         recipe_file=results.get("recipe_file"),
     )
-    card.save(folder / "README.md")
+    atomic_write_text(folder / "README.md", str(card))
     return card
 
 

@@ -1,14 +1,17 @@
-"""A per-layer "stored fraction" bar chart written as a PNG, with no plotting library.
+"""Report charts written as PNGs, with no plotting library.
 
-``density_plot_png`` draws one horizontal bar per layer into a numpy ``uint8`` RGB array (a tiny rasterizer with an
-embedded 5x9 bitmap font drawn at 2x) and encodes the PNG itself with ``zlib`` and ``struct`` (8-bit RGB, no
-interlacing, filter type 0 on every row). Only the standard library and numpy are used, so a report can carry a
-picture on machines without matplotlib or Pillow, and the same input always gives the same bytes.
+``density_plot_png`` draws one horizontal bar per layer (its stored fraction); ``accuracy_plot_png`` draws series of
+``(x, y)`` points joined by lines (test accuracy against sparsity) with a dashed baseline; ``write_report_plots``
+draws both for a ``hf-sparse compress`` report. The pictures are rasterized into a numpy ``uint8`` RGB array (a
+tiny rasterizer with an embedded 5x9 bitmap font drawn at 2x) and encoded as PNG here with ``zlib`` and ``struct``
+(8-bit RGB, no interlacing, filter type 0 on every row). Only the standard library and numpy are used, so a report
+can carry a picture on machines without matplotlib or Pillow, and the same input always gives the same bytes.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -16,7 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["density_plot_png", "FORMAT_COLORS"]
+from ..resilience import atomic_write_bytes
+
+__all__ = [
+    "ACCURACY_PLOT",
+    "FORMAT_COLORS",
+    "SERIES_COLORS",
+    "accuracy_plot_png",
+    "density_plot_png",
+    "write_report_plots",
+]
 
 # --------------------------------------------------------------------------------------------------------------------
 # Font: printable ASCII (0x20-0x7E). Each glyph is 9 rows of 5 pixels; a row is one byte written as two hex digits, its
@@ -341,5 +353,450 @@ def density_plot_png(
         _draw_text(img, f"{value * 100:.1f}%", _PLOT_X0 + 1 + length + 6, row_y + _TEXT_TOP, _VALUE_TEXT)
 
     out = Path(path)
-    out.write_bytes(_encode_png(img))
+    atomic_write_bytes(out, _encode_png(img))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Accuracy chart: series of (x, y) points on nice axes, with an optional dashed baseline.
+# --------------------------------------------------------------------------------------------------------------------
+_CHART_PLOT_H = 400  # height of the plot frame; the image height adds the title, legend and x axis text
+_CHART_PAD = 14  # the outermost ticks sit this far inside the frame, so edge markers are drawn whole
+_MARKER_R = 5
+_LINE_W = 2
+_DASH, _GAP = 10, 6
+_BASELINE = (110, 110, 110)  # darker than the gridlines, lighter than the axes and the text
+_LEGEND_CHARS = 40
+_LEGEND_LINE_W = 28  # the legend's sample: a short line with the series' marker in its middle
+_TICK_TARGET = 6  # at most about this many ticks per axis
+
+#: Colour per series, in order (the first series blue, then orange, green ...); the list repeats after nine series,
+#: with a different marker shape, so two series never share both colour and shape until the 37th.
+SERIES_COLORS: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (23, 190, 207),
+    (188, 189, 34),
+)
+_MARKERS = ("circle", "square", "diamond", "triangle")
+
+
+def _marker_mask(shape: str, r: int) -> np.ndarray:
+    """A ``(2r+1, 2r+1)`` boolean stamp of a marker centred on its middle pixel."""
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r + r  # + r: rounder than the strict disc at these sizes
+    if shape == "square":
+        return (np.abs(dx) <= r - 1) & (np.abs(dy) <= r - 1)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r + 1
+    # An upward triangle: its width grows linearly from the apex (top row) to the base (bottom row).
+    return np.abs(dx) <= (dy + r) * (r + 0.5) / (2 * r)
+
+
+def _stamp(img: np.ndarray, mask: np.ndarray, cx: int, cy: int, color: tuple[int, int, int]) -> None:
+    """Set the pixels of ``mask`` (centred on ``(cx, cy)``) to ``color``, clipped to the image."""
+    h, w = img.shape[:2]
+    r = mask.shape[0] // 2
+    x0, y0 = cx - r, cy - r
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x0 + mask.shape[1], w), min(y0 + mask.shape[0], h)
+    if cx0 < cx1 and cy0 < cy1:
+        img[cy0:cy1, cx0:cx1][mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]] = color
+
+
+def _draw_line(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, color: tuple[int, int, int]) -> None:
+    """A ``_LINE_W`` px wide line: one sample per pixel along the longer axis, each a small square, clipped."""
+    n = max(abs(x1 - x0), abs(y1 - y0)) + 1
+    t = np.linspace(0.0, 1.0, n)
+    xs = np.rint(x0 + t * (x1 - x0)).astype(int)
+    ys = np.rint(y0 + t * (y1 - y0)).astype(int)
+    h, w = img.shape[:2]
+    for ox in range(_LINE_W):
+        for oy in range(_LINE_W):
+            px, py = xs + ox - _LINE_W // 2, ys + oy - _LINE_W // 2
+            keep = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+            img[py[keep], px[keep]] = color
+
+
+def _text_mask(text: str) -> np.ndarray:
+    """The pixels ``_draw_text`` would set for ``text``, as a ``(_TEXT_H, width)`` boolean array."""
+    mask = np.zeros((_TEXT_H, max(_text_width(text), 1), 3), dtype=np.uint8)
+    _draw_text(mask, text, 0, 0, (1, 1, 1))
+    return mask[..., 0].astype(bool)
+
+
+def _nice_ticks(lo: float, hi: float, *, unit: bool) -> tuple[list[float], int]:
+    """Ticks at multiples of a step of 1, 2, 2.5 or 5 times a power of ten that span ``[lo, hi]``, and the number of
+    decimals that writes every tick exactly.
+
+    A zero-width range is widened first (by 5% of the value, at least 0.01). With ``unit`` (all the data lie in
+    ``[0, 1]``) the widened range is kept inside ``[0, 1]``, so an accuracy or a sparsity never gets a tick below 0
+    or above 1: every such step divides 1.
+    """
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        half = max(abs(lo) * 0.05, 0.01)
+        lo, hi = lo - half, hi + half
+        if unit:
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+    raw = (hi - lo) / (_TICK_TARGET - 1)
+    exponent = math.floor(math.log10(raw))
+    for mantissa in (1.0, 2.0, 2.5, 5.0, 10.0):
+        step = mantissa * 10.0**exponent
+        if step >= raw * (1 - 1e-9):
+            break
+    if mantissa == 10.0:
+        mantissa, exponent = 1.0, exponent + 1
+    k0 = math.floor(lo / step + 1e-9)
+    k1 = math.ceil(hi / step - 1e-9)
+    ticks = [round(k * step, 12) + 0.0 for k in range(k0, k1 + 1)]  # + 0.0: no "-0.0"
+    decimals = max(0, -exponent) + (1 if mantissa == 2.5 else 0)
+    return ticks, decimals
+
+
+def _checked_series(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+) -> list[tuple[str, list[tuple[float, float]]]]:
+    if not isinstance(series, Mapping):
+        raise TypeError(f"series must be a mapping of series name to (x, y) points, got {type(series).__name__}.")
+    if not series:
+        raise ValueError("series is empty: there is no point to plot.")
+    checked = []
+    for name, points in series.items():
+        if isinstance(points, (str, bytes)) or not hasattr(points, "__iter__"):
+            raise TypeError(f"series {name!r} must be a sequence of (x, y) points, got {type(points).__name__}.")
+        pairs = []
+        for i, point in enumerate(points):
+            try:
+                x, y = point
+            except (TypeError, ValueError):
+                raise ValueError(f"series {name!r}, point {i}: expected an (x, y) pair, got {point!r}.") from None
+            values = []
+            for axis, value in (("x", x), ("y", y)):
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"series {name!r}, point {i}: {axis} is not a number: {value!r}.") from None
+                if not math.isfinite(number):
+                    raise ValueError(f"series {name!r}, point {i}: {axis} must be finite, got {number!r}.")
+                values.append(number)
+            pairs.append((values[0], values[1]))
+        if not pairs:
+            raise ValueError(f"series {name!r} has no points.")
+        checked.append((str(name), sorted(pairs, key=lambda p: p[0])))
+    return checked
+
+
+def _series_legend_lines(labels: Sequence[str], width: int) -> list[list[tuple[int, int, str]]]:
+    """Legend entries (x, series index, label), left to right, wrapping at the image's right margin."""
+    lines: list[list[tuple[int, int, str]]] = []
+    x = _MARGIN
+    for i, label in enumerate(labels):
+        label = _truncate(label, _LEGEND_CHARS, keep_end=False)
+        entry = _LEGEND_LINE_W + 8 + _text_width(label)
+        if not lines or (x > _MARGIN and x + entry > width - _MARGIN):
+            lines.append([])
+            x = _MARGIN
+        lines[-1].append((x, i, label))
+        x += entry + 24
+    return lines
+
+
+def accuracy_plot_png(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    *,
+    baseline: float | None = None,
+    x_label: str = "sparsity",
+    y_label: str = "test accuracy",
+    title: str | None = None,
+) -> Path:
+    """Write a line chart of one or more series of ``(x, y)`` points (e.g. test accuracy against sparsity) as a PNG.
+
+    Each series is drawn in its own colour (``SERIES_COLORS``, in the mapping's order) and marker shape (circle,
+    square, diamond, triangle), its points joined by straight lines in order of ``x``; a series of one point is a lone
+    marker. A legend under the title shows every series' line and marker with its name (cut at 40 characters). The x
+    axis is labelled in percent (``x = 0.5`` is ``50%``), the y axis with plain numbers; both get ticks at a step of
+    1, 2, 2.5 or 5 times a power of ten spanning the data (and the baseline), with light gridlines. When every value
+    of an axis lies in ``[0, 1]`` no tick falls outside it. ``baseline`` adds a horizontal dashed line, labelled
+    ``"dense 0.8384"`` to the right of the plot. The image is 900 pixels wide and about 560 high (more with a long
+    legend). The same arguments always give the same bytes.
+
+    Args:
+        series: Series name -> ``(x, y)`` points (any iterable of pairs of finite numbers).
+        path: Where to write the PNG (the folder must exist; an existing file is replaced).
+        baseline: The dense model's ``y`` (e.g. its test accuracy), or None for no baseline line.
+        x_label: Text under the x axis.
+        y_label: Text along the y axis (drawn upwards).
+        title: Text at the top, or None for no title row.
+
+    Returns:
+        The path of the written file, as a ``Path``.
+
+    Raises:
+        ValueError: ``series`` is empty, a series has no points, a point is not a pair, or a coordinate or the
+            baseline is not a finite number (the message names the series and the point's index).
+        TypeError: ``series`` is not a mapping, or a series is not an iterable of points.
+    """
+    checked = _checked_series(series)
+    if baseline is not None:
+        try:
+            baseline = float(baseline)
+        except (TypeError, ValueError):
+            raise ValueError(f"baseline is not a number: {baseline!r}.") from None
+        if not math.isfinite(baseline):
+            raise ValueError(f"baseline must be finite, got {baseline!r}.")
+    xs = [x for _, points in checked for x, _ in points]
+    ys = [y for _, points in checked for _, y in points] + ([baseline] if baseline is not None else [])
+    x_ticks, x_dec = _nice_ticks(min(xs), max(xs), unit=0.0 <= min(xs) and max(xs) <= 1.0)
+    y_ticks, y_dec = _nice_ticks(min(ys), max(ys), unit=0.0 <= min(ys) and max(ys) <= 1.0)
+    x_tick_labels = [f"{t * 100:.{max(x_dec - 2, 0)}f}%" for t in x_ticks]
+    y_tick_labels = [f"{t:.{y_dec}f}" for t in y_ticks]
+    baseline_label = f"dense {baseline:.4f}" if baseline is not None else None
+
+    # Horizontal layout: y label (drawn upwards), y tick labels, the plot, then the baseline's label or a margin wide
+    # enough for half of the last x tick label.
+    plot_x0 = _MARGIN + _TEXT_H + 10 + max(_text_width(t) for t in y_tick_labels) + 8
+    right = _text_width(baseline_label) + 8 if baseline_label else _text_width(x_tick_labels[-1]) // 2 + 4
+    plot_x1 = _WIDTH - _MARGIN - right
+    labels = [name for name, _ in checked]
+    legend_lines = _series_legend_lines(labels, _WIDTH)
+
+    # Vertical layout.
+    y = _MARGIN
+    title_y = y
+    if title is not None:
+        y += _TEXT_H + 8
+    legend_y = y
+    y += len(legend_lines) * _LEGEND_ROW_H
+    plot_top = y + 10
+    plot_bottom = plot_top + _CHART_PLOT_H
+    x_ticks_y = plot_bottom + 8
+    x_label_y = x_ticks_y + _TEXT_H + 8
+    height = x_label_y + _TEXT_H + _MARGIN
+
+    def px(x: float) -> int:
+        span = x_ticks[-1] - x_ticks[0]
+        return plot_x0 + _CHART_PAD + round((x - x_ticks[0]) / span * (plot_x1 - plot_x0 - 2 * _CHART_PAD))
+
+    def py(v: float) -> int:
+        span = y_ticks[-1] - y_ticks[0]
+        return plot_bottom - _CHART_PAD - round((v - y_ticks[0]) / span * (plot_bottom - plot_top - 2 * _CHART_PAD))
+
+    img = np.empty((height, _WIDTH, 3), dtype=np.uint8)
+    img[...] = _WHITE
+    if title is not None:
+        max_chars = (_WIDTH - 2 * _MARGIN + _SCALE) // _ADVANCE
+        _draw_text(img, _truncate(title, max_chars, keep_end=False), _MARGIN, title_y, (0, 0, 0))
+    marker_masks = {shape: _marker_mask(shape, _MARKER_R) for shape in _MARKERS}
+    halo_masks = {shape: _marker_mask(shape, _MARKER_R + 1) for shape in _MARKERS}
+
+    def style(i: int) -> tuple[tuple[int, int, int], str]:
+        return SERIES_COLORS[i % len(SERIES_COLORS)], _MARKERS[(i // len(SERIES_COLORS) + i) % len(_MARKERS)]
+
+    for row, line in enumerate(legend_lines):
+        cy = legend_y + row * _LEGEND_ROW_H + 2 + 7  # the middle of the labels' cap height
+        for x, i, label in line:
+            color, shape = style(i)
+            _draw_line(img, x, cy, x + _LEGEND_LINE_W - 1, cy, color)
+            _stamp(img, marker_masks[shape], x + _LEGEND_LINE_W // 2, cy, color)
+            _draw_text(img, label, x + _LEGEND_LINE_W + 8, cy - 7, _TEXT)
+
+    # Gridlines, axes, ticks and their labels.
+    for t, label in zip(x_ticks, x_tick_labels):
+        x = px(t)
+        _fill(img, x, plot_top, x + 1, plot_bottom, _GRID)
+        _fill(img, x, plot_bottom, x + 1, plot_bottom + 5, _AXIS)
+        _draw_text(img, label, x - _text_width(label) // 2, x_ticks_y, _TEXT)
+    for t, label in zip(y_ticks, y_tick_labels):
+        y = py(t)
+        _fill(img, plot_x0 + 1, y, plot_x1, y + 1, _GRID)
+        _fill(img, plot_x0 - 5, y, plot_x0, y + 1, _AXIS)
+        _draw_text(img, label, plot_x0 - 8 - _text_width(label), y - 7, _TEXT)
+    _fill(img, plot_x0, plot_top, plot_x0 + 1, plot_bottom + 1, _AXIS)
+    _fill(img, plot_x0, plot_bottom, plot_x1, plot_bottom + 1, _AXIS)
+    _fill(img, plot_x0, plot_top, plot_x1, plot_top + 1, _GRID)
+    _fill(img, plot_x1 - 1, plot_top, plot_x1, plot_bottom, _GRID)
+    x_label_text = _truncate(x_label, (plot_x1 - plot_x0) // _ADVANCE, keep_end=False)
+    _draw_text(img, x_label_text, (plot_x0 + plot_x1) // 2 - _text_width(x_label_text) // 2, x_label_y, _TEXT)
+    # The y label reads upwards, centred on the plot: its text mask turned a quarter counter-clockwise.
+    y_mask = np.rot90(_text_mask(_truncate(y_label, _CHART_PLOT_H // _ADVANCE, keep_end=False)))
+    y_top = (plot_top + plot_bottom) // 2 - y_mask.shape[0] // 2
+    img[y_top : y_top + y_mask.shape[0], _MARGIN : _MARGIN + y_mask.shape[1]][y_mask] = _TEXT
+
+    # The baseline under the data, its label in the right margin.
+    if baseline is not None:
+        y = py(baseline)
+        for x in range(plot_x0 + 1, plot_x1, _DASH + _GAP):
+            _fill(img, x, y - _LINE_W // 2, min(x + _DASH, plot_x1), y - _LINE_W // 2 + _LINE_W, _BASELINE)
+        _draw_text(img, baseline_label, plot_x1 + 8, y - 7, _BASELINE)
+
+    # Every series' lines, then every marker (with a white halo) on top, so no line hides a point.
+    placed = [[(px(x), py(v)) for x, v in points] for _, points in checked]
+    for i, pixels in enumerate(placed):
+        color, _ = style(i)
+        for (x0, y0), (x1, y1) in zip(pixels, pixels[1:]):
+            _draw_line(img, x0, y0, x1, y1, color)
+    for i, pixels in enumerate(placed):
+        color, shape = style(i)
+        for x, y in pixels:
+            _stamp(img, halo_masks[shape], x, y, _WHITE)
+            _stamp(img, marker_masks[shape], x, y, color)
+
+    out = Path(path)
+    atomic_write_bytes(out, _encode_png(img))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The plots of a `hf-sparse compress` report
+# --------------------------------------------------------------------------------------------------------------------
+#: Name (and file stem) of the report's accuracy chart; each run's density chart is ``density-<run name>``.
+ACCURACY_PLOT = "accuracy_vs_sparsity"
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _treatments(run: Mapping) -> list[str]:
+    """What a run applied besides unstructured pruning, in a fixed order, as short legend words."""
+    parts = []
+    if run.get("structure"):
+        parts.append("structured")
+    quant = run.get("quantization")
+    if isinstance(quant, Mapping):
+        bits = ((quant.get("config") or {}).get("weight") or {}).get("bits")
+        mode = str(quant.get("mode") or "").upper()
+        parts.append(" ".join(p for p in (f"int{bits}" if bits else "quantised", mode) if p))
+    if isinstance(run.get("distillation"), Mapping) and run["distillation"].get("kd"):
+        parts.append("distilled")
+    if run.get("lowrank"):
+        parts.append("low-rank")
+    if run.get("embeddings"):
+        parts.append("compressed embeddings")
+    if run.get("attention"):
+        parts.append("sparse attention")
+    return parts
+
+
+def _report_series(report: Mapping) -> dict[str, list[tuple[float, float]]]:
+    """The runs' (measured sparsity, test accuracy) grouped by what else each applied, in order of first appearance;
+    runs without both numbers are left out. The accuracy-guarded run, if any, is a series of its own."""
+    groups: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+    pruned: dict[tuple[str, ...], bool] = {}
+    for run in report.get("runs") or ():
+        if not isinstance(run, Mapping):
+            continue
+        x, y = _finite(run.get("sparsity")), _finite(run.get("test_accuracy"))
+        if x is None or y is None:
+            continue
+        key = tuple(_treatments(run))
+        groups.setdefault(key, []).append((x, y))
+        target = _finite(run.get("target_sparsity"))
+        pruned[key] = pruned.get(key, False) or x > 0 or (target or 0.0) > 0
+    # "pruned" leads the name only when the series holds a pruned run: a dense int8 run alone is "int8 QAT".
+    series = {
+        " + ".join((["pruned"] if pruned[key] else []) + list(key)) or "fine-tuned": points
+        for key, points in groups.items()
+    }
+    guard = report.get("guard")
+    if isinstance(guard, Mapping) and _finite(guard.get("test_accuracy")) is not None:
+        accepted = [h for h in guard.get("history") or () if isinstance(h, Mapping) and h.get("accepted")]
+        x = _finite(accepted[-1].get("measured_sparsity")) if accepted else None
+        x = x if x is not None else _finite(guard.get("accepted_sparsity"))
+        if x is not None:
+            series["accuracy guard"] = [(x, float(guard["test_accuracy"]))]
+    return series
+
+
+def _file_stem(name: str, taken: set[str]) -> str:
+    """``density-<name>`` made safe as a file name (characters other than letters, digits, ``.``, ``_`` and ``-``
+    become ``_``) and unique among ``taken`` (``-2``, ``-3`` ... appended)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+    stem, n = f"density-{safe}", 2
+    while stem in taken:
+        stem, n = f"density-{safe}-{n}", n + 1
+    taken.add(stem)
+    return stem
+
+
+def write_report_plots(report: Mapping, folder: str | Path) -> dict[str, str]:
+    """Write the plots of a ``hf-sparse compress`` report (the dict ``run_compress`` returns and saves as
+    ``report.json``) into ``folder``.
+
+    * ``accuracy_vs_sparsity.png`` (:func:`accuracy_plot_png`): each run's test accuracy against its measured
+      sparsity, with the dense model's test accuracy as the dashed baseline. Runs are grouped into series by what
+      else they applied: ``"pruned"``, ``"pruned + distilled"``, ``"pruned + int8 QAT"``, ``"pruned + structured"``,
+      ``"pruned + low-rank"`` ... ("pruned" is left out of a series with no pruned run, e.g. ``"int8 QAT"``). The
+      accuracy-guarded run, when the report has one, is the single point ``"accuracy guard"``.
+    * ``density-<run name>.png`` (:func:`density_plot_png`) for each run with per-layer sparsities: one bar per
+      layer of its density ``1 - sparsity``, coloured by the layer's storage format when the run lists them.
+
+    A plot with nothing to show is skipped rather than failing: no accuracy chart when no run has both a numeric
+    sparsity and test accuracy, no density chart for a run without layers. Characters of a run name other than
+    letters, digits, ``.``, ``_`` and ``-`` become ``_`` in its file name.
+
+    Args:
+        report: The report dict (``runs``, ``dense``, optionally ``guard`` and ``model``).
+        folder: Where to write the PNGs (created if missing; existing files of the same names are replaced).
+
+    Returns:
+        Plot name -> file name relative to ``folder``, in the order written: ``{"accuracy_vs_sparsity":
+        "accuracy_vs_sparsity.png", "density-pruned-50": "density-pruned-50.png", ...}``.
+
+    Raises:
+        TypeError: ``report`` is not a mapping or its ``runs`` is not a list.
+        ValueError: a run's layer sparsity is not a number in ``[0, 1]`` (the message names the run and the layer).
+    """
+    if not isinstance(report, Mapping):
+        raise TypeError(f"report must be a mapping (the dict of report.json), got {type(report).__name__}.")
+    runs = report.get("runs") or []
+    if not isinstance(runs, Sequence) or isinstance(runs, (str, bytes)):
+        raise TypeError(f"report['runs'] must be a list of run dicts, got {type(runs).__name__}.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+
+    series = _report_series(report)
+    if series:
+        dense = report.get("dense")
+        baseline = _finite(dense.get("test_accuracy")) if isinstance(dense, Mapping) else None
+        model = report.get("model")
+        title = f"Test accuracy vs sparsity: {model}" if model else "Test accuracy vs sparsity"
+        accuracy_plot_png(series, folder / f"{ACCURACY_PLOT}.png", baseline=baseline, title=title)
+        written[ACCURACY_PLOT] = f"{ACCURACY_PLOT}.png"
+
+    taken: set[str] = {ACCURACY_PLOT}
+    for index, run in enumerate(runs):
+        if not isinstance(run, Mapping) or not isinstance(run.get("layers"), Mapping) or not run["layers"]:
+            continue
+        name = str(run.get("name") or f"run-{index}")
+        densities = {}
+        for layer, sparsity in run["layers"].items():
+            number = _finite(sparsity)
+            if number is None or not 0.0 <= number <= 1.0:
+                raise ValueError(
+                    f"run {name!r}: sparsity of layer {layer!r} must be a number in [0, 1], got {sparsity!r}."
+                )
+            densities[layer] = 1.0 - number
+        formats = run.get("formats")
+        formats = {k: v for k, v in formats.items() if k in densities} if isinstance(formats, Mapping) else None
+        stem = _file_stem(name, taken)
+        density_plot_png(
+            densities,
+            folder / f"{stem}.png",
+            title=f"Density per layer (1 - sparsity): {name}",
+            formats=formats or None,
+        )
+        written[stem] = f"{stem}.png"
+    return written

@@ -78,16 +78,25 @@ class LowRankConfig(BaseConfig):
                 raise ConfigError(f"LowRankConfig.module_ranks[{key!r}] must be >= 1, got {r}.")
         if not 0.0 <= self.sparse_density < 1.0:
             raise ConfigError(f"LowRankConfig.sparse_density must be in [0, 1), got {self.sparse_density}.")
-        if self.embeddings and (self.embedding_rank is None) == (self.embedding_compression is None):
-            raise ConfigError("LowRankConfig: with embeddings, give one of embedding_rank or embedding_compression.")
         if self.embedding_rank is not None and self.embedding_rank < 1:
             raise ConfigError(f"LowRankConfig.embedding_rank must be >= 1, got {self.embedding_rank}.")
         if self.embedding_compression is not None and not 0.0 < self.embedding_compression < 1.0:
             raise ConfigError(
                 f"LowRankConfig.embedding_compression must be in (0, 1), got {self.embedding_compression}."
             )
-        if self.round_to < 1 or self.min_rank < 1:
-            raise ConfigError("LowRankConfig.round_to and min_rank must be >= 1.")
+        if self.embeddings and self.embedding_rank is not None and self.embedding_compression is not None:
+            raise ConfigError(
+                "LowRankConfig.embedding_rank and LowRankConfig.embedding_compression are both set: with embeddings, "
+                "give one of embedding_rank or embedding_compression."
+            )
+        if self.embeddings and self.embedding_rank is None and self.embedding_compression is None:
+            raise ConfigError(
+                f"LowRankConfig.embeddings names {list(self.embeddings)}: with embeddings, give one of embedding_rank "
+                "or embedding_compression (the tables' rank, or the fraction of their values the factors keep)."
+            )
+        for key in ("round_to", "min_rank"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"LowRankConfig.{key} must be >= 1, got {getattr(self, key)}.")
 
     def rank_rule_for(self, name: str) -> int | None:
         """The explicit rank of module ``name`` (``module_ranks``, then ``rank``), or None when a spectrum rule

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Literal
 
-from ..config import BaseConfig, register_config
+from ..config import BaseConfig, check_seed, register_config
 from ..errors import ConfigError
 from .criteria import CRITERIA
 from .granularity import GRANULARITIES, STRUCTURED_GRANULARITIES
@@ -167,8 +167,10 @@ class PruningConfig(BaseConfig):
             raise ConfigError(
                 f"PruningConfig.block must be two positive integers (rows, cols), got {list(self.block)}."
             )
+        if self.m < 1:
+            raise ConfigError(f"PruningConfig.m (the N:M group length) must be >= 1, got {self.m}.")
         if not 1 <= self.n <= self.m:
-            raise ConfigError(f"PruningConfig.n and m must satisfy 1 <= n <= m, got n={self.n}, m={self.m}.")
+            raise ConfigError(f"PruningConfig.n (weights kept of every m) must be in [1, m={self.m}], got {self.n}.")
         if self.granularity == "nm" and abs(self.sparsity - (1.0 - self.n / self.m)) > 1e-6:
             raise ConfigError(
                 f"PruningConfig.sparsity is {self.sparsity} but granularity='nm' with n={self.n}, m={self.m} fixes "
@@ -192,6 +194,7 @@ class PruningConfig(BaseConfig):
             raise ConfigError(f"PruningConfig.update_every must be >= 1, got {self.update_every}.")
         if self.stages < 1:
             raise ConfigError(f"PruningConfig.stages must be >= 1, got {self.stages}.")
+        check_seed(self.seed, "PruningConfig.seed")
         if not 0.0 <= self.regrow_fraction <= 1.0:
             raise ConfigError(f"PruningConfig.regrow_fraction must be in [0, 1], got {self.regrow_fraction}.")
         if self.schedule == "rigl" and self.granularity != "unstructured":

@@ -114,6 +114,20 @@ class QuantizationConfig(BaseConfig):
                 raise ConfigError(
                     f"QuantizationConfig.module_bits key {name!r} is not a valid regex: {exc}."
                 ) from None
+        for key in ("schedule_start_step", "schedule_end_step"):
+            if getattr(self, key) < 0:
+                raise ConfigError(
+                    f"QuantizationConfig.{key} must be >= 0 (a training step), got {getattr(self, key)}."
+                )
+        if self.freeze_observers_step < -1:
+            raise ConfigError(
+                f"QuantizationConfig.freeze_observers_step must be a training step >= 0, or -1 (never freeze), got "
+                f"{self.freeze_observers_step}."
+            )
+        if not self.bit_candidates or any(b not in (4, 8) for b in self.bit_candidates):
+            raise ConfigError(
+                f"QuantizationConfig.bit_candidates must be 4 and/or 8, got {list(self.bit_candidates)}."
+            )
         if self.bit_schedule:
             if any(not 2 <= b <= 8 for b in self.bit_schedule):
                 raise ConfigError(
@@ -128,16 +142,12 @@ class QuantizationConfig(BaseConfig):
                     f"QuantizationConfig.bit_schedule ends at {self.bit_schedule[-1]} bits but weight.bits is "
                     f"{self.weight.bits}; the schedule must end at the bit width the model is converted to."
                 )
-            if self.schedule_end_step < self.schedule_start_step or self.schedule_start_step < 0:
+            if self.schedule_end_step < self.schedule_start_step:
                 raise ConfigError(
                     f"QuantizationConfig: need 0 <= schedule_start_step <= schedule_end_step, got "
                     f"{self.schedule_start_step} and {self.schedule_end_step}."
                 )
         if self.average_bits is not None:
-            if not self.bit_candidates or any(b not in (4, 8) for b in self.bit_candidates):
-                raise ConfigError(
-                    f"QuantizationConfig.bit_candidates must be 4 and/or 8, got {list(self.bit_candidates)}."
-                )
             if not min(self.bit_candidates) <= self.average_bits <= max(self.bit_candidates):
                 raise ConfigError(
                     f"QuantizationConfig.average_bits must lie between {min(self.bit_candidates)} and "

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from ..config import BaseConfig, register_config
+from ..config import BaseConfig, check_seed, register_config
 from ..embeddings import EmbeddingCompressionConfig, TableCompression, compress_embeddings_, finalize_embeddings_
 from ..errors import ConfigError, RecipeError
 from ..machine import machine_info
@@ -45,14 +45,18 @@ class RecsysModelSection(BaseConfig):
     dropout: float = 0.2
 
     def validate(self) -> None:
-        if min(self.hidden_size, self.num_hidden_layers, self.num_attention_heads, self.intermediate_size) < 1:
-            raise ConfigError("model sizes must be >= 1.")
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"RecsysModelSection.{key} must be >= 1, got {getattr(self, key)}.")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
-                f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}."
+                f"RecsysModelSection.hidden_size {self.hidden_size} must be divisible by "
+                f"RecsysModelSection.num_attention_heads {self.num_attention_heads}."
             )
-        if self.max_len < 2 or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("max_len must be >= 2 and dropout in [0, 1).")
+        if self.max_len < 2:
+            raise ConfigError(f"RecsysModelSection.max_len must be >= 2, got {self.max_len}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"RecsysModelSection.dropout must be in [0, 1), got {self.dropout}.")
 
 
 @register_config("recsys_train")
@@ -65,8 +69,11 @@ class RecsysTrainSection(BaseConfig):
     batch_size: int = 128
 
     def validate(self) -> None:
-        if self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1:
-            raise ConfigError("epochs and learning_rate must be > 0, batch_size >= 1.")
+        for key in ("epochs", "learning_rate"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"RecsysTrainSection.{key} must be > 0, got {getattr(self, key)}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"RecsysTrainSection.batch_size must be >= 1, got {self.batch_size}.")
 
 
 @register_config("recsys_recipe")
@@ -100,6 +107,7 @@ class RecsysRecipe(BaseConfig):
     verify: bool = True
 
     def validate(self) -> None:
+        check_seed(self.seed, "seed")
         if self.users is not None and self.users < 2:
             raise ConfigError(f"users must be >= 2 (or null for all), got {self.users}.")
         for label in self.runs:

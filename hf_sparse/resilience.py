@@ -1,0 +1,171 @@
+"""Crash-safe outputs and resumable training.
+
+- :func:`atomic_write_text` / :func:`atomic_folder`: a file or a whole checkpoint folder is written under a temporary
+  name next to its target and renamed into place only once complete, so a crash, a kill or a full disk never leaves
+  a half-written file or checkpoint under the real name (the previous version, if any, stays intact until the
+  rename).
+- :class:`CheckpointMarkerCallback`: ``transformers.Trainer`` writes its ``checkpoint-N`` folders file by file, and
+  callbacks add their state (pruning masks, low-rank schedules) after it. The marker is the last file written into
+  each checkpoint; :func:`last_complete_checkpoint` only ever returns a checkpoint that has it, so a run resumes from
+  the last checkpoint that was written completely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .errors import CheckpointWriteError
+
+__all__ = [
+    "CHECKPOINT_MARKER",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "atomic_folder",
+    "CheckpointMarkerCallback",
+    "last_complete_checkpoint",
+    "is_complete_checkpoint",
+]
+
+#: Written last into every Trainer checkpoint folder that is complete.
+CHECKPOINT_MARKER = "hf_sparse_checkpoint.json"
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened for fsync
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder, flushed, then renamed over
+    ``path``.
+
+    Raises:
+        CheckpointWriteError: the write failed (e.g. a full disk); ``path`` is unchanged and no temporary is left.
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, flushed, then renamed over ``path``.
+
+    Raises:
+        CheckpointWriteError: the write failed (e.g. a full disk); ``path`` is unchanged and no temporary is left.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CheckpointWriteError(f"Writing {path} failed ({exc}); the file was left as it was.") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder under a temporary name and move it to ``path`` when the block ends without an exception.
+
+    An existing ``path`` is replaced only after the new folder is complete (it is moved aside, the new one renamed in,
+    then the old one deleted). On an exception, ``KeyboardInterrupt`` included, the temporary folder is removed and
+    ``path`` is untouched.
+
+    Raises:
+        CheckpointWriteError: writing failed with an ``OSError`` (a full disk, permissions); ``path`` is unchanged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(f"Saving {path} failed ({exc}); nothing was written under that name.") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a Trainer checkpoint whose writing finished (it holds the marker)."""
+    return (Path(folder) / CHECKPOINT_MARKER).is_file()
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The ``checkpoint-N`` folder under ``folder`` with the highest step among the complete ones, or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and is_complete_checkpoint(child):
+            steps.append((int(match.group(1)), child))
+    return max(steps)[1] if steps else None
+
+
+def remove_incomplete_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``checkpoint-N`` folders under ``folder`` that lack the marker (left by a crash mid-save)."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if _CHECKPOINT_RE.match(child.name) and child.is_dir() and not is_complete_checkpoint(child):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
+
+
+class CheckpointMarkerCallback(TrainerCallback):
+    """Marks each Trainer checkpoint complete once everything, other callbacks' state included, is in it.
+
+    Add it after every other callback that writes into checkpoints (``on_save`` runs in callback order). Only the
+    process that saves writes the marker.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            atomic_write_text(
+                folder / CHECKPOINT_MARKER,
+                json.dumps({"global_step": state.global_step, "complete": True}) + "\n",
+            )
