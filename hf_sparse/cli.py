@@ -40,12 +40,33 @@ def _interrupted_message(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _recipe_task(source: str | None) -> str | None:
+    """The ``task:`` key of a recipe file or packaged recipe (None for the classification recipes)."""
+    import yaml
+
+    from .recipes import packaged_recipes
+
+    if source is None:
+        return None
+    path = Path(source) if Path(source).is_file() else packaged_recipes().get(source)
+    if path is None:
+        return None  # load_recipe explains
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return None  # load_recipe explains
+    return data.get("task") if isinstance(data, dict) else None
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     import signal
 
     from .compress import run_compress
     from .recipes import DEFAULT_RECIPE, load_recipe
 
+    task = _recipe_task(args.recipe)
+    if task == "recsys":  # one command for every packaged recipe
+        return _cmd_recsys(args)
     recipe = load_recipe(args.recipe)
     # A scheduler's SIGTERM stops the job like Ctrl-C: cleanly, naming the last good checkpoint.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -94,6 +115,47 @@ def _cmd_recsys(args: argparse.Namespace) -> int:
     for run in report["runs"]:
         ratio = f", item table {100 * run['memory_ratio']:.1f}% of dense" if "memory_ratio" in run else ""
         print(f"  {run['name']}: test HR@10 {run['test_hr@10']:.4f}, NDCG@10 {run['test_ndcg@10']:.4f}{ratio}")
+    return 0
+
+
+def _cmd_lm(args: argparse.Namespace) -> int:
+    from .lm import load_lm_recipe, run_lm
+    from .recipes import packaged_recipes
+
+    source = args.recipe
+    path = Path(source)
+    if not path.is_file():
+        packaged = packaged_recipes()
+        if source not in packaged:
+            raise HfSparseError(
+                f"hf-sparse lm: {source!r} is neither a file nor a packaged recipe ({sorted(packaged)})."
+            )
+        path = packaged[source]
+    report = run_lm(load_lm_recipe(path), args.output, recipe_source=source)
+    print(f"\nhf-sparse lm: report written to {args.output}/report.md")
+    ppl = report["perplexity"]
+    for length in report["eval"]["lengths"]:
+        key = str(length)
+        dense = ppl["dense"][key]["perplexity"]
+        cells = [f"dense {dense:.3f}"] + [
+            f"{name} {ppl[name][key]['perplexity']:.3f} ({100 * (ppl[name][key]['perplexity'] / dense - 1):+.1f}%)"
+            for name in ("windowed_before", "windowed_after", "dense_finetuned")
+            if name in ppl
+        ]
+        print(f"  perplexity at {length} tokens ({ppl['dense'][key]['tokens']} evaluated): " + ", ".join(cells))
+    if report["correctness"]:
+        c = report["correctness"]
+        verdict = "passed" if c["passed"] else "FAILED"
+        print(f"  full-window check: {verdict} (largest logit difference to sdpa {c['max_abs_logit_diff']:.1e})")
+    round_trip = report["checkpoint"].get("round_trip")
+    if round_trip:
+        print(f"  reloaded {report['checkpoint']['folder']}: identical logits {round_trip['identical_logits']}")
+    if report["latency"]:
+        lat = report["latency"]
+        print(
+            f"  latency at {lat['length']} tokens: ours {lat['ours_s']:.2f} s, sdpa {lat['sdpa_full_s']:.2f} s "
+            f"({lat['speedup']:.2f}x)"
+        )
     return 0
 
 
@@ -251,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="hf_sparse_recsys", help="output folder (default: %(default)s)")
     p.set_defaults(func=_cmd_recsys)
 
+    p = sub.add_parser(
+        "lm", help="a causal LM with windowed attention: perplexity vs dense, short fine-tuning, reload, latency"
+    )
+    p.add_argument("recipe", help="`task: lm` recipe YAML file or packaged name (e.g. smollm2-windowed)")
+    p.add_argument("--output", "-o", default="hf_sparse_lm", help="output folder (default: %(default)s)")
+    p.set_defaults(func=_cmd_lm)
+
     p = sub.add_parser("validate", help="check a recipe and print it with every default resolved")
     p.add_argument("recipe", nargs="?", default=None, help="recipe YAML file or packaged recipe name")
     p.add_argument(
@@ -272,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
             "long-context",
             "embedding",
             "gpu",
+            "ddp-comm",
         ],
         help="which benchmark suite",
     )

@@ -31,6 +31,7 @@ from .callbacks.lowrank import LowRankCallback
 from .callbacks.pruning import PruningCallback, attach_callbacks
 from .callbacks.quantization import QATCallback
 from .callbacks.regularization import RegularizationCallback
+from .config import anchor_message
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
 from .distillation.students import freeze_teacher, teacher_snapshot
 from .embeddings import compress_embeddings_, finalize_embeddings_
@@ -87,6 +88,8 @@ def _training_args(section: TrainSection, output_dir: Path, save_steps: int = 0)
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # On a CPU-only machine every process of a multi-process launch is a CPU (gloo) rank.
+        use_cpu=not torch.cuda.is_available(),
     )
 
 
@@ -422,10 +425,12 @@ def prepare_data(recipe: Recipe):
     return model_path, tokenizer, test, train_tok, test_tok, float(majority), val_tok
 
 
-def _meta_classifier(model_path: str, who: str):
-    """The task's classifier on ``model_path`` built on the meta device (no weights read: shapes and names only)."""
+def _meta_classifier(model_path: str, who: str, *, num_labels: int | None = len(LABEL_NAMES)):
+    """The task's classifier on ``model_path`` built on the meta device (no weights read: shapes and names only);
+    ``num_labels=None`` keeps the labels of the saved config (a teacher's)."""
     try:
-        config = AutoConfig.from_pretrained(model_path, num_labels=len(LABEL_NAMES))
+        extra = {} if num_labels is None else {"num_labels": num_labels}
+        config = AutoConfig.from_pretrained(model_path, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"{who}: cannot read a model config from {model_path!r} (a packaged alias, a local folder or a Hub id "
@@ -450,6 +455,12 @@ def preflight(recipe: Recipe) -> Recipe:
     """
     try:
         model = _meta_classifier(resolve_model(recipe.model.name), "model.name")
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions is not None and recipe.model.max_length > positions:
+            raise ConfigError(
+                f"model.max_length {recipe.model.max_length} is beyond the model's {positions} positions "
+                "(max_position_embeddings); use at most that."
+            )
         if recipe.stages:
             # Each stage's overrides are resolved against the model as the stages before it leave it.
             cut = False
@@ -466,7 +477,8 @@ def preflight(recipe: Recipe) -> Recipe:
     except RecipeError:
         raise
     except ConfigError as exc:
-        raise RecipeError(f"recipe {recipe.name!r} does not fit its model ({recipe.model.name}): {exc}") from None
+        message = anchor_message(recipe, str(exc))
+        raise RecipeError(f"recipe {recipe.name!r} does not fit its model ({recipe.model.name}): {message}") from None
 
 
 def _resolve_overrides(recipe: Recipe, model, section):
@@ -529,6 +541,15 @@ def _check_sections(recipe: Recipe, model, sec, where: str, *, cut: bool = False
     pruning = sec.pruning
     if pruning is not None and (where or any(cfg.sparsity > 0 for cfg in recipe.pruning_runs())):
         chosen = select_modules(model, pruning)
+        if pruning.granularity == "block":
+            rows, cols = pruning.block
+            for name, module in chosen.items():
+                out_f, in_f = module.weight.shape
+                if out_f % rows or in_f % cols:
+                    raise ConfigError(
+                        f"{where}pruning.block {list(pruning.block)} does not divide {name}'s weight "
+                        f"({out_f} x {in_f}); use a block whose sides divide every pruned layer's."
+                    )
         unknown = [n for n in pruning.layer_sparsity if n not in chosen]
         if unknown:
             raise ConfigError(
@@ -549,17 +570,36 @@ def _check_sections(recipe: Recipe, model, sec, where: str, *, cut: bool = False
                         f"{list(layers)[:6]}."
                     )
         match_embeddings(model, low.embeddings, who=f"{where}lowrank")
+    quant = sec.quantization
+    if quant is not None:
+        match_linears(model, quant.target_modules, quant.exclude_modules, who=f"{where}quantization")
+        if quant.embedding is not None:
+            match_embeddings(model, quant.embedding_modules, who=f"{where}quantization")
+    reg = sec.regularization
+    if reg is not None and reg.uses_linears:
+        match_linears(model, reg.target_modules, reg.exclude_modules, who=f"{where}regularization")
     if sec.attention is not None:
+        layers = getattr(model.config, "num_hidden_layers", None)
+        beyond = [i for i in sec.attention.layers if layers is not None and i >= layers]
+        if beyond:
+            raise ConfigError(
+                f"{where}attention.layers {beyond} are beyond the model's {layers} layers (0-based indices)."
+            )
         apply_sparse_attention_(model, sec.attention)
     if sec.structured is not None and sec.structured.layers_to_drop:
-        drop_layers_(model, sec.structured.layers_to_drop)
+        try:
+            drop_layers_(model, sec.structured.layers_to_drop)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{where}structured.layers_to_drop {list(sec.structured.layers_to_drop)}: {exc}"
+            ) from None
         cut = True
     teacher = None if cut else model  # the dense baseline: the uncut model
     distil = sec.distillation
     if distil is None:
         return cut
     if distil.teacher is not None:
-        teacher = _meta_classifier(resolve_model(distil.teacher), f"{where}distillation.teacher")
+        teacher = _meta_classifier(resolve_model(distil.teacher), f"{where}distillation.teacher", num_labels=None)
         if teacher.config.num_labels != len(LABEL_NAMES):
             raise ConfigError(
                 f"{where}distillation.teacher {distil.teacher!r} classifies into {teacher.config.num_labels} labels; "
@@ -1045,6 +1085,7 @@ def run_compress(
         "sensitivity": scan.to_dict() if scan is not None else None,
         "timings": timings,
         "machine": machine_info(),
+        "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
     }
     if _is_main_process():
         for run in runs:

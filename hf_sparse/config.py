@@ -111,17 +111,23 @@ def anchor_message(config: BaseConfig, message: str) -> str:
     (``PruningConfig.embeddings``, ``DistillationConfig.layer_map``) replaced by that config's dotted place
     (``pruning.embeddings``, ``distillation.layer_map``), so an error raised by code that only sees the nested
     config (a model transform, a preflight check) names the key of the file. Classes nested at more than one place
-    (``TrainSection`` is both ``dense`` and ``pruned``) are left as they are.
+    (``TrainSection`` is both ``dense`` and ``pruned``; a ``PruningConfig`` in ``pruning`` and in a stage) are left
+    as they are.
     """
     places: dict[str, set[str]] = {}
 
     def walk(cfg: BaseConfig, path: str) -> None:
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
-            items = value.items() if isinstance(value, dict) else [(None, value)]
-            for key, item in items:
+            if isinstance(value, dict):
+                items = [(f".{key}", item) for key, item in value.items()]
+            elif isinstance(value, tuple):
+                items = [(f"[{i}]", item) for i, item in enumerate(value)]
+            else:
+                items = [("", value)]
+            for suffix, item in items:
                 if isinstance(item, BaseConfig):
-                    place = path + f.name + ("" if key is None else f".{key}")
+                    place = path + f.name + suffix
                     for c in type(item).__mro__:
                         if isinstance(c, type) and issubclass(c, BaseConfig) and c is not BaseConfig:
                             places.setdefault(c.__name__, set()).add(place)

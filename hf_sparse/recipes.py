@@ -598,6 +598,18 @@ class Recipe(BaseConfig):
     overrides: tuple[OverrideSection, ...] = ()
 
     def validate(self) -> None:
+        if self.sparsities is not None:
+            if not self.sparsities:
+                raise ConfigError(
+                    "sparsities is empty: give at least one target sparsity (one pruned run each), or null for one "
+                    "run at pruning.sparsity."
+                )
+            pcts = [round(100 * s) for s in self.sparsities]
+            if len(set(pcts)) != len(pcts):
+                raise ConfigError(
+                    "sparsities must differ in whole percents (each run is saved as pruned-<percent>), got "
+                    f"{list(self.sparsities)}."
+                )
         if self.stages:
             self._validate_stages()
         if self.lowrank is not None and self.sensitivity is not None and self.lowrank.compression is None:
@@ -669,7 +681,7 @@ class Recipe(BaseConfig):
                     )
             if quantized_in is not None and quantized_in != st.name and (st.lowrank or st.embeddings or st.structured):
                 raise ConfigError(
-                    f"{where}: transforms layers after stage {quantized_in!r} started quantisation; put them before it."
+                    f"{where}: transforms layers after stage {quantized_in!r} started quantisation; move it earlier."
                 )
             if st.pruning is not None:
                 pruned_in = st.name
@@ -730,7 +742,9 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
             embedded default (``minilm-rotten-tomatoes``).
 
     Raises:
-        RecipeError: the file is missing, is not YAML, or does not validate; the message names the file and key.
+        RecipeError: the file is missing, empty, not UTF-8 text or not YAML (a key written twice included), or does
+            not validate. The message names the file, the line of the offending key when the file holds it
+            (``recipe.yaml, line 23: pruning.sparsity must be in [0, 1), got 1.5.``) and the key's dotted place.
     """
     source = DEFAULT_RECIPE if source is None else source
     path = Path(source)

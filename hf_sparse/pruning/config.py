@@ -170,7 +170,9 @@ class PruningConfig(BaseConfig):
         if self.m < 1:
             raise ConfigError(f"PruningConfig.m (the N:M group length) must be >= 1, got {self.m}.")
         if not 1 <= self.n <= self.m:
-            raise ConfigError(f"PruningConfig.n (weights kept of every m) must be in [1, m={self.m}], got {self.n}.")
+            raise ConfigError(
+                f"PruningConfig.n (weights kept of every m) must satisfy 1 <= n <= m, got n={self.n}, m={self.m}."
+            )
         if self.granularity == "nm" and abs(self.sparsity - (1.0 - self.n / self.m)) > 1e-6:
             raise ConfigError(
                 f"PruningConfig.sparsity is {self.sparsity} but granularity='nm' with n={self.n}, m={self.m} fixes "

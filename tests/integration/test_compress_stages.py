@@ -22,7 +22,7 @@ name: staged-ci
 model: {max_length: 32}
 data: {train_limit: 64, test_limit: 32, seed: 42}
 dense: {max_steps: 2, batch_size: 16, learning_rate: 1e-4, logging_steps: 1}
-checkpoint: {save_steps: 0, latency_rounds: 1}
+checkpoint: {save_steps: 0, latency_rounds: 1, format: csr}  # fixed formats: auto times every layer
 stages:
   - name: cut
     structured: {layers_to_drop: [0, 2, 4]}
@@ -33,7 +33,7 @@ stages:
     pruning: {sparsity: 0.8, end_step: 2, update_every: 1}
   - name: int8
     train: {max_steps: 2, batch_size: 16, learning_rate: 5e-5, logging_steps: 1}
-    quantization: {mode: qat, weight: {bits: 8, granularity: channel, symmetric: true}}
+    quantization: {mode: qat, weight: {bits: 8, granularity: channel, symmetric: true}, convert_format: csr}
     distillation: {alpha: 0.5}
 overrides:
   - modules: [classifier]

@@ -17,6 +17,7 @@ from hf_sparse.recsys.compress import load_recsys_recipe
 pytestmark = pytest.mark.real
 
 RECIPE = """
+task: recsys
 name: ci-recsys
 users: 60
 model: {max_len: 20, hidden_size: 16, intermediate_size: 32}
@@ -43,7 +44,8 @@ def test_recsys_runs_compare_and_reload_in_a_fresh_process(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
-    assert main(["recsys", str(recipe), "--output", str(out)]) == 0
+    # `hf-sparse compress` runs a `task: recsys` recipe as `hf-sparse recsys` does.
+    assert main(["compress", str(recipe), "--output", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     names = [r["name"] for r in report["runs"]]
     assert names == ["dense", "dense-continued", "int4", "qr-hot", "hashed-scratch"]
