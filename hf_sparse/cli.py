@@ -67,6 +67,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     task = _recipe_task(args.recipe)
     if task == "recsys":  # one command for every packaged recipe
         return _cmd_recsys(args)
+    if task == "lm":
+        return _cmd_lm(args)
     recipe = load_recipe(args.recipe)
     # A scheduler's SIGTERM stops the job like Ctrl-C: cleanly, naming the last good checkpoint.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

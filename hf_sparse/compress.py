@@ -273,9 +273,14 @@ def _dense_checkpoint_bytes(model) -> int:
     """Size of ``model``'s weights saved dense by ``save_pretrained`` (the baseline of the disk-size ratio)."""
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        return _checkpoint_bytes(Path(tmp))
+    size = [0]
+    if _is_main_process():  # save_pretrained writes on the main process only
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            size[0] = _checkpoint_bytes(Path(tmp))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(size, src=0)
+    return size[0]
 
 
 def _latency(sparse_model, dense_model, batch, rounds: int) -> dict:
