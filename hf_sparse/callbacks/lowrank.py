@@ -8,8 +8,10 @@ import logging
 import os
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..distributed.sync import broadcast_, is_distributed
 from ..errors import ConfigError, PruningStateError
 from ..lowrank.apply import choose_rank, factorize_
 from ..lowrank.config import LowRankConfig
@@ -43,6 +45,8 @@ class LowRankCallback(TrainerCallback):
     - Resume: each Trainer checkpoint gets ``hf_sparse_lowrank_state.json`` (targets, full and current ranks, the
       ramp); ``trainer.train(resume_from_checkpoint=...)`` reads it back, so the resumed run follows the same
       schedule and ends with the same weights as an uninterrupted one.
+    - Multi-process (DDP) runs: the target ranks and the weights after each proximal step or projection are rank
+      0's (SVDs are not bitwise reproducible across machines), so the replicas stay identical.
 
     Args:
         config: which layers and target ranks (a :class:`~hf_sparse.LowRankConfig`).
@@ -97,6 +101,12 @@ class LowRankCallback(TrainerCallback):
         if state.global_step > 0 and self._restore(args, state, layers):
             return
         self.targets = {n: choose_rank(n, m.weight, self.config) for n, m in layers.items()}
+        if is_distributed():
+            # An energy rule reads singular values; rank 0's choice is every rank's, so the factorised replicas
+            # end with the same shapes.
+            chosen = torch.tensor([self.targets[n] for n in layers], dtype=torch.int64)
+            broadcast_([chosen])
+            self.targets = dict(zip(layers, chosen.tolist()))
         self.current = dict(self.full)
         if self.end_fraction is not None:
             self.end_step = max(int(round(self.end_fraction * state.max_steps)), self.start_step)
@@ -167,12 +177,14 @@ class LowRankCallback(TrainerCallback):
         model = kwargs["model"]
         step = state.global_step
         layers = self._layers(model)
+        changed = {}
         if self.nuclear_weight > 0 and step % self.prox_every == 0:
             scheduler = kwargs.get("lr_scheduler")
             lr = scheduler.get_last_lr()[0] if scheduler is not None else args.learning_rate
             tau = self.nuclear_weight * lr * self.prox_every
-            for m in layers.values():
+            for name, m in layers.items():
                 singular_value_threshold_(m.weight.data, tau)
+                changed[name] = m.weight.data
         if step > self.start_step and (step - self.start_step) % self.update_every == 0:
             # Projected at every update, also after the ramp: training between updates lets the rank grow back.
             for name, m in layers.items():
@@ -180,6 +192,11 @@ class LowRankCallback(TrainerCallback):
                 if rank < self.full[name]:
                     project_rank_(m.weight.data, rank)
                     self.current[name] = rank
+                    changed[name] = m.weight.data
+        if changed and is_distributed():
+            # SVDs of the same weights agree across processes only as far as LAPACK is deterministic (it is not
+            # across thread counts or CPU kinds); DDP never re-syncs weights, so rank 0's result is kept by all.
+            broadcast_([changed[n] for n in layers if n in changed])
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if not self.factorize:

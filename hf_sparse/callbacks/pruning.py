@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from ..distributed.sync import all_reduce_, broadcast_, is_distributed
 from ..errors import ConfigError, PruningStateError
 from ..pruning.apply import Pruner
 from ..pruning.config import PruningConfig
@@ -46,6 +47,10 @@ class PruningCallback(TrainerCallback, ExportableState):
     - Writes its masks into every Trainer checkpoint (``hf_sparse_pruning_masks.safetensors``) and restores them on
       ``trainer.train(resume_from_checkpoint=...)``; the schedule position is the Trainer's ``global_step``.
     - Adds ``sparsity`` (measured over the pruned layers) and ``target_sparsity`` to the Trainer's logs.
+    - Multi-process (DDP) runs: the gradient hooks see each process's local gradient, so gradient scores (movement,
+      taylor) and RigL's gradients are averaged over the processes before masks are chosen from them, and a
+      calibration criterion's masks and reconstructed weights are rank 0's; every replica keeps the same masks.
+      Only the process that saves (``args.should_save``) writes mask files.
 
     Logging integrations chosen with ``report_to`` run before callbacks passed to ``Trainer(callbacks=...)``; to
     have them record the sparsity too, add the callback with :func:`attach_callbacks`.
@@ -185,7 +190,11 @@ class PruningCallback(TrainerCallback, ExportableState):
         if self.initial_masks is not None and self.config.schedule == "oneshot":
             return  # the given masks are the one-shot result
         if target != self.pruner.target_sparsity and target > 0:
+            self._sync_scores(self.pruner.score_state)
             self.pruner.prune_to(target)
+            if self.pruner.criterion.needs_calibration and is_distributed():
+                # Each rank calibrated on its own shard of the data: rank 0's masks and reconstructed weights win.
+                broadcast_([*self.pruner.masks.values(), *(m.weight.data for m in self.pruner.modules.values())])
         elif is_rigl_update(self.config, step) and self.pruner.masks:
             fraction = rigl_regrow_fraction(
                 step,
@@ -193,7 +202,18 @@ class PruningCallback(TrainerCallback, ExportableState):
                 start_step=self.config.start_step,
                 end_step=self.config.end_step,
             )
+            self._sync_scores(self.pruner.dense_grads)
             self.pruner.regrow(fraction)
+
+    def _sync_scores(self, accumulators: dict[str, torch.Tensor]) -> None:
+        """Average gradient accumulators over the ranks of a multi-process run before masks are chosen from them.
+
+        The gradient hooks see each rank's local gradient (DDP averages it only afterwards); movement and taylor
+        scores and RigL's summed gradients are linear in it, so their mean over ranks is exactly what the averaged
+        gradient would have given, and every rank then chooses the same masks from the same numbers.
+        """
+        if accumulators and is_distributed():
+            all_reduce_([accumulators[name] for name in sorted(accumulators)], "mean")
 
     def _register_grad_hooks(self) -> None:
         # Zero pruned weights' gradients as they are produced: before gradient clipping measures them and before

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..distributed.sync import is_distributed, sync_observers_
 from ..errors import ConfigError
 from ..quantization.apply import _qat_modules, convert_, prepare_qat_, quantizers, set_weight_bits
 from ..quantization.config import QuantizationConfig
@@ -28,6 +29,9 @@ class QATCallback(TrainerCallback):
       data (the loss increase of each layer quantised alone), so sensitive layers keep 8 bits.
     - ``on_step_begin``: the weight bit widths of the ``bit_schedule`` for this step; from
       ``freeze_observers_step`` on, static activation ranges stop moving.
+    - ``on_step_end``, in a multi-process (DDP) run: the static activation ranges, which each process observed on its
+      own batches, are merged over the processes (min/max, or the mean of moving averages), so every replica uses
+      the same quantisation parameters.
     - ``on_train_end``: with ``convert_at_end=True``, :func:`convert_` turns the model into integer layers (what
       ``save_pretrained`` then writes); otherwise call ``convert_(model)`` yourself after training.
 
@@ -92,6 +96,15 @@ class QATCallback(TrainerCallback):
         if model is None:
             return
         if not _qat_modules(model):
+            if is_distributed():
+                # Here the Trainer has already wrapped the model in DDP: layers swapped now would bring parameters
+                # (learned scales) DDP never averages, and each rank would scan only its own shard of the data.
+                raise ConfigError(
+                    "QATCallback: in a multi-process run the model must be prepared before the Trainer wraps it in "
+                    "DDP, i.e. at on_init_end: pass the callback to Trainer(callbacks=[...]), and with average_bits "
+                    "run hf_sparse.choose_bits(model, config, batches) once beforehand and give "
+                    "config.replace(module_bits=...) (the sensitivity scan needs the data, which on_init_end lacks)."
+                )
             loader = kwargs.get("train_dataloader")
             batches = _sample_batches(loader, self.config.sensitivity_batches) if loader is not None else None
             self._prepare(model, batches)
@@ -110,6 +123,13 @@ class QATCallback(TrainerCallback):
         if freeze >= 0 and state.global_step >= freeze:
             for q in quantizers(model, "activation").values():
                 q.observing = False
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # Each process observed only its own batches: merge the activation ranges, so every replica quantises
+        # with the same scales (and checkpoints, written after this event, hold the merged ones).
+        model = kwargs.get("model") or self._model
+        if model is not None and is_distributed():
+            sync_observers_(model)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         model = kwargs.get("model") or self._model

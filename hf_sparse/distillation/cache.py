@@ -1,11 +1,12 @@
 """Teacher outputs cached on disk, reused across epochs and runs.
 
-Layout: ``<cache_dir>/teacher-<fingerprint>/shard-<n>.safetensors``. The fingerprint hashes the teacher's config,
-weights and what is stored (logits, which hidden layers), so a different or further-trained teacher gets its own
-folder. Inside, each example is keyed by a hash of its model inputs at its valid tokens (token ids, token types,
-attention mask...), so a changed data set or tokenisation (other text, another tokenizer, another ``max_length``)
-gives new keys and the teacher runs again: stale outputs are never read. Hidden states are stored per valid token
-in float16 and put back at the valid positions of whatever padding the batch has.
+Layout: ``<cache_dir>/teacher-<fingerprint>/shard-<n>.safetensors`` (``shard-<n>-rank<r>.safetensors`` when the
+processes of a multi-process run each write the outputs of their own batches). The fingerprint hashes the teacher's
+config, weights and what is stored (logits, which hidden layers), so a different or further-trained teacher gets
+its own folder. Inside, each example is keyed by a hash of its model inputs at its valid tokens (token ids, token
+types, attention mask...), so a changed data set or tokenisation (other text, another tokenizer, another
+``max_length``) gives new keys and the teacher runs again: stale outputs are never read. Hidden states are stored
+per valid token in float16 and put back at the valid positions of whatever padding the batch has.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..distributed.sync import process_rank, world_size
 from ..errors import FormatError
 
 __all__ = ["TeacherCache", "example_keys", "teacher_fingerprint"]
@@ -148,8 +150,14 @@ class TeacherCache:
         }
         for j in self.hidden_layers:
             tensors[f"hidden.{j}"] = torch.cat([e[f"hidden.{j}"] for e in entries]).contiguous()
+        # In a multi-process run every rank caches the teacher outputs of its own batches into the same folder:
+        # its shards carry its rank, so two ranks never write (or stage) the same file.
+        tag = f"-rank{process_rank():05d}" if world_size() > 1 else ""
         n = len(list(self.folder.glob("shard-*.safetensors")))
-        path = self.folder / f"shard-{n:05d}.safetensors"
+        path = self.folder / f"shard-{n:05d}{tag}.safetensors"
+        while path.exists():
+            n += 1
+            path = self.folder / f"shard-{n:05d}{tag}.safetensors"
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"fingerprint": self.fingerprint, "format": "hf_sparse-teacher-cache"})
         tmp.replace(path)
