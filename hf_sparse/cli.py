@@ -185,6 +185,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if text is not None and "task: recsys" in text.read_text():
         print(yaml.safe_dump(load_recsys_recipe(text).to_dict(), sort_keys=False), end="")
         return 0
+    if text is not None and "task: lm" in text.read_text():
+        from .lm import load_lm_recipe
+
+        print(yaml.safe_dump(load_lm_recipe(text).to_dict(), sort_keys=False), end="")
+        return 0
     recipe = load_recipe(args.recipe)
     if not args.no_model:
         from .compress import preflight

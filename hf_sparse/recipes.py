@@ -786,8 +786,13 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
         )
     if data.get("task") == "recsys":
         raise RecipeError(
-            f"{path} is a recommender recipe (task: recsys); run it with `hf-sparse recsys {source}` "
-            "(hf_sparse.recsys.compress.load_recsys_recipe reads it)."
+            f"{path} is a recommender recipe (task: recsys); run it with `hf-sparse compress {source}` or "
+            f"`hf-sparse recsys {source}` (hf_sparse.recsys.compress.load_recsys_recipe reads it)."
+        )
+    if data.get("task") == "lm":
+        raise RecipeError(
+            f"{path} is a causal-LM recipe (task: lm); run it with `hf-sparse compress {source}` or "
+            f"`hf-sparse lm {source}` (hf_sparse.lm.load_lm_recipe reads it)."
         )
     try:
         return Recipe.from_dict(data)

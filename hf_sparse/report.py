@@ -50,15 +50,15 @@ def render_markdown(report: dict) -> str:
                 "Each stage starts from the model the stage before it left (the first from the fine-tuned dense "
                 "baseline); test accuracy measured at the end of each stage, before the final conversion.",
                 "",
-                "| stage | what | steps | pruned-layer sparsity | non-zero params | test accuracy | Δ vs dense (points) "
-                "| time |",
+                "| stage | what | steps | pruned-layer sparsity | non-zero params | test accuracy "
+                "| Δ vs dense (points) | time |",
                 "|---|---|---|---|---|---|---|---|",
             ]
             for st in r["stages"]:
                 lines.append(
                     f"| {st['name']} | {st['description']} | {st['steps']} | {pct(st['sparsity'])} | "
-                    f"{st['nonzero_params']:,} | {st['test_accuracy']:.4f} | {100 * (st['test_accuracy'] - acc):+.2f} | "
-                    f"{st['train_s']:.0f} s |"
+                    f"{st['nonzero_params']:,} | {st['test_accuracy']:.4f} | "
+                    f"{100 * (st['test_accuracy'] - acc):+.2f} | {st['train_s']:.0f} s |"
                 )
             lines.append("")
     if runs:

