@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,25 @@ def test_cli_push_and_its_errors(hub_server, tmp_path):
     }
     bad = subprocess.run([*cmd, str(tmp_path), "me/cli"], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a saved model folder" in bad.stderr
+
+
+def test_compress_push_to_hub_publishes_each_saved_run(hub_server, tmp_path, monkeypatch, capsys):
+    """`hf-sparse compress --push-to-hub REPO`: one run goes to REPO, several to REPO-<run>; the job itself is
+    replaced by one that saves two small sparse models the way it does."""
+    import hf_sparse.compress as compress
+    from hf_sparse.cli import main
+
+    def fake_run(recipe, output_dir, *, recipe_source=None, resume=False):
+        runs = []
+        for name in ("pruned-50", "pruned-80"):
+            _sparse_model().save_pretrained(Path(output_dir) / name)
+            runs.append({"name": name, "checkpoint": name, "sparsity": 0.8, "test_accuracy": 0.5, "delta_vs_dense": 0})
+        return {"dense": {"test_accuracy": 0.5}, "runs": runs}
+
+    monkeypatch.setattr(compress, "run_compress", fake_run)
+    out = tmp_path / "out"
+    assert main(["compress", "--output", str(out), "--push-to-hub", "me/minilm", "--hub-token", "t"]) == 0
+    for name in ("pruned-50", "pruned-80"):
+        files = hub_server.files(f"me/minilm-{name}")
+        assert {"config.json", "model.safetensors", "README.md"} <= set(files)
+    assert "pushed to" in capsys.readouterr().out
