@@ -92,7 +92,10 @@ def build_layout(
 
 @functools.lru_cache(maxsize=64)
 def _cached_layout(pattern, q_length, kv_length, q_offset, kv_offset, causal, block_q) -> BlockLayout:
-    return _build(pattern, q_length, kv_length, q_offset, kv_offset, causal, block_q, None)
+    # Built outside inference mode: a cached layout first made under torch.inference_mode would otherwise hold
+    # inference tensors, which a later training step at the same length cannot save for backward.
+    with torch.inference_mode(False):
+        return _build(pattern, q_length, kv_length, q_offset, kv_offset, causal, block_q, None)
 
 
 def _build(pattern, q_length, kv_length, q_offset, kv_offset, causal, block_q, is_global) -> BlockLayout:

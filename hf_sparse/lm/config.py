@@ -10,7 +10,7 @@ A recipe is a YAML mapping with the sections below; unknown keys, wrong types an
     model: {name: smollm2-135m}
     data: {eval_documents: 2, train_documents: null, seed: 0}
     attention: {pattern: window, window: 256, global_positions: [0, 1, 2, 3]}
-    finetune: {steps: 12, learning_rate: 1.0e-4, batch_size: 1, seq_len: 1024}
+    finetune: {steps: 24, learning_rate: 5.0e-5, batch_size: 1, seq_len: 1024, dense_control: true}
     eval: {lengths: [512, 2048], check_full_window: true}
     checkpoint: {verify: true, latency_rounds: 3}
 """

@@ -534,8 +534,9 @@ def render_lm_markdown(report: dict) -> str:
     if lat:
         refuses = report["attention_path"]["cpu_kernel_refuses"]
         path = "our C++ kernel" if not refuses else f"the PyTorch reference ({'; '.join(refuses)})"
+        threads = f"{lat['threads']} thread" + ("s" if lat["threads"] != 1 else "")
         lines += [
-            f"Latency of one forward pass ({lat['length']} tokens, batch 1, float32, {lat['threads']} threads), the "
+            f"Latency of one forward pass ({lat['length']} tokens, batch 1, float32, {threads}), the "
             f"saved model with the pattern ({path}) against the same weights with sdpa full attention, interleaved "
             f"({lat['rounds']} rounds, medians): **{lat['ours_s']:.2f} s vs {lat['sdpa_full_s']:.2f} s, "
             f"{lat['speedup']:.2f}x** (per-round ratios {lat['speedup_min']:.2f}-{lat['speedup_max']:.2f}x; "

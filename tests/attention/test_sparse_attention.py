@@ -183,3 +183,14 @@ def test_lowrank_attention_is_exact_at_full_rank_and_pools_below_it():
     assert q.grad is not None and k.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="rank"):
         lowrank_attention(q, k, v, rank=0)
+
+
+def test_a_layout_first_built_under_inference_mode_still_trains():
+    """The block layout is cached by shape; one first built under torch.inference_mode must not poison a later
+    training step at the same length ("Inference tensors cannot be saved for backward")."""
+    q, k, v = (torch.randn(1, 2, 37, 16) for _ in range(3))
+    with torch.inference_mode():
+        sparse_attention(q, k, v, SlidingWindow(7), causal=True)
+    q.requires_grad_(True)
+    sparse_attention(q, k, v, SlidingWindow(7), causal=True).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
