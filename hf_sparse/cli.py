@@ -99,20 +99,24 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_recsys(args: argparse.Namespace) -> int:
+def _recipe_file(source: str) -> Path:
+    """The YAML file of ``source``: a path, or the name of a packaged recipe."""
     from .recipes import packaged_recipes
+
+    path = Path(source)
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    if source not in packaged:
+        raise HfSparseError(f"{source!r} is neither a file nor a packaged recipe ({sorted(packaged)}).")
+    return packaged[source]
+
+
+def _cmd_recsys(args: argparse.Namespace) -> int:
     from .recsys.compress import load_recsys_recipe, run_recsys
 
     source = args.recipe
-    path = Path(source)
-    if not path.is_file():
-        packaged = packaged_recipes()
-        if source not in packaged:
-            raise HfSparseError(
-                f"hf-sparse recsys: {source!r} is neither a file nor a packaged recipe ({sorted(packaged)})."
-            )
-        path = packaged[source]
-    report = run_recsys(load_recsys_recipe(path), args.output, recipe_source=source)
+    report = run_recsys(load_recsys_recipe(_recipe_file(source)), args.output, recipe_source=source)
     print(f"\nhf-sparse recsys: report written to {args.output}/report.md")
     for run in report["runs"]:
         ratio = f", item table {100 * run['memory_ratio']:.1f}% of dense" if "memory_ratio" in run else ""
@@ -122,18 +126,9 @@ def _cmd_recsys(args: argparse.Namespace) -> int:
 
 def _cmd_lm(args: argparse.Namespace) -> int:
     from .lm import load_lm_recipe, run_lm
-    from .recipes import packaged_recipes
 
     source = args.recipe
-    path = Path(source)
-    if not path.is_file():
-        packaged = packaged_recipes()
-        if source not in packaged:
-            raise HfSparseError(
-                f"hf-sparse lm: {source!r} is neither a file nor a packaged recipe ({sorted(packaged)})."
-            )
-        path = packaged[source]
-    report = run_lm(load_lm_recipe(path), args.output, recipe_source=source)
+    report = run_lm(load_lm_recipe(_recipe_file(source)), args.output, recipe_source=source)
     print(f"\nhf-sparse lm: report written to {args.output}/report.md")
     ppl = report["perplexity"]
     for length in report["eval"]["lengths"]:

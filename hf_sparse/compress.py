@@ -939,34 +939,14 @@ def run_compress(
         counts = float_counts or model_parameter_counts(model)
         formats: dict[str, str] = {n.removesuffix(".base_layer"): "dense" for n in layer_report["layers"]}
         layer_report["layers"] = {n.removesuffix(".base_layer"): v for n, v in layer_report["layers"].items()}
-        if qmode == "qat":
-            formats.update(convert_(model))
-        elif qmode == "ptq":
-            formats.update({n: r["format"] for n, r in quantization_report(model).items()})
-        elif ckpt.format != "dense" and callback is not None:
-            decisions = sparsify_(
-                model,
-                format=ckpt.format,
-                batch_hint=ckpt.batch_hint,
-                min_sparsity=ckpt.min_sparsity,
-                target_modules=cfg.target_modules,
-                exclude_modules=cfg.exclude_modules,
-                embeddings=cfg.embeddings,
-                masks=callback.pruner.masks,
-            )
-            formats.update({n: d.choice.format for n, d in decisions.items()})
+        formats.update(_store_(model, qmode, ckpt, cfg, callback.pruner.masks if callback is not None else None))
         # Accuracy of the model as it is saved (sparse layers and kernels included).
         t0 = time.perf_counter()
         accuracy, logits = _predict(trainer, test_tok)
         eval_s = time.perf_counter() - t0
         logger.info("hf-sparse compress: %s test accuracy %.4f (dense %.4f)", tag, accuracy, dense_accuracy)
         folder = output_dir / tag
-        if _is_main_process():
-            with atomic_folder(folder) as tmp:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                (tmp / RECIPE_FILE).write_text(dump_recipe(recipe))
-        _barrier()
+        _save_run(model, tokenizer, recipe, folder)
         run = {
             "name": tag,
             "target_sparsity": cfg.sparsity,
@@ -1117,6 +1097,40 @@ def run_compress(
 RUN_FILE = "hf_sparse_run.json"
 #: The resolved recipe saved with each checkpoint.
 RECIPE_FILE = "hf_sparse_recipe.yaml"
+
+
+def _store_(model, qmode: str | None, ckpt, pruning: PruningConfig, masks) -> dict[str, str]:
+    """Turn ``model``'s layers into what is saved, in place: QAT layers converted to integer layers, pruned layers
+    stored in ``ckpt.format`` (sparse formats, from ``masks``); post-training quantised layers are already integer.
+    Returns the format of each layer stored."""
+    if qmode == "qat":
+        return convert_(model)
+    if qmode == "ptq":
+        return {n: r["format"] for n, r in quantization_report(model).items()}
+    if ckpt.format == "dense" or masks is None:
+        return {}
+    decisions = sparsify_(
+        model,
+        format=ckpt.format,
+        batch_hint=ckpt.batch_hint,
+        min_sparsity=ckpt.min_sparsity,
+        target_modules=pruning.target_modules,
+        exclude_modules=pruning.exclude_modules,
+        embeddings=pruning.embeddings,
+        masks=masks,
+    )
+    return {n: d.choice.format for n, d in decisions.items()}
+
+
+def _save_run(model, tokenizer, recipe: Recipe, folder: Path) -> None:
+    """Save a run's model, tokenizer and resolved recipe into ``folder`` atomically (the main process only; every
+    process waits until it is there)."""
+    if _is_main_process():
+        with atomic_folder(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / RECIPE_FILE).write_text(dump_recipe(recipe))
+    _barrier()
 
 
 def _completed_run(folder: Path, recipe: Recipe) -> dict | None:

@@ -28,13 +28,12 @@ from .data import resolve_model
 from .distillation.students import freeze_teacher, teacher_snapshot
 from .embeddings import compress_embeddings_, finalize_embeddings_
 from .lowrank import factorize_
-from .nn import sparsify_
 from .nn.qat import QATLinear
 from .pruning.apply import model_parameter_counts
 from .pruning.structured import structured_prune_
-from .quantization.apply import convert_, prepare_qat_, quantization_report, quantize_
-from .recipes import Recipe, StageSection, dump_recipe
-from .resilience import atomic_folder, atomic_write_text
+from .quantization.apply import prepare_qat_, quantization_report, quantize_
+from .recipes import Recipe, StageSection
+from .resilience import atomic_write_text
 
 __all__ = ["run_stages", "stage_description"]
 
@@ -212,22 +211,8 @@ def run_stages(recipe: Recipe, ctx: dict, *, resume: bool) -> dict:
     layers = {n.removesuffix(".base_layer"): v for n, v in layer_report["layers"].items()}
     formats: dict[str, str] = dict.fromkeys(layers, "dense")
     if qat_cfg is not None:
-        formats.update(convert_(model))
         quantized = "qat"
-    elif quantized == "ptq":
-        formats.update({n: r["format"] for n, r in quantization_report(model).items()})
-    elif ckpt.format != "dense" and masks is not None:
-        decisions = sparsify_(
-            model,
-            format=ckpt.format,
-            batch_hint=ckpt.batch_hint,
-            min_sparsity=ckpt.min_sparsity,
-            target_modules=pruning_cfg.target_modules,
-            exclude_modules=pruning_cfg.exclude_modules,
-            embeddings=pruning_cfg.embeddings,
-            masks=masks,
-        )
-        formats.update({n: d.choice.format for n, d in decisions.items()})
+    formats.update(c._store_(model, quantized, ckpt, pruning_cfg, masks))
     if embeddings_used and quantized is None:
         finalize_embeddings_(model)
     trainer = Trainer(
@@ -238,12 +223,7 @@ def run_stages(recipe: Recipe, ctx: dict, *, resume: bool) -> dict:
     )
     accuracy, logits = c._predict(trainer, test_tok)
     folder = output_dir / tag
-    if c._is_main_process():
-        with atomic_folder(folder) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / c.RECIPE_FILE).write_text(dump_recipe(recipe))
-    c._barrier()
+    c._save_run(model, tokenizer, recipe, folder)
     run = {
         "name": tag,
         "target_sparsity": pruning_cfg.sparsity if pruning_cfg is not None else 0.0,
