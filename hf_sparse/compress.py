@@ -965,15 +965,7 @@ def run_compress(
             "checkpoint_bytes": _checkpoint_bytes(folder),
         }
         if qmode is not None:
-            qreport = quantization_report(model)
-            run["quantization"] = {
-                "mode": qmode,
-                "config": quant.to_config(post_training=qmode == "ptq").to_dict(header=False),
-                "float_accuracy": float_accuracy,
-                "layers": len(qreport),
-                "weight_bytes": sum(r["nbytes"] for r in qreport.values()),
-                "float_weight_bytes": sum(r["float_bytes"] for r in qreport.values()),
-            }
+            run["quantization"] = _quantization_entry(model, qmode, quant, float_accuracy)
         if distil is not None:
             run["distillation"] = {"kd": kd, "config": distil.to_dict(header=False) if kd else None}
             if distiller_cb is not None:
@@ -1120,6 +1112,19 @@ def _store_(model, qmode: str | None, ckpt, pruning: PruningConfig, masks) -> di
         masks=masks,
     )
     return {n: d.choice.format for n, d in decisions.items()}
+
+
+def _quantization_entry(model, mode: str, section, float_accuracy: float | None) -> dict:
+    """A run's ``quantization`` report entry: mode, config, and the quantised layers' bytes against float32."""
+    qreport = quantization_report(model)
+    return {
+        "mode": mode,
+        "config": section.to_config(post_training=mode == "ptq").to_dict(header=False),
+        "float_accuracy": float_accuracy,
+        "layers": len(qreport),
+        "weight_bytes": sum(r["nbytes"] for r in qreport.values()),
+        "float_weight_bytes": sum(r["float_bytes"] for r in qreport.values()),
+    }
 
 
 def _save_run(model, tokenizer, recipe: Recipe, folder: Path) -> None:

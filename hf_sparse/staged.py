@@ -31,7 +31,7 @@ from .lowrank import factorize_
 from .nn.qat import QATLinear
 from .pruning.apply import model_parameter_counts
 from .pruning.structured import structured_prune_
-from .quantization.apply import prepare_qat_, quantization_report, quantize_
+from .quantization.apply import prepare_qat_, quantize_
 from .recipes import Recipe, StageSection
 from .resilience import atomic_write_text
 
@@ -242,15 +242,7 @@ def run_stages(recipe: Recipe, ctx: dict, *, resume: bool) -> dict:
         "stages": stage_rows,
     }
     if quantized is not None:
-        qreport = quantization_report(model)
-        run["quantization"] = {
-            "mode": quantized,
-            "config": qsection.to_config(post_training=quantized == "ptq").to_dict(header=False),
-            "float_accuracy": None,
-            "layers": len(qreport),
-            "weight_bytes": sum(r["nbytes"] for r in qreport.values()),
-            "float_weight_bytes": sum(r["float_bytes"] for r in qreport.values()),
-        }
+        run["quantization"] = c._quantization_entry(model, quantized, qsection, None)
     distilled = [st for st in recipe.stages if st.distillation is not None]
     if distilled:
         run["distillation"] = {
