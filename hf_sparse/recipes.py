@@ -734,6 +734,32 @@ def packaged_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(data_dir("recipes").glob("*.yaml"))}
 
 
+def read_recipe_yaml(path: Path) -> tuple[Any, Any]:
+    """The YAML document of a recipe file and its node tree (which keeps each key's line, for error messages),
+    read with the recipes' loader (``5e-5`` is a float, a key written twice is refused).
+
+    Raises:
+        RecipeError: the file is not UTF-8 text or not YAML (the message gives the line).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); save the recipe as UTF-8."
+        ) from None
+    loader = _RecipeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data: Any = None if root is None else loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        raise RecipeError(f"{where}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    return data, root
+
+
 def load_recipe(source: str | Path | None = None) -> Recipe:
     """Read and validate a recipe.
 
@@ -756,23 +782,7 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
             raise RecipeError(
                 f"No recipe file {str(source)!r}, and no packaged recipe of that name ({sorted(known)})."
             )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecipeError(
-            f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); save the recipe as UTF-8."
-        ) from None
-    # Parsed once into the node tree (which keeps each key's line, for the error messages), then constructed.
-    loader = _RecipeLoader(text)
-    try:
-        root = loader.get_single_node()
-        data: Any = None if root is None else loader.construct_document(root)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        raise RecipeError(f"{where}: not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
+    data, root = read_recipe_yaml(path)
     if data is None:
         # An empty file is more likely a mistake (a truncated copy, the wrong path) than a request for every default.
         raise RecipeError(

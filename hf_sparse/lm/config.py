@@ -21,8 +21,6 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from ..attention.config import SparseAttentionConfig
 from ..config import BaseConfig, check_seed, register_config
 from ..errors import ConfigError, RecipeError
@@ -238,25 +236,12 @@ def load_lm_recipe(path: str | Path) -> LmRecipe:
     """
     # The loader and the key-to-line lookup of the compress recipes: the same YAML dialect (``5e-5`` is a float,
     # a key written twice is refused) and the same error anchoring in every recipe format.
-    from ..recipes import _key_line, _RecipeLoader
+    from ..recipes import _key_line, read_recipe_yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"No recipe file {str(path)!r}.") from None
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded).") from None
-    loader = _RecipeLoader(text)
-    try:
-        root = loader.get_single_node()
-        data = None if root is None else loader.construct_document(root)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        raise RecipeError(f"{where}: not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
+    if not path.is_file():
+        raise RecipeError(f"No recipe file {str(path)!r}.")
+    data, root = read_recipe_yaml(path)
     if not isinstance(data, dict):
         raise RecipeError(
             f"{path}: a recipe is a mapping of sections (task: lm, model:, data:, attention: ...), got "
