@@ -44,8 +44,8 @@ bench: setup
 	$(BIN)/hf-sparse bench train-step --quick
 
 lint: setup
-	$(BIN)/ruff check hf_sparse tests benchmarks
-	$(BIN)/ruff format --check hf_sparse tests benchmarks
+	$(BIN)/ruff check hf_sparse tests benchmarks kernels/hub
+	$(BIN)/ruff format --check hf_sparse tests benchmarks kernels/hub
 
 clean:
 	rm -rf $(VENV) $(OUTPUT) .pytest_cache

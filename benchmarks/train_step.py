@@ -32,6 +32,7 @@ def run_case(M: int, K: int, N: int, sparsity: float, *, threads: int, rounds: i
     with torch.no_grad():
         keep = torch.rand(M, K, generator=g) >= sparsity
         dense.weight.mul_(keep)
+        keep = dense.weight != 0  # the stored positions: an initial weight can itself be exactly 0
     sparse = SparseLinear.from_linear(dense, "csr")
     x = torch.randn(N, K, generator=g, requires_grad=True)
     upstream = torch.randn(N, M, generator=g)

@@ -247,6 +247,28 @@ def _cmd_build_kernels(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_package_kernels(args: argparse.Namespace) -> int:
+    from .integrations.kernel_hub import build_kernel_package, push_kernel_package
+
+    print(
+        f"hf-sparse: building the kernel package into {args.output} (a minute or more the first time) ...", flush=True
+    )
+    result = build_kernel_package(args.output, version=args.version)
+    for backend, why in result["skipped"].items():
+        print(f"hf-sparse: no {backend} build: {why}")
+    print(f"hf-sparse: built {', '.join(result['built'])} in {args.output}/build")
+    if args.push_to_hub:
+        url = push_kernel_package(
+            args.output, args.push_to_hub, token=args.hub_token, private=True if args.private else None
+        )
+        print(f"hf-sparse: pushed to {args.push_to_hub} (branch v{args.version}): {url}")
+        print(
+            f'hf-sparse: load it with kernels.get_kernel("{args.push_to_hub}", version={args.version}, '
+            "trust_remote_code=True)"
+        )
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -372,6 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-kernels", help="build the C++ ops now (otherwise they are built on first use)")
     p.set_defaults(func=_cmd_build_kernels)
+
+    p = sub.add_parser(
+        "package-kernels",
+        help="build the kernels as a package for Hugging Face's `kernels` library (get_kernel), optionally push it",
+    )
+    p.add_argument("output", help="folder of the package (build/<variant>/ per torch/backend/platform, README.md)")
+    p.add_argument("--version", type=int, default=1, help="the kernel's major version: branch v<version> (default 1)")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="kernel repository to push to, e.g. user/name")
+    p.add_argument("--hub-token", default=None, help="Hub token (default: the stored login or HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=_cmd_package_kernels)
 
     p = sub.add_parser("info", help="versions, machine and packaged recipes")
     p.set_defaults(func=_cmd_info)

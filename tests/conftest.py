@@ -14,6 +14,18 @@ import pytest  # noqa: E402
 from hf_sparse.testing import tiny_bert_classifier, tiny_classification_dataset  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Benchmarks run in-process set torch's thread count; later tests (comparing results bit for bit with a fresh
+    process) must not inherit it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_model():
     return tiny_bert_classifier(seed=0)

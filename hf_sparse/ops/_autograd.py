@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-ops = torch.ops.hf_sparse
+from ._namespace import NAMESPACE
+
+ops = getattr(torch.ops, NAMESPACE)
 
 
 def _csr_setup(ctx, inputs, output):
@@ -201,15 +203,15 @@ def _linear_qcsr_backward(ctx, grad):
     return None, None, None, d_scales, None, None, d_xt.t() if d_xt is not None else None
 
 
-torch.library.register_autograd("hf_sparse::spmm_csr", _csr_backward, setup_context=_csr_setup)
-torch.library.register_autograd("hf_sparse::spmm_csr_t", _csr_t_backward, setup_context=_csr_t_setup)
-torch.library.register_autograd("hf_sparse::spmm_bsr", _bsr_backward, setup_context=_csr_setup)
-torch.library.register_autograd("hf_sparse::spmm_nm", _nm_backward, setup_context=_nm_setup)
-torch.library.register_autograd("hf_sparse::spmm_qcsr", _qcsr_backward, setup_context=_qcsr_setup)
-torch.library.register_autograd("hf_sparse::spmm_qbsr", _qbsr_backward, setup_context=_qbsr_setup)
-torch.library.register_autograd("hf_sparse::spmm_qnm", _qnm_backward, setup_context=_qnm_setup)
-torch.library.register_autograd("hf_sparse::linear_csr", _linear_csr_backward, setup_context=_linear_csr_setup)
-torch.library.register_autograd("hf_sparse::linear_qcsr", _linear_qcsr_backward, setup_context=_linear_qcsr_setup)
+torch.library.register_autograd(f"{NAMESPACE}::spmm_csr", _csr_backward, setup_context=_csr_setup)
+torch.library.register_autograd(f"{NAMESPACE}::spmm_csr_t", _csr_t_backward, setup_context=_csr_t_setup)
+torch.library.register_autograd(f"{NAMESPACE}::spmm_bsr", _bsr_backward, setup_context=_csr_setup)
+torch.library.register_autograd(f"{NAMESPACE}::spmm_nm", _nm_backward, setup_context=_nm_setup)
+torch.library.register_autograd(f"{NAMESPACE}::spmm_qcsr", _qcsr_backward, setup_context=_qcsr_setup)
+torch.library.register_autograd(f"{NAMESPACE}::spmm_qbsr", _qbsr_backward, setup_context=_qbsr_setup)
+torch.library.register_autograd(f"{NAMESPACE}::spmm_qnm", _qnm_backward, setup_context=_qnm_setup)
+torch.library.register_autograd(f"{NAMESPACE}::linear_csr", _linear_csr_backward, setup_context=_linear_csr_setup)
+torch.library.register_autograd(f"{NAMESPACE}::linear_qcsr", _linear_qcsr_backward, setup_context=_linear_qcsr_setup)
 
 
 # -- block-sparse attention ----------------------------------------------------------------------------------------
@@ -292,4 +294,4 @@ def _attention_backward_dense(ctx, grad_out, grad_lse):
     return dq, dk, dv, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("hf_sparse::sparse_attention", _attention_backward, setup_context=_attention_setup)
+torch.library.register_autograd(f"{NAMESPACE}::sparse_attention", _attention_backward, setup_context=_attention_setup)

@@ -30,7 +30,8 @@ def _sources() -> list[Path]:
 
 
 def _headers() -> list[Path]:
-    return sorted((data_dir("kernels") / "csrc" / "cpu").glob("*.h"))
+    root = data_dir("kernels") / "csrc"
+    return sorted([*root.glob("*.h"), *(root / "cpu").glob("*.h")])
 
 
 def cpu_flags() -> list[str]:
@@ -118,7 +119,8 @@ def _cuda_sources() -> list[Path]:
 
 
 def _cuda_headers() -> list[Path]:
-    return sorted((data_dir("kernels") / "csrc" / "cuda").glob("*.h"))
+    root = data_dir("kernels") / "csrc"
+    return sorted([*root.glob("*.h"), *(root / "cuda").glob("*.h")])
 
 
 def _nvcc() -> str | None:

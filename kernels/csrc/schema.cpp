@@ -1,9 +1,9 @@
 // The one definition of every hf_sparse:: op schema. Implementations register per device in cpu/*.cpp (and, where
 // CUDA is built, in the CUDA binding). Dense operands are transposed, (K, N) row-major, so kernels run their inner
 // loops over the contiguous dense dimension N.
-#include <torch/library.h>
+#include "namespace.h"
 
-TORCH_LIBRARY(hf_sparse, m) {
+HF_SPARSE_LIBRARY(m) {
   // Yt = W @ Xt for W stored as CSR (rows x cols): crow int32 (rows+1), col int16/int32 (nnz), values (nnz).
   // Xt is (cols, N). Returns (rows, N), or with transpose_out=True its transpose (N, rows) as a contiguous tensor
   // (what a Linear layer returns), written by the kernel directly. Same for spmm_bsr and spmm_nm.

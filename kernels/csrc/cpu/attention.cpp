@@ -7,7 +7,7 @@
 // BQ) int64 holding one 64-bit key mask per query. Padding comes as an additive key bias (B, Skv) (0 or -inf).
 // Per (batch, head) the keys are transposed once into (D, Skv) so every score tile is a small GEMM over contiguous
 // rows; a query row that no key may attend gives a zero output and lse = -inf.
-#include <torch/library.h>
+#include "../namespace.h"
 
 #include <cmath>
 #include <limits>
@@ -472,7 +472,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) {
+HF_SPARSE_LIBRARY_IMPL(CPU, m) {
   m.impl("sparse_attention", &sparse_attention_cpu);
   m.impl("sparse_attention_backward", &sparse_attention_backward_cpu);
 }

@@ -2,7 +2,7 @@
 // bits first) minus the zero point, times the scale of their group. A dense quantised layer runs as this plus the
 // float GEMM: the integer weight is what is stored and moved, the arithmetic stays in float (AVX2 has no fast int8
 // dot product without VNNI).
-#include <torch/library.h>
+#include "../namespace.h"
 
 #include <array>
 
@@ -104,4 +104,4 @@ at::Tensor dequantize_cpu(const at::Tensor& values, const at::Tensor& scales, co
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) { m.impl("dequantize", &dequantize_cpu); }
+HF_SPARSE_LIBRARY_IMPL(CPU, m) { m.impl("dequantize", &dequantize_cpu); }

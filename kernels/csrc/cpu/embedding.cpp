@@ -23,7 +23,7 @@
 //
 // The ops are inference-only (no autograd formula): the Python wrappers send anything that needs a gradient to the
 // pure-PyTorch reference.
-#include <torch/library.h>
+#include "../namespace.h"
 
 #include <c10/util/Half.h>
 
@@ -385,7 +385,7 @@ at::Tensor qrow_embedding_bag_cpu(const at::Tensor& values, int64_t bits, int64_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) {
+HF_SPARSE_LIBRARY_IMPL(CPU, m) {
   m.impl("qrow_lookup", &qrow_lookup_cpu);
   m.impl("qrow_embedding_bag", &qrow_embedding_bag_cpu);
 }

@@ -6,7 +6,7 @@
 // Both compute RB rows at once over a chunk of V vectors of N, so the Xt rows a block (or an M-group) touches are
 // loaded once into registers or L1 and reused by every row of the group: the structure buys data reuse that
 // unstructured CSR cannot have. Indices are checked right before use; a bad one raises, nothing is read through it.
-#include <torch/library.h>
+#include "../namespace.h"
 
 #include <type_traits>
 
@@ -338,7 +338,7 @@ at::Tensor spmm_qnm_cpu(const at::Tensor& values, const at::Tensor& indices, con
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) {
+HF_SPARSE_LIBRARY_IMPL(CPU, m) {
   m.impl("spmm_bsr", &spmm_bsr_cpu);
   m.impl("spmm_nm", &spmm_nm_cpu);
   m.impl("spmm_qbsr", &spmm_qbsr_cpu);

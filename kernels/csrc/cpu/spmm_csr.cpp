@@ -5,7 +5,7 @@
 //   sddmm_csr   dV[p] = <dYt[row(p)], Xt[col(p)]> (nnz,)   value gradient, only at stored positions
 // Accumulators stay in registers across a row's nonzeros (V vectors of N, U independent chains); each column
 // index is checked right before it is used, so a malformed index raises instead of reading out of bounds.
-#include <torch/library.h>
+#include "../namespace.h"
 
 #include <algorithm>
 #include <memory>
@@ -627,7 +627,7 @@ at::Tensor linear_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hf_sparse, CPU, m) {
+HF_SPARSE_LIBRARY_IMPL(CPU, m) {
   m.impl("spmm_csr", &spmm_csr_cpu);
   m.impl("spmm_csr_t", &spmm_csr_t_cpu);
   m.impl("sddmm_csr", &sddmm_csr_cpu);

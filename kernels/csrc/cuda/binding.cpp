@@ -21,7 +21,7 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include "../namespace.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -474,7 +474,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hf_sparse, CUDA, m) {
+HF_SPARSE_LIBRARY_IMPL(CUDA, m) {
   m.impl("spmm_csr", &spmm_csr_cuda);
   m.impl("spmm_qcsr", &spmm_qcsr_cuda);
   m.impl("linear_csr", &linear_csr_cuda);
