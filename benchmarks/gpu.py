@@ -183,6 +183,49 @@ def run_spmm_case(rows: int, cols: int, n: int, dtype: torch.dtype, *, rounds: i
     }
 
 
+def run_nm_case(rows: int, cols: int, n: int, dtype: torch.dtype, *, rounds: int) -> dict:
+    """2:4: our kernel (spmm_nm: the CSR kernel over the implicit n:m structure) against torch's semi-structured
+    sparse tensor cores (cuSPARSELt or CUTLASS; what hf_sparse's dispatch picks where it is available) and cuBLAS
+    on the dense weight."""
+    from hf_sparse.formats import to_format
+
+    ops = torch.ops.hf_sparse
+    g = torch.Generator().manual_seed(rows + cols + n + 1)
+    w = torch.randn(rows, cols, generator=g) / cols**0.5
+    keep = torch.zeros(rows, cols // 4, 4, dtype=torch.bool)
+    keep.scatter_(-1, w.abs().reshape(rows, cols // 4, 4).topk(2, dim=-1).indices, True)
+    fmt = to_format("nm", w.to(dtype), keep.reshape(rows, cols), n=2, m=4)
+    values, indices = fmt.values.cuda(), fmt.indices.cuda()
+    dense = fmt.to_dense().cuda()
+    xt = torch.randn(cols, n, generator=g).to(dtype).cuda()
+    ref = dense.float() @ xt.float()
+    torch.testing.assert_close(ops.spmm_nm(values, indices, 2, 4, cols, xt).float(), ref, rtol=2e-2, atol=2e-2)
+    calls: dict[str, Callable[[], object]] = {
+        "ours": lambda: ops.spmm_nm(values, indices, 2, 4, cols, xt),
+        "cublas_dense": lambda: dense @ xt,
+    }
+    semi_missing = None
+    try:
+        from torch.sparse import to_sparse_semi_structured
+
+        packed = to_sparse_semi_structured(dense)
+        torch.testing.assert_close(torch.mm(packed, xt).float(), ref, rtol=2e-2, atol=2e-2)
+        calls["semi_structured"] = lambda: torch.mm(packed, xt)
+    except Exception as exc:  # no cuSPARSELt / CUTLASS backend for this dtype, shape or GPU
+        semi_missing = f"{type(exc).__name__}: {str(exc)[:300]}"
+    with _IndexCheck(False):
+        times = _time_rounds(calls, rounds)
+    ours_s, baselines, speedup = _summarize(times)
+    return {
+        "name": f"spmm 2:4 {rows}x{cols} N={n} {str(dtype).removeprefix('torch.')}",
+        "params": {"rows": rows, "cols": cols, "N": n, "dtype": str(dtype), "n": 2, "m": 4},
+        "ours_s": ours_s,
+        "baselines_s": baselines,
+        "speedup": speedup,
+        "semi_structured_missing": semi_missing,
+    }
+
+
 def _flex(S: int, window: int):
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -275,10 +318,13 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
     shapes = SPMM_SHAPES[1:] if quick else SPMM_SHAPES
     dtypes = SPMM_DTYPES[:1] if quick else SPMM_DTYPES
     todo = [("spmm", (r, c, n, dt)) for r, c in shapes for n in SPMM_NS for dt in dtypes] + [("attention", ())]
+    todo += [("nm", (4096, 4096, n, torch.bfloat16)) for n in SPMM_NS]
     for i, (kind, args) in enumerate(todo):
         r = rounds or (5 if quick else 15)
         if kind == "spmm":
             case = run_spmm_case(*args, rounds=r, copy_gbps=copy_gbps)
+        elif kind == "nm":
+            case = run_nm_case(*args, rounds=r)
         else:
             case = run_attention_case(rounds=r)
         record["cases"].append(case)

@@ -49,7 +49,9 @@ def _bsr_backward(ctx, grad):
     crow, col, values, xt = ctx.saved_tensors
     nb, r, c = values.shape
     n = grad.shape[1]
-    brow = torch.repeat_interleave(torch.arange(ctx.rows // r), torch.diff(crow.to(torch.int64)), output_size=nb)
+    brow = torch.repeat_interleave(
+        torch.arange(ctx.rows // r, device=crow.device), torch.diff(crow.to(torch.int64)), output_size=nb
+    )
     bcol = col.to(torch.int64)
     dy_blocks = grad.reshape(ctx.rows // r, r, n)[brow]  # (nb, r, N)
     d_values = d_xt = None
@@ -64,8 +66,8 @@ def _bsr_backward(ctx, grad):
 def nm_as_csr(indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The CSR structure (crow int32, col int32) of an n:m weight whose slots are stored row-major."""
     rows, width = indices.shape
-    crow = torch.arange(rows + 1, dtype=torch.int32) * width
-    base = (torch.arange(width, dtype=torch.int32) // n) * m
+    crow = torch.arange(rows + 1, dtype=torch.int32, device=indices.device) * width
+    base = (torch.arange(width, dtype=torch.int32, device=indices.device) // n) * m
     return crow, (base + indices.to(torch.int32)).reshape(-1)
 
 
@@ -101,7 +103,7 @@ def _qcsr_grads(ctx, dyt, xt, need_scales: bool, need_x: bool):
     Returns (d_scales, d_xt)."""
     crow, col, values, scales = ctx.saved_tensors[:4]
     row_of = torch.repeat_interleave(
-        torch.arange(ctx.rows), torch.diff(crow.to(torch.int64)), output_size=values.numel()
+        torch.arange(ctx.rows, device=crow.device), torch.diff(crow.to(torch.int64)), output_size=values.numel()
     )
     d_scales = d_xt = None
     if need_scales:
@@ -132,7 +134,9 @@ def _qbsr_backward(ctx, grad):
     crow, col, values, scales, xt = ctx.saved_tensors
     nb, r, c = values.shape
     n = grad.shape[1]
-    brow = torch.repeat_interleave(torch.arange(ctx.rows // r), torch.diff(crow.to(torch.int64)), output_size=nb)
+    brow = torch.repeat_interleave(
+        torch.arange(ctx.rows // r, device=crow.device), torch.diff(crow.to(torch.int64)), output_size=nb
+    )
     bcol = col.to(torch.int64)
     codes = values.to(grad.dtype)
     d_scales = d_xt = None
@@ -272,7 +276,7 @@ def _attention_backward_dense(ctx, grad_out, grad_lse):
     B, H, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     group = H // Hkv
-    allowed = attention_mask_from_layout(kv_ptr, kv_blocks, mask_index, bits, ctx.block_q, Sq, Skv)
+    allowed = attention_mask_from_layout(kv_ptr, kv_blocks, mask_index, bits, ctx.block_q, Sq, Skv).to(q.device)
     kx = k.repeat_interleave(group, dim=1) if group > 1 else k
     vx = v.repeat_interleave(group, dim=1) if group > 1 else v
     s = (q @ kx.transpose(-1, -2)) * ctx.scale

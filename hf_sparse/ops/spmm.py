@@ -7,6 +7,8 @@ that cannot take the input raises with every reason.
 
 from __future__ import annotations
 
+import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -145,8 +147,52 @@ def _check_rhs(weight: SparseFormat, xt: torch.Tensor) -> None:
         raise FormatError(f"spmm: xt must have shape ({weight.shape[1]}, N) for a {weight.shape} weight, got {shape}.")
 
 
+logger = logging.getLogger(__name__)
+
+# id(NM weight) -> (weakref to it, versions of its tensors, torch's semi-structured copy or None if it cannot be made)
+_SEMI_STRUCTURED: dict[int, tuple] = {}
+
+
+def _semi_structured_2_4(weight: SparseFormat, xt: torch.Tensor) -> torch.Tensor | None:
+    """``weight @ xt`` on the sparse tensor cores, for 2:4 float16 / bfloat16 weights on an Ampere or newer GPU:
+    torch's semi-structured sparse tensor (cuSPARSELt where torch has it, else CUTLASS), made once per weight and
+    cached. None where it does not apply (other shapes, dtypes or devices, gradients needed, or a backend that
+    refuses the shape): our CUDA kernel runs instead."""
+    if not (xt.is_cuda and type(weight) is NM and (weight.n, weight.m) == (2, 4)):
+        return None
+    if xt.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != xt.dtype:
+        return None
+    if torch.is_grad_enabled() and (xt.requires_grad or weight.values.requires_grad):
+        return None
+    if torch.cuda.get_device_capability(xt.device) < (8, 0):
+        return None
+    key, version = id(weight), (weight.values._version, weight.indices._version)
+    hit = _SEMI_STRUCTURED.get(key)
+    if hit is None or hit[0]() is not weight or hit[1] != version:
+        try:
+            from torch.sparse import to_sparse_semi_structured
+
+            packed = to_sparse_semi_structured(weight.to_dense())
+        except Exception as exc:  # a shape or dtype the backend refuses: our kernel runs
+            logger.debug("2:4 weight %s stays on our kernel: %s", tuple(weight.shape), exc)
+            packed = None
+        if hit is None:
+            weakref.finalize(weight, _SEMI_STRUCTURED.pop, key, None)
+        _SEMI_STRUCTURED[key] = hit = (weakref.ref(weight), version, packed)
+    if hit[2] is None:
+        return None
+    try:
+        return torch.mm(hit[2], xt)
+    except Exception as exc:  # e.g. an N the backend cannot pad
+        logger.debug("2:4 product falls back to our kernel: %s", exc)
+        return None
+
+
 def _cpu_kernel(weight: SparseFormat, xt: torch.Tensor, transpose_out: bool = False) -> torch.Tensor:
     rows, cols = weight.shape
+    fast = _semi_structured_2_4(weight, xt)
+    if fast is not None:
+        return fast.t().contiguous() if transpose_out else fast
     if isinstance(weight, CSR):
         return _ops.spmm_csr(weight.crow_indices, weight.col_indices, weight.values, rows, cols, xt, transpose_out)
     if isinstance(weight, BSR):
@@ -205,18 +251,15 @@ class Backend:
 def _cuda_reasons(weight: SparseFormat, xt: torch.Tensor) -> list[str]:
     """What the CUDA kernels (kernels/csrc/cuda, via binding.cpp) need beyond device / dtype / format."""
     out = []
-    quantized = isinstance(weight, (QCSR, QBSR))
+    quantized = isinstance(weight, (QCSR, QBSR, QNM))
     if quantized and weight.dtype != torch.float32:
         out.append(f"int8-value {weight.name[1:].upper()} needs float32 scales, got {weight.dtype}")
     if not quantized and weight.dtype != xt.dtype:
         out.append(f"the weight's values ({weight.dtype}) and xt ({xt.dtype}) must have the same dtype")
     if isinstance(weight, (BSR, QBSR)) and not set(weight.block) <= {16, 32}:
         out.append(f"block {weight.block[0]}x{weight.block[1]} is not supported (16 or 32 on each side)")
-    if isinstance(weight, (CSR, BSR, QCSR, QBSR)) and weight.values.device != xt.device:
+    if isinstance(weight, (CSR, BSR, NM, QCSR, QBSR, QNM)) and weight.values.device != xt.device:
         out.append(f"the weight is on {weight.values.device} but xt is on {xt.device}")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (xt, *weight.tensors().values())):
-        # The autograd formulas call spmm_csr_t / sddmm_csr, which have no CUDA kernel yet.
-        out.append("gradients are needed and the CUDA backward ops (spmm_csr_t, sddmm_csr) are not written yet")
     if xt.device.type == "cuda" and not out and not _loader.load_cuda():  # only now: loading may build (minutes)
         out.append(f"the CUDA ops are not available: {_loader.cuda_status()}")
     return out
@@ -224,7 +267,7 @@ def _cuda_reasons(weight: SparseFormat, xt: torch.Tensor) -> list[str]:
 
 BACKENDS: tuple[Backend, ...] = (
     Backend("cpu", ("cpu",), (torch.float32, torch.float64), (CSR, CSC, BSR, NM, Hybrid, QCSR, QBSR, QNM)),
-    Backend("cuda", ("cuda",), (torch.float16, torch.bfloat16, torch.float32), (CSR, BSR, QCSR, QBSR)),
+    Backend("cuda", ("cuda",), (torch.float16, torch.bfloat16, torch.float32), (CSR, BSR, NM, QCSR, QBSR, QNM)),
     Backend(
         "reference",
         ("cpu", "cuda", "meta", "mps", "xpu"),

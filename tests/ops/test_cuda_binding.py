@@ -28,6 +28,10 @@ CUDA_OPS = {
     "linear_qcsr",
     "spmm_bsr",
     "spmm_qbsr",
+    "spmm_nm",
+    "spmm_qnm",
+    "spmm_csr_t",
+    "sddmm_csr",
     "sparse_attention",
     "sparse_attention_backward",
 }

@@ -211,8 +211,11 @@ def test_opcheck_spmm_ops(ops, dtype):
         (ops.spmm_qbsr, (qbsr.crow_indices, qbsr.col_indices, qbsr.values, qbsr.scales, 64, 48, xt, True)),
     ]
     for op, args in cases:
-        # No requires_grad: the autograd formulas call spmm_csr_t / sddmm_csr, which have no CUDA impl yet.
         torch.library.opcheck(op, args)
+    # with gradients: the autograd formulas run spmm_csr_t and sddmm_csr on the GPU
+    values = csr.values.to(dtype).requires_grad_()
+    torch.library.opcheck(ops.spmm_csr, (csr.crow_indices, csr.col_indices, values, 64, 48, xt.requires_grad_(), True))
+    torch.library.opcheck(ops.linear_csr, (csr.crow_indices, csr.col_indices, values, 64, 48, x.requires_grad_()))
 
 
 # -- attention ---------------------------------------------------------------------------------------------------
@@ -301,8 +304,8 @@ def test_opcheck_attention(ops, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_spmm_and_sparse_linear_dispatch_to_cuda(ops, dtype):
     w, mask = _case(ROWS, COLS, seed=5)
-    for name in ("csr", "qcsr", "bsr", "qbsr"):
-        params = {"block": (16, 16)} if "bsr" in name else {}
+    for name in ("csr", "qcsr", "bsr", "qbsr", "nm", "qnm"):
+        params = {"block": (16, 16)} if "bsr" in name else ({"n": 2, "m": 4} if "nm" in name else {})
         cpu_fmt = to_format(name, w if name.startswith("q") else w.to(dtype), mask, **params)
         fmt = _to_cuda(cpu_fmt)
         dense_w = cpu_fmt.to_dense().float().cuda()
@@ -317,13 +320,24 @@ def test_spmm_and_sparse_linear_dispatch_to_cuda(ops, dtype):
         torch.testing.assert_close(sparse_linear(fmt, x).reshape(15, ROWS).float(), want, **TOL[dtype])
 
 
-def test_cuda_backend_explains_gradients_and_falls_back(ops):
-    fmt = _to_cuda(to_format("csr", *_case(ROWS, COLS)))
-    xt = torch.randn(COLS, 8, device="cuda", requires_grad=True)
-    assert any("gradients" in r for r in explain(fmt, xt)["cuda"])
-    out = spmm(fmt, xt)  # the reference, differentiable
-    out.sum().backward()
-    assert xt.grad is not None
+@pytest.mark.parametrize("name", ["csr", "qcsr", "bsr", "nm", "qnm"])
+def test_cuda_backend_trains_with_the_reference_gradients(ops, name):
+    """Gradients through the CUDA kernels (spmm_csr_t, sddmm_csr and the formulas' torch ops on the GPU) equal the
+    reference's."""
+    params = {"block": (16, 16)} if "bsr" in name else ({"n": 2, "m": 4} if "nm" in name else {})
+    w, mask = _case(ROWS, COLS, density=0.3, seed=7)
+    fmt = _to_cuda(to_format(name, w, mask, **params))
+    xt = torch.randn(COLS, 8, device="cuda")
+    assert explain(fmt, xt.requires_grad_())["cuda"] == [], explain(fmt, xt)
+    grads = {}
+    for backend in ("cuda", "reference"):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in fmt.tensors().items() if v.is_floating_point()}
+        weight = from_tensors({**fmt.tensors(), **leaves}, fmt.params())
+        x = xt.detach().clone().requires_grad_()
+        spmm(weight, x, backend=backend).pow(2).sum().backward()
+        grads[backend] = [x.grad, *(leaves[k].grad for k in sorted(leaves))]
+    for got, want in zip(grads["cuda"], grads["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -341,3 +355,71 @@ def test_sparse_attention_wrapper_uses_cuda_kernel(ops, dtype):
     qg = q.detach().requires_grad_()
     sparse_attention(qg, k, v, SlidingWindow(32), causal=True).float().sum().backward()
     assert qg.grad is not None and torch.isfinite(qg.grad.float()).all()
+
+
+# -- the training ops and N:M ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("index", INDEX)
+@pytest.mark.parametrize("n", NS)
+def test_spmm_csr_t_and_sddmm_match_cpu(ops, dtype, index, n):
+    w, mask = _case(ROWS, COLS, seed=20 + n)
+    fmt = to_format("csr", w, mask)
+    crow, col, values = fmt.crow_indices, fmt.col_indices.to(INDEX[index]), fmt.values
+    yt, xt = torch.randn(ROWS, n).to(dtype), torch.randn(COLS, n).to(dtype)
+    expected = ops.spmm_csr_t(crow, col, _rounded(values, dtype), ROWS, COLS, yt.float())
+    got = ops.spmm_csr_t(crow.cuda(), col.cuda(), values.to(dtype).cuda(), ROWS, COLS, yt.cuda())
+    assert got.shape == (COLS, n) and got.dtype == dtype
+    torch.testing.assert_close(got.float().cpu(), expected, **TOL[dtype])
+    expected = ops.sddmm_csr(crow, col, ROWS, COLS, yt.float(), xt.float())
+    got = ops.sddmm_csr(crow.cuda(), col.cuda(), ROWS, COLS, yt.cuda(), xt.cuda())
+    assert got.shape == (col.numel(),) and got.dtype == dtype
+    torch.testing.assert_close(got.float().cpu(), expected, **TOL[dtype])
+    again = ops.sddmm_csr(crow.cuda(), col.cuda(), ROWS, COLS, yt.cuda(), xt.cuda())
+    assert torch.equal(got, again)  # deterministic
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("nm", [(2, 4), (1, 4), (4, 8)])
+@pytest.mark.parametrize("transpose_out", [False, True])
+def test_spmm_nm_and_qnm_match_cpu(ops, dtype, nm, transpose_out):
+    n, m = nm
+    w, _ = _case(ROWS, COLS, seed=30)
+    keep = torch.zeros(ROWS, COLS // m, m, dtype=torch.bool)
+    keep.scatter_(-1, w.abs().reshape(ROWS, COLS // m, m).topk(n, dim=-1).indices, True)
+    xt = torch.randn(COLS, 16).to(dtype)
+    for name in ("nm", "qnm"):
+        fmt = to_format(name, w, keep.reshape(ROWS, COLS), n=n, m=m)
+        if name == "nm":
+            expected = ops.spmm_nm(_rounded(fmt.values, dtype), fmt.indices, n, m, COLS, xt.float(), transpose_out)
+            got = ops.spmm_nm(fmt.values.to(dtype).cuda(), fmt.indices.cuda(), n, m, COLS, xt.cuda(), transpose_out)
+        else:
+            args = (fmt.values, fmt.indices, fmt.scales)
+            expected = ops.spmm_qnm(*args, n, m, COLS, xt.float(), transpose_out)
+            got = ops.spmm_qnm(*(a.cuda() for a in args), n, m, COLS, xt.cuda(), transpose_out)
+        torch.testing.assert_close(got.float().cpu(), expected, **TOL[dtype])
+    bad = fmt.indices.clone()
+    bad[0, 0] = m
+    with pytest.raises(ValueError, match=r"\[0, m="):
+        ops.spmm_nm(fmt.values.float().cuda(), bad.cuda(), n, m, COLS, xt.float().cuda(), False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_2_4_weights_use_the_sparse_tensor_cores_where_available(ops, dtype):
+    from hf_sparse.ops import spmm as spmm_module
+
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("semi-structured sparsity needs sm_80 or newer")
+    w = torch.randn(256, 512)
+    keep = torch.zeros(256, 128, 4, dtype=torch.bool)
+    keep.scatter_(-1, w.abs().reshape(256, 128, 4).topk(2, dim=-1).indices, True)
+    fmt = _to_cuda(to_format("nm", w.to(dtype), keep.reshape(256, 512), n=2, m=4))
+    xt = torch.randn(512, 64, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        got = spmm(fmt, xt)
+    want = fmt.to_dense().float() @ xt.float()
+    torch.testing.assert_close(got.float(), want, **TOL[dtype])
+    cached = spmm_module._SEMI_STRUCTURED.get(id(fmt))
+    assert cached is not None  # tried; cached[2] is None only where torch has no semi-structured backend here
+    print("semi-structured:", type(cached[2]).__name__ if cached[2] is not None else "unavailable, our kernel ran")

@@ -470,6 +470,124 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cuda(
   return {dq, dk, dv};
 }
 
+// --- the training ops and N:M, on top of the CSR kernel ---------------------------------------------------------
+
+// The CSR (int32 columns) of W^T for W in CSR, built on the device: a stable sort of the entries by column keeps
+// each transposed row's entries in ascending original-row order, so the products are deterministic.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_csr(const at::Tensor& crow, const at::Tensor& col,
+                                                             const at::Tensor& values, int64_t rows, int64_t cols) {
+  const auto index = crow.options().dtype(at::kLong);
+  at::Tensor counts = (crow.narrow(0, 1, rows) - crow.narrow(0, 0, rows)).to(at::kLong);
+  at::Tensor row_of = at::repeat_interleave(at::arange(rows, index), counts);
+  at::Tensor col64 = col.to(at::kLong);
+  at::Tensor order = at::argsort(col64, /*stable=*/true);
+  at::Tensor t_crow = at::zeros({cols + 1}, index);
+  t_crow.narrow(0, 1, cols).copy_(at::bincount(col64, {}, cols).cumsum(0));
+  return {t_crow.to(at::kInt), row_of.index_select(0, order).to(at::kInt), values.index_select(0, order)};
+}
+
+// dXt (cols, N) = W^T @ dYt, W (rows x cols) in CSR with values of the dense dtype: spmm_csr on W's transpose.
+at::Tensor spmm_csr_t_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& values_in,
+                           int64_t rows, int64_t cols, const at::Tensor& yt_in) {
+  const char* op = "spmm_csr_t";
+  TORCH_CHECK_VALUE(rows >= 0 && cols >= 0, "hf_sparse::", op, " (CUDA): negative shape (", rows, ", ", cols, ")");
+  TORCH_CHECK_VALUE(yt_in.is_cuda(), "hf_sparse::", op, " (CUDA): yt must be a CUDA tensor, got ", yt_in.device());
+  c10::cuda::CUDAGuard guard(yt_in.device());
+  check_csr_args(crow_in, col_in, yt_in, rows, op);
+  check_dense(yt_in, rows, op, "yt", "(rows, N)");
+  check_cuda(values_in, yt_in, op, "values");
+  check_same_dtype(values_in, yt_in, op, "yt");
+  TORCH_CHECK_VALUE(values_in.dim() == 1 && values_in.numel() == col_in.numel(), "hf_sparse::", op,
+                    " (CUDA): values must be 1-D with one entry per col (", col_in.numel(), "), got ",
+                    values_in.sizes());
+  const int64_t n = yt_in.size(1);
+  at::Tensor out = at::empty({cols, n}, yt_in.options());
+  if (out.numel() == 0) return out;
+  if (rows == 0 || col_in.numel() == 0) return out.zero_();
+  auto crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
+  auto yt = yt_in.contiguous();
+  check_structure_on_device(crow, col, rows, cols, op, "(cols of the weight)");
+  auto [t_crow, t_col, t_values] = transpose_csr(crow, col, values, rows, cols);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int code = HF_SPARSE_DISPATCH(yt.scalar_type(), hf_sparse_spmm_csr, t_crow.data_ptr<int32_t>(),
+                                      t_col.data_ptr(), 32, t_values.data_ptr(), t_col.numel(), nullptr, cols, rows,
+                                      yt.data_ptr(), n, 0, out.data_ptr(), stream);
+  check_code(code, op);
+  return out;
+}
+
+// out (nnz,) = dot(Yt[row(p)], Xt[col(p)]): the value gradient.
+at::Tensor sddmm_csr_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, int64_t rows, int64_t cols,
+                          const at::Tensor& yt_in, const at::Tensor& xt_in) {
+  const char* op = "sddmm_csr";
+  TORCH_CHECK_VALUE(rows >= 0 && cols >= 0, "hf_sparse::", op, " (CUDA): negative shape (", rows, ", ", cols, ")");
+  TORCH_CHECK_VALUE(xt_in.is_cuda(), "hf_sparse::", op, " (CUDA): xt must be a CUDA tensor, got ", xt_in.device());
+  c10::cuda::CUDAGuard guard(xt_in.device());
+  const int bits = check_csr_args(crow_in, col_in, xt_in, rows, op);
+  check_cuda(yt_in, xt_in, op, "yt");
+  check_dense(yt_in, rows, op, "yt", "(rows, N)");
+  check_dense(xt_in, cols, op, "xt", "(cols, N)");
+  check_same_dtype(yt_in, xt_in, op, "xt");
+  TORCH_CHECK_VALUE(yt_in.size(1) == xt_in.size(1), "hf_sparse::", op, " (CUDA): yt and xt must have the same N, got ",
+                    yt_in.size(1), " and ", xt_in.size(1));
+  const int64_t nnz = col_in.numel(), n = xt_in.size(1);
+  at::Tensor out = at::empty({nnz}, xt_in.options());
+  if (nnz == 0) return out;
+  if (n == 0 || rows == 0 || cols == 0) return out.zero_();
+  auto crow = crow_in.contiguous(), col = col_in.contiguous();
+  auto yt = yt_in.contiguous(), xt = xt_in.contiguous();
+  check_structure_on_device(crow, col, rows, cols, op, "(cols of the weight)");
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int code = HF_SPARSE_DISPATCH(xt.scalar_type(), hf_sparse_sddmm_csr, crow.data_ptr<int32_t>(), col.data_ptr(),
+                                      bits, nnz, rows, cols, yt.data_ptr(), xt.data_ptr(), n, out.data_ptr(), stream);
+  check_code(code, op);
+  return out;
+}
+
+// N:M (values and int8 in-group positions, both (rows, cols / m * n)) as CSR: entry j of row r is column
+// (j / n) * m + indices[r, j]; every row has cols / m * n entries. The CSR kernel then runs it (whether a dedicated
+// N:M kernel pays is for a GPU benchmark to say; for 2:4 in float16 / bfloat16, hf_sparse's dispatch prefers
+// torch's semi-structured sparse tensor cores where they are available).
+at::Tensor nm_impl(const at::Tensor& values_in, const at::Tensor& indices_in, const c10::optional<at::Tensor>& scales,
+                   int64_t nn, int64_t mm, int64_t cols, const at::Tensor& xt_in, bool transpose_out, const char* op) {
+  TORCH_CHECK_VALUE(nn > 0 && nn <= mm && mm <= 127, "hf_sparse::", op, " (CUDA): need 0 < n <= m <= 127, got n=", nn,
+                    ", m=", mm);
+  TORCH_CHECK_VALUE(cols >= 0 && cols % mm == 0, "hf_sparse::", op, " (CUDA): cols=", cols,
+                    " is not divisible by m=", mm);
+  TORCH_CHECK_VALUE(values_in.dim() == 2 && indices_in.dim() == 2 && values_in.sizes() == indices_in.sizes() &&
+                        values_in.size(1) == cols / mm * nn,
+                    "hf_sparse::", op, " (CUDA): values and indices must both be (rows, cols/m*n=", cols / mm * nn,
+                    "), got ", values_in.sizes(), " and ", indices_in.sizes());
+  TORCH_CHECK_VALUE(xt_in.is_cuda(), "hf_sparse::", op, " (CUDA): xt must be a CUDA tensor, got ", xt_in.device());
+  c10::cuda::CUDAGuard guard(xt_in.device());
+  check_cuda(indices_in, xt_in, op, "indices");
+  TORCH_CHECK_TYPE(indices_in.scalar_type() == at::kChar, "hf_sparse::", op, " (CUDA): indices must be int8, got ",
+                   indices_in.scalar_type());
+  const int64_t rows = values_in.size(0), width = values_in.size(1);
+  TORCH_CHECK_VALUE(rows * width <= INT32_MAX, "hf_sparse::", op, " (CUDA): more than 2^31 - 1 entries");
+  if (check_indices_enabled() && indices_in.numel() > 0) {
+    auto mm_pair = at::aminmax(indices_in);
+    TORCH_CHECK_VALUE(std::get<0>(mm_pair).item<int>() >= 0 && std::get<1>(mm_pair).item<int>() < mm, "hf_sparse::",
+                      op, " (CUDA): every index must be in [0, m=", mm,
+                      "); HF_SPARSE_CUDA_CHECK_INDICES=0 skips this check");
+  }
+  const auto index = indices_in.options().dtype(at::kInt);
+  at::Tensor group = at::arange(width, index).div(nn, "floor").mul(mm);
+  at::Tensor col = (indices_in.contiguous().to(at::kInt) + group).reshape({-1});
+  at::Tensor crow = at::arange(rows + 1, index).mul(width);
+  return csr_impl(crow, col, values_in.reshape({-1}), scales, rows, cols, xt_in, transpose_out, op);
+}
+
+at::Tensor spmm_nm_cuda(const at::Tensor& values, const at::Tensor& indices, int64_t nn, int64_t mm, int64_t cols,
+                        const at::Tensor& xt, bool transpose_out) {
+  return nm_impl(values, indices, c10::nullopt, nn, mm, cols, xt, transpose_out, "spmm_nm");
+}
+
+at::Tensor spmm_qnm_cuda(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& scales, int64_t nn,
+                         int64_t mm, int64_t cols, const at::Tensor& xt, bool transpose_out) {
+  return nm_impl(values, indices, scales, nn, mm, cols, xt, transpose_out, "spmm_qnm");
+}
+
 #undef HF_SPARSE_DISPATCH
 
 }  // namespace
@@ -481,6 +599,10 @@ HF_SPARSE_LIBRARY_IMPL(CUDA, m) {
   m.impl("linear_qcsr", &linear_qcsr_cuda);
   m.impl("spmm_bsr", &spmm_bsr_cuda);
   m.impl("spmm_qbsr", &spmm_qbsr_cuda);
+  m.impl("spmm_nm", &spmm_nm_cuda);
+  m.impl("spmm_qnm", &spmm_qnm_cuda);
+  m.impl("spmm_csr_t", &spmm_csr_t_cuda);
+  m.impl("sddmm_csr", &sddmm_csr_cuda);
   m.impl("sparse_attention", &sparse_attention_cuda);
   m.impl("sparse_attention_backward", &sparse_attention_backward_cuda);
 }

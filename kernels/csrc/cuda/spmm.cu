@@ -650,6 +650,64 @@ int check_csr_host(const int32_t* crow, const I* col, int64_t rows, int64_t cols
   return HF_SPARSE_SPMM_OK;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// SDDMM: out[p] = dot(Yt[row(p), :], Xt[col(p), :]) at W's stored positions (the value gradient of spmm_csr /
+// linear_csr). One warp per row (grid-stride over rows), 8 rows per CTA; for each entry of the row the 32 lanes split
+// the N products (lane j takes n = j, j + 32, ...; Yt's row is re-read through L1 for every entry, its one row
+// stays cached), then add them with a fixed __shfl_xor_sync tree (deterministic) and lane 0 writes the value in T.
+// Entries whose column is out of range give 0; row ranges are clamped to [0, nnz], as in the SpMM kernels. This is
+// the training path, run once per backward step: simple rather than tuned (N = tokens of a batch, often >= 512,
+// keeps every lane busy).
+template <typename T, typename I>
+__global__ void __launch_bounds__(32 * kCsrWarps)
+    sddmm_csr_kernel(const int32_t* __restrict__ crow, const I* __restrict__ col, int64_t nnz, int64_t rows,
+                     int64_t cols, const T* __restrict__ yt, const T* __restrict__ xt, int64_t n, T* __restrict__ out) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kCsrWarps + warp; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kCsrWarps) {
+    int64_t lo = crow[r], hi = crow[r + 1];
+    lo = lo < 0 ? 0 : (lo > nnz ? nnz : lo);
+    hi = hi < lo ? lo : (hi > nnz ? nnz : hi);
+    const T* yrow = yt + r * n;
+    for (int64_t p = lo; p < hi; ++p) {
+      const int64_t c = static_cast<int64_t>(col[p]);
+      float acc = 0.0f;
+      if (c >= 0 && c < cols) {
+        const T* xrow = xt + c * n;
+        for (int64_t j = lane; j < n; j += 32) acc = fmaf(to_float(__ldg(yrow + j)), to_float(__ldg(xrow + j)), acc);
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(kFullMask, acc, off);
+      if (lane == 0) out[p] = from_float<T>(acc);
+    }
+  }
+}
+
+template <typename T>
+int sddmm_entry(const int32_t* crow, const void* col, int index_bits, int64_t nnz, int64_t rows, int64_t cols,
+                const void* yt, const void* xt, int64_t n, void* out, cudaStream_t stream) {
+  if (crow == nullptr || yt == nullptr || xt == nullptr || (nnz > 0 && (col == nullptr || out == nullptr)))
+    return HF_SPARSE_SPMM_ERR_NULL_POINTER;
+  if (rows <= 0 || cols <= 0 || n <= 0 || nnz < 0 || rows > INT32_MAX || cols > INT32_MAX || nnz > INT32_MAX)
+    return HF_SPARSE_SPMM_ERR_BAD_SIZE;
+  if (index_bits != 16 && index_bits != 32) return HF_SPARSE_SPMM_ERR_INDEX_TYPE;
+  if (!aligned(crow, 4) || !aligned(col, index_bits / 8) || !aligned(yt, sizeof(T)) || !aligned(xt, sizeof(T)) ||
+      !aligned(out, sizeof(T)))
+    return HF_SPARSE_SPMM_ERR_ALIGNMENT;
+  if (nnz == 0) return HF_SPARSE_SPMM_OK;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>((rows + kCsrWarps - 1) / kCsrWarps, INT32_MAX));
+  const T* y = static_cast<const T*>(yt);
+  const T* x = static_cast<const T*>(xt);
+  T* o = static_cast<T*>(out);
+  if (index_bits == 16)
+    sddmm_csr_kernel<T, int16_t><<<grid, 32 * kCsrWarps, 0, stream>>>(crow, static_cast<const int16_t*>(col), nnz,
+                                                                      rows, cols, y, x, n, o);
+  else
+    sddmm_csr_kernel<T, int32_t><<<grid, 32 * kCsrWarps, 0, stream>>>(crow, static_cast<const int32_t*>(col), nnz,
+                                                                      rows, cols, y, x, n, o);
+  return cuda_code(cudaGetLastError());
+}
+
 }  // namespace
 
 extern "C" {
@@ -734,6 +792,19 @@ int hf_sparse_spmm_row_order(const int32_t* crow, int64_t rows, int32_t* order) 
     return bsr_entry<T, int8_t>(crow, col, index_bits, values, scales, blocks, rows, cols, block_r, block_c, xt, n, \
                                 transpose_out, out, stream, true);                                                   \
   }
+
+#define HF_SPARSE_SDDMM_DEFINE_LAUNCHER(SUFFIX, T)                                                                   \
+  int hf_sparse_sddmm_csr_##SUFFIX(const int32_t* crow, const void* col, int index_bits, int64_t nnz, int64_t rows,  \
+                                   int64_t cols, const void* yt, const void* xt, int64_t n, void* out,               \
+                                   cudaStream_t stream) {                                                            \
+    return sddmm_entry<T>(crow, col, index_bits, nnz, rows, cols, yt, xt, n, out, stream);                           \
+  }
+
+HF_SPARSE_SDDMM_DEFINE_LAUNCHER(f32, float)
+HF_SPARSE_SDDMM_DEFINE_LAUNCHER(f16, __half)
+HF_SPARSE_SDDMM_DEFINE_LAUNCHER(bf16, __nv_bfloat16)
+
+#undef HF_SPARSE_SDDMM_DEFINE_LAUNCHER
 
 HF_SPARSE_SPMM_DEFINE_LAUNCHERS(f32, float)
 HF_SPARSE_SPMM_DEFINE_LAUNCHERS(f16, __half)

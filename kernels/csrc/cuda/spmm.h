@@ -9,6 +9,9 @@
 //   hf_sparse_linear_qcsr_*  linear_qcsr   the same, int8 values, one float32 scale per row
 //   hf_sparse_spmm_bsr_*     spmm_bsr      Yt = W @ Xt for W in R x C blocks (kernels/csrc/cpu/spmm_blocked.cpp)
 //   hf_sparse_spmm_qbsr_*    spmm_qbsr     the same, int8 values, one float32 scale per row
+//   hf_sparse_sddmm_csr_*    sddmm_csr     out[p] = dot(Yt[row(p)], Xt[col(p)]) at W's stored positions (the value
+//                                          gradient; spmm_csr_t, the input gradient, is spmm_csr on W's transpose,
+//                                          which the binding builds on the device)
 //
 // The suffix is the dtype of the dense operands (f32: float, f16: __half, bf16: __nv_bfloat16), passed as void* to
 // keep this header C-only; it is also the dtype of the values of the non-quantized launchers. (The CPU ops take
@@ -154,6 +157,15 @@ int hf_sparse_spmm_qbsr_bf16(const int32_t* crow, const void* col, int index_bit
                              const float* scales, int64_t blocks, int64_t rows, int64_t cols, int64_t block_r,
                              int64_t block_c, const void* xt, int64_t n, int transpose_out, void* out,
                              cudaStream_t stream);
+
+// sddmm_csr: out (nnz,) = the dot products of yt (rows, N) and xt (cols, N) rows at W's CSR positions, in the dtype
+// (float32 accumulation). out may be NULL when nnz == 0. Out-of-range columns give 0.
+int hf_sparse_sddmm_csr_f32(const int32_t* crow, const void* col, int index_bits, int64_t nnz, int64_t rows,
+                            int64_t cols, const void* yt, const void* xt, int64_t n, void* out, cudaStream_t stream);
+int hf_sparse_sddmm_csr_f16(const int32_t* crow, const void* col, int index_bits, int64_t nnz, int64_t rows,
+                            int64_t cols, const void* yt, const void* xt, int64_t n, void* out, cudaStream_t stream);
+int hf_sparse_sddmm_csr_bf16(const int32_t* crow, const void* col, int index_bits, int64_t nnz, int64_t rows,
+                             int64_t cols, const void* yt, const void* xt, int64_t n, void* out, cudaStream_t stream);
 
 #ifdef __cplusplus
 }  // extern "C"
