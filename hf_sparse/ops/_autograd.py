@@ -106,11 +106,14 @@ def _qcsr_grads(ctx, dyt, xt, need_scales: bool, need_x: bool):
         torch.arange(ctx.rows, device=crow.device), torch.diff(crow.to(torch.int64)), output_size=values.numel()
     )
     d_scales = d_xt = None
+    # Gradients of the scales in their own dtype (float32), summed in float32; the dequantised values in the dense
+    # operands' dtype (float16 / bfloat16 on CUDA), which spmm_csr_t requires.
     if need_scales:
-        per_value = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, dyt, xt) * values.to(dyt.dtype)
-        d_scales = dyt.new_zeros(ctx.rows).index_add_(0, row_of, per_value)
+        per_value = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, dyt, xt).to(scales.dtype) * values.to(scales.dtype)
+        d_scales = scales.new_zeros(ctx.rows).index_add_(0, row_of, per_value)
     if need_x:
-        d_xt = ops.spmm_csr_t(crow, col, values.to(dyt.dtype) * scales[row_of], ctx.rows, ctx.cols, dyt)
+        dequant = (values.to(scales.dtype) * scales[row_of]).to(dyt.dtype)
+        d_xt = ops.spmm_csr_t(crow, col, dequant, ctx.rows, ctx.cols, dyt)
     return d_scales, d_xt
 
 
@@ -143,7 +146,7 @@ def _qbsr_backward(ctx, grad):
     if ctx.needs_input_grad[3]:
         z = torch.bmm(codes, xt.reshape(ctx.cols // c, c, n)[bcol])  # (nb, r, N)
         z = grad.new_zeros(ctx.rows // r, r, n).index_add_(0, brow, z).reshape(ctx.rows, n)
-        d_scales = (grad * z).sum(1)
+        d_scales = (grad.to(scales.dtype) * z.to(scales.dtype)).sum(1)
     if ctx.needs_input_grad[6]:
         scaled = (grad * scales.to(grad.dtype).unsqueeze(1)).reshape(ctx.rows // r, r, n)[brow]
         parts = torch.bmm(codes.transpose(1, 2), scaled)  # (nb, c, N)
@@ -166,8 +169,8 @@ def _qnm_backward(ctx, grad):
     codes = values.to(grad.dtype)
     d_scales = d_xt = None
     if ctx.needs_input_grad[2]:
-        per_slot = ops.sddmm_csr(crow, col, rows, ctx.cols, grad, xt).reshape(rows, width)
-        d_scales = (per_slot * codes).sum(1)
+        per_slot = ops.sddmm_csr(crow, col, rows, ctx.cols, grad, xt).reshape(rows, width).to(scales.dtype)
+        d_scales = (per_slot * values.to(scales.dtype)).sum(1)
     if ctx.needs_input_grad[6]:
         dequant = (codes * scales.to(grad.dtype).unsqueeze(1)).reshape(-1)
         d_xt = ops.spmm_csr_t(crow, col, dequant, rows, ctx.cols, grad)

@@ -149,8 +149,15 @@ def _check_rhs(weight: SparseFormat, xt: torch.Tensor) -> None:
 
 logger = logging.getLogger(__name__)
 
-# id(NM weight) -> (weakref to it, versions of its tensors, torch's semi-structured copy or None if it cannot be made)
-_SEMI_STRUCTURED: dict[int, tuple] = {}
+# (values, indices) data pointers, shape, dtype -> (weakrefs to both tensors, their versions, torch's semi-structured
+# copy, or None where it cannot be made). Keyed by the tensors, not by the format object: a SparseLinear builds a new
+# NM view of the same tensors on every call.
+_SEMI_STRUCTURED: dict[tuple, tuple] = {}
+
+
+def _version(t: torch.Tensor) -> int:
+    # Inference tensors have no version counter (they cannot be changed in place outside inference mode).
+    return 0 if t.is_inference() else t._version
 
 
 def _semi_structured_2_4(weight: SparseFormat, xt: torch.Tensor) -> torch.Tensor | None:
@@ -166,9 +173,11 @@ def _semi_structured_2_4(weight: SparseFormat, xt: torch.Tensor) -> torch.Tensor
         return None
     if torch.cuda.get_device_capability(xt.device) < (8, 0):
         return None
-    key, version = id(weight), (weight.values._version, weight.indices._version)
+    values, indices = weight.values, weight.indices
+    key = (values.data_ptr(), indices.data_ptr(), tuple(weight.shape), values.dtype)
+    version = (_version(values), _version(indices))
     hit = _SEMI_STRUCTURED.get(key)
-    if hit is None or hit[0]() is not weight or hit[1] != version:
+    if hit is None or hit[0]() is not values or hit[1]() is not indices or hit[2] != version:
         try:
             from torch.sparse import to_sparse_semi_structured
 
@@ -176,13 +185,13 @@ def _semi_structured_2_4(weight: SparseFormat, xt: torch.Tensor) -> torch.Tensor
         except Exception as exc:  # a shape or dtype the backend refuses: our kernel runs
             logger.debug("2:4 weight %s stays on our kernel: %s", tuple(weight.shape), exc)
             packed = None
-        if hit is None:
-            weakref.finalize(weight, _SEMI_STRUCTURED.pop, key, None)
-        _SEMI_STRUCTURED[key] = hit = (weakref.ref(weight), version, packed)
-    if hit[2] is None:
+        if hit is None or hit[0]() is not values:
+            weakref.finalize(values, _SEMI_STRUCTURED.pop, key, None)
+        _SEMI_STRUCTURED[key] = hit = (weakref.ref(values), weakref.ref(indices), version, packed)
+    if hit[3] is None:
         return None
     try:
-        return torch.mm(hit[2], xt)
+        return torch.mm(hit[3], xt)
     except Exception as exc:  # e.g. an N the backend cannot pad
         logger.debug("2:4 product falls back to our kernel: %s", exc)
         return None

@@ -237,7 +237,8 @@ def _layer_pattern(config, layer_idx: int | None, kwargs: dict) -> tuple[Pattern
             pattern = pattern | GlobalTokens(tuple(settings["global_positions"]))
         return pattern, bool(settings.get("causal")), int(settings.get("block_q", 24))
     # transformers' own sliding windows: a layer passes sliding_window (None for its full-attention layers); the
-    # window counts the query itself, so it reaches sliding_window - 1 positions back.
+    # window counts the query itself, so it reaches sliding_window - 1 positions on each side (a decoder's causal
+    # mask removes the side after the query).
     sliding = kwargs["sliding_window"] if "sliding_window" in kwargs else getattr(config, "sliding_window", None)
     if "sliding_window" in kwargs and sliding is None:
         return Full(), False, 24
@@ -246,7 +247,7 @@ def _layer_pattern(config, layer_idx: int | None, kwargs: dict) -> tuple[Pattern
             "windowed_attention: the model's config has no window: save it with hf_sparse's sparse attention "
             f"settings ({CONFIG_KEY} in config.json) or use a model whose config sets sliding_window."
         )
-    return SlidingWindow(int(sliding) - 1, 0), False, 24
+    return SlidingWindow(int(sliding) - 1), False, 24
 
 
 def windowed_attention(
@@ -265,7 +266,8 @@ def windowed_attention(
     ``window_right``, ``layer_windows``, ``layers``, ``global_positions``, ``causal``), else from the layer's or
     the config's ``sliding_window``. The model's mask may be None, a (batch, kv_length) padding mask (what
     transformers builds for flash attention) or a dense (batch, 1, q_length, kv_length) one (SDPA's; its padding is
-    read from it, and a mask with other structure is refused); causal layers (decoders) are causal here too.
+    read from it, as are the queries' positions, and a mask with other structure is refused); causal layers
+    (decoders) are causal here too.
 
     Shapes:
         query: (B, H, Sq, D). key, value: (B, Hkv, Skv, D). Returns: ((B, Sq, H, D), None).
@@ -279,19 +281,36 @@ def windowed_attention(
         getattr(module, "config", None), getattr(module, "layer_idx", None), kwargs
     )
     causal = bool(getattr(module, "is_causal", False)) or causal_too
-    sq, skv = query.shape[2], key.shape[2]
+    batch, sq, skv = query.shape[0], query.shape[2], key.shape[2]
+    # Where the queries sit among the keys (causal layers): at the end of what is written to the cache. A dynamic
+    # cache holds exactly that; a static cache has slots after it that are not written yet, which the mask marks
+    # (or, with no padding, transformers passes no mask: then the queries' positions are position_ids).
     q_offset = skv - sq if causal else 0
     padding = None
-    if attention_mask is not None:
-        if attention_mask.dim() == 2:  # flash-attention style: (batch, kv_length), True = a real token
-            padding = attention_mask[:, -skv:].to(torch.bool)
-        elif attention_mask.dim() == 4:  # SDPA style: (batch, 1, q_length, kv_length)
-            padding = _padding_of(attention_mask, pattern, causal, sq, skv, q_offset)
+    if attention_mask is None:
+        positions = kwargs.get("position_ids")
+        if causal and sq != skv and isinstance(positions, torch.Tensor) and positions.shape[-1] == sq:
+            q_offset = _consecutive_start(positions.reshape(-1, sq), skv - sq)
+    else:
+        if attention_mask.dim() == 2:  # flash-attention style: (batch, tokens so far), True = a real token
+            padding = attention_mask.to(torch.bool)
+            length = padding.shape[1]
+            if length >= skv:
+                padding = padding[:, -skv:]
+            else:  # a mask shorter than the cache: the slots after it are not written yet
+                padding = torch.cat([padding, padding.new_zeros(padding.shape[0], skv - length)], dim=1)
+            if causal and sq != skv:  # decoding: the last query is the last written (real) slot
+                written = torch.where(padding, torch.arange(skv, device=padding.device), -1).amax()
+                q_offset = int(written) + 1 - sq
+        elif attention_mask.dim() == 4:  # SDPA style: (batch or 1, 1, q_length, kv_length)
+            padding, q_offset = _read_dense_mask(attention_mask, pattern, causal, batch, sq, skv)
         else:
             raise ValueError(
                 f"windowed_attention: expected a (batch, kv_length) or (batch, 1, q_length, kv_length) mask, got "
                 f"{tuple(attention_mask.shape)}."
             )
+    if query.device.type == "cuda":
+        block_q = min(block_q, 128)  # the CUDA kernel's largest tile (the tile height changes no result)
     out = sparse_attention(
         query,
         key,
@@ -312,22 +331,52 @@ flash_attn_forward = windowed_attention
 supports_flash_attn = True
 
 
-def _padding_of(mask: torch.Tensor, pattern: Pattern, causal: bool, sq: int, skv: int, q_offset: int):
-    """The (B, Skv) key padding of a dense (B, 1, Sq, Skv) mask, after checking that our layout (the pattern, the
-    causal mask and that padding) allows exactly what the mask and the pattern allow together; masks with more
-    structure than padding (e.g. packed sequences) are refused rather than silently run differently."""
-    if mask.shape[1] != 1 or mask.shape[-2:] != (sq, skv):
-        raise ValueError(f"windowed_attention: expected a (batch, 1, {sq}, {skv}) mask, got {tuple(mask.shape)}.")
+def _consecutive_start(positions: torch.Tensor, default: int) -> int:
+    """The first position of (rows, Sq) position_ids that count up by one from the same start in every row, else
+    ``default``."""
+    start = positions[:, :1]
+    steps = torch.arange(positions.shape[1], device=positions.device)
+    return (
+        int(start[0, 0])
+        if bool((positions == start + steps).all()) and bool((start == start[0, 0]).all())
+        else default
+    )
+
+
+def _read_dense_mask(mask: torch.Tensor, pattern: Pattern, causal: bool, batch: int, sq: int, skv: int):
+    """(key padding (B, Skv) or None, q_offset) of a dense (B or 1, 1, Sq, Skv) mask, after checking that on every
+    real query's row the mask is causal (or bidirectional) attention over the real keys, with or without the
+    layer's own window: anything else (packed sequences, a prefix) is refused rather than run differently.
+
+    For causal layers the queries' positions are read from the mask, which places them right with static caches
+    too (whose key slots after the tokens so far are not written yet)."""
+    if mask.shape[1] != 1 or mask.shape[0] not in (1, batch) or tuple(mask.shape[-2:]) != (sq, skv):
+        raise ValueError(f"windowed_attention: expected a ({batch}, 1, {sq}, {skv}) mask, got {tuple(mask.shape)}.")
     m = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0  # boolean, or additive (0 = attend)
+    m = m.expand(batch, sq, skv)
     keys = m.any(dim=1)  # a key is real when some query may attend it
+    real_q = m.any(dim=2)  # without causality: a query is real when it may attend some key
+    q_offset = 0
+    if causal:
+        # A real query's last allowed key is itself; a right-padded query's is an earlier real key, a left-padded
+        # query has none. So the queries start at the largest (last allowed key - row), and a query is real when
+        # its own key is.
+        position = torch.arange(skv, device=m.device)
+        last = torch.where(m, position, -1).amax(dim=2)  # (B, Sq)
+        start = (last - torch.arange(sq, device=m.device))[last >= 0]
+        q_offset = int(start.max()) if start.numel() else skv - sq
+        q_pos = q_offset + torch.arange(sq, device=m.device)
+        inside = (q_pos >= 0) & (q_pos < skv)
+        real_q = keys[:, q_pos.clamp(0, skv - 1)] & inside
+    base = dense_mask(Full(), sq, skv, q_offset=q_offset, causal=causal, device=m.device)
     allowed = dense_mask(pattern, sq, skv, q_offset=q_offset, causal=causal, device=m.device)
-    q_pos = torch.arange(q_offset, q_offset + sq, device=m.device)
-    real_q = keys[:, q_pos.clamp(max=skv - 1)] | (q_pos >= skv)  # padded query rows' outputs are never used
-    ours = allowed & keys[:, None, :]
-    if not torch.equal((m & allowed)[real_q], ours[real_q]):
+    got = m[real_q]
+    if not (
+        torch.equal(got, (base & keys[:, None, :])[real_q]) or torch.equal(got, (allowed & keys[:, None, :])[real_q])
+    ):
         raise ValueError(
             "windowed_attention: the model's attention mask is more than causal/bidirectional attention with padding "
             "(e.g. packed sequences or a prefix), which the kernel's block layout does not express; use "
             "attn_implementation='hf_sparse' (hf_sparse installed) for this model."
         )
-    return None if bool(keys.all()) else keys
+    return (None if bool(keys.all()) else keys), q_offset

@@ -373,7 +373,9 @@ def test_decoder_generation_and_transformers_sliding_window(attn, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hub(ids).logits, ours(ids).logits, rtol=1e-5, atol=1e-5)
         gen = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-        assert torch.equal(hub.generate(ids, **gen), ours.generate(ids, **gen))  # decoding with the KV cache
+        want = ours.generate(ids, **gen)
+        assert torch.equal(hub.generate(ids, **gen), want)  # decoding with the KV cache
+        assert torch.equal(hub.generate(ids, cache_implementation="static", **gen), want)  # slots not yet written
 
     # a model with transformers' own sliding window (Mistral): the kernel follows config.sliding_window
     torch.manual_seed(0)
@@ -484,3 +486,35 @@ def test_windowed_attention_reads_padding_from_a_dense_mask(package, causal):
         k.windowed_attention(layer, q, key, v, packed)
     with pytest.raises(ValueError, match="mask"):
         k.windowed_attention(layer, q, key, v, dense[:, :, :, :30])
+    # one mask for the whole batch (broadcast), no padding
+    torch.testing.assert_close(
+        k.windowed_attention(layer, q, key, v, base[None, None], scaling=0.25)[0],
+        k.windowed_attention(layer, q, key, v, None, scaling=0.25)[0],
+    )
+
+
+def test_windowed_attention_places_queries_with_right_padding_and_static_caches(package):
+    """Causal layers: right-padded query rows do not move the queries; with a static cache (key slots after the
+    tokens so far not written yet) the queries sit at the end of the written tokens, not at the end of the cache."""
+    from transformers import LlamaConfig
+
+    k = _local(package)
+    layer = _Layer(LlamaConfig(hf_sparse_attention={"pattern": "window", "window": 3}), causal=True)
+    g = torch.Generator().manual_seed(1)
+    q, key, v = (torch.randn(2, 2, 12, 16, generator=g) for _ in range(3))
+    padding = torch.ones(2, 12, dtype=torch.bool)
+    padding[1, 9:] = False  # right padding
+    dense = torch.ones(12, 12, dtype=torch.bool).tril()[None, None] & padding[:, None, None, :]
+    want, _ = k.windowed_attention(layer, q, key, v, padding)
+    got, _ = k.windowed_attention(layer, q, key, v, dense)
+    torch.testing.assert_close(got[padding], want[padding], rtol=1e-6, atol=1e-6)
+    # decoding one token at position 5 of a 16-slot static cache: slots 6.. are not written
+    cache_k, cache_v = torch.randn(1, 2, 16, 16, generator=g), torch.randn(1, 2, 16, 16, generator=g)
+    q1 = torch.randn(1, 2, 1, 16, generator=g)
+    slots = torch.zeros(1, 1, 1, 16, dtype=torch.bool)
+    slots[..., :6] = True
+    got, _ = k.windowed_attention(layer, q1, cache_k, cache_v, slots)
+    want, _ = k.windowed_attention(layer, q1, cache_k[:, :, :6], cache_v[:, :, :6], None)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    two_d, _ = k.windowed_attention(layer, q1, cache_k, cache_v, torch.ones(1, 6, dtype=torch.bool))  # flash style
+    torch.testing.assert_close(two_d, want, rtol=1e-6, atol=1e-6)

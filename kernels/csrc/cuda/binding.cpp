@@ -473,16 +473,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cuda(
 // --- the training ops and N:M, on top of the CSR kernel ---------------------------------------------------------
 
 // The CSR (int32 columns) of W^T for W in CSR, built on the device: a stable sort of the entries by column keeps
-// each transposed row's entries in ascending original-row order, so the products are deterministic.
+// each transposed row's entries in ascending original-row order, so the products are deterministic. The row
+// pointers are clamped into a monotone 0 .. nnz sequence first, so that with the structure check switched off a
+// malformed crow gives wrong numbers, never an out-of-range gather (a column out of range makes bincount's
+// length differ from cols: an exception).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_csr(const at::Tensor& crow, const at::Tensor& col,
                                                              const at::Tensor& values, int64_t rows, int64_t cols) {
   const auto index = crow.options().dtype(at::kLong);
-  at::Tensor counts = (crow.narrow(0, 1, rows) - crow.narrow(0, 0, rows)).to(at::kLong);
+  const int64_t nnz = col.numel();
+  at::Tensor bounds = std::get<0>(at::cummax(crow.to(at::kLong).clamp(0, nnz), 0));
+  bounds.select(0, 0).fill_(0);
+  bounds.select(0, rows).fill_(nnz);
+  at::Tensor counts = bounds.narrow(0, 1, rows) - bounds.narrow(0, 0, rows);
   at::Tensor row_of = at::repeat_interleave(at::arange(rows, index), counts);
   at::Tensor col64 = col.to(at::kLong);
   at::Tensor order = at::argsort(col64, /*stable=*/true);
+  at::Tensor per_col = at::bincount(col64, {}, cols);
+  TORCH_CHECK_VALUE(per_col.numel() == cols, "hf_sparse::spmm_csr_t (CUDA): a col is out of [0, ", cols, ")");
   at::Tensor t_crow = at::zeros({cols + 1}, index);
-  t_crow.narrow(0, 1, cols).copy_(at::bincount(col64, {}, cols).cumsum(0));
+  t_crow.narrow(0, 1, cols).copy_(per_col.cumsum(0));
   return {t_crow.to(at::kInt), row_of.index_select(0, order).to(at::kInt), values.index_select(0, order)};
 }
 
@@ -501,12 +510,12 @@ at::Tensor spmm_csr_t_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, 
                     " (CUDA): values must be 1-D with one entry per col (", col_in.numel(), "), got ",
                     values_in.sizes());
   const int64_t n = yt_in.size(1);
+  auto crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
+  check_structure_on_device(crow, col, rows, cols, op, "(cols of the weight)");
   at::Tensor out = at::empty({cols, n}, yt_in.options());
   if (out.numel() == 0) return out;
-  if (rows == 0 || col_in.numel() == 0) return out.zero_();
-  auto crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
+  if (rows == 0 || col.numel() == 0) return out.zero_();
   auto yt = yt_in.contiguous();
-  check_structure_on_device(crow, col, rows, cols, op, "(cols of the weight)");
   auto [t_crow, t_col, t_values] = transpose_csr(crow, col, values, rows, cols);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int code = HF_SPARSE_DISPATCH(yt.scalar_type(), hf_sparse_spmm_csr, t_crow.data_ptr<int32_t>(),
@@ -531,12 +540,12 @@ at::Tensor sddmm_csr_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, i
   TORCH_CHECK_VALUE(yt_in.size(1) == xt_in.size(1), "hf_sparse::", op, " (CUDA): yt and xt must have the same N, got ",
                     yt_in.size(1), " and ", xt_in.size(1));
   const int64_t nnz = col_in.numel(), n = xt_in.size(1);
+  auto crow = crow_in.contiguous(), col = col_in.contiguous();
+  check_structure_on_device(crow, col, rows, cols, op, "(cols of the weight)");
   at::Tensor out = at::empty({nnz}, xt_in.options());
   if (nnz == 0) return out;
   if (n == 0 || rows == 0 || cols == 0) return out.zero_();
-  auto crow = crow_in.contiguous(), col = col_in.contiguous();
   auto yt = yt_in.contiguous(), xt = xt_in.contiguous();
-  check_structure_on_device(crow, col, rows, cols, op, "(cols of the weight)");
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int code = HF_SPARSE_DISPATCH(xt.scalar_type(), hf_sparse_sddmm_csr, crow.data_ptr<int32_t>(), col.data_ptr(),
                                       bits, nnz, rows, cols, yt.data_ptr(), xt.data_ptr(), n, out.data_ptr(), stream);
