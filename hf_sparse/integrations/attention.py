@@ -60,6 +60,10 @@ class SparseMaskInfo:
     dense: torch.Tensor | None = None
 
     @property
+    def ndim(self) -> int:  # a prepared (4-D) mask to transformers' mask preprocessing, like the shape below
+        return 4
+
+    @property
     def shape(self) -> tuple[int, ...]:  # what code that inspects a mask's shape expects
         return (
             self.key_padding.shape[0] if self.key_padding is not None else 1,
@@ -81,6 +85,19 @@ def sparse_attention_mask(
 ) -> SparseMaskInfo:
     """The ``AttentionMaskInterface`` entry of ``hf_sparse`` (same signature as transformers' ``sdpa_mask``)."""
     q_offset, kv_offset = int(q_offset), int(kv_offset)
+    if isinstance(attention_mask, SparseMaskInfo):
+        # generate() prepares the mask ahead of the forward pass for static (compileable) caches, with this very
+        # function; the forward pass then asks for it again for the same step.
+        if (attention_mask.q_length, attention_mask.kv_length) == (q_length, kv_length) and (
+            attention_mask.q_offset,
+            attention_mask.kv_offset,
+        ) == (q_offset, kv_offset):
+            return attention_mask
+        raise ConfigError(
+            f"attn_implementation={ATTENTION_NAME!r}: a mask prepared for {attention_mask.q_length} queries over "
+            f"{attention_mask.kv_length} keys was passed for {q_length} over {kv_length}; pass the 2-D attention "
+            "mask instead."
+        )
     info = SparseMaskInfo(
         causal=mask_function is causal_mask_function,
         q_offset=q_offset,

@@ -234,3 +234,16 @@ def test_real_minilm_gives_sdpa_logits_when_the_window_covers_the_sequence():
         torch.testing.assert_close(model(**batch).logits, ref, rtol=1e-4, atol=1e-5)
         apply_sparse_attention_(model, SparseAttentionConfig(window=8))  # a real window changes the result
         assert (model(**batch).logits - ref).abs().max() > 1e-4
+
+
+def test_generation_with_a_static_cache_matches_the_dynamic_cache():
+    """generate() prepares the mask of static (compileable) caches ahead of the forward pass with our mask function;
+    the forward pass takes it back, and greedy tokens equal those of the dynamic cache, with left padding."""
+    model = _llama(seed=3)
+    apply_sparse_attention_(model, SparseAttentionConfig(window=10))
+    ids, mask = _batch(2, 30, seed=4, left_pad=True)
+    gen = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, attention_mask=mask)
+    with torch.no_grad():
+        dynamic = model.generate(ids, **gen)
+        static = model.generate(ids, cache_implementation="static", **gen)
+    assert torch.equal(static, dynamic)
