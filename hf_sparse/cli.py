@@ -195,6 +195,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .integrations.kernel_hub import hub_kernels_status
     from .machine import machine_info
     from .ops import kernel_status, load_kernels
     from .ops._loader import cuda_status, load_cuda
@@ -207,6 +208,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         **machine_info(),
         "cpu_kernels": kernel_status(),
         "cuda_kernels": cuda_status(),
+        "hub_kernels": hub_kernels_status(),
         "packaged_recipes": sorted(packaged_recipes()),
     }
     print(json.dumps(info, indent=2))

@@ -84,3 +84,5 @@ def test_cli_info_lists_versions_and_recipes(capsys):
     info = json.loads(capsys.readouterr().out)
     assert DEFAULT_RECIPE in info["packaged_recipes"] and info["torch"] and info["cores"] >= 1
     assert isinstance(info["cpu_kernels"]["loaded"], bool) and info["cpu_kernels"]["reason"]
+    hub = info["hub_kernels"]
+    assert hub["variant"].startswith("torch") and isinstance(hub["transformers_loads_them"], bool)

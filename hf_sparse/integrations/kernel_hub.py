@@ -54,6 +54,7 @@ __all__ = [
     "kernel_package_variants",
     "register_hub_attention",
     "hub_attention_name",
+    "hub_kernels_status",
 ]
 
 logger = logging.getLogger(__name__)
@@ -424,6 +425,31 @@ def push_kernel_package(
             f"{exc}. The local folder is unchanged; run the same push again to retry."
         ) from exc
     return str(getattr(info, "commit_url", info))
+
+
+def hub_kernels_status() -> dict:
+    """What ``hf-sparse info`` says about kernel packages: the variant this machine builds, the installed
+    ``kernels`` version, and whether transformers loads Hub attention kernels with it itself."""
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    try:
+        from transformers.utils.import_utils import KERNELS_MAX_VERSION, KERNELS_MIN_VERSION, is_kernels_available
+
+        native = bool(is_kernels_available())
+        wants = f">= {KERNELS_MIN_VERSION}, < {KERNELS_MAX_VERSION}"
+    except ImportError:  # a transformers without Hub kernel support
+        native, wants = False, "no Hub kernel support"
+    return {
+        "variant": variant_name("cpu"),
+        "kernels": version or "not installed (pip install 'hf-sparse[hub-kernels]')",
+        "transformers_loads_them": native,
+        "transformers_wants_kernels": wants,
+        "otherwise": "hf_sparse.integrations.kernel_hub.register_hub_attention",
+    }
 
 
 def hub_attention_name(repo_id: str, function: str = "windowed_attention") -> str:
