@@ -11,6 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification, TrainingArgu
 __all__ = [
     "tiny_bert_config",
     "tiny_bert_classifier",
+    "tiny_causal_lm",
     "tiny_classification_dataset",
     "cpu_training_args",
     "random_format_case",
@@ -30,6 +31,27 @@ def tiny_bert_config(**overrides) -> BertConfig:
     )
     kwargs.update(overrides)
     return BertConfig(**kwargs)
+
+
+def tiny_causal_lm(kind: str = "llama", seed: int = 0, **overrides):
+    """A randomly initialised (seeded) 2-layer decoder, ``"llama"`` or ``"mistral"`` (transformers' own sliding
+    window: pass ``sliding_window``), with grouped key/value heads (4 query heads, 2 key/value heads, head_dim 16)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
+    config_cls, model_cls = classes[kind]
+    kwargs = dict(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**kwargs)).eval()
 
 
 def tiny_bert_classifier(seed: int = 0, **overrides) -> BertForSequenceClassification:

@@ -11,14 +11,13 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 from transformers.masking_utils import AttentionMaskInterface
 
 import hf_sparse
 from hf_sparse import SparseAttentionConfig, apply_sparse_attention_
 from hf_sparse.errors import ConfigError
+from hf_sparse.testing import tiny_causal_lm
 
 
 def _bert(seed=0):
@@ -37,17 +36,7 @@ def _bert(seed=0):
 
 
 def _llama(seed=0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_causal_lm("llama", seed)
 
 
 def _batch(B, S, seed=0, left_pad=False):

@@ -17,9 +17,6 @@ from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
 )
 
 import hf_sparse  # noqa: E402
@@ -37,7 +34,7 @@ from hf_sparse.integrations.kernel_hub import (  # noqa: E402
     register_hub_attention,
     variant_name,
 )
-from hf_sparse.testing import tiny_bert_classifier  # noqa: E402
+from hf_sparse.testing import tiny_bert_classifier, tiny_causal_lm  # noqa: E402
 
 REPO = "me/hf-sparse-kernels"
 
@@ -354,17 +351,7 @@ def test_attn_implementation_from_the_hub_matches_hf_sparse(attn, tmp_path):
 
 def test_decoder_generation_and_transformers_sliding_window(attn, tmp_path):
     name, extra = attn
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
-    llama = LlamaForCausalLM(cfg).eval()
+    llama = tiny_causal_lm("llama")
     apply_sparse_attention_(llama, SparseAttentionConfig(window=12))
     llama.save_pretrained(tmp_path / "llama")
     ours = AutoModelForCausalLM.from_pretrained(tmp_path / "llama", attn_implementation="hf_sparse").eval()
@@ -378,18 +365,7 @@ def test_decoder_generation_and_transformers_sliding_window(attn, tmp_path):
         assert torch.equal(hub.generate(ids, cache_implementation="static", **gen), want)  # slots not yet written
 
     # a model with transformers' own sliding window (Mistral): the kernel follows config.sliding_window
-    torch.manual_seed(0)
-    mcfg = MistralConfig(
-        vocab_size=128,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        sliding_window=10,
-    )
-    MistralForCausalLM(mcfg).save_pretrained(tmp_path / "mistral")
+    tiny_causal_lm("mistral", sliding_window=10).save_pretrained(tmp_path / "mistral")
     sdpa = AutoModelForCausalLM.from_pretrained(tmp_path / "mistral", attn_implementation="sdpa").eval()
     hub_m = AutoModelForCausalLM.from_pretrained(tmp_path / "mistral", attn_implementation=name, **extra).eval()
     with torch.no_grad():
@@ -496,7 +472,6 @@ def test_windowed_attention_reads_padding_from_a_dense_mask(package, causal):
 def test_windowed_attention_places_queries_with_right_padding_and_static_caches(package):
     """Causal layers: right-padded query rows do not move the queries; with a static cache (key slots after the
     tokens so far not written yet) the queries sit at the end of the written tokens, not at the end of the cache."""
-    from transformers import LlamaConfig
 
     k = _local(package)
     layer = _Layer(LlamaConfig(hf_sparse_attention={"pattern": "window", "window": 3}), causal=True)
