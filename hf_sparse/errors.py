@@ -14,7 +14,40 @@ __all__ = [
     "PruningStateError",
     "FormatError",
     "CheckpointWriteError",
+    "quote",
 ]
+
+import reprlib
+
+_QUOTE_LIMIT = 160
+
+
+def _make_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    # Bounded at every level: a value built from YAML aliases or a deeply nested JSON document can be huge or deep,
+    # and repr() of it would be as large as the value (hundreds of MB from a 1 KB recipe).
+    r.maxlevel = 3
+    r.maxdict = r.maxlist = r.maxtuple = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 6
+    r.maxstring = r.maxother = r.maxlong = _QUOTE_LIMIT
+    return r
+
+
+_REPR = _make_repr()
+
+
+def quote(value: object, limit: int = _QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, computed without building the full repr.
+
+    Every error message that shows a value given by a user (a recipe entry, a checkpoint's JSON, a tensor name) goes
+    through this, so a hostile or accidental huge value cannot make a huge message.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<int of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a broken __repr__ must not replace the error being reported
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
 class HfSparseError(Exception):
