@@ -45,6 +45,10 @@ server says, so the client must run with ``HF_HUB_DISABLE_XET=1`` (or ``huggingf
 = True`` in-process). It must also not be offline (``HF_HUB_OFFLINE`` unset or ``0``; in-process the flag is read
 from ``huggingface_hub.constants.HF_HUB_OFFLINE`` at call time). ``HF_ENDPOINT`` is read once, at import time.
 
+Safety: the server has no authentication, so it binds loopback addresses only (``allow_non_loopback=True`` overrides
+that); a request body larger than ``max_body_bytes`` (512 MiB by default) is answered ``413`` without being read; an
+internal error is answered ``500`` with the exception's type only, its traceback goes to this module's logger.
+
 Fault injection: ``hub.fail_next(n=1, status=500, path_contains="/commit/")`` makes the next ``n`` matching
 requests answer with that status (the request body is read and discarded first). The client retries some calls
 by itself (preupload, LFS batch, upload PUT and verify, on 408/429/500/502/503/504, with back-off sleeps of 1 s,
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -63,7 +68,6 @@ import re
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,11 +76,28 @@ from pathlib import PurePosixPath
 from types import MappingProxyType
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from hf_sparse.errors import quote as quote_value
+
 __all__ = ["HubServer", "Fault"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BRANCH = "main"
+# Large enough for the real packaged model's checkpoints (tens of MB); a bound so that a client cannot make the
+# server buffer an arbitrary amount of memory.
+DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024
+
+
+def _is_loopback(host: str) -> bool:
+    if not isinstance(host, str):
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 # The Hub's default .gitattributes: files matching these are stored in LFS whatever their size.
 _LFS_SUFFIXES = (
@@ -214,13 +235,35 @@ class HubServer:
     Args:
         lfs_threshold: Files of at least this many bytes are stored in LFS (the Hub uses 10 MiB).
         user: The user name reported by ``whoami`` and used as namespace for repository ids without one.
-        host: Interface to bind (loopback by default); the port is chosen by the system.
+        host: Interface to bind; the port is chosen by the system. Only loopback addresses (``127.0.0.0/8``,
+            ``::1``, ``localhost``) are accepted: the server has no authentication, so binding it to a network
+            interface would let anyone on that network write to it.
+        allow_non_loopback: Accept a ``host`` that is not loopback anyway (you take responsibility for who can
+            reach it).
+        max_body_bytes: Requests whose body is larger are answered ``413`` without reading the body, and the
+            connection is closed.
     """
 
-    def __init__(self, *, lfs_threshold: int = 10 * 1024 * 1024, user: str = "hub-user", host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        *,
+        lfs_threshold: int = 10 * 1024 * 1024,
+        user: str = "hub-user",
+        host: str = "127.0.0.1",
+        allow_non_loopback: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ):
+        if not allow_non_loopback and not _is_loopback(host):
+            raise ValueError(
+                f"HubServer binds to loopback only (it has no authentication); got host={quote_value(host)}. "
+                "Use host='127.0.0.1', or pass allow_non_loopback=True if you really mean to expose it."
+            )
+        if not isinstance(max_body_bytes, int) or isinstance(max_body_bytes, bool) or max_body_bytes < 0:
+            raise ValueError(f"max_body_bytes must be a non-negative int; got {quote_value(max_body_bytes)}")
         self.lfs_threshold = lfs_threshold
         self.user = user
         self.host = host
+        self.max_body_bytes = max_body_bytes
         self.requests: list[tuple[str, str]] = []
         self._faults: list[Fault] = []
         self._repos: dict[tuple[str, str], _Repo] = {}
@@ -467,9 +510,9 @@ class HubServer:
                 return self._route(method, segments, query, headers, body)
         except _HttpError as exc:
             return self._error(exc.status, exc.message, exc.code, exc.headers)
-        except Exception as exc:  # a bug in the double: make it visible in the client's error message
-            logger.exception("HubServer failed on %s %s", method, raw_path)
-            return self._error(500, f"HubServer internal error: {exc!r}\n{traceback.format_exc()}")
+        except Exception as exc:  # a bug in the double: the traceback goes to the server's log, never to the client
+            logger.exception("HubServer failed on %s %s", method, split.path[:200])
+            return self._error(500, f"HubServer internal error ({type(exc).__name__}); see the server's log")
 
     @staticmethod
     def _error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> _Response:
@@ -863,6 +906,13 @@ class HubServer:
         return status, out, content
 
 
+class _BodyError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every response carries a Content-Length
     server_version = "HubServer/1.0"
@@ -883,23 +933,50 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _read_body(self) -> bytes:
+        """The request body, at most ``max_body_bytes``; raises ``_BodyError`` for a malformed or too large one."""
+        limit = self.server.hub.max_body_bytes
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
+            chunks, total = [], 0
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline(128)
+                try:
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                except ValueError:
+                    raise _BodyError(400, "malformed chunk size") from None
+                if size < 0:
+                    raise _BodyError(400, "malformed chunk size")
+                total += size
+                if total > limit:
+                    raise _BodyError(413, f"request body larger than {limit} bytes")
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                        pass
+                    for _ in range(64):  # trailers, bounded
+                        if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
+                            break
                     return b"".join(chunks)
                 chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.readline(8)
+        raw = self.headers.get("Content-Length") or "0"
+        try:
+            length = int(raw)
+        except ValueError:
+            raise _BodyError(400, "malformed Content-Length") from None
+        if length < 0:
+            raise _BodyError(400, "malformed Content-Length")
+        if length > limit:
+            raise _BodyError(413, f"request body larger than {limit} bytes")
         return self.rfile.read(length) if length > 0 else b""
 
     def _serve(self) -> None:
         method = self.command
-        body = self._read_body()
-        status, headers, payload = self.server.hub._handle(method, self.path, self.headers, body)
+        try:
+            body = self._read_body()
+        except _BodyError as exc:
+            # The rest of the body is never read, so the connection cannot be reused.
+            self.close_connection = True
+            status, headers, payload = HubServer._error(exc.status, exc.message)
+            headers = {**headers, "Connection": "close"}
+        else:
+            status, headers, payload = self.server.hub._handle(method, self.path, self.headers, body)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)

@@ -173,3 +173,78 @@ def test_fresh_process_reaches_the_server_through_hf_endpoint(hub_server, tmp_pa
     assert oid == hub_server.head(REPO)
     assert hub_server.files(REPO) == expected
     assert _tree(path) == expected
+
+
+# ---------------------------------------------------------------------------------------------- hostile clients
+
+
+def _raw_request(hub, request: bytes) -> tuple[int, bytes]:
+    """Send raw bytes to the server; the status code and the whole response (the server closes after an error)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = sock.recv(65536)
+            if not part:
+                break
+            data += part
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(
+            next((h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
+        )
+        while len(rest) < length:
+            part = sock.recv(65536)
+            if not part:
+                break
+            rest += part
+    return int(head.split(b" ")[1]), rest
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.org", "", 7])
+def test_server_refuses_non_loopback_hosts(host):
+    from hf_sparse.testing.hub_server import HubServer
+
+    with pytest.raises(ValueError, match="loopback"):
+        HubServer(host=host)
+
+
+def test_server_binds_a_non_loopback_host_only_when_told_to():
+    from hf_sparse.testing.hub_server import HubServer
+
+    assert HubServer(host="0.0.0.0", allow_non_loopback=True).host == "0.0.0.0"
+    assert HubServer(host="127.0.0.2").host == "127.0.0.2"
+    assert HubServer(host="localhost").host == "localhost"
+
+
+def test_server_refuses_bodies_over_its_limit_without_reading_them(hub_server, monkeypatch):
+    monkeypatch.setattr(hub_server, "max_body_bytes", 1000)
+    # A declared length of 10 GB: answered at once (the body is never sent), not buffered.
+    status, body = _raw_request(
+        hub_server, b"POST /api/repos/create HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n"
+    )
+    assert status == 413 and b"larger than 1000 bytes" in body
+    chunked = b"POST /api/repos/create HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, body = _raw_request(hub_server, chunked + b"800\r\n" + b"a" * 0x800 + b"\r\n0\r\n\r\n")
+    assert status == 413
+    for bad in (b"Content-Length: -5\r\n", b"Content-Length: lots\r\n", b"Transfer-Encoding: chunked\r\n"):
+        tail = b"zz\r\n" if b"chunked" in bad else b""
+        status, body = _raw_request(
+            hub_server, b"POST /api/repos/create HTTP/1.1\r\nHost: x\r\n" + bad + b"\r\n" + tail
+        )
+        assert status == 400, (bad, body)
+    # The server still works for a well-formed request.
+    HfApi(endpoint=hub_server.url, token="t").create_repo("u/small", exist_ok=True)
+    assert "u/small" in hub_server.repo_ids()
+
+
+def test_internal_errors_never_send_a_traceback(hub_server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("secret /home/user/path")
+
+    monkeypatch.setattr(hub_server, "_route", broken)
+    status, body = _raw_request(hub_server, b"GET /api/whoami-v2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert status == 500
+    assert b"Traceback" not in body and b"secret" not in body and b".py" not in body
+    assert b"KeyError" in body
