@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, quote
 
 __all__ = ["Registry", "CONFIGS", "METHODS"]
 
@@ -36,10 +36,10 @@ class Registry(Generic[T]):
 
         def _do(item: T) -> T:
             if not isinstance(name, str) or not name:
-                raise ConfigError(f"A {self.kind} name must be a non-empty string, got {name!r}.")
+                raise ConfigError(f"A {self.kind} name must be a non-empty string, got {quote(name)}.")
             if name in self._items:
                 raise ConfigError(
-                    f"A {self.kind} named {name!r} is already registered ({self._items[name]!r}); "
+                    f"A {self.kind} named {quote(name)} is already registered ({quote(self._items[name])}); "
                     "choose a different name."
                 )
             self._items[name] = item
@@ -56,7 +56,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ConfigError(f"Unknown {self.kind} {name!r}. Registered: {sorted(self._items) or 'none'}.") from None
+            raise ConfigError(
+                f"Unknown {self.kind} {quote(name)}. Registered: {sorted(self._items) or 'none'}."
+            ) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

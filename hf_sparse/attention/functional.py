@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from ..ops import _loader
 from .layout import BlockLayout, build_layout
 from .patterns import Pattern, dense_mask
@@ -205,7 +205,7 @@ def sparse_attention(
             f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}."
         )
     if backend not in (None, "cpu", "cuda", "reference"):
-        raise ConfigError(f"sparse_attention: unknown backend {backend!r}; choose 'cpu', 'cuda' or 'reference'.")
+        raise ConfigError(f"sparse_attention: unknown backend {quote(backend)}; choose 'cpu', 'cuda' or 'reference'.")
     on_cuda = query.device.type == "cuda"
     why: dict[str, list[str]] = {}  # only the backends this call could use (checking CUDA may build it)
     if backend == "cpu" or (backend is None and not on_cuda):
@@ -214,7 +214,7 @@ def sparse_attention(
         why["cuda"] = _cuda_reasons(query, key, value, dropout=dropout, top_k=top_k, block_q=block_q)
     if backend in why and why[backend]:
         raise ConfigError(
-            f"sparse_attention: backend {backend!r} cannot run this input: " + "; ".join(why[backend]) + "."
+            f"sparse_attention: backend {quote(backend)} cannot run this input: " + "; ".join(why[backend]) + "."
         )
     reasons = why.get("cuda" if on_cuda else "cpu", ["the reference was asked for"])
     kwargs = dict(
@@ -283,7 +283,7 @@ def lowrank_attention(
         query: (B, H, Sq, D). key, value: (B, Hkv, Skv, D). key_padding_mask: (B, Skv) bool. Returns: (B, H, Sq, D).
     """
     if not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"lowrank_attention: rank must be a positive integer, got {rank!r}.")
+        raise ConfigError(f"lowrank_attention: rank must be a positive integer, got {quote(rank)}.")
     B, H, Sq, D = query.shape
     Skv = key.shape[2]
     if key_padding_mask is None:

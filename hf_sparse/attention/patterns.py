@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 
 __all__ = [
     "Pattern",
@@ -105,7 +105,7 @@ class DilatedWindow(Pattern):
     def __post_init__(self):
         _non_negative("DilatedWindow.window", self.window)
         if not isinstance(self.dilation, int) or self.dilation < 1:
-            raise ConfigError(f"DilatedWindow.dilation must be a positive integer, got {self.dilation!r}.")
+            raise ConfigError(f"DilatedWindow.dilation must be a positive integer, got {quote(self.dilation)}.")
 
     def __call__(self, q, k, *, is_global=None, length=None):
         d = q - k
@@ -174,7 +174,7 @@ class BlockSparse(Pattern):
 
     def __post_init__(self):
         if not isinstance(self.block, int) or self.block < 1:
-            raise ConfigError(f"BlockSparse.block must be a positive integer, got {self.block!r}.")
+            raise ConfigError(f"BlockSparse.block must be a positive integer, got {quote(self.block)}.")
         for name in ("window_blocks", "global_blocks", "random_blocks"):
             _non_negative(f"BlockSparse.{name}", getattr(self, name))
 
@@ -245,7 +245,7 @@ class Intersection(Pattern):
 
 def _non_negative(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
+        raise ConfigError(f"{name} must be a non-negative integer, got {quote(value)}.")
 
 
 def dense_mask(

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 
 __all__ = [
     "attention_loss",
@@ -95,7 +95,7 @@ def hidden_state_loss(
     elif kind == "cosine":
         per_token = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
     else:
-        raise ConfigError(f"hidden_state_loss: kind must be 'mse' or 'cosine', got {kind!r}.")
+        raise ConfigError(f"hidden_state_loss: kind must be 'mse' or 'cosine', got {quote(kind)}.")
     return _masked_mean(per_token, mask)
 
 
@@ -149,7 +149,7 @@ def attention_loss(
     elif kind == "mse":
         per_row = (s - t).pow(2).mean(-1)
     else:
-        raise ConfigError(f"attention_loss: kind must be 'kl' or 'mse', got {kind!r}.")
+        raise ConfigError(f"attention_loss: kind must be 'kl' or 'mse', got {quote(kind)}.")
     per_query = per_row.mean(1)  # over heads: (B, L)
     return _masked_mean(per_query, mask)
 

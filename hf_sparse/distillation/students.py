@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from ..pruning.structured import _dropped_so_far, drop_layers_, find_encoder_layers
 
 __all__ = ["auto_layer_map", "freeze_teacher", "layer_map_for", "student_from_teacher", "teacher_snapshot"]
@@ -45,7 +45,9 @@ def student_from_teacher(
     n = _num_layers(teacher)
     if keep_every is not None:
         if not (isinstance(keep_every, int) and 1 <= keep_every <= n):
-            raise ConfigError(f"student_from_teacher: keep_every must be an integer in [1, {n}], got {keep_every!r}.")
+            raise ConfigError(
+                f"student_from_teacher: keep_every must be an integer in [1, {n}], got {quote(keep_every)}."
+            )
         keep = list(range(keep_every - 1, n, keep_every))
     else:
         keep = sorted(set(int(i) for i in keep_layers))  # type: ignore[union-attr]

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 
+from ..errors import quote
+
 __all__ = ["world_size", "process_rank", "is_distributed", "all_reduce_", "broadcast_", "sync_observers_"]
 
 
@@ -55,7 +57,7 @@ def all_reduce_(tensors: Iterable[torch.Tensor], op: str = "mean") -> None:
         "max": dist.ReduceOp.MAX,
     }
     if op not in reduce_op:
-        raise ValueError(f"all_reduce_: op must be one of {sorted(reduce_op)}, got {op!r}.")
+        raise ValueError(f"all_reduce_: op must be one of {sorted(reduce_op)}, got {quote(op)}.")
     for t in tensors:
         if t.numel() == 0:
             continue

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 
 __all__ = [
     "TopKState",
@@ -156,9 +156,9 @@ class TopKState:
         process_group: dist.ProcessGroup | None = None,
     ):
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-            raise ConfigError(f"TopKState.ratio must be a fraction in (0, 1], got {ratio!r}.")
+            raise ConfigError(f"TopKState.ratio must be a fraction in (0, 1], got {quote(ratio)}.")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ConfigError(f"TopKState.warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
+            raise ConfigError(f"TopKState.warmup_steps must be an integer >= 0, got {quote(warmup_steps)}.")
         self.ratio = float(ratio)
         self.warmup_steps = warmup_steps
         self.error_feedback = bool(error_feedback)

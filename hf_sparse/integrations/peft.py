@@ -46,7 +46,7 @@ from peft.tuners.lora import LoraLayer, LoraModel
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from ..errors import ConfigError, FormatError
+from ..errors import ConfigError, FormatError, quote
 from ..formats import from_tensors
 from ..nn import SparseLinear, replace_module
 from .quantizer import sparse_config_for
@@ -100,7 +100,7 @@ def _slot_positions(layer: SparseLinear) -> dict[str, torch.Tensor]:
         found = torch.nonzero(ids).squeeze(1)
         if found.numel() != tensor.numel():  # two entries on one position; validated formats never have that
             raise FormatError(
-                f"{layer.format}: {tensor.numel()} stored entries in {name!r} map to {found.numel()} positions."
+                f"{layer.format}: {tensor.numel()} stored entries in {quote(name)} map to {found.numel()} positions."
             )
         slots = torch.empty(tensor.numel(), dtype=torch.int64, device=tensor.device)
         slots[ids[found].to(torch.int64) - 1] = found
@@ -180,7 +180,8 @@ class SparseLoraLinear(nn.Module, LoraLayer):
         init = config.init_lora_weights
         if not any(init is ok or (isinstance(ok, str) and init == ok) for ok in _SUPPORTED_INITS):
             raise ConfigError(
-                f"LoRA on {where}: init_lora_weights={init!r} is not supported on SparseLinear layers (inits that "
+                f"LoRA on {where}: init_lora_weights={quote(init)} is not supported on SparseLinear layers (inits "
+                "that "
                 f"decompose or rewrite the base weight, or fit it to data, need a dense one); use one of "
                 f"{list(_SUPPORTED_INITS)}."
             )
@@ -219,7 +220,8 @@ class SparseLoraLinear(nn.Module, LoraLayer):
             return None
         if self.get_base_layer().bias is None:
             raise ConfigError(
-                f"Cannot merge adapter {adapter!r}: it was trained with lora_bias=True but the SparseLinear it adapts "
+                f"Cannot merge adapter {quote(adapter)}: it was trained with lora_bias=True but the SparseLinear "
+                "it adapts "
                 "has no bias."
             )
         bias = self.lora_B[adapter].bias
@@ -425,7 +427,9 @@ def load_lora_adapter(
             model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
         )
     if adapter_name in model.peft_config:
-        raise ConfigError(f"The model already has an adapter named {adapter_name!r}; choose another adapter_name.")
+        raise ConfigError(
+            f"The model already has an adapter named {quote(adapter_name)}; choose another adapter_name."
+        )
     # Adding the (registered) config first makes load_adapter skip reading its own, unregistered copy.
     config.inference_mode = not is_trainable
     model.add_adapter(adapter_name, config)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import ConfigError, PruningStateError
+from ..errors import ConfigError, PruningStateError, quote
 from ..registry import METHODS
 from .config import PruningConfig
 from .criteria import CRITERIA, Criterion
@@ -65,7 +65,7 @@ def match_embeddings(model: nn.Module, patterns, *, who: str = "PruningConfig") 
         found = {n: m for n, m in embeddings.items() if _matches(n, pattern)}
         if not found:
             raise ConfigError(
-                f"{who}.embeddings: {pattern!r} matches no nn.Embedding; the model's embeddings are "
+                f"{who}.embeddings: {quote(pattern)} matches no nn.Embedding; the model's embeddings are "
                 f"{list(embeddings)}."
             )
         chosen.update(found)
@@ -73,7 +73,7 @@ def match_embeddings(model: nn.Module, patterns, *, who: str = "PruningConfig") 
     for name, module in chosen.items():
         if output is not None and getattr(output, "weight", None) is module.weight:
             raise ConfigError(
-                f"{who}.embeddings: {name!r} shares its weight with the output layer (tied embeddings); prune "
+                f"{who}.embeddings: {quote(name)} shares its weight with the output layer (tied embeddings); prune "
                 "untied models only, or leave it out."
             )
     return chosen
@@ -191,7 +191,8 @@ class Pruner:
             missing = [n for n in self.modules if n not in self.score_state]
             if missing:
                 raise ConfigError(
-                    f"PruningConfig.criterion={self.config.criterion!r} ranks weights by gradients accumulated during "
+                    f"PruningConfig.criterion={quote(self.config.criterion)} ranks weights by gradients "
+                    "accumulated during "
                     f"training, but none were seen for {missing[:3]}{' ...' if len(missing) > 3 else ''}. Use it with "
                     "PruningCallback and a schedule whose first mask update comes after at least one training step "
                     "(start_step >= 1, or cubic from initial_sparsity=0), or pass precomputed scores "
@@ -219,7 +220,7 @@ class Pruner:
         for name, s in scores.items():
             if tuple(s.shape) != tuple(self.modules[name].weight.shape):
                 raise ConfigError(
-                    f"scores[{name!r}] has shape {tuple(s.shape)}, expected the weight's "
+                    f"scores[{quote(name)}] has shape {tuple(s.shape)}, expected the weight's "
                     f"{tuple(self.modules[name].weight.shape)}."
                 )
 
@@ -283,12 +284,12 @@ class Pruner:
         cfg = self.config
         if not self.calibration:
             raise ConfigError(
-                f"PruningConfig.criterion={cfg.criterion!r} needs calibration data: pass "
+                f"PruningConfig.criterion={quote(cfg.criterion)} needs calibration data: pass "
                 "prune_(model, config, calibration=batches) (a few hundred examples as model-input dicts), or use "
                 "PruningCallback, which takes config.calibration_samples examples from the training data."
             )
         if cfg.layer_sparsity:
-            raise ConfigError(f"PruningConfig.layer_sparsity is not supported with criterion={cfg.criterion!r}.")
+            raise ConfigError(f"PruningConfig.layer_sparsity is not supported with criterion={quote(cfg.criterion)}.")
         self.masks = calibrated_prune_(
             self.model,
             self.modules,
@@ -374,7 +375,7 @@ class Pruner:
             weight = self.modules[name].weight
             if mask.dtype != torch.bool or tuple(mask.shape) != tuple(weight.shape):
                 raise PruningStateError(
-                    f"Saved mask for {name!r} has dtype {mask.dtype} and shape {tuple(mask.shape)}; expected "
+                    f"Saved mask for {quote(name)} has dtype {mask.dtype} and shape {tuple(mask.shape)}; expected "
                     f"torch.bool and {tuple(weight.shape)}."
                 )
         self.masks = {n: m.to(self.modules[n].weight.device) for n, m in masks.items()}

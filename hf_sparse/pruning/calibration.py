@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 
 __all__ = ["InputStats", "collect_input_stats", "find_blocks", "calibrate_sequentially"]
 
@@ -61,7 +61,7 @@ class InputStats:
 
 def _check_kind(kind: str) -> None:
     if kind not in ("norms", "hessian"):
-        raise ConfigError(f"kind must be 'norms' (Wanda) or 'hessian' (SparseGPT), got {kind!r}.")
+        raise ConfigError(f"kind must be 'norms' (Wanda) or 'hessian' (SparseGPT), got {quote(kind)}.")
 
 
 class _Collector:

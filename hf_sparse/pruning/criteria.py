@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from ..registry import Registry
 
 __all__ = [
@@ -237,7 +237,7 @@ def masks_from_scores(
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}.")
     if scope not in ("global", "layer"):
-        raise ConfigError(f"scope must be 'global' or 'layer', got {scope!r}.")
+        raise ConfigError(f"scope must be 'global' or 'layer', got {quote(scope)}.")
     ranked: dict[str, torch.Tensor] = {}
     for name, s in scores.items():
         s = s.detach().float().reshape(-1)

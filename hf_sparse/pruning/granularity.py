@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from .criteria import masks_from_scores
 
 __all__ = [
@@ -42,7 +42,7 @@ STRUCTURED_GRANULARITIES: tuple[str, ...] = ("head", "neuron", "layer")
 
 def _check_2d(name: str, score: torch.Tensor, what: str) -> None:
     if score.dim() != 2:
-        raise ConfigError(f"{what} pruning needs 2-D weights; {name!r} has shape {tuple(score.shape)}.")
+        raise ConfigError(f"{what} pruning needs 2-D weights; {quote(name)} has shape {tuple(score.shape)}.")
 
 
 def block_scores(score: torch.Tensor, block: tuple[int, int], reduce: str = "sum", *, name: str = "") -> torch.Tensor:
@@ -60,7 +60,8 @@ def block_scores(score: torch.Tensor, block: tuple[int, int], reduce: str = "sum
     rows, cols = score.shape
     if rows % r or cols % c:
         raise ConfigError(
-            f"Block pruning: layer {name!r} has weight shape {(rows, cols)}, not divisible by the block {(r, c)}. "
+            f"Block pruning: layer {quote(name)} has weight shape {(rows, cols)}, not divisible by the block "
+            f"{(r, c)}. "
             "Choose a block that divides every selected layer, or exclude this layer (exclude_modules)."
         )
     tiles = score.detach().float().reshape(rows // r, r, cols // c, c)
@@ -68,7 +69,7 @@ def block_scores(score: torch.Tensor, block: tuple[int, int], reduce: str = "sum
         return tiles.sum(dim=(1, 3))
     if reduce == "l2":
         return tiles.pow(2).sum(dim=(1, 3)).sqrt()
-    raise ConfigError(f"block reduce must be 'sum' or 'l2', got {reduce!r}.")
+    raise ConfigError(f"block reduce must be 'sum' or 'l2', got {quote(reduce)}.")
 
 
 def expand_blocks(block_mask: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -154,7 +155,8 @@ def nm_masks(
         rows, cols = score.shape
         if cols % m:
             raise ConfigError(
-                f"N:M pruning: layer {name!r} has {cols} input columns (weight shape {(rows, cols)}), not a multiple "
+                f"N:M pruning: layer {quote(name)} has {cols} input columns (weight shape {(rows, cols)}), not a "
+                "multiple "
                 f"of m={m}. Exclude this layer (exclude_modules) or choose another m."
             )
         groups = score.detach().float().reshape(rows, cols // m, m)
@@ -236,7 +238,7 @@ def granular_masks(
         return embedding_row_masks(scores, sparsity, scope=scope, previous=previous, reduce=reduce)
     if granularity in STRUCTURED_GRANULARITIES:
         raise ConfigError(
-            f"granularity {granularity!r} removes whole structures and is handled by StructuredPruningConfig "
+            f"granularity {quote(granularity)} removes whole structures and is handled by StructuredPruningConfig "
             "(hf_sparse.pruning.structured), not by weight masks."
         )
-    raise ConfigError(f"granularity must be one of {list(GRANULARITIES)}, got {granularity!r}.")
+    raise ConfigError(f"granularity must be one of {list(GRANULARITIES)}, got {quote(granularity)}.")

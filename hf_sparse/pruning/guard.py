@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from .apply import Pruner
 from .config import PruningConfig
 from .criteria import CRITERIA
@@ -126,7 +126,7 @@ def _check_stages(sparsities: Sequence[float], max_drop: float) -> list[float]:
             )
     if not (isinstance(max_drop, (int, float)) and not isinstance(max_drop, bool) and max_drop >= 0):
         # ``not >=`` also rejects NaN.
-        raise ConfigError(f"guarded_prune_: max_drop must be a number >= 0, got {max_drop!r}.")
+        raise ConfigError(f"guarded_prune_: max_drop must be a number >= 0, got {quote(max_drop)}.")
     return stages
 
 
@@ -136,7 +136,7 @@ def as_metric(value: Any, where: str, who: str = "guarded_prune_") -> float:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(
-            f"{who}: evaluate(model) must return a number ({where}), got {type(value).__name__}: {value!r}."
+            f"{who}: evaluate(model) must return a number ({where}), got {type(value).__name__}: {quote(value)}."
         )
     return float(value)
 
@@ -218,7 +218,8 @@ def guarded_prune_(
         )
     if getattr(CRITERIA.get(config.criterion), "needs_calibration", False):
         raise ConfigError(
-            f"guarded_prune_: PruningConfig.criterion={config.criterion!r} prunes from calibration inputs, which the "
+            f"guarded_prune_: PruningConfig.criterion={quote(config.criterion)} prunes from calibration inputs, "
+            "which the "
             "guard does not collect; guard criterion='magnitude' (or 'random') stages, or prune one-shot with "
             "hf_sparse.prune_(model, config, calibration=batches) and evaluate once."
         )

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from .apply import match_linears, model_parameter_counts, sparsity_report
 from .calibration import InputStats, calibrate_sequentially, collect_input_stats
 from .config import DEFAULT_EXCLUDE
@@ -55,7 +55,7 @@ def _check_sparsity_nm(who: str, sparsity: float | None, nm: Sequence[int] | Non
             or len(nm) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in nm)
         ):
-            raise ConfigError(f"{who}: nm must be a pair of integers (n, m), e.g. (2, 4); got {nm!r}.")
+            raise ConfigError(f"{who}: nm must be a pair of integers (n, m), e.g. (2, 4); got {quote(nm)}.")
         n, m = nm
         if not 1 <= n < m:
             raise ConfigError(f"{who}: nm=(n, m) needs 1 <= n < m (keep n of every m weights); got {tuple(nm)}.")
@@ -67,7 +67,9 @@ def _check_sparsity_nm(who: str, sparsity: float | None, nm: Sequence[int] | Non
             )
         return implied, (n, m)
     if sparsity is None or isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise ConfigError(f"{who}: sparsity must be a number in [0, 1) (or None with nm=(n, m)); got {sparsity!r}.")
+        raise ConfigError(
+            f"{who}: sparsity must be a number in [0, 1) (or None with nm=(n, m)); got {quote(sparsity)}."
+        )
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"{who}: sparsity must be in [0, 1), got {sparsity}.")
     return float(sparsity), None
@@ -214,9 +216,9 @@ def sparsegpt_prune_weight(
     """
     sparsity, nm = _check_sparsity_nm("sparsegpt_prune_weight", sparsity, nm)
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ConfigError(f"sparsegpt_prune_weight: blocksize must be a positive integer, got {blocksize!r}.")
+        raise ConfigError(f"sparsegpt_prune_weight: blocksize must be a positive integer, got {quote(blocksize)}.")
     if not (isinstance(percdamp, (int, float)) and math.isfinite(percdamp) and percdamp >= 0):
-        raise ConfigError(f"sparsegpt_prune_weight: percdamp must be a finite number >= 0, got {percdamp!r}.")
+        raise ConfigError(f"sparsegpt_prune_weight: percdamp must be a finite number >= 0, got {quote(percdamp)}.")
     rows, cols = weight.shape
     if tuple(hessian.shape) != (cols, cols):
         raise ConfigError(
@@ -296,7 +298,8 @@ def _stat_or_warn(stats: InputStats, name: str, module: nn.Linear, method: str) 
     if name in stats.sums and stats.tokens.get(name, 0) > 0:
         return stats.sums[name]
     warnings.warn(
-        f"{method}: {name!r} saw no calibration tokens (not used by the model's forward on these batches?); it is "
+        f"{method}: {quote(name)} saw no calibration tokens (not used by the model's forward on these batches?); "
+        "it is "
         "pruned by weight magnitude instead.",
         stacklevel=3,
     )
@@ -424,9 +427,9 @@ def sparsegpt_prune_(
     """
     sparsity, nm = _check_sparsity_nm("sparsegpt_prune_", sparsity, nm)
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ConfigError(f"sparsegpt_prune_: blocksize must be a positive integer, got {blocksize!r}.")
+        raise ConfigError(f"sparsegpt_prune_: blocksize must be a positive integer, got {quote(blocksize)}.")
     if not (isinstance(percdamp, (int, float)) and math.isfinite(percdamp) and percdamp >= 0):
-        raise ConfigError(f"sparsegpt_prune_: percdamp must be a finite number >= 0, got {percdamp!r}.")
+        raise ConfigError(f"sparsegpt_prune_: percdamp must be a finite number >= 0, got {quote(percdamp)}.")
     modules = match_linears(model, target_modules, exclude_modules, who="sparsegpt_prune_")
     _check_nm_divides("sparsegpt_prune_", modules, nm)
 
@@ -471,10 +474,10 @@ def calibrated_prune_(
         ``{module name: bool keep-mask}``.
     """
     if method not in ("wanda", "sparsegpt"):
-        raise ConfigError(f"calibrated_prune_: method must be 'wanda' or 'sparsegpt', got {method!r}.")
+        raise ConfigError(f"calibrated_prune_: method must be 'wanda' or 'sparsegpt', got {quote(method)}.")
     if granularity not in ("unstructured", "block", "nm"):
         raise ConfigError(
-            f"calibrated_prune_: granularity must be 'unstructured', 'block' or 'nm', got {granularity!r}."
+            f"calibrated_prune_: granularity must be 'unstructured', 'block' or 'nm', got {quote(granularity)}."
         )
     nm = tuple(nm) if granularity == "nm" else None
     block = tuple(block) if granularity == "block" else None

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import BaseConfig, register_config
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from ..registry import METHODS
 from .apply import match_linears
 from .config import DEFAULT_EXCLUDE
@@ -141,7 +141,7 @@ class RegularizationConfig(BaseConfig):
             if bad or len(set(units)) != len(units):
                 raise ConfigError(
                     f"{name}.{key} must be distinct values from {list(UNITS)}, got {list(units)}"
-                    + (f" ({bad[0]!r} is not one of them)." if bad else " (duplicates).")
+                    + (f" ({quote(bad[0])} is not one of them)." if bad else " (duplicates).")
                 )
         if self.group_lasso > 0 and not self.groups:
             raise ConfigError(
@@ -173,7 +173,9 @@ class RegularizationConfig(BaseConfig):
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    raise ConfigError(f"{name}.{key} has an invalid regular expression {pattern!r}: {exc}.") from None
+                    raise ConfigError(
+                        f"{name}.{key} has an invalid regular expression {quote(pattern)}: {exc}."
+                    ) from None
 
     @property
     def uses_linears(self) -> bool:

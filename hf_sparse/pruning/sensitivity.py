@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from .apply import Pruner
 from .config import PruningConfig
 from .criteria import CRITERIA
@@ -88,7 +88,7 @@ class SensitivityScan:
         for name, values in scan.metrics.items():
             if len(values) != len(sparsities):
                 raise ConfigError(
-                    f"SensitivityScan.from_dict: layer {name!r} has {len(values)} metrics for {len(sparsities)} "
+                    f"SensitivityScan.from_dict: layer {quote(name)} has {len(values)} metrics for {len(sparsities)} "
                     "sparsities."
                 )
         return scan
@@ -140,7 +140,8 @@ def _check_scores(scores: Mapping[str, torch.Tensor], modules: Mapping[str, nn.M
     for name, module in modules.items():
         if tuple(scores[name].shape) != tuple(module.weight.shape):
             raise ConfigError(
-                f"sensitivity_scan: scores[{name!r}] has shape {tuple(scores[name].shape)}, expected the weight's "
+                f"sensitivity_scan: scores[{quote(name)}] has shape {tuple(scores[name].shape)}, expected the "
+                "weight's "
                 f"{tuple(module.weight.shape)}."
             )
 
@@ -187,13 +188,15 @@ def sensitivity_scan(
     levels = _check_sparsities(sparsities)
     if config.granularity == "nm" or config.granularity in STRUCTURED_GRANULARITIES:
         raise ConfigError(
-            f"sensitivity_scan: PruningConfig.granularity={config.granularity!r} does not take a per-layer sparsity "
+            f"sensitivity_scan: PruningConfig.granularity={quote(config.granularity)} does not take a per-layer "
+            "sparsity "
             "(N:M fixes it at 1 - n/m; structured pruning removes units); scan with granularity 'unstructured' or "
             "'block'."
         )
     if scores is None and getattr(CRITERIA.get(config.criterion), "needs_calibration", False):
         raise ConfigError(
-            f"sensitivity_scan: PruningConfig.criterion={config.criterion!r} ranks weights from calibration inputs; "
+            f"sensitivity_scan: PruningConfig.criterion={quote(config.criterion)} ranks weights from calibration "
+            "inputs; "
             "pass scores={name: tensor} computed from them, or scan with criterion='magnitude'."
         )
     pruner = Pruner(model, config)
@@ -249,7 +252,7 @@ def scan_layers(
             for level in levels:
                 with torch.no_grad():
                     what = degrade(name, weight.data, level)
-                metrics[name].append(as_metric(evaluate(model), f"layer {name!r} at {what}", who))
+                metrics[name].append(as_metric(evaluate(model), f"layer {quote(name)} at {what}", who))
                 with torch.no_grad():
                     weight.copy_(original)
         finally:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..config import BaseConfig, register_config
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from ..registry import METHODS
 
 __all__ = [
@@ -333,7 +333,7 @@ def _check_indices(what: str, layer: int, given: Iterable[int], size: int, unit:
     try:
         items = list(given)
     except TypeError:
-        raise ConfigError(f"{what}[{layer}] must be a list of {unit} indices, got {given!r}.") from None
+        raise ConfigError(f"{what}[{layer}] must be a list of {unit} indices, got {quote(given)}.") from None
     bad = [i for i in items if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < size]
     if bad:
         raise ConfigError(f"{what}[{layer}]: {unit} indices {bad} are out of range; layer {layer} has {size} {unit}s.")
@@ -745,10 +745,10 @@ def shrink_to_structure(model: nn.Module, structure: Mapping[str, Any], fail) ->
     changed: list[str] = []
     for name, spec in structure.get("attention", {}).items():
         parts = parts_by_attention.get(name)
-        where = f"config.json quantization_config.structure['attention'][{name!r}]"
+        where = f"config.json quantization_config.structure['attention'][{quote(name)}]"
         if parts is None:
             raise fail(
-                f"{where}: the model has no self-attention module {name!r} (its attention modules: "
+                f"{where}: the model has no self-attention module {quote(name)} (its attention modules: "
                 f"{sorted(parts_by_attention)[:4]}...)"
             )
         k = spec["num_heads"]
@@ -758,10 +758,10 @@ def shrink_to_structure(model: nn.Module, structure: Mapping[str, Any], fail) ->
             _set_heads(model, parts, list(range(k)))
     for name, spec in structure.get("ffn", {}).items():
         parts = parts_by_ffn.get(name)
-        where = f"config.json quantization_config.structure['ffn'][{name!r}]"
+        where = f"config.json quantization_config.structure['ffn'][{quote(name)}]"
         if parts is None:
             raise fail(
-                f"{where}: the model has no FFN input projection {name!r} (its FFN projections: "
+                f"{where}: the model has no FFN input projection {quote(name)} (its FFN projections: "
                 f"{sorted(parts_by_ffn)[:4]}...)"
             )
         n = spec["intermediate_size"]

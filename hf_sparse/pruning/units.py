@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from .structured import drop_layers_, find_encoder_layers, prune_heads_, prune_neurons_
 
 __all__ = ["Unit", "unit_modules", "unit_masks", "shrink_masked_units_", "drop_scored_layers_"]
@@ -81,7 +81,9 @@ def unit_modules(model: nn.Module, granularity: str) -> tuple[dict[str, nn.Linea
             modules.update(layer_linears)
             units.append(Unit(parts.index, parts.index, tuple(layer_linears), "", 0, 0))
         else:
-            raise ConfigError(f"unit_modules: granularity must be 'head', 'neuron' or 'layer', got {granularity!r}.")
+            raise ConfigError(
+                f"unit_modules: granularity must be 'head', 'neuron' or 'layer', got {quote(granularity)}."
+            )
     return modules, units
 
 
