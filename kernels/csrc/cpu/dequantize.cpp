@@ -32,11 +32,19 @@ const Tables& tables() {
   return t;
 }
 
+// The signed value of code j of a packed 4- or 2-bit row.
+inline float field(const Tables& t, int64_t bits, const uint8_t* codes, int64_t j) {
+  return bits == 4 ? t.nib[codes[j / 2]][j % 2] : t.crumb[codes[j / 4]][j % 4];
+}
+
 at::Tensor dequantize_cpu(const at::Tensor& values, const at::Tensor& scales, const at::Tensor& zero_points,
                           int64_t bits, int64_t rows, int64_t cols) {
   TORCH_CHECK_VALUE(bits == 8 || bits == 4 || bits == 2, "hf_sparse::dequantize: bits must be 8, 4 or 2, got ", bits);
-  TORCH_CHECK_VALUE(rows >= 0 && cols >= 0 && cols % (8 / bits) == 0, "hf_sparse::dequantize: bad shape (", rows,
-                    ", ", cols, ") for ", bits, "-bit codes");
+  // The bound keeps cols * bits and rows * cols far from int64 overflow; no real weight comes near it.
+  constexpr int64_t kMaxDim = int64_t{1} << 40;
+  TORCH_CHECK_VALUE(rows >= 0 && cols >= 0 && rows < kMaxDim && cols < kMaxDim && cols % (8 / bits) == 0,
+                    "hf_sparse::dequantize: bad shape (", rows, ", ", cols, ") for ", bits,
+                    "-bit codes (a row must fill whole bytes)");
   const auto want = bits == 8 ? at::kChar : at::kByte;
   TORCH_CHECK_VALUE(values.scalar_type() == want && values.dim() == 2 && values.size(0) == rows &&
                         values.size(1) == cols * bits / 8,
@@ -84,17 +92,26 @@ at::Tensor dequantize_cpu(const at::Tensor& values, const at::Tensor& scales, co
           }
 #endif
           for (; j < j1; ++j) dst[j] = (static_cast<float>(c[j]) - zero) * scale;
-        } else if (bits == 4) {
-          for (int64_t j = j0; j < j1; j += 2) {
-            const auto& pair = t.nib[codes[j / 2]];
-            dst[j] = (pair[0] - zero) * scale;
-            dst[j + 1] = (pair[1] - zero) * scale;
-          }
         } else {
-          for (int64_t j = j0; j < j1; j += 4) {
-            const auto& quad = t.crumb[codes[j / 4]];
-            for (int i = 0; i < 4; ++i) dst[j + i] = (quad[i] - zero) * scale;
+          // Packed codes run along the whole row, low bits first; a group may start and end inside a byte (any
+          // width that divides the row is valid), so the field of value j is chosen by j itself, never by the
+          // position inside the group, and no write leaves [j0, j1).
+          const int64_t per_byte = 8 / bits;
+          int64_t j = j0;
+          for (; j < j1 && j % per_byte; ++j) dst[j] = (field(t, bits, codes, j) - zero) * scale;
+          if (bits == 4) {
+            for (; j + 2 <= j1; j += 2) {
+              const auto& pair = t.nib[codes[j / 2]];
+              dst[j] = (pair[0] - zero) * scale;
+              dst[j + 1] = (pair[1] - zero) * scale;
+            }
+          } else {
+            for (; j + 4 <= j1; j += 4) {
+              const auto& quad = t.crumb[codes[j / 4]];
+              for (int i = 0; i < 4; ++i) dst[j + i] = (quad[i] - zero) * scale;
+            }
           }
+          for (; j < j1; ++j) dst[j] = (field(t, bits, codes, j) - zero) * scale;
         }
       }
     }
