@@ -52,7 +52,13 @@ import torch
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..errors import FormatError
+from ..errors import FormatError, quote
+from .checkpoint_checks import (
+    check_checkpoint_files,
+    check_checkpoint_folder,
+    check_loaded_model,
+    check_tied_not_both_stored,
+)
 
 __all__ = [
     "HfSparseConfig",
@@ -114,8 +120,10 @@ _TORCH_CODES = {
     torch.float64: "F64",
 }
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+_MAX_HEADER_ITEMS = 8_000_000  # commas: a million tensors' entries, far below what 100 MB could hold
 _MAX_NAME_DIFF = 3  # characters; see _check_not_a_corrupted_name
 _MAX_ELEMENTS = 2**48  # far above any real tensor; a larger declared shape is corruption, not a model
+_MAX_DIMS = 64
 _FIX = (
     "The checkpoint is corrupt or was not written by hf_sparse: restore its original files, or re-save it from "
     "the source model with `model.save_pretrained(dir)` after `import hf_sparse`."
@@ -127,38 +135,40 @@ def _is_int(x: Any) -> bool:
 
 
 def _dims_ok(shape: Any, *, positive: bool = False) -> bool:
-    """A list of non-negative (or positive) ints with a plausible number of elements."""
-    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) and d >= (1 if positive else 0) for d in shape):
+    """A list of at most 64 non-negative (or positive) ints with a plausible number of elements (each dimension is
+    bounded first, so a hostile shape cannot make the product a huge number)."""
+    low = 1 if positive else 0
+    if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_DIMS:
+        return False
+    if not all(_is_int(d) and low <= d <= _MAX_ELEMENTS for d in shape):
         return False
     return math.prod(shape) <= _MAX_ELEMENTS
 
 
-def _short(x: Any, limit: int = 160) -> str:
-    text = repr(x)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _find_bool(x: Any, path: str) -> str | None:
-    """The path of the first bool inside a JSON value (no format parameter is a bool: ``true`` is a corrupt 1)."""
-    if isinstance(x, bool):
-        return path
-    if isinstance(x, dict):
-        items: Iterable = x.items()
-    elif isinstance(x, (list, tuple)):
-        items = enumerate(x)
-    else:
-        return None
-    for key, value in items:
-        found = _find_bool(value, f"{path}[{key!r}]")
-        if found:
-            return found
+    """The path of the first bool inside a JSON value (no format parameter is a bool: ``true`` is a corrupt 1).
+    Iterative, and bounded in depth: config.json is user input."""
+    stack = [(x, path, 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, bool):
+            return where
+        if depth > 32:
+            return where  # no format parameter nests this deep: report it as the corrupt entry
+        if isinstance(value, dict):
+            items: Iterable = value.items()
+        elif isinstance(value, (list, tuple)):
+            items = enumerate(value)
+        else:
+            continue
+        stack.extend((v, f"{where}[{quote(k, 60)}]", depth + 1) for k, v in reversed(list(items)))
     return None
 
 
 def _check_module_spec(name: Any, spec: Any) -> None:
     from ..formats import FORMATS
 
-    where = f"config.json quantization_config.modules[{_short(name)}]"
+    where = f"config.json quantization_config.modules[{quote(name)}]"
     if not isinstance(name, str) or not name:
         raise FormatError(f"{where}: module names must be non-empty strings. {_FIX}")
     if (
@@ -166,7 +176,7 @@ def _check_module_spec(name: Any, spec: Any) -> None:
         or not isinstance(spec.get("params"), dict)
         or not isinstance(spec.get("tensors"), dict)
     ):
-        raise FormatError(f"{where} must be a dict with 'params' and 'tensors' dicts, got {_short(spec)}. {_FIX}")
+        raise FormatError(f"{where} must be a dict with 'params' and 'tensors' dicts, got {quote(spec)}. {_FIX}")
     extra = sorted(map(str, set(spec) - {"params", "tensors"}))
     if extra:
         raise FormatError(
@@ -177,15 +187,18 @@ def _check_module_spec(name: Any, spec: Any) -> None:
     fmt = params.get("format")
     if not isinstance(fmt, str) or fmt not in FORMATS:
         raise FormatError(
-            f"{where}: unknown format {_short(fmt)}; known formats: {sorted(FORMATS)}. A newer hf_sparse may know "
+            f"{where}: unknown format {quote(fmt)}; known formats: {sorted(FORMATS)}. A newer hf_sparse may know "
             f"it (upgrade), otherwise {_FIX}"
         )
     shape = params.get("shape")
     if not (isinstance(shape, (list, tuple)) and len(shape) == 2 and _dims_ok(shape, positive=True)):
-        raise FormatError(f"{where}.params['shape'] must be [rows, cols], two positive integers; got {_short(shape)}.")
+        raise FormatError(f"{where}.params['shape'] must be [rows, cols], two positive integers; got {quote(shape)}.")
     flag = _find_bool(params, f"{where}.params")
     if flag:
-        raise FormatError(f"{flag} is a boolean; format parameters are integers, lists and strings. {_FIX}")
+        raise FormatError(
+            f"{flag} is a boolean (or nested over 32 levels deep); format parameters are integers, lists and "
+            f"strings. {_FIX}"
+        )
     if not spec["tensors"]:
         raise FormatError(f"{where}.tensors is empty; every format stores at least one tensor. {_FIX}")
     for tname, entry in spec["tensors"].items():
@@ -198,8 +211,8 @@ def _check_module_spec(name: Any, spec: Any) -> None:
         )
         if not ok:
             raise FormatError(
-                f"{where}.tensors[{_short(tname)}] must be [shape (non-negative integers), dtype name (one of "
-                f"{sorted(_DTYPES)})], got {_short(entry)}. {_FIX}"
+                f"{where}.tensors[{quote(tname)}] must be [shape (non-negative integers), dtype name (one of "
+                f"{sorted(_DTYPES)})], got {quote(entry)}. {_FIX}"
             )
 
 
@@ -208,7 +221,7 @@ def _check_structure(structure: Any) -> None:
     checks it against the model."""
     where = "config.json quantization_config.structure"
     if not isinstance(structure, dict):
-        raise FormatError(f"{where} must be a dict, got {_short(structure)}. {_FIX}")
+        raise FormatError(f"{where} must be a dict, got {quote(structure)}. {_FIX}")
     extra = sorted(map(str, set(structure) - {"attention", "ffn", "dropped_layers"}))
     if extra:
         raise FormatError(
@@ -218,16 +231,16 @@ def _check_structure(structure: Any) -> None:
     for section, field, minimum in (("attention", "num_heads", 1), ("ffn", "intermediate_size", 0)):
         entries = structure.get(section, {})
         if not isinstance(entries, dict):
-            raise FormatError(f"{where}[{section!r}] must map module names to dicts, got {_short(entries)}. {_FIX}")
+            raise FormatError(f"{where}[{section!r}] must map module names to dicts, got {quote(entries)}. {_FIX}")
         for name, spec in entries.items():
-            at = f"{where}[{section!r}][{_short(name)}]"
+            at = f"{where}[{section!r}][{quote(name)}]"
             if not isinstance(name, str) or not name:
                 raise FormatError(f"{at}: module names must be non-empty strings. {_FIX}")
             if not isinstance(spec, dict) or set(spec) != {field}:
-                raise FormatError(f"{at} must be {{{field!r}: integer}}, got {_short(spec)}. {_FIX}")
+                raise FormatError(f"{at} must be {{{field!r}: integer}}, got {quote(spec)}. {_FIX}")
             value = spec[field]
             if not _is_int(value) or value < minimum or value > _MAX_ELEMENTS:
-                raise FormatError(f"{at}[{field!r}] must be an integer >= {minimum}, got {_short(value)}. {_FIX}")
+                raise FormatError(f"{at}[{field!r}] must be an integer >= {minimum}, got {quote(value)}. {_FIX}")
     dropped = structure.get("dropped_layers", [])
     if (
         not isinstance(dropped, list)
@@ -236,7 +249,7 @@ def _check_structure(structure: Any) -> None:
     ):
         raise FormatError(
             f"{where}['dropped_layers'] must be a list of distinct non-negative layer indices, got "
-            f"{_short(dropped)}. {_FIX}"
+            f"{quote(dropped)}. {_FIX}"
         )
 
 
@@ -287,7 +300,7 @@ class HfSparseConfig(QuantizationConfigMixin):
                 else f"Versions 1 to {SCHEMA_VERSION} are the only ones that exist. {_FIX}"
             )
             raise FormatError(
-                f"config.json quantization_config.schema_version is {_short(version)}; this hf_sparse reads version "
+                f"config.json quantization_config.schema_version is {quote(version)}; this hf_sparse reads version "
                 f"{SCHEMA_VERSION}. {advice}"
             )
         if not isinstance(self.modules, dict):
@@ -350,7 +363,7 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {quote(key)}")
         out[key] = value
     return out
 
@@ -365,17 +378,24 @@ def _json_not_allowed(text: str) -> Any:
     raise ValueError(f"{text} is not an integer")
 
 
-def _all_strings_encodable(x: Any) -> bool:
-    """False if a string of the parsed header holds a lone surrogate (invalid UTF-8 that ``json`` lets through)."""
-    try:
-        if isinstance(x, str):
-            x.encode("utf-8")
-        elif isinstance(x, dict):
-            return all(_all_strings_encodable(k) and _all_strings_encodable(v) for k, v in x.items())
-        elif isinstance(x, list):
-            return all(_all_strings_encodable(v) for v in x)
-    except UnicodeEncodeError:
-        return False
+def _well_formed(x: Any, max_depth: int) -> bool:
+    """False if the parsed header nests deeper than ``max_depth`` or a string holds a lone surrogate (invalid UTF-8
+    that ``json`` lets through). Iterative: a hostile header cannot make it recurse."""
+    stack = [(x, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > max_depth:
+            return False
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
     return True
 
 
@@ -395,7 +415,11 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorHeader]:
     file = path.name
 
     def error(problem: str, tensor: str | None = None) -> FormatError:
-        at = f"tensor {tensor!r} in checkpoint file {file!r}" if tensor is not None else f"checkpoint file {file!r}"
+        at = (
+            f"tensor {quote(tensor)} in checkpoint file {quote(file)}"
+            if tensor is not None
+            else f"checkpoint file {quote(file)}"
+        )
         return FormatError(f"{at}: {problem}. {_FIX}")
 
     try:
@@ -411,7 +435,11 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorHeader]:
                 raise error(f"the header length field says {n} bytes but only {size - 8} follow it (truncated)")
             raw = fh.read(n)
     except OSError as exc:
-        raise FormatError(f"checkpoint file {str(path)!r} cannot be read: {exc}.") from None
+        reason = quote(exc.strerror or str(exc))
+        raise FormatError(f"checkpoint file {quote(str(path))} cannot be read: {reason}. {_FIX}") from None
+    if raw.count(b",") > _MAX_HEADER_ITEMS:
+        # Bounds what parsing can allocate: a 100 MB header of one long list would be 50 million Python objects.
+        raise error(f"the header lists more than {_MAX_HEADER_ITEMS:,} items; no model's header does")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -427,31 +455,34 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorHeader]:
             parse_constant=_json_not_allowed,
         )
     except (ValueError, RecursionError) as exc:
-        raise error(f"the header is not valid JSON ({str(exc)[:200]})") from None
-    if not isinstance(header, dict) or not _all_strings_encodable(header):
-        raise error("the header is not a JSON object of UTF-8 strings")
+        what = "it nests too deeply" if isinstance(exc, RecursionError) else quote(str(exc), 200)
+        raise error(f"the header is not valid JSON ({what})") from None
+    if not isinstance(header, dict) or not _well_formed(header, 3):
+        raise error("the header is not a JSON object of UTF-8 strings, nested at most 3 levels (__metadata__ is flat)")
 
     out: dict[str, TensorHeader] = {}
     spans: list[tuple[int, int, str]] = []
     for key, info in header.items():
         if key == "__metadata__":
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
-                raise error(f"__metadata__ must map strings to strings, got {_short(info)}")
+                raise error(f"__metadata__ must map strings to strings, got {quote(info)}")
             continue
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise error(f"the entry must have exactly 'dtype', 'shape' and 'data_offsets', got {_short(info)}", key)
+            raise error(f"the entry must have exactly 'dtype', 'shape' and 'data_offsets', got {quote(info)}", key)
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in _CODE_BYTES:
-            raise error(f"unsupported dtype {_short(dtype)} (known: {sorted(_CODE_BYTES)})", key)
+            raise error(f"unsupported dtype {quote(dtype)} (known: {sorted(_CODE_BYTES)})", key)
         if not _dims_ok(shape):
-            raise error(f"the shape must be a list of non-negative integers, got {_short(shape)}", key)
+            raise error(f"the shape must be a list of non-negative integers, got {quote(shape)}", key)
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise error(f"data_offsets must be two non-negative integers, got {_short(offsets)}", key)
+            raise error(f"data_offsets must be two non-negative integers, got {quote(offsets)}", key)
         begin, end = offsets
         nbytes = math.prod(shape) * _CODE_BYTES[dtype]
         if end < begin or end - begin != nbytes:
             raise error(
-                f"data_offsets {offsets} span {end - begin} bytes but shape {shape} of {dtype} needs {nbytes}", key
+                f"data_offsets {quote(offsets)} span {quote(end - begin)} bytes but shape {quote(shape)} of {dtype} "
+                f"needs {nbytes}",
+                key,
             )
         out[key] = TensorHeader(file, dtype, tuple(shape))
         spans.append((begin, end, key))
@@ -461,10 +492,12 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorHeader]:
     for begin, end, key in sorted(spans):
         if begin != expected:
             kind = "overlaps the previous tensor" if begin < expected else "leaves a gap after the previous tensor"
-            raise error(f"its data starts at byte {begin} of the data section, expected {expected}: it {kind}", key)
+            raise error(
+                f"its data starts at byte {quote(begin)} of the data section, expected {expected}: it {kind}", key
+            )
         if end > data_bytes:
             raise error(
-                f"its data ends at byte {end} of the data section, which holds only {data_bytes} bytes "
+                f"its data ends at byte {quote(end)} of the data section, which holds only {data_bytes} bytes "
                 "(the file is truncated)",
                 key,
             )
@@ -476,16 +509,18 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorHeader]:
 
 # -- checks around weight loading ----------------------------------------------------------------------------------
 def _checkpoint_headers(files: Iterable[str | os.PathLike] | None) -> dict[str, TensorHeader] | None:
-    """The merged headers of safetensors checkpoint files (shards included); ``None`` when they are not all
-    safetensors (``.bin`` checkpoints are only checked after loading)."""
+    """The merged headers of the checkpoint files (shards included), each read as safetensors whatever its name;
+    ``None`` without files (a ``state_dict`` passed to ``from_pretrained``: checked after loading only)."""
     files = [Path(f) for f in files or ()]
-    if not files or not all(f.name.endswith(".safetensors") for f in files):
+    if not files:
         return None
     merged: dict[str, TensorHeader] = {}
     for f in files:
         for key, head in read_safetensors_header(f).items():
             if key in merged:
-                raise FormatError(f"tensor {key!r} is stored twice, in {merged[key].file!r} and {f.name!r}. {_FIX}")
+                raise FormatError(
+                    f"tensor {quote(key)} is stored twice, in {quote(merged[key].file)} and {quote(f.name)}. {_FIX}"
+                )
             merged[key] = head
     return merged
 
@@ -496,22 +531,22 @@ def _check_declared_tensors(headers: Mapping[str, TensorHeader], modules: Mappin
     for name, spec in modules.items():
         for tname, (shape, dtype) in spec["tensors"].items():
             key = f"{name}.weight_{tname}"
-            declared = f"config.json quantization_config.modules[{name!r}].tensors[{tname!r}]"
+            declared = f"config.json quantization_config.modules[{quote(name)}].tensors[{quote(tname)}]"
             head = headers.get(key)
             if head is None:
                 raise FormatError(
-                    f"checkpoint tensor {key!r} is missing from {', '.join(files)}, but {declared} declares it; a "
-                    f"sparse module is never initialised at random. {_FIX}"
+                    f"checkpoint tensor {quote(key)} is missing from {', '.join(files)}, but {declared} "
+                    f"declares it; a sparse module is never initialised at random. {_FIX}"
                 )
             if head.dtype != _DTYPE_CODES[dtype]:
                 raise FormatError(
-                    f"checkpoint tensor {key!r} in {head.file!r} is stored as {head.dtype}, but {declared} declares "
-                    f"{dtype} ({_DTYPE_CODES[dtype]}). {_FIX}"
+                    f"checkpoint tensor {quote(key)} in {quote(head.file)} is stored as {head.dtype}, but "
+                    f"{declared} declares {dtype} ({_DTYPE_CODES[dtype]}). {_FIX}"
                 )
             if list(head.shape) != list(shape):
                 raise FormatError(
-                    f"checkpoint tensor {key!r} in {head.file!r} has shape {list(head.shape)}, but {declared} "
-                    f"declares {list(shape)}. {_FIX}"
+                    f"checkpoint tensor {quote(key)} in {quote(head.file)} has shape {list(head.shape)}, "
+                    f"but {declared} declares {list(shape)}. {_FIX}"
                 )
 
 
@@ -522,9 +557,9 @@ def _check_not_a_corrupted_name(key: str, head: TensorHeader, missing_by_length:
         diff = sum(a != b for a, b in zip(want, key))
         if diff <= _MAX_NAME_DIFF:
             raise FormatError(
-                f"tensor {key!r} in checkpoint file {head.file!r} matches no tensor of the model, and the model's "
-                f"{want!r} ({diff} character(s) away) is missing from the checkpoint: the name is corrupted, and "
-                f"loading would initialise {want!r} at random. {_FIX}"
+                f"tensor {quote(key)} in checkpoint file {quote(head.file)} matches no tensor of the model, "
+                f"and the model's {quote(want)} ({diff} character(s) away) is missing from the checkpoint: the name "
+                f"is corrupted, and loading would initialise {quote(want)} at random. {_FIX}"
             )
 
 
@@ -543,20 +578,22 @@ def _check_against_model(
         module = named[name]
         if getattr(module, "bias", None) is not None and f"{name}.bias" not in headers:
             raise FormatError(
-                f"checkpoint tensor {name + '.bias'!r} (the bias of sparse module {name!r}) is missing from the "
-                f"checkpoint files; it would be left uninitialised. {_FIX}"
+                f"checkpoint tensor {quote(name + '.bias')} (the bias of sparse module {quote(name)}) is "
+                f"missing from the checkpoint files; it would be left uninitialised. {_FIX}"
             )
     for key, head in headers.items():
         owner, _, leaf = key.rpartition(".")
         if owner in modules and key not in expected:
             raise FormatError(
-                f"checkpoint tensor {key!r} in {head.file!r} is not a tensor of sparse module {owner!r} (which "
-                f"stores {sorted(k.rpartition('.')[2] for k in expected if k.startswith(owner + '.'))}). {_FIX}"
+                f"checkpoint tensor {quote(key)} in {quote(head.file)} is not a tensor of sparse module "
+                f"{quote(owner)} (which stores "
+                f"{sorted(k.rpartition('.')[2] for k in expected if k.startswith(owner + '.'))}). {_FIX}"
             )
         if owner not in modules and leaf.startswith("weight_") and owner in named and key not in expected:
             raise FormatError(
-                f"checkpoint tensor {key!r} in {head.file!r} holds sparse data of module {owner!r}, but config.json "
-                f"quantization_config.modules does not describe that module (is its entry missing?). {_FIX}"
+                f"checkpoint tensor {quote(key)} in {quote(head.file)} holds sparse data of module "
+                f"{quote(owner)}, but config.json quantization_config.modules does not describe that module (is its "
+                f"entry missing?). {_FIX}"
             )
         if key not in expected:
             _check_not_a_corrupted_name(key, head, missing_by_length)
@@ -565,13 +602,13 @@ def _check_against_model(
         is_float = head.dtype in _FLOAT_CODES
         if is_float != want.is_floating_point() or (not is_float and head.dtype != _TORCH_CODES.get(want.dtype)):
             raise FormatError(
-                f"checkpoint tensor {key!r} in {head.file!r} is stored as {head.dtype}, but the model's tensor is "
-                f"{str(want.dtype).removeprefix('torch.')}. {_FIX}"
+                f"checkpoint tensor {quote(key)} in {quote(head.file)} is stored as {head.dtype}, but the "
+                f"model's tensor is {str(want.dtype).removeprefix('torch.')}. {_FIX}"
             )
         if owner in modules and tuple(head.shape) != tuple(want.shape):
             raise FormatError(
-                f"checkpoint tensor {key!r} in {head.file!r} has shape {list(head.shape)}; sparse module {owner!r} "
-                f"needs {list(want.shape)}. {_FIX}"
+                f"checkpoint tensor {quote(key)} in {quote(head.file)} has shape {list(head.shape)}; sparse "
+                f"module {quote(owner)} needs {list(want.shape)}. {_FIX}"
             )
 
 
@@ -584,8 +621,8 @@ def _subject(name: str, tensor_names: Iterable[str], message: str) -> str:
         if match:
             found.append((match.start(), tname))
     if not found:
-        return f"checkpoint module {name!r}"
-    return f"checkpoint tensor {name + '.weight_' + min(found)[1]!r} (module {name!r})"
+        return f"checkpoint module {quote(name)}"
+    return f"checkpoint tensor {quote(name + '.weight_' + min(found)[1])} (module {quote(name)})"
 
 
 def check_loaded_modules(model: torch.nn.Module, modules: Mapping[str, dict] | None = None) -> None:
@@ -607,15 +644,15 @@ def check_loaded_modules(model: torch.nn.Module, modules: Mapping[str, dict] | N
                 tensor = getattr(module, attr)
                 if not getattr(tensor, "_is_hf_initialized", False):
                     raise FormatError(
-                        f"checkpoint tensor {name + '.' + attr!r} was not loaded from the checkpoint (it is missing "
-                        f"or was skipped), so it holds uninitialised memory. {_FIX}"
+                        f"checkpoint tensor {quote(name + '.' + attr)} was not loaded from the checkpoint (it "
+                        f"is missing or was skipped), so it holds uninitialised memory. {_FIX}"
                     )
             for tname, (shape, dtype) in spec["tensors"].items():
                 tensor = getattr(module, f"weight_{tname}")
                 wrong_dtype = not tensor.is_floating_point() and str(tensor.dtype).removeprefix("torch.") != dtype
                 if list(tensor.shape) != list(shape) or wrong_dtype:
                     raise FormatError(
-                        f"checkpoint tensor {name + '.weight_' + tname!r} loaded as {tensor.dtype} "
+                        f"checkpoint tensor {quote(name + '.weight_' + tname)} loaded as {tensor.dtype} "
                         f"{list(tensor.shape)}, but config.json declares {dtype} {list(shape)}. {_FIX}"
                     )
         try:
@@ -632,12 +669,26 @@ class HfSparseQuantizer(HfQuantizer):
 
     requires_calibration = True  # nothing is computed at load time: the checkpoint must already be sparse
 
+    def update_dtype(self, dtype):
+        # Kept for the sparse shells: their floating-point values load in the dtype the user asked for.
+        self._load_dtype = dtype
+        return dtype
+
+    def update_attn_implementation(self, config):
+        # The earliest hook with the checkpoint's location: before transformers reads the folder's
+        # model.safetensors.index.json or opens a weights file.
+        check_checkpoint_folder(getattr(config, "name_or_path", None))
+        return super().update_attn_implementation(config)
+
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         from ..nn.shells import build_sparse_shells, build_structure_shells
 
+        check_checkpoint_files(checkpoint_files, getattr(model.config, "name_or_path", None))
         headers = _checkpoint_headers(checkpoint_files)
+        self._headers = headers
         if headers is not None:
             _check_declared_tensors(headers, self.quantization_config.modules)
+            check_tied_not_both_stored(model, headers)
         # Shrink first: the sparse shells' declared shapes are those of the already narrower layers.
         structure = getattr(self.quantization_config, "structure", None)
         build_structure_shells(model, structure, headers, self.quantization_config.modules)
@@ -647,6 +698,7 @@ class HfSparseQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         check_loaded_modules(model, self.quantization_config.modules)
+        check_loaded_model(model, getattr(self, "_headers", None))
         return model
 
     def is_serializable(self):
