@@ -55,7 +55,7 @@ class LowRankEmbedding(StoredWeightMixin, nn.Module):
                 f"[{int(flat.min())}, {int(flat.max())}]."
             )
         out = self.weight_u[flat] @ self.weight_v
-        return out.reshape(*input_ids.shape, self.embedding_dim)
+        return out.to(self.weight.dtype).reshape(*input_ids.shape, self.embedding_dim)  # the model's dtype
 
     def extra_repr(self) -> str:
         rank = self.format_params["rank"]

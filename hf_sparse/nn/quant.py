@@ -99,7 +99,8 @@ class QuantEmbedding(StoredWeightMixin, nn.Module):
             group_size=table.group_size,
             validate=False,
         )
-        return dequantize_weight(rows).reshape(*input_ids.shape, self.embedding_dim)
+        # The placeholder's dtype is the model's (a model loaded in bfloat16 gets bfloat16 rows from float32 scales).
+        return dequantize_weight(rows).to(self.weight.dtype).reshape(*input_ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
         bits = self.format_params["bits"]

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import FormatError
 from ..formats import float_tensor_names, from_tensors
+from .compressed_embedding import _frozen_tensors
 from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
@@ -128,6 +129,18 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
             weight = from_tensors(tensors, params, validate=False)
         except FormatError as exc:
             raise FormatError(f"{where}: {exc} {_FIX}") from None
+        # The dense layer was built in the dtype the user asked from_pretrained for (dtype=torch.bfloat16, ...):
+        # the stored values load in it too (transformers converts each tensor to its shell's dtype), so the layer
+        # computes in the model's dtype. Quantisation scales keep their saved dtype: they are few, and the integer
+        # kernels read them in float32.
+        target = dense.weight.dtype if dense.weight.is_floating_point() else None
+        convert = set(float_tensors) - _frozen_tensors(weight) if target is not None else set()
+        if any(tensors[k].dtype != target for k in convert if k in tensors):
+            tensors = {k: t.to(target) if k in convert else t for k, t in tensors.items()}
+            try:
+                weight = from_tensors(tensors, params, validate=False)
+            except FormatError as exc:
+                raise FormatError(f"{where}: {exc} {_FIX}") from None
         names, declared = sorted(weight.tensors()), sorted(spec["tensors"])
         if names != declared:
             raise FormatError(
@@ -156,4 +169,7 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
                 new = SparseLinear(weight, dense.bias)
         except FormatError as exc:
             raise FormatError(f"{where}: {exc} {_FIX}") from None
+        if target is not None:
+            # The placeholder carries the layer's output dtype (what embedding lookups return): the model's.
+            new.weight = torch.empty(0, dtype=target, device=device)
         replace_module(model, name, new)

@@ -80,7 +80,7 @@ class SparseEmbedding(StoredWeightMixin, nn.Module):
             gathered = torch.where(flat[token] == self.padding_idx, gathered.detach(), gathered)
         out = values.new_zeros(flat.numel(), self.embedding_dim)
         out = out.index_put((token, self.weight_col_indices[pos].long()), gathered)
-        return out.reshape(*input_ids.shape, self.embedding_dim)
+        return out.to(self.weight.dtype).reshape(*input_ids.shape, self.embedding_dim)  # the model's dtype
 
     def extra_repr(self) -> str:
         density = self.weight_values.numel() / max(self.num_embeddings * self.embedding_dim, 1)
