@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import FormatError
+from ..errors import FormatError, quote
 from .base import FORMATS, SparseFormat, check_shape, check_tensor, index_dtype, register_format
 
 __all__ = ["Hashed", "QR", "TT", "RowMap", "Hot", "HASH_PRIME", "tt_factors", "lookup_rows"]
@@ -152,7 +152,10 @@ class Hashed(SparseFormat):
     @classmethod
     def _from_tensors(cls, tensors, params, validate):
         _check_params(cls.name, params, {"hash_a", "hash_b"})
-        return cls(tensors["values"], params["shape"], params["hash_a"], params["hash_b"], validate=validate)
+        a, b = params["hash_a"], params["hash_b"]
+        if not isinstance(a, list) or not isinstance(b, list):
+            raise FormatError(f"hashed: hash_a and hash_b must be lists of integers, got {quote(a)} and {quote(b)}.")
+        return cls(tensors["values"], params["shape"], a, b, validate=validate)
 
     def validate(self) -> None:
         _check_float(self.name, "values", self.values, 2)
@@ -168,7 +171,7 @@ class Hashed(SparseFormat):
         if not ok:
             raise FormatError(
                 f"hashed: hash_a and hash_b must be equally long lists of integers with 1 <= a < {HASH_PRIME} and "
-                f"0 <= b < {HASH_PRIME}, got {self.hash_a!r} and {self.hash_b!r}."
+                f"0 <= b < {HASH_PRIME}, got {quote(self.hash_a)} and {quote(self.hash_b)}."
             )
 
 

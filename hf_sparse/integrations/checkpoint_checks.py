@@ -24,7 +24,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +153,13 @@ def _read_index(path: Path) -> dict:
     return index
 
 
-def check_checkpoint_folder(name_or_path: Any) -> None:
+def check_checkpoint_folder(name_or_path: Any, read_header: Callable[[str], Any] | None = None) -> None:
     """Before transformers reads anything of a local checkpoint folder: its ``*.safetensors.index*.json`` files
     (bounded: size, nesting, entries; every shard they name a regular ``.safetensors`` file inside the folder) and
     its ``model.safetensors`` (a regular file inside the folder). A repository id (not a local folder) is left to
-    ``huggingface_hub`` and to :func:`check_checkpoint_files`.
+    ``huggingface_hub`` and to :func:`check_checkpoint_files`. ``read_header`` (the quantizer's safetensors header
+    check) is run on each of those files too: transformers opens the first one to guess the dtype when config.json
+    has none.
 
     Raises:
         FormatError: naming the index, the tensor entry and the file.
@@ -166,8 +168,10 @@ def check_checkpoint_folder(name_or_path: Any) -> None:
         return
     folder = Path(name_or_path)
     single = folder / "model.safetensors"
+    files = []
     if os.path.lexists(single):
         _check_one_file(str(single), str(folder))
+        files.append(str(single))
     for path in sorted(folder.glob("*.safetensors.index*.json")):
         _check_one_file_like_index(path, folder)
         index = _read_index(path)
@@ -178,6 +182,10 @@ def check_checkpoint_folder(name_or_path: Any) -> None:
             checked.add(shard)
             context = f" (the shard of tensor {quote(key)} in {quote(path.name)})"
             _check_one_file(os.path.join(folder, shard), str(folder), context)
+            files.append(os.path.join(folder, shard))
+    if read_header is not None:
+        for f in files:
+            read_header(f)
 
 
 def _check_one_file_like_index(path: Path, folder: Path) -> None:

@@ -677,7 +677,7 @@ class HfSparseQuantizer(HfQuantizer):
     def update_attn_implementation(self, config):
         # The earliest hook with the checkpoint's location: before transformers reads the folder's
         # model.safetensors.index.json or opens a weights file.
-        check_checkpoint_folder(getattr(config, "name_or_path", None))
+        check_checkpoint_folder(getattr(config, "name_or_path", None), read_safetensors_header)
         return super().update_attn_implementation(config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
