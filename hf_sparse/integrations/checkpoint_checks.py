@@ -257,7 +257,8 @@ def check_loaded_model(model: nn.Module, headers: Mapping[str, Any] | None) -> N
     - every parameter and persistent buffer came from the checkpoint (transformers marks what it loaded), except
       weights tied to a loaded one, tensors the model never saves, a shape the user replaced with
       ``ignore_mismatched_sizes=True``, and, when the model's class is not the one that saved the checkpoint
-      (``config.json`` ``architectures``), the new task head outside the base model;
+      (``config.json`` ``architectures``), a new task head: a module outside the base model, or one of which the
+      checkpoint holds no tensor at all;
     - no checkpoint tensor (``headers``: those of the files, when known) is dropped that belongs to the model's
       structure, or, for the class that saved the checkpoint, at all;
     - every floating-point tensor is finite.
@@ -276,6 +277,7 @@ def check_loaded_model(model: nn.Module, headers: Mapping[str, Any] | None) -> N
     not_saved = _patterns(model, "_keys_to_ignore_on_save")
     headers = headers or {}
     header_for: dict[str, Any] = {}
+    header_keys = {form for hkey in headers for form in _forms(hkey, prefix)}
     for hkey, head in headers.items():
         for form in _forms(hkey, prefix):
             if form in state:
@@ -289,8 +291,13 @@ def check_loaded_model(model: nn.Module, headers: Mapping[str, Any] | None) -> N
         head = header_for.get(key)
         if head is not None and tuple(head.shape) != tuple(tensor.shape):
             continue  # ignore_mismatched_sizes=True: the user asked for a new tensor of this shape
-        if not same_class and has_base and not key.startswith(prefix + "."):
-            continue  # a head the checkpoint's class does not have: transformers initialises it (and says so)
+        if not same_class and (
+            (has_base and not key.startswith(prefix + "."))
+            or not any(f.startswith(key.rpartition(".")[0] + ".") for f in header_keys)
+        ):
+            # A module the checkpoint's class does not have (a new task head, a pooler a masked LM lacks):
+            # transformers initialises it and says so; a module the checkpoint holds must be complete.
+            continue
         where = f"from {quote(head.file)}" if head is not None else "from the checkpoint files"
         raise FormatError(
             f"checkpoint tensor {quote(key)} is missing {where}, but the model has it: loading would initialise it "
