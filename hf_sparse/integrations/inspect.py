@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import FormatError
+from ..errors import FormatError, quote
 
 __all__ = ["inspect_checkpoint", "format_inspection"]
 
@@ -13,21 +13,17 @@ _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
 
 
 def _tensor_headers(folder: Path) -> dict[str, tuple[list[int], str]]:
-    """Shape and dtype of every tensor in the folder's safetensors files, from their headers (nothing is loaded)."""
-    from safetensors import safe_open
+    """Shape and dtype of every tensor in the folder's safetensors files, from their headers (nothing is loaded),
+    each header checked and bounded as ``from_pretrained`` checks it."""
+    from .quantizer import read_safetensors_header
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FormatError(f"{folder}: no .safetensors file; is this a saved model folder?")
+        raise FormatError(f"{quote(str(folder))}: no .safetensors file; is this a saved model folder?")
     out = {}
     for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    sl = f.get_slice(key)
-                    out[key] = (list(sl.get_shape()), sl.get_dtype())
-        except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
-            raise FormatError(f"{file.name}: not a readable safetensors file ({exc}).") from None
+        for key, head in read_safetensors_header(file).items():
+            out[key] = (list(head.shape), head.dtype)
     return out
 
 
@@ -40,10 +36,24 @@ def inspect_checkpoint(path: str | Path) -> dict:
     folder = Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise FormatError(f"{folder}: no config.json; is this a saved model folder?")
-    qconfig = json.loads(config_file.read_text()).get("quantization_config") or {}
-    if qconfig.get("quant_method") != "hf_sparse":
-        raise FormatError(f"{folder}: config.json has no hf_sparse quantization_config (not a sparse checkpoint).")
+        raise FormatError(f"{quote(str(folder))}: no config.json; is this a saved model folder?")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{quote(str(config_file))} is not valid JSON ({quote(str(exc)[:200])}).") from None
+    qconfig = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(qconfig, dict) or qconfig.get("quant_method") != "hf_sparse":
+        raise FormatError(
+            f"{quote(str(folder))}: config.json has no hf_sparse quantization_config (not a sparse checkpoint)."
+        )
+    from .quantizer import HfSparseConfig
+
+    # The same checks as from_pretrained: a malformed description is a FormatError naming the key.
+    HfSparseConfig(
+        modules=qconfig.get("modules"),
+        schema_version=qconfig.get("schema_version"),
+        structure=qconfig.get("structure"),
+    )
     headers = _tensor_headers(folder)
     layers = []
     for name, spec in sorted(qconfig.get("modules", {}).items()):
@@ -53,7 +63,9 @@ def inspect_checkpoint(path: str | Path) -> dict:
         for tname in spec.get("tensors", {}):
             key = f"{name}.weight_{tname}"
             if key not in headers:
-                raise FormatError(f"{folder}: tensor {key!r} described in config.json is missing from the weights.")
+                raise FormatError(
+                    f"{quote(str(folder))}: tensor {quote(key)} described in config.json is missing from the weights."
+                )
             shape, dtype = headers[key]
             count = 1
             for d in shape:
