@@ -247,11 +247,6 @@ def _header_cases(rng: random.Random, data: bytes, count: int):
         for where in ("__metadata__", "shape", "entry"):
             h = copy.deepcopy(header)
             if where == "__metadata__":
-                raw = (
-                    json.dumps(h)
-                    .encode()
-                    .replace(b"{", b'{"__metadata__":{"format":' + _nested(depth).encode() + b"},", 1)
-                )
                 h.pop("__metadata__", None)
                 raw = (
                     json.dumps(h)
@@ -694,9 +689,6 @@ def _sharded_cases(src: Path, work: Path, rng: random.Random, cls):
         raw_index(text.replace(b"{", b'{"deep":' + _nested(100_000).encode() + b",", 1)),
         reference,
     )
-
-    def huge(new, folder):
-        pass
 
     def huge_index():
         fresh()
