@@ -14,9 +14,14 @@ Loading checks a checkpoint in three places, so that a malformed one raises :cla
 2. ``HfSparseQuantizer._process_model_before_weight_loading``, before transformers opens the weights: the
    safetensors headers of the checkpoint files (:func:`read_safetensors_header`: header length, JSON, dtypes,
    shapes, data offsets, file length) against ``config.json`` and against the model with its sparse shells.
-3. ``HfSparseQuantizer._process_model_after_weight_loading`` (:func:`check_loaded_modules`): every sparse tensor
-   was loaded (none left to random initialisation) and every format's contents validate (pointers, index ranges,
-   ordering).
+3. ``HfSparseQuantizer._process_model_after_weight_loading`` (:func:`check_loaded_modules` and
+   :func:`~hf_sparse.integrations.checkpoint_checks.check_loaded_model`): every tensor of the model was loaded (none
+   left to random initialisation), no checkpoint tensor of the model's structure was dropped, every format's
+   contents validate (pointers, index ranges, ordering) and every floating-point value is finite.
+
+Before those, ``update_attn_implementation`` (the earliest quantizer hook, before transformers reads a local
+folder's ``model.safetensors.index.json`` or opens a weights file) confines every file the folder's index names to
+the folder and checks its header (see :mod:`hf_sparse.integrations.checkpoint_checks`).
 
 Structured pruning (:mod:`hf_sparse.pruning.structured`) adds an optional top-level ``structure`` key, the
 per-layer sizes that differ from the model's own config::
