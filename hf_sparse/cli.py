@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import HfSparseError
+from .errors import HfSparseError, quote
 
 __all__ = ["main"]
 
@@ -41,10 +41,10 @@ def _interrupted_message(args: argparse.Namespace) -> str:
 
 
 def _recipe_task(source: str | None) -> str | None:
-    """The ``task:`` key of a recipe file or packaged recipe (None for the classification recipes)."""
-    import yaml
-
-    from .recipes import packaged_recipes
+    """The ``task:`` key of a recipe file or packaged recipe (None for the classification recipes), read with the
+    recipes' one bounded loader."""
+    from .errors import RecipeError
+    from .recipes import packaged_recipes, read_recipe_yaml, recipe_task
 
     if source is None:
         return None
@@ -52,10 +52,10 @@ def _recipe_task(source: str | None) -> str | None:
     if path is None:
         return None  # load_recipe explains
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data, _ = read_recipe_yaml(path)
+    except RecipeError:
         return None  # load_recipe explains
-    return data.get("task") if isinstance(data, dict) else None
+    return recipe_task(data)
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
@@ -108,7 +108,7 @@ def _recipe_file(source: str) -> Path:
         return path
     packaged = packaged_recipes()
     if source not in packaged:
-        raise HfSparseError(f"{source!r} is neither a file nor a packaged recipe ({sorted(packaged)}).")
+        raise HfSparseError(f"{quote(source)} is neither a file nor a packaged recipe ({sorted(packaged)}).")
     return packaged[source]
 
 
@@ -172,18 +172,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from .recipes import dump_recipe, load_recipe, packaged_recipes
+    from .recipes import dump_recipe, load_recipe
     from .recsys.compress import load_recsys_recipe
 
-    path = packaged_recipes().get(args.recipe) if args.recipe else None
-    text = path or (Path(args.recipe) if args.recipe and Path(args.recipe).is_file() else None)
-    if text is not None and "task: recsys" in text.read_text():
-        print(yaml.safe_dump(load_recsys_recipe(text).to_dict(), sort_keys=False), end="")
-        return 0
-    if text is not None and "task: lm" in text.read_text():
+    task = _recipe_task(args.recipe)
+    if task in ("recsys", "lm"):
         from .lm import load_lm_recipe
 
-        print(yaml.safe_dump(load_lm_recipe(text).to_dict(), sort_keys=False), end="")
+        load = load_recsys_recipe if task == "recsys" else load_lm_recipe
+        print(yaml.safe_dump(load(_recipe_file(args.recipe)).to_dict(), sort_keys=False), end="")
         return 0
     recipe = load_recipe(args.recipe)
     if not args.no_model:

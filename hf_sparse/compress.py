@@ -35,7 +35,7 @@ from .config import anchor_message
 from .data import LABEL_NAMES, hub_id, load_rotten_tomatoes, resolve_model, stratified_subset
 from .distillation.students import freeze_teacher, teacher_snapshot
 from .embeddings import compress_embeddings_, finalize_embeddings_
-from .errors import ConfigError, RecipeError
+from .errors import ConfigError, RecipeError, quote
 from .integrations.hub import RESULTS_FILE, write_model_card
 from .lowrank import factorize_
 from .lowrank.sensitivity import allocate_ranks, rank_sensitivity_scan
@@ -438,7 +438,7 @@ def _meta_classifier(model_path: str, who: str, *, num_labels: int | None = len(
         config = AutoConfig.from_pretrained(model_path, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"{who}: cannot read a model config from {model_path!r} (a packaged alias, a local folder or a Hub id "
+            f"{who}: cannot read a model config from {quote(model_path)} (a packaged alias, a local folder or a Hub id "
             f"already in the cache; there is no download here): {str(exc).splitlines()[0]}"
         ) from None
     with torch.device("meta"):
@@ -483,7 +483,9 @@ def preflight(recipe: Recipe) -> Recipe:
         raise
     except ConfigError as exc:
         message = anchor_message(recipe, str(exc))
-        raise RecipeError(f"recipe {recipe.name!r} does not fit its model ({recipe.model.name}): {message}") from None
+        raise RecipeError(
+            f"recipe {quote(recipe.name)} does not fit its model ({recipe.model.name}): {message}"
+        ) from None
 
 
 def _resolve_overrides(recipe: Recipe, model, section):
@@ -558,7 +560,7 @@ def _check_sections(recipe: Recipe, model, sec, where: str, *, cut: bool = False
         unknown = [n for n in pruning.layer_sparsity if n not in chosen]
         if unknown:
             raise ConfigError(
-                f"{where}pruning.layer_sparsity: {unknown[0]!r} is not a pruned module (exact names); pruned modules "
+                f"{where}pruning.layer_sparsity: {quote(unknown[0])} is not a pruned module (exact names); pruned modules "
                 f"include {list(chosen)[:6]}."
             )
     if sec.embeddings is not None:
@@ -571,7 +573,7 @@ def _check_sections(recipe: Recipe, model, sec, where: str, *, cut: bool = False
             for name in low.module_ranks:
                 if not any(_matches(n, name) for n in layers):
                     raise ConfigError(
-                        f"{where}lowrank.module_ranks: {name!r} names no factorised Linear layer; they include "
+                        f"{where}lowrank.module_ranks: {quote(name)} names no factorised Linear layer; they include "
                         f"{list(layers)[:6]}."
                     )
         match_embeddings(model, low.embeddings, who=f"{where}lowrank")
@@ -607,13 +609,13 @@ def _check_sections(recipe: Recipe, model, sec, where: str, *, cut: bool = False
         teacher = _meta_classifier(resolve_model(distil.teacher), f"{where}distillation.teacher", num_labels=None)
         if teacher.config.num_labels != len(LABEL_NAMES):
             raise ConfigError(
-                f"{where}distillation.teacher {distil.teacher!r} classifies into {teacher.config.num_labels} labels; "
+                f"{where}distillation.teacher {quote(distil.teacher)} classifies into {teacher.config.num_labels} labels; "
                 f"the task has {len(LABEL_NAMES)} ({LABEL_NAMES})."
             )
         sv, tv = model.config.vocab_size, getattr(teacher.config, "vocab_size", None)
         if sv != tv:
             raise ConfigError(
-                f"{where}distillation.teacher {distil.teacher!r} has a vocabulary of {tv} tokens, the student "
+                f"{where}distillation.teacher {quote(distil.teacher)} has a vocabulary of {tv} tokens, the student "
                 f"{sv}: both read the same token ids, so they must share a tokenizer."
             )
     if distil.needs_hidden or distil.needs_attentions:

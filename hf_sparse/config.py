@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
-from .errors import ConfigError
+from .errors import ConfigError, quote
 from .registry import CONFIGS
 
-__all__ = ["BaseConfig", "register_config", "check_seed", "anchor_message"]
+__all__ = ["BaseConfig", "register_config", "check_seed", "check_name", "anchor_message", "NAME_PATTERN"]
 
 #: Seeds reach numpy (``np.random.seed``), which takes integers in [0, 2**32 - 1].
 MAX_SEED = 2**32 - 1
@@ -66,7 +66,48 @@ def check_seed(value: int, where: str) -> None:
         raise ConfigError(f"{where} must be an integer in [0, 2**32 - 1] (numpy's seed range), got {value}.")
 
 
+#: A name that becomes a file or folder name (a recipe's ``name``, a stage, a run): one path component of a portable
+#: alphabet. The first character is a letter or digit, so a name is never ``.``, ``..``, hidden or an option.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+#: Names Windows reserves in every folder (with any extension), refused everywhere so an output folder copies there.
+_RESERVED_NAMES = frozenset(
+    ["con", "prn", "aux", "nul", "clock$"] + [f"{d}{i}" for d in ("com", "lpt") for i in range(10)]
+)
+
+
+def check_name(value: str, where: str, *, taken: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError unless ``value`` can name a file or folder inside an output folder: one path component of
+    :data:`NAME_PATTERN` (letters, digits, ``.``, ``_``, ``-``; 1 to 100 characters, starting with a letter or
+    digit), without ``..``, not ending in ``.``, not a name Windows reserves, and not one of ``taken`` (names the job
+    writes itself)."""
+    text = value if isinstance(value, str) else None
+    why = None
+    if text is None or not NAME_PATTERN.fullmatch(text):
+        why = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    elif ".." in text or text.endswith("."):
+        why = "without '..' and not ending in '.'"
+    elif text.split(".", 1)[0].lower() in _RESERVED_NAMES:
+        why = "not a reserved device name (CON, NUL, COM1 ...)"
+    elif text in taken:
+        why = f"other than the names the job writes itself ({', '.join(taken)})"
+    if why is not None:
+        raise ConfigError(
+            f"{where} names a file or folder inside the output folder, so it must be one path component: {why}; "
+            f"got {quote(value)}."
+        )
+
+
+def _key_text(key: Any) -> str:
+    """A key as written into ``Unknown key '...'``: itself when short and printable (the form the loaders find the
+    key's line from), else a bounded repr (a key may be a megabyte long or hold control characters)."""
+    text = str(key) if isinstance(key, (str, int, float, bool)) or key is None else quote(key)
+    return text if len(text) <= 100 and text.isprintable() and "'" not in text else quote(text, 100)
+
+
 def _did_you_mean(key: Any, allowed: list[str]) -> str:
+    if not isinstance(key, str) or len(key) > 100:
+        return ""
     close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -152,7 +193,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
-            raise ConfigError(f"{where} must be one of {list(allowed)}, got {value!r}.")
+            raise ConfigError(f"{where} must be one of {list(allowed)}, got {quote(value)}.")
         return value
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -170,15 +211,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(exc))
         if len(errors) == 1:
             raise ConfigError(errors[0])
-        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}.")
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {quote(value)}.")
     if origin is tuple:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}.")
+            raise ConfigError(f"{where} must be a {_type_name(tp)}, got {quote(value)}.")
         (item_tp, *_rest) = typing.get_args(tp)
         return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}.")
+            raise ConfigError(f"{where} must be a {_type_name(tp)}, got {quote(value)}.")
         k_tp, v_tp = typing.get_args(tp)
         return {_coerce(k, k_tp, f"{where} key"): _coerce(v, v_tp, f"{where}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, BaseConfig):
@@ -186,7 +227,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if isinstance(value, Mapping):
             return tp._from_mapping(value, path=f"{where}.")
-        raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}.")
+        raise ConfigError(f"{where} must be a {_type_name(tp)}, got {quote(value)}.")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -202,14 +243,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except OverflowError:
                 number = math.inf
             if not math.isfinite(number):
-                raise ConfigError(f"{where} must be a finite number, got {value!r}.")
+                raise ConfigError(f"{where} must be a finite number, got {quote(value)}.")
             return number
     elif tp is str:
         if isinstance(value, str):
             return value
     else:  # pragma: no cover - a programming error in a config class, not user input
-        raise TypeError(f"Unsupported annotation {tp!r} for {where}.")
-    raise ConfigError(f"{where} must be of type {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+        raise TypeError(f"Unsupported annotation {quote(tp)} for {where}.")
+    raise ConfigError(f"{where} must be of type {_type_name(tp)}, got {quote(value)} ({type(value).__name__}).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +316,9 @@ class BaseConfig:
     @classmethod
     def _from_mapping(cls: type[C], data: Mapping[str, Any], *, path: str) -> C:
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{path.rstrip('.') or cls.__name__} must be a mapping of keys to values, got {data!r}.")
+            raise ConfigError(
+                f"{path.rstrip('.') or cls.__name__} must be a mapping of keys to values, got {quote(data)}."
+            )
         data = dict(data)
         ctype = data.pop("config_type", None)
         target: type[BaseConfig] = cls
@@ -283,12 +326,14 @@ class BaseConfig:
             if cls is BaseConfig:
                 target = CONFIGS.get(ctype)
             elif ctype != cls.config_type:
-                raise ConfigError(f"{path}config_type is {ctype!r}, but {cls.__name__} expects {cls.config_type!r}.")
+                raise ConfigError(
+                    f"{path}config_type is {quote(ctype)}, but {cls.__name__} expects {quote(cls.config_type)}."
+                )
         elif cls is BaseConfig:
             raise ConfigError(f"{path}config_type is missing; registered types: {list(CONFIGS)}.")
         version = data.pop("version", target.version)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ConfigError(f"{path}version must be a positive integer, got {version!r}.")
+            raise ConfigError(f"{path}version must be a positive integer, got {quote(version)}.")
         if version > target.version:
             raise ConfigError(
                 f"{path}version is {version}, but this hf_sparse reads {target.__name__} up to version "
@@ -300,8 +345,8 @@ class BaseConfig:
         unknown = [k for k in data if k not in allowed]
         if unknown:
             raise ConfigError(
-                f"Unknown key '{path}{unknown[0]}' for {target.__name__}{_did_you_mean(unknown[0], allowed)}. "
-                f"Allowed keys: {sorted(allowed)}."
+                f"Unknown key '{path}{_key_text(unknown[0])}' for {target.__name__}"
+                f"{_did_you_mean(unknown[0], allowed)}. Allowed keys: {sorted(allowed)}."
             )
         hints = target._field_types()
         kwargs = {k: _coerce(v, hints[k], f"{path}{k}") for k, v in data.items()}
@@ -347,8 +392,8 @@ class BaseConfig:
         unknown = [k for k in changes if k not in self.field_names()]
         if unknown:
             raise ConfigError(
-                f"Unknown key {unknown[0]!r} for {type(self).__name__}{_did_you_mean(unknown[0], self.field_names())}."
-                f" Allowed keys: {sorted(self.field_names())}."
+                f"Unknown key {quote(unknown[0])} for {type(self).__name__}"
+                f"{_did_you_mean(unknown[0], self.field_names())}. Allowed keys: {sorted(self.field_names())}."
             )
         return dataclasses.replace(self, **changes)
 

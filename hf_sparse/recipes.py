@@ -15,10 +15,10 @@ import yaml
 
 from ._resources import data_dir
 from .attention.config import SparseAttentionConfig
-from .config import BaseConfig, check_seed, register_config
+from .config import BaseConfig, check_name, check_seed, register_config
 from .distillation.config import DistillationConfig
 from .embeddings.config import EmbeddingCompressionConfig
-from .errors import ConfigError, RecipeError
+from .errors import ConfigError, RecipeError, quote
 from .lowrank.config import LowRankConfig
 from .pruning.config import PruningConfig
 from .pruning.regularization import RegularizationConfig
@@ -44,6 +44,20 @@ __all__ = [
 #: Name of the embedded default recipe (``recipes/minilm-rotten-tomatoes.yaml``).
 DEFAULT_RECIPE = "minilm-rotten-tomatoes"
 
+#: What ``hf-sparse compress`` and ``sweep`` write directly in the output folder besides the runs (a recipe's name
+#: must not be one of them).
+JOB_OUTPUTS = (
+    "dense",
+    "trainer",
+    "plots",
+    "teacher-cache",
+    "recipe.yaml",
+    "report.json",
+    "report.md",
+    "sweep.json",
+    "sweep.md",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection(BaseConfig):
@@ -61,7 +75,7 @@ class ModelSection(BaseConfig):
         if not self.name.strip():
             raise ConfigError(
                 f"model.name must name a model (a packaged alias such as 'minilm-l6', a local folder or a cached Hub "
-                f"id), got {self.name!r}."
+                f"id), got {quote(self.name)}."
             )
         if self.max_length < 8:
             raise ConfigError(f"model.max_length must be >= 8, got {self.max_length}.")
@@ -183,7 +197,7 @@ class CheckpointSection(BaseConfig):
 
         allowed = ["auto", "dense", *sorted(FORMATS)]
         if self.format not in allowed:
-            raise ConfigError(f"checkpoint.format must be one of {allowed}, got {self.format!r}.")
+            raise ConfigError(f"checkpoint.format must be one of {allowed}, got {quote(self.format)}.")
         if self.batch_hint < 1:
             raise ConfigError(f"checkpoint.batch_hint must be >= 1, got {self.batch_hint}.")
         if not 0.0 <= self.min_sparsity <= 1.0:
@@ -225,10 +239,10 @@ class SweepSection(BaseConfig):
                 )
         for c in self.criteria:
             if c not in CRITERIA:
-                raise ConfigError(f"sweep.criteria: unknown criterion {c!r}; known: {sorted(CRITERIA)}.")
+                raise ConfigError(f"sweep.criteria: unknown criterion {quote(c)}; known: {sorted(CRITERIA)}.")
         for g in self.granularities:
             if g not in ("unstructured", "block", "nm"):
-                raise ConfigError(f"sweep.granularities: {g!r} is not one of ['unstructured', 'block', 'nm'].")
+                raise ConfigError(f"sweep.granularities: {quote(g)} is not one of ['unstructured', 'block', 'nm'].")
         for s in self.sparsities:
             if not 0 < s < 1:
                 raise ConfigError(f"sweep.sparsities must each be in (0, 1), got {s}.")
@@ -299,7 +313,8 @@ class StageDistillationSection(DistillationConfig):
 
     Args:
         cache: Cache the teacher's outputs on disk (in ``cache_dir``, default ``<output>/teacher-cache``): the
-            first epoch that needs them computes them, later epochs, stages and runs read them.
+            first epoch that needs them computes them, later epochs, stages and runs read them. In a recipe
+            ``cache_dir`` is a relative path of plain names, inside the output folder.
         teacher: The teacher: a sequence classifier already fine-tuned on the task (a packaged alias, a local folder
             or a cached Hub id) with the task's labels and the student's vocabulary. Null: the recipe's fine-tuned
             dense baseline. Checked before any training.
@@ -316,12 +331,21 @@ class StageDistillationSection(DistillationConfig):
         if self.teacher is not None and not self.teacher.strip():
             raise ConfigError("distillation.teacher must name a model (a folder, packaged alias, Hub id) or be null.")
         super().validate()
+        if self.cache_dir is not None:
+            # In a recipe the cache is part of the job's output: a relative path of plain names, under the output
+            # folder (a recipe never makes a job write elsewhere).
+            for part in self.cache_dir.split("/"):
+                check_name(part, "distillation.cache_dir")
 
     def to_config(self, output_dir) -> DistillationConfig:
         """The DistillationConfig of a run writing to ``output_dir``."""
+        from .resilience import confined_path
+
         fields = {k: getattr(self, k) for k in DistillationConfig.field_names()}
         if self.cache and fields["cache_dir"] is None:
-            fields["cache_dir"] = str(Path(output_dir) / "teacher-cache")
+            fields["cache_dir"] = str(confined_path(output_dir, "teacher-cache"))
+        elif fields["cache_dir"] is not None:
+            fields["cache_dir"] = str(confined_path(output_dir, fields["cache_dir"]))
         if not self.cache:
             fields["cache_dir"] = None
         return DistillationConfig(**fields)
@@ -469,22 +493,25 @@ class StageSection(BaseConfig):
     regularization: RegularizationConfig | None = None
 
     def validate(self) -> None:
+        # The stage's name is part of its Trainer folder (``trainer/<recipe>-<i>-<stage>``): a path component.
+        check_name(self.name, "StageSection.name")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", self.name):
             raise ConfigError(
-                f"stage name {self.name!r} must be 1-40 letters, digits, '-' or '_' (it names the stage's folder)."
+                f"StageSection.name must be 1-40 letters, digits, '-' or '_' (it names the stage's folder), got "
+                f"{quote(self.name)}."
             )
         if self.train is None:
             for key in ("pruning", "distillation", "regularization"):
                 if getattr(self, key) is not None:
                     raise ConfigError(
-                        f"stage {self.name!r}: {key} acts during training; give the stage a train section."
+                        f"stage {quote(self.name)}: {key} acts during training; give the stage a train section."
                     )
             if self.quantization is not None and self.quantization.mode == "qat":
                 raise ConfigError(
                     f"stage {self.name!r}: quantization mode qat trains; give the stage a train section or use ptq."
                 )
         if self.pruning is not None and self.pruning.granularity == "layer":
-            raise ConfigError(f"stage {self.name!r}: pruning.granularity layer: use structured.layers_to_drop.")
+            raise ConfigError(f"stage {quote(self.name)}: pruning.granularity layer: use structured.layers_to_drop.")
 
 
 @register_config("recipe_override")
@@ -516,7 +543,7 @@ class OverrideSection(BaseConfig):
                 re.compile(pattern)
             except re.error as exc:
                 raise ConfigError(
-                    f"overrides.modules: {pattern!r} is not a valid regular expression ({exc})."
+                    f"overrides.modules: {quote(pattern)} is not a valid regular expression ({exc})."
                 ) from None
         if self.sparsity is None and self.bits is None and self.rank is None and not self.skip:
             raise ConfigError(f"overrides for {list(self.modules)}: set sparsity, bits, rank or skip.")
@@ -598,6 +625,8 @@ class Recipe(BaseConfig):
     overrides: tuple[OverrideSection, ...] = ()
 
     def validate(self) -> None:
+        # A staged recipe saves its run as ``<output>/<name>``: one component, and not a folder the job writes itself.
+        check_name(self.name, "name", taken=JOB_OUTPUTS)
         if self.sparsities is not None:
             if not self.sparsities:
                 raise ConfigError(
@@ -670,7 +699,7 @@ class Recipe(BaseConfig):
             if st.quantization is not None:
                 if quantized_in is not None:
                     raise ConfigError(
-                        f"{where}.quantization: stage {quantized_in!r} already quantises; quantisation-aware "
+                        f"{where}.quantization: stage {quote(quantized_in)} already quantises; quantisation-aware "
                         "training continues through the later stages by itself."
                     )
                 quantized_in = st.name
@@ -700,9 +729,91 @@ class Recipe(BaseConfig):
         ]
 
 
+#: Bounds of what a recipe file may hold. Recipes are a few kilobytes of hand-written settings; each bound is far
+#: above any real one and far below what would cost noticeable memory or time (or blow Python's recursion limit).
+MAX_RECIPE_BYTES = 1 << 20
+#: Nesting of mappings and lists, counted along the document as aliases expand it.
+MAX_RECIPE_DEPTH = 32
+#: Alias uses (``*name``) in one file.
+MAX_RECIPE_ALIASES = 64
+#: Values in the document with every alias expanded (what the configs walk and an error message could show).
+MAX_RECIPE_NODES = 20_000
+#: Characters of an integer or float scalar (a seed needs 10; Python refuses ints of more than 4300 digits anyway).
+MAX_NUMBER_CHARS = 64
+#: The longest error message a recipe can cause: the tail is cut (values are quoted bounded already; this is the
+#: guarantee for whatever text a parser or a check adds).
+MAX_MESSAGE_CHARS = 4000
+
+#: Characters YAML refuses, and a recipe never needs: C0 controls but tab, newline and carriage return; DEL; C1.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ufffe\uffff]")
+
+
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-5`` as a float (YAML 1.1 wants ``5.0e-5``; people write ``5e-5``) and refuses
-    a key written twice in one mapping (plain YAML keeps the last one and silently drops the first)."""
+    """SafeLoader that also reads ``5e-5`` as a float (YAML 1.1 wants ``5.0e-5``; people write ``5e-5``), refuses
+    a key written twice in one mapping (plain YAML keeps the last one and silently drops the first), and bounds what
+    a small file can expand into: nesting depth, alias uses, the size of the document with aliases expanded (a
+    "billion laughs" file of under 1 KB is refused while it is composed, before any value is built), and the length
+    of numbers (a 5000-digit integer would raise a bare ValueError in ``int``)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_RECIPE_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"more than {MAX_RECIPE_ALIASES} aliases (*name); each copies what it refers to, and a recipe "
+                    "needs few: write the values out",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_RECIPE_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_RECIPE_DEPTH} levels deep (no recipe setting is)",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # e.g. a timestamp with month 13: the constructor's own error, placed at the value's line
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({type(exc).__name__}: {quote(str(exc))})", node.start_mark
+            ) from None
+
+    def _number_scalar(self, node) -> str:
+        value = self.construct_scalar(node)
+        if len(value) > MAX_NUMBER_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"a number of {len(value)} characters (at most {MAX_NUMBER_CHARS}); no recipe setting needs it",
+                node.start_mark,
+            )
+        return value
+
+    def construct_yaml_int(self, node):
+        self._number_scalar(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):
+        self._number_scalar(node)
+        return super().construct_yaml_float(node)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -715,13 +826,15 @@ class _RecipeLoader(yaml.SafeLoader):
                     raise yaml.constructor.ConstructorError(
                         "while constructing a mapping",
                         node.start_mark,
-                        f"found duplicate key {key_node.value!r} (first on line {first.start_mark.line + 1}); "
+                        f"found duplicate key {quote(key_node.value)} (first on line {first.start_mark.line + 1}); "
                         "each key may appear once",
                         key_node.start_mark,
                     )
         return super().construct_mapping(node, deep=deep)
 
 
+_RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
+_RecipeLoader.add_constructor("tag:yaml.org,2002:float", _RecipeLoader.construct_yaml_float)
 _RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"),
@@ -729,35 +842,137 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a composed document that aliases make huge, deep or cyclic once expanded (the configs walk every
+    value as if it were written out). Iterative, with each shared node measured once: a billion-laughs file costs
+    a few hundred steps here."""
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) with aliases expanded
+    open_ = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+
+    def children(node):
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_.discard(key)
+            kids = [done[id(c)] for c in children(node)]
+            size = 1 + sum(k[0] for k in kids)
+            depth = 1 + max((k[1] for k in kids), default=0)
+            done[key] = (size, depth)
+            if size > MAX_RECIPE_NODES or depth > MAX_RECIPE_DEPTH:
+                what = (
+                    f"expands (through aliases) to more than {MAX_RECIPE_NODES} values"
+                    if size > MAX_RECIPE_NODES
+                    else f"expands (through aliases) to more than {MAX_RECIPE_DEPTH} levels of nesting"
+                )
+                raise yaml.composer.ComposerError(None, None, f"this value {what}", node.start_mark)
+            continue
+        if key in done:
+            continue
+        if key in open_:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to a value that contains it (a cycle)", node.start_mark
+            )
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node))
+
+
 def packaged_recipes() -> dict[str, Path]:
     """Recipes shipped with hf_sparse, by name (file name without ``.yaml``)."""
     return {p.stem: p for p in sorted(data_dir("recipes").glob("*.yaml"))}
 
 
-def read_recipe_yaml(path: Path) -> tuple[Any, Any]:
+def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to ``limit`` characters (what a recipe's error can show is bounded, whatever produced it)."""
+    return message if len(message) <= limit else message[: limit - 40] + f" ... [{len(message) - limit + 40} more]"
+
+
+def read_recipe_yaml(path: str | Path) -> tuple[Any, Any]:
     """The YAML document of a recipe file and its node tree (which keeps each key's line, for error messages),
-    read with the recipes' loader (``5e-5`` is a float, a key written twice is refused).
+    read with the recipes' loader: ``5e-5`` is a float, a key written twice is refused, and the file's size, its
+    nesting, its aliases and its numbers are bounded (see :data:`MAX_RECIPE_BYTES` and the limits after it). Every
+    recipe format (``compress``, ``sweep``, ``lm``, ``recsys``) is read through here.
 
     Raises:
-        RecipeError: the file is not UTF-8 text or not YAML (the message gives the line).
+        RecipeError: the file cannot be read, is too large, is not UTF-8 text, holds control characters, is not
+            YAML or exceeds a bound (the message gives the file and, where there is one, the line).
     """
+    path = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror or type(exc).__name__}).") from None
+    if len(raw) > MAX_RECIPE_BYTES:
         raise RecipeError(
-            f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); save the recipe as UTF-8."
+            f"{path}: larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a few kilobytes of settings (is this "
+            "the right file?)."
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"{path}, line {line}: not a UTF-8 text file (byte {exc.start} cannot be decoded); save the recipe as "
+            "UTF-8."
         ) from None
+    control = _CONTROL.search(text)
+    if control is not None:
+        line = text.count("\n", 0, control.start()) + 1
+        column = control.start() - (text.rfind("\n", 0, control.start()) + 1) + 1
+        raise RecipeError(
+            f"{path}, line {line}: control character U+{ord(control.group()):04X} at column {column}; a recipe is "
+            "plain text (write it as an escape inside double quotes if a value really needs it)."
+        )
     loader = _RecipeLoader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            _check_expansion(root)
         data: Any = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        raise RecipeError(f"{where}: not valid YAML: {exc}") from None
+        raise RecipeError(bounded_message(f"{where}: not valid YAML: {exc}")) from None
+    except RecursionError:  # not reachable within the bounds above; kept so no recipe ever gives a traceback
+        raise RecipeError(f"{path}: nested too deeply to read.") from None
     finally:
         loader.dispose()
     return data, root
+
+
+def recipe_task(data: Any) -> str | None:
+    """The ``task:`` of a read recipe document (``lm``, ``recsys``), or None (a classification recipe)."""
+    task = data.get("task") if isinstance(data, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def validate_recipe_document(cls: type[BaseConfig], data: Any, root: Any, path: str | Path, kind: str):
+    """``cls.from_dict(data)`` of a document :func:`read_recipe_yaml` read from ``path``, with any ConfigError
+    turned into a RecipeError that names the file, the line of the key (when the file holds it) and the key.
+
+    Args:
+        kind: What the mapping holds, for the message when the document is not a mapping.
+    """
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{path}: a recipe is a mapping of sections and settings ({kind}), got a {type(data).__name__}: "
+            f"{quote(data, 60)}."
+        )
+    try:
+        return cls.from_dict(data)
+    except ConfigError as exc:
+        line = _key_line(root, str(exc))
+        where = f"{path}, line {line}" if line is not None else str(path)
+        raise RecipeError(bounded_message(f"{where}: {exc}")) from None
+    except RecursionError:  # not reachable within the loader's bounds; no recipe ever gives a traceback
+        raise RecipeError(f"{path}: nested too deeply to validate.") from None
 
 
 def load_recipe(source: str | Path | None = None) -> Recipe:
@@ -768,9 +983,10 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
             embedded default (``minilm-rotten-tomatoes``).
 
     Raises:
-        RecipeError: the file is missing, empty, not UTF-8 text or not YAML (a key written twice included), or does
-            not validate. The message names the file, the line of the offending key when the file holds it
-            (``recipe.yaml, line 23: pruning.sparsity must be in [0, 1), got 1.5.``) and the key's dotted place.
+        RecipeError: the file is missing, empty, not UTF-8 text or not YAML (a key written twice included), exceeds
+            the loader's bounds, or does not validate. The message names the file, the line of the offending key when
+            the file holds it (``recipe.yaml, line 23: pruning.sparsity must be in [0, 1), got 1.5.``) and the key's
+            dotted place.
     """
     source = DEFAULT_RECIPE if source is None else source
     path = Path(source)
@@ -780,7 +996,7 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
             path = known[str(source)]
         else:
             raise RecipeError(
-                f"No recipe file {str(source)!r}, and no packaged recipe of that name ({sorted(known)})."
+                f"No recipe file {quote(str(source))}, and no packaged recipe of that name ({sorted(known)})."
             )
     data, root = read_recipe_yaml(path)
     if data is None:
@@ -789,27 +1005,17 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
             f"{path} is empty (no settings, or only comments). Write the settings that differ from the defaults, "
             f"`{{}}` to take every default, or give no recipe to run the packaged default {DEFAULT_RECIPE!r}."
         )
-    if not isinstance(data, dict):
-        raise RecipeError(
-            f"{path}: a recipe is a mapping of sections and settings (name:, model:, pruning: ...), got a "
-            f"{type(data).__name__}: {str(data)[:60]!r}."
-        )
-    if data.get("task") == "recsys":
+    if recipe_task(data) == "recsys":
         raise RecipeError(
             f"{path} is a recommender recipe (task: recsys); run it with `hf-sparse compress {source}` or "
             f"`hf-sparse recsys {source}` (hf_sparse.recsys.compress.load_recsys_recipe reads it)."
         )
-    if data.get("task") == "lm":
+    if recipe_task(data) == "lm":
         raise RecipeError(
             f"{path} is a causal-LM recipe (task: lm); run it with `hf-sparse compress {source}` or "
             f"`hf-sparse lm {source}` (hf_sparse.lm.load_lm_recipe reads it)."
         )
-    try:
-        return Recipe.from_dict(data)
-    except ConfigError as exc:
-        line = _key_line(root, str(exc))
-        where = f"{path}, line {line}" if line is not None else str(path)
-        raise RecipeError(f"{where}: {exc}") from None
+    return validate_recipe_document(Recipe, data, root, path, "name:, model:, pruning: ...")
 
 
 #: The dotted key a ConfigError message is about: quoted in ``Unknown key 'pruning.sparsty'`` / ``Missing required

@@ -7,7 +7,7 @@ import re
 from typing import Literal
 
 from ..config import BaseConfig, check_seed, register_config
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from .patterns import BlockSparse, DilatedWindow, Full, GlobalTokens, Pattern, SlidingWindow
 
 __all__ = ["SparseAttentionConfig"]
@@ -94,10 +94,10 @@ class SparseAttentionConfig(BaseConfig):
                 re.compile(key)
             except re.error as exc:
                 raise ConfigError(
-                    f"SparseAttentionConfig.layer_windows key {key!r} is not a valid pattern: {exc}."
+                    f"SparseAttentionConfig.layer_windows key {quote(key)} is not a valid pattern: {exc}."
                 ) from None
             if w < 0:
-                raise ConfigError(f"SparseAttentionConfig.layer_windows[{key!r}] must be >= 0, got {w}.")
+                raise ConfigError(f"SparseAttentionConfig.layer_windows[{quote(key)}] must be >= 0, got {w}.")
         if not 1 <= self.block_q <= 256:
             raise ConfigError(f"SparseAttentionConfig.block_q must be in [1, 256], got {self.block_q}.")
 

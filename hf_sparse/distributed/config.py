@@ -6,7 +6,7 @@ import dataclasses
 from typing import Literal
 
 from ..config import BaseConfig, register_config
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 
 __all__ = ["CommHookConfig", "HOOK_OPTIONS"]
 
@@ -74,8 +74,8 @@ class CommHookConfig(BaseConfig):
             if option not in HOOK_OPTIONS[self.hook] and getattr(self, option) != defaults[option]:
                 readers = [h for h, opts in HOOK_OPTIONS.items() if option in opts]
                 raise ConfigError(
-                    f"{name}.{option} applies to hook={' or '.join(map(repr, readers))}, not hook={self.hook!r}; "
-                    f"the options of {self.hook!r} are: {list(HOOK_OPTIONS[self.hook]) or 'none'}."
+                    f"{name}.{option} applies to hook={' or '.join(map(repr, readers))}, not hook={quote(self.hook)}; "
+                    f"the options of {quote(self.hook)} are: {list(HOOK_OPTIONS[self.hook]) or 'none'}."
                 )
 
     @property

@@ -7,7 +7,7 @@ import re
 from typing import Literal
 
 from ..config import BaseConfig, check_seed, register_config
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 
 __all__ = ["TableCompression", "EmbeddingCompressionConfig", "METHODS"]
 
@@ -79,7 +79,7 @@ class TableCompression(BaseConfig):
             "lowrank": "rank",
         }.get(self.method)
         if size_field is not None and getattr(self, size_field) is None and self.compression is None:
-            raise ConfigError(f"{name}.method {self.method!r} needs {size_field} or compression.")
+            raise ConfigError(f"{name}.method {quote(self.method)} needs {size_field} or compression.")
         if self.compression is not None and not 0.0 < self.compression < 1.0:
             raise ConfigError(f"{name}.compression must be in (0, 1), got {self.compression}.")
         if self.bits not in (2, 4, 8):
@@ -97,7 +97,7 @@ class TableCompression(BaseConfig):
         if self.qat and (self.method != "qrow" or self.hot_rows):
             raise ConfigError(
                 f"{name}.qat applies to method 'qrow' without hot_rows (row-wise codes for the whole table), got "
-                f"method {self.method!r} and hot_rows {self.hot_rows}."
+                f"method {quote(self.method)} and hot_rows {self.hot_rows}."
             )
         if self.method == "qrow" and self.init == "random":
             raise ConfigError(f"{name}.method 'qrow' quantises a trained table; init 'random' needs a float method.")
@@ -126,4 +126,6 @@ class EmbeddingCompressionConfig(BaseConfig):
             try:
                 re.compile(key)
             except re.error as exc:
-                raise ConfigError(f"{type(self).__name__}.tables key {key!r} is not a valid pattern: {exc}.") from None
+                raise ConfigError(
+                    f"{type(self).__name__}.tables key {quote(key)} is not a valid pattern: {exc}."
+                ) from None

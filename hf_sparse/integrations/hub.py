@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError, HfSparseError
+from ..errors import FormatError, HfSparseError, quote
 from ..resilience import atomic_write_text
 
 __all__ = ["RESULTS_FILE", "PLOT_FILE", "HubError", "write_model_card", "push_to_hub"]
@@ -218,7 +218,7 @@ def push_to_hub(
         )
     except Exception as exc:  # HfHubHTTPError, connection errors, timeouts: all mean the same to the user
         raise HubError(
-            f"Pushing {folder} to {repo_id!r} at {api.endpoint} failed: {type(exc).__name__}: {exc}. "
+            f"Pushing {folder} to {quote(repo_id)} at {api.endpoint} failed: {type(exc).__name__}: {exc}. "
             "The local folder is unchanged and the repository keeps its previous revision; run the same push again "
             "to retry."
         ) from exc

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..resilience import atomic_write_bytes
+from ..errors import quote
+from ..resilience import atomic_write_bytes, confined_path
 
 __all__ = [
     "ACCURACY_PLOT",
@@ -213,9 +214,9 @@ def _checked_densities(densities: Mapping[str, float]) -> tuple[list[str], list[
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"density of layer {name!r} is not a number: {value!r}.") from None
+            raise ValueError(f"density of layer {quote(name)} is not a number: {quote(value)}.") from None
         if math.isnan(number) or not 0.0 <= number <= 1.0:
-            raise ValueError(f"density of layer {name!r} must be in [0, 1], got {number!r}.")
+            raise ValueError(f"density of layer {quote(name)} must be in [0, 1], got {quote(number)}.")
         names.append(str(name))
         values.append(number)
     return names, values
@@ -469,25 +470,29 @@ def _checked_series(
     checked = []
     for name, points in series.items():
         if isinstance(points, (str, bytes)) or not hasattr(points, "__iter__"):
-            raise TypeError(f"series {name!r} must be a sequence of (x, y) points, got {type(points).__name__}.")
+            raise TypeError(f"series {quote(name)} must be a sequence of (x, y) points, got {type(points).__name__}.")
         pairs = []
         for i, point in enumerate(points):
             try:
                 x, y = point
             except (TypeError, ValueError):
-                raise ValueError(f"series {name!r}, point {i}: expected an (x, y) pair, got {point!r}.") from None
+                raise ValueError(
+                    f"series {quote(name)}, point {i}: expected an (x, y) pair, got {quote(point)}."
+                ) from None
             values = []
             for axis, value in (("x", x), ("y", y)):
                 try:
                     number = float(value)
                 except (TypeError, ValueError):
-                    raise ValueError(f"series {name!r}, point {i}: {axis} is not a number: {value!r}.") from None
+                    raise ValueError(
+                        f"series {quote(name)}, point {i}: {axis} is not a number: {quote(value)}."
+                    ) from None
                 if not math.isfinite(number):
-                    raise ValueError(f"series {name!r}, point {i}: {axis} must be finite, got {number!r}.")
+                    raise ValueError(f"series {quote(name)}, point {i}: {axis} must be finite, got {quote(number)}.")
                 values.append(number)
             pairs.append((values[0], values[1]))
         if not pairs:
-            raise ValueError(f"series {name!r} has no points.")
+            raise ValueError(f"series {quote(name)} has no points.")
         checked.append((str(name), sorted(pairs, key=lambda p: p[0])))
     return checked
 
@@ -548,9 +553,9 @@ def accuracy_plot_png(
         try:
             baseline = float(baseline)
         except (TypeError, ValueError):
-            raise ValueError(f"baseline is not a number: {baseline!r}.") from None
+            raise ValueError(f"baseline is not a number: {quote(baseline)}.") from None
         if not math.isfinite(baseline):
-            raise ValueError(f"baseline must be finite, got {baseline!r}.")
+            raise ValueError(f"baseline must be finite, got {quote(baseline)}.")
     xs = [x for _, points in checked for x, _ in points]
     ys = [y for _, points in checked for _, y in points] + ([baseline] if baseline is not None else [])
     x_ticks, x_dec = _nice_ticks(min(xs), max(xs), unit=0.0 <= min(xs) and max(xs) <= 1.0)
@@ -786,7 +791,7 @@ def write_report_plots(report: Mapping, folder: str | Path) -> dict[str, str]:
             number = _finite(sparsity)
             if number is None or not 0.0 <= number <= 1.0:
                 raise ValueError(
-                    f"run {name!r}: sparsity of layer {layer!r} must be a number in [0, 1], got {sparsity!r}."
+                    f"run {quote(name)}: sparsity of layer {quote(layer)} must be a number in [0, 1], got {quote(sparsity)}."
                 )
             densities[layer] = 1.0 - number
         formats = run.get("formats")

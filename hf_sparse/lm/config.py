@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..attention.config import SparseAttentionConfig
-from ..config import BaseConfig, check_seed, register_config
-from ..errors import ConfigError, RecipeError
+from ..config import BaseConfig, check_name, check_seed, register_config
+from ..errors import ConfigError, RecipeError, quote
 
 __all__ = [
     "LmModelSection",
@@ -35,6 +35,9 @@ __all__ = [
     "load_lm_recipe",
     "SMOLLM2_ALIASES",
 ]
+
+#: What ``hf-sparse lm`` writes in its output folder besides the model (a recipe's name must not be one of them).
+LM_OUTPUTS = ("trainer", "recipe.yaml", "report.json", "report.md")
 
 #: Names that mean the packaged SmolLM2-135M-Instruct (converted once to float32 safetensors, see
 #: :func:`hf_sparse.data.smollm2_path`).
@@ -216,8 +219,8 @@ class LmRecipe(BaseConfig):
         check_seed(self.seed, "seed")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 (or null for torch's default), got {self.threads}.")
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"name must be a non-empty label without '/', got {self.name!r}.")
+        # The model is saved as ``<output>/<name>``: one path component, not a file the job writes itself.
+        check_name(self.name, "name", taken=LM_OUTPUTS)
         if self.attention.pattern == "lowrank":
             raise ConfigError(
                 "attention.pattern 'lowrank' pools keys along the whole sequence, so it cannot respect a causal "
@@ -235,27 +238,20 @@ def load_lm_recipe(path: str | Path) -> LmRecipe:
             message names the file, the key's dotted place and its line).
     """
     # The loader and the key-to-line lookup of the compress recipes: the same YAML dialect (``5e-5`` is a float,
-    # a key written twice is refused) and the same error anchoring in every recipe format.
-    from ..recipes import _key_line, read_recipe_yaml
+    # a key written twice is refused), the same bounds and the same error anchoring in every recipe format.
+    from ..recipes import read_recipe_yaml, recipe_task, validate_recipe_document
 
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"No recipe file {str(path)!r}.")
+        raise RecipeError(f"No recipe file {quote(str(path))}.")
     data, root = read_recipe_yaml(path)
-    if not isinstance(data, dict):
-        raise RecipeError(
-            f"{path}: a recipe is a mapping of sections (task: lm, model:, data:, attention: ...), got "
-            f"{type(data).__name__}."
-        )
-    task = data.get("task")
-    if task is not None and task != "lm":
+    task = recipe_task(data) if isinstance(data, dict) else None
+    if isinstance(data, dict) and data.get("task") is not None and task != "lm":
         other = {"recsys": "hf-sparse recsys"}.get(task)
         hint = f"; run it with `{other} {path}`" if other else ""
-        raise RecipeError(f"{path}: task is {task!r}, but `hf-sparse lm` runs `task: lm` recipes{hint}.")
-    data.pop("version", None)
-    try:
-        return LmRecipe.from_dict(data)
-    except ConfigError as exc:
-        line = _key_line(root, str(exc))
-        where = f"{path}, line {line}" if line is not None else str(path)
-        raise RecipeError(f"{where}: {exc}") from None
+        raise RecipeError(
+            f"{path}: task is {quote(data.get('task'))}, but `hf-sparse lm` runs `task: lm` recipes{hint}."
+        )
+    if isinstance(data, dict):
+        data.pop("version", None)
+    return validate_recipe_document(LmRecipe, data, root, path, "task: lm, model:, data:, attention: ...")

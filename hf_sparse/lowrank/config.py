@@ -6,7 +6,7 @@ import dataclasses
 import re
 
 from ..config import BaseConfig, register_config
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 
 __all__ = ["LowRankConfig"]
 
@@ -73,9 +73,11 @@ class LowRankConfig(BaseConfig):
             try:
                 re.compile(key)
             except re.error as exc:
-                raise ConfigError(f"LowRankConfig.module_ranks key {key!r} is not a valid pattern: {exc}.") from None
+                raise ConfigError(
+                    f"LowRankConfig.module_ranks key {quote(key)} is not a valid pattern: {exc}."
+                ) from None
             if r < 1:
-                raise ConfigError(f"LowRankConfig.module_ranks[{key!r}] must be >= 1, got {r}.")
+                raise ConfigError(f"LowRankConfig.module_ranks[{quote(key)}] must be >= 1, got {r}.")
         if not 0.0 <= self.sparse_density < 1.0:
             raise ConfigError(f"LowRankConfig.sparse_density must be in [0, 1), got {self.sparse_density}.")
         if self.embedding_rank is not None and self.embedding_rank < 1:

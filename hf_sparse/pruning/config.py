@@ -7,7 +7,7 @@ import re
 from typing import Literal
 
 from ..config import BaseConfig, check_seed, register_config
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from .criteria import CRITERIA
 from .granularity import GRANULARITIES, STRUCTURED_GRANULARITIES
 
@@ -121,25 +121,25 @@ class PruningConfig(BaseConfig):
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"PruningConfig.sparsity must be in [0, 1), got {self.sparsity}.")
         if self.criterion not in CRITERIA:
-            raise ConfigError(f"PruningConfig.criterion must be one of {list(CRITERIA)}, got {self.criterion!r}.")
+            raise ConfigError(f"PruningConfig.criterion must be one of {list(CRITERIA)}, got {quote(self.criterion)}.")
         allowed = [*GRANULARITIES, *STRUCTURED_GRANULARITIES]
         if self.granularity not in allowed:
-            raise ConfigError(f"PruningConfig.granularity must be one of {allowed}, got {self.granularity!r}.")
+            raise ConfigError(f"PruningConfig.granularity must be one of {allowed}, got {quote(self.granularity)}.")
         calibrated = getattr(CRITERIA.get(self.criterion), "needs_calibration", False)
         if calibrated:
             if self.schedule != "oneshot":
                 raise ConfigError(
-                    f"PruningConfig.criterion={self.criterion!r} prunes once from calibration data: use "
-                    f"schedule='oneshot' (got {self.schedule!r}); fine-tuning afterwards keeps its mask."
+                    f"PruningConfig.criterion={quote(self.criterion)} prunes once from calibration data: use "
+                    f"schedule='oneshot' (got {quote(self.schedule)}); fine-tuning afterwards keeps its mask."
                 )
             if self.granularity not in ("unstructured", "block", "nm"):
                 raise ConfigError(
-                    f"PruningConfig.criterion={self.criterion!r} works with granularity 'unstructured', 'block' or "
-                    f"'nm', got {self.granularity!r}."
+                    f"PruningConfig.criterion={quote(self.criterion)} works with granularity 'unstructured', 'block' or "
+                    f"'nm', got {quote(self.granularity)}."
                 )
             if self.embeddings:
                 raise ConfigError(
-                    f"PruningConfig.criterion={self.criterion!r} prunes nn.Linear layers from their inputs; it cannot "
+                    f"PruningConfig.criterion={quote(self.criterion)} prunes nn.Linear layers from their inputs; it cannot "
                     "prune embedding tables: leave PruningConfig.embeddings empty."
                 )
         if self.calibration_samples < 1:
@@ -147,18 +147,18 @@ class PruningConfig(BaseConfig):
         if self.granularity in STRUCTURED_GRANULARITIES:
             if self.criterion not in ("magnitude", "movement", "taylor", "random"):
                 raise ConfigError(
-                    f"PruningConfig.granularity={self.granularity!r} ranks whole units by the criterion's scores "
+                    f"PruningConfig.granularity={quote(self.granularity)} ranks whole units by the criterion's scores "
                     f"summed over their weights: criterion must be magnitude, movement, taylor or random, got "
-                    f"{self.criterion!r}."
+                    f"{quote(self.criterion)}."
                 )
             if self.schedule == "rigl" or self.embeddings or self.layer_sparsity:
                 raise ConfigError(
-                    f"PruningConfig.granularity={self.granularity!r} does not combine with schedule='rigl', "
+                    f"PruningConfig.granularity={quote(self.granularity)} does not combine with schedule='rigl', "
                     "embeddings or layer_sparsity."
                 )
         for name, value in self.layer_sparsity.items():
             if not 0.0 <= value < 1.0:
-                raise ConfigError(f"PruningConfig.layer_sparsity[{name!r}] must be in [0, 1), got {value}.")
+                raise ConfigError(f"PruningConfig.layer_sparsity[{quote(name)}] must be in [0, 1), got {value}.")
         if self.layer_sparsity and self.granularity == "nm":
             raise ConfigError("PruningConfig.layer_sparsity cannot be used with granularity='nm' (N:M fixes it).")
         if self.layer_sparsity and self.sparsity == 0:
@@ -202,7 +202,7 @@ class PruningConfig(BaseConfig):
         if self.schedule == "rigl" and self.granularity != "unstructured":
             raise ConfigError(
                 f"PruningConfig.schedule='rigl' regrows single weights and needs granularity='unstructured', got "
-                f"{self.granularity!r}."
+                f"{quote(self.granularity)}."
             )
         for key in ("target_modules", "exclude_modules", "embeddings"):
             for pattern in getattr(self, key):
@@ -210,5 +210,5 @@ class PruningConfig(BaseConfig):
                     re.compile(pattern)
                 except re.error as exc:
                     raise ConfigError(
-                        f"PruningConfig.{key} has an invalid regular expression {pattern!r}: {exc}."
+                        f"PruningConfig.{key} has an invalid regular expression {quote(pattern)}: {exc}."
                     ) from None

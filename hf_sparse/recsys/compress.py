@@ -22,14 +22,17 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from ..config import BaseConfig, check_seed, register_config
+from ..config import BaseConfig, check_name, check_seed, register_config
 from ..embeddings import EmbeddingCompressionConfig, TableCompression, compress_embeddings_, finalize_embeddings_
-from ..errors import ConfigError, RecipeError
+from ..errors import ConfigError, RecipeError, quote
 from ..machine import machine_info
 
 __all__ = ["RecsysRecipe", "RecsysModelSection", "RecsysTrainSection", "run_recsys", "load_recsys_recipe"]
 
 logger = logging.getLogger(__name__)
+
+#: What ``hf-sparse recsys`` writes in its output folder besides the runs (a run's name must not be one of them).
+RECSYS_OUTPUTS = ("dense", "dense-continued", "trainer", "recipe.yaml", "report.json", "report.md")
 
 
 @register_config("recsys_model")
@@ -110,9 +113,10 @@ class RecsysRecipe(BaseConfig):
         check_seed(self.seed, "seed")
         if self.users is not None and self.users < 2:
             raise ConfigError(f"users must be >= 2 (or null for all), got {self.users}.")
+        check_name(self.name, "name")
         for label in self.runs:
-            if not label or "/" in label or label in ("dense", "dense-continued"):
-                raise ConfigError(f"runs: {label!r} is not a usable run name (a folder name other than 'dense').")
+            # Each run is saved as ``<output>/<label>``, beside the dense ones and the job's own files.
+            check_name(label, "runs", taken=RECSYS_OUTPUTS)
 
 
 def load_recsys_recipe(path: str | Path) -> RecsysRecipe:
@@ -121,20 +125,18 @@ def load_recsys_recipe(path: str | Path) -> RecsysRecipe:
     Raises:
         RecipeError: the file is not YAML, or a key or value is wrong (the message names it).
     """
-    from ..recipes import _RecipeLoader
+    # The one recipe loader: the same YAML dialect, bounds and key-to-line error anchoring as every recipe format.
+    from ..recipes import read_recipe_yaml, validate_recipe_document
 
-    text = Path(path).read_text()
-    try:
-        data = yaml.load(text, Loader=_RecipeLoader) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}.")
-    data.pop("version", None)
-    try:
-        return RecsysRecipe.from_dict(data)
-    except ConfigError as exc:
-        raise RecipeError(f"{path}: {exc}") from None
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"No recipe file {quote(str(path))}.")
+    data, root = read_recipe_yaml(path)
+    if data is None:
+        data = {}
+    if isinstance(data, dict):
+        data.pop("version", None)
+    return validate_recipe_document(RecsysRecipe, data, root, path, "task: recsys, model:, runs: ...")
 
 
 def _model(recipe: RecsysRecipe, num_items: int):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 
 __all__ = ["SASRecConfig"]
 
@@ -70,7 +70,7 @@ class SASRecConfig(PreTrainedConfig):
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"SASRecConfig.{name} must be a positive integer, got {value!r}.")
+                raise ConfigError(f"SASRecConfig.{name} must be a positive integer, got {quote(value)}.")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"SASRecConfig.hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
@@ -79,15 +79,17 @@ class SASRecConfig(PreTrainedConfig):
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"SASRecConfig.{name} must be a probability in [0, 1), got {value!r}.")
+                raise ConfigError(f"SASRecConfig.{name} must be a probability in [0, 1), got {quote(value)}.")
         for name in ("initializer_range", "layer_norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"SASRecConfig.{name} must be a positive number, got {value!r}.")
+                raise ConfigError(f"SASRecConfig.{name} must be a positive number, got {quote(value)}.")
         if self.hidden_act not in ACT2FN:
-            raise ConfigError(f"SASRecConfig.hidden_act must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}.")
+            raise ConfigError(
+                f"SASRecConfig.hidden_act must be one of {sorted(ACT2FN)}, got {quote(self.hidden_act)}."
+            )
         if self.pad_token_id != 0:
             raise ConfigError(
                 f"SASRecConfig.pad_token_id must be 0 (item id 0 is the padding row of the item table), "
-                f"got {self.pad_token_id!r}."
+                f"got {quote(self.pad_token_id)}."
             )
