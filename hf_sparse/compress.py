@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -47,15 +48,17 @@ from .pruning.guard import guarded_prune_
 from .pruning.sensitivity import allocate_sparsity, sensitivity_scan
 from .pruning.structured import structured_prune_
 from .quantization.apply import convert_, prepare_qat_, quantization_report, quantize_
-from .recipes import Recipe, TrainSection, dump_recipe
+from .recipes import JOB_OUTPUTS, Recipe, TrainSection, dump_recipe
 from .report import pct as _pct
 from .report import render_markdown
 from .resilience import (
     CheckpointMarkerCallback,
     atomic_folder,
     atomic_write_text,
+    confined_path,
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
+    remove_stale_partials,
 )
 
 __all__ = ["run_compress", "preflight"]
@@ -150,6 +153,29 @@ def _barrier() -> None:
     """Wait for every process of a multi-process launch (no-op in a single process)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+#: The names ``hf-sparse compress`` gives its runs (``pruned-80``, ``structured-pruned-50-int8-qat-kd``,
+#: ``dense-int8-ptq``, ``guarded-90``): what its stale-temporary cleanup may touch besides :data:`JOB_OUTPUTS`.
+_RUN_NAMES = re.compile(r"(?:pruned|structured|dense|guarded)(?:-[A-Za-z0-9._-]+)?")
+
+
+def _remove_stale_partials(output_dir: Path, recipe: Recipe) -> None:
+    """Delete the hidden temporaries a killed job left for this job's outputs (``.<run>.<pid>.*.partial`` folders,
+    ``.report.json.<pid>.*.tmp`` ...), in the output folder and in its run folders; a SIGKILL mid-save runs no
+    cleanup, and ``--resume`` would otherwise carry them forever."""
+    from .integrations.hub import PLOT_FILE, RESULTS_FILE
+
+    names = [*JOB_OUTPUTS, recipe.name, _RUN_NAMES]
+    remove_stale_partials(output_dir, names)
+    remove_stale_partials(confined_path(output_dir, "plots"), [re.compile(r"[A-Za-z0-9._-]+\.png")])
+    for child in output_dir.iterdir():
+        if (
+            child.is_dir()
+            and not child.is_symlink()
+            and (child.name == recipe.name or _RUN_NAMES.fullmatch(child.name))
+        ):
+            remove_stale_partials(child, [RUN_FILE, RECIPE_FILE, RESULTS_FILE, PLOT_FILE, "README.md"])
 
 
 def _remove_checkpoints(folder: Path) -> None:
@@ -438,8 +464,8 @@ def _meta_classifier(model_path: str, who: str, *, num_labels: int | None = len(
         config = AutoConfig.from_pretrained(model_path, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"{who}: cannot read a model config from {quote(model_path)} (a packaged alias, a local folder or a Hub id "
-            f"already in the cache; there is no download here): {str(exc).splitlines()[0]}"
+            f"{who}: cannot read a model config from {quote(model_path)} (a packaged alias, a local folder or a Hub "
+            f"id already in the cache; there is no download here): {str(exc).splitlines()[0]}"
         ) from None
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config)
@@ -560,8 +586,8 @@ def _check_sections(recipe: Recipe, model, sec, where: str, *, cut: bool = False
         unknown = [n for n in pruning.layer_sparsity if n not in chosen]
         if unknown:
             raise ConfigError(
-                f"{where}pruning.layer_sparsity: {quote(unknown[0])} is not a pruned module (exact names); pruned modules "
-                f"include {list(chosen)[:6]}."
+                f"{where}pruning.layer_sparsity: {quote(unknown[0])} is not a pruned module (exact names); pruned "
+                f"modules include {list(chosen)[:6]}."
             )
     if sec.embeddings is not None:
         for key in sec.embeddings.tables:
@@ -609,8 +635,8 @@ def _check_sections(recipe: Recipe, model, sec, where: str, *, cut: bool = False
         teacher = _meta_classifier(resolve_model(distil.teacher), f"{where}distillation.teacher", num_labels=None)
         if teacher.config.num_labels != len(LABEL_NAMES):
             raise ConfigError(
-                f"{where}distillation.teacher {quote(distil.teacher)} classifies into {teacher.config.num_labels} labels; "
-                f"the task has {len(LABEL_NAMES)} ({LABEL_NAMES})."
+                f"{where}distillation.teacher {quote(distil.teacher)} classifies into {teacher.config.num_labels} "
+                f"labels; the task has {len(LABEL_NAMES)} ({LABEL_NAMES})."
             )
         sv, tv = model.config.vocab_size, getattr(teacher.config, "vocab_size", None)
         if sv != tv:
@@ -668,7 +694,14 @@ def _guarded_run(recipe: Recipe, dense_model, train_tok, val_tok, test_tok, toke
         if section.steps_per_stage == 0:
             return
         callback = PruningCallback(cfg.replace(sparsity=sparsity), masks=pruner.masks)
-        _finetune(model, train_tok, tokenizer, stage_training, work / f"stage-{round(100 * sparsity)}", [callback])
+        _finetune(
+            model,
+            train_tok,
+            tokenizer,
+            stage_training,
+            confined_path(work, f"stage-{round(100 * sparsity)}"),
+            [callback],
+        )
 
     result = guarded_prune_(model, cfg, section.stages, evaluate, section.max_drop, finetune=finetune)
     trainer = Trainer(
@@ -709,11 +742,13 @@ def run_compress(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    work = output_dir / "trainer"
+    work = confined_path(output_dir, "trainer")
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
     recipe = preflight(recipe)
+    if _is_main_process():
+        _remove_stale_partials(output_dir, recipe)
     model_path, tokenizer, test, train_tok, test_tok, majority, val_tok = prepare_data(recipe)
 
     # -- dense baseline ---------------------------------------------------------------------------------------------
@@ -723,12 +758,12 @@ def run_compress(
         # Saved with what it was trained from, so running the job again in the same folder reuses it.
         dense_model, info = fine_tuned_dense(
             recipe,
-            output_dir / "dense",
+            confined_path(output_dir, "dense"),
             model_path,
             tokenizer,
             train_tok,
             test_tok,
-            work / "dense",
+            confined_path(work, "dense"),
             save_steps=recipe.checkpoint.save_steps,
             resume=resume,
         )
@@ -741,7 +776,7 @@ def run_compress(
             train_tok,
             tokenizer,
             recipe.dense,
-            work / "dense",
+            confined_path(work, "dense"),
             save_steps=recipe.checkpoint.save_steps,
             resume=resume,
         )
@@ -771,7 +806,9 @@ def run_compress(
         scan = rank_sensitivity_scan(
             copy.deepcopy(dense_model),
             recipe.lowrank.to_config(),
-            _evaluator(val_tok, recipe.sensitivity.validation_examples, tokenizer, recipe, work / "sensitivity"),
+            _evaluator(
+                val_tok, recipe.sensitivity.validation_examples, tokenizer, recipe, confined_path(work, "sensitivity")
+            ),
             recipe.sensitivity.sparsities,
         )
         timings["sensitivity_s"] = time.perf_counter() - t0
@@ -780,7 +817,9 @@ def run_compress(
         scan = sensitivity_scan(
             copy.deepcopy(dense_model),
             recipe.pruning,
-            _evaluator(val_tok, recipe.sensitivity.validation_examples, tokenizer, recipe, work / "sensitivity"),
+            _evaluator(
+                val_tok, recipe.sensitivity.validation_examples, tokenizer, recipe, confined_path(work, "sensitivity")
+            ),
             recipe.sensitivity.sparsities,
         )
         timings["sensitivity_s"] = time.perf_counter() - t0
@@ -855,7 +894,7 @@ def run_compress(
             else:
                 what += f", low-rank factorised (truncated SVD{ranks_from}) before fine-tuning"
         logger.info("hf-sparse compress: %s (%s)", tag, what)
-        done = _completed_run(output_dir / tag, recipe) if resume else None
+        done = _completed_run(confined_path(output_dir, tag), recipe) if resume else None
         if done is not None:
             logger.info("hf-sparse compress: %s was saved by the interrupted job; reused", tag)
             runs.append(done)
@@ -912,7 +951,7 @@ def run_compress(
             train_tok,
             tokenizer,
             recipe.pruned,
-            work / tag,
+            confined_path(work, tag),
             callbacks=([callback] if callback else [])
             + ([qat_callback] if qat_callback else [])
             + ([lowrank_cb] if lowrank_cb else []),
@@ -947,7 +986,7 @@ def run_compress(
         accuracy, logits = _predict(trainer, test_tok)
         eval_s = time.perf_counter() - t0
         logger.info("hf-sparse compress: %s test accuracy %.4f (dense %.4f)", tag, accuracy, dense_accuracy)
-        folder = output_dir / tag
+        folder = confined_path(output_dir, tag)
         _save_run(model, tokenizer, recipe, folder)
         run = {
             "name": tag,
@@ -1000,7 +1039,9 @@ def run_compress(
             }
         run["disk_ratio_vs_dense"] = run["checkpoint_bytes"] / dense["checkpoint_bytes"]
         if ckpt.verify:
-            run["round_trip"] = _verify_round_trip(folder, logits, test_tok, tokenizer, recipe.pruned, work / tag)
+            run["round_trip"] = _verify_round_trip(
+                folder, logits, test_tok, tokenizer, recipe.pruned, confined_path(work, tag)
+            )
             logger.info("hf-sparse compress: %s reloaded: %s", tag, run["round_trip"])
         if ckpt.latency_rounds and _is_main_process():
             run["latency"] = _latency(model, dense_model, latency_batch, ckpt.latency_rounds)
@@ -1008,14 +1049,14 @@ def run_compress(
         if _is_main_process():
             # The run is complete: a resumed job reuses it, and its training checkpoints are no longer needed.
             atomic_write_text(folder / RUN_FILE, json.dumps(run, indent=2) + "\n")
-            _remove_checkpoints(work / tag)
+            _remove_checkpoints(confined_path(work, tag))
         _barrier()
         del model, trainer
 
     if recipe.stages:
         from .staged import run_stages
 
-        done = _completed_run(output_dir / recipe.name, recipe) if resume else None
+        done = _completed_run(confined_path(output_dir, recipe.name), recipe) if resume else None
         if done is not None:
             logger.info("hf-sparse compress: %s was saved by the interrupted job; reused", recipe.name)
             runs.append(done)
@@ -1036,9 +1077,11 @@ def run_compress(
     guard = None
     if recipe.guard is not None:
         t0 = time.perf_counter()
-        guard = _guarded_run(recipe, dense_model, train_tok, val_tok, test_tok, tokenizer, work / "guarded")
+        guard = _guarded_run(
+            recipe, dense_model, train_tok, val_tok, test_tok, tokenizer, confined_path(work, "guarded")
+        )
         timings["guard_s"] = time.perf_counter() - t0
-        folder = output_dir / guard["checkpoint"]
+        folder = confined_path(output_dir, guard["checkpoint"])
         if _is_main_process():
             with atomic_folder(folder) as tmp:
                 guard["model"].save_pretrained(tmp)
@@ -1068,17 +1111,17 @@ def run_compress(
     }
     if _is_main_process():
         for run in runs:
-            folder = output_dir / run["checkpoint"]
+            folder = confined_path(output_dir, run["checkpoint"])
             results = _card_results(run, report, recipe)
             atomic_write_text(folder / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
             write_model_card(folder, results=results)
         from .integrations.plot import write_report_plots
 
-        plots = write_report_plots(report, output_dir / "plots")
+        plots = write_report_plots(report, confined_path(output_dir, "plots"))
         report["plots"] = {name: f"plots/{file}" for name, file in plots.items()}
-        atomic_write_text(output_dir / "recipe.yaml", dump_recipe(recipe))
-        atomic_write_text(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
-        atomic_write_text(output_dir / "report.md", render_markdown(report))
+        atomic_write_text(confined_path(output_dir, "recipe.yaml"), dump_recipe(recipe))
+        atomic_write_text(confined_path(output_dir, "report.json"), json.dumps(report, indent=2) + "\n")
+        atomic_write_text(confined_path(output_dir, "report.md"), render_markdown(report))
         # The job is complete: training checkpoints (kept for --resume) and empty log folders go.
         for folder in work.iterdir() if work.is_dir() else ():
             _remove_checkpoints(folder)

@@ -93,8 +93,8 @@ def check_name(value: str, where: str, *, taken: tuple[str, ...] = ()) -> None:
         why = f"other than the names the job writes itself ({', '.join(taken)})"
     if why is not None:
         raise ConfigError(
-            f"{where} names a file or folder inside the output folder, so it must be one path component: {why}; "
-            f"got {quote(value)}."
+            f"{where}: {quote(value)} is not a usable name: it names a file or folder inside the output folder, so it "
+            f"must be one path component, {why}."
         )
 
 

@@ -33,7 +33,7 @@ from .pruning.apply import model_parameter_counts
 from .pruning.structured import structured_prune_
 from .quantization.apply import prepare_qat_, quantize_
 from .recipes import Recipe, StageSection
-from .resilience import atomic_write_text
+from .resilience import atomic_write_text, confined_path
 
 __all__ = ["run_stages", "stage_description"]
 
@@ -169,7 +169,7 @@ def run_stages(recipe: Recipe, ctx: dict, *, resume: bool) -> dict:
                 train_tok,
                 tokenizer,
                 stage.train,
-                work / f"{tag}-{i}-{stage.name}",
+                confined_path(work, f"{tag}-{i}-{stage.name}"),
                 callbacks=callbacks,
                 init_callbacks=init_callbacks,
                 save_steps=ckpt.save_steps,
@@ -178,7 +178,7 @@ def run_stages(recipe: Recipe, ctx: dict, *, resume: bool) -> dict:
         else:
             trainer = Trainer(
                 model=model,
-                args=c._training_args(recipe.pruned, work / f"{tag}-{i}-{stage.name}"),
+                args=c._training_args(recipe.pruned, confined_path(work, f"{tag}-{i}-{stage.name}")),
                 processing_class=tokenizer,
                 data_collator=DataCollatorWithPadding(tokenizer),
             )
@@ -217,12 +217,12 @@ def run_stages(recipe: Recipe, ctx: dict, *, resume: bool) -> dict:
         finalize_embeddings_(model)
     trainer = Trainer(
         model=model,
-        args=c._training_args(recipe.pruned, work / tag),
+        args=c._training_args(recipe.pruned, confined_path(work, tag)),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
     accuracy, logits = c._predict(trainer, test_tok)
-    folder = output_dir / tag
+    folder = confined_path(output_dir, tag)
     c._save_run(model, tokenizer, recipe, folder)
     run = {
         "name": tag,
@@ -252,13 +252,15 @@ def run_stages(recipe: Recipe, ctx: dict, *, resume: bool) -> dict:
         }
     run["disk_ratio_vs_dense"] = run["checkpoint_bytes"] / ctx["dense_bytes"]
     if ckpt.verify:
-        run["round_trip"] = c._verify_round_trip(folder, logits, test_tok, tokenizer, recipe.pruned, work / tag)
+        run["round_trip"] = c._verify_round_trip(
+            folder, logits, test_tok, tokenizer, recipe.pruned, confined_path(work, tag)
+        )
         logger.info("hf-sparse compress: %s reloaded: %s", tag, run["round_trip"])
     if ckpt.latency_rounds and c._is_main_process():
         run["latency"] = c._latency(model, dense_model, ctx["latency_batch"], ckpt.latency_rounds)
     if c._is_main_process():
         atomic_write_text(folder / c.RUN_FILE, json.dumps(run, indent=2) + "\n")
         for i, stage in enumerate(recipe.stages):
-            c._remove_checkpoints(work / f"{tag}-{i}-{stage.name}")
+            c._remove_checkpoints(confined_path(work, f"{tag}-{i}-{stage.name}"))
     c._barrier()
     return run

@@ -23,8 +23,9 @@ from .machine import machine_info
 from .pruning.apply import Pruner
 from .pruning.config import PruningConfig
 from .pruning.criteria import CRITERIA
-from .recipes import Recipe, dump_recipe
+from .recipes import JOB_OUTPUTS, Recipe, dump_recipe
 from .report import pct
+from .resilience import atomic_write_text, confined_path, remove_stale_partials
 
 __all__ = ["run_sweep", "sweep_cells", "render_sweep_markdown"]
 
@@ -79,17 +80,25 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    record_file = output_dir / "sweep.json"
+    # Saves a killed job left half-written (hidden temporaries of this job's own outputs) go first.
+    remove_stale_partials(output_dir, JOB_OUTPUTS)
+    record_file = confined_path(output_dir, "sweep.json")
     model_path, tokenizer, _test, train_tok, test_tok, majority, _val = prepare_data(recipe)
     dense_model, dense = fine_tuned_dense(
-        recipe, output_dir / "dense", model_path, tokenizer, train_tok, test_tok, output_dir / "trainer" / "dense"
+        recipe,
+        confined_path(output_dir, "dense"),
+        model_path,
+        tokenizer,
+        train_tok,
+        test_tok,
+        confined_path(output_dir, "trainer", "dense"),
     )
     logger.info("hf-sparse sweep: dense test accuracy %.4f", dense["test_accuracy"])
     done: dict[str, dict] = {}
-    if record_file.is_file():
-        previous = json.loads(record_file.read_text())
+    previous = _read_record(record_file)
+    if previous is not None:
         if previous.get("dense", {}).get("test_accuracy") == dense["test_accuracy"]:
-            done = {c["name"]: c for c in previous.get("cells", [])}
+            done = {c["name"]: c for c in previous.get("cells", []) if isinstance(c, dict) and "name" in c}
     record = {
         "recipe": recipe_source or recipe.name,
         "model": recipe.model.name,
@@ -109,7 +118,7 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
     cells = sweep_cells(recipe)
     eval_trainer = Trainer(
         model=dense_model,
-        args=_training_args(recipe.pruned, output_dir / "trainer" / "eval"),
+        args=_training_args(recipe.pruned, confined_path(output_dir, "trainer", "eval")),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
@@ -133,7 +142,8 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
             cell["oneshot_s"] = time.perf_counter() - t0
         if recipe.sweep.finetune:
             callback = PruningCallback(cfg, masks=masks)
-            trainer = _finetune(model, train_tok, tokenizer, recipe.pruned, output_dir / "trainer" / name, [callback])
+            work = confined_path(output_dir, "trainer", name)
+            trainer = _finetune(model, train_tok, tokenizer, recipe.pruned, work, [callback])
             cell["test_accuracy"], _ = _predict(trainer, test_tok)
             cell["sparsity"] = callback.pruner.report()["sparsity"]
         else:
@@ -145,13 +155,23 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
             "hf-sparse sweep: %s test accuracy %.4f (dense %.4f)", name, cell["test_accuracy"], dense["test_accuracy"]
         )
         record["cells"].append(cell)
-        record_file.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(record_file, json.dumps(record, indent=2) + "\n")
         del model
         torch.manual_seed(0)
-    record_file.write_text(json.dumps(record, indent=2) + "\n")
-    (output_dir / "sweep.md").write_text(render_sweep_markdown(record))
-    (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    atomic_write_text(record_file, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(confined_path(output_dir, "sweep.md"), render_sweep_markdown(record))
+    atomic_write_text(confined_path(output_dir, "recipe.yaml"), dump_recipe(recipe))
     return record
+
+
+def _read_record(path: Path) -> dict | None:
+    """The cells an earlier run of the sweep recorded in ``path``, or None (no file, or not a record: the sweep then
+    starts over rather than trusting it)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("cells", []), list) else None
 
 
 def render_sweep_markdown(record: dict) -> str:

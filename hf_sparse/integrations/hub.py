@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, HfSparseError, quote
-from ..resilience import atomic_write_text
+from ..resilience import atomic_write_text, confined_path
 
 __all__ = ["RESULTS_FILE", "PLOT_FILE", "HubError", "write_model_card", "push_to_hub"]
 
@@ -115,7 +115,7 @@ def write_model_card(folder: str | Path, *, repo_id: str | None = None, results:
             densities[name] = 1.0 - float(sparsity)
             formats[name] = "dense"
     if densities:
-        density_plot_png(densities, folder / PLOT_FILE, formats=formats)
+        density_plot_png(densities, confined_path(folder, PLOT_FILE), formats=formats)
 
     base_model = results.get("base_model")
     accuracy = results.get("accuracy")
@@ -162,7 +162,7 @@ def write_model_card(folder: str | Path, *, repo_id: str | None = None, results:
         repo_id=repo_id or str(folder),
         recipe_file=results.get("recipe_file"),
     )
-    atomic_write_text(folder / "README.md", str(card))
+    atomic_write_text(confined_path(folder, "README.md"), str(card))
     return card
 
 

@@ -778,7 +778,7 @@ def write_report_plots(report: Mapping, folder: str | Path) -> dict[str, str]:
         baseline = _finite(dense.get("test_accuracy")) if isinstance(dense, Mapping) else None
         model = report.get("model")
         title = f"Test accuracy vs sparsity: {model}" if model else "Test accuracy vs sparsity"
-        accuracy_plot_png(series, folder / f"{ACCURACY_PLOT}.png", baseline=baseline, title=title)
+        accuracy_plot_png(series, confined_path(folder, f"{ACCURACY_PLOT}.png"), baseline=baseline, title=title)
         written[ACCURACY_PLOT] = f"{ACCURACY_PLOT}.png"
 
     taken: set[str] = {ACCURACY_PLOT}
@@ -791,7 +791,8 @@ def write_report_plots(report: Mapping, folder: str | Path) -> dict[str, str]:
             number = _finite(sparsity)
             if number is None or not 0.0 <= number <= 1.0:
                 raise ValueError(
-                    f"run {quote(name)}: sparsity of layer {quote(layer)} must be a number in [0, 1], got {quote(sparsity)}."
+                    f"run {quote(name)}: sparsity of layer {quote(layer)} must be a number in [0, 1], got "
+                    f"{quote(sparsity)}."
                 )
             densities[layer] = 1.0 - number
         formats = run.get("formats")
@@ -799,7 +800,7 @@ def write_report_plots(report: Mapping, folder: str | Path) -> dict[str, str]:
         stem = _file_stem(name, taken)
         density_plot_png(
             densities,
-            folder / f"{stem}.png",
+            confined_path(folder, f"{stem}.png"),  # a run name is report data: never a path of its own
             title=f"Density per layer (1 - sparsity): {name}",
             formats=formats or None,
         )

@@ -39,8 +39,8 @@ import yaml
 
 from ..errors import ConfigError
 from ..machine import machine_info
-from ..resilience import atomic_folder, atomic_write_text
-from .config import SMOLLM2_ALIASES, LmFinetuneSection, LmRecipe
+from ..resilience import atomic_folder, atomic_write_text, confined_path, remove_stale_partials
+from .config import LM_OUTPUTS, SMOLLM2_ALIASES, LmFinetuneSection, LmRecipe
 from .data import LmDocuments, select_documents, split_into_pieces
 from .metrics import evaluate_perplexity
 
@@ -231,6 +231,8 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
 
     started = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Saves a killed job left half-written (hidden temporaries of this job's own outputs) go first.
+    remove_stale_partials(output_dir, [*LM_OUTPUTS, recipe.name])
     timings: dict[str, float] = {}
     set_seed(recipe.seed)
     load_kernels()  # built (once, cached) before anything is timed
@@ -324,7 +326,7 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
             ft.batch_size,
             ft.seq_len,
         )
-        finetune = _finetune(model, pieces, ft, recipe.seed, output_dir / "trainer" / "windowed")
+        finetune = _finetune(model, pieces, ft, recipe.seed, confined_path(output_dir, "trainer", "windowed"))
         timings["finetune_s"] = finetune["train_s"]
         finetune["weight_change"] = _weight_change(model, before_weights)
         del before_weights
@@ -337,17 +339,19 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
         timings["eval_after_s"] = time.perf_counter() - t0
         if control_model is not None:
             logger.info("hf-sparse lm: dense control, the same fine-tuning with full attention")
-            control = _finetune(control_model, pieces, ft, recipe.seed, output_dir / "trainer" / "dense-control")
+            control = _finetune(
+                control_model, pieces, ft, recipe.seed, confined_path(output_dir, "trainer", "dense-control")
+            )
             timings["control_finetune_s"] = control["train_s"]
             t0 = time.perf_counter()
             perplexity["dense_finetuned"], _ = evaluate_perplexity(control_model, docs.eval, lengths)
             timings["control_eval_s"] = time.perf_counter() - t0
             finetune["dense_control"] = control
             del control_model
-        shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+        shutil.rmtree(confined_path(output_dir, "trainer"), ignore_errors=True)
 
     t0 = time.perf_counter()
-    folder = output_dir / recipe.name
+    folder = confined_path(output_dir, recipe.name)
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -419,9 +423,9 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
         "timings": timings,
         "total_s": timings["total_s"],
     }
-    atomic_write_text(output_dir / "report.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(output_dir / "report.md", render_lm_markdown(report))
-    atomic_write_text(output_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    atomic_write_text(confined_path(output_dir, "report.json"), json.dumps(report, indent=1) + "\n")
+    atomic_write_text(confined_path(output_dir, "report.md"), render_lm_markdown(report))
+    atomic_write_text(confined_path(output_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     return report
 
 

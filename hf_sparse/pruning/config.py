@@ -134,12 +134,12 @@ class PruningConfig(BaseConfig):
                 )
             if self.granularity not in ("unstructured", "block", "nm"):
                 raise ConfigError(
-                    f"PruningConfig.criterion={quote(self.criterion)} works with granularity 'unstructured', 'block' or "
+                    f"PruningConfig.criterion={self.criterion!r} works with granularity 'unstructured', 'block' or "
                     f"'nm', got {quote(self.granularity)}."
                 )
             if self.embeddings:
                 raise ConfigError(
-                    f"PruningConfig.criterion={quote(self.criterion)} prunes nn.Linear layers from their inputs; it cannot "
+                    f"PruningConfig.criterion={self.criterion!r} prunes nn.Linear layers from their inputs; it cannot "
                     "prune embedding tables: leave PruningConfig.embeddings empty."
                 )
         if self.calibration_samples < 1:

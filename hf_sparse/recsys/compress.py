@@ -26,6 +26,7 @@ from ..config import BaseConfig, check_name, check_seed, register_config
 from ..embeddings import EmbeddingCompressionConfig, TableCompression, compress_embeddings_, finalize_embeddings_
 from ..errors import ConfigError, RecipeError, quote
 from ..machine import machine_info
+from ..resilience import atomic_folder, atomic_write_text, confined_path, remove_stale_partials
 
 __all__ = ["RecsysRecipe", "RecsysModelSection", "RecsysTrainSection", "run_recsys", "load_recsys_recipe"]
 
@@ -224,7 +225,9 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    work = output_dir / "trainer"
+    # Saves a killed job left half-written (hidden temporaries of this job's own outputs) go first.
+    remove_stale_partials(output_dir, [*RECSYS_OUTPUTS, *recipe.runs])
+    work = confined_path(output_dir, "trainer")
     started = time.perf_counter()
     splits = movielens_splits()
     if recipe.users is not None:
@@ -234,10 +237,11 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
 
     logger.info("hf-sparse recsys: training the dense baseline (%g epochs)", recipe.dense.epochs)
     dense = _model(recipe, splits.num_items)
-    dense_s = _train(dense, splits, recipe.dense, recipe, work / "dense")
+    dense_s = _train(dense, splits, recipe.dense, recipe, confined_path(work, "dense"))
     dense_bytes = _table_bytes(dense)
     runs = [{"name": "dense", "train_s": dense_s, "table_bytes": dense_bytes, **_metrics(dense, splits, max_len)}]
-    dense.save_pretrained(output_dir / "dense")
+    with atomic_folder(confined_path(output_dir, "dense")) as tmp:
+        dense.save_pretrained(tmp)
     logger.info("hf-sparse recsys: dense %s", runs[0])
 
     plan: list[tuple[str, TableCompression | None]] = []
@@ -265,7 +269,7 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
             b = _metrics(model, splits, max_len)
             before = {"test_hr@10": b["test_hr@10"], "test_ndcg@10": b["test_ndcg@10"]}
         logger.info("hf-sparse recsys: %s (%g epochs)", name, section.epochs)
-        train_s = _train(model, splits, section, recipe, work / name)
+        train_s = _train(model, splits, section, recipe, confined_path(work, name))
         finalize_embeddings_(model)  # embedding QAT: the trained float table becomes integer codes
         run = {
             "name": name,
@@ -278,9 +282,10 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
         }
         run["memory_ratio"] = run["table_bytes"] / dense_bytes
         run["hr_vs_dense"] = run["test_hr@10"] / runs[0]["test_hr@10"] - 1.0 if runs[0]["test_hr@10"] else None
-        model.save_pretrained(output_dir / name)
+        with atomic_folder(confined_path(output_dir, name)) as tmp:
+            model.save_pretrained(tmp)
         if recipe.verify:
-            run["round_trip"] = _verify(model, output_dir / name, splits, max_len)
+            run["round_trip"] = _verify(model, confined_path(output_dir, name), splits, max_len)
         logger.info("hf-sparse recsys: %s %s", name, {k: v for k, v in run.items() if k not in ("method", "table")})
         runs.append(run)
     report = {
@@ -291,9 +296,9 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
         "machine": machine_info(),
         "total_s": time.perf_counter() - started,
     }
-    (output_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (output_dir / "report.md").write_text(render_recsys_markdown(report))
-    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    atomic_write_text(confined_path(output_dir, "report.json"), json.dumps(report, indent=1))
+    atomic_write_text(confined_path(output_dir, "report.md"), render_recsys_markdown(report))
+    atomic_write_text(confined_path(output_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     return report
 
 

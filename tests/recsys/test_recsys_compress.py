@@ -97,7 +97,7 @@ def test_malformed_saved_table_is_a_typed_error(tmp_path):
     "text, message",
     [
         ("runs: {a: {method: qr}}", "needs collisions or compression"),
-        ("runs: {dense: {method: qrow}}", "usable run name"),
+        ("runs: {dense: {method: qrow}}", "not a usable name"),
         ("users: 1", "users must be"),
         ("model: {hidden_size: 10, num_attention_heads: 3}", "divisible"),
         ("runs: {a: {method: qrow, init: random}}", "float method"),
