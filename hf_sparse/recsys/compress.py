@@ -324,7 +324,8 @@ def render_recsys_markdown(report: dict) -> str:
             method = f"{m['method']} ({size})" + (f", {m['hot_rows']} hot rows" if m.get("hot_rows") else "")
             method += ", from scratch" if m.get("init") == "random" else ""
             method += ", QAT" if m.get("qat") else ""
-        rel = "–" if r["name"] == "dense" else f"{100 * r['hr_vs_dense']:+.1f}%"
+        # no relative change when the dense model's HR@10 is 0 (a tiny or untrained run): hr_vs_dense is null then
+        rel = "–" if r["name"] == "dense" or r.get("hr_vs_dense") is None else f"{100 * r['hr_vs_dense']:+.1f}%"
         b = r.get("before_finetune")
         before = f"{b['test_hr@10']:.4f} / {b['test_ndcg@10']:.4f}" if b else "–"
         ratio = "–" if r["name"] == "dense" else f"{100 * r['memory_ratio']:.1f}% (÷{1 / r['memory_ratio']:.1f})"
