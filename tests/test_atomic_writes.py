@@ -17,6 +17,7 @@ from hf_sparse.resilience import (
     atomic_write_text,
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
+    remove_stale_partials,
 )
 from hf_sparse.testing import tiny_bert_classifier
 
@@ -96,3 +97,91 @@ def test_only_marked_checkpoints_count(tmp_path):
     assert last_complete_checkpoint(tmp_path).name == "checkpoint-6"
     assert [p.name for p in remove_incomplete_checkpoints(tmp_path)] == ["checkpoint-9"]
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+KILLED_SAVE = """
+import os, signal, sys
+from pathlib import Path
+from hf_sparse.resilience import atomic_folder, atomic_write_text
+
+out = Path(sys.argv[1])
+if sys.argv[2] == "folder":
+    with atomic_folder(out / "pruned-50") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGKILL)  # no finally runs: the temporary folder stays
+else:
+    os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
+    atomic_write_text(out / "report.json", "{}")
+"""
+
+
+def _killed_save(out, what):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(out), what], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed_and_nothing_else(tmp_path, caplog):
+    import re
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _killed_save(out, "folder")
+    _killed_save(out, "file")
+    stale = sorted(p.name for p in out.iterdir())
+    assert len(stale) == 2 and any(re.fullmatch(r"\.pruned-50\.\d+\.\w{8}\.partial", n) for n in stale), stale
+    assert any(re.fullmatch(r"\.report\.json\.\d+\.\w{8}\.tmp", n) for n in stale), stale
+    (out / ".pruned-80.abcd1234.partial").mkdir()  # written before the pid was part of the name
+    (out / f".pruned-80.{os.getpid()}.old").mkdir()
+    kept = [
+        f".pruned-50.{os.getppid()}.abcd1234.partial",  # a process that is alive: another job still writing
+        ".other-run.1.abcd1234.partial",  # not a name this job writes
+        ".pruned-50.notes",  # not a temporary's name
+        "pruned-50",  # a real output
+    ]
+    for name in kept:
+        (out / name).mkdir()
+    with caplog.at_level("INFO", logger="hf_sparse.resilience"):
+        removed = remove_stale_partials(out, ["report.json", re.compile(r"pruned-\d+")])
+    assert sorted(p.name for p in removed) == sorted(
+        [*stale, ".pruned-80.abcd1234.partial", f".pruned-80.{os.getpid()}.old"]
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(kept)
+    assert sum("left by an interrupted save" in r.getMessage() for r in caplog.records) == 4
+
+
+def test_a_resumed_compress_job_removes_the_stale_temporaries_of_its_runs(tmp_path, monkeypatch, caplog):
+    from hf_sparse import compress as compress_module
+    from hf_sparse.cli import main
+    from hf_sparse.errors import HfSparseError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _killed_save(out, "folder")  # a run's checkpoint folder killed mid-save
+    (out / "pruned-50").mkdir()  # a run saved before: its card was being rewritten when the job was killed
+    dead = _dead_pid()
+    (out / "pruned-50" / f".README.md.{dead}.abcd1234.tmp").write_text("half")
+    (out / ".unrelated.1.abcd1234.partial").mkdir()
+
+    def stop(*args, **kwargs):
+        raise HfSparseError("stopped before any data is read")
+
+    monkeypatch.setattr(compress_module, "prepare_data", stop)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: ci-stale\nsparsities: [0.5]\n")
+    with caplog.at_level("INFO", logger="hf_sparse.resilience"):
+        assert main(["compress", str(recipe), "--output", str(out), "--resume"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == [".unrelated.1.abcd1234.partial", "pruned-50"]
+    assert list((out / "pruned-50").iterdir()) == []
+    assert sum("left by an interrupted save" in r.getMessage() for r in caplog.records) == 2
