@@ -72,8 +72,11 @@ def confined_path(root: str | os.PathLike, *parts: str | os.PathLike) -> Path:
                 "path (no leading '/' or '~', no NUL character, not empty)."
             )
         target = target / text
-    resolved_base = base.resolve()
-    resolved = target.resolve()
+    try:
+        resolved_base = base.resolve()
+        resolved = target.resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic-link loop: RuntimeError before Python 3.13, OSError after
+        raise CheckpointWriteError(f"Refusing to write {quote(str(target))}: it cannot be resolved ({exc}).") from None
     if not parts:
         return resolved
     if resolved == resolved_base or not resolved.is_relative_to(resolved_base):
@@ -115,8 +118,8 @@ def remove_stale_partials(folder: str | os.PathLike, names) -> list[Path]:
 
     Args:
         folder: The output folder of the job.
-        names: The file and folder names the job writes there: strings, or compiled patterns matched in full
-            (``re.compile(r"pruned-\\d+")``) for generated names.
+        names: The file and folder names the job writes there: strings, or compiled patterns a name must match in
+            full (for generated names such as the runs of ``hf-sparse compress``).
 
     Returns:
         The paths deleted.
