@@ -747,6 +747,8 @@ def run_compress(
     timings: dict[str, float] = {}
 
     recipe = preflight(recipe)
+    if recipe.stages:
+        confined_path(output_dir, recipe.name)  # an escaping name fails here, before any training
     if _is_main_process():
         _remove_stale_partials(output_dir, recipe)
     model_path, tokenizer, test, train_tok, test_tok, majority, val_tok = prepare_data(recipe)

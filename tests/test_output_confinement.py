@@ -237,3 +237,29 @@ def test_no_job_accepts_a_name_that_leaves_the_output_folder(sandbox, monkeypatc
         recipe.unlink()
         assert _snapshot(sandbox, sandbox / "out") == before, kind
     assert not (sandbox / "out").exists()
+
+
+def test_a_staged_recipe_name_forced_past_the_validator_is_refused_before_any_training(sandbox, monkeypatch):
+    from hf_sparse.recipes import Recipe
+
+    monkeypatch.setattr(compress_module, "prepare_data", _stop)
+    # preflight re-validates the recipe (and would refuse the name again): bypassed, to test the writer's own check
+    monkeypatch.setattr(compress_module, "preflight", lambda recipe: recipe)
+    recipe = Recipe.from_dict({"name": "ok", "stages": [{"name": "s1", "train": None, "attention": {"window": 8}}]})
+    object.__setattr__(recipe, "name", "../victim")
+    before = _snapshot(sandbox, sandbox / "out")
+    with pytest.raises(CheckpointWriteError, match="outside the output folder"):
+        compress_module.run_compress(recipe, sandbox / "out")
+    assert _snapshot(sandbox, sandbox / "out") == before
+
+
+def test_an_lm_recipe_name_forced_past_the_validator_is_refused_before_any_work(sandbox, monkeypatch):
+    from hf_sparse.lm import LmRecipe, run_lm
+
+    recipe = LmRecipe()
+    object.__setattr__(recipe, "name", "../victim")
+    monkeypatch.setattr("hf_sparse.lm.run._model_path", _stop)  # the first step of the job: never reached
+    before = _snapshot(sandbox, sandbox / "out")
+    with pytest.raises(CheckpointWriteError, match="outside the output folder"):
+        run_lm(recipe, sandbox / "out")
+    assert _snapshot(sandbox, sandbox / "out") == before

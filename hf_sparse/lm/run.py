@@ -233,6 +233,7 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     # Saves a killed job left half-written (hidden temporaries of this job's own outputs) go first.
     remove_stale_partials(output_dir, [*LM_OUTPUTS, recipe.name])
+    folder = confined_path(output_dir, recipe.name)  # an escaping name fails here, before minutes of work
     timings: dict[str, float] = {}
     set_seed(recipe.seed)
     load_kernels()  # built (once, cached) before anything is timed
@@ -351,7 +352,6 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
         shutil.rmtree(confined_path(output_dir, "trainer"), ignore_errors=True)
 
     t0 = time.perf_counter()
-    folder = confined_path(output_dir, recipe.name)
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
