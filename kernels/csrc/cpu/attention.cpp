@@ -192,31 +192,55 @@ inline void transpose_keys(const float* k, int64_t count, int64_t d, float* kt, 
     for (int64_t e = 0; e < d; ++e) kt[e * ld + j] = k[j * d + e];
 }
 
+// The layout: lengths and dtypes, kv_ptr from 0 to nnz and monotone, every key block and mask row in range. O(nnz),
+// before the kernel reads any tile.
 void check_layout(const at::Tensor& kv_ptr, const at::Tensor& kv_blocks, const at::Tensor& mask_index,
-                  const at::Tensor& bits, int64_t nqb, int64_t nkb, int64_t bq) {
+                  const at::Tensor& bits, int64_t nqb, int64_t nkb, int64_t bq, const char* op) {
+  hf_sparse_cpu::check_cpu(op, {{"kv_ptr", &kv_ptr}, {"kv_blocks", &kv_blocks}, {"mask_index", &mask_index},
+                                {"bits", &bits}});
   TORCH_CHECK_VALUE(kv_ptr.scalar_type() == at::kInt && kv_ptr.dim() == 1 && kv_ptr.numel() == nqb + 1,
-                    "hf_sparse::sparse_attention: kv_ptr must be int32 of length (query blocks + 1) = ", nqb + 1,
+                    "hf_sparse::", op, ": kv_ptr must be int32 of length (query blocks + 1) = ", nqb + 1,
                     ", got ", kv_ptr.scalar_type(), " ", kv_ptr.sizes());
   TORCH_CHECK_VALUE(kv_blocks.scalar_type() == at::kInt && kv_blocks.dim() == 1 &&
                         mask_index.scalar_type() == at::kInt && mask_index.sizes() == kv_blocks.sizes(),
-                    "hf_sparse::sparse_attention: kv_blocks and mask_index must be 1-D int32 of equal length");
+                    "hf_sparse::", op, ": kv_blocks and mask_index must be 1-D int32 of equal length, got ",
+                    kv_blocks.scalar_type(), " ", kv_blocks.sizes(), " and ", mask_index.scalar_type(), " ",
+                    mask_index.sizes());
   TORCH_CHECK_VALUE(bits.scalar_type() == at::kLong && bits.dim() == 2 && bits.size(1) == bq,
-                    "hf_sparse::sparse_attention: bits must be int64 (partial tiles, block_q=", bq, "), got ",
+                    "hf_sparse::", op, ": bits must be int64 (partial tiles, block_q=", bq, "), got ",
                     bits.scalar_type(), " ", bits.sizes());
   const int32_t* ptr = kv_ptr.data_ptr<int32_t>();
   const int64_t nnz = kv_blocks.numel();
-  TORCH_CHECK_VALUE(ptr[0] == 0 && ptr[nqb] == nnz, "hf_sparse::sparse_attention: kv_ptr must start at 0 and end at ",
-                    nnz);
+  TORCH_CHECK_VALUE(ptr[0] == 0 && ptr[nqb] == nnz, "hf_sparse::", op, ": kv_ptr must start at 0 and end at ",
+                    nnz, " (the length of kv_blocks), got ", ptr[0], " and ", ptr[nqb]);
   for (int64_t i = 0; i < nqb; ++i)
-    TORCH_CHECK_VALUE(ptr[i] <= ptr[i + 1], "hf_sparse::sparse_attention: kv_ptr is not monotone at ", i);
+    TORCH_CHECK_VALUE(ptr[i] <= ptr[i + 1], "hf_sparse::", op, ": kv_ptr is not monotone at ", i, " (", ptr[i],
+                      " > ", ptr[i + 1], ")");
   const int32_t* kb = kv_blocks.data_ptr<int32_t>();
   const int32_t* mi = mask_index.data_ptr<int32_t>();
   for (int64_t p = 0; p < nnz; ++p) {
-    TORCH_CHECK_VALUE(kb[p] >= 0 && kb[p] < nkb, "hf_sparse::sparse_attention: kv_blocks[", p, "]=", kb[p],
+    TORCH_CHECK_VALUE(kb[p] >= 0 && kb[p] < nkb, "hf_sparse::", op, ": kv_blocks[", p, "]=", kb[p],
                       " is out of range [0, ", nkb, ")");
-    TORCH_CHECK_VALUE(mi[p] >= -1 && mi[p] < bits.size(0), "hf_sparse::sparse_attention: mask_index[", p, "]=",
+    TORCH_CHECK_VALUE(mi[p] >= -1 && mi[p] < bits.size(0), "hf_sparse::", op, ": mask_index[", p, "]=",
                       mi[p], " is out of range [-1, ", bits.size(0), ")");
   }
+  // Key blocks strictly increase within a query block (as the layout builder writes them): a tile listed twice
+  // would count its keys twice in the softmax, a silently wrong result rather than an error.
+  for (int64_t i = 0; i < nqb; ++i)
+    for (int64_t p = ptr[i] + 1; p < ptr[i + 1]; ++p)
+      TORCH_CHECK_VALUE(kb[p - 1] < kb[p], "hf_sparse::", op, ": kv_blocks must strictly increase within a query "
+                        "block, got kv_blocks[", p - 1, "]=", kb[p - 1], " and kv_blocks[", p, "]=", kb[p],
+                        " in query block ", i);
+}
+
+// Sizes every loop below runs over: bounded (their products index the tensors), and a head dimension of at least one
+// vector pair, so each (batch, kv head) task's key loops are bounded by elements k actually holds.
+void check_sizes(const at::Tensor& q, const at::Tensor& k, const char* op) {
+  for (int d = 0; d < 4; ++d) {
+    hf_sparse_cpu::check_size(q.size(d), op, "q's sizes");
+    hf_sparse_cpu::check_size(k.size(d), op, "k's sizes");
+  }
+  TORCH_CHECK_VALUE(q.size(3) > 0, "hf_sparse::", op, ": head_dim must be positive, got q ", q.sizes());
 }
 
 std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k,
@@ -226,8 +250,11 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
                                                          double scale, int64_t block_q) {
   TORCH_CHECK_VALUE(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "hf_sparse::sparse_attention: q, k, v must be 4-D "
                     "(batch, heads, length, head_dim)");
+  hf_sparse_cpu::check_cpu("sparse_attention", {{"q", &q}, {"k", &k}, {"v", &v}, {"key_bias", &key_bias}});
   TORCH_CHECK_VALUE(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
-                    "hf_sparse::sparse_attention: q, k, v must be float32");
+                    "hf_sparse::sparse_attention: q, k, v must be float32, got ", q.scalar_type(), ", ",
+                    k.scalar_type(), ", ", v.scalar_type());
+  check_sizes(q, k, "sparse_attention");
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), Skv = k.size(2);
   TORCH_CHECK_VALUE(k.size(0) == B && v.size(0) == B && v.size(1) == Hkv && v.size(2) == Skv && k.size(3) == D &&
@@ -236,23 +263,24 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_cpu(const at::Tensor& q, con
                     v.sizes(), " (heads must be a multiple of key/value heads)");
   TORCH_CHECK_VALUE(D % (2 * Vf::W) == 0, "hf_sparse::sparse_attention: head_dim must be a multiple of ", 2 * Vf::W,
                     ", got ", D);
-  TORCH_CHECK_VALUE(block_q > 0 && block_q <= 256, "hf_sparse::sparse_attention: block_q must be in [1, 256]");
+  TORCH_CHECK_VALUE(block_q > 0 && block_q <= 256, "hf_sparse::sparse_attention: block_q must be in [1, 256], got ",
+                    block_q);
   const int64_t nqb = (Sq + block_q - 1) / block_q, nkb = (Skv + BK - 1) / BK;
   auto ptr_c = kv_ptr.contiguous();
   auto kb_c = kv_blocks.contiguous();
   auto mi_c = mask_index.contiguous();
   auto bits_c = bits.contiguous();
-  check_layout(ptr_c, kb_c, mi_c, bits_c, nqb, nkb, block_q);
+  check_layout(ptr_c, kb_c, mi_c, bits_c, nqb, nkb, block_q, "sparse_attention");
   const bool has_bias = key_bias.numel() > 0;
   if (has_bias)
     TORCH_CHECK_VALUE(key_bias.scalar_type() == at::kFloat && key_bias.dim() == 2 && key_bias.size(0) == B &&
                           key_bias.size(1) == Skv,
                       "hf_sparse::sparse_attention: key_bias must be float32 (batch, kv_length) = (", B, ", ", Skv,
-                      "), got ", key_bias.sizes());
+                      "), got ", key_bias.scalar_type(), " ", key_bias.sizes());
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   auto bias_c = has_bias ? key_bias.contiguous() : key_bias;
-  auto out = at::zeros({B, H, Sq, D}, q.options());
-  auto lse = at::empty({B, H, Sq}, q.options());
+  auto out = hf_sparse_cpu::allocate("sparse_attention", "output", [&] { return at::zeros({B, H, Sq, D}, q.options()); });
+  auto lse = hf_sparse_cpu::allocate("sparse_attention", "lse", [&] { return at::empty({B, H, Sq}, q.options()); });
   const float* qp = qc.data_ptr<float>();
   const float* kp = kc.data_ptr<float>();
   const float* vp = vc.data_ptr<float>();
@@ -357,28 +385,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
                         out.sizes() == q.sizes(),
                     "hf_sparse::sparse_attention_backward: grad_out and out must have q's shape ", q.sizes());
   for (const auto* t : {&grad_out, &q, &k, &v, &out, &lse})
-    TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat, "hf_sparse::sparse_attention_backward: tensors must be float32");
+    TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat,
+                      "hf_sparse::sparse_attention_backward: grad_out, q, k, v, out and lse must be float32, got ",
+                      t->scalar_type());
+  hf_sparse_cpu::check_cpu("sparse_attention_backward", {{"grad_out", &grad_out}, {"q", &q}, {"k", &k}, {"v", &v},
+                                                         {"out", &out}, {"lse", &lse}, {"key_bias", &key_bias}});
+  check_sizes(q, k, "sparse_attention_backward");
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), Skv = k.size(2);
   TORCH_CHECK_VALUE(k.size(0) == B && v.sizes() == k.sizes() && k.size(3) == D && Hkv > 0 && H % Hkv == 0,
                     "hf_sparse::sparse_attention_backward: shapes do not match: q ", q.sizes(), ", k ", k.sizes(),
                     ", v ", v.sizes());
   TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == B && lse.size(1) == H && lse.size(2) == Sq,
-                    "hf_sparse::sparse_attention_backward: lse must be (", B, ", ", H, ", ", Sq, ")");
+                    "hf_sparse::sparse_attention_backward: lse must be (", B, ", ", H, ", ", Sq, "), got ", lse.sizes());
   TORCH_CHECK_VALUE(D % (2 * Vf::W) == 0, "hf_sparse::sparse_attention_backward: head_dim must be a multiple of ",
                     2 * Vf::W, ", got ", D);
-  TORCH_CHECK_VALUE(block_q > 0 && block_q <= 256, "hf_sparse::sparse_attention_backward: block_q in [1, 256]");
+  TORCH_CHECK_VALUE(block_q > 0 && block_q <= 256,
+                    "hf_sparse::sparse_attention_backward: block_q must be in [1, 256], got ", block_q);
   const int64_t nqb = (Sq + block_q - 1) / block_q, nkb = (Skv + BK - 1) / BK;
   auto ptr_c = kv_ptr.contiguous();
   auto kb_c = kv_blocks.contiguous();
   auto mi_c = mask_index.contiguous();
   auto bits_c = bits.contiguous();
-  check_layout(ptr_c, kb_c, mi_c, bits_c, nqb, nkb, block_q);
+  check_layout(ptr_c, kb_c, mi_c, bits_c, nqb, nkb, block_q, "sparse_attention_backward");
   const bool has_bias = key_bias.numel() > 0;
   if (has_bias)
     TORCH_CHECK_VALUE(key_bias.scalar_type() == at::kFloat && key_bias.dim() == 2 && key_bias.size(0) == B &&
                           key_bias.size(1) == Skv,
-                      "hf_sparse::sparse_attention_backward: key_bias must be float32 (", B, ", ", Skv, ")");
+                      "hf_sparse::sparse_attention_backward: key_bias must be float32 (", B, ", ", Skv, "), got ",
+                      key_bias.scalar_type(), " ", key_bias.sizes());
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = out.contiguous();
   auto gc = grad_out.contiguous(), lc = lse.contiguous();
   auto bias_c = has_bias ? key_bias.contiguous() : key_bias;

@@ -39,12 +39,14 @@ inline float field(const Tables& t, int64_t bits, const uint8_t* codes, int64_t 
 
 at::Tensor dequantize_cpu(const at::Tensor& values, const at::Tensor& scales, const at::Tensor& zero_points,
                           int64_t bits, int64_t rows, int64_t cols) {
+  const char* op_name = "dequantize";
+  hf_sparse_cpu::check_cpu(op_name, {{"values", &values}, {"scales", &scales}, {"zero_points", &zero_points}});
   TORCH_CHECK_VALUE(bits == 8 || bits == 4 || bits == 2, "hf_sparse::dequantize: bits must be 8, 4 or 2, got ", bits);
-  // The bound keeps cols * bits and rows * cols far from int64 overflow; no real weight comes near it.
-  constexpr int64_t kMaxDim = int64_t{1} << 40;
-  TORCH_CHECK_VALUE(rows >= 0 && cols >= 0 && rows < kMaxDim && cols < kMaxDim && cols % (8 / bits) == 0,
-                    "hf_sparse::dequantize: bad shape (", rows, ", ", cols, ") for ", bits,
-                    "-bit codes (a row must fill whole bytes)");
+  // The bound keeps cols * bits far from int64 overflow; no real weight comes near it.
+  hf_sparse_cpu::check_size(rows, op_name, "rows");
+  hf_sparse_cpu::check_size(cols, op_name, "cols");
+  TORCH_CHECK_VALUE(cols % (8 / bits) == 0, "hf_sparse::dequantize: cols=", cols, " is not a multiple of ", 8 / bits,
+                    ": ", bits, "-bit codes pack ", 8 / bits, " per byte and a row must fill whole bytes");
   const auto want = bits == 8 ? at::kChar : at::kByte;
   TORCH_CHECK_VALUE(values.scalar_type() == want && values.dim() == 2 && values.size(0) == rows &&
                         values.size(1) == cols * bits / 8,
@@ -62,7 +64,10 @@ at::Tensor dequantize_cpu(const at::Tensor& values, const at::Tensor& scales, co
   auto v = values.contiguous();
   auto s = scales.contiguous();
   auto z = has_zero ? zero_points.contiguous() : zero_points;
-  auto out = at::empty({rows, cols}, scales.options());
+  auto out = hf_sparse_cpu::allocate(op_name, "(rows, cols) output", [&] { return at::empty({rows, cols}, scales.options()); });
+  // An empty weight: nothing to write. (Returning here also keeps the loops below from walking rows x groups of an
+  // empty output: with cols = 0, neither `rows` nor the group count is bounded by any element stored.)
+  if (out.numel() == 0) return out;
   const int64_t groups = s.size(1), width = groups ? cols / groups : cols;
   const bool per_row = s.size(0) == rows;
   const uint8_t* vp = reinterpret_cast<const uint8_t*>(v.data_ptr());

@@ -261,7 +261,9 @@ struct Checked {
 };
 
 Checked check_table(const at::Tensor& values, int64_t bits, int64_t cols, const char* op) {
+  hf_sparse_cpu::check_cpu(op, {{"values", &values}});
   TORCH_CHECK_VALUE(bits == 8 || bits == 4 || bits == 2, "hf_sparse::", op, ": bits must be 8, 4 or 2, got ", bits);
+  hf_sparse_cpu::check_size(cols, op, "cols");  // cols * bits / 8 must not overflow
   TORCH_CHECK_VALUE(cols > 0 && cols % (8 / bits) == 0, "hf_sparse::", op, ": cols must be a positive multiple of ",
                     8 / bits, " for ", bits, "-bit codes, got ", cols);
   const int64_t code_bytes = cols * bits / 8;
@@ -276,6 +278,7 @@ Checked check_table(const at::Tensor& values, int64_t bits, int64_t cols, const 
 }
 
 void check_int_vector(const at::Tensor& t, const char* op, const char* name) {
+  hf_sparse_cpu::check_cpu(op, {{name, &t}});
   TORCH_CHECK_VALUE(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, "hf_sparse::", op, ": ", name,
                     " must be int32 or int64, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1, "hf_sparse::", op, ": ", name, " must be 1-D, got shape ", t.sizes());
@@ -295,7 +298,8 @@ at::Tensor qrow_lookup_cpu(const at::Tensor& values, int64_t bits, int64_t cols,
   check_int_vector(indices, "qrow_lookup", "indices");
   auto idx = indices.contiguous();
   const int64_t n = idx.size(0);
-  auto out = at::empty({n, cols}, values.options().dtype(at::kFloat));
+  auto out = hf_sparse_cpu::allocate("qrow_lookup", "(n, cols) output",
+                                     [&] { return at::empty({n, cols}, values.options().dtype(at::kFloat)); });
   float* op = out.data_ptr<float>();
   BadIndex bad;
   dispatch_bits(bits, [&](auto b) {
@@ -352,12 +356,14 @@ at::Tensor qrow_embedding_bag_cpu(const at::Tensor& values, int64_t bits, int64_
   at::Tensor psw;
   if (weighted) {
     TORCH_CHECK_VALUE(mode == 0, "hf_sparse::", op, ": per_sample_weights are only supported with mode sum (0)");
+    hf_sparse_cpu::check_cpu(op, {{"per_sample_weights", &*per_sample_weights}});
     psw = per_sample_weights->contiguous();
     TORCH_CHECK_VALUE(psw.scalar_type() == at::kFloat && psw.dim() == 1 && psw.size(0) == n, "hf_sparse::", op,
                       ": per_sample_weights must be float32 (", n, ",), one per index, got ", psw.scalar_type(), " ",
                       psw.sizes());
   }
-  auto out = at::empty({bags, cols}, values.options().dtype(at::kFloat));
+  auto out = hf_sparse_cpu::allocate(op, "(bags, cols) output",
+                                     [&] { return at::empty({bags, cols}, values.options().dtype(at::kFloat)); });
   float* outp = out.data_ptr<float>();
   const float* pw = weighted ? psw.data_ptr<float>() : nullptr;
   BadIndex bad;

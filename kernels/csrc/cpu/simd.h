@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "checks.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define HF_SPARSE_AVX2 1
@@ -202,19 +204,26 @@ inline void dispatch_index(const at::Tensor& col, F&& f) {
 }
 
 // The result of an SpMM: (rows, N), or its transpose (N, rows) when the caller wants what a Linear returns.
-inline at::Tensor new_output(const at::Tensor& xt, int64_t rows, bool transpose_out) {
+inline at::Tensor new_output(const at::Tensor& xt, int64_t rows, bool transpose_out, const char* op) {
   const int64_t n = xt.size(1);
-  return transpose_out ? at::empty({n, rows}, xt.options()) : at::empty({rows, n}, xt.options());
+  return allocate(op, transpose_out ? "(N, rows) output" : "(rows, N) output", [&] {
+    return transpose_out ? at::empty({n, rows}, xt.options()) : at::empty({rows, n}, xt.options());
+  });
 }
 
 inline void check_dense_rhs(const at::Tensor& xt, int64_t rows, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(xt.device().is_cpu(), "hf_sparse::", op, ": ", name, " must be a CPU tensor, got one on ",
+                    xt.device());
   TORCH_CHECK_VALUE(xt.dim() == 2 && xt.size(0) == rows, "hf_sparse::", op, ": ", name, " must be (", rows,
                     ", N), got ", xt.sizes());
   TORCH_CHECK_VALUE(xt.scalar_type() == at::kFloat || xt.scalar_type() == at::kDouble, "hf_sparse::", op, ": ",
                     name, " must be float32 or float64, got ", xt.scalar_type());
 }
 
+// ptr (n + 1 entries, the caller checked the length) starts at 0, ends at nnz and never decreases: then every
+// [ptr[r], ptr[r + 1]) lies inside [0, nnz).
 inline void check_pointers(const int32_t* ptr, int64_t n, int64_t nnz, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(n >= 0, "hf_sparse::", op, ": ", name, " needs a non-negative count, got ", n);
   TORCH_CHECK_VALUE(ptr[0] == 0 && ptr[n] == nnz, "hf_sparse::", op, ": ", name, " must start at 0 and end at ",
                     nnz, ", got ", ptr[0], " and ", ptr[n]);
   for (int64_t r = 0; r < n; ++r) {

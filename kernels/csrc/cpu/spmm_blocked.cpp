@@ -92,17 +92,22 @@ constexpr int rows_per_pass() {
 // The BSR product for float values (scales undefined) or int8 values with per-row float32 scales.
 at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor* scales,
                     int64_t rows, int64_t cols, const at::Tensor& xt, bool transpose_out, const char* op) {
+  hf_sparse_cpu::check_size(rows, op, "rows");
+  hf_sparse_cpu::check_size(cols, op, "cols");
+  hf_sparse_cpu::check_cpu(op, {{"crow", &crow}, {"col", &col}, {"values", &values}});
+  if (scales != nullptr) hf_sparse_cpu::check_cpu(op, {{"scales", scales}});
   TORCH_CHECK_VALUE(values.dim() == 3, "hf_sparse::", op, ": values must be (blocks, R, C), got ", values.sizes());
   const int64_t R = values.size(1), C = values.size(2);
-  TORCH_CHECK_VALUE(R > 0 && C > 0 && rows % R == 0 && cols % C == 0, "hf_sparse::", op, ": shape (", rows, ", ",
-                    cols, ") is not divisible by the block (", R, ", ", C, ")");
+  TORCH_CHECK_VALUE(R > 0 && C > 0 && rows % R == 0 && cols % C == 0, "hf_sparse::", op, ": rows=", rows,
+                    " and cols=", cols, " must be multiples of the block (R, C) = (", R, ", ", C,
+                    ") of values ", values.sizes());
   const int64_t brows = rows / R, bcols = cols / C;
   TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && crow.dim() == 1 && crow.numel() == brows + 1, "hf_sparse::", op,
-                    ": crow must be int32 of length rows/R+1=", brows + 1);
+                    ": crow must be 1-D int32 of length rows/R+1=", brows + 1, ", got ", crow.scalar_type(), " ", crow.sizes());
   TORCH_CHECK_VALUE((col.scalar_type() == at::kShort || col.scalar_type() == at::kInt) && col.dim() == 1 &&
                         col.numel() == values.size(0),
                     "hf_sparse::", op, ": col must be 1-D int16/int32 with one entry per block (", values.size(0),
-                    ")");
+                    "), got ", col.scalar_type(), " ", col.sizes());
   hf_sparse_cpu::check_dense_rhs(xt, cols, op, "xt");
   if (scales != nullptr) {
     TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "hf_sparse::", op, ": values must be int8, got ",
@@ -113,17 +118,21 @@ at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Ten
                       "hf_sparse::", op, ": scales must be float32 with one entry per row (", rows, "), got ",
                       scales->scalar_type(), " ", scales->sizes());
   } else {
-    TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::", op, ": values and xt dtypes differ");
+    TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::", op, ": values (", values.scalar_type(),
+                      ") and xt (", xt.scalar_type(), ") dtypes differ");
   }
   auto crow_c = crow.contiguous();
   hf_sparse_cpu::check_pointers(crow_c.data_ptr<int32_t>(), brows, col.numel(), op, "crow");
   auto col_c = col.contiguous();
   auto val_c = values.contiguous();
-  auto sc_c = scales != nullptr ? scales->contiguous() : at::Tensor();
-  const float* sc = scales != nullptr ? sc_c.data_ptr<float>() : nullptr;
+  // `quant` picks the int8 path, not the scales pointer: an empty scales tensor (rows = 0) has a null data pointer.
+  const bool quant = scales != nullptr;
+  auto sc_c = quant ? scales->contiguous() : at::Tensor();
+  const float* sc = quant ? sc_c.data_ptr<float>() : nullptr;
   auto xt_c = xt.contiguous();
   const int64_t n = xt_c.size(1);
-  auto yt = new_output(xt_c, rows, transpose_out);
+  auto yt = new_output(xt_c, rows, transpose_out, op);
+  if (n == 0) hf_sparse_cpu::check_index_range(col_c, bcols, op, "col");  // no block loop reads them
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
     const int32_t* cr = crow_c.data_ptr<int32_t>();
@@ -156,7 +165,7 @@ at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Ten
         });
       });
     };
-    if (sc != nullptr)
+    if (quant)
       run(val_c.data_ptr<int8_t>());
     else
       run(val_c.data_ptr<scalar_t>());
@@ -263,8 +272,11 @@ inline void nm_row(const VT* val, const int8_t* idx, int64_t q0, int64_t q1, int
 // The N:M product for float values (scales undefined) or int8 values with per-row float32 scales.
 at::Tensor nm_impl(const at::Tensor& values, const at::Tensor& indices, const at::Tensor* scales, int64_t nn,
                    int64_t mm, int64_t cols, const at::Tensor& xt, bool transpose_out, const char* op) {
+  hf_sparse_cpu::check_cpu(op, {{"values", &values}, {"indices", &indices}});
+  if (scales != nullptr) hf_sparse_cpu::check_cpu(op, {{"scales", scales}});
   TORCH_CHECK_VALUE(nn > 0 && nn <= mm && mm <= 127, "hf_sparse::", op, ": need 0 < n <= m <= 127, got n=", nn,
                     ", m=", mm);
+  hf_sparse_cpu::check_size(cols, op, "cols");
   TORCH_CHECK_VALUE(cols % mm == 0, "hf_sparse::", op, ": cols=", cols, " is not divisible by m=", mm);
   TORCH_CHECK_VALUE(values.dim() == 2 && indices.dim() == 2 && values.sizes() == indices.sizes() &&
                         values.size(1) == cols / mm * nn,
@@ -283,15 +295,18 @@ at::Tensor nm_impl(const at::Tensor& values, const at::Tensor& indices, const at
                       "hf_sparse::", op, ": scales must be float32 with one entry per row (", rows, "), got ",
                       scales->scalar_type(), " ", scales->sizes());
   } else {
-    TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::", op, ": values and xt dtypes differ");
+    TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::", op, ": values (", values.scalar_type(),
+                      ") and xt (", xt.scalar_type(), ") dtypes differ");
   }
   auto val_c = values.contiguous();
   auto idx_c = indices.contiguous();
-  auto sc_c = scales != nullptr ? scales->contiguous() : at::Tensor();
-  const float* sc = scales != nullptr ? sc_c.data_ptr<float>() : nullptr;
+  const bool quant = scales != nullptr;  // not `sc`: an empty scales tensor has a null data pointer
+  auto sc_c = quant ? scales->contiguous() : at::Tensor();
+  const float* sc = quant ? sc_c.data_ptr<float>() : nullptr;
   auto xt_c = xt.contiguous();
   const int64_t width = val_c.size(1), n = xt_c.size(1);
-  auto yt = new_output(xt_c, rows, transpose_out);
+  auto yt = new_output(xt_c, rows, transpose_out, op);
+  if (n == 0) hf_sparse_cpu::check_index_range(idx_c, mm, op, "indices");  // no row loop reads them
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
     const int8_t* idx = idx_c.data_ptr<int8_t>();
@@ -315,7 +330,7 @@ at::Tensor nm_impl(const at::Tensor& values, const at::Tensor& indices, const at
         });
       });
     };
-    if (sc != nullptr)
+    if (quant)
       run(val_c.data_ptr<int8_t>());
     else
       run(val_c.data_ptr<scalar_t>());

@@ -122,14 +122,19 @@ void parallel_rows_by_nnz(const int32_t* crow, int64_t rows, F&& f) {
   });
 }
 
-void check_csr_args(const at::Tensor& crow, const at::Tensor& col, int64_t rows, int64_t cols, const char* op) {
-  TORCH_CHECK_VALUE(rows >= 0 && cols >= 0, "hf_sparse::", op, ": negative shape (", rows, ", ", cols, ")");
-  TORCH_CHECK_VALUE(crow.device().is_cpu() && col.device().is_cpu(), "hf_sparse::", op, ": CPU tensors expected");
+// The CSR structure: shape, pointer array (length, start, end, monotone: O(rows)). Column indices are checked where
+// they are used. `values` is checked here for device only; each op checks its dtype and length.
+void check_csr_args(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
+                    int64_t cols, const char* op) {
+  hf_sparse_cpu::check_size(rows, op, "rows");
+  hf_sparse_cpu::check_size(cols, op, "cols");
+  hf_sparse_cpu::check_cpu(op, {{"crow", &crow}, {"col", &col}, {"values", &values}});
   TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && crow.dim() == 1 && crow.numel() == rows + 1, "hf_sparse::",
-                    op, ": crow must be int32 of length rows+1=", rows + 1);
+                    op, ": crow must be 1-D int32 of length rows+1=", rows + 1, ", got ", crow.scalar_type(), " ",
+                    crow.sizes());
   TORCH_CHECK_VALUE(col.scalar_type() == at::kShort || col.scalar_type() == at::kInt, "hf_sparse::", op,
                     ": col must be int16 or int32, got ", col.scalar_type());
-  TORCH_CHECK_VALUE(col.dim() == 1, "hf_sparse::", op, ": col must be 1-D");
+  TORCH_CHECK_VALUE(col.dim() == 1, "hf_sparse::", op, ": col must be 1-D, got ", col.sizes());
   hf_sparse_cpu::check_pointers(crow.contiguous().data_ptr<int32_t>(), rows, col.numel(), op, "crow");
 }
 
@@ -143,7 +148,7 @@ void raise_if_bad(const BadIndex& bad, const at::Tensor& col, int64_t cols, cons
 
 at::Tensor spmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
                         int64_t cols, const at::Tensor& xt, bool transpose_out) {
-  check_csr_args(crow, col, rows, cols, "spmm_csr");
+  check_csr_args(crow, col, values, rows, cols, "spmm_csr");
   hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_csr", "xt");
   TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col.numel(), "hf_sparse::spmm_csr: values must be 1-D "
                     "with one entry per column index (", col.numel(), "), got ", values.sizes());
@@ -154,7 +159,8 @@ at::Tensor spmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   auto val_c = values.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t n = xt_c.size(1);
-  auto yt = new_output(xt_c, rows, transpose_out);
+  auto yt = new_output(xt_c, rows, transpose_out, "spmm_csr");
+  if (n == 0) hf_sparse_cpu::check_index_range(col_c, cols, "spmm_csr", "col");  // no row loop reads them
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_csr", [&] {
     const int32_t* cr = crow_c.data_ptr<int32_t>();
@@ -215,16 +221,18 @@ inline void csr_t_chunk(const int32_t* crow, const I* col, const T* val, int64_t
 
 at::Tensor spmm_csr_t_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
                           int64_t cols, const at::Tensor& yt) {
-  check_csr_args(crow, col, rows, cols, "spmm_csr_t");
+  check_csr_args(crow, col, values, rows, cols, "spmm_csr_t");
   hf_sparse_cpu::check_dense_rhs(yt, rows, "spmm_csr_t", "yt");
   TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col.numel() && values.scalar_type() == yt.scalar_type(),
-                    "hf_sparse::spmm_csr_t: values must be 1-D, one per column index, with yt's dtype");
+                    "hf_sparse::spmm_csr_t: values must be 1-D, one per column index (", col.numel(),
+                    "), with yt's dtype (", yt.scalar_type(), "), got ", values.scalar_type(), " ", values.sizes());
   auto crow_c = crow.contiguous();
   auto col_c = col.contiguous();
   auto val_c = values.contiguous();
   auto yt_c = yt.contiguous();
   const int64_t n = yt_c.size(1);
-  auto xt = at::zeros({cols, n}, yt_c.options());
+  if (n == 0) hf_sparse_cpu::check_index_range(col_c, cols, "spmm_csr_t", "col");  // no strip reads them
+  auto xt = hf_sparse_cpu::allocate("spmm_csr_t", "(cols, N) output", [&] { return at::zeros({cols, n}, yt_c.options()); });
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(yt_c.scalar_type(), "spmm_csr_t", [&] {
     using Vc = Vec<scalar_t>;
@@ -304,7 +312,7 @@ inline void dot4(const T* a, const T* const* b, int64_t n, T* out) {
 
 at::Tensor sddmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t rows, int64_t cols,
                          const at::Tensor& yt, const at::Tensor& xt) {
-  check_csr_args(crow, col, rows, cols, "sddmm_csr");
+  check_csr_args(crow, col, at::Tensor(), rows, cols, "sddmm_csr");
   hf_sparse_cpu::check_dense_rhs(yt, rows, "sddmm_csr", "yt");
   hf_sparse_cpu::check_dense_rhs(xt, cols, "sddmm_csr", "xt");
   TORCH_CHECK_VALUE(yt.size(1) == xt.size(1) && yt.scalar_type() == xt.scalar_type(),
@@ -315,7 +323,7 @@ at::Tensor sddmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t 
   auto yt_c = yt.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t n = yt_c.size(1);
-  auto out = at::empty({col_c.numel()}, yt_c.options());
+  auto out = hf_sparse_cpu::allocate("sddmm_csr", "(nnz,) output", [&] { return at::empty({col_c.numel()}, yt_c.options()); });
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES(yt_c.scalar_type(), "sddmm_csr", [&] {
     const int32_t* cr = crow_c.data_ptr<int32_t>();
@@ -483,7 +491,13 @@ at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const 
   auto val_c = values.contiguous();
   auto x_c = x.contiguous();
   const int64_t n = x_c.size(0);
-  auto y = at::empty({n, rows}, x_c.options());
+  at::Tensor y = hf_sparse_cpu::allocate(op, "(N, rows) output", [&] { return at::empty({n, rows}, x_c.options()); });
+  // Nothing to compute (and no packing buffer, whose size would follow `cols`, which an empty x does not bound); the
+  // column indices are still checked.
+  if (n == 0 || rows == 0) {
+    hf_sparse_cpu::check_index_range(col_c, cols, op, "col");
+    return y;
+  }
   BadIndex bad;
   const int32_t* cr = crow_c.data_ptr<int32_t>();
   const VT* val = val_c.data_ptr<VT>();
@@ -549,7 +563,7 @@ at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const 
 at::Tensor spmm_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                          const at::Tensor& scales, int64_t rows, int64_t cols, const at::Tensor& xt,
                          bool transpose_out) {
-  check_csr_args(crow, col, rows, cols, "spmm_qcsr");
+  check_csr_args(crow, col, values, rows, cols, "spmm_qcsr");
   hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_qcsr", "xt");
   TORCH_CHECK_VALUE(xt.scalar_type() == at::kFloat, "hf_sparse::spmm_qcsr: xt must be float32, got ",
                     xt.scalar_type());
@@ -562,10 +576,12 @@ at::Tensor spmm_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at
   auto crow_c = crow.contiguous();
   auto col_c = col.contiguous();
   auto val_c = values.contiguous();
+  hf_sparse_cpu::check_cpu("spmm_qcsr", {{"scales", &scales}});
   auto sc_c = scales.contiguous();
   auto xt_c = xt.contiguous();
   const int64_t n = xt_c.size(1);
-  auto yt = new_output(xt_c, rows, transpose_out);
+  auto yt = new_output(xt_c, rows, transpose_out, "spmm_qcsr");
+  if (n == 0) hf_sparse_cpu::check_index_range(col_c, cols, "spmm_qcsr", "col");  // no row loop reads them
   BadIndex bad;
   const int32_t* cr = crow_c.data_ptr<int32_t>();
   const int8_t* val = val_c.data_ptr<int8_t>();
@@ -597,13 +613,14 @@ at::Tensor spmm_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at
 }
 
 void check_linear_x(const at::Tensor& x, int64_t cols, const char* op) {
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "hf_sparse::", op, ": x must be a CPU tensor, got one on ", x.device());
   TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == cols && x.scalar_type() == at::kFloat, "hf_sparse::", op,
                     ": x must be float32 (N, ", cols, "), got ", x.scalar_type(), " ", x.sizes());
 }
 
 at::Tensor linear_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
                           int64_t cols, const at::Tensor& x) {
-  check_csr_args(crow, col, rows, cols, "linear_csr");
+  check_csr_args(crow, col, values, rows, cols, "linear_csr");
   check_linear_x(x, cols, "linear_csr");
   TORCH_CHECK_VALUE(values.scalar_type() == at::kFloat && values.dim() == 1 && values.numel() == col.numel(),
                     "hf_sparse::linear_csr: values must be float32, 1-D, one per column index (", col.numel(),
@@ -613,7 +630,7 @@ at::Tensor linear_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const a
 
 at::Tensor linear_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                            const at::Tensor& scales, int64_t rows, int64_t cols, const at::Tensor& x) {
-  check_csr_args(crow, col, rows, cols, "linear_qcsr");
+  check_csr_args(crow, col, values, rows, cols, "linear_qcsr");
   check_linear_x(x, cols, "linear_qcsr");
   TORCH_CHECK_VALUE(values.scalar_type() == at::kChar && values.dim() == 1 && values.numel() == col.numel(),
                     "hf_sparse::linear_qcsr: values must be int8, 1-D, one per column index (", col.numel(),
@@ -621,6 +638,7 @@ at::Tensor linear_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const 
   TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.dim() == 1 && scales.numel() == rows,
                     "hf_sparse::linear_qcsr: scales must be float32 with one entry per row (", rows, "), got ",
                     scales.scalar_type(), " ", scales.sizes());
+  hf_sparse_cpu::check_cpu("linear_qcsr", {{"scales", &scales}});
   auto sc = scales.contiguous();
   return linear_csr_impl<int8_t>(crow, col, values, sc.data_ptr<float>(), rows, cols, x, "linear_qcsr");
 }
