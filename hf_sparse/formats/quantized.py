@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import FormatError
+from ..errors import FormatError, quote
 from ..quantization.schemes import dequantize, grouped, pack_codes, qparams_from_range, qrange, quantize, unpack_codes
 from .base import (
     SparseFormat,
@@ -94,7 +94,7 @@ class _InputQuant:
 
     def _validate_input(self) -> None:
         if self.activation not in (None, "dynamic", "static"):
-            raise FormatError(f"{self.name}: activation must be 'dynamic' or 'static', got {self.activation!r}.")
+            raise FormatError(f"{self.name}: activation must be 'dynamic' or 'static', got {quote(self.activation)}.")
         if self.activation != "static":
             if self.input_scale is not None or self.input_zero_point is not None:
                 raise FormatError(
@@ -169,13 +169,19 @@ class QDense(_InputQuant, SparseFormat):
     # -- layout ---------------------------------------------------------------------------------------------------
     @staticmethod
     def _check_layout(shape, bits, granularity, group_size) -> None:
-        if bits not in (2, 4, 8):
-            raise FormatError(f"qdense: bits must be 2, 4 or 8, got {bits!r}.")
+        # bool is an int to Python; a checkpoint's `true` is no bit width or group size.
+        if isinstance(bits, bool) or bits not in (2, 4, 8):
+            raise FormatError(f"qdense: bits must be 2, 4 or 8, got {quote(bits)}.")
         if granularity not in ("tensor", "channel", "group"):
-            raise FormatError(f"qdense: granularity must be 'tensor', 'channel' or 'group', got {granularity!r}.")
+            raise FormatError(f"qdense: granularity must be 'tensor', 'channel' or 'group', got {quote(granularity)}.")
         rows, cols = shape
-        if granularity == "group" and (not isinstance(group_size, int) or group_size < 1 or cols % group_size):
-            raise FormatError(f"qdense: group_size {group_size!r} must be a positive divisor of the {cols} columns.")
+        if granularity == "group" and (
+            not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1 or cols % group_size
+        ):
+            raise FormatError(
+                f"qdense: group_size {quote(group_size)} must be a positive divisor of the {cols} columns (any width "
+                "that divides the row, odd ones included)."
+            )
         if bits < 8 and cols % (8 // bits):
             raise FormatError(f"qdense: {bits}-bit codes pack {8 // bits} per byte; {cols} columns do not divide.")
 
