@@ -149,7 +149,7 @@ def _bad_inputs():
         ("sddmm_csr", (csr.crow_indices, col_hi, 8, 16, yt, xt), "out of range"),
         ("sddmm_csr", (csr.crow_indices, csr.col_indices, 8, 16, yt, torch.randn(16, 4)), "same N"),
         ("spmm_bsr", (bsr.crow_indices, bcol, bsr.values, 8, 16, xt), "out of range"),
-        ("spmm_bsr", (bsr.crow_indices, bsr.col_indices, bsr.values, 8, 18, torch.randn(18, 3)), "divisible"),
+        ("spmm_bsr", (bsr.crow_indices, bsr.col_indices, bsr.values, 8, 18, torch.randn(18, 3)), "multiples"),
         ("spmm_nm", (nm.values, nidx, 2, 4, 16, xt), "out of range"),
         ("spmm_nm", (nm.values, nm.indices, 2, 4, 12, torch.randn(12, 3)), "must both be"),
         ("spmm_nm", (nm.values, nm.indices.to(torch.int16), 2, 4, 16, xt), "int8"),
