@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import FormatError
+from ..errors import FormatError, quote
 from ..registry import Registry
 
 __all__ = ["SparseFormat", "FORMATS", "index_dtype", "register_format"]
@@ -128,8 +128,13 @@ def check_weight(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
 
 
 def check_shape(shape: Any) -> tuple[int, int]:
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 2 and all(isinstance(d, int) and d > 0 for d in shape)):
-        raise FormatError(f"shape must be two positive integers, got {shape!r}.")
+    # bool is an int to Python, but `true` in a checkpoint's shape is corruption, not the dimension 1.
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise FormatError(f"shape must be two positive integers, got {quote(shape)}.")
     return (int(shape[0]), int(shape[1]))
 
 
