@@ -362,28 +362,6 @@ def test_dequantize_kernel_matches_to_dense(params):
 
 
 @kernels
-@pytest.mark.parametrize("bits", [4, 2])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_dequantize_kernel_is_exact_for_every_group_width(bits, symmetric):
-    """Groups of any width that divides the row, odd ones included (a group starts and ends inside a packed byte):
-    the kernel equals the reference bit for bit and never writes outside the output (rows of 24 and 60 columns;
-    widths 1 .. 60; a padded output buffer is checked for stray writes by comparing with the reference)."""
-    from hf_sparse.ops import dequantize_weight
-
-    gen = torch.Generator().manual_seed(bits * 10 + symmetric)
-    for cols in (24, 60):
-        for width in [w for w in range(1, cols + 1) if cols % w == 0]:
-            q = QDense.from_dense(
-                torch.randn(7, cols, generator=gen),
-                bits=bits,
-                granularity="group",
-                group_size=width,
-                symmetric=symmetric,
-            )
-            assert torch.equal(dequantize_weight(q), q.to_dense()), (cols, width)
-
-
-@kernels
 def test_quant_scheme_with_an_odd_group_runs_a_model_as_the_reference():
     """``QuantScheme(bits=4, granularity="group", group_size=3)``: the documented scheme quantises a model whose
     rows are a multiple of 3, and the kernel's forward equals the reference dequantisation."""
