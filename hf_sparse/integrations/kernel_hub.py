@@ -209,20 +209,15 @@ ops = getattr(torch.ops, NAMESPACE)
 from . import _autograd, _fake  # noqa: E402, F401  (they register on the ops loaded above)
 '''
 
-_ERRORS = '''"""The error type the package's copy of hf_sparse's pattern modules raises."""
-
-
-class ConfigError(ValueError):
-    """An invalid pattern or layout argument; the message names it."""
-'''
-
 
 def _write_variant(folder: Path, backend: str, version: int, namespace: str, library: Path) -> None:
     from ..ops import _loader
 
     hf = Path(__file__).resolve().parent.parent  # the hf_sparse package
     shutil.copyfile(data_dir("kernels") / "hub" / "__init__.py", folder / "__init__.py")
-    atomic_write_text(folder / "errors.py", _ERRORS)
+    # hf_sparse's errors module is standard-library only: the copied pattern modules raise its ConfigError and quote
+    # values with its bounded repr.
+    shutil.copyfile(hf / "errors.py", folder / "errors.py")
     (folder / "attention").mkdir()
     atomic_write_text(folder / "attention" / "__init__.py", '"""hf_sparse\'s attention patterns and layouts."""\n')
     for name in ("patterns.py", "layout.py"):
