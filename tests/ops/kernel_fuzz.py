@@ -1022,7 +1022,7 @@ def worker(library: str | None, calls_per_op: int, seed: int, head_multiple: int
     start = time.perf_counter()
     result = run_calls(calls_per_op, seed, head_multiple, Path(progress))
     result["seconds"] = time.perf_counter() - start
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     Path(out).write_text(json.dumps(result))
 
 
@@ -1038,6 +1038,16 @@ def head_multiple() -> int:
     from hf_sparse.ops import _loader
 
     return 16 if "-mavx2" in _loader.cpu_flags() else 2
+
+
+def peak_rss_mb() -> float:
+    """This process's own resident-memory high-water mark. Not getrusage's ru_maxrss: Linux carries the parent's mark
+    across fork and exec, so a worker started by a large test process would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_worker(folder: Path, *, calls_per_op: int, seed: int, sanitized: bool, timeout: float) -> dict:
