@@ -1,5 +1,4 @@
-"""Sparse storage formats: CSR, CSC, COO, BSR, bitmask, N:M and hybrid (and low rank, quantised codes), and the
-automatic choice among them.
+"""Sparse storage formats: CSR, CSC, COO, BSR, bitmask, N:M and hybrid (and low rank, quantised codes).
 
 Each builds from a dense weight (and an optional keep-mask), converts back exactly, validates its tensors with typed
 errors (:class:`~hf_sparse.errors.FormatError`), reports its exact ``nbytes`` and round-trips through a dict of plain
@@ -13,7 +12,6 @@ import torch
 from .base import FORMATS, SparseFormat, index_dtype
 from .bitmask import Bitmask
 from .bsr import BSR
-from .choose import CostModel, FormatChoice, calibrate, choose_format, cost_model
 from .coo import COO
 from .csr import CSC, CSR
 from .embedding import QR, TT, Hashed, Hot, RowMap, float_tensor_names, lookup_rows
@@ -50,11 +48,6 @@ __all__ = [
     "lookup_rows",
     "to_format",
     "from_tensors",
-    "choose_format",
-    "FormatChoice",
-    "CostModel",
-    "cost_model",
-    "calibrate",
 ]
 
 

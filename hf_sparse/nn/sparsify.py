@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, FormatError
-from ..formats import FORMATS, FormatChoice, choose_format
+from ..formats import FORMATS
+from ..ops.choose import FormatChoice, choose_format
 from ..pruning.apply import match_embeddings, match_linears
 from ..pruning.config import DEFAULT_EXCLUDE
 from .replace import replace_module
@@ -52,7 +53,7 @@ def sparsify_(
 ) -> dict[str, LayerDecision]:
     """Replace pruned ``nn.Linear`` layers of ``model``, in place, by :class:`SparseLinear` layers.
 
-    With ``format="auto"`` each layer gets the format :func:`~hf_sparse.formats.choose_format` predicts fastest for
+    With ``format="auto"`` each layer gets the format :func:`~hf_sparse.ops.choose_format` predicts fastest for
     ``batch_hint`` tokens per call on this machine, and stays dense when no format is predicted at least
     ``1 / margin`` times faster. A named ``format`` (``"csr"``, ``"bsr"``, ``"nm"``, ``"hybrid"``, ...) is used for
     every selected layer, with ``format_params`` (e.g. ``block=(16, 16)``).

@@ -1,9 +1,11 @@
-"""hf_sparse:: ops: typed wrappers, fake impls, autograd formulas, pure-PyTorch references and the lazy loader."""
+"""hf_sparse:: ops: typed wrappers, fake impls, autograd formulas, pure-PyTorch references, the lazy loader, and the
+cost model that picks a storage format per layer from kernel timings on this machine."""
 
 from ._loader import cuda_status as cuda_kernel_status
 from ._loader import load as load_kernels
 from ._loader import load_cuda as load_cuda_kernels
 from ._loader import status as kernel_status
+from .choose import CostModel, FormatChoice, calibrate, choose_format, cost_model
 from .embedding import (
     explain_qrow,
     qrow_embedding_bag,
@@ -40,4 +42,9 @@ __all__ = [
     "qrow_embedding_bag",
     "qrow_embedding_bag_reference",
     "explain_qrow",
+    "choose_format",
+    "FormatChoice",
+    "CostModel",
+    "cost_model",
+    "calibrate",
 ]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_sparse.errors import FormatError
-from hf_sparse.formats import CostModel, calibrate, choose_format, cost_model
+from hf_sparse.ops import CostModel, calibrate, choose_format, cost_model
 
 NS = (1, 16, 128)
 
@@ -85,7 +85,7 @@ def test_calibration_is_measured_cached_and_reused(tmp_path, monkeypatch):
     assert len(files) == 1
     assert CostModel.from_json(files[0].read_text()) == model
 
-    import hf_sparse.formats.choose as choose
+    import hf_sparse.ops.choose as choose
 
     monkeypatch.setattr(choose, "_MODELS", {})
     monkeypatch.setattr(choose, "calibrate", lambda: pytest.fail("the cached model should have been used"))

@@ -21,7 +21,11 @@ from typing import Any
 import torch
 
 from ..errors import FormatError
-from .base import SparseFormat, check_weight
+from ..formats import SparseFormat, to_format
+from ..formats.base import check_weight
+from ..machine import _cpu_model
+from . import _loader
+from .spmm import spmm
 
 __all__ = ["CostModel", "FormatChoice", "choose_format", "calibrate", "cost_model"]
 
@@ -87,8 +91,6 @@ def _median_time(fn, repeat: int = 7) -> float:
 
 def _calibration_weights(fmt: str, gen: torch.Generator) -> list[tuple[Any, float]]:
     """Two (weight, stored entries) points of different size per format, so overhead and slope separate."""
-    from . import to_format
-
     rows, cols = 1536, 384
     out = []
     for density in (0.3, 0.06):
@@ -116,9 +118,6 @@ def _calibration_weights(fmt: str, gen: torch.Generator) -> list[tuple[Any, floa
 
 
 def _cache_key() -> tuple[str, str]:
-    from ..machine import _cpu_model
-    from ..ops import _loader
-
     backend = "cpu-kernels" if _loader.load() else "reference"
     build = _loader.build_dir().name if backend == "cpu-kernels" else "none"
     raw = f"{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}|{build}|{_SCHEMA}"
@@ -127,8 +126,6 @@ def _cache_key() -> tuple[str, str]:
 
 def calibrate(seed: int = 0) -> CostModel:
     """Measure the cost model on this machine now (about a second with the kernels built)."""
-    from ..ops import spmm
-
     key, backend = _cache_key()
     gen = torch.Generator().manual_seed(seed)
     model = CostModel(key=key, backend=backend, threads=torch.get_num_threads())
@@ -194,8 +191,6 @@ class FormatChoice:
 
     def build(self, weight: torch.Tensor, mask: torch.Tensor | None = None) -> SparseFormat:
         """Store ``weight`` in the chosen format (raises for ``"dense"``)."""
-        from . import to_format
-
         if not self.is_sparse:
             raise FormatError("choose_format kept this weight dense; there is no sparse format to build.")
         return to_format(self.format, weight, mask, **self.params)
