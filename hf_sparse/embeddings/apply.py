@@ -269,9 +269,9 @@ def compress_embeddings_(
 
 
 def _qat_table(name: str, table: nn.Embedding, spec: TableCompression) -> nn.Module:
+    from ..formats.schemes import QuantScheme
     from ..nn.qat import QATEmbedding
     from ..quantization.config import QuantizationConfig
-    from ..quantization.schemes import QuantScheme
 
     scheme = QuantScheme(bits=spec.bits, granularity="channel", symmetric=False)
     module = QATEmbedding(table, scheme)

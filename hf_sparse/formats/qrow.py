@@ -1,7 +1,7 @@
 """Row-wise quantised embedding tables (``qrow``): FBGEMM's row-wise layout, for lookups rather than matmuls.
 
 Row ``r`` of a ``(rows, cols)`` table is stored as unsigned codes ``c`` in ``[0, 2^bits - 1]`` (``bits`` 8, 4 or 2;
-4- and 2-bit codes packed into uint8, low bits first, as :func:`~hf_sparse.quantization.schemes.pack_codes` does)
+4- and 2-bit codes packed into uint8, low bits first, as :func:`~hf_sparse.formats.schemes.pack_codes` does)
 with one float16 ``scale`` and one float16 ``bias`` per row::
 
     W[r, j] = c[r, j] * scale[r] + bias[r]
@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import FormatError
-from ..quantization.schemes import pack_codes
 from .base import SparseFormat, check_shape, check_tensor, check_weight, register_format
+from .schemes import pack_codes
 
 __all__ = ["QRow"]
 

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import FormatError, quote
-from ..quantization.schemes import dequantize, grouped, pack_codes, qparams_from_range, qrange, quantize, unpack_codes
 from .base import (
     SparseFormat,
     check_indices,
@@ -33,6 +32,7 @@ from .base import (
 )
 from .bsr import BSR
 from .nm import NM
+from .schemes import dequantize, grouped, pack_codes, qparams_from_range, qrange, quantize, unpack_codes
 
 __all__ = ["QDense", "QCSR", "QBSR", "QNM", "quantized_formats"]
 

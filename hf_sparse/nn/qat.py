@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..quantization.observers import Observer
-from ..quantization.schemes import (
+from ..formats.schemes import (
     QuantScheme,
     fake_quantize,
     grouped,
@@ -22,6 +21,7 @@ from ..quantization.schemes import (
     qparams_from_range,
     qrange,
 )
+from .observers import Observer
 
 __all__ = ["FakeQuantizer", "QATLinear", "QATEmbedding"]
 

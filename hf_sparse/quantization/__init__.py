@@ -13,9 +13,11 @@ Typical use::
     quantize_(model, QuantizationConfig(activation="static"), calibration_batches)   # PTQ
 """
 
+from ..formats.schemes import QuantScheme, dequantize, fake_quantize, qparams_from_range, qrange, quantize
+from ..nn.observers import Observer
+from .apply import calibrate_, convert_, prepare_qat_, quantization_report, quantize_, set_weight_bits
 from .config import DEFAULT_ACTIVATION, QuantizationConfig
-from .observers import Observer
-from .schemes import QuantScheme, dequantize, fake_quantize, qparams_from_range, qrange, quantize
+from .sensitivity import choose_bits
 
 __all__ = [
     "QuantizationConfig",
@@ -35,24 +37,3 @@ __all__ = [
     "choose_bits",
     "quantization_report",
 ]
-
-_LAZY = {
-    "prepare_qat_": "apply",
-    "convert_": "apply",
-    "quantize_": "apply",
-    "calibrate_": "apply",
-    "set_weight_bits": "apply",
-    "quantization_report": "apply",
-    "choose_bits": "sensitivity",
-}
-
-
-def __getattr__(name: str):
-    # The model transforms import the nn modules, which import the formats, which import this package's maths:
-    # loading them on first use keeps that chain free of import cycles.
-    if name in _LAZY:
-        import importlib
-
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

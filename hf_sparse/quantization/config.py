@@ -8,7 +8,7 @@ from typing import Literal
 
 from ..config import BaseConfig, register_config
 from ..errors import ConfigError
-from .schemes import QuantScheme
+from ..formats.schemes import QuantScheme
 
 __all__ = ["QuantizationConfig", "DEFAULT_ACTIVATION"]
 

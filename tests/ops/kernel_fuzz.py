@@ -246,7 +246,7 @@ def ref_linear_qcsr(crow, col, values, scales, rows, cols, x):
 
 
 def ref_dequantize(values, scales, zero_points, bits, rows, cols):
-    from hf_sparse.quantization.schemes import unpack_codes
+    from hf_sparse.formats.schemes import unpack_codes
 
     need(bits in (8, 4, 2), "bits")
     size_arg(rows, "rows")

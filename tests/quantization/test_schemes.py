@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hf_sparse.errors import ConfigError, FormatError
+from hf_sparse.formats.schemes import fake_quantize, grouped, pack_codes, quantize, unpack_codes
 from hf_sparse.nn.qat import FakeQuantizer
 from hf_sparse.quantization import Observer, QuantizationConfig, QuantScheme, qparams_from_range, qrange
-from hf_sparse.quantization.schemes import fake_quantize, grouped, pack_codes, quantize, unpack_codes
 
 
 def test_ranges():

@@ -1,6 +1,6 @@
 """Observers: what range of values a quantiser has to cover.
 
-An observer sees grouped tensors (``(groups, members)``, see :func:`~hf_sparse.quantization.schemes.grouped`) and
+An observer sees grouped tensors (``(groups, members)``, see :func:`~hf_sparse.formats.schemes.grouped`) and
 keeps a low and a high value per group as buffers (so they are saved with the model and survive a resumed run).
 
 - ``minmax``: the exact range; across calls, the running minimum and maximum (for static activation ranges
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .schemes import QuantScheme, qparams_from_range
+from ..formats.schemes import QuantScheme, qparams_from_range
 
 __all__ = ["Observer", "batch_range"]
 
