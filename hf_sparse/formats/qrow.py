@@ -24,13 +24,14 @@ and measured slower, not faster (numbers in ``kernels/csrc/cpu/embedding.cpp``).
 
 :meth:`QRow.lookup` and :meth:`QRow.embedding_bag` dequantise only the rows they return, in one pass, with our C++
 kernels (``hf_sparse::qrow_lookup`` / ``qrow_embedding_bag``) where they are built, and the pure-PyTorch reference
-otherwise (see :mod:`hf_sparse.ops.embedding`). :meth:`QRow.scales` and :meth:`QRow.biases` read the float16 numbers
-back out of the rows (copies, for tests and tooling).
+otherwise (see :mod:`hf_sparse.ops.embedding`, which registers them here with :func:`register_row_ops`: storage
+never imports compute). :meth:`QRow.scales` and :meth:`QRow.biases` read the float16 numbers back out of the rows
+(copies, for tests and tooling).
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +40,7 @@ from ..errors import FormatError
 from .base import SparseFormat, check_shape, check_tensor, check_weight, register_format
 from .schemes import pack_codes
 
-__all__ = ["QRow"]
+__all__ = ["QRow", "register_row_ops"]
 
 _BITS = (8, 4, 2)
 _FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -80,13 +81,22 @@ def _fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:
     return (bits - ((bits >> 15) << 16)).to(torch.int16).view(torch.float16)  # 0..65535 -> the same int16 bits
 
 
-@functools.cache
-def _embedding_ops():
-    """:mod:`hf_sparse.ops.embedding`, imported on first use (it imports the formats) and then held: a lookup of a
-    few rows takes microseconds, an import statement per call about two more."""
-    from ..ops import embedding
+#: The functions :meth:`QRow.lookup` and :meth:`QRow.embedding_bag` call, by name: registered by
+#: :mod:`hf_sparse.ops.embedding` when it is imported (``import hf_sparse`` imports it).
+_ROW_OPS: dict[str, Callable[..., torch.Tensor]] = {}
 
-    return embedding
+
+def register_row_ops(lookup: Callable[..., torch.Tensor], embedding_bag: Callable[..., torch.Tensor]) -> None:
+    """Set what :meth:`QRow.lookup` (``lookup(table, ids)``) and :meth:`QRow.embedding_bag` (``embedding_bag(table,
+    ids, offsets, *, mode, per_sample_weights, include_last_offset)``) run: the compute layer's dispatchers."""
+    _ROW_OPS["lookup"], _ROW_OPS["embedding_bag"] = lookup, embedding_bag
+
+
+def _row_op(name: str) -> Callable[..., torch.Tensor]:
+    op = _ROW_OPS.get(name)
+    if op is None:
+        raise FormatError(f"qrow: no {name} is registered; import hf_sparse.ops (import hf_sparse does).")
+    return op
 
 
 def unpack_unsigned(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
@@ -251,7 +261,7 @@ class QRow(SparseFormat):
         Raises:
             IndexError: an id is out of range.
         """
-        return _embedding_ops().qrow_lookup(self, ids)
+        return _row_op("lookup")(self, ids)
 
     def embedding_bag(
         self,
@@ -270,7 +280,7 @@ class QRow(SparseFormat):
             or (bags, bag_size) without offsets. per_sample_weights: like ``ids`` (mode ``"sum"`` only).
             Returns: (bags, cols) float32.
         """
-        return _embedding_ops().qrow_embedding_bag(
+        return _row_op("embedding_bag")(
             self,
             ids,
             offsets,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import FormatError
-from ..formats.qrow import QRow, dequantize_rows
+from ..formats.qrow import QRow, dequantize_rows, register_row_ops
 from . import _loader
 
 __all__ = [
@@ -283,3 +283,6 @@ def qrow_embedding_bag(
             include_last_offset=include_last_offset,
         )
     return _ops.qrow_embedding_bag(table.values, table.bits, table.shape[1], flat, bounds, mode_id, weights, last)
+
+
+register_row_ops(qrow_lookup, qrow_embedding_bag)  # what QRow.lookup and QRow.embedding_bag run
