@@ -90,7 +90,7 @@ class LowRankCallback(TrainerCallback):
         self.report: dict[str, dict[str, Any]] | None = None
 
     def _layers(self, model) -> dict:
-        from ..pruning.apply import match_linears
+        from ..nn.matching import match_linears
 
         return match_linears(model, self.config.target_modules, self.config.exclude_modules, who="LowRankConfig")
 

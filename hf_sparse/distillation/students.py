@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from ..errors import ConfigError, quote
-from ..pruning.structured import _dropped_so_far, drop_layers_, find_encoder_layers
+from ..nn.structure import find_encoder_layers
+from ..pruning.structured import _dropped_so_far, drop_layers_
 
 __all__ = ["auto_layer_map", "freeze_teacher", "layer_map_for", "student_from_teacher", "teacher_snapshot"]
 

@@ -218,9 +218,9 @@ def compress_embeddings_(
     Raises:
         ConfigError: a key names no embedding, a table is tied to the output layer, or a budget is too small.
     """
-    from ..integrations import sparse_config_for
+    from ..nn.description import sparse_config_for
     from ..nn.lowrank_embedding import LowRankEmbedding
-    from ..pruning.apply import match_embeddings
+    from ..nn.matching import match_embeddings
 
     chosen: dict[str, tuple[nn.Embedding, TableCompression, Any]] = {}
     for key, spec in config.tables.items():
@@ -295,7 +295,7 @@ def finalize_embeddings_(model: nn.Module) -> dict[str, str]:
     out = convert_(model)
     config_obj = getattr(model, "config", None)
     if config_obj is not None and hasattr(config_obj, "to_dict"):
-        from ..integrations import sparse_config_for
+        from ..nn.description import sparse_config_for
 
         config_obj.quantization_config = sparse_config_for(model)
     return out

@@ -15,7 +15,7 @@ _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
 def _tensor_headers(folder: Path) -> dict[str, tuple[list[int], str]]:
     """Shape and dtype of every tensor in the folder's safetensors files, from their headers (nothing is loaded),
     each header checked and bounded as ``from_pretrained`` checks it."""
-    from .quantizer import read_safetensors_header
+    from .safetensors_header import read_safetensors_header
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -46,7 +46,7 @@ def inspect_checkpoint(path: str | Path) -> dict:
         raise FormatError(
             f"{quote(str(folder))}: config.json has no hf_sparse quantization_config (not a sparse checkpoint)."
         )
-    from .quantizer import HfSparseConfig
+    from ..nn.description import HfSparseConfig
 
     # The same checks as from_pretrained: a malformed description is a FormatError naming the key.
     HfSparseConfig(

@@ -49,7 +49,7 @@ from torch import nn
 from ..errors import ConfigError, FormatError, quote
 from ..formats import from_tensors
 from ..nn import SparseLinear, replace_module
-from .quantizer import sparse_config_for
+from ..nn.description import sparse_config_for
 
 try:  # the keyword arguments peft's forward hooks add for LoRA variants; none of them reaches a SparseLinear
     from peft.tuners.lora.layer import VARIANT_KWARG_KEYS as _VARIANT_KWARGS

@@ -50,9 +50,9 @@ def factorize_(model: nn.Module, config: LowRankConfig, *, progress: bool = True
     Raises:
         ConfigError: no Linear layer matches, or an explicit rank is out of range for a layer.
     """
-    from ..integrations import sparse_config_for
+    from ..nn.description import sparse_config_for
     from ..nn.lowrank_embedding import LowRankEmbedding
-    from ..pruning.apply import match_embeddings, match_linears
+    from ..nn.matching import match_embeddings, match_linears
 
     has_linear_rule = config.rank is not None or config.energy is not None or config.compression is not None
     layers = (

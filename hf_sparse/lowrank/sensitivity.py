@@ -26,7 +26,7 @@ __all__ = ["rank_sensitivity_scan", "allocate_ranks"]
 
 
 def _layers(model: nn.Module, config: LowRankConfig) -> dict[str, nn.Linear]:
-    from ..pruning.apply import match_linears
+    from ..nn.matching import match_linears
 
     return match_linears(model, config.target_modules, config.exclude_modules, who="LowRankConfig")
 

@@ -75,7 +75,7 @@ def build_structure_shells(
     """
     if not structure:
         return
-    from ..pruning.structured import shrink_to_structure
+    from .structure import shrink_to_structure
 
     changed = shrink_to_structure(model, structure, lambda message: FormatError(f"{message}. {_FIX}"))
     if headers is None:

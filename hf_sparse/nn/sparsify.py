@@ -12,8 +12,7 @@ from torch import nn
 from ..errors import ConfigError, FormatError
 from ..formats import FORMATS
 from ..ops.choose import FormatChoice, choose_format
-from ..pruning.apply import match_embeddings, match_linears
-from ..pruning.config import DEFAULT_EXCLUDE
+from .matching import DEFAULT_EXCLUDE, match_embeddings, match_linears
 from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
@@ -130,7 +129,7 @@ def sparsify_(
     config = getattr(model, "config", None)
     if converted and config is not None and hasattr(config, "to_dict"):
         # What save_pretrained writes to config.json, so that from_pretrained can rebuild the sparse modules.
-        from ..integrations import sparse_config_for
+        from .description import sparse_config_for  # imported here: it imports transformers
 
         config.quantization_config = sparse_config_for(model)
     logger.info("sparsify_: %d of %d selected layers stored sparse", converted, len(decisions))

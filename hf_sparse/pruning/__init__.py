@@ -1,6 +1,6 @@
 """Weight pruning: config, criteria, granularities, schedules and the model transform."""
 
-from .apply import Pruner, model_parameter_counts, prune_, select_modules, sparsity_report
+from .apply import Pruner, prune_, select_modules
 from .calibration import InputStats, collect_input_stats
 from .config import DEFAULT_EXCLUDE, PruningConfig
 from .criteria import (
@@ -37,6 +37,7 @@ from .schedules import (
     sparsity_at,
 )
 from .sensitivity import SensitivityScan, allocate_sparsity, sensitivity_scan
+from .stats import model_parameter_counts, sparsity_report
 from .structured import (
     StructuredPruningConfig,
     drop_layers_,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 
 import torch
@@ -11,72 +10,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, PruningStateError, quote
+from ..nn.matching import _matches, match_embeddings, match_linears  # noqa: F401  (_matches: re-exported)
 from ..registry import METHODS
 from .config import PruningConfig
 from .criteria import CRITERIA, Criterion
 from .granularity import STRUCTURED_GRANULARITIES, granular_masks
+from .oneshot import calibrated_prune_
+from .stats import model_parameter_counts, sparsity_report
 from .units import drop_scored_layers_, shrink_masked_units_, unit_masks, unit_modules
 
 __all__ = ["select_modules", "match_linears", "match_embeddings", "Pruner", "prune_"]
 
 logger = logging.getLogger(__name__)
-
-
-def _matches(name: str, pattern: str) -> bool:
-    """``pattern`` fully matches ``name``, or equals one of its dot-separated components."""
-    return pattern in name.split(".") or re.fullmatch(pattern, name) is not None
-
-
-def match_linears(
-    model: nn.Module, target_modules, exclude_modules, *, who: str = "PruningConfig"
-) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules of ``model`` matching one of ``target_modules`` (or all, when it is empty) and none
-    of ``exclude_modules``, by qualified name, in model order; exclusion takes precedence.
-
-    Raises:
-        ConfigError: when nothing is selected (the message, which starts with ``who``, lists the Linear layers).
-    """
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    chosen = {
-        n: m
-        for n, m in linears.items()
-        if (not target_modules or any(_matches(n, p) for p in target_modules))
-        and not any(_matches(n, p) for p in exclude_modules)
-    }
-    if not chosen:
-        sample = list(linears)[:8]
-        raise ConfigError(
-            f"{who} selects no nn.Linear module (target_modules={list(target_modules)}, "
-            f"exclude_modules={list(exclude_modules)}). The model's Linear layers include: {sample}."
-        )
-    return chosen
-
-
-def match_embeddings(model: nn.Module, patterns, *, who: str = "PruningConfig") -> dict[str, nn.Embedding]:
-    """The ``nn.Embedding`` modules of ``model`` named by ``patterns`` (components or full-name regexes).
-
-    Raises:
-        ConfigError: a pattern matches no embedding (a typo must not silently prune less), or an embedding is tied
-            to the model's output layer (pruning it would prune the LM head too, through the shared tensor).
-    """
-    embeddings = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
-    chosen: dict[str, nn.Embedding] = {}
-    for pattern in patterns:
-        found = {n: m for n, m in embeddings.items() if _matches(n, pattern)}
-        if not found:
-            raise ConfigError(
-                f"{who}.embeddings: {quote(pattern)} matches no nn.Embedding; the model's embeddings are "
-                f"{list(embeddings)}."
-            )
-        chosen.update(found)
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for name, module in chosen.items():
-        if output is not None and getattr(output, "weight", None) is module.weight:
-            raise ConfigError(
-                f"{who}.embeddings: {quote(name)} shares its weight with the output layer (tied embeddings); prune "
-                "untied models only, or leave it out."
-            )
-    return chosen
 
 
 def select_modules(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
@@ -279,8 +224,6 @@ class Pruner:
         self.apply_masks()
 
     def _prune_calibrated(self, sparsity: float) -> None:
-        from .oneshot import calibrated_prune_
-
         cfg = self.config
         if not self.calibration:
             raise ConfigError(
@@ -401,31 +344,6 @@ class Pruner:
         return sparsity_report(self.modules, target_sparsity=self.target_sparsity)
 
 
-def sparsity_report(modules: Mapping[str, nn.Module], target_sparsity: float | None = None) -> dict:
-    """Zeros and non-zeros of the ``weight`` of each module in ``modules``, measured, plus totals."""
-    layers = {}
-    zeros = total = 0
-    for name, m in modules.items():
-        w = m.weight.detach()
-        z = int((w == 0).sum())
-        layers[name] = {
-            "shape": list(w.shape),
-            "numel": w.numel(),
-            "nonzero": w.numel() - z,
-            # A Linear emptied by structured pruning (all heads or neurons removed) has no weights to be sparse.
-            "sparsity": z / w.numel() if w.numel() else 0.0,
-        }
-        zeros += z
-        total += w.numel()
-    return {
-        "target_sparsity": target_sparsity,
-        "sparsity": zeros / max(total, 1),
-        "pruned_params": zeros,
-        "prunable_params": total,
-        "layers": layers,
-    }
-
-
 def prune_(
     model: nn.Module,
     config: PruningConfig,
@@ -469,19 +387,6 @@ def prune_(
         report["shrunk"] = shrink_masked_units_(model)
     report.update(model_parameter_counts(model))
     return report
-
-
-def model_parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Total and non-zero parameter counts of a model (shared tensors counted once)."""
-    total = nonzero = 0
-    seen: set[int] = set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        nonzero += int((p.detach() != 0).sum())
-    return {"total_params": total, "nonzero_params": nonzero}
 
 
 METHODS.register(PruningConfig.config_type, prune_)

@@ -162,8 +162,8 @@ def collect_input_stats(
         model: The model; run in eval mode without gradients (its training flag is restored afterwards).
         batches: Dicts of model inputs (e.g. ``input_ids``, ``attention_mask``); tensors are moved to the model's
             device. Iterated once, so a generator works.
-        modules: Name -> ``nn.Linear`` whose inputs are measured (e.g. from :func:`~hf_sparse.pruning.apply.
-            match_linears`).
+        modules: Name -> ``nn.Linear`` whose inputs are measured (e.g. from
+            :func:`~hf_sparse.nn.matching.match_linears`).
         kind: ``"norms"`` for Wanda's squared column norms, ``"hessian"`` for SparseGPT's ``2 XᵀX``.
         progress: Show a tqdm progress bar over batches.
 

@@ -8,24 +8,11 @@ from typing import Literal
 
 from ..config import BaseConfig, check_seed, register_config
 from ..errors import ConfigError, quote
+from ..nn.matching import DEFAULT_EXCLUDE
 from .criteria import CRITERIA
 from .granularity import GRANULARITIES, STRUCTURED_GRANULARITIES
 
 __all__ = ["PruningConfig", "DEFAULT_EXCLUDE"]
-
-#: Module-name components that are never pruned by default: task heads, the pooler and embeddings. Matched against
-#: each dot-separated component of a module's qualified name (``bert.pooler.dense`` has the component ``pooler``).
-DEFAULT_EXCLUDE: tuple[str, ...] = (
-    "classifier",
-    "pre_classifier",
-    "pooler",
-    "lm_head",
-    "score",
-    "qa_outputs",
-    "cls",
-    "embeddings",
-    "embed_tokens",
-)
 
 
 @register_config("pruning")

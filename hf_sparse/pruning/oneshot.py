@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, quote
-from .apply import match_linears, model_parameter_counts, sparsity_report
+from ..nn.matching import match_linears
 from .calibration import InputStats, calibrate_sequentially, collect_input_stats
 from .config import DEFAULT_EXCLUDE
 from .granularity import granular_masks
+from .stats import model_parameter_counts, sparsity_report
 
 __all__ = [
     "wanda_scores",
@@ -365,14 +366,14 @@ def wanda_prune_(
             left out of the statistics when a batch has ``attention_mask``.
         sparsity: Fraction of each row's weights to zero, in [0, 1). None allowed with ``nm``.
         target_modules, exclude_modules: Module selection, as in :class:`~hf_sparse.pruning.PruningConfig`
-            (:func:`~hf_sparse.pruning.apply.match_linears`).
+            (:func:`~hf_sparse.nn.matching.match_linears`).
         nm: ``(n, m)`` for N:M semi-structured sparsity, e.g. ``(2, 4)``; implies ``sparsity = 1 - n/m``.
         sequential: Prune block by block, recomputing later blocks' inputs from the pruned earlier blocks (the
             paper's setup); False calibrates everything on the dense model in one pass.
         progress: Show tqdm progress bars.
 
     Returns:
-        The sparsity report of :func:`~hf_sparse.pruning.apply.sparsity_report` plus model parameter counts,
+        The sparsity report of :func:`~hf_sparse.pruning.stats.sparsity_report` plus model parameter counts,
         ``method``, ``nm``, ``sequential``, ``calibration`` (batches and tokens) and ``seconds``.
 
     Raises:

@@ -35,10 +35,11 @@ from torch.nn.utils import parametrize
 
 from ..config import BaseConfig, register_config
 from ..errors import ConfigError, quote
+from ..nn.matching import match_linears
+from ..nn.structure import EncoderLayerParts, find_encoder_layers
 from ..registry import METHODS
-from .apply import match_linears
 from .config import DEFAULT_EXCLUDE
-from .structured import EncoderLayerParts, find_encoder_layers, prune_heads_, prune_neurons_
+from .structured import prune_heads_, prune_neurons_
 
 __all__ = [
     "RegularizationConfig",
@@ -76,7 +77,7 @@ class RegularizationConfig(BaseConfig):
             and its columns of the attention output projection; an FFN neuron's group is its row of
             ``intermediate.dense`` and its column of ``output.dense`` (weights only). Drives whole units to zero,
             ready for :func:`~hf_sparse.pruning.structured.structured_prune_`. The groups come from the encoder's
-            structure (:func:`~hf_sparse.pruning.structured.find_encoder_layers`); ``target_modules`` and
+            structure (:func:`~hf_sparse.nn.structure.find_encoder_layers`); ``target_modules`` and
             ``exclude_modules`` do not apply to them.
         groups: Units of the group lasso, a subset of ``("head", "neuron")``.
         normalize: Divide the L1 term by the number of selected weights and the group-lasso term by the number of

@@ -1,14 +1,9 @@
 """Structured pruning that physically shrinks BERT-family encoders: attention heads, FFN neurons, whole layers.
 
 transformers 5 removed ``PreTrainedModel.prune_heads``; this module does the same job (and more) without touching
-transformers classes. Removing a head slices the rows of its ``query`` / ``key`` / ``value`` projections and the
-matching columns of ``attention.output.dense``; removing an FFN neuron slices a row of ``intermediate.dense`` and a
-column of ``output.dense``; dropping a layer rebuilds the encoder's ``nn.ModuleList``.
-
-Why per-layer head counts work without patching: ``BertSelfAttention.forward`` (transformers 5.24) reshapes with
-``view(*input_shape, -1, self.attention_head_size)`` and ``reshape(*input_shape, -1)``, so the number of heads comes
-from the projection's width. The head *size* is unchanged, hence so is ``scaling``. We still update the instance
-attributes ``num_attention_heads`` and ``all_head_size`` so that they describe the module truthfully.
+transformers classes. The slicing itself, and why per-layer head counts work without patching, is in
+:mod:`hf_sparse.nn.structure`; the scores that rank heads and neurons are in
+:mod:`hf_sparse.pruning.structure_scores`.
 
 Limits (documented choices):
 
@@ -22,15 +17,13 @@ Limits (documented choices):
 
 Checkpoints: after pruning, ``model.config.quantization_config`` holds an hf_sparse config whose ``structure`` key
 records the per-layer sizes, so ``save_pretrained`` / ``from_pretrained`` (after ``import hf_sparse``, no remote
-code) rebuild the smaller model; see :mod:`hf_sparse.integrations.quantizer`.
+code) rebuild the smaller model; see :mod:`hf_sparse.nn.description` and :mod:`hf_sparse.integrations.quantizer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -38,7 +31,18 @@ from torch import nn
 
 from ..config import BaseConfig, register_config
 from ..errors import ConfigError, quote
+from ..nn.replace import replace_module
+from ..nn.structure import (
+    EncoderLayerParts,
+    describe_structure,
+    find_encoder_layers,
+    find_layer_list,
+    qkv_linears,
+    set_heads,
+    set_neurons,
+)
 from ..registry import METHODS
+from .structure_scores import head_importance, head_magnitude_scores, neuron_magnitude_scores, taylor_scores
 
 __all__ = [
     "EncoderLayerParts",
@@ -55,280 +59,8 @@ __all__ = [
     "structured_prune_",
 ]
 
-_LOOKED_FOR = (
-    "an nn.ModuleList of encoder layers, each with a self-attention module that has `query`, `key` and `value` "
-    "Linear children and `num_attention_heads` / `attention_head_size` attributes, a sibling `output.dense` "
-    "projection (BertSelfOutput), and an FFN pair `intermediate.dense` -> `output.dense` (BERT, MiniLM, BertFor*)"
-)
 
-
-# -- discovery -----------------------------------------------------------------------------------------------------
-@dataclass
-class EncoderLayerParts:
-    """The modules of one encoder layer that structured pruning slices, with their qualified names."""
-
-    index: int
-    layer_name: str
-    attention_name: str  # the module with query/key/value (BertSelfAttention)
-    attention_output_name: str  # its output projection (BertSelfOutput.dense)
-    intermediate_name: str  # the FFN's first Linear (BertIntermediate.dense)
-    ffn_output_name: str  # the FFN's second Linear (BertOutput.dense)
-    attention: nn.Module
-    attention_output: nn.Module
-    intermediate: nn.Module
-    ffn_output: nn.Module
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.attention.num_attention_heads)
-
-    @property
-    def head_size(self) -> int:
-        return int(self.attention.attention_head_size)
-
-    @property
-    def num_neurons(self) -> int:
-        return int(_out_features(self.intermediate))
-
-
-def _out_features(module: nn.Module) -> int:
-    out = getattr(module, "out_features", None)
-    return int(out) if out is not None else int(module.weight.shape[0])
-
-
-def _is_attention(module: nn.Module) -> bool:
-    return (
-        all(isinstance(getattr(module, n, None), nn.Module) for n in ("query", "key", "value"))
-        and hasattr(module, "num_attention_heads")
-        and hasattr(module, "attention_head_size")
-    )
-
-
-def _layer_parts(index: int, layer_name: str, layer: nn.Module) -> EncoderLayerParts | None:
-    """The parts of one layer, or None when the layer does not have the BERT structure."""
-    attentions = [(n, m) for n, m in layer.named_modules() if n and _is_attention(m)]
-    if len(attentions) != 1:  # none, or cross-attention too (decoders): not a plain encoder layer
-        return None
-    att_name, attention = attentions[0]
-    parent_name = att_name.rpartition(".")[0]
-    parent = layer.get_submodule(parent_name) if parent_name else layer
-    att_out = getattr(getattr(parent, "output", None), "dense", None)
-    inter = getattr(getattr(layer, "intermediate", None), "dense", None)
-    ffn_out = getattr(getattr(layer, "output", None), "dense", None)
-    if att_out is None or inter is None or ffn_out is None or att_out is ffn_out:
-        return None
-    prefix = f"{layer_name}." if layer_name else ""
-    return EncoderLayerParts(
-        index=index,
-        layer_name=layer_name,
-        attention_name=prefix + att_name,
-        attention_output_name=prefix + (f"{parent_name}.output.dense" if parent_name else "output.dense"),
-        intermediate_name=prefix + "intermediate.dense",
-        ffn_output_name=prefix + "output.dense",
-        attention=attention,
-        attention_output=att_out,
-        intermediate=inter,
-        ffn_output=ffn_out,
-    )
-
-
-def _find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList, list[EncoderLayerParts]] | None:
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        parts = [_layer_parts(i, f"{name}.{i}" if name else str(i), layer) for i, layer in enumerate(module)]
-        if all(p is not None for p in parts):
-            return name, module, parts  # type: ignore[return-value]
-    return None
-
-
-def find_encoder_layers(model: nn.Module) -> list[EncoderLayerParts]:
-    """The encoder layers of a BERT-family model with the modules structured pruning slices, in order.
-
-    Raises:
-        ConfigError: the model does not have that structure (the message says what was looked for).
-    """
-    found = _find_layer_list(model)
-    if found is None:
-        raise ConfigError(
-            f"structured pruning does not support {type(model).__name__}: it looked for {_LOOKED_FOR}, and found none."
-        )
-    return found[2]
-
-
-def _linear(parts: EncoderLayerParts, attr: str) -> nn.Linear:
-    module = getattr(parts, attr)
-    if type(module) is not nn.Linear:
-        name = getattr(parts, f"{attr}_name", parts.attention_name + "." + attr)
-        raise ConfigError(
-            f"structured pruning needs plain nn.Linear layers, but {name} is a {type(module).__name__}. Prune "
-            "heads, neurons and layers before pruning weights and before sparsify_."
-        )
-    return module
-
-
-def _qkv(parts: EncoderLayerParts) -> dict[str, nn.Linear]:
-    out = {}
-    for n in ("query", "key", "value"):
-        module = getattr(parts.attention, n)
-        if type(module) is not nn.Linear:
-            raise ConfigError(
-                f"structured pruning needs plain nn.Linear layers, but {parts.attention_name}.{n} is a "
-                f"{type(module).__name__}. Prune heads before pruning weights and before sparsify_."
-            )
-        out[n] = module
-    return out
-
-
-# -- scores --------------------------------------------------------------------------------------------------------
-def _head_rows(parts: EncoderLayerParts, t: torch.Tensor) -> torch.Tensor:
-    """``t`` (rows = heads * head_size, ...) grouped per head: shape (heads, head_size * rest)."""
-    return t.reshape(parts.num_heads, -1)
-
-
-def head_magnitude_scores(model: nn.Module) -> dict[int, torch.Tensor]:
-    """Per layer, the L2 norm of each head's weights: its rows of ``query``/``key``/``value`` and its columns of
-    the attention output projection.
-
-    Shapes:
-        returns ``{layer: (num_heads,)}``.
-    """
-    scores = {}
-    for parts in find_encoder_layers(model):
-        with torch.no_grad():
-            total = torch.zeros(parts.num_heads)
-            for lin in _qkv(parts).values():
-                total += _head_rows(parts, lin.weight.float()).pow(2).sum(1).cpu()
-            out_w = _linear(parts, "attention_output").weight.float()  # (hidden, heads * head_size)
-            total += _head_rows(parts, out_w.t()).pow(2).sum(1).cpu()
-        scores[parts.index] = total.sqrt()
-    return scores
-
-
-def neuron_magnitude_scores(model: nn.Module) -> dict[int, torch.Tensor]:
-    """Per layer, the L2 norm of each FFN neuron's weights: its row of ``intermediate.dense`` and its column of
-    ``output.dense``.
-
-    Shapes:
-        returns ``{layer: (intermediate_size,)}``.
-    """
-    scores = {}
-    for parts in find_encoder_layers(model):
-        with torch.no_grad():
-            rows = _linear(parts, "intermediate").weight.float().pow(2).sum(1)
-            cols = _linear(parts, "ffn_output").weight.float().pow(2).sum(0)
-        scores[parts.index] = (rows + cols).sqrt().cpu()
-    return scores
-
-
-def taylor_scores(
-    model: nn.Module, batches: Iterable[Mapping[str, Any]]
-) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """First-order Taylor importance of every head and FFN neuron: ``|sum of w * dL/dw|`` over the unit's weights
-    (and biases of its rows), with the gradient of the model's loss summed over ``batches``.
-
-    This is the derivative of the loss with respect to a scale on the unit's weights, so it estimates how much the
-    loss changes when the unit is removed. Run in eval mode (no dropout); the model's ``.grad`` fields and training
-    mode are restored afterwards.
-
-    Args:
-        model: a BERT-family model whose forward returns ``loss`` when the batches carry ``labels``.
-        batches: mappings of forward keyword arguments (``input_ids``, ``attention_mask``, ``labels``, ...).
-
-    Returns:
-        ``(head_scores, neuron_scores)``: ``{layer: (num_heads,)}`` and ``{layer: (intermediate_size,)}``.
-
-    Raises:
-        ConfigError: no batches, or a batch gives no loss (no labels).
-    """
-    layers = find_encoder_layers(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    saved_grads = [p.grad for p in params]
-    was_training = model.training
-    tracked: list[nn.Parameter] = []
-    for parts in layers:
-        for lin in [*_qkv(parts).values(), _linear(parts, "attention_output")]:
-            tracked += [p for p in (lin.weight, lin.bias) if p is not None]
-        for lin in (_linear(parts, "intermediate"), _linear(parts, "ffn_output")):
-            tracked += [p for p in (lin.weight, lin.bias) if p is not None]
-    flags = [p.requires_grad for p in tracked]
-    device = next(model.parameters()).device
-    n = 0
-    try:
-        model.eval()
-        for p in params:
-            p.grad = None
-        for p in tracked:
-            p.requires_grad_(True)
-        for batch in batches:
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dict(batch).items()}
-            loss = getattr(model(**batch), "loss", None)
-            if loss is None:
-                raise ConfigError(
-                    f"taylor scores need a loss: batch {n} gave none. Pass batches with `labels` (keys given: "
-                    f"{sorted(batch)})."
-                )
-            loss.backward()
-            n += 1
-        if n == 0:
-            raise ConfigError("taylor scores need at least one batch; `batches` was empty.")
-        heads, neurons = {}, {}
-        with torch.no_grad():
-            for parts in layers:
-                total = torch.zeros(parts.num_heads, device=device)
-                for lin in _qkv(parts).values():
-                    total += _head_rows(parts, lin.weight * _grad(lin.weight)).sum(1)
-                    if lin.bias is not None:
-                        total += _head_rows(parts, lin.bias * _grad(lin.bias)).sum(1)
-                out = _linear(parts, "attention_output").weight
-                total += _head_rows(parts, (out * _grad(out)).t()).sum(1)
-                heads[parts.index] = total.abs().cpu()
-                inter, ffn_out = _linear(parts, "intermediate"), _linear(parts, "ffn_output")
-                unit = (inter.weight * _grad(inter.weight)).sum(1) + (ffn_out.weight * _grad(ffn_out.weight)).sum(0)
-                if inter.bias is not None:
-                    unit += inter.bias * _grad(inter.bias)
-                neurons[parts.index] = unit.abs().cpu()
-    finally:
-        for p, g in zip(params, saved_grads):
-            p.grad = g
-        for p, flag in zip(tracked, flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
-    return heads, neurons
-
-
-def _grad(p: torch.Tensor) -> torch.Tensor:
-    return p.grad if p.grad is not None else torch.zeros_like(p)
-
-
-def head_importance(model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> dict[int, torch.Tensor]:
-    """First-order Taylor importance of every attention head (see :func:`taylor_scores`).
-
-    Shapes:
-        returns ``{layer: (num_heads,)}``.
-    """
-    return taylor_scores(model, batches)[0]
-
-
-# -- physical slicing ----------------------------------------------------------------------------------------------
-def _sliced_linear(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
-    """A new ``nn.Linear`` holding the given rows (output features) and/or columns (input features) of ``linear``,
-    on its device and dtype, with the same ``requires_grad``. Works on the meta device too."""
-    weight, bias = linear.weight, linear.bias
-    with torch.no_grad():
-        w = weight if rows is None else weight.index_select(0, rows.to(weight.device))
-        w = w if cols is None else w.index_select(1, cols.to(weight.device))
-        b = None if bias is None else (bias if rows is None else bias.index_select(0, rows.to(bias.device)))
-        with warnings.catch_warnings():  # a layer that loses all its neurons is a zero-element Linear: expected
-            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-            new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
-        new.weight = nn.Parameter(w.clone(), requires_grad=weight.requires_grad)
-        if b is not None:
-            new.bias = nn.Parameter(b.clone(), requires_grad=bias.requires_grad)
-    new.train(linear.training)
-    return new
-
-
+# -- removing heads, neurons and layers ---------------------------------------------------------------------------
 def _check_indices(what: str, layer: int, given: Iterable[int], size: int, unit: str) -> list[int]:
     try:
         items = list(given)
@@ -346,34 +78,6 @@ def _check_layers(what: str, mapping: Mapping[int, Any], layers: list[EncoderLay
     bad = [k for k in mapping if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(layers)]
     if bad:
         raise ConfigError(f"{what}: layer indices {bad} are out of range; the model has {len(layers)} layers.")
-
-
-def _set_heads(model: nn.Module, parts: EncoderLayerParts, keep: list[int]) -> None:
-    """Keep only heads ``keep`` (current indices) of one layer, in place."""
-    from ..nn import replace_module
-
-    d = parts.head_size
-    rows = torch.tensor([h * d + j for h in keep for j in range(d)], dtype=torch.long)
-    for n, lin in _qkv(parts).items():
-        replace_module(model, f"{parts.attention_name}.{n}", _sliced_linear(lin, rows=rows))
-    new_out = _sliced_linear(_linear(parts, "attention_output"), cols=rows)
-    replace_module(model, parts.attention_output_name, new_out)
-    parts.attention_output = new_out
-    # The reshape in BertSelfAttention.forward infers the head count (view(..., -1, head_size)); these instance
-    # attributes only keep the module's description true for code that reads them.
-    parts.attention.num_attention_heads = len(keep)
-    parts.attention.all_head_size = len(keep) * d
-
-
-def _set_neurons(model: nn.Module, parts: EncoderLayerParts, keep: list[int]) -> None:
-    from ..nn import replace_module
-
-    idx = torch.tensor(keep, dtype=torch.long)
-    new_inter = _sliced_linear(_linear(parts, "intermediate"), rows=idx)
-    new_out = _sliced_linear(_linear(parts, "ffn_output"), cols=idx)
-    replace_module(model, parts.intermediate_name, new_inter)
-    replace_module(model, parts.ffn_output_name, new_out)
-    parts.intermediate, parts.ffn_output = new_inter, new_out
 
 
 def prune_heads_(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> dict[int, int]:
@@ -406,7 +110,7 @@ def prune_heads_(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> dict[i
         plans[index] = keep
     for index, keep in plans.items():  # validate everything before changing anything
         if len(keep) < layers[index].num_heads:
-            _set_heads(model, layers[index], keep)
+            set_heads(model, layers[index], keep)
     _record_structure(model)
     return {index: len(keep) for index, keep in plans.items()}
 
@@ -434,7 +138,7 @@ def prune_neurons_(model: nn.Module, neurons: Mapping[int, Iterable[int]]) -> di
         plans[index] = [j for j in range(parts.num_neurons) if j not in remove]
     for index, keep in plans.items():
         if len(keep) < layers[index].num_neurons:
-            _set_neurons(model, layers[index], keep)
+            set_neurons(model, layers[index], keep)
     _record_structure(model)
     return {index: len(keep) for index, keep in plans.items()}
 
@@ -450,7 +154,7 @@ def drop_layers_(model: nn.Module, layers_to_drop: Iterable[int]) -> list[int]:
     Raises:
         ConfigError: unsupported model, an index out of range, or every layer named.
     """
-    found = _find_layer_list(model)
+    found = find_layer_list(model)
     if found is None:
         find_encoder_layers(model)  # raises the explanatory ConfigError
     list_name, module_list, _ = found  # type: ignore[misc]
@@ -461,8 +165,6 @@ def drop_layers_(model: nn.Module, layers_to_drop: Iterable[int]) -> list[int]:
     if not drop:
         return []
     kept = [layer for i, layer in enumerate(module_list) if i not in drop]
-    from ..nn import replace_module
-
     replace_module(model, list_name, nn.ModuleList(kept))
     for new_index, layer in enumerate(kept):
         for sub in layer.modules():
@@ -496,35 +198,7 @@ def _compose_dropped(previous: list[int], drop: list[int]) -> list[int]:
     return sorted({*previous, *(remaining[i] for i in drop)})
 
 
-# -- the structure description (what the checkpoint records) --------------------------------------------------------
-def describe_structure(model: nn.Module) -> dict[str, Any]:
-    """Per-layer sizes that differ from ``model.config`` (``num_attention_heads``, ``intermediate_size``): the
-    ``structure`` entry of the hf_sparse ``quantization_config``. Empty for an unpruned or unsupported model.
-
-    Returns:
-        ``{"attention": {name: {"num_heads": k}}, "ffn": {name: {"intermediate_size": n}}}`` with only the
-        non-empty keys; ``dropped_layers`` is added by the caller from the config's provenance.
-    """
-    found = _find_layer_list(model)
-    config = getattr(model, "config", None)
-    if found is None or config is None:
-        return {}
-    heads0 = getattr(config, "num_attention_heads", None)
-    inter0 = getattr(config, "intermediate_size", None)
-    attention, ffn = {}, {}
-    for parts in found[2]:
-        if heads0 is not None and parts.num_heads != heads0:
-            attention[parts.attention_name] = {"num_heads": parts.num_heads}
-        if inter0 is not None and parts.num_neurons != inter0:
-            ffn[parts.intermediate_name] = {"intermediate_size": parts.num_neurons}
-    out: dict[str, Any] = {}
-    if attention:
-        out["attention"] = attention
-    if ffn:
-        out["ffn"] = ffn
-    return out
-
-
+# -- recording the structure in model.config (what the checkpoint says) ------------------------------------------
 def _structure_of_config(model: nn.Module) -> dict[str, Any]:
     qconfig = getattr(getattr(model, "config", None), "quantization_config", None)
     structure = getattr(qconfig, "structure", None)
@@ -540,7 +214,7 @@ def _record_structure(model: nn.Module, dropped: list[int] | None = None) -> Non
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return
-    from ..integrations.quantizer import HfSparseConfig, sparse_config_for
+    from ..nn.description import HfSparseConfig, sparse_config_for  # imported here: it imports transformers
 
     previous = getattr(config, "quantization_config", None)
     if previous is not None and not isinstance(previous, HfSparseConfig):
@@ -713,64 +387,8 @@ def structured_prune_(
 
 
 def _layer_params(parts: EncoderLayerParts) -> int:
-    layer_modules = [*_qkv(parts).values(), parts.attention_output, parts.intermediate, parts.ffn_output]
+    layer_modules = [*qkv_linears(parts).values(), parts.attention_output, parts.intermediate, parts.ffn_output]
     return sum(p.numel() for m in layer_modules for p in m.parameters())
 
 
 METHODS.register(StructuredPruningConfig.config_type, structured_prune_)
-
-
-# -- loading (used by the quantizer on the meta-device model) ------------------------------------------------------
-def shrink_to_structure(model: nn.Module, structure: Mapping[str, Any], fail) -> list[str]:
-    """Resize a freshly built (typically meta-device) model to the sizes of a checked ``structure`` description.
-
-    ``fail(message)`` builds the exception to raise (the quantizer passes a :class:`FormatError` factory). Heads
-    and neurons kept are the first ones: the checkpoint's tensors are already sliced, only the shapes matter here.
-
-    Returns:
-        The names of every projection structured pruning sizes, in every layer (resized or not): the caller checks
-        their shapes against the files, so a layer the description leaves out (or resizes wrongly) fails by name.
-    """
-    found = _find_layer_list(model)
-    wanted = {**structure.get("attention", {}), **structure.get("ffn", {})}
-    if found is None:
-        if wanted:
-            raise fail(
-                f"config.json quantization_config.structure resizes modules of a {type(model).__name__}, but "
-                f"hf_sparse does not find {_LOOKED_FOR} in it"
-            )
-        return []
-    parts_by_attention = {p.attention_name: p for p in found[2]}
-    parts_by_ffn = {p.intermediate_name: p for p in found[2]}
-    changed: list[str] = []
-    for name, spec in structure.get("attention", {}).items():
-        parts = parts_by_attention.get(name)
-        where = f"config.json quantization_config.structure['attention'][{quote(name)}]"
-        if parts is None:
-            raise fail(
-                f"{where}: the model has no self-attention module {quote(name)} (its attention modules: "
-                f"{sorted(parts_by_attention)[:4]}...)"
-            )
-        k = spec["num_heads"]
-        if k > parts.num_heads:
-            raise fail(f"{where}: num_heads {k} is more than the {parts.num_heads} heads the model's config gives")
-        if k < parts.num_heads:
-            _set_heads(model, parts, list(range(k)))
-    for name, spec in structure.get("ffn", {}).items():
-        parts = parts_by_ffn.get(name)
-        where = f"config.json quantization_config.structure['ffn'][{quote(name)}]"
-        if parts is None:
-            raise fail(
-                f"{where}: the model has no FFN input projection {quote(name)} (its FFN projections: "
-                f"{sorted(parts_by_ffn)[:4]}...)"
-            )
-        n = spec["intermediate_size"]
-        if n > parts.num_neurons:
-            raise fail(f"{where}: intermediate_size {n} is more than the {parts.num_neurons} the model's config gives")
-        if n < parts.num_neurons:
-            _set_neurons(model, parts, list(range(n)))
-    for parts in found[2]:
-        a = parts.attention_name
-        changed += [f"{a}.query", f"{a}.key", f"{a}.value", parts.attention_output_name]
-        changed += [parts.intermediate_name, parts.ffn_output_name]
-    return changed

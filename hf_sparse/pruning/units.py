@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, quote
-from .structured import drop_layers_, find_encoder_layers, prune_heads_, prune_neurons_
+from ..nn.structure import find_encoder_layers
+from .structured import drop_layers_, prune_heads_, prune_neurons_
 
 __all__ = ["Unit", "unit_modules", "unit_masks", "shrink_masked_units_", "drop_scored_layers_"]
 
@@ -50,7 +51,7 @@ def unit_modules(model: nn.Module, granularity: str) -> tuple[dict[str, nn.Linea
 
     Raises:
         ConfigError: the model is not a BERT-family encoder (see
-            :func:`~hf_sparse.pruning.structured.find_encoder_layers`).
+            :func:`~hf_sparse.nn.structure.find_encoder_layers`).
     """
     layers = find_encoder_layers(model)
     modules: dict[str, nn.Linear] = {}

@@ -51,7 +51,7 @@ def prepare_qat_(model: nn.Module, config: QuantizationConfig) -> dict[str, nn.M
         ConfigError: ``config`` is not a QuantizationConfig, nothing matches, or a scheme does not fit a layer
             (e.g. a ``group_size`` that does not divide its width).
     """
-    from ..pruning.apply import match_embeddings, match_linears
+    from ..nn.matching import match_embeddings, match_linears
 
     if not isinstance(config, QuantizationConfig):
         raise ConfigError(f"prepare_qat_ needs a QuantizationConfig, got {type(config).__name__}.")
@@ -291,7 +291,7 @@ def convert_(model: nn.Module, *, format: str | None = None) -> dict[str, str]:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
         # What save_pretrained writes to config.json: each integer layer's scheme, so from_pretrained rebuilds it.
-        from ..integrations import sparse_config_for
+        from ..nn.description import sparse_config_for
 
         config.quantization_config = sparse_config_for(model)
     return out

@@ -45,7 +45,7 @@ def layer_sensitivity(
     Returns:
         layer name -> loss increase (negative values are noise: a layer that does not mind).
     """
-    from ..pruning.apply import match_linears
+    from ..nn.matching import match_linears
 
     loss_fn = loss_fn or _model_loss
     device = next(model.parameters()).device
