@@ -1,13 +1,13 @@
 """Integration-test fixtures: ``hub_server``, a local Hub-compatible server that the real huggingface_hub talks to."""
 
 import pytest
-
-from hf_sparse.testing.hub_server import HubServer
+from hub_server import HubServer
 
 
 @pytest.fixture
 def hub_server(monkeypatch):
-    """A running :class:`~hf_sparse.testing.hub_server.HubServer`, with huggingface_hub online and pointed at it.
+    """A running :class:`~hub_server.HubServer` (tests/integrations/hub_server.py), with huggingface_hub online and
+    pointed at it.
 
     tests/conftest.py sets ``HF_HUB_OFFLINE=1`` before huggingface_hub is imported, and huggingface_hub reads its
     environment once, at import time, into ``huggingface_hub.constants``; so, for the duration of the test, this

@@ -204,14 +204,14 @@ def _raw_request(hub, request: bytes) -> tuple[int, bytes]:
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.org", "", 7])
 def test_server_refuses_non_loopback_hosts(host):
-    from hf_sparse.testing.hub_server import HubServer
+    from hub_server import HubServer
 
     with pytest.raises(ValueError, match="loopback"):
         HubServer(host=host)
 
 
 def test_server_binds_a_non_loopback_host_only_when_told_to():
-    from hf_sparse.testing.hub_server import HubServer
+    from hub_server import HubServer
 
     assert HubServer(host="0.0.0.0", allow_non_loopback=True).host == "0.0.0.0"
     assert HubServer(host="127.0.0.2").host == "127.0.0.2"

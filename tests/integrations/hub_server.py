@@ -1,5 +1,9 @@
 """A small Hub-compatible HTTP server for tests: a test double, not a Hub.
 
+It lives with the tests, not in the installed package: pytest puts tests/integrations on ``sys.path`` (the
+``pythonpath`` setting in pyproject.toml), so tests import it as ``from hub_server import HubServer``; the
+``hub_server`` fixture of tests/integrations/conftest.py runs one with huggingface_hub pointed at it.
+
 ``HubServer`` runs on loopback (``127.0.0.1``, a free port) in a background thread, using only the standard library
 (``http.server``). It keeps repositories in memory and implements just enough of the Hugging Face Hub's HTTP API
 for the real ``huggingface_hub`` client to create repositories, push folders (small files inline, binary and large
