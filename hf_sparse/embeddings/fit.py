@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..formats import SparseFormat, lookup_rows
+from ..formats import SparseFormat
+from ..ops.embedding import lookup_rows
 
 __all__ = ["fit_format_"]
 

@@ -648,13 +648,16 @@ class Hot(SparseFormat):
     def nnz(self) -> int:
         return int(self.hot.nnz + self.cold.nnz)
 
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, ids: torch.Tensor, *, rows_of=None) -> torch.Tensor:
+        """Rows ``ids``: each id's row of the hot or the cold part, read with ``rows_of(part, part_ids)`` (default
+        :func:`lookup_rows`; :func:`hf_sparse.ops.lookup_rows` passes itself, so quantised parts run our kernels)."""
+        rows_of = rows_of or lookup_rows
         ids = ids.to(torch.int64)
         hot_ids = self.hot_ids.to(torch.int64)
         pos = torch.searchsorted(hot_ids, ids)
         is_hot = hot_ids[pos.clamp(max=hot_ids.numel() - 1)] == ids
-        out_hot = lookup_rows(self.hot, pos[is_hot])
-        out_cold = lookup_rows(self.cold, (ids - pos)[~is_hot])
+        out_hot = rows_of(self.hot, pos[is_hot])
+        out_cold = rows_of(self.cold, (ids - pos)[~is_hot])
         dtype = torch.promote_types(out_hot.dtype, out_cold.dtype)
         out = torch.empty(ids.numel(), self.shape[1], dtype=dtype, device=ids.device)
         out = out.index_put((torch.nonzero(is_hot).squeeze(1),), out_hot.to(dtype))

@@ -22,16 +22,15 @@ boundary), on one page. At 4 bits a 64-wide row costs 32 bytes of codes plus 4 b
 7.1x less than float32). Rows are not padded: a power-of-two row (64 bytes at int4 x 64) would be only 4x smaller,
 and measured slower, not faster (numbers in ``kernels/csrc/cpu/embedding.cpp``).
 
-:meth:`QRow.lookup` and :meth:`QRow.embedding_bag` dequantise only the rows they return, in one pass, with our C++
-kernels (``hf_sparse::qrow_lookup`` / ``qrow_embedding_bag``) where they are built, and the pure-PyTorch reference
-otherwise (see :mod:`hf_sparse.ops.embedding`, which registers them here with :func:`register_row_ops`: storage
-never imports compute). :meth:`QRow.scales` and :meth:`QRow.biases` read the float16 numbers back out of the rows
-(copies, for tests and tooling).
+:meth:`QRow.lookup` dequantises only the rows it returns, in plain PyTorch. The lookups and bag reductions that run
+our C++ kernels (``hf_sparse::qrow_lookup`` / ``qrow_embedding_bag``) where they are built are in
+:mod:`hf_sparse.ops.embedding` (``hf_sparse.ops.qrow_lookup``, ``hf_sparse.ops.qrow_embedding_bag``); they compute
+what :meth:`QRow.lookup` and :meth:`QRow.to_dense` do, rounded the same way. :meth:`QRow.scales` and
+:meth:`QRow.biases` read the float16 numbers back out of the rows (copies, for tests and tooling).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -40,7 +39,7 @@ from ..errors import FormatError
 from .base import SparseFormat, check_shape, check_tensor, check_weight, register_format
 from .schemes import pack_codes
 
-__all__ = ["QRow", "register_row_ops"]
+__all__ = ["QRow", "check_ids", "check_id_range"]
 
 _BITS = (8, 4, 2)
 _FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -81,22 +80,23 @@ def _fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:
     return (bits - ((bits >> 15) << 16)).to(torch.int16).view(torch.float16)  # 0..65535 -> the same int16 bits
 
 
-#: The functions :meth:`QRow.lookup` and :meth:`QRow.embedding_bag` call, by name: registered by
-#: :mod:`hf_sparse.ops.embedding` when it is imported (``import hf_sparse`` imports it).
-_ROW_OPS: dict[str, Callable[..., torch.Tensor]] = {}
+def check_ids(ids: Any, op: str, name: str = "ids") -> None:
+    """TypeError unless ``ids`` is an int32 or int64 tensor (``op`` names the caller in the message)."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64):
+        got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"{op}: {name} must be an int32 or int64 tensor, got {got}.")
 
 
-def register_row_ops(lookup: Callable[..., torch.Tensor], embedding_bag: Callable[..., torch.Tensor]) -> None:
-    """Set what :meth:`QRow.lookup` (``lookup(table, ids)``) and :meth:`QRow.embedding_bag` (``embedding_bag(table,
-    ids, offsets, *, mode, per_sample_weights, include_last_offset)``) run: the compute layer's dispatchers."""
-    _ROW_OPS["lookup"], _ROW_OPS["embedding_bag"] = lookup, embedding_bag
-
-
-def _row_op(name: str) -> Callable[..., torch.Tensor]:
-    op = _ROW_OPS.get(name)
-    if op is None:
-        raise FormatError(f"qrow: no {name} is registered; import hf_sparse.ops (import hf_sparse does).")
-    return op
+def check_id_range(ids: torch.Tensor, rows: int, op: str) -> None:
+    """IndexError for the first id outside [0, rows), with its position."""
+    if not ids.numel() or ids.device.type == "meta":
+        return
+    bad = (ids < 0) | (ids >= rows)
+    if bool(bad.any()):
+        p = int(torch.nonzero(bad.reshape(-1))[0])
+        raise IndexError(
+            f"{op}: indices[{p}] = {int(ids.reshape(-1)[p])} is out of range [0, {rows}) for a table of {rows} rows."
+        )
 
 
 def unpack_unsigned(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
@@ -253,41 +253,20 @@ class QRow(SparseFormat):
 
     # -- lookups ----------------------------------------------------------------------------------------------------
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """The rows ``ids`` dequantised (``F.embedding``): our C++ kernel when built, else the PyTorch reference.
+        """The rows ``ids`` dequantised (``F.embedding`` on the float table, without building it), in plain PyTorch.
+        :func:`hf_sparse.ops.qrow_lookup` computes the same values with our C++ kernel where it is built, and
+        :func:`hf_sparse.ops.qrow_embedding_bag` sums or averages bags of rows.
 
         Shapes:
             ids: (...) int32 or int64 in [0, rows). Returns: (..., cols) float32.
 
         Raises:
-            IndexError: an id is out of range.
+            IndexError: an id is out of range. TypeError: ids are not int32/int64.
         """
-        return _row_op("lookup")(self, ids)
-
-    def embedding_bag(
-        self,
-        ids: torch.Tensor,
-        offsets: torch.Tensor | None = None,
-        mode: str = "sum",
-        per_sample_weights: torch.Tensor | None = None,
-        *,
-        include_last_offset: bool = False,
-    ) -> torch.Tensor:
-        """Sum or mean of bags of rows, as ``torch.nn.functional.embedding_bag`` (see
-        :func:`hf_sparse.ops.qrow_embedding_bag`).
-
-        Shapes:
-            ids: (n,) with ``offsets`` (bags,) — each bag's start — or (bags + 1,) with ``include_last_offset``;
-            or (bags, bag_size) without offsets. per_sample_weights: like ``ids`` (mode ``"sum"`` only).
-            Returns: (bags, cols) float32.
-        """
-        return _row_op("embedding_bag")(
-            self,
-            ids,
-            offsets,
-            mode=mode,
-            per_sample_weights=per_sample_weights,
-            include_last_offset=include_last_offset,
-        )
+        check_ids(ids, "qrow_lookup")
+        check_id_range(ids, self.shape[0], "qrow_lookup")
+        flat = ids.reshape(-1).to(torch.int64)
+        return dequantize_rows(self.values[flat], self.bits, self.shape[1]).reshape(*ids.shape, self.shape[1])
 
     # -- the SparseFormat interface ---------------------------------------------------------------------------------
     @property

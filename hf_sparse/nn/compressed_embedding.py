@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ..errors import FormatError
-from ..formats import SparseFormat, lookup_rows
+from ..formats import SparseFormat
+from ..ops.embedding import lookup_rows
 from .stored import PREFIX, StoredWeightMixin
 
 __all__ = ["CompressedEmbedding", "EMBEDDING_FORMATS"]

@@ -8,6 +8,7 @@ from ._loader import status as kernel_status
 from .choose import CostModel, FormatChoice, calibrate, choose_format, cost_model
 from .embedding import (
     explain_qrow,
+    lookup_rows,
     qrow_embedding_bag,
     qrow_embedding_bag_reference,
     qrow_lookup,
@@ -42,6 +43,7 @@ __all__ = [
     "qrow_embedding_bag",
     "qrow_embedding_bag_reference",
     "explain_qrow",
+    "lookup_rows",
     "choose_format",
     "FormatChoice",
     "CostModel",

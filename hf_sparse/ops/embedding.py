@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import FormatError
-from ..formats.qrow import QRow, dequantize_rows, register_row_ops
+from ..formats import Hot, SparseFormat
+from ..formats import lookup_rows as format_rows
+from ..formats.qrow import QRow, check_id_range, check_ids, dequantize_rows
 from . import _loader
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "qrow_lookup_reference",
     "qrow_embedding_bag_reference",
     "explain_qrow",
+    "lookup_rows",
 ]
 
 _ops = torch.ops.hf_sparse
@@ -40,24 +43,6 @@ def _check_table(table: QRow, op: str) -> None:
         raise FormatError(f"{op} needs a qrow table (hf_sparse.formats.QRow), got {type(table).__name__}.")
 
 
-def _check_ids(ids: torch.Tensor, op: str, name: str = "ids") -> None:
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64):
-        got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise TypeError(f"{op}: {name} must be an int32 or int64 tensor, got {got}.")
-
-
-def _check_range(ids: torch.Tensor, rows: int, op: str) -> None:
-    """IndexError for the first id outside [0, rows), with its position (the reference path's check)."""
-    if not ids.numel() or ids.device.type == "meta":
-        return
-    bad = (ids < 0) | (ids >= rows)
-    if bool(bad.any()):
-        p = int(torch.nonzero(bad.reshape(-1))[0])
-        raise IndexError(
-            f"{op}: indices[{p}] = {int(ids.reshape(-1)[p])} is out of range [0, {rows}) for a table of {rows} rows."
-        )
-
-
 def _bag_args(
     table: QRow,
     ids: torch.Tensor,
@@ -69,7 +54,7 @@ def _bag_args(
     """(1-D ids, offsets, mode number, 1-D float32 weights or None, include_last_offset), as the op takes them."""
     op = "qrow_embedding_bag"
     _check_table(table, op)
-    _check_ids(ids, op)
+    check_ids(ids, op)
     if mode not in _MODES:
         raise ValueError(f"{op}: mode must be one of {list(_MODES)}, got {mode!r}.")
     if per_sample_weights is not None:
@@ -92,7 +77,7 @@ def _bag_args(
     elif ids.dim() == 1:
         if offsets is None:
             raise ValueError(f"{op}: 1-D ids need offsets (each bag's start).")
-        _check_ids(offsets, op, "offsets")
+        check_ids(offsets, op, "offsets")
         if offsets.dim() != 1:
             raise ValueError(f"{op}: offsets must be 1-D, got shape {tuple(offsets.shape)}.")
     else:
@@ -146,10 +131,7 @@ def qrow_lookup_reference(table: QRow, ids: torch.Tensor) -> torch.Tensor:
         table: (rows, cols) qrow. ids: (...) int32/int64. Returns: (..., cols) float32.
     """
     _check_table(table, "qrow_lookup")
-    _check_ids(ids, "qrow_lookup")
-    _check_range(ids, table.shape[0], "qrow_lookup")
-    flat = ids.reshape(-1).to(torch.int64)
-    return _dequantize_rows(table, flat).reshape(*ids.shape, table.shape[1])
+    return table.lookup(ids)
 
 
 def qrow_embedding_bag_reference(
@@ -170,7 +152,7 @@ def qrow_embedding_bag_reference(
         table, ids, offsets, mode, per_sample_weights, include_last_offset
     )
     bounds = _bag_bounds(offsets, ids.numel(), last, op)
-    _check_range(ids, table.shape[0], op)
+    check_id_range(ids, table.shape[0], op)
     bags, cols = bounds.numel() - 1, table.shape[1]
     counts = torch.diff(bounds)
     flat = ids.to(torch.int64)
@@ -235,7 +217,7 @@ def qrow_lookup(table: QRow, ids: torch.Tensor, *, backend: str | None = None) -
         IndexError: an id is outside ``[0, rows)``. TypeError: ids are not int32/int64.
     """
     _check_table(table, "qrow_lookup")
-    _check_ids(ids, "qrow_lookup")
+    check_ids(ids, "qrow_lookup")
     if not _use_kernel(table, ids, None, backend, "qrow_lookup"):
         return qrow_lookup_reference(table, ids)
     out = _ops.qrow_lookup(table.values, table.bits, table.shape[1], ids.reshape(-1))
@@ -285,4 +267,12 @@ def qrow_embedding_bag(
     return _ops.qrow_embedding_bag(table.values, table.bits, table.shape[1], flat, bounds, mode_id, weights, last)
 
 
-register_row_ops(qrow_lookup, qrow_embedding_bag)  # what QRow.lookup and QRow.embedding_bag run
+def lookup_rows(fmt: SparseFormat, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` (1-D, int64) of any format, with our kernels where they apply: a qrow table through
+    :func:`qrow_lookup`, each part of a hot/cold split through this function, any other format as
+    :func:`hf_sparse.formats.lookup_rows` reads it (its own ``lookup``, else its dense rows)."""
+    if isinstance(fmt, QRow):
+        return qrow_lookup(fmt, ids)
+    if isinstance(fmt, Hot):
+        return fmt.lookup(ids, rows_of=lookup_rows)
+    return format_rows(fmt, ids)

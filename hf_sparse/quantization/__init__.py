@@ -15,9 +15,7 @@ Typical use::
 
 from ..formats.schemes import QuantScheme, dequantize, fake_quantize, qparams_from_range, qrange, quantize
 from ..nn.observers import Observer
-from .apply import calibrate_, convert_, prepare_qat_, quantization_report, quantize_, set_weight_bits
 from .config import DEFAULT_ACTIVATION, QuantizationConfig
-from .sensitivity import choose_bits
 
 __all__ = [
     "QuantizationConfig",
@@ -37,3 +35,24 @@ __all__ = [
     "choose_bits",
     "quantization_report",
 ]
+
+_LAZY = {
+    "prepare_qat_": "apply",
+    "convert_": "apply",
+    "quantize_": "apply",
+    "calibrate_": "apply",
+    "set_weight_bits": "apply",
+    "quantization_report": "apply",
+    "choose_bits": "sensitivity",
+}
+
+
+def __getattr__(name: str):
+    # The model transforms import the nn modules and the ops: loaded on first use, so that reading a recipe's
+    # quantisation section (the config and the schemes) stays cheap.
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
