@@ -10,9 +10,12 @@ C++/CUDA sources hf_sparse builds for itself:
   package must load beside hf_sparse's own ``hf_sparse::`` build, and ``TORCH_LIBRARY`` may define a namespace only
   once per process; the digest of the sources, flags and torch version makes every distinct build its own namespace
   (and the variant's module ``id``);
-- the package's Python is kernels/hub/__init__.py (its API) plus hf_sparse's attention patterns and block layouts and
-  the ops' autograd formulas and fake implementations, shipped unchanged: those modules name their namespace through
-  ``ops/_namespace.py``, which the package carries with its own value. It needs only ``torch``;
+- the package's Python is kernels/hub/ (``__init__.py``, its API; ``ops/__init__.py``, which loads the compiled
+  library; ``ops/_namespace.py`` and ``attention/__init__.py``), real files whose ``@@name@@`` placeholders (the
+  build's namespace, backend, library file and required CPU flags) are filled in when copied, plus hf_sparse's
+  attention patterns and block layouts and the ops' autograd formulas and fake implementations, shipped unchanged:
+  those modules name their namespace through ``ops/_namespace.py``, which the package carries with its own value.
+  It needs only ``torch``;
 - the compilation runs in a child process, so this process never loads the namespace it packages (loading the
   package later would otherwise register it twice).
 
@@ -33,6 +36,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -176,61 +180,56 @@ def _digest(folder: Path) -> dict[str, str]:
     return files
 
 
-_OPS_INIT = '''"""This build's compiled ops (namespace {namespace}), loaded once per process."""
-
-from pathlib import Path
-
-import torch
-
-from ._namespace import NAMESPACE
-
-#: "cpu" or "cuda": the backend this build of the package runs.
-BACKEND = "{backend}"
-_REQUIRED_CPU_FLAGS = {cpu_flags!r}
+#: The package's own Python files, real files under kernels/hub/ (shipped as ``hf_sparse.kernels_data``): the entry
+#: point, the attention sub-package's ``__init__`` and the ops sub-package's loader and namespace module.
+_PACKAGE_FILES = ("__init__.py", "attention/__init__.py", "ops/__init__.py", "ops/_namespace.py")
+#: A placeholder in those files: ``@@name@@``, always inside a string literal or docstring, so the files stay valid
+#: Python; :func:`_render` replaces it with the build's value of ``name``.
+_PLACEHOLDER = re.compile(r"@@(\w+)@@")
+_SAFE_VALUE = re.compile(r"[\w.\- ]*")  # nothing that could end a string literal
 
 
-def _check_cpu() -> None:
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return
-    missing = [flag for flag in _REQUIRED_CPU_FLAGS if flag not in words]
-    if missing:
-        raise ImportError(
-            f"this build of hf-sparse-kernels needs a CPU with {{', '.join(_REQUIRED_CPU_FLAGS)}}; this one lacks "
-            f"{{', '.join(missing)}}. Build a package for it with `hf-sparse package-kernels`."
-        )
+def _render(template: Path, values: dict[str, str]) -> str:
+    """The text of ``template`` with every ``@@name@@`` replaced by ``values[name]``.
 
-
-_check_cpu()
-torch.ops.load_library(str(Path(__file__).with_name("{library}")))
-ops = getattr(torch.ops, NAMESPACE)
-
-from . import _autograd, _fake  # noqa: E402, F401  (they register on the ops loaded above)
-'''
+    Raises:
+        KernelBuildError: the template names a value that is not given, or a value holds a character other than
+            letters, digits, ``_``, ``.``, ``-`` and spaces.
+    """
+    for name, value in values.items():
+        if not _SAFE_VALUE.fullmatch(value):
+            raise KernelBuildError(f"the kernel package's {name} {value!r} holds characters it cannot carry.")
+    text = template.read_text(encoding="utf-8")
+    unknown = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
+    if unknown:
+        raise KernelBuildError(f"{template}: no value for the placeholders {unknown}; reinstall hf_sparse.")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
 def _write_variant(folder: Path, backend: str, version: int, namespace: str, library: Path) -> None:
     from ..ops import _loader
 
     hf = Path(__file__).resolve().parent.parent  # the hf_sparse package
-    shutil.copyfile(data_dir("kernels") / "hub" / "__init__.py", folder / "__init__.py")
+    values = {
+        "namespace": namespace,
+        "backend": backend,
+        "library": library.name,
+        "cpu_flags": " ".join(f.removeprefix("-m") for f in _loader.cpu_flags()),
+    }
+    templates = data_dir("kernels") / "hub"
+    for rel in _PACKAGE_FILES:
+        target = folder / rel
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(_render(templates / rel, values), encoding="utf-8")
     # hf_sparse's errors module is standard-library only: the copied pattern modules raise its ConfigError and quote
     # values with its bounded repr.
     shutil.copyfile(hf / "errors.py", folder / "errors.py")
-    (folder / "attention").mkdir()
-    atomic_write_text(folder / "attention" / "__init__.py", '"""hf_sparse\'s attention patterns and layouts."""\n')
+    # hf_sparse's attention patterns and layouts, and the ops' autograd formulas and fake implementations, unchanged:
+    # they name their namespace through ops/_namespace.py, which carries this build's.
     for name in ("patterns.py", "layout.py"):
         shutil.copyfile(hf / "attention" / name, folder / "attention" / name)
-    (folder / "ops").mkdir()
     for name in ("_autograd.py", "_fake.py"):
         shutil.copyfile(hf / "ops" / name, folder / "ops" / name)
-    atomic_write_text(
-        folder / "ops" / "_namespace.py", f'"""This build\'s op namespace."""\n\nNAMESPACE = "{namespace}"\n'
-    )
-    cpu_flags = tuple(f.removeprefix("-m") for f in _loader.cpu_flags())
-    init = _OPS_INIT.format(namespace=namespace, backend=backend, cpu_flags=cpu_flags, library=library.name)
-    atomic_write_text(folder / "ops" / "__init__.py", init)
     shutil.copyfile(library, folder / "ops" / library.name)
     backend_info: dict = {"type": backend}
     if backend == "cuda":

@@ -99,6 +99,35 @@ def test_build_folder_is_what_kernels_resolves(package):
     assert kernel_package_variants(package)[variant.variant_str]["id"] == meta.id
 
 
+def test_package_python_is_the_kernels_hub_files_with_the_build_values(package):
+    from hf_sparse._resources import data_dir
+    from hf_sparse.integrations.kernel_hub import _PACKAGE_FILES
+
+    folder = package / "build" / variant_name("cpu")
+    meta = kernel_package_variants(package)[variant_name("cpu")]
+    templates = data_dir("kernels") / "hub"
+    for rel in _PACKAGE_FILES:
+        built, template = (folder / rel).read_text(), (templates / rel).read_text()
+        assert "@@" not in built
+        if "@@" not in template:
+            assert built == template
+    ops_init = (folder / "ops" / "__init__.py").read_text()
+    assert f"namespace {meta['id']})" in ops_init and 'BACKEND = "cpu"' in ops_init
+    assert f'with_name("{meta["id"]}.so")' in ops_init
+
+
+def test_render_refuses_unknown_placeholders_and_unsafe_values(tmp_path):
+    from hf_sparse.integrations.kernel_hub import _render
+
+    template = tmp_path / "t.py"
+    template.write_text('A = "@@a@@"\nB = "@@b@@"\n')
+    assert _render(template, {"a": "x y", "b": "1.0-z", "unused": ""}) == 'A = "x y"\nB = "1.0-z"\n'
+    with pytest.raises(KernelBuildError, match=r"\['b'\]"):
+        _render(template, {"a": "x"})
+    with pytest.raises(KernelBuildError, match="cannot carry"):
+        _render(template, {"a": 'x"; import os', "b": ""})
+
+
 def test_rebuild_keeps_other_variants_and_replaces_its_own(package, tmp_path):
     import shutil
 

@@ -1,0 +1,1 @@
+"""hf_sparse's attention patterns and layouts."""

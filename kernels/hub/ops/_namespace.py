@@ -1,0 +1,3 @@
+"""This build's op namespace."""
+
+NAMESPACE = "@@namespace@@"
