@@ -1,18 +1,43 @@
-"""``apply_sparse_attention_``: switch a transformers model to the ``hf_sparse`` attention implementation."""
+"""``apply_sparse_attention_``: switch a transformers model to the ``hf_sparse`` attention implementation (which
+:mod:`hf_sparse.integrations.attention` registers with transformers), and record the token ids its forward passes
+see (for token-id global tokens)."""
 
 from __future__ import annotations
 
 import weakref
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .config import SparseAttentionConfig
+from .config import ATTENTION_NAME, CONFIG_KEY, SparseAttentionConfig
 
-__all__ = ["apply_sparse_attention_"]
+__all__ = ["apply_sparse_attention_", "record_input_ids", "recorded_input_ids"]
 
 # Models whose input ids are recorded (token-id global tokens), with the hook's handle.
 _HOOKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# input_ids of the latest forward pass per model config (token-id global tokens), set by a forward pre-hook.
+_TOKENS: dict[int, torch.Tensor] = {}
+
+
+def record_input_ids(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Record each forward pass's token ids (for token-id global tokens): a forward pre-hook on the model's input
+    embedding table, which every call path (the task model, its base model) goes through."""
+    config = model.config
+    key = id(config)
+    weakref.finalize(config, _TOKENS.pop, key, None)
+
+    def _hook(mod, args):
+        if args and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point():
+            _TOKENS[key] = args[0].detach()
+
+    return model.get_input_embeddings().register_forward_pre_hook(_hook)
+
+
+def recorded_input_ids(model_config) -> torch.Tensor | None:
+    """The token ids of the latest forward pass of the model with this config, if :func:`record_input_ids` records
+    them."""
+    return _TOKENS.get(id(model_config))
 
 
 def apply_sparse_attention_(model: nn.Module, config: SparseAttentionConfig) -> dict:
@@ -27,8 +52,6 @@ def apply_sparse_attention_(model: nn.Module, config: SparseAttentionConfig) -> 
     Raises:
         ConfigError: ``config`` is not a :class:`SparseAttentionConfig`, or the model has no transformers config.
     """
-    from ..integrations.attention import ATTENTION_NAME, CONFIG_KEY, record_input_ids
-
     if not isinstance(config, SparseAttentionConfig):
         raise ConfigError(f"apply_sparse_attention_ needs a SparseAttentionConfig, got {type(config).__name__}.")
     model_config = getattr(model, "config", None)

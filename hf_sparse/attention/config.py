@@ -10,7 +10,12 @@ from ..config import BaseConfig, check_seed, register_config
 from ..errors import ConfigError, quote
 from .patterns import BlockSparse, DilatedWindow, Full, GlobalTokens, Pattern, SlidingWindow
 
-__all__ = ["SparseAttentionConfig"]
+__all__ = ["SparseAttentionConfig", "ATTENTION_NAME", "CONFIG_KEY"]
+
+#: The name to pass as ``attn_implementation`` (:mod:`hf_sparse.integrations.attention` registers it).
+ATTENTION_NAME = "hf_sparse"
+#: The model-config attribute holding the :class:`SparseAttentionConfig` as a dict (saved in ``config.json``).
+CONFIG_KEY = "hf_sparse_attention"
 
 
 @register_config("sparse_attention")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import weakref
 
 import torch
 from transformers import AttentionInterface
@@ -24,19 +23,12 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
-from ..attention.config import SparseAttentionConfig
+from ..attention.apply import recorded_input_ids
+from ..attention.config import ATTENTION_NAME, CONFIG_KEY, SparseAttentionConfig
 from ..attention.functional import lowrank_attention, sparse_attention, sparse_attention_reference
 from ..errors import ConfigError
 
 __all__ = ["ATTENTION_NAME", "SparseMaskInfo", "sparse_attention_forward", "sparse_attention_mask", "CONFIG_KEY"]
-
-#: The name to pass as ``attn_implementation``.
-ATTENTION_NAME = "hf_sparse"
-#: The model-config attribute holding the :class:`SparseAttentionConfig` as a dict (saved in ``config.json``).
-CONFIG_KEY = "hf_sparse_attention"
-
-# input_ids of the latest forward pass per model config (token-id global tokens), set by a forward pre-hook.
-_TOKENS: dict[int, torch.Tensor] = {}
 
 
 @dataclasses.dataclass
@@ -151,7 +143,7 @@ def config_of(model_config) -> SparseAttentionConfig:
 def _global_flags(cfg: SparseAttentionConfig, model_config, total: int, device) -> torch.Tensor | None:
     if not cfg.global_token_ids:
         return None
-    ids = _TOKENS.get(id(model_config))
+    ids = recorded_input_ids(model_config)
     if ids is None or ids.shape[-1] != total:
         raise ConfigError(
             "global_token_ids needs the input_ids of the forward pass: apply the config with "
@@ -256,20 +248,6 @@ def _dense_path(query, key, value, pattern, dense, *, causal, scale, q_offset, k
             )
         )
     return torch.cat(outs)
-
-
-def record_input_ids(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
-    """Record each forward pass's token ids (for token-id global tokens): a forward pre-hook on the model's input
-    embedding table, which every call path (the task model, its base model) goes through."""
-    config = model.config
-    key = id(config)
-    weakref.finalize(config, _TOKENS.pop, key, None)
-
-    def _hook(mod, args):
-        if args and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point():
-            _TOKENS[key] = args[0].detach()
-
-    return model.get_input_embeddings().register_forward_pre_hook(_hook)
 
 
 AttentionInterface.register(ATTENTION_NAME, sparse_attention_forward)
