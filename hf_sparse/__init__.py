@@ -3,30 +3,28 @@
 Public API::
 
     import hf_sparse
-    report = hf_sparse.apply_(model, hf_sparse.PruningConfig(sparsity=0.5))          # one-shot
+    report = hf_sparse.apply_(model, hf_sparse.PruningConfig(sparsity=0.5))          # one-shot, any method config
     trainer = Trainer(..., callbacks=[hf_sparse.PruningCallback(PruningConfig(...))])  # gradual, while training
     decisions = hf_sparse.sparsify_(model)  # pruned Linear layers -> SparseLinear where predicted faster
     trainer = Trainer(model=student, ..., callbacks=[hf_sparse.DistillationCallback(teacher, alpha=0.9)])
     trainer = Trainer(model=model, ..., callbacks=[hf_sparse.QATCallback(hf_sparse.QuantizationConfig())])
     hf_sparse.convert_(model)          # QAT layers -> int8 / int4 layers that save and load
+
+Importing the package registers only what ``from_pretrained`` of a saved sparse checkpoint needs: the quantizer
+(``quantization_config`` of type ``hf_sparse``) and the ``"hf_sparse"`` attention implementation. Everything else
+(the Trainer callbacks, recipes, methods, peft, datasets, plotting) is imported when first used.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from . import attention, data, distillation, formats, integrations, lowrank, nn, ops, quantization, recsys
-from .apply import apply_
-from .attention import SparseAttentionConfig, apply_sparse_attention_
-from .callbacks import (
-    DistillationCallback,
-    LowRankCallback,
-    PruningCallback,
-    QATCallback,
-    RegularizationCallback,
-    attach_callbacks,
-)
-from .config import BaseConfig, register_config
-from .distillation import DistillationConfig, Distiller, student_from_teacher, teacher_snapshot
-from .errors import (
+from ._import_hooks import when_imported  # noqa: E402
+from .config import BaseConfig, register_config  # noqa: E402
+from .errors import (  # noqa: E402
     CheckpointWriteError,
     ConfigError,
     FormatError,
@@ -35,90 +33,102 @@ from .errors import (
     PruningStateError,
     RecipeError,
 )
-from .lowrank import LowRankConfig, factorize_
-from .nn import SparseLinear, sparsify_
-from .nn.qat import QATEmbedding, QATLinear
-from .nn.quant import QuantEmbedding, QuantLinear
-from .pruning import (
-    Pruner,
-    PruningConfig,
-    RegularizationConfig,
-    StructuredPruningConfig,
-    allocate_sparsity,
-    attach_regularization,
-    cubic_sparsity,
-    guarded_prune_,
-    prune_,
-    select_modules,
-    sensitivity_scan,
-    sparsity_at,
-)
-from .quantization import QuantizationConfig, QuantScheme
-from .quantization.apply import calibrate_, convert_, prepare_qat_, quantize_
-from .quantization.sensitivity import choose_bits
-from .recipes import Recipe, load_recipe
-from .registry import CONFIGS, METHODS, Registry
-from .resilience import CheckpointMarkerCallback
+from .registry import CONFIGS, Registry  # noqa: E402
+
+
+def _register_attention_and_quantizer(_module=None) -> None:
+    """Register the ``hf_sparse`` quantizer and attention function with transformers' registries."""
+    importlib.import_module(".integrations", __name__)
+
+
+def _register_auto_config(_module=None) -> None:
+    importlib.import_module(".recsys.auto", __name__).register_auto_config()
+
+
+def _register_auto_model(_module=None) -> None:
+    importlib.import_module(".recsys.auto", __name__).register_auto_model()
+
+
+# transformers loads models (and reads their quantization_config and attn_implementation) through modeling_utils,
+# and resolves saved model types through its auto modules: each registration happens as soon as the module that
+# needs it is imported, or now if it already is.
+when_imported("transformers.modeling_utils", _register_attention_and_quantizer)
+when_imported("transformers.models.auto.configuration_auto", _register_auto_config)
+when_imported("transformers.models.auto.modeling_auto", _register_auto_model)
+
+#: Public names imported when first used, by the module that defines them.
+_LAZY: dict[str, str] = {
+    # subpackages
+    **{name: f".{name}" for name in ("attention", "data", "distillation", "formats", "lowrank", "nn", "ops")},
+    **{name: f".{name}" for name in ("quantization", "recsys", "method", "jobs", "pruning", "embeddings")},
+    "integrations": ".integrations",
+    # methods and their one entry point
+    "apply_": ".apply",
+    "Method": ".method",
+    "register_method": ".method",
+    "METHODS": ".method",
+    "SparseAttentionConfig": ".attention",
+    "apply_sparse_attention_": ".attention",
+    "LowRankConfig": ".lowrank",
+    "factorize_": ".lowrank",
+    "SparseLinear": ".nn",
+    "sparsify_": ".nn",
+    "DistillationConfig": ".distillation",
+    "Distiller": ".distillation",
+    "student_from_teacher": ".distillation",
+    "teacher_snapshot": ".distillation",
+    "QuantizationConfig": ".quantization",
+    "QuantScheme": ".quantization",
+    "QATLinear": ".nn.qat",
+    "QATEmbedding": ".nn.qat",
+    "QuantLinear": ".nn.quant",
+    "QuantEmbedding": ".nn.quant",
+    "prepare_qat_": ".quantization.apply",
+    "convert_": ".quantization.apply",
+    "quantize_": ".quantization.apply",
+    "calibrate_": ".quantization.apply",
+    "choose_bits": ".quantization.sensitivity",
+    **{
+        name: ".pruning"
+        for name in (
+            "Pruner",
+            "PruningConfig",
+            "RegularizationConfig",
+            "StructuredPruningConfig",
+            "allocate_sparsity",
+            "attach_regularization",
+            "cubic_sparsity",
+            "guarded_prune_",
+            "prune_",
+            "select_modules",
+            "sensitivity_scan",
+            "sparsity_at",
+        )
+    },
+    # Trainer callbacks (import transformers.Trainer)
+    **{
+        name: ".callbacks"
+        for name in (
+            "DistillationCallback",
+            "LowRankCallback",
+            "PruningCallback",
+            "QATCallback",
+            "RegularizationCallback",
+            "attach_callbacks",
+        )
+    },
+    "CheckpointMarkerCallback": ".resilience",
+    # recipes
+    "Recipe": ".recipes",
+    "load_recipe": ".recipes",
+}
 
 __all__ = [
     "__version__",
-    "data",
-    "attention",
-    "SparseAttentionConfig",
-    "apply_sparse_attention_",
-    "lowrank",
-    "recsys",
-    "LowRankConfig",
-    "factorize_",
-    "LowRankCallback",
-    "formats",
-    "integrations",
-    "nn",
-    "ops",
-    "SparseLinear",
-    "sparsify_",
-    "apply_",
     "BaseConfig",
     "register_config",
-    "PruningConfig",
-    "Pruner",
-    "PruningCallback",
-    "RegularizationCallback",
-    "DistillationCallback",
-    "DistillationConfig",
-    "Distiller",
-    "student_from_teacher",
-    "teacher_snapshot",
-    "distillation",
-    "quantization",
-    "QuantizationConfig",
-    "QuantScheme",
-    "QATCallback",
-    "QATLinear",
-    "QATEmbedding",
-    "QuantLinear",
-    "QuantEmbedding",
-    "prepare_qat_",
-    "convert_",
-    "quantize_",
-    "calibrate_",
-    "choose_bits",
-    "attach_callbacks",
-    "StructuredPruningConfig",
-    "RegularizationConfig",
-    "attach_regularization",
-    "prune_",
-    "guarded_prune_",
-    "sensitivity_scan",
-    "allocate_sparsity",
-    "select_modules",
-    "cubic_sparsity",
-    "sparsity_at",
-    "Recipe",
-    "load_recipe",
     "Registry",
     "CONFIGS",
-    "METHODS",
     "HfSparseError",
     "ConfigError",
     "RecipeError",
@@ -126,5 +136,19 @@ __all__ = [
     "PruningStateError",
     "FormatError",
     "CheckpointWriteError",
-    "CheckpointMarkerCallback",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_sparse' has no attribute {name!r}")
+    imported = importlib.import_module(module, __name__)
+    value = imported if module == f".{name}" else getattr(imported, "METHOD_REGISTRY" if name == "METHODS" else name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

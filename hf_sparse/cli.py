@@ -44,7 +44,8 @@ def _recipe_task(source: str | None) -> str | None:
     """The ``task:`` key of a recipe file or packaged recipe (None for the classification recipes), read with the
     recipes' one bounded loader."""
     from .errors import RecipeError
-    from .recipes import packaged_recipes, read_recipe_yaml, recipe_task
+    from .recipe_yaml import read_recipe_yaml, recipe_task
+    from .recipes import packaged_recipes
 
     if source is None:
         return None
@@ -113,10 +114,11 @@ def _recipe_file(source: str) -> Path:
 
 
 def _cmd_recsys(args: argparse.Namespace) -> int:
-    from .recsys.compress import load_recsys_recipe, run_recsys
+    from .jobs.tasks import task_for
 
     source = args.recipe
-    report = run_recsys(load_recsys_recipe(_recipe_file(source)), args.output, recipe_source=source)
+    task = task_for("recsys")
+    report = task.run(task.load_recipe(_recipe_file(source)), args.output, recipe_source=source)
     print(f"\nhf-sparse recsys: report written to {args.output}/report.md")
     for run in report["runs"]:
         ratio = f", item table {100 * run['memory_ratio']:.1f}% of dense" if "memory_ratio" in run else ""
@@ -125,10 +127,11 @@ def _cmd_recsys(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm(args: argparse.Namespace) -> int:
-    from .lm import load_lm_recipe, run_lm
+    from .jobs.tasks import task_for
 
     source = args.recipe
-    report = run_lm(load_lm_recipe(_recipe_file(source)), args.output, recipe_source=source)
+    task = task_for("lm")
+    report = task.run(task.load_recipe(_recipe_file(source)), args.output, recipe_source=source)
     print(f"\nhf-sparse lm: report written to {args.output}/report.md")
     ppl = report["perplexity"]
     for length in report["eval"]["lengths"]:
@@ -172,21 +175,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
+    from .jobs.tasks import task_for
     from .recipes import dump_recipe, load_recipe
-    from .recsys.compress import load_recsys_recipe
 
-    task = _recipe_task(args.recipe)
-    if task in ("recsys", "lm"):
-        from .lm import load_lm_recipe
-
-        load = load_recsys_recipe if task == "recsys" else load_lm_recipe
-        print(yaml.safe_dump(load(_recipe_file(args.recipe)).to_dict(), sort_keys=False), end="")
+    name = _recipe_task(args.recipe)
+    task = task_for(name)
+    if name is not None:
+        recipe = task.load_recipe(_recipe_file(args.recipe))
+        if not args.no_model:
+            recipe = task.preflight(recipe)
+        print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
         return 0
     recipe = load_recipe(args.recipe)
     if not args.no_model:
-        from .compress import preflight
-
-        preflight(recipe)  # module names, layer indices and the teacher, against the model's config
+        task.preflight(recipe)  # module names, layer indices and the teacher, against the model's config
     print(dump_recipe(recipe), end="")
     return 0
 

@@ -60,6 +60,15 @@ class Registry(Generic[T]):
                 f"Unknown {self.kind} {quote(name)}. Registered: {sorted(self._items) or 'none'}."
             ) from None
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin's or a test's clean-up).
+
+        Raises:
+            ConfigError: naming the unknown entry.
+        """
+        self.get(name)
+        del self._items[name]
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

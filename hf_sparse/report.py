@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from .method import METHOD_REGISTRY
+
 __all__ = ["render_markdown", "pct"]
 
 
@@ -94,123 +96,9 @@ def render_markdown(report: dict) -> str:
             "(medians).",
             "",
         ]
-    structured = [r for r in runs if r.get("structure")]
-    if structured:
-        lines += ["## Structured pruning", "", "| model | parameters kept | heads per layer | FFN neurons per layer |"]
-        lines.append("|---|---|---|---|")
-        for r in structured:
-            st = r["structure"]
-            heads = ", ".join(str(x["heads"]) for x in st["layers"])
-            neurons = ", ".join(str(x["neurons"]) for x in st["layers"])
-            lines.append(
-                f"| {r['name']} | {st['params_after']:,} of {st['params_before']:,} "
-                f"({pct(st['params_after'] / st['params_before'])}) | {heads} | {neurons} |"
-            )
-        lines.append("")
-    distilled = [r for r in runs if (r.get("distillation") or {}).get("kd")]
-    if distilled:
-        lines += [
-            "## Distillation",
-            "",
-            "Each `-kd` model learned from the fine-tuned dense model (the teacher) while it was fine-tuned; the same "
-            "model without `-kd` had the same pruning, steps and seed without the teacher.",
-            "",
-            "| model | with distillation | without | gain (points) | with distillation vs dense (points) |",
-            "|---|---|---|---|---|",
-        ]
-        by_name = {r["name"]: r for r in runs}
-        for r in distilled:
-            plain = by_name.get(r["name"].removesuffix("-kd"))
-            without = f"{plain['test_accuracy']:.4f}" if plain else "–"
-            gain = f"{100 * (r['test_accuracy'] - plain['test_accuracy']):+.2f}" if plain else "–"
-            lines.append(
-                f"| {r['name'].removesuffix('-kd')} | {r['test_accuracy']:.4f} | {without} | {gain} | "
-                f"{100 * r['delta_vs_dense']:+.2f} |"
-            )
-        cfg = distilled[0]["distillation"]["config"]
-        terms = [f"alpha {cfg['alpha']}, temperature {cfg['temperature']}"]
-        for key in ("hidden", "attention", "embedding"):
-            if cfg.get(f"{key}_weight"):
-                kind = cfg.get(f"{key}_loss", cfg.get("hidden_loss"))
-                terms.append(f"{key} {kind} x {cfg[f'{key}_weight']}")
-        lines += ["", "Losses: " + "; ".join(terms) + ".", ""]
-    quantised = [r for r in runs if r.get("quantization")]
-    if quantised:
-        lines += [
-            "## Quantisation",
-            "",
-            "`-qat` models trained with fake-quantised weights and were converted to integer layers; `-ptq` models "
-            "had the same training in float and were quantised afterwards (the float column is that model before "
-            "quantisation). Weight bytes: the quantised Linear layers' codes, scales and indices.",
-            "",
-            "| model | mode | test accuracy | vs dense (points) | float before PTQ | weight bytes | vs float32 |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in quantised:
-            q = r["quantization"]
-            before = f"{q['float_accuracy']:.4f}" if q.get("float_accuracy") is not None else "–"
-            lines.append(
-                f"| {r['name']} | {q['mode']} | {r['test_accuracy']:.4f} | {100 * r['delta_vs_dense']:+.2f} | "
-                f"{before} | {q['weight_bytes']:,} | {pct(q['weight_bytes'] / max(q['float_weight_bytes'], 1))} |"
-            )
-        lines.append("")
-    factored = [r for r in runs if r.get("lowrank")]
-    if factored:
-        lines += [
-            "## Low rank",
-            "",
-            "Factorised layers: `W ≈ U V` (two thin matmuls; `+ S` with sparse residuals). Values: what the factored "
-            "layers store vs their dense weights; error: `||W - U V|| / ||W||` when factorised (mean over layers).",
-            "",
-            "| model | layers factorised | kept dense | ranks (min–max) | values stored | vs dense | mean error |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in factored:
-            lr = r["lowrank"]
-            done = [e for e in lr["layers"].values() if "format" in e]
-            kept = len(lr["layers"]) - len(done)
-            ranks = [e["rank"] for e in done]
-            errors = [e["relative_error"] for e in done if "relative_error" in e]
-            span = f"{min(ranks)}–{max(ranks)}" if ranks else "–"
-            err = f"{sum(errors) / len(errors):.3f}" if errors else "–"
-            ratio = pct(lr["stored_params"] / max(lr["dense_params"], 1))
-            lines.append(
-                f"| {r['name']} | {len(done)} | {kept} | {span} | {lr['stored_params']:,} | {ratio} | {err} |"
-            )
-        lines.append("")
-    compressed = [r for r in runs if r.get("embeddings")]
-    if compressed:
-        lines += [
-            "## Compressed embeddings",
-            "",
-            "Memory: the compressed table's bytes (codes, scales, indices, factors) vs the float32 table; error: "
-            "`||E' - E|| / ||E||` of the table as compressed, before fine-tuning (fitted initialisation).",
-            "",
-            "| model | table | method | size | memory vs float32 | error |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in compressed:
-            for table, e in r["embeddings"]["tables"].items():
-                size = ", ".join(f"{k} {v}" for k, v in e["size"].items() if k not in ("seed", "vocab_factors"))
-                hot = f", {e['hot_rows']} hot rows" if e.get("hot_rows") else ""
-                err = f"{e['relative_error']:.3f}" if e.get("relative_error") is not None else "– (random init)"
-                lines.append(
-                    f"| {r['name']} | `{table}` | {e['method']}{hot} | {size} | {pct(e['memory_ratio'])} | {err} |"
-                )
-        lines.append("")
-    if report.get("sensitivity") and factored:
-        lines += [
-            "Per-layer ranks above come from a sensitivity scan of the dense model (each layer alone replaced by "
-            "low-rank approximations removing the scanned fractions of its values, validation accuracy measured; "
-            "report.json holds the scan): sensitive layers keep more rank.",
-            "",
-        ]
-    elif report.get("sensitivity"):
-        lines += [
-            "Per-layer sparsities above come from a sensitivity scan of the dense model (each layer pruned alone, "
-            "validation accuracy measured; report.json holds the scan): sensitive layers are pruned less.",
-            "",
-        ]
+    # Each method's own section (structured pruning, low rank, embeddings, quantisation, distillation ...).
+    for method in sorted((m for _, m in METHOD_REGISTRY.items()), key=lambda m: m.sort_key):
+        lines += method.report(report)
     guard = report.get("guard")
     if guard:
         lines += [

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DataCollatorWithPadding, Trainer
 
 from .callbacks.pruning import PruningCallback
-from .compress import _finetune, _predict, _training_args, fine_tuned_dense, prepare_data
+from .compress import fine_tuned_dense
+from .jobs.classification import predict, prepare_data
+from .jobs.training import finetune
 from .machine import machine_info
 from .pruning.apply import Pruner
 from .pruning.config import PruningConfig
@@ -67,6 +68,8 @@ def _calibration(train_tok, tokenizer, samples: int, seed: int) -> list[dict]:
     """``samples`` seeded training examples as padded model-input batches of 32 (labels left out)."""
     subset = train_tok.shuffle(seed=seed).select(range(min(samples, len(train_tok))))
     subset = subset.remove_columns([c for c in subset.column_names if c in ("label", "labels", "length")])
+    from transformers import DataCollatorWithPadding
+
     collate = DataCollatorWithPadding(tokenizer)
     return [collate([subset[j] for j in range(i, min(i + 32, len(subset)))]) for i in range(0, len(subset), 32)]
 
@@ -116,12 +119,7 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
         "machine": machine_info(),
     }
     cells = sweep_cells(recipe)
-    eval_trainer = Trainer(
-        model=dense_model,
-        args=_training_args(recipe.pruned, confined_path(output_dir, "trainer", "eval")),
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-    )
+    eval_work = confined_path(output_dir, "trainer", "eval")
     for i, cfg in enumerate(cells, 1):
         name = _cell_name(cfg)
         if name in done:
@@ -137,14 +135,13 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
             pruner.calibration = _calibration(train_tok, tokenizer, cfg.calibration_samples, recipe.pruned.seed)
             pruner.prune_to(cfg.sparsity)
             masks = pruner.masks
-            eval_trainer.model = model
-            cell["oneshot_accuracy"], _ = _predict(eval_trainer, test_tok)
+            cell["oneshot_accuracy"], _ = predict(model, test_tok, tokenizer, recipe.pruned, eval_work)
             cell["oneshot_s"] = time.perf_counter() - t0
         if recipe.sweep.finetune:
             callback = PruningCallback(cfg, masks=masks)
             work = confined_path(output_dir, "trainer", name)
-            trainer = _finetune(model, train_tok, tokenizer, recipe.pruned, work, [callback])
-            cell["test_accuracy"], _ = _predict(trainer, test_tok)
+            finetune(model, train_tok, tokenizer, recipe.pruned, work, [callback])
+            cell["test_accuracy"], _ = predict(model, test_tok, tokenizer, recipe.pruned, work)
             cell["sparsity"] = callback.pruner.report()["sparsity"]
         else:
             cell["test_accuracy"] = cell["oneshot_accuracy"]

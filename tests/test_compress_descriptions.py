@@ -1,7 +1,8 @@
 """The words `hf-sparse compress` puts in reports and model cards describe the pruning that actually ran."""
 
-from hf_sparse.compress import _pruning_desc, _schedule_desc
+from hf_sparse.jobs.cards import pruning_description as _pruning_desc
 from hf_sparse.pruning import PruningConfig
+from hf_sparse.pruning.method import schedule_description as _schedule_desc
 
 
 def test_schedule_descriptions_name_each_schedule():

@@ -26,7 +26,8 @@ from test_recipe_corpus import PACKAGED, _dump, _dumped_line, _set
 from hf_sparse.cli import main
 from hf_sparse.errors import RecipeError
 from hf_sparse.lm import load_lm_recipe
-from hf_sparse.recipes import DEFAULT_RECIPE, MAX_RECIPE_BYTES, load_recipe
+from hf_sparse.recipe_yaml import MAX_RECIPE_BYTES
+from hf_sparse.recipes import DEFAULT_RECIPE, load_recipe
 from hf_sparse.recsys.compress import load_recsys_recipe
 
 Format = Literal["compress", "staged", "sweep", "lm", "recsys"]

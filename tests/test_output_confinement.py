@@ -27,7 +27,13 @@ from hf_sparse.resilience import confined_path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_sparse"
 #: The modules of the jobs: every path they write under the output folder is built by confined_path.
-JOB_WRITERS = ["compress.py", "staged.py", "sweep.py", "lm/run.py", "recsys/compress.py"]
+JOB_WRITERS = [
+    "compress.py",
+    "sweep.py",
+    "lm/run.py",
+    "recsys/compress.py",
+    *(p.relative_to(PACKAGE).as_posix() for p in sorted((PACKAGE / "jobs").glob("*.py"))),
+]
 
 ESCAPES = ["..", "../victim", "../../victim/x", "/abs/path", "a/../../victim", "", "a\0b", "~/x", "."]
 
@@ -85,8 +91,10 @@ def test_job_writers_build_output_paths_only_through_confined_path():
             if (
                 isinstance(node, ast.BinOp)
                 and isinstance(node.op, ast.Div)
-                and isinstance(node.left, ast.Name)
-                and node.left.id in ("output_dir", "work")
+                and (
+                    (isinstance(node.left, ast.Name) and node.left.id in ("output_dir", "work"))
+                    or (isinstance(node.left, ast.Attribute) and node.left.attr in ("output_dir", "work"))
+                )
             ):
                 offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, offenders

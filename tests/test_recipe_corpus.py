@@ -30,7 +30,8 @@ from hf_sparse.cli import main
 from hf_sparse.compress import preflight, run_compress
 from hf_sparse.config import BaseConfig, anchor_message
 from hf_sparse.errors import RecipeError
-from hf_sparse.recipes import DEFAULT_RECIPE, Recipe, _RecipeLoader, load_recipe, packaged_recipes
+from hf_sparse.recipe_yaml import _RecipeLoader
+from hf_sparse.recipes import DEFAULT_RECIPE, Recipe, load_recipe, packaged_recipes
 from hf_sparse.recsys.compress import RecsysRecipe, load_recsys_recipe
 
 RECSYS_RECIPE = "movielens-sasrec"
@@ -1120,7 +1121,7 @@ def test_compress_refuses_before_any_training(case: Case, tmp_path, monkeypatch,
         raise AssertionError("training started")
 
     monkeypatch.setattr(compress_module, "prepare_data", training_started)
-    monkeypatch.setattr(compress_module, "_finetune", training_started)
+    monkeypatch.setattr(compress_module, "finetune", training_started)
     path = case.write(tmp_path)
     out = tmp_path / "out"
     assert main(["compress", str(path), "--output", str(out)]) == 2

@@ -239,7 +239,7 @@ def load_lm_recipe(path: str | Path) -> LmRecipe:
     """
     # The loader and the key-to-line lookup of the compress recipes: the same YAML dialect (``5e-5`` is a float,
     # a key written twice is refused), the same bounds and the same error anchoring in every recipe format.
-    from ..recipes import read_recipe_yaml, recipe_task, validate_recipe_document
+    from ..recipe_yaml import read_recipe_yaml, recipe_task, validate_recipe_document
 
     path = Path(path)
     if not path.is_file():

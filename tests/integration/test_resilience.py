@@ -39,7 +39,7 @@ import os, signal, sys
 from pathlib import Path
 import torch
 from transformers import TrainerCallback
-import hf_sparse.compress as compress
+import hf_sparse.jobs.classification as classification
 
 torch.set_num_threads(int(os.environ["TORCH_THREADS"]))  # the parent's: float sums depend on the thread count
 
@@ -50,14 +50,14 @@ class Stop(TrainerCallback):
         if state.global_step == int(step):
             os.kill(os.getpid(), getattr(signal, sig))
 
-original = compress._finetune
+original = classification.finetune  # what every run's fine-tuning calls
 
 def finetune(model, train, tokenizer, section, work_dir, callbacks=(), init_callbacks=(), **kwargs):
     if Path(work_dir).name == run:
         callbacks = [*callbacks, Stop()]
     return original(model, train, tokenizer, section, work_dir, callbacks, init_callbacks, **kwargs)
 
-compress._finetune = finetune
+classification.finetune = finetune
 from hf_sparse.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -1,0 +1,101 @@
+"""What the model card of each run of ``hf-sparse compress`` shows (``hf_sparse_results.json``)."""
+
+from __future__ import annotations
+
+from ..data import LABEL_NAMES, hub_id
+from ..pruning.config import PruningConfig
+from ..pruning.method import pct as _pct
+from ..pruning.method import schedule_description as _schedule_desc
+
+__all__ = ["card_results", "pruning_description"]
+
+
+def pruning_description(cfg: PruningConfig, n_layers: int) -> tuple[str, str]:
+    """What was pruned and how, in words: ("37 layers (1 of them an embedding table)", "unstructured magnitude
+    pruning, global ranking")."""
+    if cfg.embeddings:
+        tables = "an embedding table" if len(cfg.embeddings) == 1 else f"{len(cfg.embeddings)} embedding tables"
+        what = f"{n_layers} pruned layers ({tables} among them)"
+    else:
+        what = f"{n_layers} pruned `nn.Linear` layers"
+    grain = {
+        "block": f"{cfg.block[0]}x{cfg.block[1]}-block",
+        "nm": f"{cfg.n}:{cfg.m}",
+        "embedding_row": "embedding-row",
+    }.get(cfg.granularity, cfg.granularity)
+    return what, f"{grain} {cfg.criterion} pruning, {cfg.scope} ranking"
+
+
+def card_results(run: dict, report: dict, recipe) -> dict:
+    """What the model card of one pruned run shows (``hf_sparse_results.json``)."""
+    cfg = PruningConfig.from_dict(run["pruning_config"])
+    m = report["machine"]
+    latency = run.get("latency")
+    if latency:
+        latency = {**latency, "machine": f"{m['cpu']}, {m['cores']} cores", "torch": m["torch"]}
+    task = (
+        f"`{hub_id(report['model'])}` fine-tuned for sentiment classification ({' / '.join(LABEL_NAMES)}) on "
+        f"{recipe.data.dataset}"
+    )
+    title = f"{recipe.model.name} pruned to {_pct(run['sparsity'])} on {recipe.data.dataset}"
+    summary = f"{task} and pruned with hf_sparse: {_pct(run['sparsity'])} of the weights of its " + (
+        "{} are zero ({}).".format(*pruning_description(cfg, len(run["layers"])))
+    )
+    method = (
+        "Fine-tuning and pruning ran through the stock `transformers.Trainer` with `hf_sparse.PruningCallback` "
+        f"({_schedule_desc(cfg)}); `hf_sparse.sparsify_` then stored each pruned layer in the format predicted "
+        f"fastest for {recipe.checkpoint.batch_hint} tokens per call on the machine below, or kept it dense."
+    )
+    structure = run.get("structure")
+    if structure:
+        sc = structure["config"]
+        kept = structure["params_after"] / structure["params_before"]
+        title = f"{recipe.model.name} with {_pct(1 - kept)} of its parameters removed on {recipe.data.dataset}"
+        summary = (
+            f"{task}, then made smaller with hf_sparse structured pruning: {_pct(sc['heads_fraction'])} of the "
+            f"attention heads and {_pct(sc['neurons_fraction'])} of the FFN neurons removed ({sc['criterion']} "
+            f"scores, {sc['scope']} ranking), {structure['params_after']:,} of {structure['params_before']:,} "
+            "parameters left. The result is a smaller dense model; its per-layer sizes are in the checkpoint's "
+            "config so `from_pretrained` rebuilds it (after `import hf_sparse`)."
+        )
+        also = f"; `hf_sparse.PruningCallback` also pruned weights ({_schedule_desc(cfg)})."
+        method = (
+            "Heads and neurons were scored and removed once with `hf_sparse.pruning.structured_prune_`, then the "
+            "smaller model was fine-tuned with the stock `transformers.Trainer`" + (also if run["sparsity"] else ".")
+        )
+    quant = run.get("quantization")
+    if quant:
+        bits = quant["config"]["weight"]["bits"]
+        how = (
+            "trained with fake quantisation (`hf_sparse.QATCallback`), then converted"
+            if quant["mode"] == "qat"
+            else "quantised after training (`hf_sparse.quantize_`, calibrated on real training examples)"
+        )
+        base = title if run["sparsity"] else recipe.model.name
+        title = f"{base} with {bits}-bit weights"
+        summary += (
+            f" Its {quant['layers']} encoder Linear layers hold {bits}-bit integer weights with float scales ({how}); "
+            f"they take {quant['weight_bytes']:,} bytes instead of {quant['float_weight_bytes']:,} in float32."
+        )
+    return {
+        "base_model": hub_id(report["model"]),
+        "title": title,
+        "summary": summary,
+        "method": method,
+        "dataset": recipe.data.dataset,
+        "pipeline_tag": "text-classification",
+        "recipe_file": "hf_sparse_recipe.yaml",
+        "accuracy": {
+            "metric": "accuracy",
+            "split": "test",
+            "examples": report["data"]["test_examples"],
+            "seed": recipe.data.seed,
+            "dense": report["dense"]["test_accuracy"],
+            "compressed": run["test_accuracy"],
+        },
+        "nonzero_params": run["nonzero_params"],
+        "dense_nonzero_params": report["dense"]["nonzero_params"],
+        "dense_checkpoint_bytes": report["dense"]["checkpoint_bytes"],
+        "latency": latency,
+        "layers": run["layers"],
+    }

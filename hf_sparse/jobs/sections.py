@@ -1,0 +1,267 @@
+"""The job settings of a classification recipe: model, data, training, checkpointing, and the job-level features
+(sweep grid, accuracy guard, sensitivity scan)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ..config import BaseConfig, check_seed
+from ..errors import ConfigError, quote
+
+__all__ = [
+    "ModelSection",
+    "DataSection",
+    "TrainSection",
+    "CheckpointSection",
+    "SweepSection",
+    "GuardSection",
+    "SensitivitySection",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection(BaseConfig):
+    """Which model to compress.
+
+    Args:
+        name: A packaged alias (``minilm-l6``), a local folder, or a Hub id.
+        max_length: Tokenizer truncation length.
+    """
+
+    name: str = "minilm-l6"
+    max_length: int = 128
+
+    def validate(self) -> None:
+        if not self.name.strip():
+            raise ConfigError(
+                f"model.name must name a model (a packaged alias such as 'minilm-l6', a local folder or a cached Hub "
+                f"id), got {quote(self.name)}."
+            )
+        if self.max_length < 8:
+            raise ConfigError(f"model.max_length must be >= 8, got {self.max_length}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection(BaseConfig):
+    """Which data, how it is split and how much of it is used.
+
+    Args:
+        dataset: The task's data set.
+        seed: Seed of the splits and subsets.
+        validation_fraction, test_fraction: Split sizes (fractions of all examples).
+        train_limit, test_limit: Use a stratified, seeded subset of this many examples (null = the whole split).
+    """
+
+    dataset: Literal["rotten_tomatoes"] = "rotten_tomatoes"
+    seed: int = 42
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+    def validate(self) -> None:
+        for key in ("validation_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ConfigError(f"data.{key} must be in (0, 1), got {getattr(self, key)}.")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                f"data.validation_fraction + data.test_fraction must be below 1 (the rest is the training split), got "
+                f"{self.validation_fraction} + {self.test_fraction}."
+            )
+        check_seed(self.seed, "data.seed")
+        for key in ("train_limit", "test_limit"):
+            value = getattr(self, key)
+            if value is not None and value < 2:
+                raise ConfigError(f"data.{key} must be >= 2 or null, got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection(BaseConfig):
+    """Fine-tuning hyper-parameters (mapped onto ``transformers.TrainingArguments``).
+
+    Args:
+        learning_rate: Peak learning rate of AdamW.
+        epochs: Passes over the training data (ignored when ``max_steps`` > 0).
+        max_steps: Optimizer steps; -1 to train for ``epochs``.
+        batch_size: Examples per step per device.
+        gradient_accumulation_steps: Batches accumulated per optimizer step.
+        weight_decay: AdamW weight decay.
+        warmup_fraction: Fraction of the steps with a linear learning-rate warm-up.
+        seed: Seed of initialisation, dropout and data order.
+        logging_steps: Steps between log lines.
+    """
+
+    learning_rate: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    seed: int = 42
+    logging_steps: int = 25
+
+    def validate(self) -> None:
+        # Messages name fields as TrainSection.<field>: in a recipe that becomes dense.<field> or pruned.<field>.
+        if self.learning_rate <= 0:
+            raise ConfigError(f"TrainSection.learning_rate must be > 0, got {self.learning_rate}.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"TrainSection.max_steps must be -1 (use epochs) or > 0, got {self.max_steps}.")
+        if self.epochs < 0:
+            raise ConfigError(f"TrainSection.epochs must be >= 0, got {self.epochs}.")
+        if self.max_steps == -1 and self.epochs == 0:
+            raise ConfigError(
+                "TrainSection.epochs is 0 and TrainSection.max_steps is -1 (train for epochs): nothing would train; "
+                "set epochs > 0 or max_steps > 0."
+            )
+        for key in ("batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"TrainSection.{key} must be >= 1, got {getattr(self, key)}.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"TrainSection.weight_decay must be >= 0, got {self.weight_decay}.")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"TrainSection.warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
+        check_seed(self.seed, "TrainSection.seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection(BaseConfig):
+    """How each pruned model is saved, checked and measured.
+
+    Args:
+        format: ``"auto"``: each pruned layer is stored in the format ``sparsify_`` predicts fastest on this machine
+            for ``batch_hint`` tokens per call, or kept dense; a format name (``"csr"``, ``"bsr"``, ``"hybrid"``,
+            ``"nm"``, ...) stores every pruned layer in it; ``"dense"`` saves plain weights with zeros (loads
+            without hf_sparse, no smaller on disk).
+        batch_hint: Tokens per call the automatic format choice optimises for.
+        min_sparsity: Layers pruned less than this stay dense.
+        verify: Reload each saved checkpoint with ``from_pretrained`` and compare its test-split predictions with
+            the model that was saved.
+        latency_rounds: Interleaved rounds of the latency measurement (one padded test review, batch 1, at
+            ``model.max_length`` tokens) of each saved model against the dense baseline; 0 skips it.
+        save_steps: Every this many optimizer steps each fine-tuning writes a Trainer checkpoint (model, optimizer,
+            schedule, RNG, pruning masks and callback state) under ``<output>/trainer/<run>/``, so an interrupted job
+            continues from where it stopped with ``hf-sparse compress --resume`` (the two most recent are kept, and
+            deleted once the run is saved); 0 writes none (a resumed job then repeats unfinished runs).
+    """
+
+    format: str = "auto"
+    batch_hint: int = 128
+    min_sparsity: float = 0.3
+    verify: bool = True
+    latency_rounds: int = 20
+    save_steps: int = 100
+
+    def validate(self) -> None:
+        from ..formats import FORMATS
+
+        allowed = ["auto", "dense", *sorted(FORMATS)]
+        if self.format not in allowed:
+            raise ConfigError(f"checkpoint.format must be one of {allowed}, got {quote(self.format)}.")
+        if self.batch_hint < 1:
+            raise ConfigError(f"checkpoint.batch_hint must be >= 1, got {self.batch_hint}.")
+        if not 0.0 <= self.min_sparsity <= 1.0:
+            raise ConfigError(f"checkpoint.min_sparsity must be in [0, 1], got {self.min_sparsity}.")
+        if self.latency_rounds < 0:
+            raise ConfigError(f"checkpoint.latency_rounds must be >= 0, got {self.latency_rounds}.")
+        if self.save_steps < 0:
+            raise ConfigError(f"checkpoint.save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSection(BaseConfig):
+    """A grid of pruning runs compared on the same data (``hf-sparse sweep``): every criterion x granularity x
+    sparsity, each pruned from the same fine-tuned dense model and fine-tuned with the recipe's ``pruned``
+    section. Gradual criteria (magnitude, movement, taylor, random) follow the recipe's ``pruning`` schedule;
+    one-shot criteria (wanda, sparsegpt) prune at step 0 from calibration data, are evaluated before any
+    fine-tuning, then fine-tuned with their mask fixed.
+
+    Args:
+        criteria: Criterion names (see ``PruningConfig.criterion``).
+        granularities: ``"unstructured"``, ``"block"`` (``pruning.block``) or ``"nm"`` (``pruning.n``:``pruning.m``,
+            which fixes its sparsity at ``1 - n/m``: run once).
+        sparsities: Target sparsities of the unstructured and block runs.
+        finetune: Fine-tune each pruned model (false: one-shot criteria only, evaluated as pruned).
+    """
+
+    criteria: tuple[str, ...] = ("magnitude", "movement", "taylor", "wanda", "sparsegpt")
+    granularities: tuple[str, ...] = ("unstructured", "block", "nm")
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
+    finetune: bool = True
+
+    def validate(self) -> None:
+        from ..pruning.criteria import CRITERIA
+
+        for key in ("criteria", "granularities", "sparsities"):
+            if not getattr(self, key):
+                raise ConfigError(
+                    f"sweep.{key} is empty: the sweep runs every combination, so each list needs an entry."
+                )
+        for c in self.criteria:
+            if c not in CRITERIA:
+                raise ConfigError(f"sweep.criteria: unknown criterion {quote(c)}; known: {sorted(CRITERIA)}.")
+        for g in self.granularities:
+            if g not in ("unstructured", "block", "nm"):
+                raise ConfigError(f"sweep.granularities: {quote(g)} is not one of ['unstructured', 'block', 'nm'].")
+        for s in self.sparsities:
+            if not 0 < s < 1:
+                raise ConfigError(f"sweep.sparsities must each be in (0, 1), got {s}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardSection(BaseConfig):
+    """An accuracy-guarded run of ``hf-sparse compress``: the fine-tuned dense model is pruned stage by stage
+    (``pruning``'s criterion and granularity, one-shot per stage, then ``steps_per_stage`` fine-tuning steps with the
+    mask fixed), validation accuracy is measured after each stage, and pruning stops at the first stage that loses
+    more than ``max_drop``, rolling the model back to the last stage within it
+    (:func:`~hf_sparse.pruning.guarded_prune_`). The history goes into the report; the accepted model is saved as
+    ``guarded-<pct>``.
+
+    Args:
+        max_drop: Largest accepted drop of validation accuracy below the dense model's (0.01 = one point).
+        stages: Increasing target sparsities.
+        steps_per_stage: Fine-tuning steps after each stage (the ``pruned`` section's other settings).
+        validation_examples: Seeded validation examples each evaluation reads (null = all).
+    """
+
+    max_drop: float = 0.01
+    stages: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
+    steps_per_stage: int = 100
+    validation_examples: int | None = None
+
+    def validate(self) -> None:
+        if self.max_drop < 0:
+            raise ConfigError(f"guard.max_drop must be >= 0, got {self.max_drop}.")
+        if not self.stages or any(not 0 < s < 1 for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
+            raise ConfigError(f"guard.stages must be increasing sparsities in (0, 1), got {list(self.stages)}.")
+        if self.steps_per_stage < 0:
+            raise ConfigError(f"guard.steps_per_stage must be >= 0, got {self.steps_per_stage}.")
+        if self.validation_examples is not None and self.validation_examples < 2:
+            raise ConfigError(f"guard.validation_examples must be >= 2 or null (all), got {self.validation_examples}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivitySection(BaseConfig):
+    """Per-layer sparsities from a measured sensitivity scan: before the pruned runs, each pruned layer of the
+    fine-tuned dense model is pruned alone at each of ``sparsities`` and validation accuracy measured
+    (:func:`~hf_sparse.pruning.sensitivity_scan`); every run then gets ``pruning.layer_sparsity`` from
+    :func:`~hf_sparse.pruning.allocate_sparsity` at its target (sensitive layers pruned less). The scan is in the
+    report.
+
+    Args:
+        sparsities: Sparsities each layer is scanned at (scan up to the highest target).
+        validation_examples: Seeded validation examples each evaluation reads (null = all; the scan runs
+            ``layers x sparsities`` evaluations).
+    """
+
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.9)
+    validation_examples: int | None = 512
+
+    def validate(self) -> None:
+        if not self.sparsities or any(not 0 < s < 1 for s in self.sparsities):
+            raise ConfigError(f"sensitivity.sparsities must be in (0, 1), got {list(self.sparsities)}.")
+        if self.validation_examples is not None and self.validation_examples < 2:
+            raise ConfigError(
+                f"sensitivity.validation_examples must be >= 2 or null (all), got {self.validation_examples}."
+            )
