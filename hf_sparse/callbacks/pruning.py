@@ -19,6 +19,7 @@ from ..errors import ConfigError, PruningStateError
 from ..pruning.apply import Pruner
 from ..pruning.config import PruningConfig
 from ..pruning.schedules import is_rigl_update, rigl_regrow_fraction, sparsity_at
+from ..trainer_callbacks import attach_callbacks
 
 __all__ = ["PruningCallback", "attach_callbacks", "MASKS_FILE", "SCORES_FILE"]
 
@@ -316,18 +317,3 @@ def _calibration_batches(dataloader, samples: int, model) -> list[dict]:
         if seen >= samples:
             break
     return batches
-
-
-def attach_callbacks(trainer, *callbacks: TrainerCallback) -> None:
-    """Add ``callbacks`` to ``trainer`` right after its flow callback, before the ``report_to`` loggers.
-
-    ``Trainer(callbacks=[...])`` puts user callbacks after the logging integrations, so keys a callback adds to the
-    logs (``sparsity``) reach only the console. Inserting them first lets TensorBoard, W&B etc. record them too.
-    """
-    # Only Trainer's public add/remove methods are used: take the callbacks after the flow callback off, add ours,
-    # put the others back in their order.
-    later = list(trainer.callback_handler.callbacks[1:])
-    for cb in later:
-        trainer.remove_callback(cb)
-    for cb in (*callbacks, *later):
-        trainer.add_callback(cb)

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..errors import ConfigError
+from ..trainer_callbacks import attach_callbacks
 from .config import HOOK_OPTIONS, CommHookConfig
 from .counting import CommCounter
 from .sync import is_distributed
@@ -226,8 +227,6 @@ def register_comm_hook(trainer, hook: str | CommHookConfig = "allreduce", **opti
     Raises:
         ConfigError: an unknown hook, an option the hook does not read, or a value out of range.
     """
-    from ..callbacks.pruning import attach_callbacks
-
     callback = CommHookCallback(trainer, hook, **options)
     attach_callbacks(trainer, callback)
     return callback
