@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..formats import FORMATS, QR, TT, Hashed, Hot, LowRank, RowMap, SparseFormat, index_dtype
-from ..formats.embedding import tt_factors
+from ..formats.tt import tt_factors
 from ..nn.compressed_embedding import CompressedEmbedding
 from ..nn.replace import replace_module
 from .config import EmbeddingCompressionConfig, TableCompression

@@ -12,14 +12,18 @@ import torch
 from .base import FORMATS, SparseFormat, index_dtype
 from .bitmask import Bitmask
 from .bsr import BSR
+from .compositional import QR, Hashed
 from .coo import COO
 from .csr import CSC, CSR
-from .embedding import QR, TT, Hashed, Hot, RowMap, float_tensor_names, lookup_rows
+from .embedding import float_tensor_names, lookup_rows
 from .hybrid import Hybrid
 from .lowrank import LowRank, LowRankSparse
 from .nm import NM
+from .qdense import QDense
 from .qrow import QRow
-from .quantized import QBSR, QCSR, QNM, QDense
+from .qsparse import QBSR, QCSR, QNM
+from .rowmap import Hot, RowMap
+from .tt import TT
 
 __all__ = [
     "FORMATS",

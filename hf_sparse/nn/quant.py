@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FormatError
-from ..formats.quantized import QBSR, QCSR, QNM, QDense
+from ..formats import QBSR, QCSR, QNM, QDense
 from ..ops import dequantize_weight
 from .sparse_linear import SparseLinear
 from .stored import StoredWeightMixin
@@ -60,7 +60,7 @@ class QuantEmbedding(StoredWeightMixin, nn.Module):
     lookup dequantises only the rows it returns.
 
     Args:
-        weight: a :class:`~hf_sparse.formats.quantized.QDense` of shape ``(num_embeddings, embedding_dim)`` with
+        weight: a :class:`~hf_sparse.formats.QDense` of shape ``(num_embeddings, embedding_dim)`` with
             ``granularity`` ``"channel"`` or ``"group"``.
         padding_idx: as in ``nn.Embedding``.
 

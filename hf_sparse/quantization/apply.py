@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..formats.quantized import QBSR, QCSR, QNM, QDense
+from ..formats import QBSR, QCSR, QNM, QDense
 from ..nn.qat import FakeQuantizer, QATEmbedding, QATLinear
 from ..nn.quant import QuantEmbedding, QuantLinear
 from ..nn.replace import replace_module
