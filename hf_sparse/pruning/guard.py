@@ -153,6 +153,63 @@ def _restore(live: Mapping[str, torch.Tensor], saved: Mapping[str, torch.Tensor]
         tensor.copy_(saved[key])
 
 
+def _check_guardable(config: PruningConfig) -> None:
+    """ConfigError for pruning the guard cannot roll back or run in stages."""
+    if config.granularity == "layer":
+        raise ConfigError(
+            "guarded_prune_: PruningConfig.granularity='layer' removes encoder layers from the model, which cannot be "
+            "rolled back by restoring weights; guard 'head' or 'neuron' pruning (masked, not yet removed) or a "
+            "weight granularity instead."
+        )
+    if getattr(CRITERIA.get(config.criterion), "needs_calibration", False):
+        raise ConfigError(
+            f"guarded_prune_: PruningConfig.criterion={quote(config.criterion)} prunes from calibration inputs, "
+            "which the "
+            "guard does not collect; guard criterion='magnitude' (or 'random') stages, or prune one-shot with "
+            "hf_sparse.prune_(model, config, calibration=batches) and evaluate once."
+        )
+
+
+def _baseline(model: nn.Module, evaluate: Callable[[nn.Module], float], baseline: float | None) -> float:
+    """The dense metric: ``baseline`` if given, else measured; ConfigError unless it is a finite number."""
+    if baseline is None:
+        baseline = as_metric(evaluate(model), "baseline")
+    else:
+        baseline = as_metric(baseline, "baseline argument")
+    if not math.isfinite(baseline):
+        raise ConfigError(f"guarded_prune_: the baseline metric is {baseline}; it must be finite to measure drops.")
+    return baseline
+
+
+def _live_state(model: nn.Module, pruner: Pruner, finetuned: bool) -> dict[str, torch.Tensor]:
+    """What a rejected stage must restore: the pruned modules (pruning changes only their weights) or, when the
+    caller fine-tunes, the whole model. Keys are module-qualified, shared tensors appear once per owner (harmless)."""
+    if not finetuned:
+        return {f"{n}.{k}": v for n, m in pruner.modules.items() for k, v in m.state_dict(keep_vars=True).items()}
+    return dict(model.state_dict(keep_vars=True))
+
+
+def _run_stage(
+    model: nn.Module,
+    pruner: Pruner,
+    sparsity: float,
+    index: int,
+    evaluate: Callable[[nn.Module], float],
+    finetune: Callable[[nn.Module, Pruner, float], None] | None,
+    rollback: Callable[[], None],
+) -> float:
+    """Prune to ``sparsity``, fine-tune if asked, and return the metric; on any exception, ``rollback()`` first."""
+    try:
+        pruner.prune_to(sparsity)
+        if finetune is not None:
+            finetune(model, pruner, sparsity)
+        return as_metric(evaluate(model), f"stage {index}, sparsity {sparsity}")
+    except BaseException:
+        # Never leave the caller with a half-done stage (e.g. an interrupted fine-tuning).
+        rollback()
+        raise
+
+
 def guarded_prune_(
     model: nn.Module,
     config: PruningConfig,
@@ -210,34 +267,11 @@ def guarded_prune_(
     exception propagates, so it is never left half-way through a stage.
     """
     stages = _check_stages(sparsities, max_drop)
-    if config.granularity == "layer":
-        raise ConfigError(
-            "guarded_prune_: PruningConfig.granularity='layer' removes encoder layers from the model, which cannot be "
-            "rolled back by restoring weights; guard 'head' or 'neuron' pruning (masked, not yet removed) or a "
-            "weight granularity instead."
-        )
-    if getattr(CRITERIA.get(config.criterion), "needs_calibration", False):
-        raise ConfigError(
-            f"guarded_prune_: PruningConfig.criterion={quote(config.criterion)} prunes from calibration inputs, "
-            "which the "
-            "guard does not collect; guard criterion='magnitude' (or 'random') stages, or prune one-shot with "
-            "hf_sparse.prune_(model, config, calibration=batches) and evaluate once."
-        )
+    _check_guardable(config)
     pruner = Pruner(model, config)
-    if baseline is None:
-        baseline = as_metric(evaluate(model), "baseline")
-    else:
-        baseline = as_metric(baseline, "baseline argument")
-    if not math.isfinite(baseline):
-        raise ConfigError(f"guarded_prune_: the baseline metric is {baseline}; it must be finite to measure drops.")
+    baseline = _baseline(model, evaluate, baseline)
     sign = 1.0 if higher_is_better else -1.0
-
-    # What a rejected stage must restore: the pruned modules (pruning changes only their weights) or, when the caller
-    # fine-tunes, the whole model. Keys are module-qualified, shared tensors appear once per owner (harmless).
-    if finetune is None:
-        live = {f"{n}.{k}": v for n, m in pruner.modules.items() for k, v in m.state_dict(keep_vars=True).items()}
-    else:
-        live = dict(model.state_dict(keep_vars=True))
+    live = _live_state(model, pruner, finetune is not None)
 
     history: list[dict[str, Any]] = []
     accepted_sparsity = 0.0
@@ -247,16 +281,12 @@ def guarded_prune_(
     for index, sparsity in enumerate(bar, start=1):
         saved = _snapshot(live)
         start = time.perf_counter()
-        try:
-            pruner.prune_to(sparsity)
-            if finetune is not None:
-                finetune(model, pruner, sparsity)
-            metric = as_metric(evaluate(model), f"stage {index}, sparsity {sparsity}")
-        except BaseException:
-            # Never leave the caller with a half-done stage (e.g. an interrupted fine-tuning).
+
+        def rollback(saved=saved, masks=accepted_masks, accepted=accepted_sparsity) -> None:
             _restore(live, saved)
-            pruner.load_state_dict(accepted_masks, target_sparsity=accepted_sparsity)
-            raise
+            pruner.load_state_dict(masks, target_sparsity=accepted)
+
+        metric = _run_stage(model, pruner, sparsity, index, evaluate, finetune, rollback)
         drop = sign * (baseline - metric)
         accepted = math.isfinite(metric) and drop <= max_drop
         history.append(
@@ -272,8 +302,7 @@ def guarded_prune_(
         )
         bar.set_postfix(metric=f"{metric:.4f}", drop=f"{drop:+.4f}")
         if not accepted:
-            _restore(live, saved)
-            pruner.load_state_dict(accepted_masks, target_sparsity=accepted_sparsity)
+            rollback()
             stopped_at = sparsity
             logger.info(
                 "Guarded pruning stopped at sparsity %.4f: metric %.4f, drop %.4f > %.4f; rolled back to %.4f.",
