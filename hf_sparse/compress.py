@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .jobs.cards import card_results
 from .jobs.classification import ClassificationTask, load_classifier, predict, prepare_data
 from .jobs.recipe_plan import preflight, recipe_plans
+from .jobs.report import render_markdown, write_report
 from .jobs.runner import RECIPE_FILE, RUN_FILE, run_plan
 from .jobs.training import (
     barrier,
@@ -32,7 +33,6 @@ from .jobs.training import (
 )
 from .machine import machine_info
 from .recipes import JOB_OUTPUTS, Recipe, dump_recipe
-from .report import render_markdown
 from .resilience import atomic_folder, atomic_write_text, confined_path, remove_stale_partials
 
 __all__ = ["run_compress", "preflight", "prepare_data", "fine_tuned_dense", "RUN_FILE", "RECIPE_FILE"]
@@ -343,9 +343,7 @@ def _write_outputs(report: dict, recipe: Recipe, output_dir: Path, work: Path) -
         write_model_card(folder, results=results)
     plots = write_report_plots(report, confined_path(output_dir, "plots"))
     report["plots"] = {name: f"plots/{file}" for name, file in plots.items()}
-    atomic_write_text(confined_path(output_dir, "recipe.yaml"), dump_recipe(recipe))
-    atomic_write_text(confined_path(output_dir, "report.json"), json.dumps(report, indent=2) + "\n")
-    atomic_write_text(confined_path(output_dir, "report.md"), render_markdown(report))
+    write_report(output_dir, report, render_markdown(report), dump_recipe(recipe))
     # The job is complete: training checkpoints (kept for --resume) and empty log folders go.
     for folder in work.iterdir() if work.is_dir() else ():
         remove_checkpoints(folder)

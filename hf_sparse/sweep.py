@@ -19,13 +19,13 @@ import torch
 from .callbacks.pruning import PruningCallback
 from .compress import fine_tuned_dense
 from .jobs.classification import predict, prepare_data
+from .jobs.report import pct
 from .jobs.training import finetune
 from .machine import machine_info
 from .pruning.apply import Pruner
 from .pruning.config import PruningConfig
 from .pruning.criteria import CRITERIA
 from .recipes import JOB_OUTPUTS, Recipe, dump_recipe
-from .report import pct
 from .resilience import atomic_write_text, confined_path, remove_stale_partials
 
 __all__ = ["run_sweep", "sweep_cells", "render_sweep_markdown"]

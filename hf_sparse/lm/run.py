@@ -38,8 +38,9 @@ import torch
 import yaml
 
 from ..errors import ConfigError
+from ..jobs.report import write_report
 from ..machine import machine_info
-from ..resilience import atomic_folder, atomic_write_text, confined_path, remove_stale_partials
+from ..resilience import atomic_folder, confined_path, remove_stale_partials
 from .config import LM_OUTPUTS, SMOLLM2_ALIASES, LmFinetuneSection, LmRecipe
 from .data import LmDocuments, select_documents, split_into_pieces
 from .metrics import evaluate_perplexity
@@ -297,9 +298,8 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
         "timings": timings,
         "total_s": timings["total_s"],
     }
-    atomic_write_text(confined_path(output_dir, "report.json"), json.dumps(report, indent=1) + "\n")
-    atomic_write_text(confined_path(output_dir, "report.md"), render_lm_markdown(report))
-    atomic_write_text(confined_path(output_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    recipe_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    write_report(output_dir, report, render_lm_markdown(report), recipe_yaml, indent=1)
     return report
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..embeddings import EmbeddingCompressionConfig, TableCompression
 from ..errors import ConfigError, RecipeError, quote
 from ..jobs.plan import RunPlan, Stage
 from ..machine import machine_info
-from ..resilience import atomic_folder, atomic_write_text, confined_path, remove_stale_partials
+from ..resilience import atomic_folder, confined_path, remove_stale_partials
 
 __all__ = ["RecsysRecipe", "RecsysModelSection", "RecsysTrainSection", "run_recsys", "load_recsys_recipe"]
 
@@ -309,6 +308,7 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     Returns:
         The report (what ``report.json`` holds).
     """
+    from ..jobs.report import write_report
     from ..jobs.runner import run_plan
     from ..jobs.training import checkpoint_bytes
     from .data import item_frequencies, movielens_splits
@@ -363,9 +363,7 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
         "machine": machine_info(),
         "total_s": time.perf_counter() - started,
     }
-    atomic_write_text(confined_path(output_dir, "report.json"), json.dumps(report, indent=1))
-    atomic_write_text(confined_path(output_dir, "report.md"), render_recsys_markdown(report))
-    atomic_write_text(confined_path(output_dir, "recipe.yaml"), recipe_text)
+    write_report(output_dir, report, render_recsys_markdown(report), recipe_text, indent=1)
     return report
 
 

@@ -1,13 +1,26 @@
-"""Markdown rendering of the ``hf-sparse compress`` report."""
+"""The one report writer of the jobs (``report.json``, ``report.md``, ``recipe.yaml``, atomically, inside the output
+folder) and the Markdown of the ``hf-sparse compress`` report, whose method sections come from the registered
+methods' ``report`` hooks."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
+from pathlib import Path
 
-from .method import METHOD_REGISTRY
+from ..method import METHOD_REGISTRY
+from ..resilience import atomic_write_text, confined_path
 
-__all__ = ["render_markdown", "pct"]
+__all__ = ["render_markdown", "pct", "write_report"]
+
+
+def write_report(output_dir: Path, report: dict, markdown: str, recipe_yaml: str, *, indent: int = 2) -> None:
+    """Write a job's ``report.json``, ``report.md`` and resolved ``recipe.yaml`` into ``output_dir`` (each atomic:
+    complete under its name, or not there)."""
+    atomic_write_text(confined_path(output_dir, "recipe.yaml"), recipe_yaml)
+    atomic_write_text(confined_path(output_dir, "report.json"), json.dumps(report, indent=indent) + "\n")
+    atomic_write_text(confined_path(output_dir, "report.md"), markdown)
 
 
 def pct(x: float) -> str:
