@@ -20,9 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
 from ._import_hooks import when_imported  # noqa: E402
+from ._version import __version__  # noqa: E402
 from .config import BaseConfig, register_config  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointWriteError,

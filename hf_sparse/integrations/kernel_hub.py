@@ -247,7 +247,7 @@ def _write_variant(folder: Path, backend: str, version: int, namespace: str, lib
 
 
 def _card(variants: list[str], version: int) -> str:
-    from .. import __version__
+    from .._version import __version__
 
     lines = [
         "---",
