@@ -306,5 +306,3 @@ def _key_line(node: yaml.Node | None, message: str) -> int | None:
         else:
             break
     return line
-
-

@@ -134,7 +134,6 @@ class StageSection(BaseConfig):
         if self.pruning is not None and self.pruning.granularity == "layer":
             raise ConfigError(f"stage {quote(self.name)}: pruning.granularity layer: use structured.layers_to_drop.")
 
-
     def _read_methods(self) -> None:
         """``methods`` entries read by their registered methods' config classes."""
         read = {}

@@ -72,4 +72,3 @@ class DistillationSection(StageDistillationSection):
 
     compare: bool = True
     student_from: Literal["dense", "pretrained"] = "dense"
-

@@ -57,4 +57,3 @@ class LowRankSection(LowRankConfig):
     def to_config(self) -> LowRankConfig:
         """The plain LowRankConfig of this section."""
         return LowRankConfig(**{k: getattr(self, k) for k in LowRankConfig.field_names()})
-

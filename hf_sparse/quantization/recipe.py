@@ -57,4 +57,3 @@ class QuantizationSection(StageQuantizationSection):
     """
 
     compare_ptq: bool = True
-
