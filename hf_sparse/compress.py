@@ -334,7 +334,7 @@ def run_compress(
 def _write_outputs(report: dict, recipe: Recipe, output_dir: Path, work: Path) -> None:
     """Model cards, plots, the resolved recipe and the report; then the job's training leftovers go."""
     from .integrations.hub import RESULTS_FILE, write_model_card
-    from .integrations.plot import write_report_plots
+    from .integrations.report_plots import write_report_plots
 
     for run in report["runs"]:
         folder = confined_path(output_dir, run["checkpoint"])

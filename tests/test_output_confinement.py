@@ -122,7 +122,7 @@ def test_the_model_card_writer_does_not_follow_a_symlink_out(sandbox):
 
 
 def test_report_plots_of_hostile_run_names_stay_in_the_plots_folder(sandbox):
-    from hf_sparse.integrations.plot import write_report_plots
+    from hf_sparse.integrations.report_plots import write_report_plots
 
     runs = [
         {"name": name, "sparsity": 0.5, "test_accuracy": 0.8, "layers": {"a": 0.5, "b": 0.4}}

@@ -15,19 +15,18 @@ from matplotlib.colors import to_hex
 from PIL import Image
 
 from hf_sparse.errors import MissingPackageError
-from hf_sparse.integrations import plot
+from hf_sparse.integrations import plot, report_plots
 from hf_sparse.integrations.plot import (
     ACCURACY_PLOT,
     FORMAT_COLORS,
     SERIES_COLORS,
-    _report_series,
     accuracy_figure,
     accuracy_plot_png,
     density_figure,
     density_plot_png,
     standard_error,
-    write_report_plots,
 )
+from hf_sparse.integrations.report_plots import _report_series, write_report_plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -366,7 +365,7 @@ def test_report_plots_are_written_and_valid(tmp_path):
 def test_report_accuracy_chart_gets_the_test_split_and_the_baselines(tmp_path, monkeypatch):
     calls = []
     real = plot.accuracy_plot_png
-    monkeypatch.setattr(plot, "accuracy_plot_png", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    monkeypatch.setattr(report_plots, "accuracy_plot_png", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     write_report_plots(synthetic_report(), tmp_path)
     ((args, kwargs),) = calls
     assert args[0] == {"pruned": [(0.5, 0.83)], "pruned + distilled": [(0.5, 0.835)], "int8 QAT": [(0.0, 0.832)]}
