@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 
 from .errors import ConfigError, quote
 
-__all__ = ["Registry", "CONFIGS", "METHODS"]
+__all__ = ["Registry", "CONFIGS"]
 
 T = TypeVar("T")
 
@@ -84,5 +84,3 @@ class Registry(Generic[T]):
 
 #: Config classes by their ``config_type`` name (what ``to_dict`` writes and ``from_dict`` reads).
 CONFIGS: Registry[type] = Registry("config type")
-#: ``apply_`` handlers, keyed by the config type name of the config they take.
-METHODS: Registry[Callable] = Registry("method")

@@ -11,7 +11,6 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, PruningStateError, quote
 from ..nn.matching import _matches, match_embeddings, match_linears  # noqa: F401  (_matches: re-exported)
-from ..registry import METHODS
 from .config import PruningConfig
 from .criteria import CRITERIA, Criterion
 from .granularity import STRUCTURED_GRANULARITIES, granular_masks
@@ -387,6 +386,3 @@ def prune_(
         report["shrunk"] = shrink_masked_units_(model)
     report.update(model_parameter_counts(model))
     return report
-
-
-METHODS.register(PruningConfig.config_type, prune_)

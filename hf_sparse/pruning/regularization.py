@@ -33,7 +33,6 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError
 from ..nn.matching import match_linears
 from ..nn.structure import EncoderLayerParts, find_encoder_layers
-from ..registry import METHODS
 from .gates import (
     DropConnect,
     HardConcreteGate,
@@ -488,6 +487,3 @@ def attach_regularization(model: nn.Module, config: RegularizationConfig | Mappi
     handle = RegularizationHandle(model, config, modules, layers)
     handle._attach()
     return handle
-
-
-METHODS.register(RegularizationConfig.config_type, attach_regularization)

@@ -41,7 +41,6 @@ from ..nn.structure import (
     set_heads,
     set_neurons,
 )
-from ..registry import METHODS
 from .structure_scores import head_importance, head_magnitude_scores, neuron_magnitude_scores, taylor_scores
 
 __all__ = [
@@ -389,6 +388,3 @@ def structured_prune_(
 def _layer_params(parts: EncoderLayerParts) -> int:
     layer_modules = [*qkv_linears(parts).values(), parts.attention_output, parts.intermediate, parts.ffn_output]
     return sum(p.numel() for m in layer_modules for p in m.parameters())
-
-
-METHODS.register(StructuredPruningConfig.config_type, structured_prune_)

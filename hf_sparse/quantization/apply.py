@@ -15,7 +15,6 @@ from ..formats import QBSR, QCSR, QNM, QDense
 from ..nn.qat import FakeQuantizer, QATEmbedding, QATLinear
 from ..nn.quant import QuantEmbedding, QuantLinear
 from ..nn.replace import replace_module
-from ..registry import METHODS
 from .config import QuantizationConfig
 
 __all__ = [
@@ -347,10 +346,3 @@ def quantization_report(model: nn.Module) -> dict[str, dict[str, Any]]:
                 "float_bytes": fmt.shape[0] * fmt.shape[1] * 4,
             }
     return out
-
-
-def _apply_quantization(model: nn.Module, config: QuantizationConfig) -> dict[str, str]:
-    return quantize_(model, config)
-
-
-METHODS.register("quantization", _apply_quantization)
