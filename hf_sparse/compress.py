@@ -212,7 +212,7 @@ def _allocate(scan, dense_model):
 
 def _guarded_run(recipe: Recipe, task: ClassificationTask, work: Path) -> dict:
     """The accuracy-guarded progressive run of ``recipe.guard`` (see :class:`~hf_sparse.recipes.GuardSection`)."""
-    from .callbacks.pruning import PruningCallback
+    from .pruning.callback import PruningCallback
     from .pruning.guard import guarded_prune_
 
     section = recipe.guard

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from .callbacks.pruning import PruningCallback
 from .compress import fine_tuned_dense
 from .jobs.classification import predict, prepare_data
 from .jobs.report import pct
 from .jobs.training import finetune
 from .machine import machine_info
 from .pruning.apply import Pruner
+from .pruning.callback import PruningCallback
 from .pruning.config import PruningConfig
 from .pruning.criteria import CRITERIA
 from .recipes import JOB_OUTPUTS, Recipe, dump_recipe

@@ -1,10 +1,13 @@
-"""TrainerCallbacks: the only part of hf_sparse that knows the Trainer's order of events."""
+"""The Trainer callbacks of every method, in one place for ``from hf_sparse.callbacks import ...``. Each lives in its
+method's folder (``hf_sparse/pruning/callback.py``, ``hf_sparse/quantization/callback.py`` ...), beside the
+method's config and transform; ``attach_callbacks`` adds them ahead of the logging integrations."""
 
-from .distillation import DistillationCallback
-from .lowrank import LowRankCallback
-from .pruning import MASKS_FILE, PruningCallback, attach_callbacks
-from .quantization import QATCallback
-from .regularization import RegularizationCallback
+from ..distillation.callback import DistillationCallback
+from ..lowrank.callback import LowRankCallback
+from ..pruning.callback import MASKS_FILE, PruningCallback
+from ..pruning.regularization_callback import RegularizationCallback
+from ..quantization.callback import QATCallback
+from ..trainer_callbacks import attach_callbacks
 
 __all__ = [
     "DistillationCallback",

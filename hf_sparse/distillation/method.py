@@ -51,7 +51,7 @@ def _preflight(model, distil, where: str, info: dict) -> None:
 def _callbacks(section, ctx: RunContext) -> list:
     if section is None:
         return []
-    from ..callbacks.distillation import DistillationCallback
+    from ..distillation.callback import DistillationCallback
 
     teacher = ctx.task.teacher(getattr(section, "teacher", None))
     return [DistillationCallback(teacher, _config(section, ctx))]

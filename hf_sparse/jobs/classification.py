@@ -111,6 +111,10 @@ def predict(model, dataset, tokenizer, section, work: Path) -> tuple[float, np.n
         data_collator=DataCollatorWithPadding(tokenizer),
     )
     output = trainer.predict(dataset, metric_key_prefix="test")
+    # Predicting marks the model itself as prepared by accelerate (``_is_accelerate_prepared``); a Trainer that
+    # later trains it, or a copy of it, would then skip the DDP wrapping and its ranks would drift apart.
+    if "_is_accelerate_prepared" in vars(model):
+        del model._is_accelerate_prepared
     logits = np.asarray(output.predictions)
     return float((logits.argmax(-1) == np.asarray(output.label_ids)).mean()), logits
 

@@ -83,7 +83,7 @@ def finetune(
     """
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
-    from ..callbacks.pruning import attach_callbacks
+    from ..trainer_callbacks import attach_callbacks
 
     work_dir = Path(work_dir)
     checkpoint = None

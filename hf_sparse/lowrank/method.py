@@ -42,7 +42,7 @@ def _start(model, section, ctx: RunContext) -> None:
 def _callbacks(section, ctx: RunContext) -> list:
     if section is None or not _gradual(section):
         return []
-    from ..callbacks.lowrank import LowRankCallback
+    from ..lowrank.callback import LowRankCallback
 
     return [
         LowRankCallback(

@@ -75,7 +75,7 @@ def _masks_on(model, masks: dict) -> dict:
 
 
 def _pruning_callbacks(cfg: PruningConfig | None, ctx: RunContext) -> list:
-    from ..callbacks.pruning import PruningCallback
+    from ..pruning.callback import PruningCallback
 
     state = ctx.state.setdefault("pruning", {})
     masks = state.get("masks")
@@ -262,7 +262,7 @@ def _regularization_preflight(model, cfg: RegularizationConfig, where: str, info
 
 
 def _regularization_callbacks(cfg: RegularizationConfig | None, ctx: RunContext) -> list:
-    from ..callbacks.regularization import RegularizationCallback
+    from ..pruning.regularization_callback import RegularizationCallback
 
     return [] if cfg is None else [RegularizationCallback(cfg, finalize_gates=True)]
 

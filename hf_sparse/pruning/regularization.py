@@ -448,7 +448,7 @@ def attach_regularization(model: nn.Module, config: RegularizationConfig | Mappi
       the penalty's relative weight is multiplied by ``gradient_accumulation_steps``.
     - DropConnect parametrizes the selected ``nn.Linear`` weights (training mode only).
     - Gates are registered as children of the encoder layers; attach before creating an optimizer (the
-      :class:`~hf_sparse.callbacks.regularization.RegularizationCallback` attaches in ``on_init_end``, before the
+      :class:`~hf_sparse.RegularizationCallback` attaches in ``on_init_end``, before the
       Trainer creates its optimizer). Note that the Trainer applies ``weight_decay`` to them too (it pulls
       ``log_alpha`` towards 0, a keep probability of ~0.83).
 

@@ -37,7 +37,7 @@ def _start(model, section, ctx: RunContext) -> None:
 
 
 def _callbacks(section, ctx: RunContext) -> list:
-    from ..callbacks.quantization import QATCallback
+    from ..quantization.callback import QATCallback
 
     state = ctx.state.get("quantization") or {}
     return [QATCallback(state["config"])] if state.get("mode") == "qat" else []

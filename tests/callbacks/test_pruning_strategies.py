@@ -106,8 +106,8 @@ def test_rigl_keeps_sparsity_constant_moves_the_mask_and_regrows_from_zero(tmp_p
 
 
 def test_movement_scores_are_saved_with_checkpoints_and_restored(tmp_path):
-    from hf_sparse.callbacks.pruning import SCORES_FILE
     from hf_sparse.pruning import Pruner
+    from hf_sparse.pruning.callback import SCORES_FILE
 
     cfg = PruningConfig(sparsity=0.5, criterion="movement", schedule="oneshot", start_step=2)
     cb, _ = _run(tmp_path, cfg, max_steps=3, save_strategy="steps", save_steps=3)

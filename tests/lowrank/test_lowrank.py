@@ -252,8 +252,8 @@ def _train_lowrank(out, *, stop_at=None, resume=None):
 def test_lowrank_schedule_resumes_to_the_same_weights(tmp_path):
     import json
 
-    from hf_sparse.callbacks.lowrank import LOWRANK_STATE_FILE
     from hf_sparse.errors import PruningStateError
+    from hf_sparse.lowrank.callback import LOWRANK_STATE_FILE
 
     ref_model, ref_cb = _train_lowrank(tmp_path / "a")
     assert ref_cb.end_step == 9

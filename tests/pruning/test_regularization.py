@@ -12,7 +12,6 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, Trainer
 
 from hf_sparse.apply import apply_
-from hf_sparse.callbacks.regularization import RegularizationCallback
 from hf_sparse.config import BaseConfig
 from hf_sparse.errors import ConfigError
 from hf_sparse.pruning.regularization import (
@@ -26,6 +25,7 @@ from hf_sparse.pruning.regularization import (
     hard_concrete_prob_nonzero,
     hard_concrete_sample,
 )
+from hf_sparse.pruning.regularization_callback import RegularizationCallback
 from hf_sparse.pruning.structured import prune_heads_, prune_neurons_
 from hf_sparse.testing import cpu_training_args, tiny_bert_classifier, tiny_classification_dataset
 
