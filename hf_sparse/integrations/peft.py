@@ -41,12 +41,18 @@ import warnings
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftConfig, PeftModel, PeftType
-from peft.tuners.lora import LoraLayer, LoraModel
-from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from ..errors import ConfigError, FormatError, quote
+from ..errors import ConfigError, FormatError, MissingPackageError, quote
+
+try:  # peft is an extra: `pip install "hf_sparse[peft]"`
+    from peft import LoraConfig, PeftConfig, PeftModel, PeftType
+    from peft.tuners.lora import LoraLayer, LoraModel
+    from peft.tuners.tuners_utils import check_adapters_to_merge
+except ImportError as exc:  # only a missing peft; any other failure inside peft propagates as it is
+    if getattr(exc, "name", None) not in ("peft",):
+        raise
+    raise MissingPackageError("peft (LoRA adapters on sparse layers)", 'pip install "peft>=0.15"') from None
 from ..formats import from_tensors
 from ..nn import SparseLinear, replace_module
 from ..nn.description import sparse_config_for

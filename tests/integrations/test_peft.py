@@ -335,3 +335,19 @@ def test_unsupported_options_raise_typed_errors(tmp_path):
         wrapper.merge(safe_merge=True)
     assert not wrapper.merged
     assert all(torch.equal(t, values[k]) for k, t in _float_tensors(wrapper.get_base_layer()).items())
+
+
+def test_without_peft_the_integration_names_the_package_to_install():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['peft'] = None\n"
+        "from hf_sparse.errors import MissingPackageError\n"
+        "try:\n"
+        "    import hf_sparse.integrations.peft\n"
+        "except MissingPackageError as exc:\n"
+        "    print(type(exc).__name__, exc.install)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip().splitlines()[-1] == 'MissingPackageError pip install "peft>=0.15"'
