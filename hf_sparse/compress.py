@@ -90,7 +90,7 @@ def fine_tuned_dense(
     """
     from transformers import AutoModelForSequenceClassification
 
-    from .pruning.apply import model_parameter_counts
+    from .pruning.stats import model_parameter_counts
 
     for name in (DENSE_INFO_FILE, "hf_sparse_sweep_dense.json"):
         info_file = folder / name
@@ -118,7 +118,7 @@ def fine_tuned_dense(
 
 def _dense_baseline(recipe: Recipe, data, output_dir: Path, work: Path, resume: bool, timings: dict):
     """The fine-tuned dense baseline and its report entry."""
-    from .pruning.apply import model_parameter_counts
+    from .pruning.stats import model_parameter_counts
 
     model_path, tokenizer, _test, train_tok, test_tok, _majority, _val = data
     logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(train_tok))

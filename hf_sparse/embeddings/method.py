@@ -16,7 +16,7 @@ def table_tag(spec) -> str:
 
 
 def _preflight(model, cfg: EmbeddingCompressionConfig, where: str, info: dict) -> None:
-    from ..pruning.apply import match_embeddings
+    from ..nn.matching import match_embeddings
 
     for key in cfg.tables:
         match_embeddings(model, [key], who=f"{where}embeddings.tables")

@@ -178,7 +178,7 @@ class ClassificationTask:
         return self.predict(model)[0][self.metric]
 
     def parameter_counts(self, model) -> dict[str, int]:
-        from ..pruning.apply import model_parameter_counts
+        from ..pruning.stats import model_parameter_counts
 
         return model_parameter_counts(model)
 

@@ -129,7 +129,7 @@ def preflight(recipe):
 def _resolve_overrides(recipe, model, section):
     """``section`` (the recipe itself, or one of its stages) with each entry of ``recipe.overrides`` turned into the
     exact module names of ``model`` in the pruning, quantization and lowrank settings it changes."""
-    from ..pruning.apply import _matches
+    from ..nn.matching import _matches
 
     names = [n for n, _ in model.named_modules() if n]
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

@@ -20,7 +20,7 @@ def _config(section) -> LowRankConfig:
 
 
 def _preflight(model, low, where: str, info: dict) -> None:
-    from ..pruning.apply import _matches, match_embeddings, match_linears
+    from ..nn.matching import _matches, match_embeddings, match_linears
 
     if low.rank is not None or low.energy is not None or low.compression is not None or low.module_ranks:
         layers = match_linears(model, low.target_modules, low.exclude_modules, who=f"{where}lowrank")

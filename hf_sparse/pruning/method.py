@@ -7,7 +7,8 @@ from typing import Any
 
 from ..errors import ConfigError, quote
 from ..method import Method, RunContext, register_method
-from .apply import match_linears, prune_, select_modules
+from ..nn.matching import match_linears
+from .apply import prune_, select_modules
 from .config import PruningConfig
 from .regularization import RegularizationConfig, attach_regularization
 from .structured import StructuredPruningConfig, structured_prune_

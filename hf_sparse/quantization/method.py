@@ -20,7 +20,7 @@ def _config(section, *, post_training: bool = False) -> QuantizationConfig:
 
 
 def _preflight(model, q, where: str, info: dict) -> None:
-    from ..pruning.apply import match_embeddings, match_linears
+    from ..nn.matching import match_embeddings, match_linears
 
     match_linears(model, q.target_modules, q.exclude_modules, who=f"{where}quantization")
     if q.embedding is not None:
@@ -46,7 +46,7 @@ def _callbacks(section, ctx: RunContext) -> list:
 def _finalize(model, section, callbacks, ctx: RunContext) -> None:
     if section is None or _mode(section) != "ptq":
         return
-    from ..pruning.apply import model_parameter_counts
+    from ..pruning.stats import model_parameter_counts
 
     result = ctx.result("quantization")
     result["float_counts"] = model_parameter_counts(model)  # integer codes are not parameters: counted in float
