@@ -18,12 +18,11 @@ Importing the package registers only what ``from_pretrained`` of a saved sparse 
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
-from ._import_hooks import when_imported  # noqa: E402
-from ._version import __version__  # noqa: E402
-from .config import BaseConfig, register_config  # noqa: E402
-from .errors import (  # noqa: E402
+from ._import_hooks import lazy_attributes, when_imported
+from ._version import __version__
+from .config import BaseConfig, register_config
+from .errors import (
     CheckpointWriteError,
     ConfigError,
     FormatError,
@@ -32,7 +31,7 @@ from .errors import (  # noqa: E402
     PruningStateError,
     RecipeError,
 )
-from .registry import CONFIGS, Registry  # noqa: E402
+from .registry import CONFIGS, Registry
 
 
 def _register_attention_and_quantizer(_module=None) -> None:
@@ -65,7 +64,7 @@ _LAZY: dict[str, str] = {
     "apply_": ".apply",
     "Method": ".method",
     "register_method": ".method",
-    "METHODS": ".method",
+    "METHODS": ".method:METHOD_REGISTRY",
     "SparseAttentionConfig": ".attention",
     "apply_sparse_attention_": ".attention",
     "LowRankConfig": ".lowrank",
@@ -139,14 +138,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_sparse' has no attribute {name!r}")
-    imported = importlib.import_module(module, __name__)
-    value = imported if module == f".{name}" else getattr(imported, "METHOD_REGISTRY" if name == "METHODS" else name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

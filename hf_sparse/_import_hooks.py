@@ -8,15 +8,17 @@ imported — or at once, if it already is — is early enough for every load, an
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import ModuleType
+from typing import Any
 
-__all__ = ["when_imported"]
+__all__ = ["when_imported", "lazy_attributes"]
 
 _HOOKS: dict[str, list[Callable[[ModuleType], None]]] = {}
 _LOCK = threading.RLock()
@@ -75,3 +77,26 @@ def when_imported(name: str, hook: Callable[[ModuleType], None]) -> None:
                 sys.meta_path.insert(0, _FINDER)
             return
     hook(module)
+
+
+def lazy_attributes(package: str, names: Mapping[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that imports a public name on first use and keeps it in ``namespace``.
+
+    Args:
+        package: The package the relative module names are relative to (the module's ``__name__``).
+        names: Attribute -> ``".module"`` (the attribute of that name in it; the module itself when the attribute is
+            the module's own name) or ``".module:other"`` (its attribute ``other``).
+        namespace: The module's ``globals()``, where each imported value is kept.
+    """
+
+    def __getattr__(name: str) -> Any:
+        target = names.get(name)
+        if target is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module_name, _, attribute = target.partition(":")
+        module = importlib.import_module(module_name, package)
+        value = module if not attribute and module_name == f".{name}" else getattr(module, attribute or name)
+        namespace[name] = value
+        return value
+
+    return __getattr__

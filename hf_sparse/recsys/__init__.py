@@ -11,9 +11,7 @@ soon as transformers' auto classes are imported (:mod:`hf_sparse.recsys.auto`), 
     evaluate_ranking(model, splits, split="test")  # {"hr@10": ..., "ndcg@10": ..., "users": 943}
 """
 
-import importlib
-from typing import Any
-
+from .._import_hooks import lazy_attributes
 from .auto import register_auto_config
 
 register_auto_config()
@@ -38,14 +36,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_sparse.recsys' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "SASRecConfig",
