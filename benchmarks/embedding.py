@@ -28,14 +28,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from hf_sparse.benchmarking import interleave, measure_limits, summarize
+from hf_sparse.benchmarking import cold_bytes, interleave, measure_limits, summarize
 
 SUITE = "embedding"
 ROWS, DIM, LOOKUPS = 1_000_000, 64, 4096
 BITS = [8, 4, 2]
 BAG_SIZES = [1, 8]
-#: Bytes read between cold calls: 4x the 32 MiB L3 this machine kind reports (and >= 64 MB, the protocol's floor).
-FLUSH_BYTES = 128 * 2**20
 _PREPACK = {8: "byte", 4: "4bit", 2: "2bit"}
 
 
@@ -150,7 +148,7 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
     weight = torch.randn(ROWS, DIM, generator=g)
     ids = torch.randint(0, ROWS, (LOOKUPS,), generator=g)
     rounds = rounds or (10 if quick else 30)
-    sink = torch.ones(FLUSH_BYTES // 4)
+    sink = torch.ones(cold_bytes() // 4)  # read between cold calls: twice the last-level cache, >= 64 MiB
 
     def flush():
         return sink.sum()
@@ -180,6 +178,7 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
         "machine": machine_info(),
         "kernels": kernel_status(),
         "limits": limits,
+        "cold_bytes": cold_bytes(),
         "load_average": {"start": list(load_before), "end": list(os.getloadavg())},
         "baselines_missing": missing,
         "goals": {

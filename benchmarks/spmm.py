@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from hf_sparse.benchmarking import interleave, measure_limits, summarize
+from hf_sparse.benchmarking import cold_bytes, interleave, measure_limits, summarize
 
 SUITE = "spmm"
 SHAPES = [(3072, 768), (768, 3072), (1536, 384), (384, 1536)]
@@ -25,7 +25,6 @@ SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 FORMATS = ["csr", "hybrid", "bsr16x16", "bsr32x32", "2:4"]
 #: Formats the issue lists whose kernels do not exist yet; reported, not silently dropped.
 NOT_IMPLEMENTED: list[str] = []
-COLD_BYTES = 64e6
 
 
 def make_weight(fmt: str, M: int, K: int, sparsity: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +61,8 @@ def _ours(fmt: str, w: torch.Tensor, keep: torch.Tensor):
 
 
 def _copies(nbytes: int, cold: bool) -> int:
-    return max(8, math.ceil(COLD_BYTES / max(nbytes, 1))) if cold else 1
+    """Copies of a weight a case rotates through: cold, enough to exceed twice this machine's last-level cache."""
+    return max(8, math.ceil(cold_bytes() / max(nbytes, 1))) if cold else 1
 
 
 def run_case(
@@ -213,6 +213,7 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
         "machine": machine_info(),
         "kernels": kernel_status(),
         "limits": limits,
+        "cold_bytes": cold_bytes(),
         "not_implemented": NOT_IMPLEMENTED,
         "cases": cases,
     }

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["measure_limits", "best_time", "interleave", "summarize", "dynamic_int8"]
+__all__ = ["measure_limits", "best_time", "interleave", "summarize", "dynamic_int8", "cold_bytes"]
 
 
 def dynamic_int8(model):
@@ -78,3 +78,18 @@ def summarize(times: dict[str, list[float]], ours: str = "ours") -> tuple[float,
         ratios = [b / o for b, o in zip(times[k], times[ours])]
         speedup[k] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return ours_s, baselines, speedup
+
+
+#: The protocol's floor for what "cold" rotates through, whatever the machine reports.
+MIN_COLD_BYTES = 64 * 2**20
+
+
+def cold_bytes(llc: int | None = None) -> int:
+    """Bytes a "cold" case cycles through between two calls of the same weights: twice the last-level cache this
+    machine reports (:func:`hf_sparse.machine.llc_bytes`), and at least :data:`MIN_COLD_BYTES`, so no call finds
+    its weights in the cache."""
+    if llc is None:
+        from .machine import llc_bytes
+
+        llc = llc_bytes()
+    return max(MIN_COLD_BYTES, 2 * (llc or 0))
