@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from hf_sparse.benchmarking import cold_bytes, interleave, measure_limits, summarize
+from hf_sparse.benchmarking import best_dense, cold_bytes, dense_table, interleave, measure_limits, summarize
 
 SUITE = "embedding"
 ROWS, DIM, LOOKUPS = 1_000_000, 64, 4096
@@ -63,7 +63,9 @@ def _timed_cold(calls: dict[str, Callable[[int], object]], rounds: int, flush: C
     return times
 
 
-def run_case(table, weight, fbgemm, ids, bag_size: int, *, cold: bool, rounds: int, threads: int, flush) -> dict:
+def run_case(
+    table, weight, fbgemm, ids, bag_size: int, *, cold: bool, rounds: int, threads: int, flush, skipped=None
+) -> dict:
     from hf_sparse.ops import qrow_embedding_bag, qrow_embedding_bag_reference
 
     bits = table.bits
@@ -94,6 +96,7 @@ def run_case(table, weight, fbgemm, ids, bag_size: int, *, cold: bool, rounds: i
     needed = ids.numel() * (table.row_bytes + ids.element_size()) + bags * DIM * 4  # rows: codes, scale, bias
     fp32_bytes = ROWS * DIM * 4
     table_bytes = {"ours": table.nbytes, "fp32": fp32_bytes}
+    best, best_s = best_dense(baselines)
     if fbgemm is not None:
         table_bytes["fbgemm_rowwise"] = fbgemm[0].numel() * fbgemm[0].element_size()
     return {
@@ -124,6 +127,11 @@ def run_case(table, weight, fbgemm, ids, bag_size: int, *, cold: bool, rounds: i
         "baseline": "torch_embedding_bag",
         "baseline_s": baselines["torch_embedding_bag"],
         "ratio": speedup["torch_embedding_bag"]["median"],
+        "ratio_vs_fp32": baselines["torch_embedding_bag"] / ours_s,
+        "best_dense": best,
+        "best_dense_s": best_s,
+        "ratio_vs_best_dense": best_s / ours_s,
+        "skipped_baselines": dict(skipped or {}),
         "table_bytes": table_bytes,
         "bytes_ratio_vs_fp32": fp32_bytes / table.nbytes,
         "rounds": {k: len(v) for k, v in times.items()},
@@ -164,7 +172,16 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
         for size in BAG_SIZES:
             for cold in (True, False):
                 case = run_case(
-                    table, weight, fbgemm, ids, size, cold=cold, rounds=rounds, threads=threads, flush=flush
+                    table,
+                    weight,
+                    fbgemm,
+                    ids,
+                    size,
+                    cold=cold,
+                    rounds=rounds,
+                    threads=threads,
+                    flush=flush,
+                    skipped={"fbgemm_rowwise": why} if why else None,
                 )
                 case["pct_bw"] = 100 * case["gbps"] / limits["gbps"]
                 case["pct_peak"] = 100 * case["gflops"] / limits["gflops"]
@@ -190,4 +207,5 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
         },
         "cases": cases,
         "median_ratio_all_cases": statistics.median(c["ratio"] for c in cases),
+        "table_markdown": dense_table(cases),
     }

@@ -4,8 +4,13 @@
 One forward pass at batch 1, sequence 128 (a real Rotten Tomatoes review, padded to 128 tokens), under
 ``torch.inference_mode``. Ours: the model pruned to 80% / 90% (global magnitude over the encoder's Linear layers,
 the pruning defaults) and converted by ``sparsify_`` (format per layer from the cost model, batch_hint=128).
-Baselines, same process, interleaved: the dense fp32 model, and ``torch.ao`` dynamic int8 of the dense model.
-Correctness first: the sparse model's output must equal the pruned dense model's within fp32 tolerance.
+Baselines, same process, interleaved: every dense configuration of the model on this machine
+(:func:`hf_sparse.benchmarking.dense_model_baselines`): ``fp32``; ``bf16`` (a bf16 copy, where the CPU has native
+bf16); ``torch-dynamic-int8`` (``torch.ao``); ``onnxruntime-dynamic-int8`` (exported with
+``torch.onnx.export(dynamo=False)`` and quantised by onnxruntime, where ``hf-sparse[bench]`` is installed), each
+checked against fp32 first; each case records the best of them (``best_dense``, ``ratio_vs_best_dense``) next to
+``ratio_vs_fp32``, with what was skipped and why. Correctness first: the sparse model's output must equal the pruned
+dense model's within fp32 tolerance.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from collections.abc import Callable
 
 import torch
 
-from hf_sparse.benchmarking import dynamic_int8, interleave, summarize
+from hf_sparse.benchmarking import (
+    DenseBaselines,
+    add_dense_comparison,
+    dense_model_baselines,
+    dense_table,
+    interleave,
+    summarize,
+)
 
 SUITE = "minilm"
 SPARSITIES = [0.8, 0.9]
@@ -30,10 +42,10 @@ def _inputs():
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_l6_path())
     text = load_rotten_tomatoes(seed=42)["test"][0]["text"]
-    return tokenizer([text], padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt")
+    return dict(tokenizer([text], padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt"))
 
 
-def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, int8) -> dict:
+def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, baselines: DenseBaselines) -> dict:
     import hf_sparse
 
     torch.set_num_threads(threads)
@@ -47,17 +59,12 @@ def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, int8) 
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     del pruned
 
-    calls: dict[str, Callable[[int], object]] = {
-        "ours": lambda i: sparse(**batch),
-        "torch_dense": lambda i: dense(**batch),
-    }
-    if int8 is not None:
-        calls["torch_dynamic_int8"] = lambda i: int8(**batch)
+    calls: dict[str, Callable[[int], object]] = {"ours": lambda i: sparse(**batch), **baselines.timed(batch)}
     with torch.inference_mode():
         times = interleave(calls, rounds)
-    ours_s, baselines, speedup = summarize(times)
+    ours_s, medians, speedup = summarize(times)
     formats = Counter(d.choice.format for d in decisions.values())
-    return {
+    record = {
         "name": f"minilm-l6 batch=1 seq={SEQ} {round(sparsity * 100)}% pruned t={threads}",
         "params": {
             "model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -69,9 +76,10 @@ def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, int8) 
             "formats": dict(formats),
         },
         "ours_s": ours_s,
-        "baselines_s": baselines,
+        "baselines_s": medians,
         "speedup": speedup,
     }
+    return add_dense_comparison(record, baselines)
 
 
 def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progress: Callable | None = None) -> dict:
@@ -86,11 +94,11 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
     torch.set_num_threads(threads)
     dense = AutoModel.from_pretrained(minilm_l6_path()).eval()
     batch = _inputs()
-    int8 = dynamic_int8(dense)
+    baselines = dense_model_baselines(dense, batch)
     rounds = rounds or (15 if quick else 40)
     cases = []
     for i, sparsity in enumerate(SPARSITIES):
-        case = run_case(dense, batch, sparsity, threads=threads, rounds=rounds, int8=int8)
+        case = run_case(dense, batch, sparsity, threads=threads, rounds=rounds, baselines=baselines)
         cases.append(case)
         if progress:
             progress(i + 1, len(SPARSITIES), case)
@@ -98,6 +106,7 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
         "suite": SUITE,
         "machine": machine_info(),
         "kernels": kernel_status(),
-        "baselines_missing": [] if int8 is not None else ["torch_dynamic_int8 (torch.ao quantize_dynamic failed)"],
+        "baselines_missing": [f"{k}: {v}" for k, v in baselines.skipped.items()],
         "cases": cases,
+        "table_markdown": dense_table(cases),
     }

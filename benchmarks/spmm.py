@@ -2,10 +2,19 @@
 
 Cases: BERT FFN (3072x768, 768x3072) and MiniLM FFN (1536x384, 384x1536) weights; N = 1, 16, 128 tokens; formats
 CSR (uniform unstructured), hybrid (unstructured with a few dense rows), 16x16 and 32x32 BSR (block patterns), and
-2:4 (always 50%). Baselines: dense ``F.linear`` (MKL) always; ``torch.sparse`` CSR for unstructured and 2:4;
-``torch.sparse`` BSR for blocks. ``cold`` rotates enough copies of every weight (>= 8, >= 64 MB) that each call
-reads it from DRAM; ``hot`` reuses one copy. Threads are fixed explicitly. Ours is timed as a layer calls it,
-``sparse_linear(weight, x)``: (N, K) in, (N, M) out, input transpose included.
+2:4 (always 50%); int8 values with per-row scales (``qcsr``, ``qbsr``, ``qnm``); and int8 weights with dynamic int8
+activations (``bsr1x4`` / ``int8-dynamic``: the unstructured pattern stored as ``qbsr`` in 1x4 blocks with
+``activation="dynamic"``, run as a layer runs it, ``QuantLinear(weight)(x)``).
+
+Baselines, interleaved call by call: every dense configuration of this machine
+(:func:`hf_sparse.benchmarking.dense_linear_baselines`: ``fp32`` ``F.linear`` (MKL); ``bf16`` where the CPU has
+native bf16, timed on a bf16 input; ``torch-dynamic-int8``; ``onnxruntime-dynamic-int8``; ``bitsandbytes-int8``
+where it runs and beats fp32), each checked against fp32 first, and each case records the best of them
+(``best_dense``, ``ratio_vs_best_dense``) next to ``ratio_vs_fp32``, with what was skipped and why;
+``torch.sparse`` CSR for unstructured and 2:4; ``torch.sparse`` BSR for blocks. ``cold`` rotates enough copies of
+every weight (>= 8, twice the last-level cache, >= 64 MiB) that each call reads it from DRAM; ``hot`` reuses one
+copy. Threads are fixed explicitly. Ours is timed as a layer calls it, ``sparse_linear(weight, x)``: (N, K) in,
+(N, M) out, input transpose included.
 """
 
 from __future__ import annotations
@@ -16,22 +25,32 @@ from collections.abc import Callable
 
 import torch
 
-from hf_sparse.benchmarking import cold_bytes, interleave, measure_limits, summarize
+from hf_sparse.benchmarking import (
+    add_dense_comparison,
+    cold_bytes,
+    dense_linear_baselines,
+    dense_table,
+    interleave,
+    measure_limits,
+    summarize,
+)
 
 SUITE = "spmm"
 SHAPES = [(3072, 768), (768, 3072), (1536, 384), (384, 1536)]
 NS = [1, 16, 128]
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
-FORMATS = ["csr", "hybrid", "bsr16x16", "bsr32x32", "2:4"]
+FORMATS = ["csr", "hybrid", "bsr16x16", "bsr32x32", "2:4", "bsr1x4"]
 #: Formats the issue lists whose kernels do not exist yet; reported, not silently dropped.
 NOT_IMPLEMENTED: list[str] = []
+#: Formats stored in blocks whose pattern is nevertheless unstructured (the blocks hold the zeros they cover).
+UNSTRUCTURED_BLOCKS = ("bsr1x4",)
 
 
 def make_weight(fmt: str, M: int, K: int, sparsity: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A random weight and keep-mask with the pattern ``fmt`` is meant for."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(M, K, generator=g)
-    if fmt.startswith("bsr"):
+    if fmt.startswith("bsr") and fmt not in UNSTRUCTURED_BLOCKS:
         b = int(fmt[3:].split("x")[0])
         keep = (torch.rand(M // b, K // b, generator=g) >= sparsity).repeat_interleave(b, 0).repeat_interleave(b, 1)
     elif fmt == "2:4":
@@ -49,15 +68,28 @@ def make_weight(fmt: str, M: int, K: int, sparsity: float, seed: int = 0) -> tup
     return w * keep, keep
 
 
+def _block(fmt: str) -> tuple[int, int]:
+    """``"bsr16x16"`` -> (16, 16), ``"bsr1x4"`` -> (1, 4)."""
+    r, c = fmt[3:].split("x")
+    return int(r), int(c)
+
+
 def _ours(fmt: str, w: torch.Tensor, keep: torch.Tensor):
     from hf_sparse.formats import to_format
 
     if fmt.startswith("bsr"):
-        b = int(fmt[3:].split("x")[0])
-        return to_format("bsr", w, keep, block=(b, b))
+        return to_format("bsr", w, keep, block=_block(fmt))
     if fmt == "2:4":
         return to_format("nm", w, keep, n=2, m=4)
     return to_format(fmt, w, keep)
+
+
+def _qbsr_dynamic(w: torch.Tensor, keep: torch.Tensor, block: tuple[int, int]):
+    """int8 weights in ``block`` blocks with dynamic int8 activations (each token's own 8-bit range per call)."""
+    from hf_sparse.formats import QBSR
+
+    q = QBSR.from_dense(w, keep, block=block)
+    return QBSR(q.crow_indices, q.col_indices, q.values, q.scales, q.shape, q.block, activation="dynamic")
 
 
 def _copies(nbytes: int, cold: bool) -> int:
@@ -79,63 +111,85 @@ def run_case(
 ) -> dict:
     """One case. ``dtype="int8"`` (csr, bsr and 2:4): ours stores int8 values with per-row scales (``qcsr``,
     ``qbsr``, ``qnm``) and is also compared with our own kernel for the same format in float32 (baseline
-    ``hf_sparse_<format>_float32``)."""
+    ``hf_sparse_<format>_float32``). ``dtype="int8-dynamic"`` (``bsr1x4``): int8 weights stored in 1x4 blocks
+    and int8 activations quantised per call, run through ``QuantLinear``; also compared with our weight-only int8
+    CSR of the same pattern (``hf_sparse_qcsr_int8``)."""
     from hf_sparse.formats import QBSR, QCSR, QNM
+    from hf_sparse.nn.quant import QuantLinear
     from hf_sparse.ops import sparse_linear
 
+    if dtype not in DTYPES.get(fmt, ("float32",)):
+        raise ValueError(f"{fmt} cases exist for dtypes {DTYPES.get(fmt, ('float32',))}, got {dtype}")
     torch.set_num_threads(threads)
     w, keep = make_weight(fmt, M, K, sparsity)
-    if dtype == "int8":
-        if fmt not in DTYPES or "int8" not in DTYPES[fmt]:
-            raise ValueError(f"int8 cases exist for {sorted(DTYPES)}, got {fmt}")
-
-        def build():
-            if fmt.startswith("bsr"):
-                b = int(fmt[3:].split("x")[0])
-                return QBSR.from_dense(w, keep, block=(b, b))
-            return QNM.from_dense(w, keep, n=2, m=4) if fmt == "2:4" else QCSR.from_dense(w, keep)
-
-    else:
-
-        def build():
-            return _ours(fmt, w, keep)
-
-    stored = build()
     x = torch.randn(N, K)
-    # Correctness first: a fast wrong kernel is not a result (int8: against the dequantised weight).
-    ref = torch.nn.functional.linear(x, stored.to_dense() if dtype == "int8" else w)
-    torch.testing.assert_close(sparse_linear(stored, x), ref, rtol=1e-4, atol=1e-3)
+    if dtype == "int8-dynamic":
+
+        def build():
+            return QuantLinear(_qbsr_dynamic(w, keep, _block(fmt)))
+
+        def call(layer):
+            return layer(x)
+
+        layer = build()
+        stored = layer.weight_format()
+        # The layer's own arithmetic: the input rounded to each token's 8-bit grid, times the dequantised weight.
+        ref = torch.nn.functional.linear(stored.quantize_input(x), stored.to_dense())
+        got = call(layer)
+        torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+    else:
+        if dtype == "int8":
+
+            def build():
+                if fmt.startswith("bsr"):
+                    return QBSR.from_dense(w, keep, block=_block(fmt))
+                return QNM.from_dense(w, keep, n=2, m=4) if fmt == "2:4" else QCSR.from_dense(w, keep)
+
+        else:
+
+            def build():
+                return _ours(fmt, w, keep)
+
+        def call(weight):
+            return sparse_linear(weight, x)
+
+        stored = build()
+        # Correctness first: a fast wrong kernel is not a result (int8: against the dequantised weight).
+        ref = torch.nn.functional.linear(x, stored.to_dense() if dtype == "int8" else w)
+        torch.testing.assert_close(sparse_linear(stored, x), ref, rtol=1e-4, atol=1e-3)
 
     ours_w = [build() for _ in range(_copies(stored.nbytes, cold))]
-    dense_w = [w.clone() for _ in range(_copies(w.numel() * 4, cold))]
-    calls: dict[str, Callable[[int], object]] = {
-        "ours": lambda i: sparse_linear(ours_w[i % len(ours_w)], x),
-        "torch_dense": lambda i: torch.nn.functional.linear(x, dense_w[i % len(dense_w)]),
-    }
+    calls: dict[str, Callable[[int], object]] = {"ours": lambda i: call(ours_w[i % len(ours_w)])}
+    # Every dense configuration of this machine, each checked against fp32 on this case's input first.
+    dense = dense_linear_baselines(w, example=x, copies=lambda nbytes: _copies(nbytes, cold))
+    calls.update(dense.timed(x))
     if dtype == "int8":
-        f32 = _ours(fmt, w, keep)
-        f32_w = [_ours(fmt, w, keep) for _ in range(_copies(f32.nbytes, cold))]
+        f32_w = [_ours(fmt, w, keep) for _ in range(_copies(_ours(fmt, w, keep).nbytes, cold))]
         key = "hf_sparse_" + ("nm" if fmt == "2:4" else "bsr" if fmt.startswith("bsr") else "csr") + "_float32"
         calls[key] = lambda i: sparse_linear(f32_w[i % len(f32_w)], x)
+    elif dtype == "int8-dynamic":
+        q_w = [QCSR.from_dense(w, keep) for _ in range(_copies(QCSR.from_dense(w, keep).nbytes, cold))]
+        calls["hf_sparse_qcsr_int8"] = lambda i: sparse_linear(q_w[i % len(q_w)], x)
     with warnings.catch_warnings():  # torch's "sparse support is in beta" notices
         warnings.simplefilter("ignore", UserWarning)
-        if fmt.startswith("bsr"):
-            b = int(fmt[3:].split("x")[0])
-            t_bsr = w.to_sparse_bsr((b, b))
+        if fmt.startswith("bsr") and fmt not in UNSTRUCTURED_BLOCKS:
+            b = _block(fmt)
+            t_bsr = w.to_sparse_bsr(b)
             n_bytes = t_bsr.values().numel() * 4 + t_bsr.col_indices().numel() * 8
-            bsr_w = [w.to_sparse_bsr((b, b)) for _ in range(_copies(n_bytes, cold))]
+            bsr_w = [w.to_sparse_bsr(b) for _ in range(_copies(n_bytes, cold))]
             calls["torch_bsr"] = lambda i: (bsr_w[i % len(bsr_w)] @ x.t()).t()
         else:
             n_bytes = int(keep.sum()) * 12  # torch CSR: fp32 values + int64 column indices
             csr_w = [w.to_sparse_csr() for _ in range(_copies(n_bytes, cold))]
             calls["torch_csr"] = lambda i: (csr_w[i % len(csr_w)] @ x.t()).t()
-        times = interleave(calls, rounds)
+        with torch.inference_mode():
+            times = interleave(calls, rounds)
     ours_s, baselines, speedup = summarize(times)
     nnz = int(keep.sum())
-    return {
+    suffix = {"float32": "", "int8": "-int8", "int8-dynamic": "-int8-dynamic"}[dtype]
+    record = {
         "name": (
-            f"{fmt}{'-int8' if dtype == 'int8' else ''} {M}x{K} N={N} {round(100 * nnz / (M * K))}% dense "
-            f"{'cold' if cold else 'hot'} t={threads}"
+            f"{fmt}{suffix} {M}x{K} N={N} {round(100 * nnz / (M * K))}% dense {'cold' if cold else 'hot'} t={threads}"
         ),
         "params": {
             "M": M,
@@ -154,10 +208,16 @@ def run_case(
         "gbps": (stored.nbytes + x.numel() * 4 + M * N * 4) / ours_s / 1e9,
         "gflops": 2 * nnz * N / ours_s / 1e9,
     }
+    if fmt in UNSTRUCTURED_BLOCKS:
+        record["params"]["pattern"] = "unstructured"
+    return add_dense_comparison(record, dense)
 
 
+#: The quick subset: 3072x768 at 90% for N = 1, 16, 128 in csr, qcsr (int8) and qbsr 1x4 with dynamic int8
+#: activations, plus one case of each other format.
 QUICK = [
     ("csr", 3072, 768, 16, 0.9, True, "float32"),
+    ("csr", 3072, 768, 1, 0.9, True, "float32"),
     ("csr", 3072, 768, 16, 0.9, False, "float32"),
     ("csr", 3072, 768, 128, 0.9, True, "float32"),
     ("bsr16x16", 3072, 768, 128, 0.9, True, "float32"),
@@ -169,9 +229,14 @@ QUICK = [
     ("bsr16x16", 3072, 768, 128, 0.9, True, "int8"),
     ("2:4", 3072, 768, 16, 0.5, True, "int8"),
     ("2:4", 3072, 768, 128, 0.5, True, "int8"),
+    ("bsr1x4", 3072, 768, 1, 0.9, True, "int8-dynamic"),
+    ("bsr1x4", 3072, 768, 16, 0.9, True, "int8-dynamic"),
+    ("bsr1x4", 3072, 768, 128, 0.9, True, "int8-dynamic"),
 ]
-#: Value dtypes per format: int8 values (with per-row scales) exist for CSR, BSR and 2:4.
+#: Value dtypes per format: int8 values (with per-row scales) exist for CSR, BSR and 2:4; 1x4 blocks of int8 values
+#: with dynamic int8 activations for the unstructured pattern.
 DTYPES = {
+    "bsr1x4": ("int8-dynamic",),
     "csr": ("float32", "int8"),
     "bsr16x16": ("float32", "int8"),
     "bsr32x32": ("float32", "int8"),
@@ -216,4 +281,5 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
         "cold_bytes": cold_bytes(),
         "not_implemented": NOT_IMPLEMENTED,
         "cases": cases,
+        "table_markdown": dense_table(cases),
     }

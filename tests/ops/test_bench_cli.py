@@ -21,18 +21,47 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path):
         "threads": 1,
         "cold": True,
     }
-    assert set(case["baselines_s"]) == {"torch_dense", "torch_csr"}
-    assert set(case["speedup"]["torch_dense"]) == {"median", "min", "max"}
+    assert "fp32" in case["dense_baselines_s"] and "torch_csr" in case["baselines_s"]
+    assert set(case["baselines_s"]) == set(case["dense_baselines_s"]) | {"torch_csr"}
+    assert set(case["speedup"]["fp32"]) == {"median", "min", "max"}
     assert case["ours_s"] > 0 and 0 < case["pct_bw"] and 0 < case["pct_peak"]
     assert record["not_implemented"] == []
+    for c in record["cases"]:  # every case: the best dense of this machine, next to fp32, and what was skipped
+        _check_dense_fields(c)
+    assert "vs best dense" in record["table_markdown"]
     by_format = {(c["params"]["format"], c["params"]["dtype"]): c for c in record["cases"]}
-    assert {f for f, _ in by_format} == {"csr", "bsr16x16", "2:4"}
-    assert set(by_format["bsr16x16", "float32"]["baselines_s"]) == {"torch_dense", "torch_bsr"}
+    assert {f for f, _ in by_format} == {"csr", "bsr16x16", "2:4", "bsr1x4"}
+    assert set(by_format["bsr16x16", "float32"]["baselines_s"]) - dense_all == {"torch_bsr"}
     assert by_format["2:4", "float32"]["params"]["sparsity"] == 0.5
     # int8-value cases also compare with our float32 kernel for the same format
-    assert set(by_format["csr", "int8"]["baselines_s"]) == {"torch_dense", "torch_csr", "hf_sparse_csr_float32"}
-    assert set(by_format["bsr16x16", "int8"]["baselines_s"]) == {"torch_dense", "torch_bsr", "hf_sparse_bsr_float32"}
-    assert set(by_format["2:4", "int8"]["baselines_s"]) == {"torch_dense", "torch_csr", "hf_sparse_nm_float32"}
+    assert set(by_format["csr", "int8"]["baselines_s"]) - dense_all == {"torch_csr", "hf_sparse_csr_float32"}
+    assert set(by_format["bsr16x16", "int8"]["baselines_s"]) - dense_all == {"torch_bsr", "hf_sparse_bsr_float32"}
+    assert set(by_format["2:4", "int8"]["baselines_s"]) - dense_all == {"torch_csr", "hf_sparse_nm_float32"}
+    # the quick subset: 3072x768 at 90% for N = 1, 16, 128 in csr, qcsr and qbsr 1x4 with dynamic int8 activations
+    quick = {
+        (c["params"]["format"], c["params"]["dtype"], c["params"]["N"])
+        for c in record["cases"]
+        if (c["params"]["M"], c["params"]["K"], c["params"]["sparsity"]) == (3072, 768, 0.9)
+    }
+    for fmt, dtype in [("csr", "float32"), ("csr", "int8"), ("bsr1x4", "int8-dynamic")]:
+        assert {(fmt, dtype, n) for n in (1, 16, 128)} <= quick
+    qbsr = by_format["bsr1x4", "int8-dynamic"]
+    assert qbsr["params"]["pattern"] == "unstructured"
+    assert set(qbsr["baselines_s"]) - dense_all == {"torch_csr", "hf_sparse_qcsr_int8"}
+
+
+dense_all = {"fp32", "bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8", "bitsandbytes-int8"}
+
+
+def _check_dense_fields(case, names=frozenset(dense_all)):
+    medians = case["dense_baselines_s"]
+    assert "fp32" in medians and set(medians) <= names
+    assert set(medians) | set(case["skipped_baselines"]) == names
+    assert all(isinstance(r, str) and r for r in case["skipped_baselines"].values())
+    assert case["best_dense"] in medians and case["best_dense_s"] == min(medians.values())
+    assert case["ratio_vs_best_dense"] == pytest.approx(case["best_dense_s"] / case["ours_s"])
+    assert case["ratio_vs_fp32"] == pytest.approx(medians["fp32"] / case["ours_s"])
+    assert case["ratio_vs_best_dense"] <= case["ratio_vs_fp32"] + 1e-12
 
 
 def test_bench_train_step_quick_checks_gradients_and_reports_ratios(tmp_path):
@@ -51,7 +80,10 @@ def test_bench_minilm_quick_on_the_real_model(tmp_path):
     assert main(["bench", "minilm", "--quick", "--rounds", "2", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     assert [c["params"]["sparsity"] for c in record["cases"]] == [0.8, 0.9]
-    assert {"torch_dense"} <= set(record["cases"][0]["baselines_s"])
+    assert "fp32" in record["cases"][0]["baselines_s"]
+    for c in record["cases"]:
+        _check_dense_fields(c, names={"fp32", "bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8"})
+    assert "vs best dense" in record["table_markdown"]
     assert sum(record["cases"][1]["params"]["formats"].values()) == 36
 
 

@@ -1,0 +1,152 @@
+"""The dense baselines every CPU speed claim is compared with (hf_sparse.benchmarking): correctness, reasons for
+what is skipped, and the fields a record gains. No timing assertions."""
+
+import pytest
+import torch
+
+from hf_sparse import machine
+from hf_sparse.benchmarking import (
+    LINEAR_TOLERANCES,
+    MODEL_TOLERANCES,
+    DenseBaseline,
+    DenseBaselines,
+    add_dense_comparison,
+    best_dense,
+    dense_linear_baselines,
+    dense_model_baselines,
+    dense_table,
+)
+
+ALL_LINEAR = set(LINEAR_TOLERANCES)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(24, 32, generator=g), torch.randn(24, generator=g), torch.randn(5, 32, generator=g)
+
+
+@pytest.fixture(scope="module")
+def linear_baselines(tiny):
+    torch.set_num_threads(1)
+    w, b, x = tiny
+    return dense_linear_baselines(w, b, example=x, copies=2)
+
+
+def _rel(out, ref):
+    out = out if torch.is_tensor(out) else torch.from_numpy(out)
+    return float((out.float() - ref).norm() / ref.norm())
+
+
+def test_every_linear_baseline_is_close_to_fp32_or_skipped_with_a_reason(tiny, linear_baselines):
+    w, b, x = tiny
+    ref = torch.nn.functional.linear(x, w, b)
+    assert "fp32" in linear_baselines and "torch-dynamic-int8" in linear_baselines
+    assert set(linear_baselines) | set(linear_baselines.skipped) == ALL_LINEAR
+    assert not set(linear_baselines) & set(linear_baselines.skipped)
+    for name, baseline in linear_baselines.items():
+        assert isinstance(baseline, DenseBaseline)
+        with torch.inference_mode():
+            assert _rel(baseline(x), ref) <= LINEAR_TOLERANCES[name], name
+        assert linear_baselines.errors[name] <= LINEAR_TOLERANCES[name]
+    for name, reason in linear_baselines.skipped.items():
+        assert isinstance(reason, str) and len(reason) > 10, name
+
+
+def test_timed_calls_run_on_prepared_inputs_and_rotate_copies(tiny, linear_baselines):
+    w, b, x = tiny
+    calls = linear_baselines.timed(x)
+    assert set(calls) == set(linear_baselines)
+    assert len(linear_baselines["fp32"].fns) == 2
+    ref = torch.nn.functional.linear(x, w, b)
+    for name, call in calls.items():
+        for i in range(3):
+            assert _rel(call(i), ref) <= LINEAR_TOLERANCES[name], name
+    if "bf16" in linear_baselines:  # timed on a bf16 input: the output stays bf16
+        assert calls["bf16"](0).dtype == torch.bfloat16
+
+
+def test_onnxruntime_baseline_where_installed(tiny, linear_baselines):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    assert "onnxruntime-dynamic-int8" in linear_baselines, linear_baselines.skipped
+
+
+@pytest.mark.parametrize("flags,expected", [(["avx2", "fma", "avx512f"], False), (["avx512f", "avx512_bf16"], True)])
+def test_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, tiny, flags, expected):
+    monkeypatch.setattr(machine, "isa_flags", lambda: flags)
+    w, b, x = tiny
+    baselines = dense_linear_baselines(w, b, example=x)
+    assert ("bf16" in baselines) is expected
+    if not expected:
+        assert "avx512_bf16" in baselines.skipped["bf16"] and "native bf16" in baselines.skipped["bf16"]
+
+
+def test_a_wrong_baseline_is_skipped_with_its_error(tiny):
+    w, b, x = tiny
+    ref = torch.nn.functional.linear(x, w, b)
+    out = DenseBaselines()
+    wrong = DenseBaseline(
+        "bf16", [lambda v: torch.nn.functional.linear(v, w.t().contiguous().t() * 2, b)], lambda v: v, 0
+    )
+    out._add(wrong, ref, x, LINEAR_TOLERANCES)
+    failing = DenseBaseline("torch-dynamic-int8", [lambda v: 1 / 0], lambda v: v, 0)
+    out._add(failing, ref, x, LINEAR_TOLERANCES)
+    assert len(out) == 0
+    assert out.skipped["bf16"].startswith("wrong output: relative error")
+    assert "ZeroDivisionError" in out.skipped["torch-dynamic-int8"]
+
+
+def test_best_dense_and_record_fields():
+    assert best_dense({"fp32": 3.0, "bf16": 1.0, "torch-dynamic-int8": 2.0}) == ("bf16", 1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        best_dense({})
+    record = {
+        "name": "case",
+        "ours_s": 0.5,
+        "baselines_s": {"torch_csr": 0.4},
+        "speedup": {"torch_csr": {}, "bf16": {}, "fp32": {}},
+    }
+    add_dense_comparison(record, {"fp32": 2.0, "bf16": 1.0}, {"onnxruntime-dynamic-int8": "not installed"})
+    assert record["baselines_s"] == {"torch_csr": 0.4, "fp32": 2.0, "bf16": 1.0}
+    assert record["dense_baselines_s"] == {"fp32": 2.0, "bf16": 1.0}
+    assert record["best_dense"] == "bf16" and record["best_dense_s"] == 1.0
+    assert record["ratio_vs_best_dense"] == pytest.approx(2.0) and record["ratio_vs_fp32"] == pytest.approx(4.0)
+    assert record["skipped_baselines"] == {"onnxruntime-dynamic-int8": "not installed"}
+    assert list(record["speedup"])[:2] == ["fp32", "bf16"]
+    table = dense_table([record])
+    assert "| case | 500.000 | 2000.000 | 4.00x | bf16 | 1000.000 | 2.00x |" in table
+    assert "`onnxruntime-dynamic-int8`: not installed" in table
+
+
+def test_record_fields_from_timed_baselines(tiny, linear_baselines):
+    w, b, x = tiny
+    record = {"ours_s": 1e-3, "baselines_s": {k: 2e-3 for k in linear_baselines}}
+    add_dense_comparison(record, linear_baselines)
+    assert set(record["dense_baselines_s"]) == set(linear_baselines)
+    assert record["skipped_baselines"] == linear_baselines.skipped
+    assert record["ratio_vs_best_dense"] == pytest.approx(2.0) and record["ratio_vs_fp32"] == pytest.approx(2.0)
+    assert set(record["baseline_errors"]) == set(linear_baselines)
+
+
+def test_dense_model_baselines_on_a_tiny_bert(monkeypatch):
+    from transformers import BertModel
+
+    from hf_sparse.testing import tiny_bert_config
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(machine, "isa_flags", lambda: ["avx512f", "avx512_bf16"])
+    model = BertModel(tiny_bert_config()).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (1, 12)), "attention_mask": torch.ones(1, 12, dtype=torch.long)}
+    with torch.inference_mode():
+        ref = model(**inputs).last_hidden_state.clone()
+    baselines = dense_model_baselines(model, inputs)
+    assert {"fp32", "bf16", "torch-dynamic-int8"} <= set(baselines)
+    assert set(baselines) | set(baselines.skipped) == set(MODEL_TOLERANCES)
+    for name, call in baselines.timed(inputs).items():
+        with torch.inference_mode():
+            out = call(0)
+        got = out[0] if isinstance(out, list) else out.last_hidden_state
+        assert _rel(got, ref) <= MODEL_TOLERANCES[name], name
+    with torch.inference_mode():  # building the baselines (an ONNX export of a copy) leaves the model as it was
+        torch.testing.assert_close(model(**inputs).last_hidden_state, ref)
