@@ -19,6 +19,7 @@ ISA_FLAGS = (
     "avx512f",
     "avx512bw",
     "avx512vl",
+    "avx512dq",
     "avx512_vnni",
     "avx_vnni",
     "avx512_bf16",

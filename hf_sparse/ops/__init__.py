@@ -17,6 +17,7 @@ from .embedding import (
 from .spmm import (
     BACKENDS,
     dequantize_weight,
+    dynamic_int8_linear,
     explain,
     sparse_linear,
     spmm,
@@ -36,6 +37,7 @@ __all__ = [
     "spmm_csr",
     "spmm_csr_reference",
     "dequantize_weight",
+    "dynamic_int8_linear",
     "explain",
     "BACKENDS",
     "qrow_lookup",

@@ -109,3 +109,9 @@ def _qrow_embedding_bag_fake(
     torch._check(indices.dim() == 1 and offsets.dim() == 1, lambda: "indices and offsets must be 1-D")
     bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
     return values.new_empty((bags, cols), dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::linear_qbsr_dyn")
+def _linear_qbsr_dyn_fake(crow, col, values, scales, bias, rows, cols, x):
+    torch._check(x.dim() == 2 and x.shape[1] == cols, lambda: f"x must be (N, {cols})")
+    return x.new_empty((x.shape[0], rows))

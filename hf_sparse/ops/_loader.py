@@ -16,12 +16,26 @@ from pathlib import Path
 import torch
 
 from .._resources import data_dir
+from ..errors import ConfigError, quote
+from ..machine import isa_flags
+from ._namespace import NAMESPACE
 
-__all__ = ["load", "status", "build_dir", "load_cuda", "cuda_status", "cuda_build_dir", "cuda_archs"]
+__all__ = [
+    "load",
+    "status",
+    "isa_path",
+    "cpu_flags",
+    "ISA_PATHS",
+    "build_dir",
+    "load_cuda",
+    "cuda_status",
+    "cuda_build_dir",
+    "cuda_archs",
+]
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
-_state: dict = {"loaded": None, "reason": "not built yet (built on first use)"}
+_state: dict = {"loaded": None, "reason": "not built yet (built on first use)", "isa": None, "int8_kernels": None}
 
 
 def _sources() -> list[Path]:
@@ -34,34 +48,107 @@ def _headers() -> list[Path]:
     return sorted([*root.glob("*.h"), *(root / "cpu").glob("*.h")])
 
 
-def cpu_flags() -> list[str]:
-    """Vector ISA flags for this CPU: AVX2 + FMA where /proc/cpuinfo lists both (plus F16C, float16 <-> float32
-    conversions, where it is listed too), else the portable one-lane path (``HF_SPARSE_PORTABLE=1`` forces the
-    portable path, e.g. to test it or to build for older CPUs)."""
+#: The instruction-set paths of the CPU build, lowest first: the /proc/cpuinfo flags each needs, the compiler options
+#: it adds (on top of the lower paths'), and optional extras (a flag, the option used where the CPU lists it). A path
+#: is taken when the CPU lists all of its flags and those of every lower path.
+ISA_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]] = {
+    "portable": ((), (), ()),
+    "avx2": (("avx2", "fma"), ("-mavx2", "-mfma"), (("f16c", "-mf16c"), ("avx_vnni", "-mavxvnni"))),
+    "avx512": (
+        ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
+        ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"),
+        (("avx512_vnni", "-mavx512vnni"), ("avx512_bf16", "-mavx512bf16")),
+    ),
+}
+
+
+def _requested_isa() -> str | None:
+    """The path ``HF_SPARSE_ISA`` asks for (``HF_SPARSE_PORTABLE=1``: ``portable``), or None for the CPU's best."""
     if os.environ.get("HF_SPARSE_PORTABLE") == "1":
-        return []
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    words = set(info.split())
-    if not {"avx2", "fma"} <= words:
-        return []
-    return ["-mavx2", "-mfma", *(["-mf16c"] if "f16c" in words else [])]
+        return "portable"
+    asked = os.environ.get("HF_SPARSE_ISA", "").strip().lower()
+    if not asked:
+        return None
+    if asked not in ISA_PATHS:
+        raise ConfigError(f"HF_SPARSE_ISA={quote(asked)} is not a kernel path; choose one of {list(ISA_PATHS)}.")
+    return asked
 
 
-def build_dir() -> Path:
-    """Cache folder of the build, keyed by the sources' content and the torch version."""
+def isa_path(flags: list[str] | None = None) -> str:
+    """The instruction-set path the CPU kernels are built for: the highest of :data:`ISA_PATHS` whose flags this CPU
+    reports (``flags``, default :func:`hf_sparse.machine.isa_flags` read from /proc/cpuinfo), capped by the
+    environment variable ``HF_SPARSE_ISA`` (``portable``, ``avx2`` or ``avx512``: e.g. to test a lower path).
+
+    Raises:
+        ConfigError: ``HF_SPARSE_ISA`` names no path, or a path this CPU cannot run.
+    """
+    have = set(isa_flags() if flags is None else flags)
+    best, needed = "portable", set()
+    for name, (required, _, _) in ISA_PATHS.items():
+        needed |= set(required)
+        if not needed <= have:
+            break
+        best = name
+    asked = _requested_isa()
+    if asked is None:
+        return best
+    order = list(ISA_PATHS)
+    if order.index(asked) > order.index(best):
+        raise ConfigError(
+            f"HF_SPARSE_ISA={asked!r} needs CPU flags this machine does not report (its best path is {best!r}); "
+            "a build for it would stop with an illegal instruction."
+        )
+    return asked
+
+
+def cpu_flags(flags: list[str] | None = None, path: str | None = None) -> list[str]:
+    """Compiler options for the CPU build: those of :func:`isa_path` (or ``path``) and every lower path, plus the
+    optional extras the CPU lists (F16C, VNNI, AVX-512 BF16). ``portable``: none (one-lane C++)."""
+    have = set(isa_flags() if flags is None else flags)
+    path = isa_path(flags) if path is None else path
+    out: list[str] = []
+    for name, (_, options, extras) in ISA_PATHS.items():
+        out += [*options, *(opt for flag, opt in extras if flag in have)]
+        if name == path:
+            break
+    return out
+
+
+def build_dir(path: str | None = None) -> Path:
+    """Cache folder of the build, keyed by the sources' content, the torch version and the compiler options of the
+    instruction-set path (default: :func:`isa_path`)."""
     digest = hashlib.sha256(torch.__version__.encode())
-    digest.update(" ".join(cpu_flags()).encode())
+    digest.update(" ".join(cpu_flags(path=path)).encode())
     for src in [*_sources(), *_headers()]:
         digest.update(src.read_bytes())
     base = Path(os.environ.get("HF_SPARSE_CACHE", Path.home() / ".cache" / "hf_sparse"))
     return base / "torch_extensions" / f"cpu-{digest.hexdigest()[:16]}"
 
 
+def _build(path: str) -> Path:
+    from torch.utils.cpp_extension import load as cpp_load
+
+    folder = build_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    cpp_load(
+        name="hf_sparse_cpu",
+        sources=[str(s) for s in _sources()],
+        extra_cflags=["-O3", *cpu_flags(path=path), "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(folder),
+        is_python_module=False,
+        verbose=False,
+    )
+    return folder
+
+
 def load() -> bool:
-    """Build (once, cached) and load the CPU ops. Safe to call many times; thread-safe."""
+    """Build (once, cached) and load the CPU ops for the best instruction-set path of this CPU (:func:`isa_path`;
+    where the compiler cannot build a path, the next lower one). Safe to call many times; thread-safe.
+
+    Raises:
+        ConfigError: ``HF_SPARSE_ISA`` names no path, or one this CPU cannot run.
+    """
     done = _state["loaded"]
     if done is not None:  # the common case, on every layer call: no lock
         return done
@@ -74,32 +161,35 @@ def load() -> bool:
         if shutil.which(os.environ.get("CXX", "c++")) is None:
             _state.update(loaded=False, reason="no C++ compiler found (set CXX or install g++)")
             return False
-        try:
-            from torch.utils.cpp_extension import load as cpp_load
+        order = list(ISA_PATHS)
+        best = isa_path()
+        for path in reversed(order[: order.index(best) + 1]):
+            try:
+                folder = _build(path)
+                from . import _autograd, _fake  # noqa: F401  (both need the op schemas registered first)
 
-            folder = build_dir()
-            folder.mkdir(parents=True, exist_ok=True)
-            cpp_load(
-                name="hf_sparse_cpu",
-                sources=[str(s) for s in _sources()],
-                extra_cflags=["-O3", *cpu_flags(), "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(folder),
-                is_python_module=False,
-                verbose=False,
-            )
-            from . import _autograd, _fake  # noqa: F401  (both need the op schemas registered first)
-
-            _state.update(loaded=True, reason=f"built in {folder}")
-        except Exception as exc:  # any build or load failure: fall back to the reference path
-            logger.warning("hf_sparse: C++ ops unavailable, using the PyTorch reference path: %s", exc)
-            _state.update(loaded=False, reason=f"build failed: {str(exc).splitlines()[0][:300]}")
+                ops = getattr(torch.ops, NAMESPACE)
+                _state.update(
+                    loaded=True, reason=f"built for {path} in {folder}", isa=path, int8_kernels=ops.cpu_isa()
+                )
+                break
+            except Exception as exc:  # any build or load failure: a lower path, then the reference path
+                first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                if path != "portable":
+                    logger.warning(
+                        "hf_sparse: the %s build of the C++ ops failed (%s); trying a lower path", path, first
+                    )
+                    continue
+                logger.warning("hf_sparse: C++ ops unavailable, using the PyTorch reference path: %s", exc)
+                _state.update(loaded=False, reason=f"build failed: {first}")
         return _state["loaded"]
 
 
 def status() -> dict:
-    """``{"loaded": bool | None, "reason": str, "cuda": str}`` (None: not attempted yet); ``cuda`` is
-    :func:`cuda_status`."""
+    """``{"loaded": bool | None, "reason": str, "isa": str | None, "int8_kernels": str | None, "cuda": str}``:
+    ``loaded`` None means not attempted yet; ``isa`` is the instruction-set path the loaded build was compiled for
+    (``portable``, ``avx2``, ``avx512``), ``int8_kernels`` what the integer dot products use in it (e.g.
+    ``avx512-vnni``); ``cuda`` is :func:`cuda_status`."""
     return {**_state, "cuda": cuda_status()}
 
 

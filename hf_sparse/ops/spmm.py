@@ -40,11 +40,14 @@ __all__ = [
     "spmm_csr",
     "spmm_csr_reference",
     "dequantize_weight",
+    "dynamic_int8_linear",
     "explain",
     "BACKENDS",
 ]
 
 _ops = torch.ops.hf_sparse
+#: The widest input the integer kernels take: 255 * 128 * cols must fit in int32 (kernels/csrc/cpu/int8_dot.h).
+_MAX_INT8_COLS = 65536
 
 
 # --- references (the fallback path and the test oracle; differentiable through plain torch ops) -----------------
@@ -374,6 +377,43 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
     if bias is not None:
         y = y.add_(bias.to(y.dtype))  # y is a fresh output: adding in place saves a pass over it
     return y.reshape(*lead, rows).to(x.dtype)
+
+
+def dynamic_int8_linear(
+    weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """``F.linear(quantize_input(x), weight, bias)`` with integer arithmetic, for a ``qbsr`` weight that records
+    dynamic input quantisation (``activation="dynamic"``) in blocks ``r x c`` with ``c`` a multiple of 4 (1 x 4 is
+    the VNNI-friendly shape): each token is quantised to 8 bits in C++ and multiplied with the int8 codes by integer
+    dot products (AVX-512 VNNI / AVX-VNNI where the CPU has them). The result equals the simulated path (round the
+    input to its grid, multiply in float) up to float rounding.
+
+    Returns None where this path does not apply (another format or activation, a non-CPU or non-float32 input, a
+    gradient to compute, no C++ ops), so the caller takes the general path.
+
+    Shapes:
+        weight: (out, in). x: (..., in). bias: (out,). Returns: (..., out).
+    """
+    if not isinstance(weight, QBSR) or weight.activation != "dynamic" or weight.block[1] % 4:
+        return None
+    rows, cols = weight.shape
+    if x.shape[-1] != cols:
+        raise FormatError(f"sparse_linear: expected inputs with last dimension {cols}, got shape {tuple(x.shape)}.")
+    tensors = (x, weight.values, weight.scales, *(() if bias is None else (bias,)))
+    if (
+        any(t.device.type != "cpu" for t in tensors)
+        or x.dtype != torch.float32
+        or weight.scales.dtype != torch.float32
+    ):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    if cols > _MAX_INT8_COLS or not _loader.load():
+        return None
+    b = None if bias is None else bias.to(torch.float32)
+    x2 = x.reshape(-1, cols).contiguous()
+    y = _ops.linear_qbsr_dyn(weight.crow_indices, weight.col_indices, weight.values, weight.scales, b, rows, cols, x2)
+    return y.reshape(*x.shape[:-1], rows)
 
 
 def spmm_csr(weight: CSR, xt: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,12 @@ HF_SPARSE_LIBRARY(m) {
   m.def(
       "spmm_qnm(Tensor values, Tensor indices, Tensor scales, int n, int m, int cols, Tensor xt, "
       "bool transpose_out=False) -> Tensor");
+  // Y = quantize(X) @ W^T (+ bias), the Linear layout, for W in R x C blocks (C a multiple of 4) of int8 codes with
+  // one float32 scale per row, and X float32 (N, cols) quantised per token to asymmetric 8 bits at run time (as
+  // torch's dynamic int8 Linear does); integer dot products (VNNI where the CPU has it). Returns float32 (N, rows).
+  m.def(
+      "linear_qbsr_dyn(Tensor crow, Tensor col, Tensor values, Tensor scales, Tensor? bias, int rows, int cols, "
+      "Tensor x) -> Tensor");
   // Block-sparse attention: q (B, H, Sq, D), k and v (B, Hkv, Skv, D) float32, H a multiple of Hkv. Layout: CSR over
   // query blocks of block_q rows: kv_ptr int32 (nqb + 1), kv_blocks int32 key blocks of 64 keys, mask_index int32
   // (-1: the whole tile is allowed; else a row of bits), bits int64 (partial tiles, block_q) one 64-bit key mask per

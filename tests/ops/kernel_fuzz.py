@@ -310,6 +310,31 @@ def ref_spmm_qbsr(crow, col, values, scales, rows, cols, xt, transpose_out=False
     return maybe_t(w @ xt.double(), transpose_out), torch.float32
 
 
+def ref_linear_qbsr_dyn(crow, col, values, scales, bias, rows, cols, x):
+    tensor(x, "x", (torch.float32,), 2)
+    need(x.shape[1] == cols, "x columns")
+    tensor(values, "values", (torch.int8,), 3)
+    need(values.shape[2] % 4 == 0, "block width not a multiple of 4")
+    need(0 <= cols <= 65536, "cols too wide for int32 sums")
+    tensor(scales, "scales", (torch.float32,), 1)
+    need(scales.numel() == rows, "scales length")
+    if bias is not None:
+        tensor(bias, "bias", (torch.float32,), 1)
+        need(bias.numel() == rows, "bias length")
+    w = blocked_dense(crow, col, values, rows, cols) * scales.double().unsqueeze(1)
+    small(rows, x.shape[0])
+    lo = torch.minimum(x.amin(1, keepdim=True), torch.zeros(1)) if x.numel() else x[:, :1]
+    hi = torch.maximum(x.amax(1, keepdim=True), torch.zeros(1)) if x.numel() else x[:, :1]
+    scale = ((hi - lo) / 255).clamp_min(1e-12)
+    zero = (-128 - torch.round(lo / scale)).clamp(-128, 127)
+    xq = (torch.clamp(torch.round(x / scale) + zero, -128, 127) - zero) * scale
+    y = xq.double() @ w.t()
+    if bias is not None:
+        y = y + bias.double()
+    y[~torch.isfinite(x).all(1)] = float("nan")
+    return y, torch.float32
+
+
 def nm_parts(values, indices, n, m, cols):
     need(is_int(n) and is_int(m) and 0 < n <= m <= 127, "n, m")
     size_arg(cols, "cols")
@@ -620,6 +645,17 @@ def gen_blocked(quant: bool):
     return gen
 
 
+def gen_qbsr_dyn(rng: random.Random):
+    R, C = rng.choice([1, 2, 4]), rng.choice([4, 8])
+    brows, bcols = rng.randint(0, 4), rng.randint(0, 4)
+    crow, col = rand_csr(rng, brows, bcols)
+    values = dense(rng, col.numel(), R, C, dtype=torch.int8)
+    x = dense(rng, widths(rng), bcols * C)
+    scales = dense(rng, brows * R).abs() + 0.1
+    bias = dense(rng, brows * R) if rng.random() < 0.5 else None
+    return [crow, col, values, scales, bias, brows * R, bcols * C, x]
+
+
 def gen_nm(quant: bool):
     def gen(rng: random.Random):
         m = rng.choice([1, 2, 4, 8, 16])
@@ -853,6 +889,7 @@ ARG_NAMES = {
     "dequantize": ["values", "scales", "zero_points", "bits", "rows", "cols"],
     "spmm_bsr": ["crow", "col", "values", "rows", "cols", "xt", "transpose_out"],
     "spmm_qbsr": ["crow", "col", "values", "scales", "rows", "cols", "xt", "transpose_out"],
+    "linear_qbsr_dyn": ["crow", "col", "values", "scales", "bias", "rows", "cols", "x"],
     "spmm_nm": ["values", "indices", "n", "m", "cols", "xt", "transpose_out"],
     "spmm_qnm": ["values", "indices", "scales", "n", "m", "cols", "xt", "transpose_out"],
     "sparse_attention": ["q", "k", "v", "kv_ptr", "kv_blocks", "mask_index", "bits", "key_bias", "scale", "block_q"],
@@ -911,6 +948,7 @@ def ops_table(head_multiple: int) -> dict[str, tuple[Callable, Callable, set[int
         "dequantize": (gen_dequantize, ref_dequantize, set()),
         "spmm_bsr": (gen_blocked(False), ref_spmm_bsr, set()),
         "spmm_qbsr": (gen_blocked(True), ref_spmm_qbsr, set()),
+        "linear_qbsr_dyn": (gen_qbsr_dyn, ref_linear_qbsr_dyn, {4}),
         "spmm_nm": (gen_nm(False), ref_spmm_nm, set()),
         "spmm_qnm": (gen_nm(True), ref_spmm_qnm, set()),
         "sparse_attention": (gen_attention(False, head_multiple), att, set()),
