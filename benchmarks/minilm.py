@@ -2,8 +2,9 @@
 (``hf-sparse bench minilm``).
 
 One forward pass at batch 1, sequence 128 (a real Rotten Tomatoes review, padded to 128 tokens), under
-``torch.inference_mode``. Ours: the model pruned to 80% / 90% (global magnitude over the encoder's Linear layers,
-the pruning defaults) and converted by ``sparsify_`` (format per layer from the cost model, batch_hint=128).
+``torch.inference_mode``. Ours: the model pruned to 80% / 90% (global magnitude over the encoder's Linear layers) in two ways (``MODES``):
+unstructured and converted by ``sparsify_`` (format per layer from the cost model, batch_hint=128); and in 1x4
+blocks stored as int8 codes with dynamic int8 inputs (``qbsr``, integer kernels).
 Baselines, same process, interleaved: every dense configuration of the model on this machine
 (:func:`hf_sparse.benchmarking.dense_model_baselines`): ``fp32``; ``bf16`` (a bf16 copy, where the CPU has native
 bf16); ``torch-dynamic-int8`` (``torch.ao``); ``onnxruntime-dynamic-int8`` (exported with
@@ -45,19 +46,43 @@ def _inputs():
     return dict(tokenizer([text], padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt"))
 
 
-def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, baselines: DenseBaselines) -> dict:
+#: Ways of making "ours": ``auto`` prunes unstructured weights and lets ``sparsify_``'s cost model pick each layer's
+#: format (fp32 values); ``int8-1x4`` prunes 1x4 blocks and stores them as int8 codes with dynamic int8 inputs
+#: (``qbsr``, ``activation="dynamic"``), which run on the integer (VNNI) kernels.
+MODES = ("auto", "int8-1x4")
+#: Relative error (||ours - pruned fp32|| / ||pruned fp32||) allowed by the int8 mode's 8-bit weights and inputs.
+INT8_REL_ERR = 5e-2
+
+
+def _ours(dense, batch, sparsity: float, mode: str):
     import hf_sparse
 
-    torch.set_num_threads(threads)
     pruned = copy.deepcopy(dense)
-    hf_sparse.apply_(pruned, hf_sparse.PruningConfig(sparsity=sparsity))
-    sparse = copy.deepcopy(pruned)
-    decisions = hf_sparse.sparsify_(sparse, batch_hint=SEQ, progress=False)
+    if mode == "auto":
+        hf_sparse.apply_(pruned, hf_sparse.PruningConfig(sparsity=sparsity))
+        sparse = copy.deepcopy(pruned)
+        decisions = hf_sparse.sparsify_(sparse, batch_hint=SEQ, progress=False)
+    else:
+        hf_sparse.apply_(pruned, hf_sparse.PruningConfig(sparsity=sparsity, granularity="block", block=(1, 4)))
+        sparse = copy.deepcopy(pruned)
+        decisions = hf_sparse.sparsify_(sparse, format="qbsr", block=(1, 4), activation="dynamic", progress=False)
     with torch.inference_mode():
         expected = pruned(**batch).last_hidden_state
         got = sparse(**batch).last_hidden_state
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    del pruned
+    if mode == "auto":
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        rel = 0.0
+    else:
+        rel = float((got - expected).norm() / expected.norm())
+        assert rel <= INT8_REL_ERR, f"int8 model differs from the pruned fp32 model by {rel:.3g} (relative)"
+    return sparse, decisions, rel
+
+
+def run_case(
+    dense, batch, sparsity: float, *, threads: int, rounds: int, baselines: DenseBaselines, mode: str = "auto"
+) -> dict:
+    torch.set_num_threads(threads)
+    sparse, decisions, rel = _ours(dense, batch, sparsity, mode)
 
     calls: dict[str, Callable[[int], object]] = {"ours": lambda i: sparse(**batch), **baselines.timed(batch)}
     with torch.inference_mode():
@@ -65,7 +90,7 @@ def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, baseli
     ours_s, medians, speedup = summarize(times)
     formats = Counter(d.choice.format for d in decisions.values())
     record = {
-        "name": f"minilm-l6 batch=1 seq={SEQ} {round(sparsity * 100)}% pruned t={threads}",
+        "name": f"minilm-l6 batch=1 seq={SEQ} {round(sparsity * 100)}% pruned {mode} t={threads}",
         "params": {
             "model": "sentence-transformers/all-MiniLM-L6-v2",
             "batch": 1,
@@ -74,6 +99,8 @@ def run_case(dense, batch, sparsity: float, *, threads: int, rounds: int, baseli
             "dtype": "float32",
             "threads": threads,
             "formats": dict(formats),
+            "mode": mode,
+            "rel_err_vs_pruned_fp32": rel,
         },
         "ours_s": ours_s,
         "baselines_s": medians,
@@ -97,11 +124,12 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
     baselines = dense_model_baselines(dense, batch)
     rounds = rounds or (15 if quick else 40)
     cases = []
-    for i, sparsity in enumerate(SPARSITIES):
-        case = run_case(dense, batch, sparsity, threads=threads, rounds=rounds, baselines=baselines)
+    grid = [(mode, sparsity) for mode in MODES for sparsity in SPARSITIES]
+    for i, (mode, sparsity) in enumerate(grid):
+        case = run_case(dense, batch, sparsity, threads=threads, rounds=rounds, baselines=baselines, mode=mode)
         cases.append(case)
         if progress:
-            progress(i + 1, len(SPARSITIES), case)
+            progress(i + 1, len(grid), case)
     return {
         "suite": SUITE,
         "machine": machine_info(),

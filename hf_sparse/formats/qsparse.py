@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import FormatError
+from ..errors import FormatError, quote
 from .base import (
     SparseFormat,
     check_indices,
@@ -58,11 +58,14 @@ class QCSR(InputQuant, SparseFormat):
             self.validate()
 
     @classmethod
-    def from_dense(cls, weight, mask=None, *, scales: torch.Tensor | None = None, **params: Any):
+    def from_dense(
+        cls, weight, mask=None, *, scales: torch.Tensor | None = None, activation: str | None = None, **params: Any
+    ):
         """Quantise the stored positions (``mask``, or the non-zeros) to int8 with one symmetric scale per row
         (``scales``, e.g. learned by QAT, or each row's largest magnitude / 127)."""
         if params:
-            raise FormatError(f"qcsr takes only `scales`, got {sorted(params)}.")
+            raise FormatError(f"qcsr takes only `scales` and `activation`, got {sorted(params)}.")
+        _check_activation("qcsr", activation)
         keep = check_weight(weight, mask)
         rows, cols = weight.shape
         w = (weight * keep).detach().float()
@@ -80,6 +83,7 @@ class QCSR(InputQuant, SparseFormat):
             codes.contiguous(),
             s.to(weight.dtype).contiguous(),
             (rows, cols),
+            activation=activation,
             validate=False,
         )
 
@@ -134,6 +138,16 @@ class QCSR(InputQuant, SparseFormat):
             raise FormatError(f"qcsr: col_indices has {self.col_indices.numel()} entries, values {nnz}.")
         check_scales(self.name, self.scales, (rows,))
         check_codes(self.name, "values", self.values, 8, symmetric=True)
+
+
+def _check_activation(fmt: str, activation: str | None) -> None:
+    """``from_dense`` records ``None`` (weight-only) or ``"dynamic"`` input quantisation; static ranges come from
+    calibration or QAT, which store them with the weight."""
+    if activation not in (None, "dynamic"):
+        raise FormatError(
+            f"{fmt}.from_dense: activation must be None or 'dynamic', got {quote(activation)} (static input ranges "
+            "come from QAT or calibration: QuantizationConfig(activation='static'))."
+        )
 
 
 def _row_codes(fmt: str, weight, mask, scales) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -194,11 +208,23 @@ class QBSR(InputQuant, SparseFormat):
             self.validate()
 
     @classmethod
-    def from_dense(cls, weight, mask=None, *, block=(16, 16), scales: torch.Tensor | None = None, **params: Any):
+    def from_dense(
+        cls,
+        weight,
+        mask=None,
+        *,
+        block=(16, 16),
+        scales: torch.Tensor | None = None,
+        activation: str | None = None,
+        **params: Any,
+    ):
         """Quantise the stored blocks to int8 with one symmetric scale per row (``scales``, e.g. learned by QAT, or
-        each row's largest kept magnitude / 127)."""
+        each row's largest kept magnitude / 127). ``activation="dynamic"`` records per-token 8-bit input
+        quantisation: with blocks ``r x c``, ``c`` a multiple of 4 (``block=(1, 4)``), layers then run on integer
+        dot products (:func:`~hf_sparse.ops.dynamic_int8_linear`)."""
         if params:
-            raise FormatError(f"qbsr takes only `block` and `scales`, got {sorted(params)}.")
+            raise FormatError(f"qbsr takes only `block`, `scales` and `activation`, got {sorted(params)}.")
+        _check_activation("qbsr", activation)
         keep, codes, s = _row_codes("qbsr", weight, mask, scales)
         twin = _float_twin("qbsr", lambda: BSR.from_dense(codes, keep, block=block))
         return cls(
@@ -208,6 +234,7 @@ class QBSR(InputQuant, SparseFormat):
             s.to(weight.dtype).contiguous(),
             twin.shape,
             twin.block,
+            activation=activation,
             validate=False,
         )
 
@@ -298,11 +325,22 @@ class QNM(InputQuant, SparseFormat):
             self.validate()
 
     @classmethod
-    def from_dense(cls, weight, mask=None, *, n: int = 2, m: int = 4, scales: torch.Tensor | None = None, **params):
+    def from_dense(
+        cls,
+        weight,
+        mask=None,
+        *,
+        n: int = 2,
+        m: int = 4,
+        scales: torch.Tensor | None = None,
+        activation: str | None = None,
+        **params,
+    ):
         """Quantise the kept positions (at most ``n`` in every ``m`` consecutive columns) to int8 with one symmetric
         scale per row."""
         if params:
-            raise FormatError(f"qnm takes only `n`, `m` and `scales`, got {sorted(params)}.")
+            raise FormatError(f"qnm takes only `n`, `m`, `scales` and `activation`, got {sorted(params)}.")
+        _check_activation("qnm", activation)
         keep, codes, s = _row_codes("qnm", weight, mask, scales)
         twin = _float_twin("qnm", lambda: NM.from_dense(codes, keep, n=n, m=m))
         return cls(
@@ -312,6 +350,7 @@ class QNM(InputQuant, SparseFormat):
             twin.shape,
             twin.n,
             twin.m,
+            activation=activation,
             validate=False,
         )
 

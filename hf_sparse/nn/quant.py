@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import FormatError
 from ..formats import QBSR, QCSR, QNM, QDense
-from ..ops import dequantize_weight, dynamic_int8_linear
+from ..ops import dequantize_weight
 from .sparse_linear import SparseLinear
 from .stored import StoredWeightMixin
 
@@ -40,13 +40,10 @@ class QuantLinear(SparseLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight_format()
-        fast = dynamic_int8_linear(weight, x, self.bias)  # integer kernels: qbsr with dynamic int8 inputs
-        if fast is not None:
-            return fast
-        x = weight.quantize_input(x)
         if isinstance(weight, QDense):
+            x = weight.quantize_input(x)
             return F.linear(x, dequantize_weight(weight).to(x.dtype), self.bias)
-        return super().forward(x)
+        return super().forward(x)  # sparse_linear quantises the input as the weight records
 
     def extra_repr(self) -> str:
         weight = self.weight_format()

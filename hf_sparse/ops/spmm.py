@@ -347,6 +347,11 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
         if isinstance(weight, LowRankSparse):
             y = y + sparse_linear(weight.sparse, x)
         return y
+    fast = dynamic_int8_linear(weight, x, bias)  # int8 codes x per-token int8 inputs on integer kernels
+    if fast is not None:
+        return fast
+    if getattr(weight, "activation", None) is not None:  # input quantisation the weight records, simulated
+        x = weight.quantize_input(x)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, cols).to(weight.dtype)
     if isinstance(weight, (QCSR, QBSR)):

@@ -79,7 +79,14 @@ def test_bench_minilm_quick_on_the_real_model(tmp_path):
     out = tmp_path / "minilm.json"
     assert main(["bench", "minilm", "--quick", "--rounds", "2", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert [c["params"]["sparsity"] for c in record["cases"]] == [0.8, 0.9]
+    assert [(c["params"]["mode"], c["params"]["sparsity"]) for c in record["cases"]] == [
+        ("auto", 0.8),
+        ("auto", 0.9),
+        ("int8-1x4", 0.8),
+        ("int8-1x4", 0.9),
+    ]
+    assert record["cases"][3]["params"]["formats"] == {"qbsr": 36}
+    assert 0 < record["cases"][3]["params"]["rel_err_vs_pruned_fp32"] <= 5e-2
     assert "fp32" in record["cases"][0]["baselines_s"]
     for c in record["cases"]:
         _check_dense_fields(c, names={"fp32", "bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8"})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_sparse.errors import ConfigError
+from hf_sparse.errors import ConfigError, FormatError
 from hf_sparse.formats import QBSR
 from hf_sparse.machine import isa_flags
 from hf_sparse.nn.quant import QuantLinear
@@ -254,3 +254,34 @@ def test_hf_sparse_isa_caps_the_path_and_refuses_what_the_cpu_lacks(monkeypatch)
     with pytest.raises(ConfigError, match="not a kernel path"):
         isa_path(avx2)
     assert list(ISA_PATHS) == ["portable", "avx2", "avx512"]
+
+
+def test_sparsify_with_dynamic_activation_runs_the_integer_path_and_matches_the_simulation(kernels):
+    import hf_sparse
+    from hf_sparse.nn import SparseLinear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 32))
+    hf_sparse.apply_(model, hf_sparse.PruningConfig(sparsity=0.75, granularity="block", block=(1, 4)))
+    hf_sparse.sparsify_(model, format="qbsr", block=(1, 4), activation="dynamic", progress=False)
+    layer = model[0]
+    assert isinstance(layer, SparseLinear) and layer.weight_format().activation == "dynamic"
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        fast = model(x)
+        h = torch.relu(_reference(model[0].weight_format(), x, model[0].bias))
+        want = _reference(model[2].weight_format(), h, model[2].bias)
+    torch.testing.assert_close(fast, want, rtol=1e-4, atol=1e-4)
+    # the simulated path (a gradient to compute) gives the same numbers
+    xg = x.clone().requires_grad_()
+    torch.testing.assert_close(model(xg).detach(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_from_dense_records_only_weight_only_or_dynamic_inputs():
+    w = torch.randn(8, 16)
+    assert QBSR.from_dense(w, block=(1, 4), activation="dynamic").activation == "dynamic"
+    assert QBSR.from_dense(w, block=(1, 4)).activation is None
+    with pytest.raises(FormatError, match="static input ranges"):
+        QBSR.from_dense(w, block=(1, 4), activation="static")
+    with pytest.raises(FormatError, match="activation"):
+        QBSR.from_dense(w, block=(1, 4), actvation="dynamic")
