@@ -2,9 +2,9 @@
 (``hf-sparse bench minilm``).
 
 One forward pass at batch 1, sequence 128 (a real Rotten Tomatoes review, padded to 128 tokens), under
-``torch.inference_mode``. Ours: the model pruned to 80% / 90% (global magnitude over the encoder's Linear layers) in two ways (``MODES``):
-unstructured and converted by ``sparsify_`` (format per layer from the cost model, batch_hint=128); and in 1x4
-blocks stored as int8 codes with dynamic int8 inputs (``qbsr``, integer kernels).
+``torch.inference_mode``. Ours: the model pruned to 80% / 90% (global magnitude over the encoder's Linear layers)
+in two ways (``MODES``): unstructured and converted by ``sparsify_`` (format per layer from the cost model,
+batch_hint=128); and in 1x4 blocks stored as int8 codes with dynamic int8 inputs (``qbsr``, integer kernels).
 Baselines, same process, interleaved: every dense configuration of the model on this machine
 (:func:`hf_sparse.benchmarking.dense_model_baselines`): ``fp32``; ``bf16`` (a bf16 copy, where the CPU has native
 bf16); ``torch-dynamic-int8`` (``torch.ao``); ``onnxruntime-dynamic-int8`` (exported with
