@@ -47,6 +47,7 @@ struct IV {
   }
   static int32_t sum(R v) { return _mm512_reduce_add_epi32(v); }
   static R add(R a, R b) { return _mm512_add_epi32(a, b); }
+  static R mul(R a, R b) { return _mm512_mullo_epi32(a, b); }
   // out[l] = xs[l] * ws * (acc[l] - xz[l] * rs) + b for the W tokens of a vector.
   static void finish(R acc, int32_t rs, const float* xs, const int32_t* xz, float ws, float b, float* out) {
     const R a = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_loadu_si512(xz), _mm512_set1_epi32(rs)));
@@ -82,6 +83,7 @@ struct IV {
     return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_min_epu32(idx, top), idx)) != -1;
   }
   static R add(R a, R b) { return _mm256_add_epi32(a, b); }
+  static R mul(R a, R b) { return _mm256_mullo_epi32(a, b); }
   static void finish(R acc, int32_t rs, const float* xs, const int32_t* xz, float ws, float b, float* out) {
     const R xzv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xz));
     const R a = _mm256_sub_epi32(acc, _mm256_mullo_epi32(xzv, _mm256_set1_epi32(rs)));
@@ -118,6 +120,7 @@ struct IV {
   static bool any_outside(R idx, int64_t bound) { return static_cast<uint64_t>(static_cast<int64_t>(idx)) >= static_cast<uint64_t>(bound); }
   static int32_t sum(R v) { return v; }
   static R add(R a, R b) { return a + b; }
+  static R mul(R a, R b) { return a * b; }
   static void finish(R acc, int32_t rs, const float* xs, const int32_t* xz, float ws, float b, float* out) {
     *out = *xs * ws * static_cast<float>(acc - *xz * rs) + b;
   }
@@ -217,6 +220,13 @@ inline int32_t row_code_sum(const int8_t* values, int64_t b, int64_t e, int64_t 
     auto acc = IV::zero();
     int64_t k = 0;
     for (; k + 4 * IV::W <= bytes; k += 4 * IV::W) acc = IV::dot4(acc, ones, IV::load(w + k));
+#if defined(HF_INT8_PATH_512)
+    if (k < bytes) {  // the last partial vector, masked
+      const __mmask64 m = _cvtu64_mask64((~uint64_t{0}) >> (64 - (bytes - k)));
+      acc = IV::dot4(acc, ones, _mm512_maskz_loadu_epi8(m, w + k));
+      k = bytes;
+    }
+#endif
     int32_t s = IV::sum(acc);
     for (; k < bytes; ++k) s += w[k];
     return s;
@@ -232,15 +242,15 @@ inline int32_t row_code_sum(const int8_t* values, int64_t b, int64_t e, int64_t 
 // first_outside() before any kernel runs.
 template <int NV, int U, bool G1, typename I>
 inline void row_tile(const int32_t* crow, const I* col, const int8_t* values, int64_t R, int64_t C, int64_t br,
-                     int64_t i, const uint8_t* xq, int64_t npad, int64_t t0, const float* xs, const int32_t* xz,
+                     int64_t i, const uint8_t* xtile, int64_t tw, int64_t t0, const float* xs, const int32_t* xz,
                      float ws, int32_t rs, float bias, float* out) {
   typename IV::R acc[U][NV];
   for (int u = 0; u < U; ++u)
     for (int v = 0; v < NV; ++v) acc[u][v] = IV::zero();
   const int64_t G = G1 ? 1 : C / 4;
-  const int64_t gstride = npad * 4;           // bytes between two column groups of xq
+  const int64_t gstride = tw * 4;             // bytes between two column groups of the token tile
   const int64_t bstride = G * gstride;        // bytes between two block columns
-  const uint8_t* x0 = xq + t0 * 4;
+  const uint8_t* x0 = xtile;
   const int64_t b = crow[br], e = crow[br + 1];
   // (Plain loops over constant trip counts, no lambda: the accumulators must stay in registers.)
   int64_t p = b;
@@ -274,15 +284,46 @@ inline void row_tile(const int32_t* crow, const I* col, const int8_t* values, in
 
 template <bool G1, typename I>
 inline void row_tile_nv(int nv, const int32_t* crow, const I* col, const int8_t* values, int64_t R, int64_t C,
-                        int64_t br, int64_t i, const uint8_t* xq, int64_t npad, int64_t t0, const float* xs,
+                        int64_t br, int64_t i, const uint8_t* xq, int64_t tw, int64_t t0, const float* xs,
                         const int32_t* xz, float ws, int32_t rs, float b, float* out) {
   switch (nv) {
-    case 1: row_tile<1, 4, G1>(crow, col, values, R, C, br, i, xq, npad, t0, xs, xz, ws, rs, b, out); break;
-    case 2: row_tile<2, 2, G1>(crow, col, values, R, C, br, i, xq, npad, t0, xs, xz, ws, rs, b, out); break;
-    case 3: row_tile<3, 1, G1>(crow, col, values, R, C, br, i, xq, npad, t0, xs, xz, ws, rs, b, out); break;
-    default: row_tile<4, 1, G1>(crow, col, values, R, C, br, i, xq, npad, t0, xs, xz, ws, rs, b, out); break;
+    case 1: row_tile<1, 4, G1>(crow, col, values, R, C, br, i, xq, tw, t0, xs, xz, ws, rs, b, out); break;
+    case 2: row_tile<2, 2, G1>(crow, col, values, R, C, br, i, xq, tw, t0, xs, xz, ws, rs, b, out); break;
+    case 3: row_tile<3, 1, G1>(crow, col, values, R, C, br, i, xq, tw, t0, xs, xz, ws, rs, b, out); break;
+    default: row_tile<4, 1, G1>(crow, col, values, R, C, br, i, xq, tw, t0, xs, xz, ws, rs, b, out); break;
   }
 }
+
+#if defined(HF_INT8_PATH_512)
+// dst[j * ld + i] = src[i * ls + j] for a 16 x 16 block of floats.
+inline void transpose16(const float* src, int64_t ls, float* dst, int64_t ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + j * ld, r[j]);
+}
+#endif
 
 constexpr int kMaxNV = 4;
 constexpr int kRowGroup = 16;
@@ -305,8 +346,17 @@ const char* isa_name() {
 #endif
 }
 
+int64_t token_pad(int64_t n) {
+  constexpr int64_t TILE = kMaxNV * IV::W;
+  return n <= TILE ? (n + IV::W - 1) / IV::W * IV::W : (n + TILE - 1) / TILE * TILE;
+}
+
+int64_t token_tile(int64_t npad) { return std::min<int64_t>(kMaxNV * IV::W, npad); }
+
 void quantize_tokens(const float* x, int64_t ldx, int64_t cols, int64_t t0, int64_t t1, int64_t npad, uint8_t* xq,
                      float* scale, int32_t* zero) {
+  const int64_t G = cols / 4, tw = token_tile(npad);
+  auto at = [&](int64_t g, int64_t t) { return xq + (((t / tw) * G + g) * tw + t % tw) * 4; };
   uint8_t buf[256];
   for (int64_t t = t0; t < t1; ++t) {
     const float* row = x + t * ldx;
@@ -314,7 +364,7 @@ void quantize_tokens(const float* x, int64_t ldx, int64_t cols, int64_t t0, int6
     if (!token_grid(row, cols, s, z)) {
       scale[t] = std::numeric_limits<float>::quiet_NaN();
       zero[t] = 128;
-      for (int64_t g = 0; g < cols / 4; ++g) std::memset(xq + (g * npad + t) * 4, 0, 4);
+      for (int64_t g = 0; g < G; ++g) std::memset(at(g, t), 0, 4);
       continue;
     }
     scale[t] = s;
@@ -322,7 +372,7 @@ void quantize_tokens(const float* x, int64_t ldx, int64_t cols, int64_t t0, int6
     for (int64_t k0 = 0; k0 < cols; k0 += 256) {  // cols is a multiple of 4, so chunks are whole groups
       const int64_t k1 = std::min(cols, k0 + 256);
       codes(row + k0, k1 - k0, s, z, buf);
-      for (int64_t k = k0; k < k1; k += 4) std::memcpy(xq + ((k / 4) * npad + t) * 4, buf + (k - k0), 4);
+      for (int64_t k = k0; k < k1; k += 4) std::memcpy(at(k / 4, t), buf + (k - k0), 4);
     }
   }
 }
@@ -356,9 +406,10 @@ int64_t first_outside(const I* col, int64_t count, int64_t bound) {
 
 template <typename I>
 void qbsr_rows(const int32_t* crow, const I* col, const int8_t* values, int64_t R, int64_t C, const float* wscale,
-               const float* bias, const uint8_t* xq, int64_t npad, int64_t n, const float* xscale,
+               const float* bias, const uint8_t* xq, int64_t cols, int64_t npad, int64_t n, const float* xscale,
                const int32_t* xzero, float* y, int64_t ldy, int64_t br0, int64_t br1, float* tmp) {
   constexpr int64_t TILE = kMaxNV * IV::W;
+  const int64_t tw = token_tile(npad);
   const int64_t r_begin = br0 * R, r_end = br1 * R;
   std::vector<int32_t> rowsum(static_cast<size_t>(r_end - r_begin));
   for (int64_t r = r_begin; r < r_end; ++r)
@@ -366,6 +417,7 @@ void qbsr_rows(const int32_t* crow, const I* col, const int8_t* values, int64_t 
   for (int64_t t0 = 0; t0 < n; t0 += TILE) {
     const int64_t tn = std::min<int64_t>(TILE, n - t0);
     const int nv = static_cast<int>((tn + IV::W - 1) / IV::W);
+    const uint8_t* xt = xq + (t0 / tw) * (cols / 4) * tw * 4;  // this tile's codes, contiguous
     for (int64_t g0 = r_begin; g0 < r_end; g0 += kRowGroup) {
       const int64_t g1 = std::min<int64_t>(r_end, g0 + kRowGroup);
       for (int64_t r = g0; r < g1; ++r) {
@@ -374,13 +426,19 @@ void qbsr_rows(const int32_t* crow, const I* col, const int8_t* values, int64_t 
         const int32_t rs = rowsum[r - r_begin];
         float* o = tmp + (r - g0) * TILE;
         if (C == 4) {
-          row_tile_nv<true>(nv, crow, col, values, R, C, br, i, xq, npad, t0, xscale, xzero, ws, rs, b, o);
+          row_tile_nv<true>(nv, crow, col, values, R, C, br, i, xt, tw, t0, xscale, xzero, ws, rs, b, o);
         } else {
-          row_tile_nv<false>(nv, crow, col, values, R, C, br, i, xq, npad, t0, xscale, xzero, ws, rs, b, o);
+          row_tile_nv<false>(nv, crow, col, values, R, C, br, i, xt, tw, t0, xscale, xzero, ws, rs, b, o);
         }
       }
       // Write the (tokens x rows) tile: one contiguous run of g1 - g0 outputs per token.
-      for (int64_t t = 0; t < tn; ++t) {
+      int64_t t = 0;
+#if defined(HF_INT8_PATH_512)
+      if (g1 - g0 == 16) {
+        for (; t + 16 <= tn; t += 16) transpose16(tmp + t, TILE, y + (t0 + t) * ldy + g0, ldy);
+      }
+#endif
+      for (; t < tn; ++t) {
         float* dst = y + (t0 + t) * ldy + g0;
         for (int64_t r = 0; r < g1 - g0; ++r) dst[r] = tmp[r * TILE + t];
       }
@@ -424,17 +482,18 @@ void qbsr1x4_vector(const int32_t* crow, const I* col, const int8_t* values, con
       tail_rs += w[0] + w[1] + w[2] + w[3];
       tail += u[0] * w[0] + u[1] * w[1] + u[2] * w[2] + u[3] * w[3];
     }
-    const int32_t total = IV::sum(IV::add(acc0, acc1)) + tail;
-    const int32_t rowsum = IV::sum(rs) + tail_rs;
-    y[r] = xscale * wscale[r] * static_cast<float>(total - xzero * rowsum) + (bias ? bias[r] : 0.f);
+    // sum(acc) - xzero * sum(rs) as one reduction: the correction is linear in the lanes
+    const auto lanes = IV::add(IV::add(acc0, acc1), IV::mul(rs, IV::set1(-xzero)));
+    const int32_t net = IV::sum(lanes) + tail - xzero * tail_rs;
+    y[r] = xscale * wscale[r] * static_cast<float>(net) + (bias ? bias[r] : 0.f);
   }
 }
 
 #define HF_INT8_INSTANTIATE(I)                                                                                      \
   template int64_t first_outside<I>(const I*, int64_t, int64_t);                                                   \
   template void qbsr_rows<I>(const int32_t*, const I*, const int8_t*, int64_t, int64_t, const float*, const float*, \
-                             const uint8_t*, int64_t, int64_t, const float*, const int32_t*, float*, int64_t,       \
-                             int64_t, int64_t, float*);                                                             \
+                             const uint8_t*, int64_t, int64_t, int64_t, const float*, const int32_t*, float*,       \
+                             int64_t, int64_t, int64_t, float*);                                                             \
   template void qbsr1x4_vector<I>(const int32_t*, const I*, const int8_t*, const float*, const float*,             \
                                   const uint8_t*, float, int32_t, float*, int64_t, int64_t);
 HF_INT8_INSTANTIATE(int16_t)
@@ -469,14 +528,13 @@ int64_t hf_sparse_int8_linear_qbsr(const int32_t* crow, const int32_t* col, cons
     quantize_token_plain(x, cols, xq.data(), &s, &z);
     qbsr1x4_vector<int32_t>(crow, col, values, wscale, bias, xq.data(), s, z, y, 0, rows);
   } else {
-    const int64_t lanes = token_lanes();
-    const int64_t npad = (n + lanes - 1) / lanes * lanes;
+    const int64_t npad = token_pad(n);
     std::vector<uint8_t> xq(static_cast<size_t>(cols * npad), 0);
     std::vector<float> s(static_cast<size_t>(npad));
     std::vector<int32_t> z(static_cast<size_t>(npad));
     std::vector<float> tmp(16 * 64);
     quantize_tokens(x, cols, cols, 0, n, npad, xq.data(), s.data(), z.data());
-    qbsr_rows<int32_t>(crow, col, values, R, C, wscale, bias, xq.data(), npad, n, s.data(), z.data(), y, rows, 0,
+    qbsr_rows<int32_t>(crow, col, values, R, C, wscale, bias, xq.data(), cols, npad, n, s.data(), z.data(), y, rows, 0,
                        block_rows, tmp.data());
   }
   return -1;

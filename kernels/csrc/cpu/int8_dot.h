@@ -27,8 +27,15 @@ int64_t token_lanes();
 // "portable".
 const char* isa_name();
 
-// Quantises tokens [t0, t1) of x (n, cols), row-major with row stride ldx, into xq laid out (cols / 4, npad, 4):
-// the 4 codes of column group g for token t at xq[(g * npad + t) * 4]. Writes scale[t] and zero[t] (the stored
+// Tokens padded for the kernels: to a multiple of token_lanes(), and beyond one tile (4 vectors of tokens) to a
+// multiple of the tile. token_tile(npad): the tile width, min(4 * token_lanes(), npad).
+int64_t token_pad(int64_t n);
+int64_t token_tile(int64_t npad);
+
+// Quantises tokens [t0, t1) of x (n, cols), row-major with row stride ldx, into xq (cols * npad bytes) in tiles of
+// tw = token_tile(npad) tokens, each tile contiguous (so a tile's codes share no cache sets with the next tile's):
+// the 4 codes of column group g for token t at xq[(((t / tw) * cols / 4 + g) * tw + t % tw) * 4]. Writes scale[t]
+// and zero[t] (the stored
 // code's zero, zero + 128). A token with a non-finite value gets scale NaN (its outputs become NaN).
 void quantize_tokens(const float* x, int64_t ldx, int64_t cols, int64_t t0, int64_t t1, int64_t npad, uint8_t* xq,
                      float* scale, int32_t* zero);
@@ -41,11 +48,11 @@ void quantize_token_plain(const float* x, int64_t cols, uint8_t* xq, float* scal
 template <typename I>
 int64_t first_outside(const I* col, int64_t count, int64_t bound);
 
-// y[t * ldy + r] for tokens t < n and rows r of block rows [br0, br1), from xq (quantize_tokens' layout, npad a
-// multiple of token_lanes()). bias may be null. tmp holds at least 16 * 64 floats.
+// y[t * ldy + r] for tokens t < n and rows r of block rows [br0, br1), from xq (quantize_tokens' layout for cols
+// and npad = token_pad(n)). bias may be null. tmp holds at least 16 * 64 floats.
 template <typename I>
 void qbsr_rows(const int32_t* crow, const I* col, const int8_t* values, int64_t R, int64_t C, const float* wscale,
-               const float* bias, const uint8_t* xq, int64_t npad, int64_t n, const float* xscale,
+               const float* bias, const uint8_t* xq, int64_t cols, int64_t npad, int64_t n, const float* xscale,
                const int32_t* xzero, float* y, int64_t ldy, int64_t br0, int64_t br1, float* tmp);
 
 // One token (n == 1) with 1 x 4 blocks: y[r] for rows [r0, r1) from xq in quantize_token_plain's layout.

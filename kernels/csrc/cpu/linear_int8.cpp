@@ -82,8 +82,7 @@ at::Tensor linear_qbsr_dyn_cpu(const at::Tensor& crow, const at::Tensor& col, co
       });
       return;
     }
-    const int64_t lanes = hf_sparse_int8::token_lanes();
-    const int64_t npad = (n + lanes - 1) / lanes * lanes;
+    const int64_t npad = hf_sparse_int8::token_pad(n);
     std::vector<uint8_t> xq(static_cast<size_t>(cols * npad), 0);
     std::vector<float> xs(static_cast<size_t>(npad), 0.f);
     std::vector<int32_t> xz(static_cast<size_t>(npad), 0);
@@ -93,7 +92,7 @@ at::Tensor linear_qbsr_dyn_cpu(const at::Tensor& crow, const at::Tensor& col, co
     // Block rows split so each thread gets whole groups of output rows.
     at::parallel_for(0, brows, std::max<int64_t>(1, 16 / R), [&](int64_t bb, int64_t be) {
       std::vector<float> tmp(16 * 64);
-      hf_sparse_int8::qbsr_rows(cr, ci, val, R, C, sc, bp, xq.data(), npad, n, xs.data(), xz.data(), yp, rows, bb,
+      hf_sparse_int8::qbsr_rows(cr, ci, val, R, C, sc, bp, xq.data(), cols, npad, n, xs.data(), xz.data(), yp, rows, bb,
                                 be, tmp.data());
     });
   });
