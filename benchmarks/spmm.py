@@ -3,8 +3,10 @@
 Cases: BERT FFN (3072x768, 768x3072) and MiniLM FFN (1536x384, 384x1536) weights; N = 1, 16, 128 tokens; formats
 CSR (uniform unstructured), hybrid (unstructured with a few dense rows), 16x16 and 32x32 BSR (block patterns), and
 2:4 (always 50%); int8 values with per-row scales (``qcsr``, ``qbsr``, ``qnm``); and int8 weights with dynamic int8
-activations (``bsr1x4`` / ``int8-dynamic``: the unstructured pattern stored as ``qbsr`` in 1x4 blocks with
-``activation="dynamic"``, run as a layer runs it, ``QuantLinear(weight)(x)``).
+activations (``int8-dynamic``, ``qbsr`` with ``activation="dynamic"`` on the integer kernels, run as a layer runs
+it, ``QuantLinear(weight)(x)``): ``bsr1x4`` is a pattern pruned in 1x4 blocks (what
+``PruningConfig(granularity="block", block=(1, 4))`` makes), ``unstructured-1x4`` the unstructured pattern stored
+in 1x4 blocks (each block holds the zeros it covers).
 
 Baselines, interleaved call by call: every dense configuration of this machine
 (:func:`hf_sparse.benchmarking.dense_linear_baselines`: ``fp32`` ``F.linear`` (MKL); ``bf16`` where the CPU has
@@ -39,20 +41,20 @@ SUITE = "spmm"
 SHAPES = [(3072, 768), (768, 3072), (1536, 384), (384, 1536)]
 NS = [1, 16, 128]
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
-FORMATS = ["csr", "hybrid", "bsr16x16", "bsr32x32", "2:4", "bsr1x4"]
+FORMATS = ["csr", "hybrid", "bsr16x16", "bsr32x32", "2:4", "bsr1x4", "unstructured-1x4"]
 #: Formats the issue lists whose kernels do not exist yet; reported, not silently dropped.
 NOT_IMPLEMENTED: list[str] = []
 #: Formats stored in blocks whose pattern is nevertheless unstructured (the blocks hold the zeros they cover).
-UNSTRUCTURED_BLOCKS = ("bsr1x4",)
+UNSTRUCTURED_BLOCKS = ("unstructured-1x4",)
 
 
 def make_weight(fmt: str, M: int, K: int, sparsity: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A random weight and keep-mask with the pattern ``fmt`` is meant for."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(M, K, generator=g)
-    if fmt.startswith("bsr") and fmt not in UNSTRUCTURED_BLOCKS:
-        b = int(fmt[3:].split("x")[0])
-        keep = (torch.rand(M // b, K // b, generator=g) >= sparsity).repeat_interleave(b, 0).repeat_interleave(b, 1)
+    if fmt.startswith("bsr"):
+        r, c = _block(fmt)
+        keep = (torch.rand(M // r, K // c, generator=g) >= sparsity).repeat_interleave(r, 0).repeat_interleave(c, 1)
     elif fmt == "2:4":
         order = torch.rand(M, K // 4, 4, generator=g).argsort(-1)[..., :2]
         keep = torch.zeros(M, K // 4, 4, dtype=torch.bool).scatter_(-1, order, True).reshape(M, K)
@@ -69,8 +71,8 @@ def make_weight(fmt: str, M: int, K: int, sparsity: float, seed: int = 0) -> tup
 
 
 def _block(fmt: str) -> tuple[int, int]:
-    """``"bsr16x16"`` -> (16, 16), ``"bsr1x4"`` -> (1, 4)."""
-    r, c = fmt[3:].split("x")
+    """``"bsr16x16"`` -> (16, 16), ``"bsr1x4"`` and ``"unstructured-1x4"`` -> (1, 4)."""
+    r, c = fmt.removeprefix("unstructured-").removeprefix("bsr").split("x")
     return int(r), int(c)
 
 
@@ -111,7 +113,7 @@ def run_case(
 ) -> dict:
     """One case. ``dtype="int8"`` (csr, bsr and 2:4): ours stores int8 values with per-row scales (``qcsr``,
     ``qbsr``, ``qnm``) and is also compared with our own kernel for the same format in float32 (baseline
-    ``hf_sparse_<format>_float32``). ``dtype="int8-dynamic"`` (``bsr1x4``): int8 weights stored in 1x4 blocks
+    ``hf_sparse_<format>_float32``). ``dtype="int8-dynamic"`` (1x4 formats): int8 weights stored in 1x4 blocks
     and int8 activations quantised per call, run through ``QuantLinear``; also compared with our weight-only int8
     CSR of the same pattern (``hf_sparse_qcsr_int8``)."""
     from hf_sparse.formats import QBSR, QCSR, QNM
@@ -172,7 +174,7 @@ def run_case(
         calls["hf_sparse_qcsr_int8"] = lambda i: sparse_linear(q_w[i % len(q_w)], x)
     with warnings.catch_warnings():  # torch's "sparse support is in beta" notices
         warnings.simplefilter("ignore", UserWarning)
-        if fmt.startswith("bsr") and fmt not in UNSTRUCTURED_BLOCKS:
+        if fmt.startswith("bsr") and _block(fmt)[0] == _block(fmt)[1]:  # torch's BSR matmul takes square blocks
             b = _block(fmt)
             t_bsr = w.to_sparse_bsr(b)
             n_bytes = t_bsr.values().numel() * 4 + t_bsr.col_indices().numel() * 8
@@ -229,14 +231,19 @@ QUICK = [
     ("bsr16x16", 3072, 768, 128, 0.9, True, "int8"),
     ("2:4", 3072, 768, 16, 0.5, True, "int8"),
     ("2:4", 3072, 768, 128, 0.5, True, "int8"),
+    ("unstructured-1x4", 3072, 768, 1, 0.9, True, "int8-dynamic"),
+    ("unstructured-1x4", 3072, 768, 16, 0.9, True, "int8-dynamic"),
+    ("unstructured-1x4", 3072, 768, 128, 0.9, True, "int8-dynamic"),
     ("bsr1x4", 3072, 768, 1, 0.9, True, "int8-dynamic"),
     ("bsr1x4", 3072, 768, 16, 0.9, True, "int8-dynamic"),
+    ("bsr1x4", 3072, 768, 16, 0.9, False, "int8-dynamic"),
     ("bsr1x4", 3072, 768, 128, 0.9, True, "int8-dynamic"),
 ]
 #: Value dtypes per format: int8 values (with per-row scales) exist for CSR, BSR and 2:4; 1x4 blocks of int8 values
 #: with dynamic int8 activations for the unstructured pattern.
 DTYPES = {
     "bsr1x4": ("int8-dynamic",),
+    "unstructured-1x4": ("int8-dynamic",),
     "csr": ("float32", "int8"),
     "bsr16x16": ("float32", "int8"),
     "bsr32x32": ("float32", "int8"),

@@ -282,7 +282,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     def progress(i, total, case):
         ratios = ", ".join(f"{k} {v['median']:.2f}x" for k, v in case["speedup"].items())
-        print(f"[{i}/{total}] {case['name']}: ours {1e3 * case['ours_s']:.3f} ms; speedup vs {ratios}", flush=True)
+        best = case.get("best_dense")
+        head = f" vs the best dense ({best}) {case['ratio_vs_best_dense']:.2f}x;" if best else ""
+        print(
+            f"[{i}/{total}] {case['name']}: ours {1e3 * case['ours_s']:.3f} ms;{head} speedup vs {ratios}", flush=True
+        )
 
     record = module.run(quick=args.quick, threads=args.threads, rounds=args.rounds, progress=progress)
     text = json.dumps(record, indent=2)

@@ -5,9 +5,10 @@ import pytest
 from hf_sparse.cli import main
 
 
-def test_bench_spmm_quick_writes_the_documented_json(tmp_path):
+def test_bench_spmm_quick_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "spmm", "--quick", "--rounds", "2", "--json", str(out)]) == 0
+    assert "vs the best dense (" in capsys.readouterr().out  # each progress line names the best dense baseline
     record = json.loads(out.read_text())
     assert record["suite"] == "spmm" and record["limits"]["gflops"] > 0 and record["limits"]["gbps"] > 0
     case = record["cases"][0]
@@ -30,7 +31,7 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path):
         _check_dense_fields(c)
     assert "vs best dense" in record["table_markdown"]
     by_format = {(c["params"]["format"], c["params"]["dtype"]): c for c in record["cases"]}
-    assert {f for f, _ in by_format} == {"csr", "bsr16x16", "2:4", "bsr1x4"}
+    assert {f for f, _ in by_format} == {"csr", "bsr16x16", "2:4", "bsr1x4", "unstructured-1x4"}
     assert set(by_format["bsr16x16", "float32"]["baselines_s"]) - dense_all == {"torch_bsr"}
     assert by_format["2:4", "float32"]["params"]["sparsity"] == 0.5
     # int8-value cases also compare with our float32 kernel for the same format
@@ -43,11 +44,15 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path):
         for c in record["cases"]
         if (c["params"]["M"], c["params"]["K"], c["params"]["sparsity"]) == (3072, 768, 0.9)
     }
-    for fmt, dtype in [("csr", "float32"), ("csr", "int8"), ("bsr1x4", "int8-dynamic")]:
+    for fmt, dtype in [("csr", "float32"), ("csr", "int8"), ("unstructured-1x4", "int8-dynamic")]:
         assert {(fmt, dtype, n) for n in (1, 16, 128)} <= quick
-    qbsr = by_format["bsr1x4", "int8-dynamic"]
+    assert {("bsr1x4", "int8-dynamic", n) for n in (1, 16, 128)} <= quick
+    qbsr = by_format["unstructured-1x4", "int8-dynamic"]
     assert qbsr["params"]["pattern"] == "unstructured"
     assert set(qbsr["baselines_s"]) - dense_all == {"torch_csr", "hf_sparse_qcsr_int8"}
+    blocks = by_format["bsr1x4", "int8-dynamic"]  # a pattern pruned in 1x4 blocks: 10% of the blocks kept
+    assert "pattern" not in blocks["params"] and blocks["stored_bytes"] < qbsr["stored_bytes"]
+    assert set(blocks["baselines_s"]) - dense_all == {"torch_csr", "hf_sparse_qcsr_int8"}  # torch BSR: square only
 
 
 dense_all = {"fp32", "bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8", "bitsandbytes-int8"}
