@@ -13,6 +13,16 @@ from ._namespace import NAMESPACE
 ops = getattr(torch.ops, NAMESPACE)
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 for a bfloat16 CPU tensor (the backward kernels there are float32 / float64), else ``t`` itself.
+
+    bfloat16 gradients are computed in float32 and rounded once, where each formula below casts its result back to
+    its input's dtype: the CPU forward of bfloat16 rounds once per result too, and a sum of many products rounded to
+    bfloat16 at every step would lose most of its bits.
+    """
+    return t.float() if t.dtype == torch.bfloat16 and t.device.type == "cpu" else t
+
+
 def _csr_setup(ctx, inputs, output):
     crow, col, values, rows, cols, xt, *rest = inputs
     ctx.rows, ctx.cols, ctx.transposed = rows, cols, bool(rest and rest[0])
@@ -24,8 +34,12 @@ def _csr_backward(ctx, grad):
     # transpose once here rather than once in each kernel.
     grad = grad.t().contiguous() if ctx.transposed else grad
     crow, col, values, xt = ctx.saved_tensors
-    d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, grad, xt) if ctx.needs_input_grad[2] else None
-    d_xt = ops.spmm_csr_t(crow, col, values, ctx.rows, ctx.cols, grad) if ctx.needs_input_grad[5] else None
+    g = _wide(grad)
+    d_values = d_xt = None
+    if ctx.needs_input_grad[2]:
+        d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, g, _wide(xt)).to(values.dtype)
+    if ctx.needs_input_grad[5]:
+        d_xt = ops.spmm_csr_t(crow, col, _wide(values), ctx.rows, ctx.cols, g).to(xt.dtype)
     return None, None, d_values, None, None, d_xt, None
 
 
@@ -38,15 +52,20 @@ def _csr_t_setup(ctx, inputs, output):
 def _csr_t_backward(ctx, grad):
     # Xt_out = W^T @ Yt: dYt = W @ grad, dV[p] = <grad[col(p)], Yt[row(p)]>.
     crow, col, values, yt = ctx.saved_tensors
-    d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, yt, grad) if ctx.needs_input_grad[2] else None
-    d_yt = ops.spmm_csr(crow, col, values, ctx.rows, ctx.cols, grad) if ctx.needs_input_grad[5] else None
+    g = _wide(grad)
+    d_values = d_yt = None
+    if ctx.needs_input_grad[2]:
+        d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, _wide(yt), g).to(values.dtype)
+    if ctx.needs_input_grad[5]:
+        d_yt = ops.spmm_csr(crow, col, _wide(values), ctx.rows, ctx.cols, g).to(yt.dtype)
     return None, None, d_values, None, None, d_yt
 
 
 def _bsr_backward(ctx, grad):
     # Block-level SDDMM and transposed product with batched matmuls over the stored blocks only.
     grad = grad.t().contiguous() if ctx.transposed else grad
-    crow, col, values, xt = ctx.saved_tensors
+    crow, col, values_in, xt_in = ctx.saved_tensors
+    grad, values, xt = _wide(grad), _wide(values_in), _wide(xt_in)
     nb, r, c = values.shape
     n = grad.shape[1]
     brow = torch.repeat_interleave(
@@ -56,10 +75,10 @@ def _bsr_backward(ctx, grad):
     dy_blocks = grad.reshape(ctx.rows // r, r, n)[brow]  # (nb, r, N)
     d_values = d_xt = None
     if ctx.needs_input_grad[2]:
-        d_values = torch.bmm(dy_blocks, xt.reshape(ctx.cols // c, c, n)[bcol].transpose(1, 2))
+        d_values = torch.bmm(dy_blocks, xt.reshape(ctx.cols // c, c, n)[bcol].transpose(1, 2)).to(values_in.dtype)
     if ctx.needs_input_grad[5]:
         parts = torch.bmm(values.transpose(1, 2), dy_blocks)  # (nb, c, N)
-        d_xt = grad.new_zeros(ctx.cols // c, c, n).index_add_(0, bcol, parts).reshape(ctx.cols, n)
+        d_xt = grad.new_zeros(ctx.cols // c, c, n).index_add_(0, bcol, parts).reshape(ctx.cols, n).to(xt_in.dtype)
     return None, None, d_values, None, None, d_xt, None
 
 
@@ -79,15 +98,15 @@ def _nm_setup(ctx, inputs, output):
 
 def _nm_backward(ctx, grad):
     # Every n:m slot is a stored position (unused ones hold zeros), so the slots stay n:m while they train.
-    grad = grad.t().contiguous() if ctx.transposed else grad
+    grad = _wide(grad.t().contiguous() if ctx.transposed else grad)
     values, indices, xt = ctx.saved_tensors
     rows = values.shape[0]
     crow, col = nm_as_csr(indices, ctx.n, ctx.m)
     d_values = d_xt = None
     if ctx.needs_input_grad[0]:
-        d_values = ops.sddmm_csr(crow, col, rows, ctx.cols, grad, xt).reshape(values.shape)
+        d_values = ops.sddmm_csr(crow, col, rows, ctx.cols, grad, _wide(xt)).reshape(values.shape).to(values.dtype)
     if ctx.needs_input_grad[5]:
-        d_xt = ops.spmm_csr_t(crow, col, values.reshape(-1), rows, ctx.cols, grad)
+        d_xt = ops.spmm_csr_t(crow, col, _wide(values).reshape(-1), rows, ctx.cols, grad).to(xt.dtype)
     return d_values, None, None, None, None, d_xt, None
 
 
@@ -186,12 +205,12 @@ def _linear_csr_setup(ctx, inputs, output):
 def _linear_csr_backward(ctx, grad):
     # Y = X @ W^T: dX = dY @ W (the transposed kernel on dY^T), dV at the stored positions (SDDMM).
     crow, col, values, x = ctx.saved_tensors
-    dyt = grad.t().contiguous()
+    dyt = _wide(grad.t().contiguous())
     d_values = d_x = None
     if ctx.needs_input_grad[2]:
-        d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, dyt, x.t().contiguous())
+        d_values = ops.sddmm_csr(crow, col, ctx.rows, ctx.cols, dyt, _wide(x).t().contiguous()).to(values.dtype)
     if ctx.needs_input_grad[5]:
-        d_x = ops.spmm_csr_t(crow, col, values, ctx.rows, ctx.cols, dyt).t()
+        d_x = ops.spmm_csr_t(crow, col, _wide(values), ctx.rows, ctx.cols, dyt).t().to(x.dtype)
     return None, None, d_values, None, None, d_x
 
 

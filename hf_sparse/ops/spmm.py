@@ -253,6 +253,10 @@ class Backend:
             out.append("the weight's values and xt must have the same dtype")
         if self.name == "cpu" and isinstance(weight, (QCSR, QBSR, QNM)) and xt.dtype != torch.float32:
             out.append(f"int8-value {weight.name[1:].upper()} runs in float32 only")
+        other = not isinstance(weight, (*_CPU_BF16_FORMATS, QCSR, QBSR, QNM))  # int8 values: their reason is above
+        if self.name == "cpu" and torch.bfloat16 in dtypes and other:
+            names = ", ".join(f.name for f in _CPU_BF16_FORMATS)
+            out.append(f"bfloat16 runs on the CPU kernels for {names} only, not {weight.name}")
         if self.name == "cpu" and not _loader.load():
             out.append(f"the C++ ops are not available: {_loader.status()['reason']}")
         if self.name == "cuda":
@@ -277,8 +281,14 @@ def _cuda_reasons(weight: SparseFormat, xt: torch.Tensor) -> list[str]:
     return out
 
 
+#: Formats whose CPU kernels take bfloat16 values with a bfloat16 dense operand (float32 sums, one rounding per
+#: result). The int8-value formats compute in float32; CSC runs on the transposed (backward) kernel, float only.
+_CPU_BF16_FORMATS = (CSR, BSR, NM, Hybrid)
+
 BACKENDS: tuple[Backend, ...] = (
-    Backend("cpu", ("cpu",), (torch.float32, torch.float64), (CSR, CSC, BSR, NM, Hybrid, QCSR, QBSR, QNM)),
+    Backend(
+        "cpu", ("cpu",), (torch.float32, torch.float64, torch.bfloat16), (CSR, CSC, BSR, NM, Hybrid, QCSR, QBSR, QNM)
+    ),
     Backend("cuda", ("cuda",), (torch.float16, torch.bfloat16, torch.float32), (CSR, BSR, NM, QCSR, QBSR, QNM)),
     Backend(
         "reference",
@@ -358,11 +368,13 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
         x2 = x.reshape(-1, cols)  # int8 values: x keeps its dtype (the CUDA kernels take float16/bfloat16 too)
         if x2.device.type != "cuda":
             x2 = x2.to(weight.dtype)
+    # float32 CSR / QCSR, and bfloat16 CSR (a model cast to bfloat16) take the Linear-layout kernels.
+    linear_dtypes = (torch.float32, torch.bfloat16) if isinstance(weight, CSR) else (torch.float32,)
     fast = (
         isinstance(weight, (CSR, QCSR))
-        and x2.dtype == torch.float32
+        and x2.dtype in linear_dtypes
         and x2.device.type == "cpu"
-        and weight.dtype == torch.float32
+        and weight.dtype == x2.dtype
         and weight.values.device.type == "cpu"
         and _loader.load()
     ) or (isinstance(weight, (CSR, QCSR)) and x2.device.type == "cuda" and not _CUDA.reasons(weight, x2))

@@ -6,7 +6,9 @@
 HF_SPARSE_LIBRARY(m) {
   // Yt = W @ Xt for W stored as CSR (rows x cols): crow int32 (rows+1), col int16/int32 (nnz), values (nnz).
   // Xt is (cols, N). Returns (rows, N), or with transpose_out=True its transpose (N, rows) as a contiguous tensor
-  // (what a Linear layer returns), written by the kernel directly. Same for spmm_bsr and spmm_nm.
+  // (what a Linear layer returns), written by the kernel directly. Same for spmm_bsr and spmm_nm. values and Xt share
+  // one dtype: float32, float64, or bfloat16 (then sums are float32 and each result is rounded to bfloat16 once; the
+  // same for linear_csr, spmm_bsr and spmm_nm).
   m.def(
       "spmm_csr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor xt, bool transpose_out=False) "
       "-> Tensor");
@@ -20,7 +22,8 @@ HF_SPARSE_LIBRARY(m) {
       "spmm_qcsr(Tensor crow, Tensor col, Tensor values, Tensor scales, int rows, int cols, Tensor xt, "
       "bool transpose_out=False) -> Tensor");
   // Y = X @ W^T in the Linear layout: X (N, cols) and Y (N, rows) row-major float32, W in CSR with float32 values
-  // (linear_csr) or int8 values and per-row float32 scales (linear_qcsr). No transposed copy of X is needed.
+  // (linear_csr; or X, Y and values all bfloat16) or int8 values and per-row float32 scales (linear_qcsr). No
+  // transposed copy of X is needed.
   m.def("linear_csr(Tensor crow, Tensor col, Tensor values, int rows, int cols, Tensor x) -> Tensor");
   m.def("linear_qcsr(Tensor crow, Tensor col, Tensor values, Tensor scales, int rows, int cols, Tensor x) -> Tensor");
   // The float32 (rows, cols) weight of a qdense layer: (code - zero_point) * scale per group. values: int8 (rows,

@@ -149,6 +149,9 @@ def small(*shape: int) -> None:
 
 
 FLOATS = (torch.float32, torch.float64)
+# The forward products of the float formats (spmm_csr, linear_csr, spmm_bsr, spmm_nm) also take bfloat16 values with
+# a bfloat16 dense operand: float32 sums, each result rounded to bfloat16 once (compared with a bf16 tolerance).
+FLOATS_BF16 = (*FLOATS, torch.bfloat16)
 INDEX = (torch.int16, torch.int32)
 
 
@@ -189,7 +192,7 @@ def maybe_t(y, transpose_out):
 
 def ref_spmm_csr(crow, col, values, rows, cols, xt, transpose_out=False):
     row_of, col_of = csr(crow, col, rows, cols)
-    tensor(xt, "xt", FLOATS, 2)
+    tensor(xt, "xt", FLOATS_BF16, 2)
     need(xt.shape[0] == cols, "xt rows")
     tensor(values, "values", (xt.dtype,), 1)
     need(values.numel() == col.numel(), "values length")
@@ -227,11 +230,11 @@ def ref_spmm_qcsr(crow, col, values, scales, rows, cols, xt, transpose_out=False
 
 def ref_linear_csr(crow, col, values, rows, cols, x):
     row_of, col_of = csr(crow, col, rows, cols)
-    tensor(x, "x", (torch.float32,), 2)
+    tensor(x, "x", (torch.float32, torch.bfloat16), 2)
     need(x.shape[1] == cols, "x cols")
-    tensor(values, "values", (torch.float32,), 1)
+    tensor(values, "values", (x.dtype,), 1)
     need(values.numel() == col.numel(), "values length")
-    return gather_rows(rows, row_of, col_of, values, x.t()).t(), torch.float32
+    return gather_rows(rows, row_of, col_of, values, x.t()).t(), x.dtype
 
 
 def ref_linear_qcsr(crow, col, values, scales, rows, cols, x):
@@ -291,7 +294,7 @@ def blocked_dense(crow, col, values, rows, cols):
 
 
 def ref_spmm_bsr(crow, col, values, rows, cols, xt, transpose_out=False):
-    tensor(xt, "xt", FLOATS, 2)
+    tensor(xt, "xt", FLOATS_BF16, 2)
     need(xt.shape[0] == cols, "xt rows")
     tensor(values, "values", (xt.dtype,))
     w = blocked_dense(crow, col, values, rows, cols)
@@ -350,7 +353,7 @@ def nm_parts(values, indices, n, m, cols):
 
 
 def ref_spmm_nm(values, indices, n, m, cols, xt, transpose_out=False):
-    tensor(xt, "xt", FLOATS, 2)
+    tensor(xt, "xt", FLOATS_BF16, 2)
     need(xt.shape[0] == cols, "xt rows")
     rows, row_of, col_of = nm_parts(values, indices, n, m, cols)
     tensor(values, "values", (xt.dtype,))
@@ -592,7 +595,13 @@ def gen_csr_family(op: str):
     def gen(rng: random.Random):
         rows, cols = rng.randint(0, 7), rng.randint(0, 12)
         crow, col = rand_csr(rng, rows, cols)
-        dtype = rng.choice(FLOATS) if op in ("spmm_csr", "spmm_csr_t", "sddmm_csr") else torch.float32
+        dtype = {
+            "spmm_csr": FLOATS_BF16,
+            "spmm_csr_t": FLOATS,
+            "sddmm_csr": FLOATS,
+            "linear_csr": (torch.float32, torch.bfloat16),
+        }.get(op, (torch.float32,))
+        dtype = rng.choice(dtype)
         n = widths(rng)
         quant = op in ("spmm_qcsr", "linear_qcsr")
         values = dense(rng, col.numel(), dtype=torch.int8 if quant else dtype)
@@ -606,7 +615,7 @@ def gen_csr_family(op: str):
         if op == "spmm_qcsr":
             return [crow, col, values, scales, rows, cols, dense(rng, cols, n), rng.random() < 0.5]
         if op == "linear_csr":
-            return [crow, col, values, rows, cols, dense(rng, n, cols)]
+            return [crow, col, values, rows, cols, dense(rng, n, cols, dtype=dtype)]
         return [crow, col, values, scales, rows, cols, dense(rng, n, cols)]
 
     return gen
@@ -633,7 +642,7 @@ def gen_blocked(quant: bool):
         R, C = rng.choice([1, 2, 3, 4, 8]), rng.choice([1, 2, 4, 8])
         brows, bcols = rng.randint(0, 4), rng.randint(0, 4)
         crow, col = rand_csr(rng, brows, bcols)
-        dtype = torch.float32 if quant else rng.choice(FLOATS)
+        dtype = torch.float32 if quant else rng.choice(FLOATS_BF16)
         values = dense(rng, col.numel(), R, C, dtype=torch.int8 if quant else dtype)
         xt = dense(rng, bcols * C, widths(rng), dtype=dtype)
         tr = rng.random() < 0.5
@@ -646,7 +655,7 @@ def gen_blocked(quant: bool):
 
 
 def gen_qbsr_dyn(rng: random.Random):
-    R, C = rng.choice([1, 2, 4]), rng.choice([4, 8])
+    R, C = rng.choice([1, 2, 4, 8, 16]), rng.choice([4, 4, 8])
     brows, bcols = rng.randint(0, 4), rng.randint(0, 4)
     crow, col = rand_csr(rng, brows, bcols)
     values = dense(rng, col.numel(), R, C, dtype=torch.int8)
@@ -669,7 +678,7 @@ def gen_nm(quant: bool):
             if rows * groups
             else torch.zeros(rows, groups * n, dtype=torch.int8)
         )
-        dtype = torch.float32 if quant else rng.choice(FLOATS)
+        dtype = torch.float32 if quant else rng.choice(FLOATS_BF16)
         values = dense(rng, rows, groups * n, dtype=torch.int8 if quant else dtype)
         xt = dense(rng, cols, widths(rng), dtype=dtype)
         tr = rng.random() < 0.5
@@ -976,7 +985,8 @@ def agree(got, want, how) -> bool:
     if got.dtype != how:
         return False
     scale = float(want[torch.isfinite(want)].abs().max()) if bool(torch.isfinite(want).any()) else 1.0
-    return torch.allclose(got.double(), want.double(), rtol=1e-4, atol=1e-4 * max(1.0, scale), equal_nan=True)
+    tol = 2.0**-7 if how == torch.bfloat16 else 1e-4  # bf16: two ulps (one rounding of a float32 sum)
+    return torch.allclose(got.double(), want.double(), rtol=tol, atol=tol * max(1.0, scale), equal_nan=True)
 
 
 def names_what(op: str, message: str) -> bool:

@@ -9,6 +9,8 @@
 #include <atomic>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -93,6 +95,84 @@ struct Vec<double> {
 };
 #endif
 
+// ---- bfloat16 storage ----------------------------------------------------------------------------------------------
+// bf16 is the upper half of a float32: widening is exact (a 16-bit shift), so bf16 kernels compute in float32 and
+// round each result once, to nearest with ties to even, as torch's .to(torch.bfloat16) does (a NaN becomes 0x7FC0).
+// The rounding is integer arithmetic on every path, not VCVTNEPS2BF16, which flushes denormals to zero: results are
+// then the same bits whichever instruction-set path the build takes (up to the order of the float32 sums).
+using bf16 = c10::BFloat16;
+
+inline float bf16_to_float(bf16 b) {
+  const uint32_t u = static_cast<uint32_t>(b.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline bf16 float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint16_t bits = nan ? uint16_t{0x7fc0} : static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  return bf16(bits, bf16::from_bits());
+}
+
+// The type a kernel computes in for data stored as S: float for bf16, S itself otherwise.
+template <typename S>
+struct acc_of {
+  using type = S;
+};
+template <>
+struct acc_of<bf16> {
+  using type = float;
+};
+template <typename S>
+using acc_t = typename acc_of<S>::type;
+
+// Eight bf16 values widened to float into out[0..8).
+inline void widen8(const bf16* in, float* out) {
+#ifdef HF_SPARSE_AVX2
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in));
+  _mm256_store_ps(out, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+#else
+  for (int k = 0; k < 8; ++k) out[k] = bf16_to_float(in[k]);
+#endif
+}
+
+// Stores the first `lanes` (at most W) float lanes of x at p as bf16, rounded.
+inline void store_bf16(bf16* p, Vec<float>::R x, int lanes) {
+#ifdef HF_SPARSE_AVX2
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  // Every lane is in [0, 0xffff], so the unsigned-saturating pack is exact.
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  if (lanes == 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+  } else {
+    alignas(16) bf16 tmp[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(tmp), packed);
+    std::memcpy(p, tmp, sizeof(bf16) * static_cast<size_t>(lanes));
+  }
+#else
+  (void)lanes;
+  *p = float_to_bf16(x);
+#endif
+}
+
+// A contiguous run of bf16 widened to float (a dense operand converted once, before the kernel gathers from it).
+inline void widen_run(const bf16* in, float* out, int64_t n) {
+  int64_t i = 0;
+  alignas(32) float tmp[8];
+  for (; i + 8 <= n; i += 8) {
+    widen8(in + i, tmp);
+    std::memcpy(out + i, tmp, sizeof tmp);
+  }
+  for (; i < n; ++i) out[i] = bf16_to_float(in[i]);
+}
+
 // Loads vector v of a chunk whose last vector may be partial (TAIL): lanes beyond `tail` are neither read nor written.
 template <typename T, bool TAIL>
 inline typename Vec<T>::R load_v(const T* p, int v, int last, int tail) {
@@ -117,10 +197,26 @@ struct Out {
   int64_t row0;
 };
 
-template <typename T, int V, bool TAIL>
-inline void store_out(const Out<T>& y, int64_t r, int64_t j0, int tail, const typename Vec<T>::R* acc) {
-  T* row = y.data + (r - y.row0) * y.ld + j0;
-  for (int v = 0; v < V; ++v) store_v<T, TAIL>(row, acc[v], v, V - 1, tail);
+// Y is the stored type; accumulators are in acc_t<Y> (float for bf16, which rounds here, once).
+template <typename Y, int V, bool TAIL>
+inline void store_out(const Out<Y>& y, int64_t r, int64_t j0, int tail, const typename Vec<acc_t<Y>>::R* acc) {
+  Y* row = y.data + (r - y.row0) * y.ld + j0;
+  if constexpr (std::is_same_v<Y, bf16>) {
+    constexpr int W = Vec<float>::W;
+    for (int v = 0; v < V; ++v) store_bf16(row + v * W, acc[v], TAIL && v == V - 1 ? tail : W);
+  } else {
+    for (int v = 0; v < V; ++v) store_v<Y, TAIL>(row, acc[v], v, V - 1, tail);
+  }
+}
+
+// One scalar result stored as Y.
+template <typename Y>
+inline Y to_storage(acc_t<Y> v) {
+  if constexpr (std::is_same_v<Y, bf16>) {
+    return float_to_bf16(v);
+  } else {
+    return v;
+  }
 }
 
 // Runs kernel(r_begin, r_end, Out) over rows [rb, re) of a (rows, N) result. Row-major: straight into y. Transposed
@@ -211,13 +307,22 @@ inline at::Tensor new_output(const at::Tensor& xt, int64_t rows, bool transpose_
   });
 }
 
-inline void check_dense_rhs(const at::Tensor& xt, int64_t rows, const char* op, const char* name) {
+// `bf16`: the op also takes bfloat16 (the forward products of float formats).
+inline void check_dense_rhs(const at::Tensor& xt, int64_t rows, const char* op, const char* name, bool bf16 = false) {
   TORCH_CHECK_VALUE(xt.device().is_cpu(), "hf_sparse::", op, ": ", name, " must be a CPU tensor, got one on ",
                     xt.device());
   TORCH_CHECK_VALUE(xt.dim() == 2 && xt.size(0) == rows, "hf_sparse::", op, ": ", name, " must be (", rows,
                     ", N), got ", xt.sizes());
-  TORCH_CHECK_VALUE(xt.scalar_type() == at::kFloat || xt.scalar_type() == at::kDouble, "hf_sparse::", op, ": ",
-                    name, " must be float32 or float64, got ", xt.scalar_type());
+  const auto t = xt.scalar_type();
+  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || (bf16 && t == at::kBFloat16), "hf_sparse::", op, ": ",
+                    name, bf16 ? " must be float32, float64 or bfloat16, got " : " must be float32 or float64, got ",
+                    t);
+}
+
+// A bfloat16 dense operand widened to a float32 copy (exact), converted once so the kernels' inner loops gather
+// float32 rows: each row of it is read by many nonzeros, so widening at every use would repeat the work.
+inline at::Tensor widened(const at::Tensor& t, const char* op, const char* name) {
+  return allocate(op, name, [&] { return t.to(at::kFloat).contiguous(); });
 }
 
 // ptr (n + 1 entries, the caller checked the length) starts at 0, ends at nnz and never decreases: then every

@@ -3,6 +3,8 @@
 //   spmm_nm   Yt = W @ Xt for W in N:M form; values and int8 in-group positions, both (rows, cols / M * N)
 //   spmm_qbsr, spmm_qnm: the same with int8 values and one float32 scale per row (W[r, :] = codes * scales[r]):
 //             codes are widened as they are used and the row's scale multiplies each output once.
+// spmm_bsr and spmm_nm also take bfloat16 values with a bfloat16 Xt: Xt is widened to float32 once, values are
+// widened eight at a time as they stream in, sums are float32 and each result is rounded to bf16 once.
 // Both compute RB rows at once over a chunk of V vectors of N, so the Xt rows a block (or an M-group) touches are
 // loaded once into registers or L1 and reused by every row of the group: the structure buys data reuse that
 // unstructured CSR cannot have. Indices are checked right before use; a bad one raises, nothing is read through it.
@@ -15,6 +17,7 @@
 namespace {
 
 using hf_sparse_cpu::BadIndex;
+using hf_sparse_cpu::bf16;
 using hf_sparse_cpu::dispatch_index;
 using hf_sparse_cpu::new_output;
 using hf_sparse_cpu::for_each_chunk;
@@ -25,13 +28,17 @@ using hf_sparse_cpu::store_out;
 using hf_sparse_cpu::store_v;
 using hf_sparse_cpu::Vec;
 
-constexpr int64_t kWidenMax = 512;  // floats of widened int8 codes one pass of bsr_rows keeps on the stack
+constexpr int64_t kWidenMax = 512;  // floats of widened int8/bf16 values one pass of bsr_rows keeps on the stack
+
+// Values that are widened to float before use (eight with one vector convert).
+template <typename VT, typename T>
+constexpr bool kWidened = (std::is_same_v<VT, int8_t> || std::is_same_v<VT, bf16>) && std::is_same_v<T, float>;
 
 // RB rows (i0 .. i0+RB) of one block row: for every stored block, for each of its C columns, the Xt row chunk is
-// loaded once and used by the RB rows.
-template <typename T, typename VT, typename I, int V, int RB, bool TAIL>
+// loaded once and used by the RB rows. T: the compute type (and Xt's); Y: the output's (T, or bf16).
+template <typename T, typename VT, typename I, int V, int RB, bool TAIL, typename Y>
 inline void bsr_rows(const I* col, const VT* val, int64_t b, int64_t e, int64_t R, int64_t C, int64_t i0,
-                     const T* xt, int64_t ldx, int64_t j0, int tail, const Out<T>& y, int64_t row0, uint64_t bcols,
+                     const T* xt, int64_t ldx, int64_t j0, int tail, const Out<Y>& y, int64_t row0, uint64_t bcols,
                      const float* scales, BadIndex& bad) {
   using Vc = Vec<T>;
   int64_t first_bad = -1;  // a local, not the shared flag: no call or atomic inside the hot loop
@@ -46,8 +53,8 @@ inline void bsr_rows(const I* col, const VT* val, int64_t b, int64_t e, int64_t 
     }
     const VT* blk = val + p * R * C + i0 * C;
     const T* xb = xt + static_cast<int64_t>(cb) * C * ldx + j0;
-    if constexpr (std::is_same_v<VT, int8_t> && std::is_same_v<T, float>) {
-      // int8 codes: the RB x C values this pass reads are contiguous; widen them to floats once (8 per convert)
+    if constexpr (kWidened<VT, T>) {
+      // int8 codes or bf16: the RB x C values this pass reads are contiguous; widen them to floats once (8 a convert)
       // so the inner loop broadcasts from L1 as the float kernel does, instead of converting one scalar per FMA row.
       if (RB * C <= kWidenMax && (RB * C) % 8 == 0) {
         alignas(32) float wf[kWidenMax];
@@ -80,7 +87,7 @@ inline void bsr_rows(const I* col, const VT* val, int64_t b, int64_t e, int64_t 
     }
   }
   for (int r = 0; r < RB; ++r)
-    store_out<T, V, TAIL>(y, row0 + i0 + r, j0, tail, acc[r]);
+    store_out<Y, V, TAIL>(y, row0 + i0 + r, j0, tail, acc[r]);
 }
 
 // Rows per pass for a chunk of V vectors: RB * V accumulators plus V loaded vectors must fit 16 registers.
@@ -108,7 +115,7 @@ at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Ten
                         col.numel() == values.size(0),
                     "hf_sparse::", op, ": col must be 1-D int16/int32 with one entry per block (", values.size(0),
                     "), got ", col.scalar_type(), " ", col.sizes());
-  hf_sparse_cpu::check_dense_rhs(xt, cols, op, "xt");
+  hf_sparse_cpu::check_dense_rhs(xt, cols, op, "xt", /*bf16=*/scales == nullptr);
   if (scales != nullptr) {
     TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "hf_sparse::", op, ": values must be int8, got ",
                       values.scalar_type());
@@ -134,42 +141,52 @@ at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Ten
   auto yt = new_output(xt_c, rows, transpose_out, op);
   if (n == 0) hf_sparse_cpu::check_index_range(col_c, bcols, op, "col");  // no block loop reads them
   BadIndex bad;
-  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
-    const int32_t* cr = crow_c.data_ptr<int32_t>();
-    const scalar_t* x = xt_c.data_ptr<scalar_t>();
-    scalar_t* y = yt.data_ptr<scalar_t>();
-    auto run = [&](const auto* val) {
-      using VT = std::remove_const_t<std::remove_pointer_t<decltype(val)>>;
-      dispatch_index(col_c, [&](auto* ci) {
-        using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
-        at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
-          std::vector<scalar_t> buf;
-          for (int64_t br = bb; br < be; ++br) {
-            rows_to_output(br * R, br * R + R, n, y, rows, transpose_out, R, buf,
-                           [&](int64_t, int64_t, const Out<scalar_t>& out) {
-              // Chunks of at most 2 vectors, 4 rows per pass: each Xt vector loaded serves 4 rows (measured 10-25%
-              // faster at N=128 than 8 vectors x 1 row or 4 vectors x 2 rows, which are bound by loads).
-              for_each_chunk<scalar_t, 2>(n, [&](auto kind, int64_t j0, int tail) {
-                using K = decltype(kind);
-                constexpr int RB = rows_per_pass<K::v>();
-                int64_t i = 0;
-                for (; i + RB <= R; i += RB)
-                  bsr_rows<scalar_t, VT, I, K::v, RB, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail,
-                                                               out, br * R, static_cast<uint64_t>(bcols), sc, bad);
-                for (; i < R; ++i)
-                  bsr_rows<scalar_t, VT, I, K::v, 1, K::tail>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail,
-                                                              out, br * R, static_cast<uint64_t>(bcols), sc, bad);
-              });
+  const int32_t* cr = crow_c.data_ptr<int32_t>();
+  // x: the (widened) Xt in the compute type T; y: the output, T or bf16; val: float, double, bf16 or int8 values.
+  auto run = [&](const auto* x, auto* y, const auto* val) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+    using Y = std::remove_pointer_t<decltype(y)>;
+    using VT = std::remove_const_t<std::remove_pointer_t<decltype(val)>>;
+    dispatch_index(col_c, [&](auto* ci) {
+      using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
+      at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
+        std::vector<Y> buf;
+        for (int64_t br = bb; br < be; ++br) {
+          rows_to_output(br * R, br * R + R, n, y, rows, transpose_out, R, buf,
+                         [&](int64_t, int64_t, const Out<Y>& out) {
+            // Chunks of at most 2 vectors, 4 rows per pass: each Xt vector loaded serves 4 rows (measured 10-25%
+            // faster at N=128 than 8 vectors x 1 row or 4 vectors x 2 rows, which are bound by loads).
+            for_each_chunk<T, 2>(n, [&](auto kind, int64_t j0, int tail) {
+              using K = decltype(kind);
+              constexpr int RB = rows_per_pass<K::v>();
+              int64_t i = 0;
+              for (; i + RB <= R; i += RB)
+                bsr_rows<T, VT, I, K::v, RB, K::tail, Y>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, out,
+                                                         br * R, static_cast<uint64_t>(bcols), sc, bad);
+              for (; i < R; ++i)
+                bsr_rows<T, VT, I, K::v, 1, K::tail, Y>(ci, val, cr[br], cr[br + 1], R, C, i, x, n, j0, tail, out,
+                                                        br * R, static_cast<uint64_t>(bcols), sc, bad);
             });
-          }
-        });
+          });
+        }
       });
-    };
-    if (quant)
-      run(val_c.data_ptr<int8_t>());
-    else
-      run(val_c.data_ptr<scalar_t>());
-  });
+    });
+  };
+  if (xt_c.scalar_type() == at::kBFloat16) {
+    if (n > 0 && rows > 0) {
+      const at::Tensor xf = hf_sparse_cpu::widened(xt_c, op, "float32 copy of xt");
+      run(xf.data_ptr<float>(), yt.data_ptr<bf16>(), val_c.data_ptr<bf16>());
+    }
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
+      const scalar_t* x = xt_c.data_ptr<scalar_t>();
+      scalar_t* y = yt.data_ptr<scalar_t>();
+      if (quant)
+        run(x, y, val_c.data_ptr<int8_t>());
+      else
+        run(x, y, val_c.data_ptr<scalar_t>());
+    });
+  }
   const int64_t at = bad.get();
   TORCH_CHECK_VALUE(at < 0, "hf_sparse::", op, ": col[", at, "] is out of range [0, ", bcols, ") block columns");
   return yt;
@@ -190,9 +207,9 @@ at::Tensor spmm_qbsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at
 // row with implicit pointers: U independent chains over the slots hide the FMA latency when N is narrow. (Computing
 // several rows at once so they share the group's Xt rows from registers was measured slower: it costs more
 // instructions per slot than it saves in loads, and this kernel is bound by instructions per slot.)
-template <typename T, typename VT, int V, bool TAIL>
+template <typename T, typename VT, int V, bool TAIL, typename Y>
 inline void nm_row(const VT* val, const int8_t* idx, int64_t q0, int64_t q1, int64_t nn, int64_t mm, const T* xt,
-                   int64_t ldx, int64_t j0, int tail, const Out<T>& y, int64_t row, const float* scales,
+                   int64_t ldx, int64_t j0, int tail, const Out<Y>& y, int64_t row, const float* scales,
                    BadIndex& bad) {
   using Vc = Vec<T>;
   constexpr int U = V >= 8 ? 1 : 8 / V;
@@ -202,8 +219,8 @@ inline void nm_row(const VT* val, const int8_t* idx, int64_t q0, int64_t q1, int
     for (int v = 0; v < V; ++v) acc[u][v] = Vc::zero();
   int64_t base = q0 / nn * mm, s = 0;  // column of the current group's first position; slot within the group
   int64_t q = q0;
-  if constexpr (std::is_same_v<VT, int8_t> && std::is_same_v<T, float>) {
-    // int8 codes: widen 8 slots with one vector convert, then broadcast from L1 as the float kernel does.
+  if constexpr (kWidened<VT, T>) {
+    // int8 codes or bf16: widen 8 slots with one vector convert, then broadcast from L1 as the float kernel does.
     static_assert(8 % U == 0, "U divides the 8 widened slots");
     alignas(32) float wf[8];
     for (; q + 8 <= q1; q += 8) {
@@ -266,7 +283,7 @@ inline void nm_row(const VT* val, const int8_t* idx, int64_t q0, int64_t q1, int
     const auto sv = Vc::set1(static_cast<T>(scales[row]));
     for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(acc[0][v], sv, Vc::zero());
   }
-  store_out<T, V, TAIL>(y, row, j0, tail, acc[0]);
+  store_out<Y, V, TAIL>(y, row, j0, tail, acc[0]);
 }
 
 // The N:M product for float values (scales undefined) or int8 values with per-row float32 scales.
@@ -284,7 +301,7 @@ at::Tensor nm_impl(const at::Tensor& values, const at::Tensor& indices, const at
                     "), got ", values.sizes(), " and ", indices.sizes());
   TORCH_CHECK_VALUE(indices.scalar_type() == at::kChar, "hf_sparse::", op, ": indices must be int8, got ",
                     indices.scalar_type());
-  hf_sparse_cpu::check_dense_rhs(xt, cols, op, "xt");
+  hf_sparse_cpu::check_dense_rhs(xt, cols, op, "xt", /*bf16=*/scales == nullptr);
   const int64_t rows = values.size(0);
   if (scales != nullptr) {
     TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "hf_sparse::", op, ": values must be int8, got ",
@@ -308,33 +325,42 @@ at::Tensor nm_impl(const at::Tensor& values, const at::Tensor& indices, const at
   auto yt = new_output(xt_c, rows, transpose_out, op);
   if (n == 0) hf_sparse_cpu::check_index_range(idx_c, mm, op, "indices");  // no row loop reads them
   BadIndex bad;
-  AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
-    const int8_t* idx = idx_c.data_ptr<int8_t>();
-    const scalar_t* x = xt_c.data_ptr<scalar_t>();
-    scalar_t* y = yt.data_ptr<scalar_t>();
-    auto run = [&](const auto* val) {
-      using VT = std::remove_const_t<std::remove_pointer_t<decltype(val)>>;
-      // One pass per row and chunk of N. (Tiling K into panels whose Xt fits L1 was measured slower here: the
-      // kernel is bound by instructions per slot, not by where Xt comes from.)
-      at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
-        std::vector<scalar_t> buf;
-        rows_to_output(lo, hi, n, y, rows, transpose_out, 16, buf,
-                       [&](int64_t tb, int64_t te, const Out<scalar_t>& out) {
-          for (int64_t r = tb; r < te; ++r) {
-            for_each_chunk<scalar_t, 8>(n, [&](auto kind, int64_t j0, int tail) {
-              using K = decltype(kind);
-              nm_row<scalar_t, VT, K::v, K::tail>(val + r * width, idx + r * width, 0, width, nn, mm, x, n, j0,
-                                                  tail, out, r, sc, bad);
-            });
-          }
-        });
+  const int8_t* idx = idx_c.data_ptr<int8_t>();
+  // x: the (widened) Xt in the compute type T; y: the output, T or bf16; val: float, double, bf16 or int8 values.
+  auto run = [&](const auto* x, auto* y, const auto* val) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+    using Y = std::remove_pointer_t<decltype(y)>;
+    using VT = std::remove_const_t<std::remove_pointer_t<decltype(val)>>;
+    // One pass per row and chunk of N. (Tiling K into panels whose Xt fits L1 was measured slower here: the
+    // kernel is bound by instructions per slot, not by where Xt comes from.)
+    at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+      std::vector<Y> buf;
+      rows_to_output(lo, hi, n, y, rows, transpose_out, 16, buf, [&](int64_t tb, int64_t te, const Out<Y>& out) {
+        for (int64_t r = tb; r < te; ++r) {
+          for_each_chunk<T, 8>(n, [&](auto kind, int64_t j0, int tail) {
+            using K = decltype(kind);
+            nm_row<T, VT, K::v, K::tail, Y>(val + r * width, idx + r * width, 0, width, nn, mm, x, n, j0, tail, out,
+                                            r, sc, bad);
+          });
+        }
       });
-    };
-    if (quant)
-      run(val_c.data_ptr<int8_t>());
-    else
-      run(val_c.data_ptr<scalar_t>());
-  });
+    });
+  };
+  if (xt_c.scalar_type() == at::kBFloat16) {
+    if (n > 0 && rows > 0) {
+      const at::Tensor xf = hf_sparse_cpu::widened(xt_c, op, "float32 copy of xt");
+      run(xf.data_ptr<float>(), yt.data_ptr<bf16>(), val_c.data_ptr<bf16>());
+    }
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
+      const scalar_t* x = xt_c.data_ptr<scalar_t>();
+      scalar_t* y = yt.data_ptr<scalar_t>();
+      if (quant)
+        run(x, y, val_c.data_ptr<int8_t>());
+      else
+        run(x, y, val_c.data_ptr<scalar_t>());
+    });
+  }
   const int64_t at = bad.get();
   TORCH_CHECK_VALUE(at < 0, "hf_sparse::", op, ": indices[", at / width, ", ", at % width, "]=",
                     static_cast<int>(idx_c.data_ptr<int8_t>()[at]), " is out of range [0, ", mm, ")");

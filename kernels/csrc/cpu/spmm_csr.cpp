@@ -3,6 +3,8 @@
 //   spmm_csr    Yt  = W   @ Xt    (rows, N)   forward
 //   spmm_csr_t  dXt = W^T @ dYt   (cols, N)   input gradient, scattered row by row (no transpose is built)
 //   sddmm_csr   dV[p] = <dYt[row(p)], Xt[col(p)]> (nnz,)   value gradient, only at stored positions
+// spmm_csr and linear_csr also take bfloat16 values with a bfloat16 dense operand: the operand is widened to float32
+// once, values are widened as they stream in, sums are float32 and each result is rounded to bf16 once.
 // Accumulators stay in registers across a row's nonzeros (V vectors of N, U independent chains); each column
 // index is checked right before it is used, so a malformed index raises instead of reading out of bounds.
 #include "../namespace.h"
@@ -15,6 +17,7 @@
 namespace {
 
 using hf_sparse_cpu::BadIndex;
+using hf_sparse_cpu::bf16;
 using hf_sparse_cpu::dispatch_index;
 using hf_sparse_cpu::new_output;
 using hf_sparse_cpu::Chunk;
@@ -146,10 +149,13 @@ void raise_if_bad(const BadIndex& bad, const at::Tensor& col, int64_t cols, cons
   }
 }
 
+void spmm_csr_bf16(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
+                   int64_t cols, const at::Tensor& xt, bool transpose_out, at::Tensor& yt, BadIndex& bad);
+
 at::Tensor spmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
                         int64_t cols, const at::Tensor& xt, bool transpose_out) {
   check_csr_args(crow, col, values, rows, cols, "spmm_csr");
-  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_csr", "xt");
+  hf_sparse_cpu::check_dense_rhs(xt, cols, "spmm_csr", "xt", /*bf16=*/true);
   TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col.numel(), "hf_sparse::spmm_csr: values must be 1-D "
                     "with one entry per column index (", col.numel(), "), got ", values.sizes());
   TORCH_CHECK_VALUE(values.scalar_type() == xt.scalar_type(), "hf_sparse::spmm_csr: values (",
@@ -162,6 +168,11 @@ at::Tensor spmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   auto yt = new_output(xt_c, rows, transpose_out, "spmm_csr");
   if (n == 0) hf_sparse_cpu::check_index_range(col_c, cols, "spmm_csr", "col");  // no row loop reads them
   BadIndex bad;
+  if (xt_c.scalar_type() == at::kBFloat16) {
+    spmm_csr_bf16(crow_c, col_c, val_c, rows, cols, xt_c, transpose_out, yt, bad);
+    raise_if_bad(bad, col_c, cols, "spmm_csr");
+    return yt;
+  }
   AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_csr", [&] {
     const int32_t* cr = crow_c.data_ptr<int32_t>();
     const scalar_t* val = val_c.data_ptr<scalar_t>();
@@ -364,13 +375,14 @@ at::Tensor sddmm_csr_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t 
   return out;
 }
 
-// ---- Linear layout: Y = X @ W^T with X (N, cols) and Y (N, rows) row-major, W in CSR (float or int8 values) ------
+// ---- Linear layout: Y = X @ W^T with X (N, cols) and Y (N, rows) row-major, W in CSR (float, bf16 or int8 values) 
 // The kernels above want the dense operand transposed (cols, N). Transposing X as a separate torch op costs a pass
 // over X in memory (measured: a fifth of a 90%-sparse MiniLM forward), and for wide N the transposed X outgrows L2,
 // so every gathered row comes from L3. Here X is packed block by block: B tokens at a time are transposed into a
 // (cols, B) buffer that stays in L2 (B = 32: 196 KB for cols = 1536) while all rows of W run over it, writing the
-// (rows, B) results into Y's (N, rows) layout tile by tile. int8 values are widened in registers and the row's scale
-// multiplies the accumulators once.
+// (rows, B) results into Y's (N, rows) layout tile by tile. int8 and bf16 values are widened eight at a time and the
+// row's scale (int8) multiplies the accumulators once. A bf16 X is widened as it is packed (the packed block is
+// float32), so the inner loop is the float32 one; a bf16 Y is rounded where each result is stored.
 template <typename VT>
 struct Values;
 template <>
@@ -385,10 +397,15 @@ struct Values<int8_t> {
   static inline void widen(const int8_t* in, float* out) { hf_sparse_cpu::widen8(in, out); }
   static inline float one(const int8_t* in) { return static_cast<float>(*in); }
 };
+template <>
+struct Values<bf16> {
+  static inline void widen(const bf16* in, float* out) { hf_sparse_cpu::widen8(in, out); }
+  static inline float one(const bf16* in) { return hf_sparse_cpu::bf16_to_float(*in); }
+};
 
-template <typename VT, int V, bool TAIL, typename I>
+template <typename VT, int V, bool TAIL, typename I, typename Y = float>
 inline void packed_row(const I* col, const VT* val, int64_t b, int64_t e, float scale, bool scaled,
-                       const float* xt, int64_t ldx, int64_t j0, int tail, const Out<float>& y, int64_t r,
+                       const float* xt, int64_t ldx, int64_t j0, int tail, const Out<Y>& y, int64_t r,
                        uint64_t cols, BadIndex& bad) {
   using Vc = Vec<float>;
   constexpr int U = V >= 8 ? 1 : 8 / V;  // enough independent accumulators to cover the FMA latency
@@ -434,7 +451,7 @@ inline void packed_row(const I* col, const VT* val, int64_t b, int64_t e, float 
     const auto s = Vc::set1(scale);
     for (int v = 0; v < V; ++v) acc[0][v] = Vc::fma(acc[0][v], s, Vc::zero());
   }
-  store_out<float, V, TAIL>(y, r, j0, tail, acc[0]);
+  store_out<Y, V, TAIL>(y, r, j0, tail, acc[0]);
 }
 
 // One row times a vector (N == 1): four independent chains so the adds do not wait on each other.
@@ -472,18 +489,23 @@ inline float* aligned64(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
 }
 
+inline float as_float(float v) { return v; }
+inline float as_float(bf16 v) { return hf_sparse_cpu::bf16_to_float(v); }
+
 // xt[k * nb + b] = x[(n0 + b) * cols + k] for b < nb: 8 x 8 tiles, so both sides are read and written in lines.
-inline void pack_block(const float* x, int64_t cols, int64_t n0, int64_t nb, float* xt) {
+template <typename XS>
+inline void pack_block(const XS* x, int64_t cols, int64_t n0, int64_t nb, float* xt) {
   for (int64_t k0 = 0; k0 < cols; k0 += 8) {
     const int64_t k1 = std::min<int64_t>(cols, k0 + 8);
     for (int64_t b = 0; b < nb; ++b) {
-      const float* src = x + (n0 + b) * cols;
-      for (int64_t k = k0; k < k1; ++k) xt[k * nb + b] = src[k];
+      const XS* src = x + (n0 + b) * cols;
+      for (int64_t k = k0; k < k1; ++k) xt[k * nb + b] = as_float(src[k]);
     }
   }
 }
 
-template <typename VT>
+// VT: the stored values (float, bf16 or int8); XS: X's and Y's dtype (float, or bf16 with bf16 values).
+template <typename VT, typename XS = float>
 at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                            const float* scales, int64_t rows, int64_t cols, const at::Tensor& x, const char* op) {
   auto crow_c = crow.contiguous();
@@ -501,31 +523,34 @@ at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const 
   BadIndex bad;
   const int32_t* cr = crow_c.data_ptr<int32_t>();
   const VT* val = val_c.data_ptr<VT>();
-  const float* xp = x_c.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
+  const XS* xp = x_c.data_ptr<XS>();
+  XS* yp = y.data_ptr<XS>();
   constexpr int64_t B = 32;  // tokens per packed block
   const bool scaled = scales != nullptr;
   dispatch_index(col_c, [&](auto* ci) {
     using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
     const uint64_t ucols = static_cast<uint64_t>(cols);
     if (n == 1) {  // a matrix-vector product: X's one row is already the column the dot products need
+      at::Tensor xw;  // a bf16 row, widened once
+      if constexpr (std::is_same_v<XS, bf16>) xw = hf_sparse_cpu::widened(x_c, op, "float32 copy of x");
+      const float* xf = xw.defined() ? xw.data_ptr<float>() : reinterpret_cast<const float*>(xp);
       parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
         for (int64_t r = rb; r < re; ++r) {
-          const float sum = dot_row<VT, I>(ci, val, cr[r], cr[r + 1], xp, ucols, bad);
-          yp[r] = scaled ? sum * scales[r] : sum;
+          const float sum = dot_row<VT, I>(ci, val, cr[r], cr[r + 1], xf, ucols, bad);
+          yp[r] = hf_sparse_cpu::to_storage<XS>(scaled ? sum * scales[r] : sum);
         }
       });
       return;
     }
     const int64_t blocks = (n + B - 1) / B;
-    auto run_rows = [&](const float* xt, int64_t n0, int64_t nb, int64_t rb, int64_t re, std::vector<float>& buf) {
+    auto run_rows = [&](const float* xt, int64_t n0, int64_t nb, int64_t rb, int64_t re, std::vector<XS>& buf) {
       rows_to_output(rb, re, nb, yp + n0 * rows, rows, true, 16, buf,
-                     [&](int64_t tb, int64_t te, const Out<float>& out) {
+                     [&](int64_t tb, int64_t te, const Out<XS>& out) {
                        for (int64_t r = tb; r < te; ++r) {
                          for_each_chunk<float, 4>(nb, [&](auto kind, int64_t j0, int tail) {
                            using K = decltype(kind);
-                           packed_row<VT, K::v, K::tail, I>(ci, val, cr[r], cr[r + 1], scaled ? scales[r] : 1.f,
-                                                            scaled, xt, nb, j0, tail, out, r, ucols, bad);
+                           packed_row<VT, K::v, K::tail, I, XS>(ci, val, cr[r], cr[r + 1], scaled ? scales[r] : 1.f,
+                                                                scaled, xt, nb, j0, tail, out, r, ucols, bad);
                          });
                        }
                      });
@@ -534,7 +559,7 @@ at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const 
     if (blocks >= threads) {  // each thread packs its own token blocks and runs every row over them
       at::parallel_for(0, blocks, 1, [&](int64_t bb, int64_t be) {
         std::unique_ptr<float[]> storage(new float[cols * B + 16]);  // uninitialised: pack_block fills it
-        std::vector<float> buf;
+        std::vector<XS> buf;
         float* xt = aligned64(storage.get());
         for (int64_t blk = bb; blk < be; ++blk) {
           const int64_t n0 = blk * B, nb = std::min<int64_t>(B, n - n0);
@@ -549,7 +574,7 @@ at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const 
         const int64_t n0 = blk * B, nb = std::min<int64_t>(B, n - n0);
         pack_block(xp, cols, n0, nb, xt);
         parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
-          std::vector<float> buf;
+          std::vector<XS> buf;
           run_rows(xt, n0, nb, rb, re, buf);
         });
       }
@@ -557,6 +582,39 @@ at::Tensor linear_csr_impl(const at::Tensor& crow, const at::Tensor& col, const 
   });
   raise_if_bad(bad, col_c, cols, op);
   return y;
+}
+
+// spmm_csr for bf16 values and xt (checked by the caller, contiguous): xt widened once, rows as in linear_csr.
+void spmm_csr_bf16(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
+                   int64_t cols, const at::Tensor& xt, bool transpose_out, at::Tensor& yt, BadIndex& bad) {
+  const int64_t n = xt.size(1);
+  if (n == 0 || rows == 0) return;
+  const at::Tensor xf = hf_sparse_cpu::widened(xt, "spmm_csr", "float32 copy of xt");
+  const int32_t* cr = crow.data_ptr<int32_t>();
+  const bf16* val = values.data_ptr<bf16>();
+  const float* x = xf.data_ptr<float>();
+  bf16* y = yt.data_ptr<bf16>();
+  const uint64_t ucols = static_cast<uint64_t>(cols);
+  dispatch_index(col, [&](auto* ci) {
+    using I = std::remove_const_t<std::remove_pointer_t<decltype(ci)>>;
+    parallel_rows_by_nnz(cr, rows, [&](int64_t rb, int64_t re) {
+      if (n == 1) {
+        for (int64_t r = rb; r < re; ++r)
+          y[r] = hf_sparse_cpu::float_to_bf16(dot_row<bf16, I>(ci, val, cr[r], cr[r + 1], x, ucols, bad));
+        return;
+      }
+      std::vector<bf16> buf;
+      rows_to_output(rb, re, n, y, rows, transpose_out, 16, buf, [&](int64_t tb, int64_t te, const Out<bf16>& out) {
+        for (int64_t r = tb; r < te; ++r) {
+          for_each_chunk<float, 8>(n, [&](auto kind, int64_t j0, int tail) {
+            using K = decltype(kind);
+            packed_row<bf16, K::v, K::tail, I, bf16>(ci, val, cr[r], cr[r + 1], 1.f, false, x, n, j0, tail, out, r,
+                                                     ucols, bad);
+          });
+        }
+      });
+    });
+  });
 }
 
 // W @ Xt with int8 values and per-row scales, Xt (cols, N): the transposed-operand form of linear_qcsr.
@@ -612,19 +670,24 @@ at::Tensor spmm_qcsr_cpu(const at::Tensor& crow, const at::Tensor& col, const at
   return yt;
 }
 
-void check_linear_x(const at::Tensor& x, int64_t cols, const char* op) {
+void check_linear_x(const at::Tensor& x, int64_t cols, const char* op, bool bf16 = false) {
   TORCH_CHECK_VALUE(x.device().is_cpu(), "hf_sparse::", op, ": x must be a CPU tensor, got one on ", x.device());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == cols && x.scalar_type() == at::kFloat, "hf_sparse::", op,
-                    ": x must be float32 (N, ", cols, "), got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == cols &&
+                        (x.scalar_type() == at::kFloat || (bf16 && x.scalar_type() == at::kBFloat16)),
+                    "hf_sparse::", op, ": x must be ", bf16 ? "float32 or bfloat16" : "float32", " (N, ", cols,
+                    "), got ", x.scalar_type(), " ", x.sizes());
 }
 
 at::Tensor linear_csr_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, int64_t rows,
                           int64_t cols, const at::Tensor& x) {
   check_csr_args(crow, col, values, rows, cols, "linear_csr");
-  check_linear_x(x, cols, "linear_csr");
-  TORCH_CHECK_VALUE(values.scalar_type() == at::kFloat && values.dim() == 1 && values.numel() == col.numel(),
-                    "hf_sparse::linear_csr: values must be float32, 1-D, one per column index (", col.numel(),
-                    "), got ", values.scalar_type(), " ", values.sizes());
+  check_linear_x(x, cols, "linear_csr", /*bf16=*/true);
+  TORCH_CHECK_VALUE(values.scalar_type() == x.scalar_type() && values.dim() == 1 && values.numel() == col.numel(),
+                    "hf_sparse::linear_csr: values must have x's dtype (", x.scalar_type(),
+                    "), 1-D, one per column index (", col.numel(), "), got ", values.scalar_type(), " ",
+                    values.sizes());
+  if (x.scalar_type() == at::kBFloat16)
+    return linear_csr_impl<bf16, bf16>(crow, col, values, nullptr, rows, cols, x, "linear_csr");
   return linear_csr_impl<float>(crow, col, values, nullptr, rows, cols, x, "linear_csr");
 }
 
