@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,7 +504,9 @@ def _export_ort_model(model, example_inputs: dict, folder: Path) -> tuple[Path, 
     return path, names
 
 
-def dense_model_baselines(model: torch.nn.Module, example_inputs: dict) -> DenseBaselines:
+def dense_model_baselines(
+    model: torch.nn.Module, example_inputs: dict, *, include: Collection[str] | None = None
+) -> DenseBaselines:
     """Every dense way this machine has to run ``model(**example_inputs)`` (a transformers model in eval mode),
     each checked against the fp32 model's first output (``last_hidden_state``, ``logits``) within
     :data:`MODEL_TOLERANCES`.
@@ -514,28 +516,44 @@ def dense_model_baselines(model: torch.nn.Module, example_inputs: dict) -> Dense
     ``onnxruntime-dynamic-int8`` (a copy exported by ``torch.onnx.export(..., dynamo=False)``, quantised by
     ``onnxruntime.quantization.quantize_dynamic``, ``intra_op_num_threads`` = torch's thread count; fed numpy
     arrays converted once). Each callable takes the inputs dict; :meth:`DenseBaselines.timed` prepares it once.
+
+    ``include``: build only these baselines (``fp32``, the reference, always), the others recorded as skipped
+    (building the onnxruntime one exports and quantises the model: seconds); ``None``: all.
     """
     with torch.inference_mode():
         ref = _as_tensor(model(**example_inputs))
     out = DenseBaselines()
     out._add(DenseBaseline("fp32", [lambda b: model(**b)], dict, 0), ref, example_inputs, MODEL_TOLERANCES)
+    asked = ", ".join(sorted({"fp32", *(include or ())}))
+    left_out = {
+        name: f"not among the baselines asked for ({asked})"
+        for name in ("bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8")
+        if include is not None and name not in include
+    }
+    out.skipped.update(left_out)
 
     native, why = _native_bf16()
-    if native:
+    if "bf16" in left_out:
+        pass
+    elif native:
         bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
         prepare = lambda b: _cast_floating(b, torch.bfloat16)  # noqa: E731
         out._add(DenseBaseline("bf16", [lambda b: bf16(**b)], prepare, 0), ref, example_inputs, MODEL_TOLERANCES)
     else:
         out.skipped["bf16"] = why
 
-    int8 = dynamic_int8(model)
-    if int8 is None:
+    int8 = None if "torch-dynamic-int8" in left_out else dynamic_int8(model)
+    if "torch-dynamic-int8" in left_out:
+        pass
+    elif int8 is None:
         out.skipped["torch-dynamic-int8"] = "torch.ao quantize_dynamic failed on this model / torch build"
     else:
         note = f"engine {torch.backends.quantized.engine}"
         b = DenseBaseline("torch-dynamic-int8", [lambda b: int8(**b)], dict, 0, note=note)
         out._add(b, ref, example_inputs, MODEL_TOLERANCES)
 
+    if "onnxruntime-dynamic-int8" in left_out:
+        return out
     try:
         with _quiet():
             import onnx  # noqa: F401

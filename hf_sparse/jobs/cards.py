@@ -6,8 +6,9 @@ from ..data import LABEL_NAMES, hub_id
 from ..pruning.config import PruningConfig
 from ..pruning.method import pct as _pct
 from ..pruning.method import schedule_description as _schedule_desc
+from .report import machine_label
 
-__all__ = ["card_results", "pruning_description"]
+__all__ = ["card_results", "pruning_description", "speed_sentence"]
 
 
 def pruning_description(cfg: PruningConfig, n_layers: int) -> tuple[str, str]:
@@ -26,13 +27,30 @@ def pruning_description(cfg: PruningConfig, n_layers: int) -> tuple[str, str]:
     return what, f"{grain} {cfg.criterion} pruning, {cfg.scope} ranking"
 
 
+def speed_sentence(latency: dict | None) -> str:
+    """The card's speed claim: the ratio against the best dense configuration of the machine it was measured on,
+    beside the ratio against dense fp32 ("" without a latency record carrying the comparison)."""
+    if not latency or latency.get("ratio_vs_best_dense") is None:
+        return ""
+    fp32 = latency.get("ratio_vs_fp32")
+    others = ", ".join(k for k in latency["dense_baselines_s"] if k != latency["best_dense"])
+    return (
+        f" Speed, batch {latency['batch']} at {latency['seq']} tokens on {latency['machine']} (interleaved in one "
+        f"process, medians): {1e3 * latency['ours_s']:.1f} ms, **{latency['ratio_vs_best_dense']:.2f}x the best "
+        f"dense configuration of that machine** ({latency['best_dense']} of the dense model, "
+        f"{1e3 * latency['best_dense_s']:.1f} ms; also timed: {others or 'none'})"
+        + (f" and {fp32:.2f}x dense fp32." if fp32 is not None else ".")
+        + " Ratios above 1 mean this model is faster."
+    )
+
+
 def card_results(run: dict, report: dict, recipe) -> dict:
     """What the model card of one pruned run shows (``hf_sparse_results.json``)."""
     cfg = PruningConfig.from_dict(run["pruning_config"])
     m = report["machine"]
     latency = run.get("latency")
     if latency:
-        latency = {**latency, "machine": f"{m['cpu']}, {m['cores']} cores", "torch": m["torch"]}
+        latency = {**latency, "machine": machine_label(m), "torch": m["torch"]}
     task = (
         f"`{hub_id(report['model'])}` fine-tuned for sentiment classification ({' / '.join(LABEL_NAMES)}) on "
         f"{recipe.data.dataset}"
@@ -77,6 +95,7 @@ def card_results(run: dict, report: dict, recipe) -> dict:
             f" Its {quant['layers']} encoder Linear layers hold {bits}-bit integer weights with float scales ({how}); "
             f"they take {quant['weight_bytes']:,} bytes instead of {quant['float_weight_bytes']:,} in float32."
         )
+    summary += speed_sentence(latency)
     return {
         "base_model": hub_id(report["model"]),
         "title": title,

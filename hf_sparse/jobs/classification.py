@@ -17,7 +17,7 @@ import torch
 from ..data import LABEL_NAMES, load_rotten_tomatoes, resolve_model, stratified_subset
 from ..errors import ConfigError, quote
 from ..resilience import atomic_folder, confined_path
-from .training import barrier, finetune, is_main_process, latency, training_args
+from .training import barrier, dense_baselines, finetune, is_main_process, latency, training_args
 
 __all__ = ["ClassificationTask", "prepare_data", "load_classifier", "meta_classifier", "labelled_batches"]
 
@@ -139,6 +139,7 @@ class ClassificationTask:
         self.save_steps = save_steps
         self.default_train = recipe.pruned
         self._teachers: dict[str | None, torch.nn.Module] = {}
+        self._dense_baselines = None  # built on the first latency measurement, reused by every run
         # One real test review padded to max_length, batch 1: the latency case of every saved model.
         self.latency_batch = self.tokenizer(
             [self.test[0]["text"]],
@@ -214,8 +215,16 @@ class ClassificationTask:
             ),
         }
 
+    def dense_baselines(self):
+        """The dense configurations of this machine for the fine-tuned dense model on the latency batch
+        (``checkpoint.latency_baselines`` of them), built once per job."""
+        if self._dense_baselines is None:
+            include = self.recipe.checkpoint.latency_baselines
+            self._dense_baselines = dense_baselines(self.dense_model, self.latency_batch, include)
+        return self._dense_baselines
+
     def latency(self, model, rounds: int) -> dict:
-        return latency(model, self.dense_model, self.latency_batch, rounds)
+        return latency(model, self.dense_model, self.latency_batch, rounds, baselines=self.dense_baselines())
 
     # -- what the methods' job hooks use ---------------------------------------------------------------------------
     def calibration_batches(self, samples: int, seed: int) -> list[dict]:

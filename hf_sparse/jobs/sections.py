@@ -17,7 +17,27 @@ __all__ = [
     "SweepSection",
     "GuardSection",
     "SensitivitySection",
+    "check_latency_baselines",
 ]
+
+
+def check_latency_baselines(value: tuple[str, ...] | None, where: str) -> None:
+    """A list of dense baselines for the latency measurement (``None``: all): known names
+    (:data:`hf_sparse.benchmarking.MODEL_TOLERANCES`), no repeats, ``fp32`` among them."""
+    if value is None:
+        return
+    from ..benchmarking import MODEL_TOLERANCES
+
+    known = list(MODEL_TOLERANCES)
+    for name in value:
+        if name not in known:
+            raise ConfigError(f"{where}: unknown dense baseline {quote(name)}; known: {known} (or null for all).")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where} names a baseline twice: {list(value)}.")
+    if "fp32" not in value:
+        raise ConfigError(
+            f"{where} must include 'fp32' (the reference every other baseline is checked against), got {list(value)}."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +159,14 @@ class CheckpointSection(BaseConfig):
         verify: Reload each saved checkpoint with ``from_pretrained`` and compare its test-split predictions with
             the model that was saved.
         latency_rounds: Interleaved rounds of the latency measurement (one padded test review, batch 1, at
-            ``model.max_length`` tokens) of each saved model against the dense baseline; 0 skips it.
+            ``model.max_length`` tokens) of each saved model against every dense configuration of the machine
+            (``latency_baselines``); the report names the fastest and the ratio against it, beside the ratio
+            against fp32. 0 skips it.
+        latency_baselines: The dense configurations timed against (built once per job, each checked against the
+            fp32 model first): ``fp32``, ``bf16`` (where the CPU has native bf16), ``torch-dynamic-int8``,
+            ``onnxruntime-dynamic-int8`` (with the ``bench`` extra; exporting and quantising takes seconds). null:
+            every one this machine has. A list must include ``fp32``, the reference of the others; e.g. ``[fp32]``
+            for quick checks (the report then says the others were not measured).
         save_steps: Every this many optimizer steps each fine-tuning writes a Trainer checkpoint (model, optimizer,
             schedule, RNG, pruning masks and callback state) under ``<output>/trainer/<run>/``, so an interrupted job
             continues from where it stopped with ``hf-sparse compress --resume`` (the two most recent are kept, and
@@ -151,6 +178,7 @@ class CheckpointSection(BaseConfig):
     min_sparsity: float = 0.3
     verify: bool = True
     latency_rounds: int = 20
+    latency_baselines: tuple[str, ...] | None = None
     save_steps: int = 100
 
     def validate(self) -> None:
@@ -165,6 +193,7 @@ class CheckpointSection(BaseConfig):
             raise ConfigError(f"checkpoint.min_sparsity must be in [0, 1], got {self.min_sparsity}.")
         if self.latency_rounds < 0:
             raise ConfigError(f"checkpoint.latency_rounds must be >= 0, got {self.latency_rounds}.")
+        check_latency_baselines(self.latency_baselines, "checkpoint.latency_baselines")
         if self.save_steps < 0:
             raise ConfigError(f"checkpoint.save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}.")
 

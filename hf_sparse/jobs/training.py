@@ -3,9 +3,11 @@ from a recipe's train section, Trainer checkpoints for ``--resume``, multi-proce
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,8 @@ __all__ = [
     "checkpoint_bytes",
     "dense_checkpoint_bytes",
     "latency",
+    "latency_record",
+    "dense_baselines",
 ]
 
 logger = logging.getLogger("hf_sparse.compress")
@@ -158,25 +162,91 @@ def dense_checkpoint_bytes(model) -> int:
     return size[0]
 
 
-def latency(model, dense_model, batch, rounds: int) -> dict:
-    """Median forward time of ``model`` and of the dense baseline on ``batch`` (a dict of input tensors),
-    interleaved call by call in this process."""
-    from ..benchmarking import interleave, summarize
+def dense_baselines(dense_model, batch, include=None):
+    """The dense configurations of this machine for ``dense_model`` on ``batch`` (a dict of input tensors), each
+    checked against the fp32 model first (:func:`hf_sparse.benchmarking.dense_model_baselines`: fp32; bf16 where
+    the CPU has native bf16; torch dynamic int8; onnxruntime dynamic int8 where installed). ``include``: only these
+    (fp32 always); ``None``: all. Build them once per job and pass them to every :func:`latency` call: the
+    onnxruntime one exports and quantises the model (seconds)."""
+    from ..benchmarking import dense_model_baselines
 
-    calls = {"ours": lambda i: model(**batch), "torch_dense": lambda i: dense_model(**batch)}
-    model.eval(), dense_model.eval()
+    dense_model.eval()  # dropout would make every check fail
+    with _stdout_silenced():
+        return dense_model_baselines(dense_model, dict(batch), include=include)
+
+
+@contextlib.contextmanager
+def _stdout_silenced():
+    """File descriptor 1 sent to the null device: when ``torch.onnx.export`` fails (a model it cannot convert, the
+    baseline is then skipped with the reason), its C++ side prints the whole traced graph there, thousands of lines
+    for a real model, which Python-level redirection does not catch."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def latency_record(times: dict[str, list[float]], baselines, **fields) -> dict:
+    """The latency entry of a report from :func:`hf_sparse.benchmarking.interleave` times of ``"ours"`` and of
+    every dense baseline in ``baselines`` (a :class:`~hf_sparse.benchmarking.DenseBaselines`); ``fields`` first.
+    See :func:`latency` for the keys."""
+    from ..benchmarking import add_dense_comparison, summarize
+    from ..machine import machine_info
+    from .report import machine_label
+
+    ours_s, medians, ratios = summarize(times)
+    record = {**fields, "rounds": len(times["ours"]), "ours_s": ours_s, "baselines_s": medians}
+    add_dense_comparison(record, baselines)
+    fp32 = ratios["fp32"]
+    record.update(
+        dense_s=record["dense_baselines_s"]["fp32"],
+        speedup=fp32["median"],
+        speedup_min=fp32["min"],
+        speedup_max=fp32["max"],
+        ratios=ratios,
+        machine=machine_label(machine_info()),
+    )
+    return record
+
+
+def latency(model, dense_model, batch, rounds: int, *, baselines=None) -> dict:
+    """Median forward time of ``model`` and of every dense configuration of this machine on ``batch`` (a dict of
+    input tensors), interleaved call by call in this process (ours, fp32, bf16, ... in turn, each round).
+
+    Args:
+        dense_model: The fp32 dense model (used to build ``baselines`` when none are given).
+        baselines: What :func:`dense_baselines` built for ``dense_model`` on ``batch`` (a job builds them once).
+
+    Returns:
+        ``batch``, ``seq``, ``threads``, ``rounds``, ``ours_s`` (seconds, median); the comparison with the best dense
+        configuration (:func:`hf_sparse.benchmarking.add_dense_comparison`): ``dense_baselines_s`` (name -> median
+        seconds), ``best_dense`` (the fastest one's name), ``best_dense_s``, ``ratio_vs_best_dense`` and
+        ``ratio_vs_fp32`` (dense median / ours, > 1: ours faster), ``skipped_baselines`` (name -> why),
+        ``baseline_errors`` (relative output error vs fp32), ``baseline_notes``, ``baselines_s``; ``ratios``
+        (baseline -> median, min and max of the per-round ratios); ``machine`` (in words). ``dense_s``,
+        ``speedup``, ``speedup_min`` and ``speedup_max`` are against **fp32** only (the fields of earlier reports,
+        kept with that meaning).
+    """
+    from ..benchmarking import interleave
+
+    batch = dict(batch)
+    if baselines is None:
+        baselines = dense_baselines(dense_model, batch)
+    model.eval()
+    calls = {"ours": lambda i: model(**batch), **baselines.timed(batch)}
     with torch.inference_mode():
         times = interleave(calls, rounds)
-    ours_s, baselines, speedup = summarize(times)
     first = next(iter(batch.values()))
-    return {
-        "batch": int(first.shape[0]),
-        "seq": int(first.shape[1]) if first.dim() > 1 else 1,
-        "threads": torch.get_num_threads(),
-        "rounds": rounds,
-        "ours_s": ours_s,
-        "dense_s": baselines["torch_dense"],
-        "speedup": speedup["torch_dense"]["median"],
-        "speedup_min": speedup["torch_dense"]["min"],
-        "speedup_max": speedup["torch_dense"]["max"],
-    }
+    return latency_record(
+        times,
+        baselines,
+        batch=int(first.shape[0]),
+        seq=int(first.shape[1]) if first.dim() > 1 else 1,
+        threads=torch.get_num_threads(),
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..jobs.report import dense_comparison_lines, machine_label
+
 __all__ = ["render_lm_markdown"]
 
 
@@ -146,6 +148,14 @@ def _checkpoint_lines(report: dict) -> list[str]:
             "> 1: ours faster).",
             "",
         ]
+        if lat.get("best_dense"):
+            lines += [
+                f"Against the best dense configuration of this machine ({machine_label(m)}), the same weights with "
+                f"sdpa full attention in {lat['best_dense']}: **{lat['ours_s']:.2f} s vs {lat['best_dense_s']:.2f} "
+                f"s, {lat['ratio_vs_best_dense']:.2f}x** (vs fp32: {lat['ratio_vs_fp32']:.2f}x).",
+                "",
+                *dense_comparison_lines([("pattern (hf_sparse attention)", lat)], m),
+            ]
     t = report["timings"]
     phases = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items() if k != "total_s")
     lines += [

@@ -14,8 +14,10 @@ with full attention, fine-tuned with the pattern, saved, reloaded and timed.
 5. **checkpoint**: ``save_pretrained`` (atomic), reloaded with ``from_pretrained(...,
    attn_implementation="hf_sparse")``, its logits compared with the saved model's on the first held-out document;
 6. **latency**: one forward pass at the longest eval length, the saved model with the pattern against the same
-   weights with ``sdpa`` full attention (torch's best full-attention path on CPU), interleaved call by call
-   (:func:`hf_sparse.benchmarking.interleave`), same process.
+   weights with ``sdpa`` full attention (torch's best full-attention path on CPU) in every dense configuration of
+   this machine (fp32, bf16 where native, dynamic int8 ...: :func:`hf_sparse.jobs.training.dense_baselines`),
+   interleaved call by call (:func:`hf_sparse.benchmarking.interleave`), same process; the report names the
+   fastest and the ratio against it, beside the ratio against fp32.
 
 ``report.json`` and ``report.md`` hold every number with the dense baseline beside it, the tokens evaluated, the
 machine (:func:`hf_sparse.machine.machine_info`) and the time of each phase. No model card is written: the card of
@@ -147,37 +149,32 @@ def _weight_change(model, before: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _latency(model, ids: torch.Tensor, rounds: int) -> dict[str, Any]:
-    """One forward pass at ``ids``' length: ``model`` with its ``hf_sparse`` pattern against the same weights with
-    ``sdpa``, interleaved call by call. Switching the implementation (well under a millisecond) is inside both timed
-    calls. No separate warm-up: the reload check (or the last evaluation) ran this model at this length just before,
-    and ``sdpa`` ran at it in the dense evaluation."""
-    from ..benchmarking import interleave, summarize
-    from ..integrations.attention import ATTENTION_NAME
+    """One forward pass at ``ids``' length: ``model`` with its ``hf_sparse`` pattern against every dense
+    configuration of this machine for the same weights with ``sdpa`` full attention
+    (:func:`hf_sparse.jobs.training.dense_baselines` of a copy: fp32, bf16 where native, dynamic int8 ...),
+    interleaved call by call. No separate warm-up: the reload check (or the last evaluation) ran this model at this
+    length just before, and building the baselines runs each of them on ``ids`` once.
 
-    def call(implementation: str):
-        def run(i: int) -> None:
-            model.set_attn_implementation(implementation)
-            model(input_ids=ids)
-
-        return run
+    Returns the fields of :func:`hf_sparse.jobs.training.latency` (``best_dense``, ``ratio_vs_best_dense``,
+    ``ratio_vs_fp32``, ``dense_baselines_s``, ``skipped_baselines`` ...) and ``length``, ``sdpa_full_s`` (the fp32
+    dense median), ``rounds_s`` (every round's times); ``speedup``, ``speedup_min`` and ``speedup_max`` are against
+    fp32 sdpa, as in earlier reports."""
+    from ..benchmarking import interleave
+    from ..jobs.training import dense_baselines, latency_record
 
     model.eval()
+    dense = copy.deepcopy(model)
+    dense.set_attn_implementation("sdpa")
+    inputs = {"input_ids": ids}
+    baselines = dense_baselines(dense, inputs)
+    calls = {"ours": lambda i: model(input_ids=ids), **baselines.timed(inputs)}
     with torch.no_grad():  # not inference_mode: see evaluate_perplexity
-        times = interleave({"ours": call(ATTENTION_NAME), "sdpa_full": call("sdpa")}, rounds, warmup=0)
-    model.set_attn_implementation(ATTENTION_NAME)
-    ours_s, baselines, speedup = summarize(times)
-    return {
-        "length": int(ids.shape[1]),
-        "batch": 1,
-        "threads": torch.get_num_threads(),
-        "rounds": rounds,
-        "ours_s": ours_s,
-        "sdpa_full_s": baselines["sdpa_full"],
-        "speedup": speedup["sdpa_full"]["median"],
-        "speedup_min": speedup["sdpa_full"]["min"],
-        "speedup_max": speedup["sdpa_full"]["max"],
-        "rounds_s": times,
-    }
+        times = interleave(calls, rounds, warmup=0)
+    record = latency_record(times, baselines, length=int(ids.shape[1]), batch=1, threads=torch.get_num_threads())
+    record["seq"] = record["length"]
+    record["sdpa_full_s"] = record["dense_s"]
+    record["rounds_s"] = times
+    return record
 
 
 def _attention_path(model_config) -> dict[str, Any]:
@@ -261,7 +258,7 @@ def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
     latency = None
     if recipe.checkpoint.latency_rounds:
         logger.info(
-            "hf-sparse lm: latency at %d tokens, %d interleaved rounds (ours, sdpa)",
+            "hf-sparse lm: latency at %d tokens, %d interleaved rounds (ours, every dense configuration, sdpa)",
             longest,
             recipe.checkpoint.latency_rounds,
         )

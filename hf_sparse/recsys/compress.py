@@ -26,6 +26,8 @@ from ..config import BaseConfig, check_name, check_seed, register_config
 from ..embeddings import EmbeddingCompressionConfig, TableCompression
 from ..errors import ConfigError, RecipeError, quote
 from ..jobs.plan import RunPlan, Stage
+from ..jobs.report import machine_label, vs_best_dense
+from ..jobs.sections import check_latency_baselines
 from ..machine import machine_info
 from ..resilience import atomic_folder, confined_path, remove_stale_partials
 
@@ -97,6 +99,11 @@ class RecsysRecipe(BaseConfig):
             dense model is also trained for the same extra epochs (``dense-continued``), the fair control.
         runs: run name -> how the item table is compressed.
         verify: reload every saved model with ``from_pretrained`` and check identical rankings.
+        latency_rounds: interleaved rounds timing each run's model against every dense configuration of the
+            trained dense model on this machine (next-item scores over all items for :data:`LATENCY_USERS` test
+            users, one forward pass); 0: none.
+        latency_baselines: the dense configurations timed (``checkpoint.latency_baselines`` of a classification
+            recipe: ``fp32`` must be among them; null: every one this machine has).
     """
 
     task: Literal["recsys"] = "recsys"
@@ -110,6 +117,8 @@ class RecsysRecipe(BaseConfig):
     )
     runs: dict[str, TableCompression] = dataclasses.field(default_factory=dict)
     verify: bool = True
+    latency_rounds: int = 20
+    latency_baselines: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         check_seed(self.seed, "seed")
@@ -119,6 +128,9 @@ class RecsysRecipe(BaseConfig):
         for label in self.runs:
             # Each run is saved as ``<output>/<label>``, beside the dense ones and the job's own files.
             check_name(label, "runs", taken=RECSYS_OUTPUTS)
+        if self.latency_rounds < 0:
+            raise ConfigError(f"latency_rounds must be >= 0 (0: none), got {self.latency_rounds}.")
+        check_latency_baselines(self.latency_baselines, "latency_baselines")
 
 
 def load_recsys_recipe(path: str | Path) -> RecsysRecipe:
@@ -208,6 +220,27 @@ def _verify(model, folder: Path, splits, max_len: int) -> dict[str, Any]:
     return {"identical_top10": bool(torch.equal(before, after)), "users": int(before.shape[0])}
 
 
+#: Test users whose next-item scores one latency call computes (a batch of requests).
+LATENCY_USERS = 64
+
+
+class NextItemScores(torch.nn.Module):
+    """What the recommender serves, as a module of tensors only (what the dense baselines export and quantise):
+    the scores of every real item (padding column left out) as the next one after each history.
+
+    Shapes:
+        input_ids, attention_mask: (users, length). output: (users, num_items).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # The padding column holds the dtype's minimum: it would swamp every relative error of a baseline check.
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1).logits[:, -1, 1:]
+
+
 def _table_bytes(model) -> int:
     table = model.item_embeddings
     if hasattr(table, "weight_format"):
@@ -225,6 +258,28 @@ class RecsysTask:
         self.recipe, self.splits, self.dense_model, self.freq = recipe, splits, dense, freq
         self.default_train = recipe.finetune
         self.seed = recipe.seed
+        self._dense_baselines = None  # built on the first latency measurement, reused by every run
+
+    def latency_inputs(self) -> dict[str, torch.Tensor]:
+        """The latency case: the first :data:`LATENCY_USERS` test users' histories (most recent ``max_len``
+        items), left-padded."""
+        from .data import left_pad
+
+        histories = [h[-self.recipe.model.max_len :] for h in self.splits.history("test")[:LATENCY_USERS]]
+        ids = left_pad(histories)
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+    def latency(self, model, rounds: int) -> dict:
+        """``model``'s next-item scores against every dense configuration of the trained dense model on this
+        machine (:func:`hf_sparse.jobs.training.latency`; the baselines are built once per job)."""
+        from ..jobs.training import dense_baselines, latency
+
+        inputs = self.latency_inputs()
+        if self._dense_baselines is None:
+            dense = NextItemScores(self.dense_model)
+            self._dense_baselines = dense_baselines(dense, inputs, self.recipe.latency_baselines)
+        record = latency(NextItemScores(model), None, inputs, rounds, baselines=self._dense_baselines)
+        return {**record, "users": record["batch"], "items": self.splits.num_items}
 
     def start_model(self, start_from: str):
         return copy.deepcopy(self.dense_model) if start_from == "dense" else _model(self.recipe, self.splits.num_items)
@@ -277,8 +332,9 @@ class RecsysTask:
             **{k: v for k, v in run.items() if k.startswith(("valid_", "test_"))},
             "before_finetune": ({k: rows[0][k] for k in ("test_hr@10", "test_ndcg@10")} if len(rows) > 1 else None),
         }
-        if "round_trip" in run:
-            out["round_trip"] = run["round_trip"]
+        for key in ("round_trip", "latency"):
+            if key in run:
+                out[key] = run[key]
         return out
 
 
@@ -336,7 +392,7 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
 
     task = RecsysTask(recipe, splits, dense, item_frequencies(splits).double())
     baseline = {**runs[0], "checkpoint_bytes": checkpoint_bytes(dense_folder)}
-    checkpoint = SimpleNamespace(format="dense", verify=recipe.verify, latency_rounds=0)
+    checkpoint = SimpleNamespace(format="dense", verify=recipe.verify, latency_rounds=recipe.latency_rounds)
     recipe_text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     for plan in _plans(recipe):
         logger.info("hf-sparse recsys: %s", plan.name)
@@ -413,7 +469,36 @@ def render_recsys_markdown(report: dict) -> str:
             else "NO (see report.json)."
         ),
         "",
-        f"Machine: {report['machine'].get('cpu', '?')}; whole job {report['total_s']:.0f} s.",
+        *_latency_lines(report),
+        f"Machine: {machine_label(report['machine'])}; whole job {report['total_s']:.0f} s.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _latency_lines(report: dict) -> list[str]:
+    """The latency section: each run's model against every dense configuration of this machine."""
+    from ..jobs.report import dense_comparison_lines
+
+    timed = [(r["name"], r["latency"]) for r in report["runs"] if r.get("latency")]
+    if not timed:
+        return []
+    lat = timed[0][1]
+    lines = [
+        "## Latency",
+        "",
+        f"One forward pass scoring all {lat['items']:,} items as the next one for {lat['users']} test users "
+        f"(histories of up to {lat['seq']} items), {lat['threads']} torch threads: each run's model interleaved "
+        f"with every dense configuration of the trained dense model on this machine ({lat['rounds']} rounds, "
+        "medians; > 1: ours faster).",
+        "",
+        "| run | ours (ms) | vs dense fp32 | vs best dense of this machine |",
+        "|---|---:|---:|---|",
+    ]
+    for name, lat in timed:
+        fp32 = lat.get("ratio_vs_fp32")
+        lines.append(
+            f"| {name} | {1e3 * lat['ours_s']:.2f} | {'–' if fp32 is None else f'{fp32:.2f}x'} | "
+            f"{vs_best_dense(lat)} |"
+        )
+    return [*lines, "", *dense_comparison_lines(timed, report["machine"])]

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from hf_sparse import SparseLinear
+from hf_sparse.benchmarking import MODEL_TOLERANCES
 from hf_sparse.cli import main
 
 pytestmark = pytest.mark.real
@@ -55,6 +56,17 @@ def test_compress_writes_report_and_loadable_pruned_models(tmp_path):
     assert run80["round_trip"]["identical_predictions"] and run80["round_trip"]["sparse_layers_loaded"] > 0
     assert run80["checkpoint_bytes"] < report["dense"]["checkpoint_bytes"]
     assert run80["latency"]["ours_s"] > 0 and run80["latency"]["dense_s"] > 0
+    # ... against every dense configuration of the machine (the default: all it has), the fastest named
+    lat = run80["latency"]
+    dense = lat["dense_baselines_s"]
+    assert lat["dense_s"] == dense["fp32"] and set(dense) | set(lat["skipped_baselines"]) == set(MODEL_TOLERANCES)
+    assert lat["best_dense"] == min(dense, key=dense.get) and lat["best_dense_s"] == dense[lat["best_dense"]]
+    assert lat["ratio_vs_best_dense"] == pytest.approx(lat["best_dense_s"] / lat["ours_s"])
+    assert lat["ratio_vs_fp32"] == pytest.approx(dense["fp32"] / lat["ours_s"])
+    assert all(err <= MODEL_TOLERANCES[k] for k, err in lat["baseline_errors"].items())
+    assert "| vs dense fp32 | vs best dense" in md and "Dense configurations of this machine (" in md
+    assert f"{lat['ratio_vs_best_dense']:.2f}x the best dense configuration of that machine" in card
+    assert lat["machine"] in card
     assert sum(f != "dense" for f in run80["formats"].values()) == run80["round_trip"]["sparse_layers_loaded"]
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     stored = 0  # non-zero weights of the pruned layers, whichever way each is stored

@@ -22,7 +22,8 @@ name: staged-ci
 model: {max_length: 32}
 data: {train_limit: 64, test_limit: 32, seed: 42}
 dense: {max_steps: 2, batch_size: 16, learning_rate: 1e-4, logging_steps: 1}
-checkpoint: {save_steps: 0, latency_rounds: 1, format: csr}  # fixed formats: auto times every layer
+checkpoint:  # fixed formats: auto times every layer
+  {save_steps: 0, latency_rounds: 1, format: csr, latency_baselines: [fp32, torch-dynamic-int8]}
 stages:
   - name: cut
     structured: {layers_to_drop: [0, 2, 4]}
@@ -61,6 +62,11 @@ def test_staged_recipe_runs_stage_by_stage_and_keeps_what_each_did(tmp_path):
     assert run["layers"]["bert.encoder.layer.0.attention.self.query"] == pytest.approx(0.5, abs=1e-3)
     assert set(run["formats"].values()) <= {"qcsr", "qdense", "qbsr", "qnm", "dense"}
     assert run["round_trip"]["identical_predictions"] and run["latency"]["ours_s"] > 0
+    # checkpoint.latency_baselines: only those were built and timed; the others say why not
+    lat = run["latency"]
+    assert set(lat["dense_baselines_s"]) <= {"fp32", "torch-dynamic-int8"} and "fp32" in lat["dense_baselines_s"]
+    assert "not among the baselines asked for" in lat["skipped_baselines"]["onnxruntime-dynamic-int8"]
+    assert lat["best_dense"] in lat["dense_baselines_s"] and lat["ratio_vs_best_dense"] > 0
 
     model = AutoModelForSequenceClassification.from_pretrained(out / "staged-ci")
     assert model.config.num_hidden_layers == 3

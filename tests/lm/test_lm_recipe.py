@@ -194,3 +194,37 @@ def test_markdown_measures_the_pattern_against_the_dense_control_after_fine_tuni
     assert "+10.0% before, +10.0% after at 32 tokens" in md  # 16.5 against the control's 15.0, not the dense 20.0
     md = render_lm_markdown(_report({"dense": 20.0, "windowed_before": 22.0, "windowed_after": 21.0}, False))
     assert "No dense control was fine-tuned" in md and "dense control, after" not in md
+
+
+def test_markdown_gives_the_latency_against_the_best_dense_configuration_and_the_machine():
+    from hf_sparse.jobs.report import machine_label
+    from hf_sparse.lm import render_lm_markdown
+
+    report = _report({"dense": 20.0, "windowed_before": 22.0}, False)
+    report["machine"] = {"cpu": "AMD EPYC", "uarch": "AMD Zen 4 (Genoa)", "cores": 2, "isa_flags": ["avx512_bf16"]}
+    dense = {"fp32": 2.0, "bf16": 1.0, "torch-dynamic-int8": 0.8}
+    report["latency"] = {
+        "length": 32,
+        "threads": 1,
+        "rounds": 3,
+        "ours_s": 1.0,
+        "sdpa_full_s": 2.0,
+        "speedup": 2.0,
+        "speedup_min": 1.9,
+        "speedup_max": 2.1,
+        "dense_baselines_s": dense,
+        "best_dense": "torch-dynamic-int8",
+        "best_dense_s": 0.8,
+        "ratio_vs_best_dense": 0.8,
+        "ratio_vs_fp32": 2.0,
+        "skipped_baselines": {"onnxruntime-dynamic-int8": "torch.onnx.export(dynamo=False) failed"},
+    }
+    md = render_lm_markdown(report)
+    assert "**1.00 s vs 2.00 s, 2.00x**" in md  # against fp32 sdpa, as before
+    assert (
+        f"Against the best dense configuration of this machine ({machine_label(report['machine'])}), the same "
+        "weights with sdpa full attention in torch-dynamic-int8: **1.00 s vs 0.80 s, 0.80x** (vs fp32: 2.00x)."
+    ) in md
+    row = "| pattern (hf_sparse attention) | 1000.00 | 2000.00 | 1000.00 | 800.00 | torch-dynamic-int8 | 0.80x | 2.00x"
+    assert row in md
+    assert "Not timed: `onnxruntime-dynamic-int8`: torch.onnx.export(dynamo=False) failed." in md

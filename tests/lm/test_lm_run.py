@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from hf_sparse.attention import SparseAttentionConfig
+from hf_sparse.benchmarking import MODEL_TOLERANCES
 from hf_sparse.cli import main
 from hf_sparse.data import smollm2_path
 from hf_sparse.errors import ConfigError
@@ -86,12 +87,19 @@ def test_lm_job_measures_fine_tunes_saves_and_reloads(tmp_path, capsys):
 
     lat = report["latency"]
     assert lat["length"] == 256 and lat["rounds"] == 1 and lat["ours_s"] > 0 and lat["sdpa_full_s"] > 0
+    # Against every dense configuration of the machine (the same weights, sdpa full attention), fp32 among them.
+    dense = lat["dense_baselines_s"]
+    assert "fp32" in dense and lat["sdpa_full_s"] == dense["fp32"] and lat["best_dense_s"] == min(dense.values())
+    assert set(dense) | set(lat["skipped_baselines"]) == set(MODEL_TOLERANCES)
+    assert lat["ratio_vs_best_dense"] == pytest.approx(lat["best_dense_s"] / lat["ours_s"])
+    assert lat["ratio_vs_fp32"] == pytest.approx(dense["fp32"] / lat["ours_s"])
     assert set(report["timings"]) >= {"eval_dense_s", "check_s", "finetune_s", "verify_s", "latency_s", "total_s"}
     assert report["machine"]["torch_threads"] == 1 and lat["threads"] == 1
 
     md = (out / "report.md").read_text()
     assert "| 256 | 255 |" in md and "Correctness anchor (passed)" in md and "identical logits" in md
     assert "No dense control was fine-tuned" in md
+    assert f"sdpa full attention in {lat['best_dense']}: **" in md and "Dense configurations of this machine (" in md
     assert not (out / "trainer").exists()  # the Trainer's scratch folder is removed
     assert (out / "recipe.yaml").is_file()
 

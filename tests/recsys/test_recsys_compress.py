@@ -10,9 +10,10 @@ import sys
 import pytest
 import torch
 
+from hf_sparse.benchmarking import MODEL_TOLERANCES
 from hf_sparse.cli import main
 from hf_sparse.errors import RecipeError
-from hf_sparse.recsys.compress import load_recsys_recipe
+from hf_sparse.recsys.compress import LATENCY_USERS, load_recsys_recipe
 
 pytestmark = pytest.mark.real
 
@@ -23,6 +24,7 @@ users: 60
 model: {max_len: 20, hidden_size: 16, intermediate_size: 32}
 dense: {epochs: 3}
 finetune: {epochs: 1}
+latency_rounds: 2
 runs:
   int4: {method: qrow, bits: 4}
   qr-hot: {method: qr, compression: 0.125, hot_rows: 40, fit_steps: 20}
@@ -56,6 +58,21 @@ def test_recsys_runs_compare_and_reload_in_a_fresh_process(tmp_path):
     assert all(0.0 <= r["test_hr@10"] <= 1.0 and r["test_ndcg@10"] <= r["test_hr@10"] for r in report["runs"])
     md = (out / "report.md").read_text()
     assert "| qr-hot | qr (" in md and "from scratch" in md
+    # Every run's model timed against every dense configuration of the trained dense model on this machine.
+    assert "latency" not in by["dense"]
+    for run in report["runs"][1:]:
+        lat = run["latency"]
+        assert (
+            lat["users"] == min(LATENCY_USERS, report["data"]["users"])
+            and lat["items"] == report["data"]["items"]
+            and lat["rounds"] == 2
+        )
+        dense = lat["dense_baselines_s"]
+        assert "fp32" in dense and set(dense) | set(lat["skipped_baselines"]) == set(MODEL_TOLERANCES)
+        assert lat["best_dense_s"] == min(dense.values()) and lat["dense_s"] == dense["fp32"]
+        assert lat["ratio_vs_best_dense"] == pytest.approx(lat["best_dense_s"] / lat["ours_s"])
+        assert f"| {run['name']} | {1e3 * lat['ours_s']:.2f} | {lat['ratio_vs_fp32']:.2f}x | " in md
+    assert "## Latency" in md and "Dense configurations of this machine (" in md
     # A fresh process ranks the test users' items exactly as the saved model did.
     from transformers import AutoModel
 
@@ -103,6 +120,8 @@ def test_malformed_saved_table_is_a_typed_error(tmp_path):
         ("runs: {a: {method: qrow, init: random}}", "float method"),
         ("dense: {epochs: 0}", "epochs"),
         ("colour: red", "colour"),
+        ("latency_rounds: -1", "latency_rounds must be >= 0"),
+        ("latency_baselines: [bf16]", "must include 'fp32'"),
     ],
 )
 def test_bad_recsys_recipes(tmp_path, text, message):
