@@ -3,8 +3,9 @@
 
 One forward pass at batch 1, sequence 128 (a real Rotten Tomatoes review, padded to 128 tokens), under
 ``torch.inference_mode``. Ours: the model pruned to 80% / 90% (global magnitude over the encoder's Linear layers)
-in two ways (``MODES``): unstructured and converted by ``sparsify_`` (format per layer from the cost model,
-batch_hint=128); and in 1x4 blocks stored as int8 codes with dynamic int8 inputs (``qbsr``, integer kernels).
+in these ways (``MODES``): unstructured and converted by ``sparsify_`` (format per layer from the cost model,
+batch_hint=128); and in 1x4 or 16x4 blocks stored as int8 codes with dynamic int8 inputs (``qbsr``, integer
+kernels).
 Baselines, same process, interleaved: every dense configuration of the model on this machine
 (:func:`hf_sparse.benchmarking.dense_model_baselines`): ``fp32``; ``bf16`` (a bf16 copy, where the CPU has native
 bf16); ``torch-dynamic-int8`` (``torch.ao``); ``onnxruntime-dynamic-int8`` (exported with
@@ -47,9 +48,9 @@ def _inputs():
 
 
 #: Ways of making "ours": ``auto`` prunes unstructured weights and lets ``sparsify_``'s cost model pick each layer's
-#: format (fp32 values); ``int8-1x4`` prunes 1x4 blocks and stores them as int8 codes with dynamic int8 inputs
-#: (``qbsr``, ``activation="dynamic"``), which run on the integer (VNNI) kernels.
-MODES = ("auto", "int8-1x4")
+#: format (fp32 values); ``int8-1x4`` / ``int8-16x4`` prune 1x4 / 16x4 blocks and store them as int8 codes with
+#: dynamic int8 inputs (``qbsr``, ``activation="dynamic"``), which run on the integer (VNNI) kernels.
+MODES = ("auto", "int8-1x4", "int8-16x4")
 #: Relative error (||ours - pruned fp32|| / ||pruned fp32||) allowed by the int8 mode's 8-bit weights and inputs.
 INT8_REL_ERR = 5e-2
 
@@ -63,9 +64,10 @@ def _ours(dense, batch, sparsity: float, mode: str):
         sparse = copy.deepcopy(pruned)
         decisions = hf_sparse.sparsify_(sparse, batch_hint=SEQ, progress=False)
     else:
-        hf_sparse.apply_(pruned, hf_sparse.PruningConfig(sparsity=sparsity, granularity="block", block=(1, 4)))
+        block = (1, 4) if mode == "int8-1x4" else (16, 4)
+        hf_sparse.apply_(pruned, hf_sparse.PruningConfig(sparsity=sparsity, granularity="block", block=block))
         sparse = copy.deepcopy(pruned)
-        decisions = hf_sparse.sparsify_(sparse, format="qbsr", block=(1, 4), activation="dynamic", progress=False)
+        decisions = hf_sparse.sparsify_(sparse, format="qbsr", block=block, activation="dynamic", progress=False)
     with torch.inference_mode():
         expected = pruned(**batch).last_hidden_state
         got = sparse(**batch).last_hidden_state

@@ -4,8 +4,9 @@ Cases: BERT FFN (3072x768, 768x3072) and MiniLM FFN (1536x384, 384x1536) weights
 CSR (uniform unstructured), hybrid (unstructured with a few dense rows), 16x16 and 32x32 BSR (block patterns), and
 2:4 (always 50%); int8 values with per-row scales (``qcsr``, ``qbsr``, ``qnm``); and int8 weights with dynamic int8
 activations (``int8-dynamic``, ``qbsr`` with ``activation="dynamic"`` on the integer kernels, run as a layer runs
-it, ``QuantLinear(weight)(x)``): ``bsr1x4`` is a pattern pruned in 1x4 blocks (what
-``PruningConfig(granularity="block", block=(1, 4))`` makes), ``unstructured-1x4`` the unstructured pattern stored
+it, ``QuantLinear(weight)(x)``): ``bsr1x4`` / ``bsr16x4`` are patterns pruned in 1x4 / 16x4 blocks (what
+``PruningConfig(granularity="block", block=(1, 4))`` makes; 16x4 blocks hold one row per vector lane),
+``unstructured-1x4`` the unstructured pattern stored
 in 1x4 blocks (each block holds the zeros it covers).
 
 Baselines, interleaved call by call: every dense configuration of this machine
@@ -41,7 +42,7 @@ SUITE = "spmm"
 SHAPES = [(3072, 768), (768, 3072), (1536, 384), (384, 1536)]
 NS = [1, 16, 128]
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
-FORMATS = ["csr", "hybrid", "bsr16x16", "bsr32x32", "2:4", "bsr1x4", "unstructured-1x4"]
+FORMATS = ["csr", "hybrid", "bsr16x16", "bsr32x32", "2:4", "bsr1x4", "bsr16x4", "unstructured-1x4"]
 #: Formats the issue lists whose kernels do not exist yet; reported, not silently dropped.
 NOT_IMPLEMENTED: list[str] = []
 #: Formats stored in blocks whose pattern is nevertheless unstructured (the blocks hold the zeros they cover).
@@ -238,11 +239,15 @@ QUICK = [
     ("bsr1x4", 3072, 768, 16, 0.9, True, "int8-dynamic"),
     ("bsr1x4", 3072, 768, 16, 0.9, False, "int8-dynamic"),
     ("bsr1x4", 3072, 768, 128, 0.9, True, "int8-dynamic"),
+    ("bsr16x4", 3072, 768, 1, 0.9, True, "int8-dynamic"),
+    ("bsr16x4", 3072, 768, 16, 0.9, True, "int8-dynamic"),
+    ("bsr16x4", 3072, 768, 128, 0.9, True, "int8-dynamic"),
 ]
 #: Value dtypes per format: int8 values (with per-row scales) exist for CSR, BSR and 2:4; 1x4 blocks of int8 values
 #: with dynamic int8 activations for the unstructured pattern.
 DTYPES = {
     "bsr1x4": ("int8-dynamic",),
+    "bsr16x4": ("int8-dynamic",),
     "unstructured-1x4": ("int8-dynamic",),
     "csr": ("float32", "int8"),
     "bsr16x16": ("float32", "int8"),

@@ -1,7 +1,9 @@
 """Automatic choice of a storage format per layer, from its pattern and a cost model measured on this machine.
 
 The cost model times ``spmm`` (whatever backend it dispatches to here: our kernels, or the PyTorch reference when
-they cannot be built) and dense ``F.linear`` on small calibration matrices at N = 1, 16 and 128, and fits
+they cannot be built), dense ``F.linear`` and the other dense configurations of this machine (bf16 where the CPU
+has native bf16, torch's dynamic int8), and our int8 layers with dynamic int8 inputs (``qbsr`` in 1 x 4 and 16 x 4
+blocks, integer kernels) on small calibration matrices at N = 1, 16 and 128, and fits
 ``seconds = overhead + per_entry * stored_entries`` per format and N. Predictions for another N interpolate in
 log N. It is cached per machine, thread count, torch version and kernel build in
 ``$HF_SPARSE_CACHE/cost_model/`` (default ``~/.cache/hf_sparse``), so calibration (about a second) runs once.
@@ -20,19 +22,24 @@ from typing import Any
 
 import torch
 
-from ..errors import FormatError
+from ..errors import FormatError, quote
 from ..formats import SparseFormat, to_format
 from ..formats.base import check_weight
-from ..machine import _cpu_model
+from ..machine import _cpu_model, isa_flags
 from . import _loader
-from .spmm import spmm
+from .spmm import dynamic_int8_linear, spmm
 
-__all__ = ["CostModel", "FormatChoice", "choose_format", "calibrate", "cost_model"]
+__all__ = ["CostModel", "FormatChoice", "choose_format", "calibrate", "cost_model", "native_bf16"]
 
 CALIBRATION_NS = (1, 16, 128)
 #: Candidate formats ``choose_format`` considers by default, by the name it reports.
 CANDIDATES = ("csr", "bsr16", "bsr32", "nm2:4", "hybrid")
-_SCHEMA = 1
+#: Candidates for int8 weights with dynamic int8 inputs (``activation="dynamic"``): ``qbsr`` in 1 x 4 blocks (fine
+#: patterns) or 16 x 4 blocks (one row per vector lane; also the dense int8 layout: every block stored).
+INT8_CANDIDATES = ("qbsr1x4", "qbsr16x4")
+#: Dense configurations timed besides fp32, to say what the best dense layer of this machine would cost.
+DENSE_ALTERNATIVES = ("dense-bf16", "dense-int8")
+_SCHEMA = 2
 
 
 @dataclass
@@ -79,14 +86,16 @@ def _interp(points: dict[int, float], n: int) -> float:
     raise AssertionError("unreachable")
 
 
-def _median_time(fn, repeat: int = 7) -> float:
+def _best_time(fn, repeat: int = 7) -> float:
+    """The fastest of ``repeat`` calls after a warm-up: what the call costs when nothing else competes for the
+    core (on a shared machine a median carries other jobs' interference into the model)."""
     fn()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def _calibration_weights(fmt: str, gen: torch.Generator) -> list[tuple[Any, float]]:
@@ -97,6 +106,17 @@ def _calibration_weights(fmt: str, gen: torch.Generator) -> list[tuple[Any, floa
         if fmt == "dense":
             r = max(16, int(rows * density / 0.3))
             out.append((torch.randn(r, cols, generator=gen), r * cols))
+            continue
+        if fmt in ("dense-bf16", "dense-int8"):
+            r = max(16, int(rows * density / 0.3))
+            out.append((torch.randn(r, cols, generator=gen), r * cols))
+            continue
+        if fmt.startswith("qbsr"):
+            br, bc = (int(v) for v in fmt[4:].split("x"))
+            keep = torch.rand(rows // br, cols // bc, generator=gen) < density
+            keep = keep.repeat_interleave(br, 0).repeat_interleave(bc, 1)
+            w = to_format("qbsr", torch.randn(rows, cols, generator=gen), keep, block=(br, bc), activation="dynamic")
+            out.append((w, w.values.numel()))
             continue
         if fmt.startswith("bsr"):
             b = int(fmt[3:])
@@ -124,26 +144,74 @@ def _cache_key() -> tuple[str, str]:
     return hashlib.sha256(raw.encode()).hexdigest()[:16], backend
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so a bf16 dense model is a real option."""
+    flags = set(isa_flags())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _timed_call(fmt: str, w, n: int, gen: torch.Generator):
+    """A call of one calibration kind on ``n`` tokens, or None where the kind cannot run here."""
+    if fmt in ("dense", "dense-bf16", "dense-int8"):
+        x = torch.randn(n, w.shape[1], generator=gen)
+        if fmt == "dense":
+            return lambda: torch.nn.functional.linear(x, w)
+        if fmt == "dense-bf16":
+            wb, xb = w.bfloat16(), x.bfloat16()
+            return lambda: torch.nn.functional.linear(xb, wb)
+        layer = _torch_dynamic_int8(w)
+        return None if layer is None else (lambda: layer(x))
+    if fmt.startswith("qbsr"):
+        x = torch.randn(n, w.shape[1], generator=gen)
+        if dynamic_int8_linear(w, x) is None:  # no C++ ops: the simulated path is not what would run
+            return None
+        return lambda: dynamic_int8_linear(w, x)
+    xt = torch.randn(w.shape[1], n, generator=gen)
+    return lambda: spmm(w, xt)
+
+
+def _torch_dynamic_int8(w: torch.Tensor):
+    """torch's dynamic int8 Linear for ``w`` (what ``torch.ao.quantization.quantize_dynamic`` makes), or None."""
+    import warnings
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+
+        linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        linear.weight.data = w
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
+    except Exception:  # a torch build without a quantized engine
+        return None
+
+
 def calibrate(seed: int = 0) -> CostModel:
     """Measure the cost model on this machine now (about a second with the kernels built)."""
     key, backend = _cache_key()
     gen = torch.Generator().manual_seed(seed)
     model = CostModel(key=key, backend=backend, threads=torch.get_num_threads())
-    for fmt in ("dense", "csr", "bsr16", "bsr32", "nm2:4"):
+    kinds = ["dense", "csr", "bsr16", "bsr32", "nm2:4", *INT8_CANDIDATES, "dense-int8"]
+    if native_bf16():
+        kinds.append("dense-bf16")
+    for fmt in kinds:
         points = _calibration_weights(fmt, gen)
         model.overhead[fmt], model.per_entry[fmt] = {}, {}
         for n in CALIBRATION_NS:
             measured = []
             for w, entries in points:
-                if fmt == "dense":
-                    x = torch.randn(n, w.shape[1], generator=gen)
-                    t = _median_time(lambda w=w, x=x: torch.nn.functional.linear(x, w))
-                else:
-                    xt = torch.randn(w.shape[1], n, generator=gen)
-                    t = _median_time(lambda w=w, xt=xt: spmm(w, xt))
-                measured.append((entries, t))
+                call = _timed_call(fmt, w, n, gen)
+                if call is None:
+                    break
+                measured.append((entries, _best_time(call)))
+            if len(measured) < 2:  # this kind cannot run here (e.g. no quantized engine in this torch)
+                model.overhead.pop(fmt, None), model.per_entry.pop(fmt, None)
+                break
             (e1, t1), (e2, t2) = measured
-            slope = max((t1 - t2) / (e1 - e2), 1e-15) if e1 != e2 else t1 / max(e1, 1)
+            if e1 != e2 and (t1 - t2) / (e1 - e2) > 0:
+                slope = (t1 - t2) / (e1 - e2)
+            else:  # the larger weight was not slower (a disturbed measurement): proportional to the entries
+                slope = max(t1 / max(e1, 1), t2 / max(e2, 1))
             model.per_entry[fmt][n] = slope
             model.overhead[fmt][n] = max(t1 - slope * e1, 0.0)
     return model
@@ -209,29 +277,41 @@ def choose_format(
     *,
     batch_hint: int = 16,
     device: str | torch.device = "cpu",
-    candidates: tuple[str, ...] = CANDIDATES,
+    candidates: tuple[str, ...] | None = None,
     margin: float = 0.9,
     model: CostModel | None = None,
+    activation: str | None = None,
 ) -> FormatChoice:
     """Pick the storage for one weight: the candidate predicted fastest for ``batch_hint`` tokens, or dense when
     no candidate is predicted faster than ``margin`` times dense.
+
+    With ``activation="dynamic"`` the weight becomes int8 codes with dynamic int8 inputs whatever is chosen (the
+    numbers do not depend on the choice): the faster of ``qbsr`` in 1 x 4 blocks and in 16 x 4 blocks (which, with
+    every block stored, is also the dense int8 layout), both on the integer kernels. The reasons also give what the
+    other dense configurations of this machine are predicted to cost (fp32, bf16 where native, torch's dynamic int8).
 
     Args:
         weight: 2-D weight. mask: stored positions (default: non-zeros).
         batch_hint: the N (tokens per call) the layer will mostly see.
         device: where it will run; only "cpu" has calibrated kernels today, other devices keep dense.
-        candidates: among "csr", "bsr16", "bsr32", "nm2:4", "hybrid".
+        candidates: among "csr", "bsr16", "bsr32", "nm2:4", "hybrid" (default: all); with ``activation="dynamic"``
+            among "qbsr1x4", "qbsr16x4".
         margin: a sparse format must be predicted at most this fraction of dense time.
         model: a cost model (default: this machine's, calibrated once and cached).
+        activation: None (float values, the default) or ``"dynamic"`` (int8 weights and per-token int8 inputs).
 
     Returns:
         A :class:`FormatChoice` whose ``reasons`` say what each candidate was predicted to cost or why it did not
         apply, and why the winner won.
     """
     keep = check_weight(weight, mask)
-    unknown = sorted(set(candidates) - set(CANDIDATES))
+    if activation not in (None, "dynamic"):
+        raise FormatError(f"choose_format: activation must be None or 'dynamic', got {quote(activation)}.")
+    allowed = INT8_CANDIDATES if activation else CANDIDATES
+    candidates = allowed if candidates is None else tuple(candidates)
+    unknown = sorted(set(candidates) - set(allowed))
     if unknown:
-        raise FormatError(f"choose_format: unknown candidates {unknown}; choose among {list(CANDIDATES)}.")
+        raise FormatError(f"choose_format: unknown candidates {unknown}; choose among {list(allowed)}.")
     if not isinstance(batch_hint, int) or batch_hint < 1:
         raise FormatError(f"choose_format: batch_hint must be a positive integer, got {batch_hint!r}.")
     rows, cols = weight.shape
@@ -245,6 +325,12 @@ def choose_format(
     dense_s = model.predict("dense", rows * cols, n)
     predicted: dict[str, float] = {"dense": dense_s}
     reasons = [f"dense: {dense_s * 1e3:.3f} ms predicted ({rows}x{cols}, N={n}, density {density:.1%})"]
+    for alt in DENSE_ALTERNATIVES:  # what the other dense configurations of this machine would cost
+        if alt in model.per_entry:
+            predicted[alt] = model.predict(alt, rows * cols, n)
+            reasons.append(f"{alt}: {predicted[alt] * 1e3:.3f} ms predicted (dense, other numerics)")
+    if activation == "dynamic":
+        return _choose_int8(keep, n, candidates, model, predicted, reasons)
     options: dict[str, tuple[str, dict[str, Any]]] = {}
 
     if "csr" in candidates:
@@ -298,7 +384,7 @@ def choose_format(
                 f"hybrid: {predicted['hybrid'] * 1e3:.3f} ms predicted ({dense_rows} rows denser than "
                 f"{threshold:.0%} stored dense)"
             )
-    sparse = {k: v for k, v in predicted.items() if k != "dense"}
+    sparse = {k: v for k, v in predicted.items() if k in options}
     if not sparse:
         return FormatChoice("dense", {}, predicted, (*reasons, "kept dense: no sparse candidate applies"))
     best = min(sparse, key=sparse.get)
@@ -310,3 +396,31 @@ def choose_format(
         return FormatChoice("dense", {}, predicted, (*reasons, verdict))
     fmt, params = options[best]
     return FormatChoice(fmt, params, predicted, (*reasons, f"chose {best}: predicted {ratio:.2f}x faster than dense"))
+
+
+def _choose_int8(keep, n, candidates, model, predicted, reasons) -> FormatChoice:
+    """The faster int8 layout (``qbsr`` 1 x 4 or 16 x 4, dynamic int8 inputs) for ``keep``."""
+    rows, cols = keep.shape
+    options: dict[str, dict[str, Any]] = {}
+    for name in candidates:
+        br, bc = (int(v) for v in name[4:].split("x"))
+        if rows % br or cols % bc:
+            reasons.append(f"{name}: not applicable, shape {rows}x{cols} is not divisible by {br}x{bc}")
+            continue
+        if name not in model.per_entry:
+            reasons.append(f"{name}: not calibrated here (the C++ ops are not available)")
+            continue
+        blocks = int(keep.reshape(rows // br, br, cols // bc, bc).any(dim=(1, 3)).sum())
+        predicted[name] = model.predict(name, blocks * br * bc, n)
+        options[name] = {"block": (br, bc), "activation": "dynamic"}
+        reasons.append(
+            f"{name}: {predicted[name] * 1e3:.3f} ms predicted ({blocks} blocks, "
+            f"{int(keep.sum()) / max(blocks * br * bc, 1):.0%} filled)"
+        )
+    if not options:
+        return FormatChoice("dense", {}, predicted, (*reasons, "kept dense (float): no int8 layout applies"))
+    best = min(options, key=lambda k: predicted[k])
+    verdict = f"chose {best}: int8 weights and dynamic int8 inputs, {predicted[best] * 1e3:.3f} ms predicted"
+    if "dense-int8" in predicted:
+        verdict += f" ({predicted['dense-int8'] / predicted[best]:.2f}x torch's dense dynamic int8)"
+    return FormatChoice("qbsr", options[best], predicted, (*reasons, verdict))

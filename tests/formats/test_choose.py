@@ -77,15 +77,19 @@ def test_other_devices_and_bad_arguments():
 
 
 def test_calibration_is_measured_cached_and_reused(tmp_path, monkeypatch):
+    import hf_sparse.ops.choose as choose
+
     monkeypatch.setenv("HF_SPARSE_CACHE", str(tmp_path))
     model = cost_model(recalibrate=True)
-    assert set(model.per_entry) == {"dense", "csr", "bsr16", "bsr32", "nm2:4"}
+    expected = {"dense", "csr", "bsr16", "bsr32", "nm2:4"}
+    if model.backend == "cpu-kernels":  # the integer kernels and the other dense configurations of this machine
+        expected |= {"qbsr1x4", "qbsr16x4", *(["dense-bf16"] if choose.native_bf16() else [])}
+        expected |= {"dense-int8"} & set(model.per_entry)  # a torch build without a quantized engine has none
+    assert set(model.per_entry) == expected
     assert all(v > 0 for f in model.per_entry.values() for v in f.values())
     files = list((tmp_path / "cost_model").glob("*.json"))
     assert len(files) == 1
     assert CostModel.from_json(files[0].read_text()) == model
-
-    import hf_sparse.ops.choose as choose
 
     monkeypatch.setattr(choose, "_MODELS", {})
     monkeypatch.setattr(choose, "calibrate", lambda: pytest.fail("the cached model should have been used"))
@@ -109,3 +113,56 @@ def test_blocks_covering_nearly_the_whole_matrix_are_never_chosen_even_if_predic
     choice = choose_format(_unstructured(0.5), batch_hint=128, model=_model(bsr16=0.1e-9, bsr32=0.1e-9))
     assert choice.format != "bsr"
     assert any("bsr16: not useful" in r and "100% of the dense entries" in r for r in choice.reasons)
+
+
+def test_int8_choice_picks_the_faster_layout_and_never_changes_the_numbers():
+    # 16 x 4 blocks cost less per stored entry (one row per lane), 1 x 4 blocks store fewer entries when scattered
+    model = _model(**{"qbsr1x4": 0.5e-9, "qbsr16x4": 0.2e-9, "dense-int8": 0.3e-9})
+    w = torch.randn(64, 128)
+    scattered = w * (torch.rand(64, 128) >= 0.9)
+    choice = choose_format(scattered, model=model, activation="dynamic")
+    assert choice.format == "qbsr" and choice.params == {"block": (1, 4), "activation": "dynamic"}
+    assert {"qbsr1x4", "qbsr16x4", "dense", "dense-int8"} <= set(choice.predicted_s)
+    assert "torch's dense dynamic int8" in choice.reasons[-1]
+    blocks = (torch.rand(4, 32) >= 0.5).repeat_interleave(16, 0).repeat_interleave(4, 1)
+    choice16 = choose_format(w * blocks, model=model, activation="dynamic")
+    assert choice16.params == {"block": (16, 4), "activation": "dynamic"}
+    dense = choose_format(w, model=model, activation="dynamic")  # nothing pruned: the dense int8 layout
+    assert dense.params["block"] == (16, 4)
+    stored = dense.build(w)
+    assert stored.activation == "dynamic" and stored.nnz == w.numel()
+
+
+def test_int8_choice_reports_what_cannot_apply():
+    model = _model(**{"qbsr1x4": 0.5e-9, "qbsr16x4": 0.2e-9})
+    choice = choose_format(torch.randn(40, 128), model=model, activation="dynamic")  # 40 rows: no 16 x 4
+    assert choice.params["block"] == (1, 4)
+    assert any(r.startswith("qbsr16x4: not applicable") for r in choice.reasons)
+    odd = choose_format(torch.randn(40, 66), model=model, activation="dynamic")
+    assert odd.format == "dense" and "no int8 layout applies" in odd.reasons[-1]
+    uncalibrated = choose_format(torch.randn(64, 128), model=_model(), activation="dynamic")
+    assert uncalibrated.format == "dense" and any("not calibrated" in r for r in uncalibrated.reasons)
+    with pytest.raises(FormatError, match="activation"):
+        choose_format(torch.randn(4, 4), model=model, activation="static")
+    with pytest.raises(FormatError, match="unknown candidates"):
+        choose_format(torch.randn(4, 4), model=model, activation="dynamic", candidates=("csr",))
+
+
+def test_sparsify_auto_with_dynamic_activation_makes_every_layer_int8(monkeypatch):
+    import hf_sparse
+    from hf_sparse.nn import SparseLinear
+
+    model = _model(**{"qbsr1x4": 0.5e-9, "qbsr16x4": 0.2e-9})
+    monkeypatch.setattr("hf_sparse.ops.choose.cost_model", lambda **_: model)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    with torch.no_grad():
+        net[0].weight.mul_(torch.rand(64, 128) >= 0.9)  # 90% zeros; net[2] keeps all its weights
+    x = torch.randn(3, 128)
+    decisions = hf_sparse.sparsify_(net, activation="dynamic", progress=False)
+    assert isinstance(net[0], SparseLinear) and isinstance(net[2], SparseLinear)  # min_sparsity does not apply
+    assert decisions["0"].choice.params["block"] == (1, 4) and decisions["2"].choice.params["block"] == (16, 4)
+    assert net[2].weight_format().activation == "dynamic"
+    with pytest.raises(hf_sparse.ConfigError, match="activation"):
+        hf_sparse.sparsify_(net, activation="int4", progress=False)
+    assert net(x).shape == (3, 32)

@@ -31,7 +31,7 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path, capsys):
         _check_dense_fields(c)
     assert "vs best dense" in record["table_markdown"]
     by_format = {(c["params"]["format"], c["params"]["dtype"]): c for c in record["cases"]}
-    assert {f for f, _ in by_format} == {"csr", "bsr16x16", "2:4", "bsr1x4", "unstructured-1x4"}
+    assert {f for f, _ in by_format} == {"csr", "bsr16x16", "2:4", "bsr1x4", "bsr16x4", "unstructured-1x4"}
     assert set(by_format["bsr16x16", "float32"]["baselines_s"]) - dense_all == {"torch_bsr"}
     assert by_format["2:4", "float32"]["params"]["sparsity"] == 0.5
     # int8-value cases also compare with our float32 kernel for the same format
@@ -46,7 +46,7 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path, capsys):
     }
     for fmt, dtype in [("csr", "float32"), ("csr", "int8"), ("unstructured-1x4", "int8-dynamic")]:
         assert {(fmt, dtype, n) for n in (1, 16, 128)} <= quick
-    assert {("bsr1x4", "int8-dynamic", n) for n in (1, 16, 128)} <= quick
+    assert {(f, "int8-dynamic", n) for f in ("bsr1x4", "bsr16x4") for n in (1, 16, 128)} <= quick
     qbsr = by_format["unstructured-1x4", "int8-dynamic"]
     assert qbsr["params"]["pattern"] == "unstructured"
     assert set(qbsr["baselines_s"]) - dense_all == {"torch_csr", "hf_sparse_qcsr_int8"}
@@ -89,6 +89,8 @@ def test_bench_minilm_quick_on_the_real_model(tmp_path):
         ("auto", 0.9),
         ("int8-1x4", 0.8),
         ("int8-1x4", 0.9),
+        ("int8-16x4", 0.8),
+        ("int8-16x4", 0.9),
     ]
     assert record["cases"][3]["params"]["formats"] == {"qbsr": 36}
     assert 0 < record["cases"][3]["params"]["rel_err_vs_pruned_fp32"] <= 5e-2

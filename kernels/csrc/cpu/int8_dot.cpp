@@ -237,61 +237,97 @@ inline int32_t row_code_sum(const int8_t* values, int64_t b, int64_t e, int64_t 
   return s;
 }
 
-// NV vectors of tokens (NV * W) for one output row over its block row's blocks, in U independent chains (with
-// few token vectors, one chain would wait on the latency of each dot product). Block columns were checked by
-// first_outside() before any kernel runs.
-template <int NV, int U, bool G1, typename I>
-inline void row_tile(const int32_t* crow, const I* col, const int8_t* values, int64_t R, int64_t C, int64_t br,
-                     int64_t i, const uint8_t* xtile, int64_t tw, int64_t t0, const float* xs, const int32_t* xz,
-                     float ws, int32_t rs, float bias, float* out) {
-  typename IV::R acc[U][NV];
+// NV vectors of tokens (NV * W) for RB consecutive rows (i0 .. i0 + RB of block row br) over the block row's blocks:
+// each vector of codes loaded serves the RB rows (the reuse a dense or R x 4 layout offers), in U independent
+// chains where RB * NV alone would leave the dot products waiting on each other's latency. Block columns were
+// checked by first_outside() before any kernel runs. out[r * ldo + t]: row r's NV * W outputs.
+template <int RB, int NV, int U, bool G1, typename I>
+inline void rows_tile(const int32_t* crow, const I* col, const int8_t* values, int64_t R, int64_t C, int64_t br,
+                      int64_t i0, const uint8_t* xtile, int64_t tw, int64_t t0, const float* xs, const int32_t* xz,
+                      const float* ws, const int32_t* rs, const float* bias, float* out, int64_t ldo) {
+  typename IV::R acc[U][RB][NV];
   for (int u = 0; u < U; ++u)
-    for (int v = 0; v < NV; ++v) acc[u][v] = IV::zero();
+    for (int r = 0; r < RB; ++r)
+      for (int v = 0; v < NV; ++v) acc[u][r][v] = IV::zero();
   const int64_t G = G1 ? 1 : C / 4;
   const int64_t gstride = tw * 4;             // bytes between two column groups of the token tile
   const int64_t bstride = G * gstride;        // bytes between two block columns
-  const uint8_t* x0 = xtile;
   const int64_t b = crow[br], e = crow[br + 1];
   // (Plain loops over constant trip counts, no lambda: the accumulators must stay in registers.)
   int64_t p = b;
   for (; p + U <= e; p += U) {
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
-      const int8_t* w = values + ((p + u) * R + i) * C;
-      const uint8_t* xg = x0 + static_cast<int64_t>(col[p + u]) * bstride;
+      const int8_t* w = values + ((p + u) * R + i0) * C;
+      const uint8_t* xg = xtile + static_cast<int64_t>(col[p + u]) * bstride;
       for (int64_t g = 0; g < G; ++g) {
-        const auto wv = IV::set1(load_i32(w + 4 * g));
+        typename IV::R xv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[u][v] = IV::dot4(acc[u][v], IV::load(xg + g * gstride + v * IV::W * 4), wv);
+        for (int v = 0; v < NV; ++v) xv[v] = IV::load(xg + g * gstride + v * IV::W * 4);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r) {
+          const auto wv = IV::set1(load_i32(w + r * C + 4 * g));
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[u][r][v] = IV::dot4(acc[u][r][v], xv[v], wv);
+        }
       }
     }
   }
   for (; p < e; ++p) {
-    const int8_t* w = values + (p * R + i) * C;
-    const uint8_t* xg = x0 + static_cast<int64_t>(col[p]) * bstride;
+    const int8_t* w = values + (p * R + i0) * C;
+    const uint8_t* xg = xtile + static_cast<int64_t>(col[p]) * bstride;
     for (int64_t g = 0; g < G; ++g) {
-      const auto wv = IV::set1(load_i32(w + 4 * g));
+      typename IV::R xv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[0][v] = IV::dot4(acc[0][v], IV::load(xg + g * gstride + v * IV::W * 4), wv);
+      for (int v = 0; v < NV; ++v) xv[v] = IV::load(xg + g * gstride + v * IV::W * 4);
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) {
+        const auto wv = IV::set1(load_i32(w + r * C + 4 * g));
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[0][r][v] = IV::dot4(acc[0][r][v], xv[v], wv);
+      }
     }
   }
-  for (int v = 0; v < NV; ++v) {
-    for (int u = 1; u < U; ++u) acc[0][v] = IV::add(acc[0][v], acc[u][v]);
-    const int64_t t = t0 + v * IV::W;
-    IV::finish(acc[0][v], rs, xs + t, xz + t, ws, bias, out + v * IV::W);
+  for (int r = 0; r < RB; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      for (int u = 1; u < U; ++u) acc[0][r][v] = IV::add(acc[0][r][v], acc[u][r][v]);
+      const int64_t t = t0 + v * IV::W;
+      IV::finish(acc[0][r][v], rs[r], xs + t, xz + t, ws[r], bias ? bias[r] : 0.f, out + r * ldo + v * IV::W);
+    }
   }
 }
 
+// Rows i0 .. i0 + rb (rb = 4, 2 or 1) of block row br for nv vectors of tokens.
 template <bool G1, typename I>
-inline void row_tile_nv(int nv, const int32_t* crow, const I* col, const int8_t* values, int64_t R, int64_t C,
-                        int64_t br, int64_t i, const uint8_t* xq, int64_t tw, int64_t t0, const float* xs,
-                        const int32_t* xz, float ws, int32_t rs, float b, float* out) {
-  switch (nv) {
-    case 1: row_tile<1, 4, G1>(crow, col, values, R, C, br, i, xq, tw, t0, xs, xz, ws, rs, b, out); break;
-    case 2: row_tile<2, 2, G1>(crow, col, values, R, C, br, i, xq, tw, t0, xs, xz, ws, rs, b, out); break;
-    case 3: row_tile<3, 1, G1>(crow, col, values, R, C, br, i, xq, tw, t0, xs, xz, ws, rs, b, out); break;
-    default: row_tile<4, 1, G1>(crow, col, values, R, C, br, i, xq, tw, t0, xs, xz, ws, rs, b, out); break;
+inline void rows_tile_nv(int rb, int nv, const int32_t* crow, const I* col, const int8_t* values, int64_t R,
+                         int64_t C, int64_t br, int64_t i0, const uint8_t* xq, int64_t tw, int64_t t0,
+                         const float* xs, const int32_t* xz, const float* ws, const int32_t* rs, const float* b,
+                         float* out, int64_t ldo) {
+#define HF_INT8_TILE(RB, NV, U) \
+  rows_tile<RB, NV, U, G1>(crow, col, values, R, C, br, i0, xq, tw, t0, xs, xz, ws, rs, b, out, ldo)
+  if (rb == 4) {
+    switch (nv) {
+      case 1: HF_INT8_TILE(4, 1, 2); break;
+      case 2: HF_INT8_TILE(4, 2, 1); break;
+      case 3: HF_INT8_TILE(4, 3, 1); break;
+      default: HF_INT8_TILE(4, 4, 1); break;
+    }
+  } else if (rb == 2) {
+    switch (nv) {
+      case 1: HF_INT8_TILE(2, 1, 2); break;
+      case 2: HF_INT8_TILE(2, 2, 1); break;
+      case 3: HF_INT8_TILE(2, 3, 1); break;
+      default: HF_INT8_TILE(2, 4, 1); break;
+    }
+  } else {
+    switch (nv) {
+      case 1: HF_INT8_TILE(1, 1, 4); break;
+      case 2: HF_INT8_TILE(1, 2, 2); break;
+      case 3: HF_INT8_TILE(1, 3, 1); break;
+      default: HF_INT8_TILE(1, 4, 1); break;
+    }
   }
+#undef HF_INT8_TILE
 }
 
 #if defined(HF_INT8_PATH_512)
@@ -345,6 +381,8 @@ const char* isa_name() {
   return "portable";
 #endif
 }
+
+bool rowlanes_apply(int64_t R, int64_t C, int64_t n) { return C == 4 && R % IV::W == 0 && n >= 1; }
 
 int64_t token_pad(int64_t n) {
   constexpr int64_t TILE = kMaxNV * IV::W;
@@ -420,16 +458,21 @@ void qbsr_rows(const int32_t* crow, const I* col, const int8_t* values, int64_t 
     const uint8_t* xt = xq + (t0 / tw) * (cols / 4) * tw * 4;  // this tile's codes, contiguous
     for (int64_t g0 = r_begin; g0 < r_end; g0 += kRowGroup) {
       const int64_t g1 = std::min<int64_t>(r_end, g0 + kRowGroup);
-      for (int64_t r = g0; r < g1; ++r) {
+      for (int64_t r = g0; r < g1;) {
         const int64_t br = r / R, i = r % R;
-        const float ws = wscale[r], b = bias ? bias[r] : 0.f;
-        const int32_t rs = rowsum[r - r_begin];
+        const int64_t left = std::min(R - i, g1 - r);  // rows of this block row still in the group
+        const int rb = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const float* bp = bias ? bias + r : nullptr;
+        const int32_t* rs = rowsum.data() + (r - r_begin);
         float* o = tmp + (r - g0) * TILE;
         if (C == 4) {
-          row_tile_nv<true>(nv, crow, col, values, R, C, br, i, xt, tw, t0, xscale, xzero, ws, rs, b, o);
+          rows_tile_nv<true>(rb, nv, crow, col, values, R, C, br, i, xt, tw, t0, xscale, xzero, wscale + r, rs, bp, o,
+                             TILE);
         } else {
-          row_tile_nv<false>(nv, crow, col, values, R, C, br, i, xt, tw, t0, xscale, xzero, ws, rs, b, o);
+          rows_tile_nv<false>(rb, nv, crow, col, values, R, C, br, i, xt, tw, t0, xscale, xzero, wscale + r, rs, bp,
+                              o, TILE);
         }
+        r += rb;
       }
       // Write the (tokens x rows) tile: one contiguous run of g1 - g0 outputs per token.
       int64_t t = 0;
@@ -489,11 +532,66 @@ void qbsr1x4_vector(const int32_t* crow, const I* col, const int8_t* values, con
   }
 }
 
+template <int T, typename I>
+void qbsr_rowlanes_t(const int32_t* crow, const I* col, const int8_t* values, int64_t R, const float* wscale,
+                   const float* bias, const uint8_t* xq, int64_t cols, int64_t n, const float* xscale,
+                   const int32_t* xzero, float* y, int64_t ldy, int64_t br0, int64_t br1) {
+  const auto ones = IV::set1(0x01010101);
+  const int32_t* x32 = reinterpret_cast<const int32_t*>(xq);
+  const int64_t G = cols / 4;
+  for (int64_t br = br0; br < br1; ++br) {
+    const int64_t b = crow[br], e = crow[br + 1];
+    for (int64_t h = 0; h < R; h += IV::W) {  // W rows of the block at a time, one per lane
+      for (int64_t t0 = 0; t0 < n; t0 += T) {
+        const int64_t tn = std::min<int64_t>(T, n - t0);
+        typename IV::R acc[T], rs = IV::zero();
+        for (int t = 0; t < T; ++t) acc[t] = IV::zero();
+        for (int64_t p = b; p < e; ++p) {
+          const auto wv = IV::load(values + (p * R + h) * 4);
+          const int64_t c = static_cast<int64_t>(col[p]);
+          rs = IV::dot4(rs, ones, wv);
+#pragma GCC unroll 16
+          for (int t = 0; t < T; ++t) {
+            if (t < tn) acc[t] = IV::dot4(acc[t], IV::set1(x32[(t0 + t) * G + c]), wv);
+          }
+        }
+        alignas(64) int32_t a[IV::W], r[IV::W];
+        IV::store(r, rs);
+        for (int64_t t = 0; t < tn; ++t) {
+          IV::store(a, acc[t]);
+          const float xs = xscale[t0 + t];
+          const int32_t xz = xzero[t0 + t];
+          float* dst = y + (t0 + t) * ldy + br * R + h;
+          for (int l = 0; l < IV::W; ++l) {
+            const int64_t row = br * R + h + l;
+            dst[l] = xs * wscale[row] * static_cast<float>(a[l] - xz * r[l]) + (bias ? bias[row] : 0.f);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename I>
+void qbsr_rowlanes(const int32_t* crow, const I* col, const int8_t* values, int64_t R, const float* wscale,
+                   const float* bias, const uint8_t* xq, int64_t cols, int64_t n, const float* xscale,
+                   const int32_t* xzero, float* y, int64_t ldy, int64_t br0, int64_t br1) {
+  // Up to 8 tokens per pass over the weights, or 16 where that leaves registers for the codes (16 lanes or fewer).
+  if (n > 8 && IV::W >= 8) {
+    qbsr_rowlanes_t<16>(crow, col, values, R, wscale, bias, xq, cols, n, xscale, xzero, y, ldy, br0, br1);
+  } else {
+    qbsr_rowlanes_t<8>(crow, col, values, R, wscale, bias, xq, cols, n, xscale, xzero, y, ldy, br0, br1);
+  }
+}
+
 #define HF_INT8_INSTANTIATE(I)                                                                                      \
   template int64_t first_outside<I>(const I*, int64_t, int64_t);                                                   \
   template void qbsr_rows<I>(const int32_t*, const I*, const int8_t*, int64_t, int64_t, const float*, const float*, \
                              const uint8_t*, int64_t, int64_t, int64_t, const float*, const int32_t*, float*,       \
                              int64_t, int64_t, int64_t, float*);                                                             \
+  template void qbsr_rowlanes<I>(const int32_t*, const I*, const int8_t*, int64_t, const float*, const float*,     \
+                                 const uint8_t*, int64_t, int64_t, const float*, const int32_t*, float*, int64_t,  \
+                                 int64_t, int64_t);                                                                \
   template void qbsr1x4_vector<I>(const int32_t*, const I*, const int8_t*, const float*, const float*,             \
                                   const uint8_t*, float, int32_t, float*, int64_t, int64_t);
 HF_INT8_INSTANTIATE(int16_t)
@@ -521,7 +619,14 @@ int64_t hf_sparse_int8_linear_qbsr(const int32_t* crow, const int32_t* col, cons
   const int64_t rows = block_rows * R, cols = bcols * C;
   const int64_t bad = first_outside<int32_t>(col, crow[block_rows], bcols);
   if (bad >= 0) return bad;
-  if (n == 1 && R == 1 && C == 4) {
+  if (rowlanes_apply(R, C, n)) {
+    std::vector<uint8_t> xq(static_cast<size_t>(std::max<int64_t>(1, cols * n)));
+    std::vector<float> s(static_cast<size_t>(n));
+    std::vector<int32_t> z(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) quantize_token_plain(x + t * cols, cols, xq.data() + t * cols, &s[t], &z[t]);
+    qbsr_rowlanes<int32_t>(crow, col, values, R, wscale, bias, xq.data(), cols, n, s.data(), z.data(), y, rows, 0,
+                           block_rows);
+  } else if (n == 1 && R == 1 && C == 4) {
     std::vector<uint8_t> xq(static_cast<size_t>(cols));
     float s;
     int32_t z;

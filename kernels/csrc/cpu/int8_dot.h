@@ -55,6 +55,16 @@ void qbsr_rows(const int32_t* crow, const I* col, const int8_t* values, int64_t 
                const float* bias, const uint8_t* xq, int64_t cols, int64_t npad, int64_t n, const float* xscale,
                const int32_t* xzero, float* y, int64_t ldy, int64_t br0, int64_t br1, float* tmp);
 
+// R x 4 blocks with R a multiple of token_lanes() (rowlanes_apply; 16 x 4 on AVX-512): a block holds R rows' 4
+// codes contiguously, so its codes fill vectors with one row per lane and each token's 4 codes are broadcast, 8 or
+// 16 tokens per pass over the weights (no transposed output, no padded tokens). xq: the tokens in
+// quantize_token_plain's layout, one after the other (n * cols bytes).
+bool rowlanes_apply(int64_t R, int64_t C, int64_t n);
+template <typename I>
+void qbsr_rowlanes(const int32_t* crow, const I* col, const int8_t* values, int64_t R, const float* wscale,
+                   const float* bias, const uint8_t* xq, int64_t cols, int64_t n, const float* xscale,
+                   const int32_t* xzero, float* y, int64_t ldy, int64_t br0, int64_t br1);
+
 // One token (n == 1) with 1 x 4 blocks: y[r] for rows [r0, r1) from xq in quantize_token_plain's layout.
 template <typename I>
 void qbsr1x4_vector(const int32_t* crow, const I* col, const int8_t* values, const float* wscale, const float* bias,

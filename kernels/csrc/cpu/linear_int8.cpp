@@ -72,6 +72,21 @@ at::Tensor linear_qbsr_dyn_cpu(const at::Tensor& crow, const at::Tensor& col, co
     const int64_t bad = hf_sparse_int8::first_outside(ci, col_c.numel(), bcols);
     TORCH_CHECK_VALUE(bad < 0, "hf_sparse::", op, ": col[", bad, "]=", bad < 0 ? 0 : static_cast<int64_t>(ci[bad]),
                       " is out of range [0, ", bcols, ") block columns");
+    if (hf_sparse_int8::rowlanes_apply(R, C, n)) {  // R x 4 blocks, one row per lane
+      std::vector<uint8_t> xq(static_cast<size_t>(cols * n));
+      std::vector<float> xs(static_cast<size_t>(n));
+      std::vector<int32_t> xz(static_cast<size_t>(n));
+      at::parallel_for(0, n, 16, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          hf_sparse_int8::quantize_token_plain(xp + t * cols, cols, xq.data() + t * cols, &xs[t], &xz[t]);
+        }
+      });
+      at::parallel_for(0, brows, 4, [&](int64_t bb, int64_t be) {
+        hf_sparse_int8::qbsr_rowlanes(cr, ci, val, R, sc, bp, xq.data(), cols, n, xs.data(), xz.data(), yp, rows, bb,
+                                      be);
+      });
+      return;
+    }
     if (n == 1 && R == 1 && C == 4) {  // a matrix-vector product: gather 4 codes per block, many blocks per vector
       std::vector<uint8_t> xq(static_cast<size_t>(cols));
       float s;
