@@ -8,6 +8,8 @@ included). Baselines, interleaved call by call:
 
 - ``torch_embedding_bag``: ``F.embedding_bag`` on the float32 table, mode sum, the same ids and offsets;
 - ``torch_embedding`` (bags of one only): ``F.embedding``, the plain float32 lookup;
+- ``hf_sparse_kernel``: our C++ kernel itself (``backend="cpu"``), where ``ours`` (the default dispatch of
+  :func:`hf_sparse.ops.qrow_embedding_bag`) hands the call to FBGEMM's op (``path`` in each case's record);
 - ``fbgemm_rowwise``: ``torch.ops.quantized.embedding_bag_{byte,4bit,2bit}_rowwise_offsets`` on the table packed by
   ``torch.ops.quantized.embedding_bag_*_prepack`` (FBGEMM's kernels; codes with the scale and bias fused at the end of
   each row), where this torch build has them.
@@ -67,10 +69,12 @@ def run_case(
     table, weight, fbgemm, ids, bag_size: int, *, cold: bool, rounds: int, threads: int, flush, skipped=None
 ) -> dict:
     from hf_sparse.ops import qrow_embedding_bag, qrow_embedding_bag_reference
+    from hf_sparse.ops.embedding import qrow_path
 
     bits = table.bits
     offsets = torch.arange(0, ids.numel(), bag_size)
     bags = offsets.numel()
+    ids2d = ids.reshape(bags, bag_size)
     # Correctness first: the kernel against the reference, and against float32 within the quantisation step.
     ours = qrow_embedding_bag(table, ids, offsets, mode="sum")
     ref = qrow_embedding_bag_reference(table, ids, offsets, mode="sum")
@@ -82,7 +86,10 @@ def run_case(
         raise AssertionError(f"qrow int{bits}: error {err} exceeds {bag_size} half steps ({half_step})")
 
     calls: dict[str, Callable[[int], object]] = {
-        "ours": lambda i: qrow_embedding_bag(table, ids, offsets, mode="sum"),
+        # fixed-size bags as 2-D ids, as a layer with fixed bags passes them (the default dispatch: FBGEMM's op
+        # where it takes the call, see qrow_path)
+        "ours": lambda i: qrow_embedding_bag(table, ids2d, mode="sum"),
+        "hf_sparse_kernel": lambda i: qrow_embedding_bag(table, ids, offsets, mode="sum", backend="cpu"),
         "torch_embedding_bag": lambda i: F.embedding_bag(ids, weight, offsets, mode="sum"),
     }
     if bag_size == 1:
@@ -137,6 +144,10 @@ def run_case(
         "rounds": {k: len(v) for k, v in times.items()},
         "ours_spread_s": [min(times["ours"]), max(times["ours"])],
         "max_abs_error_vs_fp32": err,
+        "path": qrow_path(table, ids),
+        "kernel_vs_fbgemm": (
+            baselines["fbgemm_rowwise"] / baselines["hf_sparse_kernel"] if "fbgemm_rowwise" in baselines else None
+        ),
         "gbps": needed / ours_s / 1e9,
         "gflops": 2 * ids.numel() * DIM / ours_s / 1e9,
     }

@@ -4,8 +4,9 @@
 //
 // A lookup reads one row (codes, scale and bias together) and writes float32: the table is never dequantised as a
 // whole. Random lookups in a table larger than the caches wait on DRAM, not on arithmetic, so the loops prefetch the
-// rows of the lookups `kAhead` positions ahead; the dequantisation itself is one FMA per eight columns (AVX2), and
-// the scale and bias are converted together by one F16C instruction where the build has it.
+// rows of the lookups `kAhead` positions ahead; the dequantisation itself is one FMA per 16 columns (AVX-512; 8 with
+// AVX2) into accumulators that stay in registers across a bag's rows, and the scale and bias are converted together by
+// one F16C instruction where the build has it.
 //
 // What bounds a cold lookup is the number of random cache lines and pages it touches, not its bytes. The scale and
 // bias sit in the row for that reason: one random line per lookup (two adjacent ones, on one page, when a row
@@ -87,7 +88,7 @@ inline ScaleBias scale_bias(const uint8_t* tail) {
 #endif
 }
 
-// The unsigned code of column j of a row (the scalar path: tails and builds without AVX2).
+// The unsigned code of column j of a row (the one-lane path: builds without AVX2).
 template <int BITS>
 inline float code_at(const uint8_t* row, int64_t j) {
   if constexpr (BITS == 8) {
@@ -98,53 +99,113 @@ inline float code_at(const uint8_t* row, int64_t j) {
   }
 }
 
-#ifdef HF_SPARSE_AVX2
-// Codes of columns j .. j+7 (j a multiple of 8) as eight floats. For 4 and 2 bits the eight codes are one 32- or
-// 16-bit little-endian word, code i in bits [i * BITS, (i + 1) * BITS): broadcast it, shift each lane by its own
-// amount and mask.
-template <int BITS>
-inline __m256 codes8(const uint8_t* row, int64_t j);
-
-template <>
-inline __m256 codes8<8>(const uint8_t* row, int64_t j) {
-  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + j));
-  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
-}
-
-template <>
-inline __m256 codes8<4>(const uint8_t* row, int64_t j) {
-  int32_t w;
-  std::memcpy(&w, row + j / 2, sizeof(w));
-  const __m256i shifted = _mm256_srlv_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
-  return _mm256_cvtepi32_ps(_mm256_and_si256(shifted, _mm256_set1_epi32(15)));
-}
-
-template <>
-inline __m256 codes8<2>(const uint8_t* row, int64_t j) {
-  uint16_t w;
-  std::memcpy(&w, row + j / 4, sizeof(w));
-  const __m256i shifted =
-      _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(w)), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
-  return _mm256_cvtepi32_ps(_mm256_and_si256(shifted, _mm256_set1_epi32(3)));
-}
-#endif
-
-// ACC=false: out[j] = c_j * a + b (the first row of a bag, or a plain lookup). ACC=true: out[j] += c_j * a (later
-// rows of a bag; their biases are summed apart and added once). With a = scale (a float16 value) and c < 256, c * a
-// is exact in float32, so a plain lookup rounds once, exactly like the reference `c * scale + bias`.
-template <int BITS, bool ACC>
-inline void row_axpb(const uint8_t* row, float a, float b, float* out, int64_t cols) {
-  int64_t j = 0;
-#ifdef HF_SPARSE_AVX2
-  const __m256 va = _mm256_set1_ps(a);
-  const __m256 vb = _mm256_set1_ps(b);
-  for (; j + 8 <= cols; j += 8) {
-    const __m256 base = ACC ? _mm256_loadu_ps(out + j) : vb;
-    _mm256_storeu_ps(out + j, _mm256_fmadd_ps(codes8<BITS>(row, j), va, base));
+// The vector layer of the kernels: `W` float lanes, the codes of columns j .. j+W-1 of a row as floats, and a mask
+// `M` of the columns that exist (all of them but in the last vector of a row whose width is not a multiple of W).
+// Codes are read through the mask too: the last columns of the last row end 4 bytes before the table does, so a
+// full-width load there could read past it.
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// 16 lanes. The codes of 16 columns are 16, 8 or 4 bytes: one masked load (no fault past the mask), widened to 16
+// int32 lanes and converted. 4 bits: each byte doubled (unpacklo), widened, lane i shifted right by 4 * (i % 2);
+// 2 bits: the 4 bytes broadcast as one int32, lane i shifted right by 2 * i.
+struct Lanes {
+  static constexpr int W = 16;
+  using F = __m512;
+  struct M {
+    __mmask16 cols, bytes;
+  };
+  template <int BITS>
+  static M mask(int lanes) {  // lanes in [1, 16], a multiple of the codes per byte
+    const int nb = lanes * BITS / 8;
+    return {static_cast<__mmask16>((1u << lanes) - 1), static_cast<__mmask16>((1u << nb) - 1)};
   }
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static void store(float* p, F v, M m) { _mm512_mask_storeu_ps(p, m.cols, v); }
+  template <int BITS>
+  static F codes(const uint8_t* row, int64_t j, M m) {
+    __m512i c;
+    if constexpr (BITS == 8) {
+      c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m.bytes, row + j));
+    } else if constexpr (BITS == 4) {
+      const __m128i x = _mm_maskz_loadu_epi8(m.bytes, row + j / 2);
+      const __m512i d = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(x, x));
+      const __m512i sh = _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+      c = _mm512_and_si512(_mm512_srlv_epi32(d, sh), _mm512_set1_epi32(15));
+    } else {
+      const __m512i d = _mm512_broadcastd_epi32(_mm_maskz_loadu_epi8(m.bytes, row + j / 4));
+      const __m512i sh = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+      c = _mm512_and_si512(_mm512_srlv_epi32(d, sh), _mm512_set1_epi32(3));
+    }
+    return _mm512_cvtepi32_ps(c);
+  }
+};
+#elif defined(HF_SPARSE_AVX2)
+// 8 lanes. The codes of 8 columns are one 8-, 4- or 2-byte word (4 and 2 bits: broadcast, each lane shifted by its
+// own amount, masked); a partial last vector copies its bytes into a zeroed word first (AVX2 has no masked byte load).
+struct Lanes {
+  static constexpr int W = 8;
+  using F = __m256;
+  struct M {
+    int lanes;
+  };
+  template <int BITS>
+  static M mask(int lanes) {
+    return {lanes};
+  }
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static void store(float* p, F v, M m) {
+    if (m.lanes == W) {
+      _mm256_storeu_ps(p, v);
+    } else {
+      _mm256_maskstore_ps(p, hf_sparse_cpu::lane_mask32(m.lanes), v);
+    }
+  }
+  template <int BITS>
+  static F codes(const uint8_t* row, int64_t j, M m) {
+    uint64_t w = 0;
+    std::memcpy(&w, row + j * BITS / 8, static_cast<size_t>(m.lanes * BITS / 8));
+    __m256i c;
+    if constexpr (BITS == 8) {
+      c = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(w)));
+    } else if constexpr (BITS == 4) {
+      const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+      c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(w)), sh), _mm256_set1_epi32(15));
+    } else {
+      const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+      c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(w)), sh), _mm256_set1_epi32(3));
+    }
+    return _mm256_cvtepi32_ps(c);
+  }
+};
+#else
+// One lane: plain C++.
+struct Lanes {
+  static constexpr int W = 1;
+  using F = float;
+  struct M {};
+  template <int BITS>
+  static M mask(int) {
+    return {};
+  }
+  static F zero() { return 0.f; }
+  static F set1(float v) { return v; }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static F add(F a, F b) { return a + b; }
+  static F mul(F a, F b) { return a * b; }
+  static void store(float* p, F v, M) { *p = v; }
+  template <int BITS>
+  static F codes(const uint8_t* row, int64_t j, M) {
+    return code_at<BITS>(row, j);
+  }
+};
 #endif
-  for (; j < cols; ++j) out[j] = code_at<BITS>(row, j) * a + (ACC ? out[j] : b);
-}
 
 // One prefetch hint. Not __builtin_prefetch: in a helper that does nothing else, GCC 12's mod-ref analysis finds the
 // helper `pure` (the builtin reads no memory it tracks) and deletes every call to it. Measured: the first build of
@@ -157,77 +218,125 @@ inline void prefetch_line(const void* p) {
 #endif
 }
 
-// Starts loading row r: codes, scale and bias, each of its cache lines once. r is checked first: no pointer is formed
-// outside the table.
+// Starts loading row r: each cache line of its codes, scale and bias. An id outside the table prefetches row 0
+// instead (a select, not a branch): no pointer is formed outside the table, and the loop stays straight-line. The
+// first and the last byte cover a row of up to 65 bytes whatever its alignment (the common widths); wider rows add
+// the lines in between.
 inline void prefetch_row(const Table& t, int64_t r) {
-  if (static_cast<uint64_t>(r) >= static_cast<uint64_t>(t.rows)) return;
+  r = static_cast<uint64_t>(r) < static_cast<uint64_t>(t.rows) ? r : 0;
   const uint8_t* row = t.row(r);
-  int64_t k = 0;
-  for (; k < t.row_bytes; k += 64) prefetch_line(row + k);
-  const uint8_t* last = row + t.row_bytes - 1;  // a row that straddles a line boundary ends on one more line
-  if ((reinterpret_cast<uintptr_t>(last) >> 6) != (reinterpret_cast<uintptr_t>(row + k - 64) >> 6)) {
-    prefetch_line(last);
-  }
+  prefetch_line(row);
+  for (int64_t k = 64; k < t.row_bytes - 1; k += 64) prefetch_line(row + k);
+  prefetch_line(row + t.row_bytes - 1);
 }
 
-// out (n, cols) = the rows idx[p0:p1) dequantised.
-template <int BITS, typename I>
-void lookup_range(const Table& t, const I* idx, int64_t p0, int64_t p1, float* out, BadIndex& bad) {
-  for (int64_t p = p0; p < p1; ++p) {
-    if (p + kAhead < p1) prefetch_row(t, static_cast<int64_t>(idx[p + kAhead]));
+#if defined(__GNUC__)
+#define HF_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define HF_ALWAYS_INLINE inline
+#endif
+
+// Columns [j0, j0 + NV * W) of one output row: the sum over p in [s, e) of w_p * row(idx[p]), times `post` (1, or
+// 1 / bag size for a mean). The NV accumulators stay in registers across the bag's rows; each row adds
+// c * (w * scale) with one FMA per vector, and the weighted biases are summed apart and added once at the end. With
+// a = scale (a float16 value) and c < 256, c * a is exact in float32, so a bag of one rounds once, exactly like the
+// reference `c * scale + bias`. `last` masks the columns of the last vector. Rows of lookups up to `pf_end` are
+// prefetched kAhead positions ahead when `prefetch` (the first column chunk of a wide row; later chunks find the
+// rows in cache).
+template <int BITS, int NV, bool WEIGHTED, typename I>
+HF_ALWAYS_INLINE void bag_chunk(const Table& t, const I* idx, int64_t s, int64_t e, int64_t pf_end, const float* psw, float post,
+                      int64_t j0, typename Lanes::M full, typename Lanes::M last, bool prefetch, float* out,
+                      BadIndex& bad) {
+  using L = Lanes;
+  typename L::F acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = L::zero();
+  float bias = 0.f;
+  for (int64_t p = s; p < e; ++p) {
+    if (prefetch && p + kAhead < pf_end) prefetch_row(t, static_cast<int64_t>(idx[p + kAhead]));
     const int64_t r = static_cast<int64_t>(idx[p]);
-    float* o = out + p * t.cols;
     if (HF_UNLIKELY(static_cast<uint64_t>(r) >= static_cast<uint64_t>(t.rows))) {
       bad.note(p);
-      std::memset(o, 0, sizeof(float) * t.cols);
       continue;
     }
     const uint8_t* row = t.row(r);
     const ScaleBias sb = scale_bias(row + t.code_bytes);
-    row_axpb<BITS, false>(row, sb.scale, sb.bias, o, t.cols);
+    const float w = WEIGHTED ? psw[p] : 1.f;
+    const typename L::F a = L::set1(w * sb.scale);
+    bias += w * sb.bias;
+    for (int v = 0; v < NV; ++v) {
+      acc[v] = L::fma(L::template codes<BITS>(row, j0 + v * L::W, v == NV - 1 ? last : full), a, acc[v]);
+    }
+  }
+  const typename L::F b = L::set1(bias), m = L::set1(post);
+  for (int v = 0; v < NV; ++v) L::store(out + j0 + v * L::W, L::mul(L::add(acc[v], b), m), v == NV - 1 ? last : full);
+}
+
+// The widest chunk of columns a bag accumulates in registers at once (8 zmm: 128 columns with AVX-512).
+constexpr int kMaxVecs = 8;
+
+// Calls f(std::integral_constant<int, NV>) for NV = nv in [1, kMaxVecs].
+template <typename F>
+void dispatch_vecs(int64_t nv, F&& f) {
+  switch (nv) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
   }
 }
 
-// Bag b is idx[start(b) : stop(b)); out[b] = sum (or mean) over it of w_p * row(idx[p]).
-template <int BITS, typename I, typename O>
-void bags_range(const Table& t, const I* idx, const O* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1,
-                bool mean, const float* psw, float* out, BadIndex& bad) {
-  auto start = [&](int64_t b) { return static_cast<int64_t>(off[b]); };
-  auto stop = [&](int64_t b) { return b + 1 < n_off ? static_cast<int64_t>(off[b + 1]) : n; };
-  const int64_t p1 = b1 > b0 ? stop(b1 - 1) : 0;
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t s = start(b), e = stop(b);
-    float* o = out + b * t.cols;
-    bool first = true;
-    float bias_rest = 0.f;  // weighted biases of every row but the first
-    for (int64_t p = s; p < e; ++p) {
-      if (p + kAhead < p1) prefetch_row(t, static_cast<int64_t>(idx[p + kAhead]));
-      const int64_t r = static_cast<int64_t>(idx[p]);
-      if (HF_UNLIKELY(static_cast<uint64_t>(r) >= static_cast<uint64_t>(t.rows))) {
-        bad.note(p);
-        continue;
+// out[b] for bags b in [b0, b1): bag b is idx[start(b) : stop(b)) (start/stop map a bag to its range of lookups).
+// A row of up to kMaxVecs vectors is one chunk, with its vector count a template argument chosen once per call;
+// wider rows go chunk by chunk, every bag's rows once per chunk.
+template <int BITS, typename I, typename Start, typename Stop>
+void bags_range(const Table& t, const I* idx, int64_t b0, int64_t b1, Start start, Stop stop, bool mean,
+                const float* psw, float* out, BadIndex& bad) {
+  using L = Lanes;
+  if (b1 <= b0) return;
+  const int64_t pf_end = stop(b1 - 1);
+  const int64_t nvec = (t.cols + L::W - 1) / L::W;
+  const typename L::M full = L::template mask<BITS>(L::W);
+  const int rem = static_cast<int>(t.cols - (nvec - 1) * L::W);
+  const typename L::M last = L::template mask<BITS>(rem);
+  auto post = [&](int64_t n) { return mean && n > 1 ? 1.f / static_cast<float>(n) : 1.f; };
+  if (nvec <= kMaxVecs) {
+    dispatch_vecs(nvec, [&](auto nv) {
+      constexpr int NV = decltype(nv)::value;
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t s = start(b), e = stop(b);
+        float* o = out + b * t.cols;
+        if (psw) {
+          bag_chunk<BITS, NV, true>(t, idx, s, e, pf_end, psw, 1.f, 0, full, last, true, o, bad);
+        } else {
+          bag_chunk<BITS, NV, false>(t, idx, s, e, pf_end, psw, post(e - s), 0, full, last, true, o, bad);
+        }
       }
-      const float w = psw ? psw[p] : 1.f;
-      const uint8_t* row = t.row(r);
-      const ScaleBias sb = scale_bias(row + t.code_bytes);
-      const float a = w * sb.scale;
-      const float bias = w * sb.bias;
-      if (first) {
-        row_axpb<BITS, false>(row, a, bias, o, t.cols);
-        first = false;
-      } else {
-        row_axpb<BITS, true>(row, a, 0.f, o, t.cols);
-        bias_rest += bias;
+    });
+    return;
+  }
+  auto wide = [&](auto weighted) {
+    constexpr bool WEIGHTED = decltype(weighted)::value;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t s = start(b), e = stop(b);
+      float* o = out + b * t.cols;
+      int64_t j0 = 0;
+      for (; (nvec - j0 / L::W) > kMaxVecs; j0 += kMaxVecs * L::W) {
+        bag_chunk<BITS, kMaxVecs, WEIGHTED>(t, idx, s, e, pf_end, psw, post(e - s), j0, full, full, j0 == 0, o, bad);
       }
+      dispatch_vecs(nvec - j0 / L::W, [&](auto nv) {
+        bag_chunk<BITS, decltype(nv)::value, WEIGHTED>(t, idx, s, e, pf_end, psw, post(e - s), j0, full, last, false,
+                                                       o, bad);
+      });
     }
-    if (first) {  // an empty bag (or one whose every index was bad: the call raises afterwards)
-      std::memset(o, 0, sizeof(float) * t.cols);
-      continue;
-    }
-    const float scale = mean ? 1.f / static_cast<float>(e - s) : 1.f;
-    if (e - s > 1) {
-      for (int64_t j = 0; j < t.cols; ++j) o[j] = (o[j] + bias_rest) * scale;
-    }
+  };
+  if (psw) {
+    wide(std::true_type{});
+  } else {
+    wide(std::false_type{});
   }
 }
 
@@ -305,7 +414,9 @@ at::Tensor qrow_lookup_cpu(const at::Tensor& values, int64_t bits, int64_t cols,
   dispatch_bits(bits, [&](auto b) {
     dispatch_int(idx, [&](const auto* ip) {
       at::parallel_for(0, n, 256, [&](int64_t p0, int64_t p1) {
-        lookup_range<decltype(b)::value>(t, ip, p0, p1, op, bad);
+        auto start = [](int64_t q) { return q; };
+        auto stop = [](int64_t q) { return q + 1; };
+        bags_range<decltype(b)::value>(t, ip, p0, p1, start, stop, false, nullptr, op, bad);
       });
     });
   });
@@ -377,9 +488,13 @@ at::Tensor qrow_embedding_bag_cpu(const at::Tensor& values, int64_t bits, int64_
       dispatch_int(idx, [&](const auto* ip) {
         at::parallel_for(0, bags, grain, [&](int64_t b0, int64_t b1) {
           if (plain) {
-            lookup_range<decltype(b)::value>(t, ip, b0, b1, outp, bad);
+            auto start = [](int64_t q) { return q; };
+            auto stop = [](int64_t q) { return q + 1; };
+            bags_range<decltype(b)::value>(t, ip, b0, b1, start, stop, false, nullptr, outp, bad);
           } else {
-            bags_range<decltype(b)::value>(t, ip, offp, n_off, n, b0, b1, mode == 1, pw, outp, bad);
+            auto start = [&](int64_t q) { return static_cast<int64_t>(offp[q]); };
+            auto stop = [&](int64_t q) { return q + 1 < n_off ? static_cast<int64_t>(offp[q + 1]) : n; };
+            bags_range<decltype(b)::value>(t, ip, b0, b1, start, stop, mode == 1, pw, outp, bad);
           }
         });
       });
