@@ -39,7 +39,9 @@ CANDIDATES = ("csr", "bsr16", "bsr32", "nm2:4", "hybrid")
 INT8_CANDIDATES = ("qbsr1x4", "qbsr16x4")
 #: Dense configurations timed besides fp32, to say what the best dense layer of this machine would cost.
 DENSE_ALTERNATIVES = ("dense-bf16", "dense-int8")
-_SCHEMA = 2
+#: Float formats calibrated with bf16 values too (for bf16 models), where the CPU has native bf16.
+BF16_KINDS = ("csr-bf16", "bsr16-bf16")
+_SCHEMA = 3
 
 
 @dataclass
@@ -100,6 +102,12 @@ def _best_time(fn, repeat: int = 7) -> float:
 
 def _calibration_weights(fmt: str, gen: torch.Generator) -> list[tuple[Any, float]]:
     """Two (weight, stored entries) points of different size per format, so overhead and slope separate."""
+    if fmt.endswith("-bf16") and fmt != "dense-bf16":  # the float format with bf16 values
+        out = []
+        for w, entries in _calibration_weights(fmt.removesuffix("-bf16"), gen):
+            dense = w.to_dense().bfloat16()
+            out.append((to_format(type(w).name, dense, dense != 0, **_format_params(w)), entries))
+        return out
     rows, cols = 1536, 384
     out = []
     for density in (0.3, 0.06):
@@ -137,6 +145,10 @@ def _calibration_weights(fmt: str, gen: torch.Generator) -> list[tuple[Any, floa
     return out
 
 
+def _format_params(w: SparseFormat) -> dict[str, Any]:
+    return {"block": tuple(w.block)} if hasattr(w, "block") else {}
+
+
 def _cache_key() -> tuple[str, str]:
     backend = "cpu-kernels" if _loader.load() else "reference"
     build = _loader.build_dir().name if backend == "cpu-kernels" else "none"
@@ -166,7 +178,7 @@ def _timed_call(fmt: str, w, n: int, gen: torch.Generator):
         if dynamic_int8_linear(w, x) is None:  # no C++ ops: the simulated path is not what would run
             return None
         return lambda: dynamic_int8_linear(w, x)
-    xt = torch.randn(w.shape[1], n, generator=gen)
+    xt = torch.randn(w.shape[1], n, generator=gen).to(w.dtype)
     return lambda: spmm(w, xt)
 
 
@@ -192,8 +204,8 @@ def calibrate(seed: int = 0) -> CostModel:
     gen = torch.Generator().manual_seed(seed)
     model = CostModel(key=key, backend=backend, threads=torch.get_num_threads())
     kinds = ["dense", "csr", "bsr16", "bsr32", "nm2:4", *INT8_CANDIDATES, "dense-int8"]
-    if native_bf16():
-        kinds.append("dense-bf16")
+    if native_bf16():  # bf16 models: dense bf16 against our bf16-value kernels
+        kinds += ["dense-bf16", *BF16_KINDS]
     for fmt in kinds:
         points = _calibration_weights(fmt, gen)
         model.overhead[fmt], model.per_entry[fmt] = {}, {}
@@ -322,11 +334,21 @@ def choose_format(
         return FormatChoice("dense", {}, {}, (f"no calibrated hf_sparse kernel for {device.type} yet: kept dense",))
     model = model or cost_model()
     n = batch_hint
+    notes: list[str] = []
+    if weight.dtype == torch.bfloat16 and activation is None:
+        if "dense-bf16" in model.per_entry:
+            model = _Bf16View(model)
+            dropped = [c for c in candidates if c not in _Bf16View.KINDS]
+            candidates = tuple(c for c in candidates if c in _Bf16View.KINDS)
+            if dropped:
+                notes.append(f"{', '.join(dropped)}: not calibrated with bf16 values")
+        else:
+            notes.append("bf16 weight: this machine has no native bf16, compared at float32 costs")
     dense_s = model.predict("dense", rows * cols, n)
     predicted: dict[str, float] = {"dense": dense_s}
-    reasons = [f"dense: {dense_s * 1e3:.3f} ms predicted ({rows}x{cols}, N={n}, density {density:.1%})"]
+    reasons = [f"dense: {dense_s * 1e3:.3f} ms predicted ({rows}x{cols}, N={n}, density {density:.1%})", *notes]
     for alt in DENSE_ALTERNATIVES:  # what the other dense configurations of this machine would cost
-        if alt in model.per_entry:
+        if alt in model.per_entry and not (alt == "dense-bf16" and isinstance(model, _Bf16View)):
             predicted[alt] = model.predict(alt, rows * cols, n)
             reasons.append(f"{alt}: {predicted[alt] * 1e3:.3f} ms predicted (dense, other numerics)")
     if activation == "dynamic":
@@ -424,3 +446,18 @@ def _choose_int8(keep, n, candidates, model, predicted, reasons) -> FormatChoice
     if "dense-int8" in predicted:
         verdict += f" ({predicted['dense-int8'] / predicted[best]:.2f}x torch's dense dynamic int8)"
     return FormatChoice("qbsr", options[best], predicted, (*reasons, verdict))
+
+
+class _Bf16View:
+    """A cost model seen by a bf16 weight: dense, CSR and 16 x 16 BSR at their bf16 costs (hybrid is dense rows
+    plus CSR)."""
+
+    KINDS = ("csr", "bsr16", "hybrid")
+    _MAP = {"dense": "dense-bf16", "csr": "csr-bf16", "bsr16": "bsr16-bf16"}
+
+    def __init__(self, model: CostModel):
+        self.model = model
+        self.per_entry = {k: v for k, v in model.per_entry.items() if k in DENSE_ALTERNATIVES}
+
+    def predict(self, fmt: str, entries: float, n: int) -> float:
+        return self.model.predict(self._MAP.get(fmt, fmt), entries, n)

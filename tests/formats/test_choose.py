@@ -83,7 +83,7 @@ def test_calibration_is_measured_cached_and_reused(tmp_path, monkeypatch):
     model = cost_model(recalibrate=True)
     expected = {"dense", "csr", "bsr16", "bsr32", "nm2:4"}
     if model.backend == "cpu-kernels":  # the integer kernels and the other dense configurations of this machine
-        expected |= {"qbsr1x4", "qbsr16x4", *(["dense-bf16"] if choose.native_bf16() else [])}
+        expected |= {"qbsr1x4", "qbsr16x4", *(["dense-bf16", *choose.BF16_KINDS] if choose.native_bf16() else [])}
         expected |= {"dense-int8"} & set(model.per_entry)  # a torch build without a quantized engine has none
     assert set(model.per_entry) == expected
     assert all(v > 0 for f in model.per_entry.values() for v in f.values())
@@ -166,3 +166,18 @@ def test_sparsify_auto_with_dynamic_activation_makes_every_layer_int8(monkeypatc
     with pytest.raises(hf_sparse.ConfigError, match="activation"):
         hf_sparse.sparsify_(net, activation="int4", progress=False)
     assert net(x).shape == (3, 32)
+
+
+def test_bf16_weights_are_compared_at_bf16_costs():
+    # dense bf16 three times cheaper than fp32; our bf16 CSR a bit cheaper than fp32 CSR
+    model = _model(**{"dense-bf16": 0.33e-9, "csr-bf16": 3.5e-9, "bsr16-bf16": 1.1e-9})
+    w = _unstructured(0.9)
+    assert choose_format(w, model=model).format == "csr"  # fp32: 10% stored x 4 < dense
+    choice = choose_format(w.bfloat16(), model=model)
+    assert choice.format == "dense"  # bf16: 10% x 3.5 > 0.33 x 0.9: dense bf16 wins
+    assert choice.predicted_s["dense"] == pytest.approx(model.predict("dense-bf16", w.numel(), 16))
+    assert any("bsr32, nm2:4: not calibrated with bf16 values" in r for r in choice.reasons)
+    sparser = choose_format(_unstructured(0.99).bfloat16(), model=model)
+    assert sparser.format == "csr"
+    no_bf16 = choose_format(w.bfloat16(), model=_model())  # a machine without native bf16: float32 costs
+    assert any("no native bf16" in r for r in no_bf16.reasons)
