@@ -11,6 +11,11 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path, capsys):
     assert "vs the best dense (" in capsys.readouterr().out  # each progress line names the best dense baseline
     record = json.loads(out.read_text())
     assert record["suite"] == "spmm" and record["limits"]["gflops"] > 0 and record["limits"]["gbps"] > 0
+    from hf_sparse.ops._loader import isa_path
+
+    if record["kernels"]["loaded"]:  # the record says which instruction-set path ran
+        assert record["kernels"]["isa"] == isa_path() and record["kernels"]["int8_kernels"]
+    assert record["machine"]["isa_flags"] is not None
     case = record["cases"][0]
     assert case["params"] == {
         "M": 3072,
