@@ -325,6 +325,29 @@ inline at::Tensor widened(const at::Tensor& t, const char* op, const char* name)
   return allocate(op, name, [&] { return t.to(at::kFloat).contiguous(); });
 }
 
+// Calls run(x, y, values) with typed pointers for the call's dtypes: bfloat16 (xt widened to a float32 copy once,
+// values and output bf16; nothing to do when the result is empty), or float32 / float64 with values of that type,
+// or int8 codes when `quant`.
+template <typename F>
+inline void run_typed(const at::Tensor& xt, at::Tensor& yt, const at::Tensor& values, bool quant, const char* op,
+                      F&& run) {
+  if (xt.scalar_type() == at::kBFloat16) {
+    if (yt.numel() > 0) {  // rows and N both non-zero (cols may be 0: the kernels then write zeros)
+      const at::Tensor xf = widened(xt, op, "float32 copy of xt");
+      run(xf.data_ptr<float>(), yt.data_ptr<bf16>(), values.data_ptr<bf16>());
+    }
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "run_typed", [&] {
+    const scalar_t* x = xt.data_ptr<scalar_t>();
+    scalar_t* y = yt.data_ptr<scalar_t>();
+    if (quant)
+      run(x, y, values.data_ptr<int8_t>());
+    else
+      run(x, y, values.data_ptr<scalar_t>());
+  });
+}
+
 // ptr (n + 1 entries, the caller checked the length) starts at 0, ends at nnz and never decreases: then every
 // [ptr[r], ptr[r + 1]) lies inside [0, nnz).
 inline void check_pointers(const int32_t* ptr, int64_t n, int64_t nnz, const char* op, const char* name) {

@@ -172,21 +172,7 @@ at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Ten
       });
     });
   };
-  if (xt_c.scalar_type() == at::kBFloat16) {
-    if (n > 0 && rows > 0) {
-      const at::Tensor xf = hf_sparse_cpu::widened(xt_c, op, "float32 copy of xt");
-      run(xf.data_ptr<float>(), yt.data_ptr<bf16>(), val_c.data_ptr<bf16>());
-    }
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
-      const scalar_t* x = xt_c.data_ptr<scalar_t>();
-      scalar_t* y = yt.data_ptr<scalar_t>();
-      if (quant)
-        run(x, y, val_c.data_ptr<int8_t>());
-      else
-        run(x, y, val_c.data_ptr<scalar_t>());
-    });
-  }
+  hf_sparse_cpu::run_typed(xt_c, yt, val_c, quant, op, run);
   const int64_t at = bad.get();
   TORCH_CHECK_VALUE(at < 0, "hf_sparse::", op, ": col[", at, "] is out of range [0, ", bcols, ") block columns");
   return yt;
@@ -346,21 +332,7 @@ at::Tensor nm_impl(const at::Tensor& values, const at::Tensor& indices, const at
       });
     });
   };
-  if (xt_c.scalar_type() == at::kBFloat16) {
-    if (n > 0 && rows > 0) {
-      const at::Tensor xf = hf_sparse_cpu::widened(xt_c, op, "float32 copy of xt");
-      run(xf.data_ptr<float>(), yt.data_ptr<bf16>(), val_c.data_ptr<bf16>());
-    }
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(xt_c.scalar_type(), "spmm_blocked", [&] {
-      const scalar_t* x = xt_c.data_ptr<scalar_t>();
-      scalar_t* y = yt.data_ptr<scalar_t>();
-      if (quant)
-        run(x, y, val_c.data_ptr<int8_t>());
-      else
-        run(x, y, val_c.data_ptr<scalar_t>());
-    });
-  }
+  hf_sparse_cpu::run_typed(xt_c, yt, val_c, quant, op, run);
   const int64_t at = bad.get();
   TORCH_CHECK_VALUE(at < 0, "hf_sparse::", op, ": indices[", at / width, ", ", at % width, "]=",
                     static_cast<int>(idx_c.data_ptr<int8_t>()[at]), " is out of range [0, ", mm, ")");
