@@ -214,7 +214,7 @@ def _write_variant(folder: Path, backend: str, version: int, namespace: str, lib
         "namespace": namespace,
         "backend": backend,
         "library": library.name,
-        "cpu_flags": " ".join(f.removeprefix("-m") for f in _loader.cpu_flags()),
+        "cpu_flags": " ".join(_loader.cpu_flag_names()),
     }
     templates = data_dir("kernels") / "hub"
     for rel in _PACKAGE_FILES:

@@ -25,6 +25,7 @@ __all__ = [
     "status",
     "isa_path",
     "cpu_flags",
+    "cpu_flag_names",
     "ISA_PATHS",
     "build_dir",
     "load_cuda",
@@ -109,6 +110,19 @@ def cpu_flags(flags: list[str] | None = None, path: str | None = None) -> list[s
     out: list[str] = []
     for name, (_, options, extras) in ISA_PATHS.items():
         out += [*options, *(opt for flag, opt in extras if flag in have)]
+        if name == path:
+            break
+    return out
+
+
+def cpu_flag_names(flags: list[str] | None = None, path: str | None = None) -> list[str]:
+    """The /proc/cpuinfo flags a CPU needs to run the build of :func:`cpu_flags` (same arguments), e.g.
+    ``["avx2", "fma", "f16c", "avx512f", ..., "avx512_vnni"]``: what a prebuilt package checks before loading."""
+    have = set(isa_flags() if flags is None else flags)
+    path = isa_path(flags) if path is None else path
+    out: list[str] = []
+    for name, (required, _, extras) in ISA_PATHS.items():
+        out += [*required, *(flag for flag, _ in extras if flag in have)]
         if name == path:
             break
     return out

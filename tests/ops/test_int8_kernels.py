@@ -15,7 +15,7 @@ from hf_sparse.formats import QBSR
 from hf_sparse.machine import isa_flags
 from hf_sparse.nn.quant import QuantLinear
 from hf_sparse.ops import dynamic_int8_linear, kernel_status, load_kernels
-from hf_sparse.ops._loader import ISA_PATHS, cpu_flags, isa_path
+from hf_sparse.ops._loader import ISA_PATHS, cpu_flag_names, cpu_flags, isa_path
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "csrc" / "cpu" / "int8_dot.cpp"
 #: Compiler options of each kernel variant, and the name the compiled code reports for it.
@@ -243,6 +243,10 @@ def test_cpu_flags_add_the_extras_the_cpu_lists(monkeypatch):
     assert "-mavxvnni" not in opts
     assert cpu_flags(zen4, path="avx2") == ["-mavx2", "-mfma", "-mf16c"]
     assert cpu_flags(zen4, path="portable") == []
+    # what a prebuilt package checks in /proc/cpuinfo: the flags' own names, not the compiler's
+    names = cpu_flag_names(zen4)
+    assert {"avx512_vnni", "avx512_bf16", "avx512dq", "f16c"} <= set(names) and "avx512vnni" not in names
+    assert cpu_flag_names(zen4, path="avx2") == ["avx2", "fma", "f16c"]
 
 
 def test_hf_sparse_isa_caps_the_path_and_refuses_what_the_cpu_lacks(monkeypatch):
