@@ -55,10 +55,26 @@ def test_card_from_results_file_has_metadata_table_numbers_and_plot(tmp_path):
     text = card.text
     assert "| `bert.encoder.layer.0.attention.self.query` | csr | 32×32 |" in text
     assert "`bert.embeddings.word_embeddings` | csr | 128×32 |" in text
-    assert "0.8000" in text and "0.7500" in text and "10.0 ms vs 20.0 ms dense, 1.93×" in text
+    assert "0.8000" in text and "0.7500" in text and "10.0 ms vs 20.0 ms dense fp32, 1.93×" in text
+    assert "best dense configuration" not in text  # only fp32 was timed
     assert "AMD EPYC (Zen 2), 2 cores" in text and 'from_pretrained("me/tiny-sparse")' in text
     assert "import hf_sparse" in text and "![Stored fraction per layer](density.png)" in text
     assert (folder / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_card_names_the_best_dense_configuration_when_every_one_was_timed(tmp_path):
+    folder = _sparse_folder(tmp_path)
+    latency = {
+        **RESULTS["latency"],
+        "best_dense": "torch-dynamic-int8",
+        "best_dense_s": 0.012,
+        "ratio_vs_best_dense": 1.18,
+        "dense_baselines_s": {"fp32": 0.02, "bf16": 0.015, "torch-dynamic-int8": 0.012},
+    }
+    (folder / RESULTS_FILE).write_text(json.dumps({**RESULTS, "latency": latency}))
+    text = write_model_card(folder).text
+    assert "best dense configuration of that machine (torch-dynamic-int8 of the dense model," in text
+    assert "12.0 ms): **1.18×** (also timed: bf16, fp32)" in text
 
 
 def test_card_without_measurements_says_so_instead_of_inventing_numbers(tmp_path):
