@@ -192,13 +192,13 @@ print("embedding ok")
 
 
 @pytest.mark.parametrize("isa", ["avx2", "portable"])
-def test_lower_builds_compute_the_same(tmp_path, isa):
+def test_lower_builds_compute_the_same(lower_build_cache, isa):
     if not load_kernels() and "no C++ compiler" in kernel_status()["reason"]:
         pytest.skip(kernel_status()["reason"])
     order = ["portable", "avx2", "avx512"]
     if order.index(kernel_status()["isa"] or "portable") < order.index(isa):
         pytest.skip(f"this CPU has no {isa} path")
-    env = {**os.environ, "HF_SPARSE_ISA": isa, "HF_SPARSE_CACHE": str(tmp_path)}
+    env = {**os.environ, "HF_SPARSE_ISA": isa, "HF_SPARSE_CACHE": str(lower_build_cache)}
     env.pop("HF_SPARSE_DISABLE_KERNELS", None)
     env.pop("HF_SPARSE_PORTABLE", None)
     script = f"ISA = {isa!r}\n" + SCRIPT

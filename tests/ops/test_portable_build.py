@@ -65,10 +65,10 @@ print("lower path ok")
 """
 
 
-def _run(tmp_path, env_overrides: dict, isa: str) -> None:
+def _run(cache, env_overrides: dict, isa: str) -> None:
     if not load_kernels() and "no C++ compiler" in kernel_status()["reason"]:
         pytest.skip(kernel_status()["reason"])
-    env = {**os.environ, **env_overrides, "HF_SPARSE_CACHE": str(tmp_path)}
+    env = {**os.environ, **env_overrides, "HF_SPARSE_CACHE": str(cache)}
     env.pop("HF_SPARSE_DISABLE_KERNELS", None)
     script = f"EXPECTED_ISA = {isa!r}\n" + SCRIPT
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
@@ -76,11 +76,11 @@ def _run(tmp_path, env_overrides: dict, isa: str) -> None:
     assert "lower path ok" in result.stdout
 
 
-def test_portable_kernels_match_dense(tmp_path):
-    _run(tmp_path, {"HF_SPARSE_PORTABLE": "1"}, "portable")
+def test_portable_kernels_match_dense(lower_build_cache):
+    _run(lower_build_cache, {"HF_SPARSE_PORTABLE": "1"}, "portable")
 
 
-def test_avx2_kernels_match_dense(tmp_path):
+def test_avx2_kernels_match_dense(lower_build_cache):
     if isa_path() == "portable":
         pytest.skip("this CPU has no AVX2/FMA")
-    _run(tmp_path, {"HF_SPARSE_ISA": "avx2"}, "avx2")
+    _run(lower_build_cache, {"HF_SPARSE_ISA": "avx2"}, "avx2")
