@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,7 +37,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
-_state: dict = {"loaded": None, "reason": "not built yet (built on first use)", "isa": None, "int8_kernels": None}
+_state: dict = {
+    "loaded": None,
+    "reason": "not built yet (built on first use)",
+    "isa": None,
+    "int8_kernels": None,
+    "amx": "amx: C++ ops not loaded",
+}
 
 
 def _sources() -> list[Path]:
@@ -186,6 +193,7 @@ def load() -> bool:
                 _state.update(
                     loaded=True, reason=f"built for {path} in {folder}", isa=path, int8_kernels=ops.cpu_isa()
                 )
+                _check_amx(ops)
                 break
             except Exception as exc:  # any build or load failure: a lower path, then the reference path
                 first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -199,12 +207,40 @@ def load() -> bool:
         return _state["loaded"]
 
 
+def _check_amx(ops) -> None:
+    """Runs the AMX gates once, right after loading (CPU flags, the kernel's tile permission, and the self-checks
+    that compare the tile kernels with the vector ones on a seeded problem), and warns when a self-check failed: the
+    tile kernels are then off for this process and the ops take the vector kernels."""
+    line = ops.amx_status()
+    if "self-check failed" in line:
+        msg = f"hf_sparse: the AMX tile kernels disagree with the vector kernels, so they are off: {line}"
+        logger.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _amx_line() -> str:
+    if not _state["loaded"]:
+        return _state["amx"]
+    try:
+        return getattr(torch.ops, NAMESPACE).amx_status()
+    except Exception as exc:  # status() never raises
+        return f"amx: unknown ({type(exc).__name__}: {exc})"
+
+
 def status() -> dict:
-    """``{"loaded": bool | None, "reason": str, "isa": str | None, "int8_kernels": str | None, "cuda": str}``:
-    ``loaded`` None means not attempted yet; ``isa`` is the instruction-set path the loaded build was compiled for
-    (``portable``, ``avx2``, ``avx512``), ``int8_kernels`` what the integer dot products use in it (e.g.
-    ``avx512-vnni``); ``cuda`` is :func:`cuda_status`."""
-    return {**_state, "cuda": cuda_status()}
+    """``{"loaded": bool | None, "reason": str, "isa": str | None, "int8_kernels": str | None, "amx": str,
+    "cuda": str}``: ``loaded`` None means not attempted yet; ``isa`` is the instruction-set path the loaded build was
+    compiled for (``portable``, ``avx2``, ``avx512``), ``int8_kernels`` what the integer dot products use in it (e.g.
+    ``avx512-vnni``); ``cuda`` is :func:`cuda_status`.
+
+    ``amx`` says whether the Intel AMX tile kernels are in use and, if not, why, then how many kernel runs took
+    them, e.g. ``"amx: in use: int8 tiles for linear_qbsr_dyn with 16 x 64k blocks, ...; calls: int8 3, bf16 0"``
+    or ``"amx: CPU lacks amx_tile; calls: int8 0, bf16 0"``. Other reasons: ``"amx: tile permission refused (...)"``
+    (the Linux kernel did not grant tile data), ``"amx: self-check failed (...)"`` (the tile kernels disagreed with
+    the vector kernels on a seeded problem: they are off for the process, with a warning), ``"amx: disabled by
+    HF_SPARSE_DISABLE_AMX=1"``, ``"amx: not compiled (...)"`` (builds other than avx512). Where AMX is off the same
+    ops take the vector kernels; the results are the same (int8: the same bits; bf16: within a bf16 step)."""
+    return {**_state, "amx": _amx_line(), "cuda": cuda_status()}
 
 
 # --- the CUDA extension -------------------------------------------------------------------------------------------

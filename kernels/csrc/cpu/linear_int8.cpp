@@ -2,6 +2,11 @@
 // float32 scale per row and X quantised per token to 8 bits at run time (int8_dot.h has the arithmetic). Checks
 // every argument before any element is read, then runs the integer kernels of int8_dot.cpp over block rows in
 // parallel. Also the `cpu_isa` op: the instruction-set path this library was compiled for.
+//
+// AMX: with 16 x 64k blocks (R = 16, C a multiple of 64), where the CPU has AMX-INT8, the kernel grants tile data and
+// the self-check passed (amx.h), block rows run on the tile kernel of amx.cpp instead: the same quantised tokens, the
+// same int32 sums and epilogue, so the same output bits. The `amx_status` op says whether AMX is in use (and if not,
+// why; hf_sparse.ops.kernel_status()["amx"] reports it) and how many calls took the tile kernels.
 #include "../namespace.h"
 
 #include <algorithm>
@@ -9,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "amx.h"
 #include "int8_dot.h"
 #include "simd.h"
 
@@ -72,6 +78,20 @@ at::Tensor linear_qbsr_dyn_cpu(const at::Tensor& crow, const at::Tensor& col, co
     const int64_t bad = hf_sparse_int8::first_outside(ci, col_c.numel(), bcols);
     TORCH_CHECK_VALUE(bad < 0, "hf_sparse::", op, ": col[", bad, "]=", bad < 0 ? 0 : static_cast<int64_t>(ci[bad]),
                       " is out of range [0, ", bcols, ") block columns");
+    if (hf_sparse_amx::int8_shape(R, C) && hf_sparse_amx::int8_ready()) {  // AMX tiles (amx.h)
+      const int64_t npad = hf_sparse_int8::token_pad(n);
+      std::vector<uint8_t> xq(static_cast<size_t>(cols * npad), 0);
+      std::vector<float> xs(static_cast<size_t>(npad), 0.f);
+      std::vector<int32_t> xz(static_cast<size_t>(npad), 0);
+      at::parallel_for(0, n, 16, [&](int64_t t0, int64_t t1) {
+        hf_sparse_int8::quantize_tokens(xp, cols, cols, t0, t1, npad, xq.data(), xs.data(), xz.data());
+      });
+      at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
+        hf_sparse_amx::qbsr16_rows(cr, ci, val, C, sc, bp, xq.data(), cols, npad, n, xs.data(), xz.data(), yp, rows,
+                                   bb, be);
+      });
+      return;
+    }
     if (hf_sparse_int8::rowlanes_apply(R, C, n)) {  // R x 4 blocks, one row per lane
       std::vector<uint8_t> xq(static_cast<size_t>(cols * n));
       std::vector<float> xs(static_cast<size_t>(n));
@@ -116,8 +136,17 @@ at::Tensor linear_qbsr_dyn_cpu(const at::Tensor& crow, const at::Tensor& col, co
 
 std::string cpu_isa() { return hf_sparse_int8::isa_name(); }
 
+// "<summary>; calls: int8 <k>, bf16 <m>" (amx.h): the first call runs the gates, self-checks included.
+std::string amx_status() {
+  return std::string(hf_sparse_amx::summary()) + "; calls: int8 " + std::to_string(hf_sparse_amx::int8_calls()) +
+         ", bf16 " + std::to_string(hf_sparse_amx::bf16_calls());
+}
+
 }  // namespace
 
 HF_SPARSE_LIBRARY_IMPL(CPU, m) { m.impl("linear_qbsr_dyn", &linear_qbsr_dyn_cpu); }
 // Defined here, not in schema.cpp: the answer belongs to this CPU build (the CUDA binding has no such op).
-HF_SPARSE_LIBRARY_FRAGMENT(m) { m.def("cpu_isa() -> str", &cpu_isa); }
+HF_SPARSE_LIBRARY_FRAGMENT(m) {
+  m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("amx_status() -> str", &amx_status);
+}

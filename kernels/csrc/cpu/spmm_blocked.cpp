@@ -8,10 +8,17 @@
 // Both compute RB rows at once over a chunk of V vectors of N, so the Xt rows a block (or an M-group) touches are
 // loaded once into registers or L1 and reused by every row of the group: the structure buys data reuse that
 // unstructured CSR cannot have. Indices are checked right before use; a bad one raises, nothing is read through it.
+//
+// AMX: spmm_bsr with bf16 values and Xt in 16 x 32k blocks (R = 16, C a multiple of 32), where the CPU has AMX-BF16,
+// the kernel grants tile data and the self-check passed (amx.h), runs on the tile kernel of amx.cpp: Xt repacked
+// once, TDPBF16PS sums in float32 (another order than the vector path: results agree to about one bf16 step), one
+// rounding per result. hf_sparse.ops.kernel_status()["amx"] says whether it is in use and counts the runs.
 #include "../namespace.h"
 
 #include <type_traits>
 
+#include "amx.h"
+#include "int8_dot.h"
 #include "simd.h"
 
 namespace {
@@ -96,6 +103,33 @@ constexpr int rows_per_pass() {
   return V >= 8 ? 1 : (V >= 4 ? 2 : 4);
 }
 
+// spmm_bsr for bf16 on the AMX tile kernel (amx.h; the caller checked the shapes and that it is ready). Block
+// columns are all checked first: the tile kernel trusts them.
+void bsr_amx_bf16(const int32_t* cr, const at::Tensor& col_c, const at::Tensor& val_c, int64_t rows, int64_t cols,
+                  const at::Tensor& xt_c, at::Tensor& yt, bool transpose_out, const char* op) {
+  const int64_t C = val_c.size(2), bcols = cols / C, brows = rows / hf_sparse_amx::kRows, n = xt_c.size(1);
+  const auto* xt = reinterpret_cast<const uint16_t*>(xt_c.data_ptr<bf16>());
+  const auto* val = reinterpret_cast<const uint16_t*>(val_c.data_ptr<bf16>());
+  auto* y = reinterpret_cast<uint16_t*>(yt.data_ptr<bf16>());
+  dispatch_index(col_c, [&](auto* ci) {
+    const int64_t first_bad = hf_sparse_int8::first_outside(ci, col_c.numel(), bcols);
+    TORCH_CHECK_VALUE(first_bad < 0, "hf_sparse::", op, ": col[", first_bad, "] is out of range [0, ", bcols,
+                      ") block columns");
+    const int64_t tiles = hf_sparse_amx::bsr16_bf16_token_tiles(n);
+    const at::Tensor packed_t = hf_sparse_cpu::allocate(op, "packed copy of xt", [&] {
+      return at::empty({hf_sparse_amx::bsr16_bf16_packed_size(cols, n)}, xt_c.options().dtype(at::kShort));
+    });
+    auto* packed = reinterpret_cast<uint16_t*>(packed_t.data_ptr<int16_t>());
+    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+      hf_sparse_amx::bsr16_bf16_pack(xt, cols, n, t0, t1, packed);
+    });
+    at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
+      hf_sparse_amx::bsr16_bf16_rows(cr, ci, val, C, packed, cols, n, y, transpose_out ? 1 : n,
+                                     transpose_out ? rows : 1, bb, be);
+    });
+  });
+}
+
 // The BSR product for float values (scales undefined) or int8 values with per-row float32 scales.
 at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor* scales,
                     int64_t rows, int64_t cols, const at::Tensor& xt, bool transpose_out, const char* op) {
@@ -140,8 +174,13 @@ at::Tensor bsr_impl(const at::Tensor& crow, const at::Tensor& col, const at::Ten
   const int64_t n = xt_c.size(1);
   auto yt = new_output(xt_c, rows, transpose_out, op);
   if (n == 0) hf_sparse_cpu::check_index_range(col_c, bcols, op, "col");  // no block loop reads them
-  BadIndex bad;
   const int32_t* cr = crow_c.data_ptr<int32_t>();
+  if (!quant && val_c.scalar_type() == at::kBFloat16 && n > 0 && rows > 0 && hf_sparse_amx::bf16_shape(R, C) &&
+      hf_sparse_amx::bf16_ready()) {
+    bsr_amx_bf16(cr, col_c, val_c, rows, cols, xt_c, yt, transpose_out, op);
+    return yt;
+  }
+  BadIndex bad;
   // x: the (widened) Xt in the compute type T; y: the output, T or bf16; val: float, double, bf16 or int8 values.
   auto run = [&](const auto* x, auto* y, const auto* val) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
