@@ -1,4 +1,5 @@
-"""Sparse storage formats: CSR, CSC, COO, BSR, bitmask, N:M and hybrid (and low rank, quantised codes).
+"""Sparse storage formats: CSR, CSC, COO, BSR, bitmask, N:M and hybrid (and low rank, quantised codes, and
+``full``: a dense weight in a dtype of its own).
 
 Each builds from a dense weight (and an optional keep-mask), converts back exactly, validates its tensors with typed
 errors (:class:`~hf_sparse.errors.FormatError`), reports its exact ``nbytes`` and round-trips through a dict of plain
@@ -16,6 +17,7 @@ from .compositional import QR, Hashed
 from .coo import COO
 from .csr import CSC, CSR
 from .embedding import float_tensor_names, lookup_rows
+from .full import Full
 from .hybrid import Hybrid
 from .lowrank import LowRank, LowRankSparse
 from .nm import NM
@@ -36,6 +38,7 @@ __all__ = [
     "Bitmask",
     "NM",
     "Hybrid",
+    "Full",
     "QDense",
     "QCSR",
     "QBSR",

@@ -27,6 +27,22 @@ RUN_FILE = "hf_sparse_run.json"
 RECIPE_FILE = "hf_sparse_recipe.yaml"
 
 
+def convert_numerics(model, checkpoint) -> dict[str, str]:
+    """Store the model's layers in the fastest arithmetic ``checkpoint.numerics`` allows (nothing for ``keep``),
+    where no method stored them already: e.g. a distilled or structurally pruned student."""
+    if checkpoint.numerics == "keep" or checkpoint.format != "auto":
+        return {}
+    from ..nn import sparsify_
+
+    decisions = sparsify_(
+        model,
+        batch_hint=checkpoint.batch_hint,
+        min_sparsity=checkpoint.min_sparsity,
+        numerics=checkpoint.numerics,
+    )
+    return {n: d.choice.chosen for n, d in decisions.items()}
+
+
 def completed_run(folder: Path, recipe_text: str) -> dict | None:
     """The report entry of a run an earlier (interrupted) job completed in ``folder`` with the same resolved recipe,
     or None."""
@@ -153,6 +169,8 @@ def run_plan(
     converted: dict[str, str] = {}
     for method in sorted((METHOD_REGISTRY.get(n) for n in active), key=lambda m: m.sort_key):
         converted.update(method.convert(model, active[method.name], ctx) or {})
+    if not converted and "quantization" not in ctx.state:
+        converted.update(convert_numerics(model, checkpoint))
     records = _records(ctx, active)
     formats = {**dict.fromkeys(records.get("layers", {}), "dense"), **converted}
     t0 = time.perf_counter()

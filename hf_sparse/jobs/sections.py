@@ -167,6 +167,12 @@ class CheckpointSection(BaseConfig):
             ``onnxruntime-dynamic-int8`` (with the ``bench`` extra; exporting and quantising takes seconds). null:
             every one this machine has. A list must include ``fp32``, the reference of the others; e.g. ``[fp32]``
             for quick checks (the report then says the others were not measured).
+        numerics: The arithmetic each layer may take when it is stored (with ``format: auto``): ``keep`` (the
+            default: the model's own dtype), ``fastest``, or a list among ``keep``, ``bfloat16`` (where the CPU has
+            native bf16) and ``int8`` (int8 weights, per-token int8 inputs). Each layer (the pruned ones, or every
+            encoder ``nn.Linear`` when nothing was pruned) is stored as the option predicted fastest on this
+            machine, dense or sparse, so a layer sparse storage does not speed up stays dense in the fastest dtype
+            (see ``sparsify_(numerics=...)``); the test metrics are measured after this conversion.
         save_steps: Every this many optimizer steps each fine-tuning writes a Trainer checkpoint (model, optimizer,
             schedule, RNG, pruning masks and callback state) under ``<output>/trainer/<run>/``, so an interrupted job
             continues from where it stopped with ``hf-sparse compress --resume`` (the two most recent are kept, and
@@ -179,6 +185,7 @@ class CheckpointSection(BaseConfig):
     verify: bool = True
     latency_rounds: int = 20
     latency_baselines: tuple[str, ...] | None = None
+    numerics: str | tuple[str, ...] = "keep"
     save_steps: int = 100
 
     def validate(self) -> None:
@@ -196,6 +203,12 @@ class CheckpointSection(BaseConfig):
         check_latency_baselines(self.latency_baselines, "checkpoint.latency_baselines")
         if self.save_steps < 0:
             raise ConfigError(f"checkpoint.save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}.")
+        from ..ops.choose import check_numerics
+
+        if check_numerics(self.numerics, "checkpoint.numerics") != ("keep",) and self.format != "auto":
+            raise ConfigError(
+                f"checkpoint.numerics {quote(self.numerics)} needs checkpoint.format auto, got {quote(self.format)}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -133,8 +133,11 @@ def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
         # the stored values load in it too (transformers converts each tensor to its shell's dtype), so the layer
         # computes in the model's dtype. Quantisation scales keep their saved dtype: they are few, and the integer
         # kernels read them in float32.
+        # A float32 model is never narrowed to 16 bits by transformers itself, so 16-bit values in a float32 model
+        # were chosen for that layer (sparsify_(numerics=...) on a CPU where bf16 is fastest): they keep their dtype.
         target = dense.weight.dtype if dense.weight.is_floating_point() else None
-        convert = set(float_tensors) - _frozen_tensors(weight) if target is not None else set()
+        chosen = target == torch.float32 and weight.dtype in (torch.bfloat16, torch.float16)
+        convert = set(float_tensors) - _frozen_tensors(weight) if target is not None and not chosen else set()
         if any(tensors[k].dtype != target for k in convert if k in tensors):
             tensors = {k: t.to(target) if k in convert else t for k, t in tensors.items()}
             try:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError, FormatError, quote
 from ..formats import FORMATS
-from ..ops.choose import FormatChoice, choose_format
+from ..ops.choose import FormatChoice, check_numerics, choose_format
 from .matching import DEFAULT_EXCLUDE, match_embeddings, match_linears
 from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
@@ -49,6 +49,7 @@ def sparsify_(
     margin: float = 0.9,
     progress: bool = True,
     activation: str | None = None,
+    numerics: str | Iterable[str] = "keep",
     **format_params,
 ) -> dict[str, LayerDecision]:
     """Replace pruned ``nn.Linear`` layers of ``model``, in place, by :class:`SparseLinear` layers.
@@ -72,6 +73,14 @@ def sparsify_(
             faster of 1 x 4 and 16 x 4 blocks on this machine (16 x 4 with every block stored is the dense int8
             layout, so ``min_sparsity`` does not apply: a layer with few zeros is stored dense in int8); with a named
             format (``"qbsr"``, ``"qcsr"``, ``"qnm"``) it is that format's ``activation``.
+        numerics: with ``format="auto"``, the arithmetic each layer may take: ``"keep"`` (the default: the layer's
+            own dtype), or ``"fastest"`` / a list among ``"keep"``, ``"bfloat16"`` (where the CPU has native bf16)
+            and ``"int8"`` (int8 weights, per-token int8 inputs). Each selected layer then gets the option predicted
+            fastest on this machine, dense or sparse, in any allowed arithmetic, so the model is not slower than
+            itself dense in the fastest of them: a layer no sparse format speeds up stays dense in the fastest dtype
+            (stored as ``"full"`` for bf16, as every 16 x 4 block of ``qbsr`` for int8). ``min_sparsity`` then only
+            keeps sparse formats off. Arithmetic other than the layer's own changes its results slightly, as a cast
+            or dynamic quantisation does: evaluate the converted model.
 
     Returns:
         Per selected layer, a :class:`LayerDecision` with the choice and its reasons.
@@ -81,6 +90,13 @@ def sparsify_(
     """
     if activation not in (None, "dynamic"):
         raise ConfigError(f"sparsify_: activation must be None or 'dynamic', got {quote(activation)}.")
+    allowed = check_numerics(numerics, "sparsify_")
+    across = allowed != ("keep",)
+    if across and (format != "auto" or activation is not None):
+        raise ConfigError(
+            "sparsify_: numerics other than 'keep' need format='auto' and no activation (numerics=['int8'] is "
+            "activation='dynamic' chosen automatically)."
+        )
     if format != "auto":
         FORMATS.get(format)
         if activation is not None:
@@ -105,11 +121,24 @@ def sparsify_(
         mask = masks.get(name)
         keep = mask if mask is not None else weight != 0
         sparsity = 1.0 - float(keep.float().mean())
-        if sparsity < min_sparsity and not (format == "auto" and activation):
+        if sparsity < min_sparsity and not (format == "auto" and (activation or across)):
             reason = f"sparsity {sparsity:.1%} is below min_sparsity {min_sparsity:.0%}: kept dense"
             decisions[name] = LayerDecision(name, sparsity, FormatChoice("dense", {}, {}, (reason,)))
             continue
-        if format == "auto":
+        if format == "auto" and across:
+            choice = choose_format(
+                weight, mask, batch_hint=batch_hint, device=weight.device, margin=margin, numerics=allowed
+            )
+            if sparsity < min_sparsity and choice.is_sparse and choice.format not in ("full", "qbsr"):
+                choice = choose_format(  # below min_sparsity: only the dense options of each arithmetic
+                    weight,
+                    torch.ones_like(weight, dtype=torch.bool),
+                    batch_hint=batch_hint,
+                    device=weight.device,
+                    margin=margin,
+                    numerics=allowed,
+                )
+        elif format == "auto":
             choice = choose_format(
                 weight, mask, batch_hint=batch_hint, device=weight.device, margin=margin, activation=activation
             )

@@ -29,7 +29,7 @@ from ..machine import _cpu_model, isa_flags
 from . import _loader
 from .spmm import dynamic_int8_linear, spmm
 
-__all__ = ["CostModel", "FormatChoice", "choose_format", "calibrate", "cost_model", "native_bf16"]
+__all__ = ["CostModel", "FormatChoice", "NUMERICS", "choose_format", "calibrate", "cost_model", "native_bf16"]
 
 CALIBRATION_NS = (1, 16, 128)
 #: Candidate formats ``choose_format`` considers by default, by the name it reports.
@@ -41,6 +41,8 @@ INT8_CANDIDATES = ("qbsr1x4", "qbsr16x4")
 DENSE_ALTERNATIVES = ("dense-bf16", "dense-int8")
 #: Float formats calibrated with bf16 values too (for bf16 models), where the CPU has native bf16.
 BF16_KINDS = ("csr-bf16", "bsr16-bf16")
+#: The arithmetic ``choose_format(numerics=...)`` / ``sparsify_(numerics=...)`` can compare across.
+NUMERICS = ("keep", "bfloat16", "int8")
 _SCHEMA = 3
 
 
@@ -260,20 +262,32 @@ def cost_model(*, recalibrate: bool = False) -> CostModel:
 class FormatChoice:
     """What :func:`choose_format` picked for one weight, the predictions it compared, and why."""
 
-    format: str  # "dense", "csr", "bsr", "nm" or "hybrid"
+    format: str  # "dense" (the layer as it is), "csr", "bsr", "nm", "hybrid", "qbsr" or "full"
     params: dict[str, Any]
     predicted_s: dict[str, float]
     reasons: tuple[str, ...]
+    #: The key of ``predicted_s`` that was chosen ("dense", "csr", "bsr16", "qbsr1x4", "bfloat16:dense", ...).
+    chosen: str = ""
 
     @property
     def is_sparse(self) -> bool:
+        """Whether the layer is stored in a hf_sparse format (``"full"``, a dense weight in another dtype, is)."""
         return self.format != "dense"
 
+    @property
+    def seconds(self) -> float | None:
+        """The predicted time of the choice for ``batch_hint`` tokens, where it was predicted."""
+        return self.predicted_s.get(self.chosen)
+
     def build(self, weight: torch.Tensor, mask: torch.Tensor | None = None) -> SparseFormat:
-        """Store ``weight`` in the chosen format (raises for ``"dense"``)."""
+        """Store ``weight`` in the chosen format (raises for ``"dense"``). A ``dtype`` parameter casts the weight
+        first (a bf16 sparse layer in a float32 model)."""
         if not self.is_sparse:
             raise FormatError("choose_format kept this weight dense; there is no sparse format to build.")
-        return to_format(self.format, weight, mask, **self.params)
+        params = dict(self.params)
+        if self.format != "full" and "dtype" in params:
+            weight = weight.to(getattr(torch, params.pop("dtype")))
+        return to_format(self.format, weight, mask, **params)
 
 
 def _nm_violations(keep: torch.Tensor, n: int, m: int) -> int:
@@ -293,6 +307,7 @@ def choose_format(
     margin: float = 0.9,
     model: CostModel | None = None,
     activation: str | None = None,
+    numerics: str | tuple[str, ...] | None = None,
 ) -> FormatChoice:
     """Pick the storage for one weight: the candidate predicted fastest for ``batch_hint`` tokens, or dense when
     no candidate is predicted faster than ``margin`` times dense.
@@ -311,12 +326,25 @@ def choose_format(
         margin: a sparse format must be predicted at most this fraction of dense time.
         model: a cost model (default: this machine's, calibrated once and cached).
         activation: None (float values, the default) or ``"dynamic"`` (int8 weights and per-token int8 inputs).
+        numerics: the arithmetic the layer may take, to compare across: ``"keep"`` (the weight's own dtype),
+            ``"bfloat16"`` (bf16 values and inputs; only where this CPU has native bf16) and ``"int8"`` (int8
+            weights and per-token int8 inputs, as ``activation="dynamic"``); ``"fastest"`` means all three. The
+            choice is the option predicted fastest, dense or sparse, in any of them: a layer no sparse format speeds
+            up is kept dense in the fastest dtype (``"full"`` format for bf16, ``qbsr`` 16 x 4 with every block
+            stored for int8). Other numerics than the layer's own change its results (as casting does).
 
     Returns:
         A :class:`FormatChoice` whose ``reasons`` say what each candidate was predicted to cost or why it did not
         apply, and why the winner won.
     """
     keep = check_weight(weight, mask)
+    if numerics is not None:
+        if activation is not None:
+            raise FormatError("choose_format: give numerics or activation, not both (numerics ('int8',) is the same).")
+        if candidates is not None:
+            raise FormatError("choose_format: candidates cannot be combined with numerics.")
+        if torch.device(device).type == "cpu":
+            return _choose_numerics(weight, mask, numerics, batch_hint, margin, model or cost_model())
     if activation not in (None, "dynamic"):
         raise FormatError(f"choose_format: activation must be None or 'dynamic', got {quote(activation)}.")
     allowed = INT8_CANDIDATES if activation else CANDIDATES
@@ -408,16 +436,17 @@ def choose_format(
             )
     sparse = {k: v for k, v in predicted.items() if k in options}
     if not sparse:
-        return FormatChoice("dense", {}, predicted, (*reasons, "kept dense: no sparse candidate applies"))
+        return FormatChoice("dense", {}, predicted, (*reasons, "kept dense: no sparse candidate applies"), "dense")
     best = min(sparse, key=sparse.get)
     ratio = dense_s / sparse[best]
     if sparse[best] > margin * dense_s:
         verdict = (
             f"kept dense: the best sparse format ({best}) is predicted {ratio:.2f}x dense (needs {1 / margin:.2f}x)"
         )
-        return FormatChoice("dense", {}, predicted, (*reasons, verdict))
+        return FormatChoice("dense", {}, predicted, (*reasons, verdict), "dense")
     fmt, params = options[best]
-    return FormatChoice(fmt, params, predicted, (*reasons, f"chose {best}: predicted {ratio:.2f}x faster than dense"))
+    verdict = f"chose {best}: predicted {ratio:.2f}x faster than dense"
+    return FormatChoice(fmt, params, predicted, (*reasons, verdict), best)
 
 
 def _choose_int8(keep, n, candidates, model, predicted, reasons) -> FormatChoice:
@@ -445,7 +474,75 @@ def _choose_int8(keep, n, candidates, model, predicted, reasons) -> FormatChoice
     verdict = f"chose {best}: int8 weights and dynamic int8 inputs, {predicted[best] * 1e3:.3f} ms predicted"
     if "dense-int8" in predicted:
         verdict += f" ({predicted['dense-int8'] / predicted[best]:.2f}x torch's dense dynamic int8)"
-    return FormatChoice("qbsr", options[best], predicted, (*reasons, verdict))
+    return FormatChoice("qbsr", options[best], predicted, (*reasons, verdict), best)
+
+
+def check_numerics(numerics: str | tuple[str, ...] | list[str], who: str) -> tuple[str, ...]:
+    """``numerics`` as a tuple of :data:`NUMERICS` names (``"fastest"``: all of them), or a ConfigError."""
+    from ..errors import ConfigError
+
+    if isinstance(numerics, str):
+        numerics = NUMERICS if numerics == "fastest" else (numerics,)
+    try:
+        out = tuple(dict.fromkeys(numerics))
+    except TypeError:
+        raise ConfigError(
+            f"{who}: numerics must be a name or a list of names, got {type(numerics).__name__}."
+        ) from None
+    bad = [n for n in out if n not in NUMERICS]
+    if bad or not out:
+        shown = quote(bad[0]) if bad else "nothing"
+        raise ConfigError(f"{who}: numerics must be 'fastest' or among {list(NUMERICS)}, got {shown}.")
+    return out
+
+
+def _choose_numerics(weight, mask, numerics, n: int, margin: float, model: CostModel) -> FormatChoice:
+    """The fastest predicted option, dense or sparse, across the allowed arithmetic (see ``choose_format``)."""
+    allowed = check_numerics(numerics, "choose_format")
+    own = str(weight.dtype).removeprefix("torch.")
+    options: dict[str, FormatChoice] = {}
+    reasons: list[str] = []
+    for num in allowed:
+        if num == "keep" or (num == "bfloat16" and weight.dtype == torch.bfloat16):
+            label, choice = own, choose_format(weight, mask, batch_hint=n, margin=margin, model=model)
+        elif num == "bfloat16":
+            if "dense-bf16" not in model.per_entry:
+                reasons.append("bfloat16: not considered, this CPU has no native bf16")
+                continue
+            label = "bfloat16"
+            choice = choose_format(weight.bfloat16(), mask, batch_hint=n, margin=margin, model=model)
+            if choice.is_sparse:
+                choice = FormatChoice(
+                    choice.format,
+                    {**choice.params, "dtype": "bfloat16"},
+                    choice.predicted_s,
+                    choice.reasons,
+                    choice.chosen,
+                )
+            else:
+                choice = FormatChoice("full", {"dtype": "bfloat16"}, choice.predicted_s, choice.reasons, "dense")
+        else:
+            label = "int8"
+            choice = choose_format(weight, mask, batch_hint=n, margin=margin, model=model, activation="dynamic")
+            if not choice.is_sparse:
+                reasons.append(f"int8: not considered, {choice.reasons[-1]}")
+                continue
+        if label in options:
+            continue
+        options[label] = choice
+        reasons += [f"{label}: {r}" for r in choice.reasons]
+    predicted = {f"{label}:{c.chosen}": c.seconds for label, c in options.items() if c.seconds is not None}
+    if not predicted:
+        return FormatChoice("dense", {}, {}, (*reasons, "kept dense: nothing could be predicted"), "")
+    best = min(predicted, key=predicted.get)
+    label = best.split(":", 1)[0]
+    chosen = options[label]
+    own_dense = options[own].predicted_s.get("dense") if own in options else None
+    verdict = f"chose {best} ({predicted[best] * 1e3:.3f} ms predicted"
+    if own_dense and best != f"{own}:dense":
+        verdict += f", {own_dense / predicted[best]:.2f}x the layer dense in {own}"
+    verdict += ")"
+    return FormatChoice(chosen.format, chosen.params, predicted, (*reasons, verdict), best)
 
 
 class _Bf16View:

@@ -25,6 +25,7 @@ from ..formats import (
     QCSR,
     QNM,
     Bitmask,
+    Full,
     Hybrid,
     LowRank,
     LowRankSparse,
@@ -357,6 +358,10 @@ def sparse_linear(weight: SparseFormat, x: torch.Tensor, bias: torch.Tensor | No
         if isinstance(weight, LowRankSparse):
             y = y + sparse_linear(weight.sparse, x)
         return y
+    if isinstance(weight, Full):  # dense in the values' dtype (e.g. a bf16 layer in a float32 model)
+        v = weight.values
+        b = bias.to(v.dtype) if bias is not None else None
+        return F.linear(x.to(v.dtype), v, b).to(x.dtype)
     fast = dynamic_int8_linear(weight, x, bias)  # int8 codes x per-token int8 inputs on integer kernels
     if fast is not None:
         return fast

@@ -116,8 +116,9 @@ def _pruning_convert(model, cfg, ctx: RunContext) -> dict[str, str]:
         exclude_modules=pruning.exclude_modules,
         embeddings=pruning.embeddings,
         masks=state["masks"],
+        numerics=ckpt.numerics,
     )
-    return {n: d.choice.format for n, d in decisions.items()}
+    return {n: d.choice.chosen if ckpt.numerics != "keep" else d.choice.format for n, d in decisions.items()}
 
 
 def _pruning_record(cfg, ctx: RunContext) -> dict[str, Any] | None:

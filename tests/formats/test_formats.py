@@ -11,7 +11,7 @@ from hf_sparse.errors import FormatError
 from hf_sparse.formats import BSR, CSR, FORMATS, NM, Hybrid, from_tensors, index_dtype, to_format
 from hf_sparse.testing import random_format_case as _case
 
-ALL = ["csr", "csc", "coo", "bsr", "bitmask", "nm", "hybrid"]
+ALL = ["csr", "csc", "coo", "bsr", "bitmask", "nm", "hybrid", "full"]
 
 
 def test_every_format_round_trips_exactly_over_1000_cases():
