@@ -125,13 +125,20 @@ def cold_bytes(llc: int | None = None) -> int:
 #: Largest relative error ``||y - y_fp32|| / ||y_fp32||`` a dense baseline of one Linear may show on the check input
 #: before it is timed. bf16 rounds inputs and weights to 8 significant bits (~0.4% per product, less after the sum);
 #: the int8 paths round activations and weights to 256 levels (~1.5% measured on Gaussian data). A baseline above
-#: its bound is broken (wrong layout, wrong weights), not merely quantised, and is skipped with its error.
+#: its bound is broken (wrong layout, wrong weights), not merely quantised, and is skipped with its error. The 4-bit
+#: baseline has other numerics: nf4 rounds each weight to one of 16 levels of its block of 64 (~9% measured on
+#: Gaussian weights), so its bound is looser, still far below the ~1 of a broken one. ``openvino`` computes in the
+#: CPU plugin's default inference precision (bf16 where the CPU has it), hence bf16's bound; ``openvino-int8-weights``
+#: keeps int8 weights (one scale per output channel) and rounds activations to that precision.
 LINEAR_TOLERANCES = {
     "fp32": 1e-6,
     "bf16": 2e-2,
     "torch-dynamic-int8": 5e-2,
     "onnxruntime-dynamic-int8": 5e-2,
     "bitsandbytes-int8": 5e-2,
+    "bitsandbytes-nf4": 0.2,
+    "openvino": 2e-2,
+    "openvino-int8-weights": 5e-2,
 }
 #: The same bound for a whole model's first output (e.g. ``last_hidden_state``). Errors compound through the layers
 #: and per-tensor int8 activations meet the outlier features of real transformers: torch's dynamic int8 of
@@ -142,6 +149,8 @@ MODEL_TOLERANCES = {
     "bf16": 5e-2,
     "torch-dynamic-int8": 0.5,
     "onnxruntime-dynamic-int8": 0.5,
+    "openvino": 5e-2,
+    "openvino-int8-weights": 0.5,
 }
 
 
@@ -326,6 +335,101 @@ def _bnb_int8_layer(weight: torch.Tensor, bias: torch.Tensor | None):
     return layer.to("cpu").eval()
 
 
+def _bnb_nf4_layer(weight: torch.Tensor, bias: torch.Tensor | None):
+    """bitsandbytes' 4-bit layer with nf4 weights, one float32 scale per block of 64 (no nested quantisation of the
+    scales: one dequantisation step less per call), computing in float32."""
+    import bitsandbytes as bnb
+
+    M, K = weight.shape
+    kwargs = {"quant_type": "nf4", "compress_statistics": False}
+    layer = bnb.nn.Linear4bit(K, M, bias=bias is not None, compute_dtype=torch.float32, **kwargs)
+    layer.weight = bnb.nn.Params4bit(weight.detach().float().clone(), requires_grad=False, **kwargs)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+    return layer.to("cpu").eval()  # the move quantises the weights
+
+
+_OPENVINO_NAMES = ("openvino", "openvino-int8-weights")
+#: Skip reason of both OpenVINO baselines where the package is missing.
+_OPENVINO_MISSING = "openvino not importable ({}); pip install 'hf-sparse[bench]'"
+
+
+def _ov_compile(ov_model, threads: int):
+    """``ov_model`` compiled for OpenVINO's CPU plugin with ``threads`` inference threads (the benchmark's, so its
+    timings compare with the others') and the latency hint (one stream: one call at a time, as timed). The inference
+    precision is the plugin's default: bf16 where the CPU has it, f32 otherwise."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    return ov.Core().compile_model(ov_model, "CPU", config)
+
+
+def _ov_note(compiled, weights: str) -> str:
+    import openvino as ov
+
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16" or "f32"
+    threads = compiled.get_property("INFERENCE_NUM_THREADS")
+    version = ov.__version__.split("-")[0]
+    return f"openvino {version} CPU, {weights} weights, inference precision {precision}, {threads} thread(s)"
+
+
+def _ov_call(compiled) -> Callable[[Any], Any]:
+    """One call of ``compiled``: its first output as a numpy array. The input is not copied (it is prepared once,
+    untimed); the output is, as onnxruntime's and torch's calls return a new array too."""
+    request = compiled.create_infer_request()
+    return lambda feeds: request.infer(feeds, share_inputs=True)[0]
+
+
+def _ov_int8_weight(w, axis: int):
+    """``w`` (a float32 numpy matrix) as int8 with one float32 scale per output channel (``axis``: the reduction
+    axis), symmetric, round to nearest, as the subgraph Constant(i8) -> Convert -> Multiply(scale): the pattern
+    OpenVINO's CPU plugin runs as a weight-compressed matmul (weights decompressed inside the kernel)."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    scale = np.abs(w).max(axis=axis, keepdims=True).astype(np.float32) / 127
+    scale[scale == 0] = 1
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return ops.multiply(ops.convert(ops.constant(q), ov.Type.f32), ops.constant(scale))
+
+
+def _ov_linear_model(weight: torch.Tensor, bias: torch.Tensor | None, int8: bool):
+    """``y = x @ W^T + b`` as an OpenVINO model (input ``x``: (N, K) float32), weights float32 or int8."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    M, K = weight.shape
+    w = weight.numpy()
+    x = ops.parameter([-1, K], ov.Type.f32, name="x")
+    y = ops.matmul(x, _ov_int8_weight(w, axis=1) if int8 else ops.constant(w.copy()), False, True)
+    if bias is not None:
+        y = ops.add(y, ops.constant(bias.numpy().copy()))
+    return ov.Model([y], [x], "linear")
+
+
+def _ov_compress_weights(ov_model) -> int:
+    """Every ``MatMul`` of ``ov_model`` with a constant float32 matrix as its weight switched to int8 weights (in
+    place; see :func:`_ov_int8_weight`), with openvino's own graph API (no nncf); returns how many."""
+    import openvino as ov
+
+    n = 0
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        src = op.input_value(1).get_node()
+        if src.get_type_name() != "Constant" or src.get_output_element_type(0) != ov.Type.f32:
+            continue
+        w = src.get_data()
+        if w.ndim != 2:
+            continue
+        axis = 1 if op.get_attributes()["transpose_b"] else 0  # the reduction (input) axis of the weight
+        op.input(1).replace_source_output(_ov_int8_weight(w, axis).output(0))
+        n += 1
+    ov_model.validate_nodes_and_infer_types()
+    return n
+
+
 def dense_linear_baselines(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
@@ -430,47 +534,102 @@ def dense_linear_baselines(
         except Exception as exc:
             out.skipped["onnxruntime-dynamic-int8"] = f"quantisation or session failed: {_first_line(exc)}"
 
-    _add_bitsandbytes(out, weight, bias, example, ref, copies)
+    _add_openvino_linear(out, weight, bias, example, ref, copies)
+    _add_bitsandbytes(out, weight, bias, example, ref, copies, "bitsandbytes-int8")
+    _add_bitsandbytes(out, weight, bias, example, ref, copies, "bitsandbytes-nf4")
     return out
 
 
-def _add_bitsandbytes(out: DenseBaselines, weight, bias, example, ref, copies) -> None:
-    """bitsandbytes' int8 layer (``Linear8bitLt``), kept only where its CPU path runs, is correct and beats fp32 on
-    ``example``. Its CPU path computes in float16 (it casts any other input to float16, warning on every call), so it
-    is timed on a float16 input, as in a float16 model."""
-    name = "bitsandbytes-int8"
+def _add_openvino_linear(out: DenseBaselines, weight, bias, example, ref, copies) -> None:
+    """``openvino`` (float32 weights) and ``openvino-int8-weights`` of one Linear: a one-MatMul (+Add) graph built
+    with openvino's own API, compiled per copy (each compiled model repacks its own weights)."""
+    names = _OPENVINO_NAMES
+    try:
+        with _quiet():
+            import openvino  # noqa: F401
+    except ImportError as exc:
+        out.skipped.update({name: _OPENVINO_MISSING.format(exc.name) for name in names})
+        return
+    M = weight.shape[0]
+    for name, int8, nbytes in ((names[0], False, weight.numel() * 4), (names[1], True, weight.numel() + M * 4)):
+        try:
+            with _quiet():
+                compiled = [
+                    _ov_compile(_ov_linear_model(weight, bias, int8), torch.get_num_threads())
+                    for _ in range(_n_copies(copies, nbytes))
+                ]
+        except Exception as exc:
+            out.skipped[name] = f"OpenVINO could not build or compile the layer: {_first_line(exc)}"
+            continue
+        note = _ov_note(compiled[0], "int8 (one scale per output channel)" if int8 else "float32")
+        prepare = lambda x: x.detach().float().contiguous().numpy()  # noqa: E731
+        out._add(
+            DenseBaseline(name, [_ov_call(c) for c in compiled], prepare, nbytes, note=note),
+            ref,
+            example,
+            LINEAR_TOLERANCES,
+        )
+
+
+def _add_bitsandbytes(out: DenseBaselines, weight, bias, example, ref, copies, name: str) -> None:
+    """bitsandbytes' int8 layer (``Linear8bitLt``, ``name`` ``bitsandbytes-int8``) or 4-bit layer (``Linear4bit``
+    with nf4 weights, ``bitsandbytes-nf4``), kept only where its CPU path runs, is correct and beats fp32 on
+    ``example``. The int8 CPU path computes in float16 (it casts any other input to float16, warning on every call),
+    so it is timed on a float16 input, as in a float16 model; the nf4 one computes in float32. 4-bit weights have
+    other numerics than the rest: its bound in :data:`LINEAR_TOLERANCES` is looser, and its note says so."""
+    int8 = name == "bitsandbytes-int8"
+    build = _bnb_int8_layer if int8 else _bnb_nf4_layer
+    layer_name = "Linear8bitLt" if int8 else "Linear4bit (nf4)"
+    prepare = (lambda x: x.half()) if int8 else (lambda x: x)
+    M, K = weight.shape
+    # nf4: two weights per byte and one float32 scale per block of 64
+    nbytes = weight.numel() + M * 4 if int8 else weight.numel() // 2 + math.ceil(weight.numel() / 64) * 4
     try:
         with _quiet():  # its import reports missing GPU libraries and hub kernels
             import bitsandbytes as bnb
-
-            layer = _bnb_int8_layer(weight, bias)
+    except ImportError as exc:
+        out.skipped[name] = f"bitsandbytes not importable ({exc.name}); pip install 'hf-sparse[bitsandbytes]'"
+        return
+    try:
+        with _quiet():
+            layer = build(weight, bias)
             with torch.inference_mode():
-                layer(example.half())
+                layer(prepare(example))
     except Exception as exc:
-        out.skipped[name] = f"bitsandbytes' CPU int8 layer does not run here: {_first_line(exc)}"
+        out.skipped[name] = (
+            f"bitsandbytes' CPU {layer_name} layer does not run here on a {M}x{K} weight: {_first_line(exc)}"
+        )
         return
     version = getattr(bnb, "__version__", "?")
-    note = f"bitsandbytes {version}, float16 activations"
-    candidate = DenseBaseline(name, [layer], lambda x: x.half(), weight.numel() + weight.shape[0] * 4, note=note)
+    if int8:
+        note = f"bitsandbytes {version}, int8 weights, float16 activations"
+    else:
+        note = f"bitsandbytes {version}, 4-bit nf4 weights (one float32 scale per 64), float32 activations"
+    candidate = DenseBaseline(name, [layer], prepare, nbytes, note=note)
     with torch.inference_mode():
         error = _relative_error(candidate(example), ref)
         if not error <= LINEAR_TOLERANCES[name]:
             out.skipped[name] = f"wrong output: relative error {error:.3g} vs fp32 exceeds {LINEAR_TOLERANCES[name]:g}"
             return
-        half = example.half()
-        layer(half)
-        ours_s = best_time(lambda: layer(half), 5)
-        fp32_s = best_time(lambda: out["fp32"](example), 5)
-    if ours_s >= fp32_s:
-        out.skipped[name] = (
-            f"bitsandbytes {version} Linear8bitLt on CPU is not faster than fp32 here: {1e3 * ours_s:.3f} ms vs "
-            f"{1e3 * fp32_s:.3f} ms at N={example.shape[0]}"
-        )
+        slower = _slower_than_fp32(layer, prepare(example), out, example)
+    if slower:
+        out.skipped[name] = f"bitsandbytes {version} {layer_name} on CPU is not faster than fp32 here: {slower}"
         return
     n = _n_copies(copies, candidate.nbytes)
     with _quiet():
-        candidate.fns += [_bnb_int8_layer(weight, bias) for _ in range(n - 1)]
+        candidate.fns += [build(weight, bias) for _ in range(n - 1)]
     out._add(candidate, ref, example, LINEAR_TOLERANCES)
+
+
+def _slower_than_fp32(layer, prepared, out: DenseBaselines, example) -> str:
+    """Why ``layer`` on ``prepared`` is not faster than the fp32 baseline on ``example`` ("" where it is faster):
+    a baseline that cannot win would only lengthen every benchmark."""
+    layer(prepared)
+    ours_s = best_time(lambda: layer(prepared), 5)
+    fp32_s = best_time(lambda: out["fp32"](example), 5)
+    if ours_s < fp32_s:
+        return ""
+    return f"{1e3 * ours_s:.3f} ms vs {1e3 * fp32_s:.3f} ms at N={example.shape[0]}"
 
 
 def _cast_floating(inputs: dict, dtype: torch.dtype) -> dict:
@@ -515,10 +674,14 @@ def dense_model_baselines(
     native bf16); ``torch-dynamic-int8`` (``torch.ao`` dynamic int8 of a copy's Linear layers);
     ``onnxruntime-dynamic-int8`` (a copy exported by ``torch.onnx.export(..., dynamo=False)``, quantised by
     ``onnxruntime.quantization.quantize_dynamic``, ``intra_op_num_threads`` = torch's thread count; fed numpy
-    arrays converted once). Each callable takes the inputs dict; :meth:`DenseBaselines.timed` prepares it once.
+    arrays converted once); ``openvino`` (a copy converted by ``openvino.convert_model``, compiled for the CPU
+    plugin with its default inference precision, bf16 where the CPU has it, f32 otherwise: the note says which;
+    ``INFERENCE_NUM_THREADS`` = torch's thread count, latency hint); ``openvino-int8-weights`` (the same with every
+    constant MatMul weight made int8, one scale per output channel, by openvino's own graph API). Each callable
+    takes the inputs dict; :meth:`DenseBaselines.timed` prepares it once.
 
     ``include``: build only these baselines (``fp32``, the reference, always), the others recorded as skipped
-    (building the onnxruntime one exports and quantises the model: seconds); ``None``: all.
+    (building the onnxruntime and openvino ones exports or converts the model: seconds); ``None``: all.
     """
     with torch.inference_mode():
         ref = _as_tensor(model(**example_inputs))
@@ -527,8 +690,8 @@ def dense_model_baselines(
     asked = ", ".join(sorted({"fp32", *(include or ())}))
     left_out = {
         name: f"not among the baselines asked for ({asked})"
-        for name in ("bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8")
-        if include is not None and name not in include
+        for name in MODEL_TOLERANCES
+        if name != "fp32" and include is not None and name not in include
     }
     out.skipped.update(left_out)
 
@@ -552,8 +715,13 @@ def dense_model_baselines(
         b = DenseBaseline("torch-dynamic-int8", [lambda b: int8(**b)], dict, 0, note=note)
         out._add(b, ref, example_inputs, MODEL_TOLERANCES)
 
-    if "onnxruntime-dynamic-int8" in left_out:
-        return out
+    if "onnxruntime-dynamic-int8" not in left_out:
+        _add_onnxruntime_model(out, model, example_inputs, ref)
+    _add_openvino_model(out, model, example_inputs, ref, [n for n in _OPENVINO_NAMES if n not in left_out])
+    return out
+
+
+def _add_onnxruntime_model(out: DenseBaselines, model, example_inputs: dict, ref: torch.Tensor) -> None:
     try:
         with _quiet():
             import onnx  # noqa: F401
@@ -562,7 +730,7 @@ def dense_model_baselines(
         out.skipped["onnxruntime-dynamic-int8"] = (
             f"onnxruntime / onnx not importable ({exc.name}); pip install 'hf-sparse[bench]'"
         )
-        return out
+        return
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path, names = _export_ort_model(model, example_inputs, Path(tmp))
@@ -570,12 +738,12 @@ def dense_model_baselines(
             out.skipped["onnxruntime-dynamic-int8"] = (
                 f"torch.onnx.export(dynamo=False) failed with torch {torch.__version__}: {_first_line(exc)}"
             )
-            return out
+            return
         try:
             session = _ort_session(_ort_quantize(path, Path(tmp)), torch.get_num_threads())
         except Exception as exc:
             out.skipped["onnxruntime-dynamic-int8"] = f"quantisation or session failed: {_first_line(exc)}"
-            return out
+            return
 
     def feeds(b: dict) -> dict:
         return {k: b[k].detach().contiguous().numpy() for k in names}
@@ -583,7 +751,47 @@ def dense_model_baselines(
     note = f"onnxruntime {ort.__version__}, {torch.get_num_threads()} intra-op thread(s)"
     b = DenseBaseline("onnxruntime-dynamic-int8", [lambda f: session.run(None, f)], feeds, 0, note=note)
     out._add(b, ref, example_inputs, MODEL_TOLERANCES)
-    return out
+
+
+def _add_openvino_model(out: DenseBaselines, model, example_inputs: dict, ref: torch.Tensor, names) -> None:
+    """``names`` (of :data:`_OPENVINO_NAMES`) for a whole model: a copy converted once by
+    ``openvino.convert_model`` (its PyTorch frontend: no ONNX needed), the int8-weight one from a clone of it."""
+    if not names:
+        return
+    try:
+        with _quiet():
+            import openvino as ov
+    except ImportError as exc:
+        out.skipped.update({name: _OPENVINO_MISSING.format(exc.name) for name in names})
+        return
+    tensors = {k: v for k, v in example_inputs.items() if torch.is_tensor(v)}
+    try:
+        with _quiet():
+            converted = ov.convert_model(copy.deepcopy(model), example_input=tensors)
+    except Exception as exc:
+        reason = f"openvino.convert_model failed with openvino {ov.__version__}: {_first_line(exc)}"
+        out.skipped.update({name: reason for name in names})
+        return
+    inputs = [i.get_any_name() for i in converted.inputs]
+
+    def feeds(b: dict) -> dict:
+        return {k: b[k].detach().contiguous().numpy() for k in inputs}
+
+    for name in names:
+        try:
+            ov_model, weights = converted, "float32"
+            if name == "openvino-int8-weights":
+                ov_model, weights = converted.clone(), "int8 (one scale per output channel)"
+                if not _ov_compress_weights(ov_model):
+                    out.skipped[name] = "no MatMul with a constant float32 weight in the converted model"
+                    continue
+            with _quiet():
+                compiled = _ov_compile(ov_model, torch.get_num_threads())
+        except Exception as exc:
+            out.skipped[name] = f"OpenVINO could not compress or compile the model: {_first_line(exc)}"
+            continue
+        b = DenseBaseline(name, [_ov_call(compiled)], feeds, 0, note=_ov_note(compiled, weights))
+        out._add(b, ref, example_inputs, MODEL_TOLERANCES)
 
 
 def best_dense(medians: dict[str, float]) -> tuple[str, float]:

@@ -1,10 +1,13 @@
 """The dense baselines every CPU speed claim is compared with (hf_sparse.benchmarking): correctness, reasons for
 what is skipped, and the fields a record gains. No timing assertions."""
 
+import importlib.util
+import sys
+
 import pytest
 import torch
 
-from hf_sparse import machine
+from hf_sparse import benchmarking, machine
 from hf_sparse.benchmarking import (
     LINEAR_TOLERANCES,
     MODEL_TOLERANCES,
@@ -142,11 +145,104 @@ def test_dense_model_baselines_on_a_tiny_bert(monkeypatch):
         ref = model(**inputs).last_hidden_state.clone()
     baselines = dense_model_baselines(model, inputs)
     assert {"fp32", "bf16", "torch-dynamic-int8"} <= set(baselines)
+    if importlib.util.find_spec("openvino") is not None:
+        assert {"openvino", "openvino-int8-weights"} <= set(baselines), baselines.skipped
+        assert "int8 (one scale per output channel) weights" in baselines.notes["openvino-int8-weights"]
     assert set(baselines) | set(baselines.skipped) == set(MODEL_TOLERANCES)
     for name, call in baselines.timed(inputs).items():
         with torch.inference_mode():
             out = call(0)
-        got = out[0] if isinstance(out, list) else out.last_hidden_state
+        # a transformers output, onnxruntime's list of arrays, or OpenVINO's first output (an array)
+        got = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0] if isinstance(out, list) else out
+        assert tuple(got.shape) == tuple(ref.shape), name
         assert _rel(got, ref) <= MODEL_TOLERANCES[name], name
     with torch.inference_mode():  # building the baselines (an ONNX export of a copy) leaves the model as it was
         torch.testing.assert_close(model(**inputs).last_hidden_state, ref)
+
+
+def test_openvino_baselines_where_installed(tiny, linear_baselines):
+    pytest.importorskip("openvino")
+    w, b, x = tiny
+    ref = torch.nn.functional.linear(x, w, b)
+    for name, weights in (("openvino", "float32 weights"), ("openvino-int8-weights", "int8")):
+        assert name in linear_baselines, linear_baselines.skipped
+        note = linear_baselines.notes[name]
+        assert weights in note and "1 thread(s)" in note, note
+        assert "inference precision bf16" in note or "inference precision f32" in note, note
+        assert len(linear_baselines[name].fns) == 2
+        assert _rel(linear_baselines.timed(x)[name](1), ref) <= LINEAR_TOLERANCES[name], name
+
+
+def test_openvino_int8_weights_compress_every_constant_matmul():
+    ov = pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8)).eval()
+    x = torch.randn(3, 16)
+    converted = ov.convert_model(model, example_input=x)
+    assert benchmarking._ov_compress_weights(converted) == 2
+    constants = [op for op in converted.get_ordered_ops() if op.get_type_name() == "Constant"]
+    assert sum(op.get_output_element_type(0) == ov.Type.i8 for op in constants) == 2
+    out = benchmarking._ov_compile(converted, 1)({0: x.numpy()})[0]
+    with torch.inference_mode():
+        assert 0 < _rel(out, model(x)) <= LINEAR_TOLERANCES["openvino-int8-weights"]
+
+
+def test_openvino_skipped_with_a_reason_when_it_cannot_be_imported(monkeypatch, tiny):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    w, b, x = tiny
+    baselines = dense_linear_baselines(w, b, example=x)
+    names = {"openvino", "openvino-int8-weights"}
+    assert not names & set(baselines)
+    for name in names:
+        assert baselines.skipped[name].startswith("openvino not importable (openvino)"), baselines.skipped[name]
+    from transformers import BertModel
+
+    from hf_sparse.testing import tiny_bert_config
+
+    model = BertModel(tiny_bert_config()).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (1, 6))}
+    model_baselines = dense_model_baselines(model, inputs, include=["fp32", "openvino", "openvino-int8-weights"])
+    assert set(model_baselines) == {"fp32"}
+    for name in names:
+        assert "openvino not importable" in model_baselines.skipped[name]
+
+
+def _bnb_sized():
+    """A small layer bitsandbytes' CPU 4-bit kernel takes: output features a multiple of 32, input features of 64."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(64, 128, generator=g), torch.randn(64, generator=g), torch.randn(5, 128, generator=g)
+
+
+def test_bitsandbytes_nf4_where_it_runs(monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    # the tiny layer is slower than fp32 (the speed gate would drop it): let it through to check its numerics
+    monkeypatch.setattr(benchmarking, "_slower_than_fp32", lambda *args: "")
+    w, b, x = _bnb_sized()
+    baselines = dense_linear_baselines(w, b, example=x, copies=2)
+    assert "bitsandbytes-nf4" in baselines, baselines.skipped
+    nf4 = baselines["bitsandbytes-nf4"]
+    assert "4-bit nf4 weights" in nf4.note and len(nf4.fns) == 2
+    ref = torch.nn.functional.linear(x, w, b)
+    with torch.inference_mode():
+        error = _rel(baselines.timed(x)["bitsandbytes-nf4"](1), ref)
+    # 4-bit numerics: clearly quantised, within the looser bound, far from a broken layer's ~1
+    assert 1e-2 < error <= LINEAR_TOLERANCES["bitsandbytes-nf4"] < 0.5
+    assert nf4.nbytes < w.numel()  # two weights a byte plus one scale per 64
+
+
+def test_bitsandbytes_slower_than_fp32_is_skipped_with_the_timings(monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    monkeypatch.setattr(benchmarking, "_slower_than_fp32", lambda *args: "1.000 ms vs 0.500 ms at N=5")
+    w, b, x = _bnb_sized()
+    skipped = dense_linear_baselines(w, b, example=x).skipped
+    for name, layer in (("bitsandbytes-int8", "Linear8bitLt"), ("bitsandbytes-nf4", "Linear4bit (nf4)")):
+        assert f"{layer} on CPU is not faster than fp32 here: 1.000 ms vs 0.500 ms" in skipped[name], skipped[name]
+
+
+def test_bitsandbytes_skipped_with_a_reason_when_it_cannot_be_imported(monkeypatch, tiny):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    w, b, x = tiny
+    baselines = dense_linear_baselines(w, b, example=x)
+    for name in ("bitsandbytes-int8", "bitsandbytes-nf4"):
+        assert name not in baselines
+        assert baselines.skipped[name].startswith("bitsandbytes not importable (bitsandbytes)"), baselines.skipped
