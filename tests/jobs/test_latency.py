@@ -102,7 +102,7 @@ def test_the_task_builds_its_baselines_once_for_every_run(monkeypatch):
     second = task.latency(copy.deepcopy(task.dense_model), 2)
     assert calls == [("fp32",)]
     assert first["best_dense"] == second["best_dense"] == "fp32" and first["ratio_vs_best_dense"] > 0
-    assert set(first["skipped_baselines"]) == {"bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8"}
+    assert set(first["skipped_baselines"]) == set(MODEL_TOLERANCES) - {"fp32"}
 
 
 def test_latency_baselines_option_is_validated():

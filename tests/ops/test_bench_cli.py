@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from hf_sparse.benchmarking import LINEAR_TOLERANCES, MODEL_TOLERANCES
 from hf_sparse.cli import main
 
 
@@ -60,7 +61,7 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path, capsys):
     assert set(blocks["baselines_s"]) - dense_all == {"torch_csr", "hf_sparse_qcsr_int8"}  # torch BSR: square only
 
 
-dense_all = {"fp32", "bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8", "bitsandbytes-int8"}
+dense_all = set(LINEAR_TOLERANCES)  # every dense baseline of one Linear, built or skipped with a reason
 
 
 def _check_dense_fields(case, names=frozenset(dense_all)):
@@ -101,7 +102,7 @@ def test_bench_minilm_quick_on_the_real_model(tmp_path):
     assert 0 < record["cases"][3]["params"]["rel_err_vs_pruned_fp32"] <= 5e-2
     assert "fp32" in record["cases"][0]["baselines_s"]
     for c in record["cases"]:
-        _check_dense_fields(c, names={"fp32", "bf16", "torch-dynamic-int8", "onnxruntime-dynamic-int8"})
+        _check_dense_fields(c, names=set(MODEL_TOLERANCES))
     assert "vs best dense" in record["table_markdown"]
     assert sum(record["cases"][1]["params"]["formats"].values()) == 36
 
