@@ -29,7 +29,16 @@ from ..machine import _cpu_model, isa_flags
 from . import _loader
 from .spmm import dynamic_int8_linear, spmm
 
-__all__ = ["CostModel", "FormatChoice", "NUMERICS", "choose_format", "calibrate", "cost_model", "native_bf16"]
+__all__ = [
+    "CostModel",
+    "FormatChoice",
+    "NUMERICS",
+    "amx_in_use",
+    "choose_format",
+    "calibrate",
+    "cost_model",
+    "native_bf16",
+]
 
 CALIBRATION_NS = (1, 16, 128)
 #: Candidate formats ``choose_format`` considers by default, by the name it reports.
@@ -37,6 +46,8 @@ CANDIDATES = ("csr", "bsr16", "bsr32", "nm2:4", "hybrid")
 #: Candidates for int8 weights with dynamic int8 inputs (``activation="dynamic"``): ``qbsr`` in 1 x 4 blocks (fine
 #: patterns) or 16 x 4 blocks (one row per vector lane; also the dense int8 layout: every block stored).
 INT8_CANDIDATES = ("qbsr1x4", "qbsr16x4")
+#: int8 blocks the AMX tile kernels take (one 16 x 64 A tile per block), calibrated where they are in use.
+AMX_INT8_CANDIDATES = ("qbsr16x64",)
 #: Dense configurations timed besides fp32, to say what the best dense layer of this machine would cost.
 DENSE_ALTERNATIVES = ("dense-bf16", "dense-int8")
 #: Float formats calibrated with bf16 values too (for bf16 models), where the CPU has native bf16.
@@ -154,8 +165,19 @@ def _format_params(w: SparseFormat) -> dict[str, Any]:
 def _cache_key() -> tuple[str, str]:
     backend = "cpu-kernels" if _loader.load() else "reference"
     build = _loader.build_dir().name if backend == "cpu-kernels" else "none"
-    raw = f"{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}|{build}|{_SCHEMA}"
+    raw = f"{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}|{build}|{sorted(amx_in_use())}|{_SCHEMA}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16], backend
+
+
+def amx_in_use() -> set[str]:
+    """Which AMX tile kernels (``"int8"``, ``"bf16"``) the loaded C++ ops use on this machine (see
+    ``kernel_status()["amx"]``); empty where they are off or the ops are not built."""
+    if not _loader.load():
+        return set()
+    line = _loader.status()["amx"]
+    if not line.startswith("amx: in use"):
+        return set()
+    return {kind for kind in ("int8", "bf16") if f"{kind} off" not in line}
 
 
 def native_bf16() -> bool:
@@ -206,6 +228,8 @@ def calibrate(seed: int = 0) -> CostModel:
     gen = torch.Generator().manual_seed(seed)
     model = CostModel(key=key, backend=backend, threads=torch.get_num_threads())
     kinds = ["dense", "csr", "bsr16", "bsr32", "nm2:4", *INT8_CANDIDATES, "dense-int8"]
+    if "int8" in amx_in_use():  # int8 blocks on the AMX tiles
+        kinds += AMX_INT8_CANDIDATES
     if native_bf16():  # bf16 models: dense bf16 against our bf16-value kernels
         kinds += ["dense-bf16", *BF16_KINDS]
     for fmt in kinds:
@@ -322,7 +346,8 @@ def choose_format(
         batch_hint: the N (tokens per call) the layer will mostly see.
         device: where it will run; only "cpu" has calibrated kernels today, other devices keep dense.
         candidates: among "csr", "bsr16", "bsr32", "nm2:4", "hybrid" (default: all); with ``activation="dynamic"``
-            among "qbsr1x4", "qbsr16x4".
+            among "qbsr1x4", "qbsr16x4" and, where the AMX int8 tile kernels are in use, "qbsr16x64" (default:
+            those this machine has).
         margin: a sparse format must be predicted at most this fraction of dense time.
         model: a cost model (default: this machine's, calibrated once and cached).
         activation: None (float values, the default) or ``"dynamic"`` (int8 weights and per-token int8 inputs).
@@ -347,8 +372,14 @@ def choose_format(
             return _choose_numerics(weight, mask, numerics, batch_hint, margin, model or cost_model())
     if activation not in (None, "dynamic"):
         raise FormatError(f"choose_format: activation must be None or 'dynamic', got {quote(activation)}.")
-    allowed = INT8_CANDIDATES if activation else CANDIDATES
-    candidates = allowed if candidates is None else tuple(candidates)
+    allowed = INT8_CANDIDATES + AMX_INT8_CANDIDATES if activation else CANDIDATES
+    default = CANDIDATES
+    if activation and torch.device(device).type == "cpu":  # the AMX layouts where this machine's model has them
+        model = model or cost_model()
+        default = INT8_CANDIDATES + tuple(c for c in AMX_INT8_CANDIDATES if c in model.per_entry)
+    elif activation:
+        default = INT8_CANDIDATES
+    candidates = default if candidates is None else tuple(candidates)
     unknown = sorted(set(candidates) - set(allowed))
     if unknown:
         raise FormatError(f"choose_format: unknown candidates {unknown}; choose among {list(allowed)}.")
@@ -459,7 +490,8 @@ def _choose_int8(keep, n, candidates, model, predicted, reasons) -> FormatChoice
             reasons.append(f"{name}: not applicable, shape {rows}x{cols} is not divisible by {br}x{bc}")
             continue
         if name not in model.per_entry:
-            reasons.append(f"{name}: not calibrated here (the C++ ops are not available)")
+            why = "no AMX int8 tile kernels in use" if name in AMX_INT8_CANDIDATES else "the C++ ops are not available"
+            reasons.append(f"{name}: not calibrated here ({why})")
             continue
         blocks = int(keep.reshape(rows // br, br, cols // bc, bc).any(dim=(1, 3)).sum())
         predicted[name] = model.predict(name, blocks * br * bc, n)

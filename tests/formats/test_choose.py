@@ -181,3 +181,32 @@ def test_bf16_weights_are_compared_at_bf16_costs():
     assert sparser.format == "csr"
     no_bf16 = choose_format(w.bfloat16(), model=_model())  # a machine without native bf16: float32 costs
     assert any("no native bf16" in r for r in no_bf16.reasons)
+
+
+def test_amx_int8_blocks_are_a_candidate_only_where_calibrated():
+    w = torch.randn(64, 128)
+    keep = (torch.rand(4, 2) < 0.5).repeat_interleave(16, 0).repeat_interleave(64, 1)
+    keep[:16, :64] = True
+    plain = _model(**{"qbsr1x4": 0.5e-9, "qbsr16x4": 0.4e-9})
+    choice = choose_format(w * keep, model=plain, activation="dynamic")
+    assert not any(r.startswith("qbsr16x64") for r in choice.reasons)  # not offered where AMX is not in use
+    asked = choose_format(w * keep, model=plain, activation="dynamic", candidates=("qbsr16x64",))
+    assert "qbsr16x64: not calibrated here (no AMX int8 tile kernels in use)" in asked.reasons
+    amx = _model(**{"qbsr1x4": 0.5e-9, "qbsr16x4": 0.4e-9, "qbsr16x64": 0.1e-9})
+    choice = choose_format(w * keep, model=amx, activation="dynamic")
+    assert choice.params == {"block": (16, 64), "activation": "dynamic"} and choice.chosen == "qbsr16x64"
+    stored = choice.build(w * keep)
+    assert stored.nnz == int(keep.sum())
+
+
+def test_amx_in_use_reads_the_kernel_status(monkeypatch):
+    from hf_sparse.ops import _loader, choose
+
+    monkeypatch.setattr(_loader, "load", lambda: True)
+    for line, want in (
+        ("amx: in use: int8 tiles ..., bf16 tiles ...; calls: int8 0, bf16 0", {"int8", "bf16"}),
+        ("amx: in use: int8 tiles ...; bf16 off (CPU lacks amx_bf16); calls: int8 0, bf16 0", {"int8"}),
+        ("amx: CPU lacks amx_tile; calls: int8 0, bf16 0", set()),
+    ):
+        monkeypatch.setattr(_loader, "status", lambda line=line: {"amx": line})
+        assert choose.amx_in_use() == want
