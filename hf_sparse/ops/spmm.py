@@ -407,8 +407,9 @@ def dynamic_int8_linear(
     """``F.linear(quantize_input(x), weight, bias)`` with integer arithmetic, for a ``qbsr`` weight that records
     dynamic input quantisation (``activation="dynamic"``) in blocks ``r x c`` with ``c`` a multiple of 4 (1 x 4 is
     the VNNI-friendly shape): each token is quantised to 8 bits in C++ and multiplied with the int8 codes by integer
-    dot products (AVX-512 VNNI / AVX-VNNI where the CPU has them). The result equals the simulated path (round the
-    input to its grid, multiply in float) up to float rounding.
+    dot products (AVX-512 VNNI / AVX-VNNI where the CPU has them; 16 x 64k blocks on AMX tiles where those are in
+    use: ``kernel_status()["amx"]`` says so and counts their calls). The result equals the simulated path (round
+    the input to its grid, multiply in float) up to float rounding.
 
     Returns None where this path does not apply (another format or activation, a non-CPU or non-float32 input, a
     gradient to compute, no C++ ops), so the caller takes the general path.
