@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import HfSparseError, quote
+from .errors import ConfigError, HfSparseError, quote
 
 __all__ = ["main"]
 
@@ -288,7 +288,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"[{i}/{total}] {case['name']}: ours {1e3 * case['ours_s']:.3f} ms;{head} speedup vs {ratios}", flush=True
         )
 
-    record = module.run(quick=args.quick, threads=args.threads, rounds=args.rounds, progress=progress)
+    extra = {}
+    if args.batch is not None:
+        extra["batches"] = tuple(args.batch)
+    if args.checkpoint:
+        extra["checkpoints"] = tuple(args.checkpoint)
+    if extra and args.suite != "minilm":
+        raise ConfigError(f"hf-sparse bench: --batch and --checkpoint apply to the minilm suite, not {args.suite}.")
+    if any(b < 1 for b in extra.get("batches", ())):
+        raise ConfigError(f"hf-sparse bench: --batch sizes must be positive, got {list(extra['batches'])}.")
+    for path in extra.get("checkpoints", ()):
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(
+                f"hf-sparse bench: --checkpoint {quote(path)} is not a saved model folder (no config.json)."
+            )
+    record = module.run(quick=args.quick, threads=args.threads, rounds=args.rounds, progress=progress, **extra)
     text = json.dumps(record, indent=2)
     if args.json:
         with open(args.json, "w") as f:
@@ -378,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per case")
     p.add_argument("--json", default=None, help="write the results to this file instead of printing them")
+    p.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=None,
+        help="(minilm) batch sizes to time, e.g. --batch 1 32 (default 1)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=None,
+        help="(minilm) also time this saved compressed model's encoder against the dense baselines (repeatable)",
+    )
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("inspect", help="per-layer format, shape, stored fraction and bytes of a sparse checkpoint")

@@ -87,17 +87,34 @@ def test_bench_train_step_quick_checks_gradients_and_reports_ratios(tmp_path):
 
 @pytest.mark.real
 def test_bench_minilm_quick_on_the_real_model(tmp_path):
+    from transformers import AutoModel
+
+    import hf_sparse
+    from hf_sparse.data import minilm_l6_path
+
+    saved = tmp_path / "student"  # a saved compressed model, timed with --checkpoint
+    model = AutoModel.from_pretrained(minilm_l6_path()).eval()
+    hf_sparse.apply_(model, hf_sparse.PruningConfig(sparsity=0.5))
+    hf_sparse.sparsify_(model, format="qbsr", block=(16, 4), activation="dynamic", progress=False)
+    model.save_pretrained(saved)
     out = tmp_path / "minilm.json"
-    assert main(["bench", "minilm", "--quick", "--rounds", "2", "--json", str(out)]) == 0
+    args = ["bench", "minilm", "--quick", "--rounds", "2", "--batch", "2", "--checkpoint", str(saved)]
+    assert main([*args, "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert [(c["params"]["mode"], c["params"]["sparsity"]) for c in record["cases"]] == [
+    assert [(c["params"]["mode"], c["params"].get("sparsity")) for c in record["cases"]] == [
         ("auto", 0.8),
         ("auto", 0.9),
         ("int8-1x4", 0.8),
         ("int8-1x4", 0.9),
         ("int8-16x4", 0.8),
         ("int8-16x4", 0.9),
+        ("fastest", 0.8),
+        ("fastest", 0.9),
+        ("checkpoint", None),
     ]
+    assert {c["params"]["batch"] for c in record["cases"]} == {2}
+    assert record["cases"][-1]["params"]["formats"] == {"qbsr": 36, "dense": 1}  # the pooler stays dense
+    assert all(":" in f for f in record["cases"][7]["params"]["formats"])  # "int8:qbsr16x4", "bfloat16:dense", ...
     assert record["cases"][3]["params"]["formats"] == {"qbsr": 36}
     assert 0 < record["cases"][3]["params"]["rel_err_vs_pruned_fp32"] <= 5e-2
     assert "fp32" in record["cases"][0]["baselines_s"]
@@ -113,3 +130,13 @@ def test_build_kernels_command(capsys):
     expected = 0 if load_kernels() else 1
     assert main(["build-kernels"]) == expected
     assert "hf-sparse:" in capsys.readouterr().out
+
+
+def test_bench_options_of_the_minilm_suite_are_checked(tmp_path, capsys):
+    for args, match in (
+        (["bench", "spmm", "--batch", "32"], "apply to the minilm suite"),
+        (["bench", "minilm", "--batch", "0"], "must be positive"),
+        (["bench", "minilm", "--checkpoint", str(tmp_path / "missing")], "not a saved model folder"),
+    ):
+        assert main(args) == 2
+        assert match in capsys.readouterr().err
