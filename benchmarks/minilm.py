@@ -12,7 +12,8 @@ compressed models (e.g. a distilled student), their encoder timed against the sa
 Baselines, same process, interleaved: every dense configuration of the model on this machine
 (:func:`hf_sparse.benchmarking.dense_model_baselines`): ``fp32``; ``bf16`` (a bf16 copy, where the CPU has native
 bf16); ``torch-dynamic-int8`` (``torch.ao``); ``onnxruntime-dynamic-int8`` (exported with
-``torch.onnx.export(dynamo=False)`` and quantised by onnxruntime, where ``hf-sparse[bench]`` is installed), each
+``torch.onnx.export(dynamo=False)`` and quantised by onnxruntime, where ``hf-sparse[bench]`` is installed);
+``openvino`` and ``openvino-int8-weights`` (``openvino.convert_model``, the CPU plugin's default precision), each
 checked against fp32 first; each case records the best of them (``best_dense``, ``ratio_vs_best_dense``) next to
 ``ratio_vs_fp32``, with what was skipped and why. Correctness first: the sparse model's output must equal the pruned
 dense model's within fp32 tolerance.

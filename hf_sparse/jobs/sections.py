@@ -164,7 +164,8 @@ class CheckpointSection(BaseConfig):
             against fp32. 0 skips it.
         latency_baselines: The dense configurations timed against (built once per job, each checked against the
             fp32 model first): ``fp32``, ``bf16`` (where the CPU has native bf16), ``torch-dynamic-int8``,
-            ``onnxruntime-dynamic-int8`` (with the ``bench`` extra; exporting and quantising takes seconds). null:
+            ``onnxruntime-dynamic-int8``, ``openvino``, ``openvino-int8-weights`` (with the ``bench`` extra;
+            exporting or converting takes seconds). null:
             every one this machine has. A list must include ``fp32``, the reference of the others; e.g. ``[fp32]``
             for quick checks (the report then says the others were not measured).
         numerics: The arithmetic each layer may take when it is stored (with ``format: auto``): ``keep`` (the

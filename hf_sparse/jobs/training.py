@@ -165,9 +165,9 @@ def dense_checkpoint_bytes(model) -> int:
 def dense_baselines(dense_model, batch, include=None):
     """The dense configurations of this machine for ``dense_model`` on ``batch`` (a dict of input tensors), each
     checked against the fp32 model first (:func:`hf_sparse.benchmarking.dense_model_baselines`: fp32; bf16 where
-    the CPU has native bf16; torch dynamic int8; onnxruntime dynamic int8 where installed). ``include``: only these
-    (fp32 always); ``None``: all. Build them once per job and pass them to every :func:`latency` call: the
-    onnxruntime one exports and quantises the model (seconds)."""
+    the CPU has native bf16; torch dynamic int8; onnxruntime dynamic int8, OpenVINO and OpenVINO with int8 weights
+    where installed). ``include``: only these (fp32 always); ``None``: all. Build them once per job and pass them
+    to every :func:`latency` call: the onnxruntime and OpenVINO ones export or convert the model (seconds)."""
     from ..benchmarking import dense_model_baselines
 
     dense_model.eval()  # dropout would make every check fail
