@@ -15,6 +15,8 @@ __all__ = [
     "tiny_classification_dataset",
     "cpu_training_args",
     "random_format_case",
+    "synthetic_cost_model",
+    "check_fresh_process_reload",
 ]
 
 
@@ -122,3 +124,53 @@ def random_format_case(rng: random.Random, name: str) -> tuple[torch.Tensor, tor
     if rng.random() < 0.3:
         weight[mask & (torch.rand(rows, cols, generator=g) < 0.2)] = 0.0  # explicit zeros that are kept
     return weight, mask, params
+
+
+def synthetic_cost_model(**per_entry: float):
+    """A deterministic :class:`~hf_sparse.ops.CostModel`: seconds per stored entry and token, the same at every
+    calibrated N, no call overhead. Defaults: dense 1 ns, CSR 4 ns, BSR 16 1.2 ns, BSR 32 1.1 ns, 2:4 0.6 ns;
+    ``per_entry`` adds or overrides kinds (``"dense-bf16"``, ``"qbsr16x4"``, ...)."""
+    from ..ops.choose import CALIBRATION_NS, CostModel
+
+    costs = {"dense": 1e-9, "csr": 4e-9, "bsr16": 1.2e-9, "bsr32": 1.1e-9, "nm2:4": 0.6e-9, **per_entry}
+    return CostModel(
+        key="test",
+        backend="test",
+        threads=1,
+        overhead={f: dict.fromkeys(CALIBRATION_NS, 0.0) for f in costs},
+        per_entry={f: {n: c * n for n in CALIBRATION_NS} for f, c in costs.items()},
+    )
+
+
+def check_fresh_process_reload(model, folder, check: str = "", *, seed: int = 1) -> None:
+    """Save ``model`` (a sequence classifier) to ``folder``, reload it with ``from_pretrained`` in a fresh Python
+    process and assert its logits on a seeded batch equal the saved model's; ``check`` is extra Python run there
+    after loading, with the reloaded model as ``m`` (e.g. an assert on a layer's format)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    g = torch.Generator().manual_seed(seed)
+    batch = {"input_ids": torch.randint(6, 128, (2, 9), generator=g), "attention_mask": torch.ones(2, 9, dtype=int)}
+    with torch.no_grad():
+        logits = model(**batch).logits
+    model.save_pretrained(folder)
+    case = folder / "case.safetensors"
+    save_file({**batch, "logits": logits}, str(case))
+    script = (
+        "import torch, hf_sparse\n"
+        "from safetensors.torch import load_file\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"m = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}).eval()\n"
+        f"{check}\n"
+        f"case = load_file({str(case)!r})\n"
+        "want = case.pop('logits')\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(m(**case).logits, want)\n"
+        "print('reloaded ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "reloaded ok" in done.stdout, done.stderr[-3000:]

@@ -5,20 +5,12 @@ import torch
 
 from hf_sparse.errors import FormatError
 from hf_sparse.ops import CostModel, calibrate, choose_format, cost_model
-
-NS = (1, 16, 128)
+from hf_sparse.testing import synthetic_cost_model
 
 
 def _model(**per_entry):
     """A deterministic cost model: seconds per stored entry, the same at every N, no call overhead."""
-    costs = {"dense": 1e-9, "csr": 4e-9, "bsr16": 1.2e-9, "bsr32": 1.1e-9, "nm2:4": 0.6e-9, **per_entry}
-    return CostModel(
-        key="test",
-        backend="test",
-        threads=1,
-        overhead={f: dict.fromkeys(NS, 0.0) for f in costs},
-        per_entry={f: {n: c * n for n in NS} for f, c in costs.items()},
-    )
+    return synthetic_cost_model(**per_entry)
 
 
 def _unstructured(sparsity, shape=(64, 128), seed=0):

@@ -1,9 +1,6 @@
 """sparsify_(numerics=...): each layer takes the option predicted fastest, dense or sparse, in any allowed arithmetic,
 so a layer sparse storage does not speed up stays dense in the fastest dtype of the machine."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -11,26 +8,16 @@ import hf_sparse
 from hf_sparse.errors import ConfigError, FormatError
 from hf_sparse.formats import Full
 from hf_sparse.nn import SparseLinear
-from hf_sparse.ops import CostModel, choose_format
-
-NS = (1, 16, 128)
+from hf_sparse.ops import choose_format
+from hf_sparse.testing import synthetic_cost_model
 
 
 def _model(bf16=True, **per_entry):
-    """Seconds per stored entry, the same at every N: dense bf16 three times cheaper than fp32, our int8 layouts
-    slower than dense bf16 unless very sparse."""
-    costs = {"dense": 1e-9, "csr": 4e-9, "bsr16": 1.2e-9, "bsr32": 1.1e-9, "nm2:4": 0.6e-9, "dense-int8": 0.5e-9}
-    costs |= {"qbsr1x4": 2.5e-9, "qbsr16x4": 0.45e-9}
+    """Dense bf16 three times cheaper than fp32, our int8 layouts slower than dense bf16 unless very sparse."""
+    costs = {"dense-int8": 0.5e-9, "qbsr1x4": 2.5e-9, "qbsr16x4": 0.45e-9}
     if bf16:
         costs |= {"dense-bf16": 0.33e-9, "csr-bf16": 3.5e-9, "bsr16-bf16": 0.4e-9}
-    costs |= per_entry
-    return CostModel(
-        key="test",
-        backend="test",
-        threads=1,
-        overhead={f: dict.fromkeys(NS, 0.0) for f in costs},
-        per_entry={f: {n: c * n for n in NS} for f, c in costs.items()},
-    )
+    return synthetic_cost_model(**(costs | per_entry))
 
 
 def _sparse(sparsity, shape=(64, 128), seed=0):
@@ -116,9 +103,7 @@ def test_sparsify_keeps_unhelped_layers_dense_in_bf16_below_min_sparsity_too(mon
 
 
 def test_a_model_with_bf16_and_int8_layers_reloads_in_a_fresh_process(tmp_path, monkeypatch):
-    from safetensors.torch import save_file
-
-    from hf_sparse.testing import tiny_bert_classifier
+    from hf_sparse.testing import check_fresh_process_reload, tiny_bert_classifier
 
     # dense int8 cheapest for full layers, bf16 CSR for very sparse ones
     cheap_int8 = _model(**{"qbsr16x4": 0.2e-9})
@@ -129,28 +114,11 @@ def test_a_model_with_bf16_and_int8_layers_reloads_in_a_fresh_process(tmp_path, 
     formats = {n: (d.choice.format, d.choice.params.get("dtype")) for n, d in decisions.items()}
     assert formats["bert.encoder.layer.0.attention.self.query"] == ("csr", "bfloat16")
     assert formats["bert.encoder.layer.0.intermediate.dense"] == ("qbsr", None)
-    g = torch.Generator().manual_seed(1)
-    batch = {"input_ids": torch.randint(6, 128, (2, 9), generator=g), "attention_mask": torch.ones(2, 9, dtype=int)}
-    with torch.no_grad():
-        logits = model(**batch).logits
-    model.save_pretrained(tmp_path)
-    save_file({**batch, "logits": logits}, str(tmp_path / "case.safetensors"))
-    script = (
-        "import torch, hf_sparse\n"
-        "from transformers import AutoModelForSequenceClassification\n"
-        f"m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r}).eval()\n"
+    check = (
         "q = m.bert.encoder.layer[0].attention.self.query.weight_format()\n"
-        "assert q.name == 'csr' and q.dtype == torch.bfloat16, q\n"
-        "from safetensors.torch import load_file\n"
-        f"case = load_file({str(tmp_path / 'case.safetensors')!r})\n"
-        "want = case.pop('logits')\n"
-        "with torch.no_grad():\n"
-        "    torch.testing.assert_close(m(**case).logits, want)\n"
-        "print('reloaded ok')\n"
+        "assert q.name == 'csr' and q.dtype == torch.bfloat16, q"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "reloaded ok" in done.stdout
+    check_fresh_process_reload(model, tmp_path, check)
 
 
 def test_full_format_validates_and_round_trips():

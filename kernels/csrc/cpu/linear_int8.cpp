@@ -20,6 +20,24 @@
 
 namespace {
 
+// Tokens quantised to 8 bits in contiguous tiles padded to token_pad(n) (zeros past n): the input of the tiled and
+// AMX kernels.
+struct PaddedTokens {
+  int64_t npad;
+  std::vector<uint8_t> xq;
+  std::vector<float> xs;
+  std::vector<int32_t> xz;
+  PaddedTokens(const float* xp, int64_t cols, int64_t n)
+      : npad(hf_sparse_int8::token_pad(n)),
+        xq(static_cast<size_t>(cols * npad), 0),
+        xs(static_cast<size_t>(npad), 0.f),
+        xz(static_cast<size_t>(npad), 0) {
+    at::parallel_for(0, n, 16, [&](int64_t t0, int64_t t1) {
+      hf_sparse_int8::quantize_tokens(xp, cols, cols, t0, t1, npad, xq.data(), xs.data(), xz.data());
+    });
+  }
+};
+
 at::Tensor linear_qbsr_dyn_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                                const at::Tensor& scales, const std::optional<at::Tensor>& bias, int64_t rows,
                                int64_t cols, const at::Tensor& x) {
@@ -79,16 +97,10 @@ at::Tensor linear_qbsr_dyn_cpu(const at::Tensor& crow, const at::Tensor& col, co
     TORCH_CHECK_VALUE(bad < 0, "hf_sparse::", op, ": col[", bad, "]=", bad < 0 ? 0 : static_cast<int64_t>(ci[bad]),
                       " is out of range [0, ", bcols, ") block columns");
     if (hf_sparse_amx::int8_shape(R, C) && hf_sparse_amx::int8_ready()) {  // AMX tiles (amx.h)
-      const int64_t npad = hf_sparse_int8::token_pad(n);
-      std::vector<uint8_t> xq(static_cast<size_t>(cols * npad), 0);
-      std::vector<float> xs(static_cast<size_t>(npad), 0.f);
-      std::vector<int32_t> xz(static_cast<size_t>(npad), 0);
-      at::parallel_for(0, n, 16, [&](int64_t t0, int64_t t1) {
-        hf_sparse_int8::quantize_tokens(xp, cols, cols, t0, t1, npad, xq.data(), xs.data(), xz.data());
-      });
+      const PaddedTokens t(xp, cols, n);
       at::parallel_for(0, brows, 1, [&](int64_t bb, int64_t be) {
-        hf_sparse_amx::qbsr16_rows(cr, ci, val, C, sc, bp, xq.data(), cols, npad, n, xs.data(), xz.data(), yp, rows,
-                                   bb, be);
+        hf_sparse_amx::qbsr16_rows(cr, ci, val, C, sc, bp, t.xq.data(), cols, t.npad, n, t.xs.data(), t.xz.data(), yp,
+                                   rows, bb, be);
       });
       return;
     }
@@ -117,13 +129,11 @@ at::Tensor linear_qbsr_dyn_cpu(const at::Tensor& crow, const at::Tensor& col, co
       });
       return;
     }
-    const int64_t npad = hf_sparse_int8::token_pad(n);
-    std::vector<uint8_t> xq(static_cast<size_t>(cols * npad), 0);
-    std::vector<float> xs(static_cast<size_t>(npad), 0.f);
-    std::vector<int32_t> xz(static_cast<size_t>(npad), 0);
-    at::parallel_for(0, n, 16, [&](int64_t t0, int64_t t1) {
-      hf_sparse_int8::quantize_tokens(xp, cols, cols, t0, t1, npad, xq.data(), xs.data(), xz.data());
-    });
+    const PaddedTokens t(xp, cols, n);
+    const int64_t npad = t.npad;
+    const std::vector<uint8_t>& xq = t.xq;
+    const std::vector<float>& xs = t.xs;
+    const std::vector<int32_t>& xz = t.xz;
     // Block rows split so each thread gets whole groups of output rows.
     at::parallel_for(0, brows, std::max<int64_t>(1, 16 / R), [&](int64_t bb, int64_t be) {
       std::vector<float> tmp(16 * 64);
