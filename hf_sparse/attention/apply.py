@@ -8,9 +8,11 @@ import weakref
 
 import torch
 from torch import nn
+from transformers import PreTrainedConfig
 
 from ..errors import ConfigError
 from .config import ATTENTION_NAME, CONFIG_KEY, SparseAttentionConfig
+from .families import check_layer_selection, check_model_supported, family_name
 
 __all__ = ["apply_sparse_attention_", "record_input_ids", "recorded_input_ids"]
 
@@ -40,25 +42,61 @@ def recorded_input_ids(model_config) -> torch.Tensor | None:
     return _TOKENS.get(id(model_config))
 
 
+def _model_configs(model: nn.Module) -> list:
+    """The model's config and every other config object its modules hold (T5's encoder and decoder stacks hold
+    copies of it, and their attention modules read those)."""
+    seen = {id(model.config): model.config}
+    for m in model.modules():
+        c = getattr(m, "config", None)
+        if isinstance(c, PreTrainedConfig) and id(c) not in seen:
+            seen[id(c)] = c
+    return list(seen.values())
+
+
 def apply_sparse_attention_(model: nn.Module, config: SparseAttentionConfig) -> dict:
     """Record ``config`` in ``model.config`` (so ``save_pretrained`` writes it to ``config.json``) and switch the
     model to ``attn_implementation="hf_sparse"``, in place.
 
-    A saved model loads back with ``AutoModel...from_pretrained(path, attn_implementation="hf_sparse")``.
+    ``config.json`` also records ``attn_implementation: "hf_sparse"`` (a key transformers' configs read when they
+    load), so ``AutoModel...from_pretrained(path)`` loads the model back with the pattern; passing another
+    ``attn_implementation`` explicitly loads it with that implementation, without the pattern.
+
+    Families the implementation cannot run correctly are refused here (see :mod:`hf_sparse.attention.families`).
 
     Returns:
         ``{"layers": [...], "pattern": ...}``: the attention layers that use the pattern, and its description.
 
     Raises:
-        ConfigError: ``config`` is not a :class:`SparseAttentionConfig`, or the model has no transformers config.
+        ConfigError: ``config`` is not a :class:`SparseAttentionConfig`, the model has no transformers config, the
+            model computes attention in its own code (DeBERTa-v2), ``layers`` / ``layer_windows`` select layers of
+            a model whose attention modules have no layer index (DistilBERT, ALBERT), or token-id global tokens are
+            asked of an encoder-decoder model.
     """
     if not isinstance(config, SparseAttentionConfig):
         raise ConfigError(f"apply_sparse_attention_ needs a SparseAttentionConfig, got {type(config).__name__}.")
     model_config = getattr(model, "config", None)
     if model_config is None or not hasattr(model, "set_attn_implementation"):
         raise ConfigError("apply_sparse_attention_ needs a transformers PreTrainedModel (with .config).")
-    setattr(model_config, CONFIG_KEY, config.to_dict())
+    check_model_supported(model)
+    check_layer_selection(model, config)
+    if config.global_token_ids and getattr(model_config, "is_encoder_decoder", False):
+        raise ConfigError(
+            f"hf_sparse attention: token-id global tokens (global_token_ids) are not supported for "
+            f"{family_name(model_config)}, an encoder-decoder model (encoder and decoder share the input "
+            "embedding, so the token ids of the sequence each layer sees are not known); use global_positions."
+        )
     model.set_attn_implementation(ATTENTION_NAME)
+    if getattr(model_config, "_attn_implementation", ATTENTION_NAME) != ATTENTION_NAME:
+        raise ConfigError(
+            f"hf_sparse attention: {family_name(model_config)} ({type(model).__name__}) did not switch to "
+            f"attn_implementation={ATTENTION_NAME!r} (it stays {model_config._attn_implementation!r}), so the pattern "
+            "would never run; sparse attention does not support this model."
+        )
+    for c in _model_configs(model):
+        setattr(c, CONFIG_KEY, config.to_dict())
+    # Read back by transformers' config when the checkpoint loads: the model loads with our implementation, so a
+    # saved pattern is never silently replaced by full attention.
+    model_config.attn_implementation = ATTENTION_NAME
     if config.global_token_ids and model not in _HOOKED:
         _HOOKED[model] = record_input_ids(model)
     layers = sorted(

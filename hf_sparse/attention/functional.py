@@ -58,15 +58,19 @@ def sparse_attention_reference(
     is_global: torch.Tensor | None = None,
     dropout: float = 0.0,
     top_k: int | None = None,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention with the pattern as a dense boolean mask, in plain PyTorch (differentiable).
 
     ``top_k`` additionally keeps only the ``top_k`` largest allowed scores of each query (dynamic attention
-    pruning).
+    pruning). ``softcap`` caps the scaled scores as ``tanh(scores / softcap) * softcap`` (Gemma 2's logit
+    soft-capping) and ``bias`` is then added to them (T5's relative position bias), both before the pattern masks
+    them, in the order transformers' eager attention of those models uses.
 
     Shapes:
         query: (B, H, Sq, D). key, value: (B, Hkv, Skv, D). key_padding_mask: (B, Skv) bool, True = a real token.
-        Returns: (B, H, Sq, D).
+        bias: broadcastable to (B, H, Sq, Skv). Returns: (B, H, Sq, D).
     """
     B, H, Sq, D = query.shape
     Skv = key.shape[2]
@@ -87,17 +91,32 @@ def sparse_attention_reference(
         value = value.repeat_interleave(H // value.shape[1], dim=1)
     empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key: computed unmasked, then zeroed
     mask = mask | empty
-    if top_k is not None:
+    if bias is not None:
+        _check_bias(bias, B, H, Sq, Skv)
+    if top_k is not None or bias is not None or softcap is not None:
         scores = (query @ key.transpose(-1, -2)) * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if bias is not None:
+            scores = scores + bias.to(scores.dtype)
         scores = scores.masked_fill(~mask, float("-inf"))
-        if top_k < Skv:
+        if top_k is not None and top_k < Skv:
             kth = scores.topk(top_k, dim=-1).values[..., -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        probs = F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=dropout > 0)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        probs = F.dropout(probs, p=dropout, training=dropout > 0)
         out = probs @ value
     else:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
     return out.masked_fill(empty, 0.0)
+
+
+def _check_bias(bias: torch.Tensor, B: int, H: int, Sq: int, Skv: int) -> None:
+    if bias.dim() != 4 or any(n not in (1, want) for n, want in zip(bias.shape, (B, H, Sq, Skv))):
+        raise ConfigError(
+            f"sparse_attention: bias must broadcast to (batch, heads, queries, keys) = {(B, H, Sq, Skv)}, got "
+            f"{tuple(bias.shape)}."
+        )
 
 
 def layout_mask(layout: BlockLayout) -> torch.Tensor:
@@ -108,7 +127,15 @@ def layout_mask(layout: BlockLayout) -> torch.Tensor:
 # -- backends ------------------------------------------------------------------------------------------------------
 
 
-def _kernel_reasons(query, key, value, *, dropout, top_k) -> list[str]:
+_BIAS_REASON = "an additive score bias (e.g. T5's relative position bias) is not implemented in the kernel"
+_SOFTCAP_REASON = "logit soft-capping (e.g. Gemma 2's attn_logit_softcapping) is not implemented in the kernel"
+
+
+def _score_reasons(bias, softcap) -> list[str]:
+    return ([_BIAS_REASON] if bias is not None else []) + ([_SOFTCAP_REASON] if softcap is not None else [])
+
+
+def _kernel_reasons(query, key, value, *, dropout, top_k, bias=None, softcap=None) -> list[str]:
     out = []
     if query.device.type != "cpu":
         out.append(f"device {query.device.type} is not supported (cpu)")
@@ -122,6 +149,7 @@ def _kernel_reasons(query, key, value, *, dropout, top_k) -> list[str]:
         out.append("attention dropout is not implemented in the kernel (it runs in training only; eval is exact)")
     if top_k is not None:
         out.append("top-k pruning needs whole score rows; the reference computes it")
+    out += _score_reasons(bias, softcap)
     if not _loader.load():
         out.append(f"the C++ ops are not available: {_loader.status()['reason']}")
     return out
@@ -131,7 +159,7 @@ _CUDA_HEAD_DIMS = (32, 64, 96, 128)  # what sparse_attention.cu instantiates
 _CUDA_MAX_BLOCK_Q = 128
 
 
-def _cuda_reasons(query, key, value, *, dropout, top_k, block_q) -> list[str]:
+def _cuda_reasons(query, key, value, *, dropout, top_k, block_q, bias=None, softcap=None) -> list[str]:
     """Why our CUDA kernel (kernels/csrc/cuda/sparse_attention.cu, via binding.cpp) cannot take this input."""
     out = []
     if query.device.type != "cuda":
@@ -151,18 +179,28 @@ def _cuda_reasons(query, key, value, *, dropout, top_k, block_q) -> list[str]:
         out.append("attention dropout is not implemented in the kernel (it runs in training only; eval is exact)")
     if top_k is not None:
         out.append("top-k pruning needs whole score rows; the reference computes it")
+    out += _score_reasons(bias, softcap)
     if not out and not _loader.load_cuda():  # only now: the first call may build the extension (minutes)
         out.append(f"the CUDA ops are not available: {_loader.cuda_status()}")
     return out
 
 
 def explain(
-    query, key, value, *, dropout: float = 0.0, top_k: int | None = None, block_q: int = 24
+    query,
+    key,
+    value,
+    *,
+    dropout: float = 0.0,
+    top_k: int | None = None,
+    block_q: int = 24,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> dict[str, list[str]]:
     """For each backend, why it cannot run this input (an empty list: it can)."""
+    extra = dict(bias=bias, softcap=softcap)
     return {
-        "cpu": _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k),
-        "cuda": _cuda_reasons(query, key, value, dropout=dropout, top_k=top_k, block_q=block_q),
+        "cpu": _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k, **extra),
+        "cuda": _cuda_reasons(query, key, value, dropout=dropout, top_k=top_k, block_q=block_q, **extra),
         "reference": [],
     }
 
@@ -183,6 +221,8 @@ def sparse_attention(
     top_k: int | None = None,
     block_q: int = 24,
     backend: str | None = None,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention restricted to ``pattern`` (and ``causal``, and the keys ``key_padding_mask`` keeps).
 
@@ -195,9 +235,12 @@ def sparse_attention(
         q_offset, kv_offset: absolute positions of the first query and key (decoding with a cache).
         is_global: (B, kv_offset + Skv) bool, global positions per batch row (token-id globals).
         block_q: query rows per kernel tile.
+        bias: an additive score bias (T5's relative position bias), added after scaling (and soft-capping).
+        softcap: logit soft-capping, ``tanh(scores / softcap) * softcap`` (Gemma 2). Both run in the reference.
 
     Shapes:
-        query: (B, H, Sq, D). key, value: (B, Hkv, Skv, D), H a multiple of Hkv. Returns: (B, H, Sq, D).
+        query: (B, H, Sq, D). key, value: (B, Hkv, Skv, D), H a multiple of Hkv. bias: broadcastable to
+        (B, H, Sq, Skv). Returns: (B, H, Sq, D).
     """
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         raise ConfigError(
@@ -209,9 +252,11 @@ def sparse_attention(
     on_cuda = query.device.type == "cuda"
     why: dict[str, list[str]] = {}  # only the backends this call could use (checking CUDA may build it)
     if backend == "cpu" or (backend is None and not on_cuda):
-        why["cpu"] = _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k)
+        why["cpu"] = _kernel_reasons(query, key, value, dropout=dropout, top_k=top_k, bias=bias, softcap=softcap)
     if backend == "cuda" or (backend is None and on_cuda):
-        why["cuda"] = _cuda_reasons(query, key, value, dropout=dropout, top_k=top_k, block_q=block_q)
+        why["cuda"] = _cuda_reasons(
+            query, key, value, dropout=dropout, top_k=top_k, block_q=block_q, bias=bias, softcap=softcap
+        )
     if backend in why and why[backend]:
         raise ConfigError(
             f"sparse_attention: backend {quote(backend)} cannot run this input: " + "; ".join(why[backend]) + "."
@@ -222,7 +267,16 @@ def sparse_attention(
     )
     if backend == "reference" or reasons:
         return sparse_attention_reference(
-            query, key, value, pattern, is_global=is_global, dropout=dropout, top_k=top_k, **kwargs
+            query,
+            key,
+            value,
+            pattern,
+            is_global=is_global,
+            dropout=dropout,
+            top_k=top_k,
+            bias=bias,
+            softcap=softcap,
+            **kwargs,
         )
     B, H, Sq, D = query.shape
     Skv = key.shape[2]

@@ -6,6 +6,11 @@ not, offsets, and the key padding — and the attention function combines it wit
 ``model.config.hf_sparse_attention``, see :func:`~hf_sparse.attention.apply_sparse_attention_`) into the block
 layout our kernel runs over. Masks transformers composes from other pieces (packed sequences, a model's own
 sliding window) arrive as a dense boolean mask and run through the reference path, intersected with the pattern.
+
+Model families differ in what they pass (see :mod:`hf_sparse.attention.families`): an additive bias (T5's relative
+position bias) and logit soft-capping (Gemma 2) are honoured by the reference path; cross-attention runs as full
+attention; any other argument that changes the result, and a layer selection on modules without a layer index,
+raise a :class:`~hf_sparse.errors.ConfigError` instead of being dropped.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from transformers.masking_utils import (
 
 from ..attention.apply import recorded_input_ids
 from ..attention.config import ATTENTION_NAME, CONFIG_KEY, SparseAttentionConfig
+from ..attention.families import check_attention_kwargs, is_cross_attention, layer_selection_error
 from ..attention.functional import lowrank_attention, sparse_attention, sparse_attention_reference
+from ..attention.patterns import Full, SlidingWindow
 from ..errors import ConfigError
 
 __all__ = ["ATTENTION_NAME", "SparseMaskInfo", "sparse_attention_forward", "sparse_attention_mask", "CONFIG_KEY"]
@@ -130,7 +137,9 @@ def config_of(model_config) -> SparseAttentionConfig:
         raise ConfigError(
             f"attn_implementation={ATTENTION_NAME!r} needs a sparse attention config on the model: call "
             "hf_sparse.attention.apply_sparse_attention_(model, SparseAttentionConfig(...)) (or set "
-            f"config.{CONFIG_KEY} to its to_dict() before loading)."
+            f"config.{CONFIG_KEY} to its to_dict() before loading). A model made dense again (config.{CONFIG_KEY} "
+            "deleted) should also drop config.attn_implementation and switch with "
+            "model.set_attn_implementation('sdpa')."
         )
     if isinstance(raw, SparseAttentionConfig):
         return raw
@@ -166,15 +175,24 @@ def sparse_attention_forward(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """The ``AttentionInterface`` entry of ``hf_sparse``: (B, H, S, D) query/key/value in, (B, S, H, D) out."""
+    """The ``AttentionInterface`` entry of ``hf_sparse``: (B, H, S, D) query/key/value in, (B, S, H, D) out.
+
+    Of the keyword arguments, ``position_bias`` (an additive score bias, T5) and ``softcap`` (Gemma 2) are applied
+    to the scores before the pattern masks them, ``sliding_window`` is the model's own window (already in the mask
+    our mask function composed), ``is_causal`` is used when no mask is given; any other argument that changes the
+    result raises.
+    """
+    check_attention_kwargs(module, kwargs)
+    bias = kwargs.get("position_bias")
+    softcap = kwargs.get("softcap")
     model_config = getattr(module, "config", None)
     cfg = config_of(model_config)
     layer_idx = getattr(module, "layer_idx", None)
-    pattern = cfg.pattern_for(layer_idx)
     if isinstance(attention_mask, SparseMaskInfo):
         info = attention_mask
     elif attention_mask is None:  # e.g. a module called on its own, or a mask transformers decided to skip
-        causal = bool(getattr(module, "is_causal", False))
+        is_causal = kwargs.get("is_causal")
+        causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
         sq, skv = query.shape[2], key.shape[2]
         info = SparseMaskInfo(
             causal=causal, q_offset=skv - sq if causal else 0, kv_offset=0, q_length=sq, kv_length=skv
@@ -185,19 +203,63 @@ def sparse_attention_forward(
             "its own mask function builds. Load or set the implementation through transformers "
             f"(attn_implementation={ATTENTION_NAME!r} or model.set_attn_implementation({ATTENTION_NAME!r}))."
         )
+    if is_cross_attention(module, query.shape[2], key.shape[2], info.causal):
+        # Queries of one sequence over keys of another: a window over positions means nothing there (and the
+        # decoder's position is not the query's index), so cross-attention stays full attention.
+        out = sparse_attention(
+            query,
+            key,
+            value,
+            Full(),
+            key_padding_mask=info.key_padding,
+            scale=scaling,
+            dropout=dropout,
+            bias=bias,
+            softcap=softcap,
+            block_q=cfg.block_q,
+            backend=None if cfg.backend == "auto" else cfg.backend,
+        )
+        return out.transpose(1, 2).contiguous(), None
+    if layer_idx is None and (cfg.layers or cfg.layer_windows):
+        raise layer_selection_error(model_config, type(module).__name__)
+    pattern = cfg.pattern_for(layer_idx)
     causal = info.causal or cfg.causal
+    window = kwargs.get("sliding_window")
+    if window is not None and info.dense is None:
+        # The model's own window, not composed into the mask (a mask built without it): transformers' causal
+        # sliding window keeps the keys with q - k < window.
+        if not causal:
+            raise ConfigError(
+                f"hf_sparse attention: {type(module).__name__} passes sliding_window={window} for a bidirectional "
+                "layer without a mask that carries it; use attn_implementation='eager' or 'sdpa' for this model."
+            )
+        pattern = pattern & SlidingWindow(int(window) - 1, 0)
     if cfg.pattern == "lowrank" and cfg.applies_to(layer_idx):
         if causal or info.dense is not None:
             raise ConfigError(
                 "pattern 'lowrank' pools keys along the whole sequence, so it cannot respect a causal (or other "
                 "composed) mask: use it with encoders, or use a window pattern for decoders."
             )
+        if bias is not None or softcap is not None:
+            raise ConfigError(
+                f"hf_sparse attention: pattern 'lowrank' pools keys, so it cannot apply the per-key score "
+                f"{'bias' if bias is not None else 'soft-capping'} that {type(module).__name__} passes; use a "
+                "window pattern for this model."
+            )
         out = lowrank_attention(
             query, key, value, cfg.rank, key_padding_mask=info.key_padding, scale=scaling, dropout=dropout
         )
         return out.transpose(1, 2).contiguous(), None
     is_global = _global_flags(cfg, model_config, info.kv_offset + info.kv_length, query.device)
-    common = dict(causal=causal, scale=scaling, q_offset=info.q_offset, kv_offset=info.kv_offset, is_global=is_global)
+    common = dict(
+        causal=causal,
+        scale=scaling,
+        q_offset=info.q_offset,
+        kv_offset=info.kv_offset,
+        is_global=is_global,
+        bias=bias,
+        softcap=softcap,
+    )
     if info.dense is not None:
         out = _dense_path(query, key, value, pattern, info.dense, dropout=dropout, top_k=cfg.top_k, **common)
     else:
@@ -216,7 +278,9 @@ def sparse_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _dense_path(query, key, value, pattern, dense, *, causal, scale, q_offset, kv_offset, is_global, dropout, top_k):
+def _dense_path(
+    query, key, value, pattern, dense, *, causal, scale, q_offset, kv_offset, is_global, dropout, top_k, bias, softcap
+):
     # A mask transformers composed (packed sequences, a model's own window): the pattern intersected with it, by
     # the reference. The reference's padding argument is per key; a general mask is applied through is_global-free
     # composition: run per batch row with the row's mask as an extra pattern.
@@ -245,6 +309,8 @@ def _dense_path(query, key, value, pattern, dense, *, causal, scale, q_offset, k
                 is_global=None if is_global is None else is_global[b : b + 1],
                 dropout=dropout,
                 top_k=top_k,
+                bias=None if bias is None else bias[b : b + 1] if bias.shape[0] > 1 else bias,
+                softcap=softcap,
             )
         )
     return torch.cat(outs)
