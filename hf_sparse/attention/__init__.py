@@ -1,7 +1,7 @@
 """Sparse and windowed attention: patterns, block layouts, our kernels, and the ``hf_sparse`` attention
 implementation registered with transformers."""
 
-from .apply import apply_sparse_attention_
+from .apply import apply_sparse_attention_, check_sparse_attention
 from .config import SparseAttentionConfig
 from .functional import explain, lowrank_attention, sparse_attention, sparse_attention_reference
 from .layout import BlockLayout, build_layout
@@ -10,6 +10,7 @@ from .patterns import BlockSparse, DilatedWindow, Full, GlobalTokens, Pattern, S
 __all__ = [
     "SparseAttentionConfig",
     "apply_sparse_attention_",
+    "check_sparse_attention",
     "Pattern",
     "Full",
     "SlidingWindow",

@@ -4,6 +4,8 @@ see (for token-id global tokens)."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 import weakref
 
 import torch
@@ -14,7 +16,9 @@ from ..errors import ConfigError
 from .config import ATTENTION_NAME, CONFIG_KEY, SparseAttentionConfig
 from .families import check_layer_selection, check_model_supported, family_name
 
-__all__ = ["apply_sparse_attention_", "record_input_ids", "recorded_input_ids"]
+__all__ = ["apply_sparse_attention_", "check_sparse_attention", "record_input_ids", "recorded_input_ids"]
+
+logger = logging.getLogger(__name__)
 
 # Models whose input ids are recorded (token-id global tokens), with the hook's handle.
 _HOOKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -107,3 +111,34 @@ def apply_sparse_attention_(model: nn.Module, config: SparseAttentionConfig) -> 
         }
     )
     return {"layers": layers, "pattern": repr(config.pattern_for(layers[0] if layers else None))}
+
+
+def check_sparse_attention(model: nn.Module) -> bool:
+    """Whether a model whose config records a sparse attention pattern actually runs it.
+
+    A checkpoint saved with a pattern loads with ``attn_implementation="hf_sparse"`` by itself (its ``config.json``
+    says so), but one saved by an earlier version, or loaded with another ``attn_implementation`` passed
+    explicitly, runs full attention. This warns loudly then (``warnings.warn`` and the log), naming what is lost
+    and how to get it back.
+
+    Returns:
+        ``False`` (after warning) when the config records a pattern the model does not run; ``True`` otherwise.
+    """
+    model_config = getattr(model, "config", None)
+    raw = getattr(model_config, CONFIG_KEY, None)
+    running = getattr(model_config, "_attn_implementation", None)
+    if raw is None or running == ATTENTION_NAME:
+        return True
+    try:
+        what = repr(SparseAttentionConfig.from_dict(raw).pattern_for(None))
+    except Exception:  # an unreadable record is still a pattern that is not running
+        what = "a sparse attention pattern"
+    message = (
+        f"{type(model).__name__}'s config records {what} (config.{CONFIG_KEY}) but the model runs "
+        f"attn_implementation={running!r}: the pattern is NOT applied and attention is full. Load it with "
+        f"from_pretrained(..., attn_implementation={ATTENTION_NAME!r}) or call "
+        f"model.set_attn_implementation({ATTENTION_NAME!r})."
+    )
+    warnings.warn(message, UserWarning, stacklevel=2)
+    logger.warning(message)
+    return False

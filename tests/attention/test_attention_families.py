@@ -28,7 +28,7 @@ from transformers import (
 
 import hf_sparse  # noqa: F401  (registers the attention implementation)
 from hf_sparse import SparseAttentionConfig, apply_sparse_attention_
-from hf_sparse.attention import sparse_attention
+from hf_sparse.attention import check_sparse_attention, sparse_attention
 from hf_sparse.attention.config import CONFIG_KEY
 from hf_sparse.errors import ConfigError
 from hf_sparse.integrations.attention import sparse_attention_forward
@@ -369,3 +369,21 @@ def test_a_saved_pattern_loads_with_the_sparse_implementation(tmp_path):
     _assert_differs(hidden, _hidden(model, input_ids=ids, attention_mask=mask), "BERT")
     explicit = AutoModelForSequenceClassification.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     torch.testing.assert_close(_logits(explicit, input_ids=ids, attention_mask=mask), dense, rtol=1e-4, atol=1e-5)
+
+    assert check_sparse_attention(loaded)
+
+
+def test_a_pattern_that_does_not_run_is_reported_loudly(tmp_path, caplog):
+    """A checkpoint saved without the implementation in its config.json (an earlier version), or loaded with another
+    implementation, runs full attention: the check says so, as a warning and in the log."""
+    model = _bert()
+    apply_sparse_attention_(model, SparseAttentionConfig(window=2))
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["attn_implementation"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config._attn_implementation != "hf_sparse"
+    with pytest.warns(UserWarning, match="SlidingWindow.* NOT applied .* attn_implementation='hf_sparse'"):
+        assert not check_sparse_attention(loaded)
+    assert "NOT applied" in caplog.text
