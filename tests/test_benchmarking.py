@@ -246,3 +246,15 @@ def test_bitsandbytes_skipped_with_a_reason_when_it_cannot_be_imported(monkeypat
     for name in ("bitsandbytes-int8", "bitsandbytes-nf4"):
         assert name not in baselines
         assert baselines.skipped[name].startswith("bitsandbytes not importable (bitsandbytes)"), baselines.skipped
+
+
+def test_baseline_errors_are_relative_for_large_outputs_and_absolute_near_zero():
+    from hf_sparse.benchmarking import _relative_error
+
+    unsure = torch.tensor([[-0.0339, -0.0123]])  # logits of a classifier unsure of its example
+    int8 = torch.tensor([[0.2166, -0.2945]])  # what a dynamic int8 copy gave: 10x the logits' norm, 0.38 absolute
+    assert _relative_error(int8, unsure) == pytest.approx(float((int8 - unsure).norm()), rel=1e-6)
+    assert _relative_error(int8, unsure) < MODEL_TOLERANCES["torch-dynamic-int8"]
+    big = torch.full((4, 8), 10.0)
+    assert _relative_error(big * 1.01, big) == pytest.approx(0.01, rel=1e-4)
+    assert _relative_error(-big, big) == pytest.approx(2.0)  # a broken baseline stays far outside
