@@ -239,6 +239,8 @@ def _wrong_values(tp: Any, optional: bool) -> list[tuple[str, Any]]:
         out = [("str", "maybe"), ("int", 1), ("list", [True])]  # 'yes'/'no' are booleans in YAML 1.1
     elif tp is str:
         out = [("int", 5), ("bool", True), ("list", ["a"]), ("mapping", {"a": 1})]
+    elif _is_name_or_names(tp):
+        out = [("int", 5), ("list-of-int", [5])]  # one leaf of this family: two kinds, both tried
     else:  # a new kind of annotation: the corpus must learn it
         raise AssertionError(f"no wrong values known for {tp!r}")
     if not optional:
@@ -246,8 +248,16 @@ def _wrong_values(tp: Any, optional: bool) -> list[tuple[str, Any]]:
     return out
 
 
+def _is_name_or_names(tp: Any) -> bool:
+    """``str | tuple[str, ...]``: a name or a list of names (e.g. ``checkpoint.numerics``)."""
+    args = typing.get_args(tp) if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union else ()
+    return len(args) == 2 and str in args and any(typing.get_origin(a) is tuple for a in args)
+
+
 def _family(tp: Any) -> str:
     """The type family of an annotation, as :func:`_wrong_values` tells them apart."""
+    if _is_name_or_names(tp):
+        return "name-or-list"
     origin = typing.get_origin(tp)
     if origin in (Literal, tuple, dict):
         return {Literal: "choice", tuple: "list", dict: "mapping"}[origin]
