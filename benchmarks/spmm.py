@@ -13,7 +13,8 @@ Baselines, interleaved call by call: every dense configuration of this machine
 (:func:`hf_sparse.benchmarking.dense_linear_baselines`: ``fp32`` ``F.linear`` (MKL); ``bf16`` where the CPU has
 native bf16, timed on a bf16 input; ``torch-dynamic-int8``; ``onnxruntime-dynamic-int8``; ``openvino`` and
 ``openvino-int8-weights``; ``bitsandbytes-int8`` and ``bitsandbytes-nf4`` where they run and beat fp32), each
-checked against fp32 first, and each case records the best of them (``best_dense``, ``ratio_vs_best_dense``) next to ``ratio_vs_fp32``, with what was skipped and why;
+checked against fp32 first, and each case records the best of them (``best_dense``, ``ratio_vs_best_dense``) next
+to ``ratio_vs_fp32``, with what was skipped and why;
 ``torch.sparse`` CSR for unstructured and 2:4; ``torch.sparse`` BSR for blocks. ``cold`` rotates enough copies of
 every weight (>= 8, twice the last-level cache, >= 64 MiB) that each call reads it from DRAM; ``hot`` reuses one
 copy. Threads are fixed explicitly. Ours is timed as a layer calls it, ``sparse_linear(weight, x)``: (N, K) in,
