@@ -30,7 +30,7 @@ RECIPE_FILE = "hf_sparse_recipe.yaml"
 def convert_numerics(model, checkpoint) -> dict[str, str]:
     """Store the model's layers in the fastest arithmetic ``checkpoint.numerics`` allows (nothing for ``keep``),
     where no method stored them already: e.g. a distilled or structurally pruned student."""
-    if checkpoint.numerics == "keep" or checkpoint.format != "auto":
+    if checkpoint.format != "auto" or checkpoint.numerics == "keep":
         return {}
     from ..nn import sparsify_
 

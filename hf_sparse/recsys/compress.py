@@ -392,7 +392,9 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
 
     task = RecsysTask(recipe, splits, dense, item_frequencies(splits).double())
     baseline = {**runs[0], "checkpoint_bytes": checkpoint_bytes(dense_folder)}
-    checkpoint = SimpleNamespace(format="dense", verify=recipe.verify, latency_rounds=recipe.latency_rounds)
+    checkpoint = SimpleNamespace(
+        format="dense", numerics="keep", verify=recipe.verify, latency_rounds=recipe.latency_rounds
+    )
     recipe_text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     for plan in _plans(recipe):
         logger.info("hf-sparse recsys: %s", plan.name)
