@@ -9,8 +9,9 @@ import re
 from torch import nn
 
 from ..errors import ConfigError, quote
+from .roles import default_exclude
 
-__all__ = ["DEFAULT_EXCLUDE", "match_linears", "match_embeddings"]
+__all__ = ["DEFAULT_EXCLUDE", "effective_exclude", "match_linears", "match_embeddings"]
 
 #: Module-name components that are never pruned by default: task heads, the pooler and embeddings. Matched against
 #: each dot-separated component of a module's qualified name (``bert.pooler.dense`` has the component ``pooler``).
@@ -27,6 +28,16 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 )
 
 
+def effective_exclude(model: nn.Module, exclude_modules) -> tuple[str, ...]:
+    """``exclude_modules``, plus the task heads and embeddings of ``model``'s family (the module-role table,
+    :mod:`hf_sparse.nn.roles`) when it is the default :data:`DEFAULT_EXCLUDE`: ModernBERT's ``head.dense`` is a
+    task head though no generic name says so."""
+    exclude = tuple(exclude_modules)
+    if exclude == DEFAULT_EXCLUDE:
+        return tuple(dict.fromkeys(exclude + default_exclude(model)))
+    return exclude
+
+
 def _matches(name: str, pattern: str) -> bool:
     """``pattern`` fully matches ``name``, or equals one of its dot-separated components."""
     return pattern in name.split(".") or re.fullmatch(pattern, name) is not None
@@ -36,12 +47,14 @@ def match_linears(
     model: nn.Module, target_modules, exclude_modules, *, who: str = "PruningConfig"
 ) -> dict[str, nn.Linear]:
     """The ``nn.Linear`` modules of ``model`` matching one of ``target_modules`` (or all, when it is empty) and none
-    of ``exclude_modules``, by qualified name, in model order; exclusion takes precedence.
+    of ``exclude_modules``, by qualified name, in model order; exclusion takes precedence. The default exclusion
+    also leaves the family's task heads and embeddings alone (:func:`effective_exclude`).
 
     Raises:
         ConfigError: when nothing is selected (the message, which starts with ``who``, lists the Linear layers).
     """
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    exclude_modules = effective_exclude(model, exclude_modules)
     chosen = {
         n: m
         for n, m in linears.items()

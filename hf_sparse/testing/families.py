@@ -1,0 +1,180 @@
+"""Tiny random-config models of every mainstream transformers family, one table entry each.
+
+The family × feature test matrix (``tests/test_family_matrix.py``) and the per-feature tests build their models
+here, so a new family is one entry: its config class, the model class with the task head users fine-tune, the
+tiny sizes, and its kind (``"encoder"``, ``"decoder"`` or ``"seq2seq"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, quote
+
+__all__ = ["FamilySpec", "FAMILIES", "tiny_model", "tiny_inputs"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One family: transformers' config and model class names, tiny sizes, and its kind."""
+
+    name: str
+    config_class: str
+    model_class: str
+    kind: str  # "encoder" (sequence classification), "decoder" (causal LM) or "seq2seq" (conditional generation)
+    sizes: dict[str, Any] = field(default_factory=dict)
+
+
+_ENC = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    num_labels=2,
+)
+# special token ids inside the tiny vocabulary (the defaults of some families point past it)
+_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+# decoders: 4 query heads sharing 2 key/value heads (grouped-query attention), head_dim 16, a gated MLP
+_DEC = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+)
+
+FAMILIES: dict[str, FamilySpec] = {
+    s.name: s
+    for s in (
+        FamilySpec("bert", "BertConfig", "BertForSequenceClassification", "encoder", _ENC),
+        FamilySpec(
+            "roberta", "RobertaConfig", "RobertaForSequenceClassification", "encoder", {**_ENC, "pad_token_id": 1}
+        ),
+        FamilySpec(
+            "xlm-roberta",
+            "XLMRobertaConfig",
+            "XLMRobertaForSequenceClassification",
+            "encoder",
+            {**_ENC, "pad_token_id": 1},
+        ),
+        FamilySpec(
+            "electra", "ElectraConfig", "ElectraForSequenceClassification", "encoder", {**_ENC, "embedding_size": 32}
+        ),
+        FamilySpec(
+            "distilbert",
+            "DistilBertConfig",
+            "DistilBertForSequenceClassification",
+            "encoder",
+            dict(
+                vocab_size=128, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64, num_labels=2
+            ),
+        ),
+        FamilySpec(
+            "albert", "AlbertConfig", "AlbertForSequenceClassification", "encoder", {**_ENC, "embedding_size": 16}
+        ),
+        FamilySpec(
+            "deberta-v2",
+            "DebertaV2Config",
+            "DebertaV2ForSequenceClassification",
+            "encoder",
+            {**_ENC, "relative_attention": True, "position_buckets": 8, "pos_att_type": ["p2c", "c2p"]},
+        ),
+        FamilySpec(
+            "modernbert",
+            "ModernBertConfig",
+            "ModernBertForSequenceClassification",
+            "encoder",
+            {**_ENC, "global_attn_every_n_layers": 2, "local_attention": 8, **_IDS},
+        ),
+        FamilySpec(
+            "gpt2",
+            "GPT2Config",
+            "GPT2LMHeadModel",
+            "decoder",
+            dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=128, n_inner=128, **_IDS),
+        ),
+        FamilySpec("llama", "LlamaConfig", "LlamaForCausalLM", "decoder", _DEC),
+        FamilySpec("mistral", "MistralConfig", "MistralForCausalLM", "decoder", _DEC),
+        FamilySpec("qwen2", "Qwen2Config", "Qwen2ForCausalLM", "decoder", _DEC),
+        FamilySpec("qwen3", "Qwen3Config", "Qwen3ForCausalLM", "decoder", {**_DEC, "head_dim": 16}),
+        FamilySpec("gemma2", "Gemma2Config", "Gemma2ForCausalLM", "decoder", {**_DEC, "head_dim": 16}),
+        FamilySpec("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", "decoder", {**_DEC, "head_dim": 16}),
+        FamilySpec("phi3", "Phi3Config", "Phi3ForCausalLM", "decoder", {**_DEC, **_IDS}),
+        FamilySpec(
+            "t5",
+            "T5Config",
+            "T5ForConditionalGeneration",
+            "seq2seq",
+            dict(
+                vocab_size=128,
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_decoder_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                decoder_start_token_id=0,
+                pad_token_id=0,
+            ),
+        ),
+        FamilySpec(
+            "bart",
+            "BartConfig",
+            "BartForConditionalGeneration",
+            "seq2seq",
+            dict(
+                vocab_size=128,
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=64,
+                pad_token_id=1,
+                bos_token_id=0,
+                eos_token_id=2,
+                decoder_start_token_id=2,
+                forced_eos_token_id=None,
+            ),
+        ),
+    )
+}
+
+
+def _spec(family: str) -> FamilySpec:
+    if family not in FAMILIES:
+        raise ConfigError(f"tiny_model: unknown family {quote(family)}; known: {sorted(FAMILIES)}.")
+    return FAMILIES[family]
+
+
+def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A randomly initialised (seeded) tiny model of ``family`` (a key of :data:`FAMILIES`) in eval mode, with the
+    family's usual task head; ``overrides`` change config fields."""
+    import transformers
+
+    spec = _spec(family)
+    config = getattr(transformers, spec.config_class)(**{**spec.sizes, **overrides})
+    torch.manual_seed(seed)
+    return getattr(transformers, spec.model_class)(config).eval()
+
+
+def tiny_inputs(family: str, batch: int = 2, seq_len: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded model inputs for :func:`tiny_model` (token ids avoid the special ids 0-3; seq2seq models also get
+    ``decoder_input_ids``)."""
+    spec = _spec(family)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 128, (batch, seq_len), generator=g)
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if spec.kind == "seq2seq":
+        out["decoder_input_ids"] = torch.randint(4, 128, (batch, max(2, seq_len // 2)), generator=g)
+    return out
