@@ -109,6 +109,12 @@ class FamilyRoles:
         heads_attr / kv_heads_attr: the config attributes holding the number of (key/value) attention heads.
         shared_layers: the layers share weights (ALBERT): one module runs as every layer.
         conv1d: the projections are transformers ``Conv1D`` modules (weight stored ``(in, out)``), not ``nn.Linear``.
+        ffn_attr: the config attribute holding the FFN width (``intermediate_size``); a seq2seq family's
+            ``encoder_`` attribute has a ``decoder_`` twin.
+        head_bias: the attribute of the first layer's attention holding a per-head table whose output the later
+            layers reuse (T5 ``relative_attention_bias``): every layer of a stack must keep the same heads.
+        attention_reads_config: the attention's forward reads head counts from ``self.config`` (Phi-3), so a
+            layer with other counts needs its own view of the config.
     """
 
     family: str
@@ -122,6 +128,9 @@ class FamilyRoles:
     kv_heads_attr: str | None = None
     shared_layers: bool = False
     conv1d: bool = False
+    ffn_attr: str = "intermediate_size"
+    head_bias: str | None = None
+    attention_reads_config: bool = False
 
     def role_of(self, relative: str) -> str:
         """The role of a module path relative to one layer (``"other"`` when none matches)."""
@@ -157,6 +166,7 @@ FAMILY_ROLES: tuple[FamilyRoles, ...] = (
         },
         task_heads=GENERIC_TASK_HEADS + ("vocab_transform", "vocab_projector"),
         heads_attr="n_heads",
+        ffn_attr="hidden_dim",
     ),
     FamilyRoles(
         "ALBERT",
@@ -219,6 +229,7 @@ FAMILY_ROLES: tuple[FamilyRoles, ...] = (
         task_heads=_DECODER_HEADS,
         heads_attr="n_head",
         conv1d=True,
+        ffn_attr="n_inner",
     ),
     FamilyRoles(
         "Llama",
@@ -242,6 +253,7 @@ FAMILY_ROLES: tuple[FamilyRoles, ...] = (
         },
         task_heads=_DECODER_HEADS,
         kv_heads_attr="num_key_value_heads",
+        attention_reads_config=True,
     ),
     FamilyRoles(
         "T5",
@@ -263,6 +275,8 @@ FAMILY_ROLES: tuple[FamilyRoles, ...] = (
         },
         task_heads=_DECODER_HEADS + ("classification_head",),
         heads_attr="num_heads",
+        ffn_attr="d_ff",
+        head_bias="relative_attention_bias",
     ),
     FamilyRoles(
         "BART",
@@ -283,6 +297,7 @@ FAMILY_ROLES: tuple[FamilyRoles, ...] = (
         },
         task_heads=_DECODER_HEADS + ("classification_head",),
         heads_attr="encoder_attention_heads",
+        ffn_attr="encoder_ffn_dim",
     ),
     FamilyRoles(
         "SASRec recommender",
