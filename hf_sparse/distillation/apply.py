@@ -12,12 +12,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..nn.roles import layer_lists, refuse, roles_for
 from .cache import NON_INPUT_KEYS, TeacherCache, example_keys
 from .config import DistillationConfig
 from .losses import attention_loss, combine_losses, embedding_loss, hidden_state_loss, kd_loss
-from .students import freeze_teacher, layer_map_for
+from .students import auto_layer_map, freeze_teacher, layer_map_for
 
-__all__ = ["PROJECTIONS_ATTR", "Distiller"]
+__all__ = ["PROJECTIONS_ATTR", "Distiller", "stack_layer_maps"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,82 @@ def _attn_implementation(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_attn_implementation", None)
 
 
+def _is_seq2seq(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+#: The label value transformers' losses ignore (padding of ``labels``).
+IGNORE_INDEX = -100
+
+
+def _seq2seq_stack_maps(student: nn.Module, teacher: nn.Module, explicit) -> list[tuple[str, list[int]]]:
+    """For an encoder-decoder pair: ``[("encoder_", map), ("decoder_", map)]``, each mapping the student's layers of
+    one stack to the teacher's layers of the same stack (an encoder layer never learns from a decoder layer).
+
+    ``explicit`` (``DistillationConfig.layer_map``) lists the student's encoder layers then its decoder layers, each
+    naming a teacher layer (0-based) of the same stack or -1.
+    """
+    feature = "distillation (hidden-state, embedding or attention matching)"
+    stacks = []
+    for model in (student, teacher):
+        lists = layer_lists(model, roles_for(model, feature))
+        if len(lists) != 2:
+            raise refuse(
+                model,
+                feature,
+                f"an encoder-decoder model needs an encoder and a decoder layer list, found {[n for n, _ in lists]}.",
+            )
+        stacks.append([len(layers) for _, layers in lists])
+    (s_enc, s_dec), (t_enc, t_dec) = stacks
+    if explicit:
+        explicit = list(explicit)
+        enc, dec = explicit[:s_enc], explicit[s_enc:]
+        if len(explicit) != s_enc + s_dec or any(j >= t_enc for j in enc) or any(j >= t_dec for j in dec):
+            raise ConfigError(
+                f"DistillationConfig.layer_map of an encoder-decoder student lists its {s_enc} encoder layers then "
+                f"its {s_dec} decoder layers, each a teacher layer of the same stack (encoder: [0, {t_enc - 1}], "
+                f"decoder: [0, {t_dec - 1}]) or -1; got {explicit}."
+            )
+        return [("encoder_", enc), ("decoder_", dec)]
+    return [("encoder_", auto_layer_map(s_enc, t_enc)), ("decoder_", auto_layer_map(s_dec, t_dec))]
+
+
+def _stack_output(out, prefix: str, what: str, model: nn.Module):
+    """``out.<prefix><what>`` (``hidden_states``, ``encoder_attentions`` ...), refused by name when missing."""
+    value = getattr(out, f"{prefix}{what}", None)
+    if value is None:
+        raise refuse(
+            model,
+            "distillation",
+            f"its output has no {prefix}{what} (asked for with output_{what}=True), which the hidden-state, embedding "
+            "and attention terms need; set those weights to 0 for logits distillation only.",
+        )
+    return value
+
+
+def stack_layer_maps(student: nn.Module, teacher: nn.Module, explicit=()) -> list[tuple[str, list[int]]]:
+    """The layer maps of a (student, teacher) pair, one per stack of layers: ``[("", map)]`` for an encoder or a
+    decoder, ``[("encoder_", map), ("decoder_", map)]`` for an encoder-decoder model (``explicit`` is
+    ``DistillationConfig.layer_map``).
+
+    Raises:
+        ConfigError: ``explicit`` does not fit the two models.
+        UnsupportedFamilyError: one model is an encoder-decoder model and the other is not, or the layer lists of
+            an encoder-decoder family are not in the module-role table.
+    """
+    if _is_seq2seq(student) != _is_seq2seq(teacher):
+        seq2seq = student if _is_seq2seq(student) else teacher
+        raise refuse(
+            seq2seq,
+            "distillation",
+            f"the {'student' if seq2seq is student else 'teacher'} is an encoder-decoder model and the other is "
+            "not; both must read the same inputs and predict the same positions.",
+        )
+    if _is_seq2seq(student):
+        return _seq2seq_stack_maps(student, teacher, explicit)
+    return [("", layer_map_for(student, teacher, explicit))]
+
+
 class Distiller:
     """Teacher, layer map, projections and cache of one distillation run.
 
@@ -42,14 +119,28 @@ class Distiller:
     the :class:`~hf_sparse.DistillationConfig` combination. Eval-mode forwards are untouched, so evaluation reports
     the task loss.
 
+    Every model family of the module-role table works: encoders (logits per example or per token), decoders (logits
+    over the vocabulary at every position: student and teacher predict the same next tokens from the same inputs;
+    padding is masked by ``attention_mask``) and encoder-decoder models. For those, a batch with ``labels`` but no
+    ``decoder_input_ids`` gets the decoder inputs the student would build from the labels
+    (``prepare_decoder_input_ids_from_labels``), passed to both models, so the teacher predicts the same target
+    positions; the logits are masked where the labels are ignored (-100) or by ``decoder_attention_mask``, and the
+    hidden-state, embedding and attention terms match encoder layers with encoder layers and decoder layers with
+    decoder layers.
+
     Args:
         student: The model being trained.
         teacher: The dense model; frozen and put in eval mode here (gradients never reach it).
         config: A :class:`~hf_sparse.DistillationConfig`.
 
     Raises:
-        ConfigError: a layer map that does not fit the two models, or hidden-state matching between models without
-            a ``config.hidden_size``.
+        ConfigError: a layer map that does not fit the two models.
+        UnsupportedFamilyError: what cannot be honoured for the pair, naming the family: an encoder-decoder model
+            with a decoder-only or encoder-only one, hidden-state matching without ``config.hidden_size``, hidden
+            states of an encoder-decoder model in the teacher cache, a family whose layer lists are not in the
+            module-role table (hidden-state or attention matching of an encoder-decoder model), and, at the forward
+            pass, ``inputs_embeds`` (the teacher reads token ids) or an output without the hidden states or
+            attention maps a term needs.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillationConfig | Mapping[str, Any]):
@@ -62,34 +153,65 @@ class Distiller:
         self.student = student
         self.teacher = freeze_teacher(teacher)
         cfg = self.config
-        self.layer_map = (
-            layer_map_for(student, teacher, cfg.layer_map) if cfg.needs_hidden or cfg.needs_attentions else []
-        )
-        #: (student layer, teacher layer) pairs that are matched (0-based encoder layers).
-        self.pairs = [(i, j) for i, j in enumerate(self.layer_map) if j >= 0]
+        self.seq2seq = _is_seq2seq(student)
+        if self.seq2seq != _is_seq2seq(teacher):
+            stack_layer_maps(student, teacher)  # raises, naming the encoder-decoder family
+        for name, model in (("student", student), ("teacher", teacher)):
+            if self.seq2seq and not callable(getattr(model, "prepare_decoder_input_ids_from_labels", None)):
+                raise refuse(
+                    model,
+                    "distillation",
+                    f"the {name} has no prepare_decoder_input_ids_from_labels, so the decoder inputs the teacher "
+                    "needs cannot be built from the labels the same way as the student's.",
+                )
+        # (output prefix, student layer -> teacher layer): "" is a single stack's hidden_states / attentions; an
+        # encoder-decoder model has "encoder_" and "decoder_" stacks, each matched only with the same stack.
+        self.stack_maps: list[tuple[str, list[int]]] = []
+        if cfg.needs_hidden or cfg.needs_attentions:
+            self.stack_maps = stack_layer_maps(student, teacher, cfg.layer_map)
+        #: For each student layer in order (encoder then decoder layers of an encoder-decoder model), the teacher
+        #: layer of the same stack it learns from (-1: none).
+        self.layer_map = [j for _, m in self.stack_maps for j in m]
+        #: (student layer, teacher layer) pairs that are matched (0-based, within one stack).
+        self.pairs = [(i, j) for _, m in self.stack_maps for i, j in enumerate(m) if j >= 0]
+        self._stack_pairs = [(prefix, [(i, j) for i, j in enumerate(m) if j >= 0]) for prefix, m in self.stack_maps]
+        self._embedding_stacks = [prefix for prefix, _ in self.stack_maps] if cfg.embedding_weight > 0 else []
         self.projections = nn.ModuleDict()
         if cfg.needs_hidden:
             hs, ht = _hidden_size(student), _hidden_size(teacher)
             if hs is None or ht is None:
-                raise ConfigError(
-                    "Distiller: hidden-state and embedding matching need config.hidden_size on both models; set "
-                    "hidden_weight=0 and embedding_weight=0 for logits distillation only."
+                raise refuse(
+                    student if hs is None else teacher,
+                    "distillation (hidden-state and embedding matching)",
+                    "it needs config.hidden_size on both models to match their widths; set hidden_weight=0 and "
+                    "embedding_weight=0 for logits distillation only.",
                 )
             if hs != ht:
                 # One learned map per matched layer (TinyBERT), created with the student's dtype and device.
                 ref = next(student.parameters())
-                names = ([f"layer_{i}" for i, _ in self.pairs] if cfg.hidden_weight > 0 else []) + (
-                    ["embeddings"] if cfg.embedding_weight > 0 else []
-                )
+                names = []
+                if cfg.hidden_weight > 0:
+                    names += [self._projection_name(p, i) for p, pairs in self._stack_pairs for i, _ in pairs]
+                names += [self._projection_name(p, None) for p in self._embedding_stacks]
                 for name in names:
                     self.projections[name] = nn.Linear(hs, ht).to(device=ref.device, dtype=ref.dtype)
         teacher_hidden = set()
         if cfg.hidden_weight > 0:
-            teacher_hidden |= {j + 1 for _, j in self.pairs}
-        if cfg.embedding_weight > 0:
-            teacher_hidden.add(0)
+            teacher_hidden |= {(p, j + 1) for p, pairs in self._stack_pairs for _, j in pairs}
+        teacher_hidden |= {(p, 0) for p in self._embedding_stacks}
+        #: (output prefix, index into the teacher's hidden states) of every teacher hidden state the terms use.
         self.teacher_hidden = sorted(teacher_hidden)
-        self.cache = TeacherCache(cfg.cache_dir, teacher, self.teacher_hidden) if cfg.cache_dir else None
+        if cfg.cache_dir and self.seq2seq and self.teacher_hidden:
+            raise refuse(
+                teacher,
+                "distillation with a teacher-output cache",
+                "the cache stores hidden states of one token sequence, and an encoder-decoder model has two (the "
+                "encoder's and the decoder's); set cache_dir=None, or hidden_weight=0 and embedding_weight=0 to cache "
+                "the logits only.",
+            )
+        self.cache = (
+            TeacherCache(cfg.cache_dir, teacher, [j for _, j in self.teacher_hidden]) if cfg.cache_dir else None
+        )
         #: Divides the distillation terms when the Trainer normalises the task loss over an accumulated step itself
         #: (models that take ``num_items_in_batch``); set by :class:`~hf_sparse.DistillationCallback`.
         self.gradient_accumulation_steps = 1
@@ -144,26 +266,66 @@ class Distiller:
         if ref is not None:
             self.teacher.to(ref.device)
 
+    @staticmethod
+    def _projection_name(prefix: str, layer: int | None) -> str:
+        # "layer_0" / "embeddings" for a single stack (the names checkpoints of earlier runs hold), prefixed with
+        # the stack ("encoder_layer_0", "decoder_embeddings") for an encoder-decoder model.
+        return f"{prefix}layer_{layer}" if layer is not None else f"{prefix}embeddings"
+
     # -- teacher ------------------------------------------------------------------------------------------------------
     def _teacher_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in inputs.items() if k not in NON_INPUT_KEYS and k != "return_dict"}
+        """The model inputs the teacher gets: the student's, with the decoder inputs an encoder-decoder student
+        would build from ``labels`` built here (by the student's own ``prepare_decoder_input_ids_from_labels``),
+        so the teacher predicts the same target positions from the same decoder tokens."""
+        for key in ("inputs_embeds", "decoder_inputs_embeds"):
+            if inputs.get(key) is not None:
+                raise refuse(
+                    self.student,
+                    "distillation",
+                    f"the batch passes {key}, vectors of the student's own embedding table that the teacher cannot "
+                    "read; pass token ids (input_ids / decoder_input_ids).",
+                )
+        feed = {k: v for k, v in inputs.items() if k not in NON_INPUT_KEYS and k != "return_dict" and v is not None}
+        labels = inputs.get("labels")
+        if self.seq2seq and feed.get("decoder_input_ids") is None and isinstance(labels, torch.Tensor):
+            feed["decoder_input_ids"] = self.student.prepare_decoder_input_ids_from_labels(labels=labels)
+        return feed
+
+    def _masks(self, feed: Mapping[str, Any], labels) -> dict[str, torch.Tensor | None]:
+        """The valid-token mask of each stack (``""``, or ``"encoder_"`` / ``"decoder_"``) and of the logits."""
+        mask = feed.get("attention_mask")
+        if not self.seq2seq:
+            return {"": mask, "logits": mask}
+        decoder = feed.get("decoder_attention_mask")
+        if decoder is None and isinstance(labels, torch.Tensor) and labels.dim() == 2:
+            # Decoder inputs built from padded labels: the positions whose label is ignored are padding.
+            decoder = labels != IGNORE_INDEX
+        return {"encoder_": mask, "decoder_": decoder, "logits": decoder}
 
     @torch.no_grad()
     def teacher_outputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """The teacher's logits, hidden states (of :attr:`teacher_hidden`) and attention maps (of the matched
         layers) on a batch, from the cache when every example is in it.
 
+        ``inputs`` is the student's batch (``labels`` included: an encoder-decoder teacher gets the decoder inputs
+        built from them, see :meth:`_teacher_inputs`).
+
         Returns:
-            ``{"logits": (B, ...), "hidden": {j: (B, L, H)}, "attentions": {j: (B, Ht, L, L)}}``.
+            ``{"logits": (B, ...), "hidden": {(stack, j): (B, L, H)}, "attentions": {(stack, j): (B, Ht, L, L)}}``
+            (``stack`` is ``""``, or ``"encoder_"`` / ``"decoder_"`` for an encoder-decoder model).
         """
         feed = self._teacher_inputs(inputs)
-        mask = feed.get("attention_mask")
+        return self._run_teacher(feed, self._masks(feed, inputs.get("labels")))
+
+    def _run_teacher(self, feed: dict[str, Any], masks: Mapping[str, Any]) -> dict[str, Any]:
+        mask = masks.get("", masks.get("encoder_"))
         keys = None
         if self.cache is not None:
             keys = example_keys(feed)
-            cached = self.cache.get(keys, mask, self._device())
+            cached = self.cache.get(keys, mask, self._device(), logits_mask=masks["logits"])
             if cached is not None:
-                return {**cached, "attentions": {}}
+                hidden = {("", j): h for j, h in cached["hidden"].items()}
+                return {"logits": cached["logits"], "hidden": hidden, "attentions": {}}
         device = next(self.teacher.parameters()).device
         feed = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feed.items()}
         out = self.teacher(
@@ -173,13 +335,19 @@ class Distiller:
             return_dict=True,
         )
         self.teacher_calls += 1
-        hidden = {j: out.hidden_states[j].float() for j in self.teacher_hidden}
+        hidden = {
+            (p, j): _stack_output(out, p, "hidden_states", self.teacher)[j].float() for p, j in self.teacher_hidden
+        }
         attentions = {}
         if self.config.needs_attentions:
-            attentions = {j: out.attentions[j] for _, j in self.pairs}
+            attentions = {
+                (p, j): _stack_output(out, p, "attentions", self.teacher)[j]
+                for p, pairs in self._stack_pairs
+                for _, j in pairs
+            }
         result = {"logits": out.logits.float(), "hidden": hidden, "attentions": attentions}
         if self.cache is not None:
-            self.cache.put(keys, result["logits"], hidden, mask)
+            self.cache.put(keys, result["logits"], {j: h for (_, j), h in hidden.items()}, mask, masks["logits"])
         return result
 
     def _device(self) -> torch.device:
@@ -214,7 +382,7 @@ class Distiller:
             if all(k in self.cache for k in keys):
                 continue
             before = len(self.cache)
-            self.teacher_outputs(feed)
+            self._run_teacher(feed, self._masks(feed, batch.get("labels")))
             computed += len(self.cache) - before
         self.cache.flush()
         return {"examples": n, "computed": computed}
@@ -229,7 +397,12 @@ class Distiller:
             kwargs = dict(bound.arguments)
             args = ()
         kwargs = dict(kwargs)
-        self._pending = {"inputs": self._teacher_inputs(kwargs), "num_items": kwargs.get("num_items_in_batch")}
+        feed = self._teacher_inputs(kwargs)
+        if self.seq2seq and kwargs.get("decoder_input_ids") is None and "decoder_input_ids" in feed:
+            # The student gets the very decoder inputs the teacher gets (the ones it would build from the labels).
+            kwargs["decoder_input_ids"] = feed["decoder_input_ids"]
+        masks = self._masks(feed, kwargs.get("labels"))
+        self._pending = {"feed": feed, "masks": masks, "num_items": kwargs.get("num_items_in_batch")}
         if self.teacher_hidden:
             kwargs["output_hidden_states"] = True
         if self.config.needs_attentions:
@@ -245,9 +418,8 @@ class Distiller:
                 f"Distiller: the student's forward returned {type(output).__name__} without logits; distillation "
                 "needs a transformers model output (return_dict=True)."
             )
-        teacher = self.teacher_outputs(pending["inputs"])
-        mask = pending["inputs"].get("attention_mask")
-        terms = self.loss_terms(output, teacher, mask)
+        teacher = self._run_teacher(pending["feed"], pending["masks"])
+        terms = self.loss_terms(output, teacher, pending["masks"])
         scale = 1.0 / self.gradient_accumulation_steps if pending["num_items"] is not None else 1.0
         kd = terms.pop("kd", None)
         task = output.get("loss") if hasattr(output, "get") else getattr(output, "loss", None)
@@ -259,9 +431,14 @@ class Distiller:
         output["loss"] = total
         return output
 
-    def loss_terms(self, student_out, teacher: Mapping[str, Any], mask) -> dict[str, tuple[float, torch.Tensor]]:
+    def loss_terms(self, student_out, teacher: Mapping[str, Any], masks) -> dict[str, tuple[float, torch.Tensor]]:
         """name -> (weight, value) of every active term (``kd``'s weight is ``alpha``, applied by
-        :func:`~hf_sparse.distillation.losses.combine_losses`)."""
+        :func:`~hf_sparse.distillation.losses.combine_losses`).
+
+        ``masks``: the valid-token mask of each stack and of the logits (see :meth:`_masks`), or one
+        ``attention_mask`` for a single-stack model."""
+        if not isinstance(masks, Mapping):
+            masks = {"": masks, "logits": masks}
         cfg = self.config
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         logits = student_out.logits
@@ -272,42 +449,57 @@ class Distiller:
                     f"Distiller: student logits {tuple(logits.shape)} and teacher logits {tuple(t_logits.shape)} "
                     "differ; the two models must share the label set (num_labels) and tokenizer."
                 )
-            terms["kd"] = (cfg.alpha, kd_loss(logits, t_logits, cfg.temperature, mask if logits.dim() == 3 else None))
+            mask = masks.get("logits") if logits.dim() == 3 else None
+            terms["kd"] = (cfg.alpha, kd_loss(logits, t_logits, cfg.temperature, mask))
+        projection = self.projections if len(self.projections) else None
         if cfg.hidden_weight > 0 and self.pairs:
-            s_hidden = student_out.hidden_states
-            losses = [
-                hidden_state_loss(
-                    s_hidden[i + 1],
-                    teacher["hidden"][j + 1].to(s_hidden[i + 1].device),
-                    mask,
-                    kind=cfg.hidden_loss,
-                    projection=self.projections[f"layer_{i}"] if len(self.projections) else None,
-                )
-                for i, j in self.pairs
-            ]
+            losses = []
+            for prefix, pairs in self._stack_pairs:
+                s_hidden = _stack_output(student_out, prefix, "hidden_states", self.student)
+                for i, j in pairs:
+                    losses.append(
+                        hidden_state_loss(
+                            s_hidden[i + 1],
+                            teacher["hidden"][(prefix, j + 1)].to(s_hidden[i + 1].device),
+                            masks.get(prefix),
+                            kind=cfg.hidden_loss,
+                            projection=projection[self._projection_name(prefix, i)] if projection else None,
+                        )
+                    )
             terms["hidden"] = (cfg.hidden_weight, torch.stack(losses).mean())
         if cfg.embedding_weight > 0:
-            terms["embedding"] = (
-                cfg.embedding_weight,
-                embedding_loss(
-                    student_out.hidden_states[0],
-                    teacher["hidden"][0].to(logits.device),
-                    mask,
-                    kind=cfg.hidden_loss,
-                    projection=self.projections["embeddings"] if len(self.projections) else None,
-                ),
-            )
-        if cfg.attention_weight > 0 and self.pairs:
-            s_att = student_out.attentions
-            if not s_att or s_att[0] is None:
-                raise ConfigError(
-                    "Distiller: the student returned no attention maps; attention transfer needs a model whose eager "
-                    "attention returns them (BERT-family encoders do)."
+            losses = []
+            for prefix in self._embedding_stacks:
+                s_emb = _stack_output(student_out, prefix, "hidden_states", self.student)[0]
+                losses.append(
+                    embedding_loss(
+                        s_emb,
+                        teacher["hidden"][(prefix, 0)].to(s_emb.device),
+                        masks.get(prefix),
+                        kind=cfg.hidden_loss,
+                        projection=projection[self._projection_name(prefix, None)] if projection else None,
+                    )
                 )
-            losses = [
-                attention_loss(s_att[i], teacher["attentions"][j].to(s_att[i].device), mask, kind=cfg.attention_loss)
-                for i, j in self.pairs
-            ]
+            terms["embedding"] = (cfg.embedding_weight, torch.stack(losses).mean())
+        if cfg.attention_weight > 0 and self.pairs:
+            losses = []
+            for prefix, pairs in self._stack_pairs:
+                s_att = _stack_output(student_out, prefix, "attentions", self.student)
+                if not s_att or s_att[0] is None:
+                    raise refuse(
+                        self.student,
+                        "distillation (attention transfer)",
+                        "the student returned no attention maps with output_attentions=True under eager attention.",
+                    )
+                for i, j in pairs:
+                    losses.append(
+                        attention_loss(
+                            s_att[i],
+                            teacher["attentions"][(prefix, j)].to(s_att[i].device),
+                            masks.get(prefix),
+                            kind=cfg.attention_loss,
+                        )
+                    )
             terms["attention"] = (cfg.attention_weight, torch.stack(losses).mean())
         return terms
 

@@ -3,10 +3,12 @@
 Layout: ``<cache_dir>/teacher-<fingerprint>/shard-<n>.safetensors`` (``shard-<n>-rank<r>.safetensors`` when the
 processes of a multi-process run each write the outputs of their own batches). The fingerprint hashes the teacher's
 config, weights and what is stored (logits, which hidden layers), so a different or further-trained teacher gets
-its own folder. Inside, each example is keyed by a hash of its model inputs at its valid tokens (token ids, token
-types, attention mask...), so a changed data set or tokenisation (other text, another tokenizer, another
-``max_length``) gives new keys and the teacher runs again: stale outputs are never read. Hidden states are stored
-per valid token in float16 and put back at the valid positions of whatever padding the batch has.
+its own folder. Inside, each example is keyed by a hash of every model input the teacher gets at its valid tokens
+(token ids, token types, attention mask, and an encoder-decoder model's decoder inputs at its valid decoder
+tokens...), so a changed data set, tokenisation (other text, another tokenizer, another ``max_length``) or target
+sequence gives new keys and the teacher runs again: stale outputs are never read. Hidden states (float16) and
+per-token logits (float32) are stored per valid token and put back at the valid positions of whatever padding the
+batch has.
 """
 
 from __future__ import annotations
@@ -50,9 +52,17 @@ def teacher_fingerprint(teacher: torch.nn.Module, extra: Mapping | None = None) 
     return h.hexdigest()
 
 
+def _valid(mask) -> torch.Tensor | None:
+    return mask.bool().cpu() if isinstance(mask, torch.Tensor) else None
+
+
 def example_keys(inputs: Mapping[str, torch.Tensor]) -> list[bytes]:
     """One 16-byte key per example of a batch: a hash of every (name, values at the valid tokens) of its model
     inputs, so the same example padded differently keeps its key.
+
+    Decoder inputs of an encoder-decoder model (``decoder_*``) are selected by ``decoder_attention_mask`` (hashed
+    whole without one), never by the encoder's ``attention_mask``: decoder tokens at positions the encoder pads are
+    still part of the example.
 
     Shapes:
         inputs: name -> (B, L) tensors (``attention_mask`` selects the valid tokens; all tokens without one).
@@ -62,16 +72,17 @@ def example_keys(inputs: Mapping[str, torch.Tensor]) -> list[bytes]:
         raise FormatError("Teacher cache: the batch has no model inputs to key examples by.")
     first = next(iter(tensors.values()))
     batch = first.shape[0]
-    mask = inputs.get("attention_mask")
-    valid = mask.bool().cpu() if isinstance(mask, torch.Tensor) else None
+    valid = _valid(inputs.get("attention_mask"))
+    decoder_valid = _valid(inputs.get("decoder_attention_mask"))
     arrays = {k: v.detach().cpu() for k, v in sorted(tensors.items())}
     keys = []
     for i in range(batch):
         h = hashlib.blake2b(digest_size=16)
         for name, t in arrays.items():
             row = t[i]
-            if valid is not None and row.shape[:1] == valid.shape[1:2]:
-                row = row[valid[i]]
+            select = decoder_valid if name.startswith("decoder_") else valid
+            if select is not None and row.shape[:1] == select.shape[1:2]:
+                row = row[select[i]]
             h.update(name.encode())
             h.update(str(tuple(row.shape)).encode())
             h.update(row.to(torch.int64).numpy().tobytes() if not row.is_floating_point() else row.numpy().tobytes())
@@ -79,8 +90,18 @@ def example_keys(inputs: Mapping[str, torch.Tensor]) -> list[bytes]:
     return keys
 
 
+def _stored_logits(logits: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """One example's logits as stored: (C,) as they are, (L, C) per token at its valid positions."""
+    if logits.dim() == 2 and valid is not None and valid.shape[0] == logits.shape[0]:
+        return logits[valid]
+    return logits
+
+
 class TeacherCache:
     """Teacher logits (and hidden states of chosen layers) per example, on disk.
+
+    Per-token logits ((B, L, C): token classification, language models, an encoder-decoder model's decoder) are
+    stored at the valid tokens of their own mask (``logits_mask``: the decoder's for an encoder-decoder model).
 
     Args:
         directory: The cache folder (created on first write).
@@ -91,7 +112,8 @@ class TeacherCache:
 
     def __init__(self, directory: str | Path, teacher: torch.nn.Module, hidden_layers: Sequence[int] = ()):
         self.hidden_layers = tuple(sorted(set(int(i) for i in hidden_layers)))
-        self.fingerprint = teacher_fingerprint(teacher, {"hidden_layers": list(self.hidden_layers), "v": 1})
+        # v2: per-token logits are stored at the valid tokens (v1 kept them padded, at the batch's length).
+        self.fingerprint = teacher_fingerprint(teacher, {"hidden_layers": list(self.hidden_layers), "v": 2})
         self.folder = Path(directory) / f"teacher-{self.fingerprint}"
         self._entries: dict[bytes, dict[str, torch.Tensor]] = {}
         self._pending: list[bytes] = []
@@ -115,11 +137,22 @@ class TeacherCache:
                     keys = f.get_tensor("keys")
                     logits = f.get_tensor("logits")
                     lengths = f.get_tensor("lengths")
+                    logit_rows = f.get_tensor("logit_rows")
                     hidden = {j: f.get_tensor(f"hidden.{j}") for j in self.hidden_layers}
             except Exception as exc:  # a truncated or foreign file: skip it, the teacher recomputes those examples
                 logger.warning("Teacher cache: ignoring unreadable shard %s (%s).", shard, exc)
                 continue
-            if keys.dim() != 2 or keys.shape[1] != 16 or logits.shape[0] != keys.shape[0] != lengths.shape[0]:
+            # logit_rows: -1 for an example's (C,) logits (one row of the stored matrix), else its valid tokens.
+            n_keys = keys.shape[0] if keys.dim() == 2 else -1
+            rows = logit_rows.numpy()
+            logit_offsets = np.concatenate([[0], np.cumsum(np.maximum(rows, 1))])
+            if (
+                keys.dim() != 2
+                or keys.shape[1] != 16
+                or lengths.shape[0] != n_keys
+                or rows.shape[0] != n_keys
+                or logits.shape[0] != logit_offsets[-1]
+            ):
                 logger.warning("Teacher cache: ignoring malformed shard %s.", shard)
                 continue
             offsets = np.concatenate([[0], np.cumsum(lengths.numpy())])
@@ -127,7 +160,8 @@ class TeacherCache:
                 logger.warning("Teacher cache: ignoring shard %s whose hidden states do not match its lengths.", shard)
                 continue
             for n, key in enumerate(keys.numpy()):
-                entry = {"logits": logits[n]}
+                block = logits[logit_offsets[n] : logit_offsets[n + 1]]
+                entry = {"logits": block[0] if rows[n] < 0 else block}
                 for j, h in hidden.items():
                     entry[f"hidden.{j}"] = h[offsets[n] : offsets[n + 1]]
                 self._entries[key.tobytes()] = entry
@@ -140,9 +174,15 @@ class TeacherCache:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
         entries = [self._entries[k] for k in self._pending]
+        if len({e["logits"].dim() for e in entries}) > 1:
+            raise FormatError("Teacher cache: one batch of examples holds both per-example and per-token logits.")
+        per_token = entries[0]["logits"].dim() == 2
         tensors = {
             "keys": torch.from_numpy(np.frombuffer(b"".join(self._pending), dtype=np.uint8).reshape(-1, 16).copy()),
-            "logits": torch.stack([e["logits"] for e in entries]).contiguous(),
+            "logits": torch.cat([e["logits"] if per_token else e["logits"][None] for e in entries]).contiguous(),
+            "logit_rows": torch.tensor(
+                [e["logits"].shape[0] if per_token else -1 for e in entries], dtype=torch.int64
+            ),
             "lengths": torch.tensor(
                 [e[f"hidden.{self.hidden_layers[0]}"].shape[0] if self.hidden_layers else 0 for e in entries],
                 dtype=torch.int64,
@@ -165,17 +205,33 @@ class TeacherCache:
         return path
 
     # -- lookups ------------------------------------------------------------------------------------------------------
-    def get(self, keys: Sequence[bytes], mask: torch.Tensor | None, device: torch.device) -> dict | None:
-        """The cached outputs of a whole batch, or None when any example is missing.
+    def get(
+        self,
+        keys: Sequence[bytes],
+        mask: torch.Tensor | None,
+        device: torch.device,
+        logits_mask: torch.Tensor | None = None,
+    ) -> dict | None:
+        """The cached outputs of a whole batch, or None when any example is missing (or was stored for other
+        valid positions).
+
+        Args:
+            mask: (B, L) valid tokens of the hidden states (and of per-token logits without ``logits_mask``).
+            logits_mask: (B, Lt) valid tokens of per-token logits, when they follow another sequence (the decoder's).
 
         Returns:
-            ``{"logits": (B, ...) float32, "hidden": {j: (B, L, H) float32}}``, hidden states zero at padding.
+            ``{"logits": (B, ...) float32, "hidden": {j: (B, L, H) float32}}``, hidden states and per-token logits
+            zero at padding.
         """
         if not all(k in self._entries for k in keys):
             self.misses += len(keys)
             return None
         entries = [self._entries[k] for k in keys]
-        out = {"logits": torch.stack([e["logits"] for e in entries]).to(device), "hidden": {}}
+        logits = self._logits_back(entries, logits_mask if logits_mask is not None else mask, device)
+        if logits is None:
+            self.misses += len(keys)
+            return None
+        out = {"logits": logits, "hidden": {}}
         if self.hidden_layers:
             if mask is None:
                 raise FormatError(
@@ -193,17 +249,42 @@ class TeacherCache:
         self.hits += len(keys)
         return out
 
-    def put(self, keys: Sequence[bytes], logits: torch.Tensor, hidden: Mapping[int, torch.Tensor], mask) -> None:
+    @staticmethod
+    def _logits_back(entries, mask, device) -> torch.Tensor | None:
+        """The batch's logits from stored entries: stacked, or per-token rows put back at the valid positions of
+        ``mask`` (None when the rows do not fit them)."""
+        if entries[0]["logits"].dim() == 1 or mask is None:
+            if len({tuple(e["logits"].shape) for e in entries}) > 1:
+                return None
+            return torch.stack([e["logits"] for e in entries]).to(device)
+        valid = mask.bool().to(device)
+        if any(e["logits"].dim() != 2 or e["logits"].shape[0] != int(valid[i].sum()) for i, e in enumerate(entries)):
+            return None  # the same inputs with another mask: recompute rather than misplace tokens
+        full = torch.zeros(*valid.shape, entries[0]["logits"].shape[-1], device=device, dtype=torch.float32)
+        full[valid] = torch.cat([e["logits"] for e in entries]).to(device=device, dtype=torch.float32)
+        return full
+
+    def put(
+        self,
+        keys: Sequence[bytes],
+        logits: torch.Tensor,
+        hidden: Mapping[int, torch.Tensor],
+        mask,
+        logits_mask: torch.Tensor | None = None,
+    ) -> None:
         """Store a batch's teacher outputs (examples already cached are skipped).
 
         Shapes:
-            logits: (B, ...). hidden: j -> (B, L, H) for every ``j`` in :attr:`hidden_layers`. mask: (B, L) or None.
+            logits: (B, C) or (B, Lt, C). hidden: j -> (B, L, H) for every ``j`` in :attr:`hidden_layers`.
+            mask: (B, L) or None. logits_mask: (B, Lt) or None (per-token logits follow ``mask`` then).
         """
         valid = mask.bool() if isinstance(mask, torch.Tensor) else None
+        lvalid = logits_mask.bool() if isinstance(logits_mask, torch.Tensor) else valid
         for i, key in enumerate(keys):
             if key in self._entries:
                 continue
-            entry = {"logits": logits[i].detach().float().cpu().clone()}
+            row = _stored_logits(logits[i], None if lvalid is None else lvalid[i].to(logits.device))
+            entry = {"logits": row.detach().float().cpu().clone()}
             for j in self.hidden_layers:
                 h = hidden[j][i]
                 if valid is not None:

@@ -34,6 +34,9 @@ class DistillationConfig(BaseConfig):
             student layer unmatched. Empty (the default) maps automatically: a student made by dropping teacher
             layers learns from the layers it kept, a student of the same depth one-to-one, a shallower one uniformly
             (student layer ``i`` of ``S`` from teacher layer ``round((i + 1) * T / S) - 1``: 6 -> 3 gives 1, 3, 5).
+            For an encoder-decoder student it lists the encoder layers, then the decoder layers, each naming a layer
+            of the teacher's same stack (encoder layers learn only from encoder layers, decoder from decoder); the
+            automatic map works on each stack separately.
         cache_dir: Folder for teacher outputs cached on disk (logits, and the mapped hidden states when a hidden
             or embedding term is on), reused across epochs and runs. Entries are keyed by the teacher's weights and
             by each example's token ids, so a changed model, data set or tokenisation never reads stale outputs.

@@ -41,11 +41,11 @@ def _preflight(model, distil, where: str, info: dict) -> None:
                 "read the same token ids, so they must share a tokenizer."
             )
     if distil.needs_hidden or distil.needs_attentions:
-        from .students import layer_map_for
+        from .apply import stack_layer_maps
 
         if teacher is None:
             teacher = info["meta_model"]()
-        layer_map_for(model, teacher, distil.layer_map)
+        stack_layer_maps(model, teacher, distil.layer_map)
 
 
 def _callbacks(section, ctx: RunContext) -> list:
