@@ -18,6 +18,7 @@ Importing the package registers only what ``from_pretrained`` of a saved sparse 
 from __future__ import annotations
 
 import importlib
+import sys
 
 from ._import_hooks import lazy_attributes, when_imported
 from ._version import __version__
@@ -44,6 +45,12 @@ def _register_auto_config(_module=None) -> None:
 
 
 def _register_auto_model(_module=None) -> None:
+    layers = sys.modules.get("transformers.modeling_layers")
+    if layers is not None and not hasattr(layers, "GradientCheckpointingLayer"):
+        # transformers.modeling_layers imports the auto models while it initialises (a T5 or Llama class imported
+        # first); the recommender's layers subclass one of its classes, so register once it is complete.
+        when_imported("transformers.modeling_layers", _register_auto_model)
+        return
     importlib.import_module(".recsys.auto", __name__).register_auto_model()
 
 
@@ -53,6 +60,8 @@ def _register_auto_model(_module=None) -> None:
 when_imported("transformers.modeling_utils", _register_attention_and_quantizer)
 when_imported("transformers.models.auto.configuration_auto", _register_auto_config)
 when_imported("transformers.models.auto.modeling_auto", _register_auto_model)
+# Loading modeling_layers through the hook finder lets _register_auto_model defer itself until it is complete.
+when_imported("transformers.modeling_layers", lambda _module: None)
 
 #: Public names imported when first used, by the module that defines them.
 _LAZY: dict[str, str] = {

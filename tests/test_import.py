@@ -34,6 +34,9 @@ def test_import_loads_no_trainer_peft_datasets_or_plotting():
         "import hf_sparse; import peft",  # modeling_utils reached deep inside another import
         "import hf_sparse; from transformers import Trainer",
         "from hf_sparse.recsys.modeling import SASRecForNextItem",
+        # a model class whose module imports transformers.modeling_layers (which imports the auto models) first
+        "import hf_sparse; from transformers import T5ForConditionalGeneration",
+        "import hf_sparse; from transformers import LlamaForCausalLM",
     ],
 )
 def test_registrations_happen_whichever_module_is_imported_first(first):

@@ -14,7 +14,18 @@ import torch
 
 from ..errors import ConfigError, quote
 
-__all__ = ["FamilySpec", "FAMILIES", "tiny_model", "tiny_inputs"]
+__all__ = [
+    "FamilySpec",
+    "FAMILIES",
+    "FEATURES",
+    "FEATURE_DESCRIPTIONS",
+    "REFUSED",
+    "SUPPORT",
+    "tiny_model",
+    "tiny_inputs",
+    "support_table_markdown",
+    "check_reload_in_fresh_process",
+]
 
 
 @dataclass(frozen=True)
@@ -178,3 +189,97 @@ def tiny_inputs(family: str, batch: int = 2, seq_len: int = 8, seed: int = 0) ->
     if spec.kind == "seq2seq":
         out["decoder_input_ids"] = torch.randint(4, 128, (batch, max(2, seq_len // 2)), generator=g)
     return out
+
+
+#: The features of the family × feature matrix (``tests/test_family_matrix.py``), in the README's column order.
+FEATURES: tuple[str, ...] = (
+    "pruning",
+    "callback",
+    "structured",
+    "student",
+    "sparsify",
+    "attention",
+    "qat",
+    "distillation",
+    "lowrank",
+    "lora",
+    "generate",
+)
+
+#: What each feature means in the matrix (the README's legend).
+FEATURE_DESCRIPTIONS: dict[str, str] = {
+    "pruning": "one-shot pruning: unstructured (magnitude, Wanda), 2:4, 4×4 blocks",
+    "callback": "PruningCallback in the stock Trainer",
+    "structured": "attention heads (whole key/value groups) + FFN neurons removed physically, reload",
+    "student": "student_from_teacher (half depth), reload",
+    "sparsify": "sparsify_ + save + fresh-process from_pretrained",
+    "attention": "windowed attention (hf_sparse implementation) vs eager, cached generation",
+    "qat": "QAT prepare + convert + reload",
+    "distillation": "logit distillation (Distiller)",
+    "lowrank": "low-rank factorisation + reload",
+    "lora": "peft LoRA on sparse layers, pattern-keeping merge",
+    "generate": "generate() of a sparsified model, with and without cache",
+}
+
+#: Cells that do not apply (generation needs a decoder).
+_NOT_APPLICABLE = {(f, "generate") for f, s in FAMILIES.items() if s.kind == "encoder"}
+
+#: Cells that raise :class:`~hf_sparse.nn.roles.UnsupportedFamilyError` on purpose, with the reason.
+REFUSED: dict[tuple[str, str], str] = {}
+
+#: family -> feature -> ``"yes"`` (numbers checked), ``"refused"`` (typed error) or ``"n/a"``.
+SUPPORT: dict[str, dict[str, str]] = {
+    family: {
+        feature: "n/a"
+        if (family, feature) in _NOT_APPLICABLE
+        else "refused"
+        if (family, feature) in REFUSED
+        else "yes"
+        for feature in FEATURES
+    }
+    for family in FAMILIES
+}
+
+_MARK = {"yes": "✓", "refused": "refused", "n/a": "—"}
+
+
+def support_table_markdown() -> str:
+    """The family × feature matrix as a Markdown table (the README embeds it verbatim)."""
+    lines = ["| family | " + " | ".join(FEATURES) + " |", "|---" * (len(FEATURES) + 1) + "|"]
+    for family in FAMILIES:
+        lines.append(f"| {family} | " + " | ".join(_MARK[SUPPORT[family][f]] for f in FEATURES) + " |")
+    return "\n".join(lines)
+
+
+def check_reload_in_fresh_process(cases, *, seed: int = 3) -> None:
+    """Save each ``(family, model, folder)`` of ``cases``, then reload every checkpoint with ``from_pretrained`` (of
+    the family's model class, after ``import hf_sparse``) in one fresh Python process and assert it computes the
+    logits the saved model computed on seeded inputs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    entries = []
+    for family, model, folder in cases:
+        folder = Path(folder)
+        inputs = tiny_inputs(family, seed=seed)
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        model.save_pretrained(folder)
+        save_file({**inputs, "logits": logits.contiguous()}, str(folder / "case.safetensors"))
+        entries.append((family, _spec(family).model_class, str(folder)))
+    script = (
+        "import torch, transformers, hf_sparse\n"
+        "from safetensors.torch import load_file\n"
+        f"for family, cls, folder in {entries!r}:\n"
+        "    m = getattr(transformers, cls).from_pretrained(folder).eval()\n"
+        "    case = load_file(folder + '/case.safetensors')\n"
+        "    want = case.pop('logits')\n"
+        "    with torch.no_grad():\n"
+        "        torch.testing.assert_close(m(**case).logits, want, msg=lambda s: family + ': ' + s)\n"
+        "print('reloaded ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "reloaded ok" in done.stdout, done.stderr[-3000:]
