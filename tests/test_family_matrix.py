@@ -89,8 +89,8 @@ def _train_dataset(family: str, n: int = 8, seq_len: int = 8) -> Dataset:
     rows = {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()}
     if kind == "encoder":
         rows["labels"] = torch.randint(0, 2, (n,), generator=g).tolist()
-    elif kind == "decoder":
-        rows["labels"] = ids.tolist()
+    elif kind in ("decoder", "recommender"):  # the next token / item at each position (the model shifts / not)
+        rows["labels"] = ids.roll(-1, dims=1).tolist() if kind == "recommender" else ids.tolist()
     else:
         rows["labels"] = torch.randint(4, 128, (n, seq_len // 2), generator=g).tolist()
     return Dataset.from_dict(rows)
@@ -110,7 +110,7 @@ def _greedy(model, inputs, use_cache: bool) -> torch.Tensor:
 
 
 def _generation_agrees(family: str, model, inputs) -> None:
-    if FAMILIES[family].kind != "encoder":
+    if FAMILIES[family].kind in ("decoder", "seq2seq"):
         torch.testing.assert_close(_greedy(model, inputs, True), _greedy(model, inputs, False), rtol=0, atol=0)
 
 

@@ -2,7 +2,7 @@
 
 The family × feature test matrix (``tests/test_family_matrix.py``) and the per-feature tests build their models
 here, so a new family is one entry: its config class, the model class with the task head users fine-tune, the
-tiny sizes, and its kind (``"encoder"``, ``"decoder"`` or ``"seq2seq"``).
+tiny sizes, and its kind (``"encoder"``, ``"decoder"``, ``"seq2seq"`` or ``"recommender"``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ class FamilySpec:
     name: str
     config_class: str
     model_class: str
-    kind: str  # "encoder" (sequence classification), "decoder" (causal LM) or "seq2seq" (conditional generation)
+    # "encoder" (sequence classification), "decoder" (causal LM), "seq2seq" (conditional generation) or
+    # "recommender" (next-item scores)
+    kind: str
     sizes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,8 +160,34 @@ FAMILIES: dict[str, FamilySpec] = {
                 forced_eos_token_id=None,
             ),
         ),
+        FamilySpec(
+            "sasrec",
+            "hf_sparse.recsys.config:SASRecConfig",
+            "hf_sparse.recsys.modeling:SASRecForNextItem",
+            "recommender",
+            dict(
+                num_items=127,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=64,
+            ),
+        ),
     )
 }
+
+
+def _class(path: str):
+    """A class named by transformers' top-level name, or by ``module:Class`` (the recommender)."""
+    import importlib
+
+    import transformers
+
+    if ":" in path:
+        module, _, name = path.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return getattr(transformers, path)
 
 
 def _spec(family: str) -> FamilySpec:
@@ -171,12 +199,10 @@ def _spec(family: str) -> FamilySpec:
 def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A randomly initialised (seeded) tiny model of ``family`` (a key of :data:`FAMILIES`) in eval mode, with the
     family's usual task head; ``overrides`` change config fields."""
-    import transformers
-
     spec = _spec(family)
-    config = getattr(transformers, spec.config_class)(**{**spec.sizes, **overrides})
+    config = _class(spec.config_class)(**{**spec.sizes, **overrides})
     torch.manual_seed(seed)
-    return getattr(transformers, spec.model_class)(config).eval()
+    return _class(spec.model_class)(config).eval()
 
 
 def tiny_inputs(family: str, batch: int = 2, seq_len: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -222,7 +248,7 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
 }
 
 #: Cells that do not apply (generation needs a decoder).
-_NOT_APPLICABLE = {(f, "generate") for f, s in FAMILIES.items() if s.kind == "encoder"}
+_NOT_APPLICABLE = {(f, "generate") for f, s in FAMILIES.items() if s.kind in ("encoder", "recommender")}
 
 #: Cells that raise :class:`~hf_sparse.nn.roles.UnsupportedFamilyError` on purpose, with the reason.
 REFUSED: dict[tuple[str, str], str] = {}
@@ -271,10 +297,11 @@ def check_reload_in_fresh_process(cases, *, seed: int = 3) -> None:
         save_file({**inputs, "logits": logits.contiguous()}, str(folder / "case.safetensors"))
         entries.append((family, _spec(family).model_class, str(folder)))
     script = (
-        "import torch, transformers, hf_sparse\n"
+        "import torch, hf_sparse\n"
         "from safetensors.torch import load_file\n"
+        "from hf_sparse.testing.families import _class\n"
         f"for family, cls, folder in {entries!r}:\n"
-        "    m = getattr(transformers, cls).from_pretrained(folder).eval()\n"
+        "    m = _class(cls).from_pretrained(folder).eval()\n"
         "    case = load_file(folder + '/case.safetensors')\n"
         "    want = case.pop('logits')\n"
         "    with torch.no_grad():\n"
