@@ -1,14 +1,30 @@
-"""The structure of BERT-family encoders, seen and changed physically: finding each layer's attention and FFN
-projections, slicing them to fewer heads or neurons, and describing (or rebuilding) a model whose layers are narrower
-than its config says.
+"""The structure of transformer layers, seen and changed physically: finding each layer's attention and FFN
+projections from the module-role table (:mod:`hf_sparse.nn.roles`), slicing them to fewer heads or neurons, and
+describing (or rebuilding) a model whose layers are narrower than its config says.
 
-Removing a head slices the rows of its ``query`` / ``key`` / ``value`` projections and the matching columns of
-``attention.output.dense``; removing an FFN neuron slices a row of ``intermediate.dense`` and a column of
-``output.dense``. Why per-layer head counts work without patching transformers: ``BertSelfAttention.forward``
-(transformers 5.24) reshapes with ``view(*input_shape, -1, self.attention_head_size)`` and
-``reshape(*input_shape, -1)``, so the number of heads comes from the projection's width. The head *size* is
-unchanged, hence so is ``scaling``. We still update the instance attributes ``num_attention_heads`` and
-``all_head_size`` so that they describe the module truthfully.
+What one unit owns, per layout:
+
+* **Attention head** (a key/value *group* under grouped-query attention: one key/value head and the
+  ``num_heads / num_kv_heads`` query heads that read it, Llama / Mistral / Qwen / Gemma / Phi-3): its rows of the
+  query / key / value projections, or the matching rows of each part of a fused projection (ModernBERT ``Wqkv``,
+  GPT-2 ``c_attn``, Phi-3 ``qkv_proj``: query part, then key part, then value part), the matching input columns of
+  the output projection, DeBERTa-v2's ``pos_key_proj`` / ``pos_query_proj`` rows, and T5's column of the
+  ``relative_attention_bias`` table.
+* **FFN neuron**: its row of the up projection (and of the gate: Llama-like ``gate_proj``, T5 ``wi_0``; of both
+  halves of a fused gate-and-up projection: Phi-3 ``gate_up_proj``, ModernBERT ``Wi``) and its column of the down
+  projection.
+
+GPT-2's ``Conv1D`` stores its weight ``(in, out)``: a unit's rows are columns of that weight and the other way round.
+
+Why per-layer head counts work without patching transformers (5.24): every supported attention reshapes its
+projections with ``view(..., -1, head_dim)`` and ``reshape(..., -1)``, so the number of heads comes from the
+projection's width; the head size, hence ``scaling``, is unchanged, and removing whole key/value groups keeps
+``num_key_value_groups``. The instance attributes that describe the counts (``num_attention_heads``,
+``all_head_size``, ``n_heads``, ``inner_dim``, GPT-2's ``split_size`` which its forward does read, ...) are updated
+too. Phi-3's forward reads ``self.config.num_attention_heads``: a narrower layer gets its own view of the config with
+its counts (:class:`LayerConfigView`). T5 computes the relative position bias once, in the first layer of a stack,
+for every head, and adds it in every layer: a T5 stack keeps the same heads in all its layers (the bias table loses
+the same columns), and other requests are refused.
 
 Structured pruning (:mod:`hf_sparse.pruning.structured`) decides what to remove; the checkpoint description
 (:mod:`hf_sparse.nn.description`) records :func:`describe_structure`, and loading calls :func:`shrink_to_structure`
@@ -24,22 +40,532 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from ..errors import ConfigError, quote
 from .replace import replace_module
+from .roles import FamilyRoles, layer_lists, refuse, roles_for
 
 __all__ = [
+    "AttentionParts",
+    "FFNParts",
+    "LayerParts",
+    "LayerConfigView",
+    "find_layers",
+    "layer_key",
+    "stack_names",
+    "head_slices",
+    "neuron_slices",
+    "weight_dim",
+    "set_heads",
+    "set_neurons",
+    "check_plain",
+    "describe_structure",
+    "shrink_to_structure",
     "EncoderLayerParts",
     "find_encoder_layers",
     "find_layer_list",
-    "plain_linear",
-    "qkv_linears",
-    "set_heads",
-    "set_neurons",
-    "describe_structure",
-    "shrink_to_structure",
 ]
 
+FEATURE = "structured pruning"
+
+
+# -- sizes of Linear / Conv1D / Embedding modules ------------------------------------------------------------------
+def _is_conv1d(module: nn.Module) -> bool:
+    return isinstance(module, Conv1D)
+
+
+def out_size(module: nn.Module) -> int:
+    """Output features of a Linear (or sparse replacement), Conv1D or Embedding (its width)."""
+    if _is_conv1d(module):
+        return int(module.weight.shape[1])
+    if isinstance(module, nn.Embedding):
+        return int(module.embedding_dim)
+    out = getattr(module, "out_features", None)
+    return int(out) if out is not None else int(module.weight.shape[0])
+
+
+def in_size(module: nn.Module) -> int:
+    if _is_conv1d(module):
+        return int(module.weight.shape[0])
+    n = getattr(module, "in_features", None)
+    return int(n) if n is not None else int(module.weight.shape[1])
+
+
+def weight_dim(module: nn.Module, axis: str) -> int:
+    """The dimension of ``module.weight`` that holds ``axis`` (``"out"`` or ``"in"``): Conv1D and Embedding store
+    outputs along dimension 1."""
+    transposed = _is_conv1d(module) or isinstance(module, nn.Embedding)
+    return (1 if axis == "out" else 0) if transposed else (0 if axis == "out" else 1)
+
+
+# -- discovery -----------------------------------------------------------------------------------------------------
+@dataclass
+class AttentionParts:
+    """The projections of one self-attention module, by qualified name."""
+
+    name: str  # the attention module (parent of the query projection)
+    module: nn.Module
+    o: str
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    qkv: str | None = None  # fused query/key/value projection
+    extra_rows: tuple[str, ...] = ()  # projections with one block of head_dim rows per query head (DeBERTa-v2)
+    head_bias: str | None = None  # a table with one column per query head (T5 relative_attention_bias)
+    head_dim: int = 0
+    group: int = 1  # query heads per key/value head
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        names = (self.qkv,) if self.qkv else (self.q, self.k, self.v)
+        return (*names, self.o, *self.extra_rows, *((self.head_bias,) if self.head_bias else ()))  # type: ignore
+
+    def sizes(self, model: nn.Module) -> tuple[int, int]:
+        """``(query heads, key/value heads)`` as the projections are now."""
+        d, r = self.head_dim, self.group
+        if self.qkv:
+            kv = out_size(model.get_submodule(self.qkv)) // ((r + 2) * d)
+            return kv * r, kv
+        return out_size(model.get_submodule(self.q)) // d, out_size(model.get_submodule(self.k)) // d
+
+
+@dataclass
+class FFNParts:
+    """The projections of one feed-forward block, by qualified name."""
+
+    down: str
+    up: str | None = None
+    gate: str | None = None
+    gate_up: str | None = None  # fused gate-and-up projection: neuron j is row j of both halves
+
+    @property
+    def key(self) -> str:
+        """The name the checkpoint description uses for this FFN (its first projection)."""
+        return self.gate_up or self.up  # type: ignore[return-value]
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.gate_up, self.gate, self.up, self.down) if n)
+
+
+@dataclass
+class LayerParts:
+    """One transformer layer: where it is and the parts structured pruning slices."""
+
+    index: int  # position in its layer list
+    stack: str  # "" for a model with one layer list, else "encoder" / "decoder" (or the list's name)
+    list_name: str
+    layer_name: str
+    attention: AttentionParts | None
+    ffn: FFNParts | None
+    shared: bool = False  # one module runs as every layer (ALBERT)
+
+    @property
+    def key(self) -> int | str:
+        """How callers name the layer: its index, or ``"decoder.1"`` in a model with several layer lists."""
+        return f"{self.stack}.{self.index}" if self.stack else self.index
+
+
+def stack_names(lists: list[tuple[str, nn.ModuleList]]) -> list[str]:
+    """A short name per layer list: ``""`` for a single list, else ``"encoder"`` / ``"decoder"`` (the list's
+    full name when neither word is in it)."""
+    if len(lists) <= 1:
+        return [""] * len(lists)
+    out = []
+    for name, _ in lists:
+        parts = name.split(".")
+        out.append(next((p for p in parts if p in ("encoder", "decoder")), name))
+    return out
+
+
+def layer_key(stack: str, index: int) -> int | str:
+    return f"{stack}.{index}" if stack else index
+
+
+def _config_value(config: Any, attr: str, stack: str) -> Any:
+    """``attr`` of ``config`` for one stack: a seq2seq decoder reads the ``decoder_`` twin of an ``encoder_``
+    attribute (BART ``decoder_attention_heads``)."""
+    if stack == "decoder" and attr.startswith("encoder_"):
+        twin = "decoder_" + attr.removeprefix("encoder_")
+        if hasattr(config, twin):
+            return getattr(config, twin)
+    return getattr(config, attr, None)
+
+
+def _one(model: nn.Module, found: dict[str, list[str]], role: str, layer_name: str) -> str | None:
+    names = found.get(role, [])
+    if len(names) > 1:
+        raise refuse(model, FEATURE, f"layer {layer_name} has several modules in role {role!r}: {names[:4]}.")
+    return names[0] if names else None
+
+
+def _head_dim(model: nn.Module, attention: nn.Module, entry: FamilyRoles, stack: str) -> int:
+    for attr in ("head_dim", "attention_head_size", "key_value_proj_dim"):
+        value = getattr(attention, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    config = model.config
+    value = getattr(config, "head_dim", None)
+    if isinstance(value, int) and value > 0:
+        return value
+    heads = _config_value(config, entry.heads_attr, stack)
+    return int(config.hidden_size) // int(heads)
+
+
+def _group(model: nn.Module, entry: FamilyRoles) -> int:
+    if not entry.kv_heads_attr:
+        return 1
+    heads = getattr(model.config, entry.heads_attr, None)
+    kv = getattr(model.config, entry.kv_heads_attr, None) or heads
+    if not heads or heads % kv:
+        raise refuse(
+            model, FEATURE, f"config {entry.heads_attr}={heads} is not a multiple of {entry.kv_heads_attr}={kv}."
+        )
+    return int(heads // kv)
+
+
+def find_layers(model: nn.Module, feature: str = FEATURE) -> list[LayerParts]:
+    """Every transformer layer of ``model`` (all its layer lists, in model order) with the projections structured
+    pruning slices, found through the module-role table.
+
+    Raises:
+        UnsupportedFamilyError: the family has no table entry, no layer list was found, or a layer's roles are
+            ambiguous.
+    """
+    entry = roles_for(model, feature)
+    lists = layer_lists(model, entry)
+    if not lists or not any(len(m) for _, m in lists):
+        raise refuse(model, feature, f"no layer list matching {list(entry.layers)} was found in the model.")
+    out: list[LayerParts] = []
+    group = _group(model, entry) if entry.roles else 1
+    for stack, (list_name, modules) in zip(stack_names(lists), lists):
+        for i, layer in enumerate(modules):
+            prefix = f"{list_name}.{i}"
+            found: dict[str, list[str]] = {}
+            for rel, _ in layer.named_modules():
+                role = entry.role_of(rel) if rel else "other"
+                if role != "other":
+                    found.setdefault(role, []).append(f"{prefix}.{rel}")
+            att = None
+            q, qkv, o = (_one(model, found, r, prefix) for r in ("attention.q", "attention.qkv", "attention.o"))
+            if (q or qkv) and o:
+                first = (q or qkv).rpartition(".")[0]  # type: ignore[union-attr]
+                module = model.get_submodule(first)
+                extra = tuple(
+                    n for r in ("attention.pos_q", "attention.pos_k") for n in [_one(model, found, r, prefix)] if n
+                )
+                bias = None
+                if entry.head_bias and isinstance(getattr(module, entry.head_bias, None), nn.Embedding):
+                    bias = f"{first}.{entry.head_bias}"
+                att = AttentionParts(
+                    name=first,
+                    module=module,
+                    o=o,
+                    q=q,
+                    k=_one(model, found, "attention.k", prefix),
+                    v=_one(model, found, "attention.v", prefix),
+                    qkv=qkv,
+                    extra_rows=extra,
+                    head_bias=bias,
+                    head_dim=_head_dim(model, module, entry, stack),
+                    group=group,
+                )
+                if q and not (att.k and att.v):
+                    raise refuse(model, feature, f"layer {prefix} has a query projection but no key/value pair.")
+            ffn = None
+            down = _one(model, found, "mlp.down", prefix)
+            up, gate, gate_up = (_one(model, found, r, prefix) for r in ("mlp.up", "mlp.gate", "mlp.gate_up"))
+            if down and (up or gate_up):
+                ffn = FFNParts(down=down, up=up, gate=gate, gate_up=gate_up)
+            out.append(LayerParts(i, stack, list_name, prefix, att, ffn, shared=entry.shared_layers))
+    return out
+
+
+def check_plain(model: nn.Module, names: tuple[str, ...], unit: str) -> None:
+    """Raise a :class:`ConfigError` unless every module in ``names`` is a plain ``nn.Linear`` (a ``Conv1D`` or the
+    T5 bias table where the layout has one): structured slicing works on dense weights only."""
+    for name in names:
+        module = model.get_submodule(name)
+        if type(module) is nn.Linear or type(module) is nn.Embedding or _is_conv1d(module):
+            continue
+        raise ConfigError(
+            f"structured pruning needs plain nn.Linear layers, but {name} is a {type(module).__name__}. Prune "
+            f"{unit} before pruning weights and before sparsify_."
+        )
+
+
+# -- which weight slices a unit owns -------------------------------------------------------------------------------
+def _rows(units: list[int], size: int, offset: int = 0) -> list[int]:
+    return [offset + u * size + j for u in units for j in range(size)]
+
+
+def head_slices(model: nn.Module, att: AttentionParts, groups: list[int]) -> dict[str, tuple[str, list[int]]]:
+    """What key/value groups ``groups`` (current indices; a group is one head without grouped-query attention)
+    own: ``{module name: (axis, indices)}`` with ``axis`` ``"out"`` (rows, and bias) or ``"in"`` (columns)."""
+    d, r = att.head_dim, att.group
+    hq, hkv = att.sizes(model)
+    q_heads = [g * r + j for g in groups for j in range(r)]
+    q_rows, kv_rows = _rows(q_heads, d), _rows(groups, d)
+    out: dict[str, tuple[str, list[int]]] = {}
+    if att.qkv:
+        rows = q_rows + [hq * d + x for x in kv_rows] + [(hq + hkv) * d + x for x in kv_rows]
+        out[att.qkv] = ("out", rows)
+    else:
+        out[att.q], out[att.k], out[att.v] = ("out", q_rows), ("out", kv_rows), ("out", kv_rows)  # type: ignore
+    out[att.o] = ("in", q_rows)
+    for name in att.extra_rows:
+        out[name] = ("out", q_rows)
+    if att.head_bias:
+        out[att.head_bias] = ("out", q_heads)
+    return out
+
+
+def neuron_slices(model: nn.Module, ffn: FFNParts, neurons: list[int]) -> dict[str, tuple[str, list[int]]]:
+    """What FFN neurons ``neurons`` own: ``{module name: (axis, indices)}`` (see :func:`head_slices`)."""
+    out: dict[str, tuple[str, list[int]]] = {}
+    if ffn.gate_up:
+        n = out_size(model.get_submodule(ffn.gate_up)) // 2
+        out[ffn.gate_up] = ("out", list(neurons) + [n + j for j in neurons])
+    for name in (ffn.gate, ffn.up):
+        if name:
+            out[name] = ("out", list(neurons))
+    out[ffn.down] = ("in", list(neurons))
+    return out
+
+
+def num_neurons(model: nn.Module, ffn: FFNParts) -> int:
+    return in_size(model.get_submodule(ffn.down))
+
+
+# -- physical slicing ----------------------------------------------------------------------------------------------
+def _sliced(module: nn.Module, axis: str, keep: torch.Tensor) -> nn.Module:
+    """A copy of ``module`` (Linear, Conv1D or Embedding) that keeps only the ``keep`` outputs (``axis="out"``,
+    with their bias) or inputs (``"in"``), on its device and dtype, with the same ``requires_grad``. Works on the
+    meta device too."""
+    weight, bias = module.weight, getattr(module, "bias", None)
+    dim = weight_dim(module, axis)
+    with torch.no_grad():
+        w = weight.index_select(dim, keep.to(weight.device))
+        b = bias if bias is None or axis == "in" else bias.index_select(0, keep.to(bias.device))
+        with warnings.catch_warnings(), torch.device("meta"):  # an FFN that loses every neuron has zero elements
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            if isinstance(module, nn.Embedding):
+                new = nn.Embedding(w.shape[0], w.shape[1], dtype=weight.dtype)
+            elif _is_conv1d(module):
+                new = type(module)(w.shape[1], w.shape[0])
+            else:
+                new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, dtype=weight.dtype)
+        new.weight = nn.Parameter(w.clone(), requires_grad=weight.requires_grad)
+        if b is not None:
+            new.bias = nn.Parameter(b.clone(), requires_grad=bias.requires_grad)
+    new.train(module.training)
+    return new
+
+
+def _apply_slices(model: nn.Module, plan: Mapping[str, tuple[str, list[int]]]) -> None:
+    for name, (axis, keep) in plan.items():
+        replace_module(model, name, _sliced(model.get_submodule(name), axis, torch.tensor(keep, dtype=torch.long)))
+
+
+class LayerConfigView:
+    """The model config as one attention layer sees it, with that layer's own head counts: for a family whose
+    attention reads the counts from ``self.config`` at run time (Phi-3). Every other attribute is the model's
+    config (reads and writes go through), so a later ``set_attn_implementation`` still reaches the layer."""
+
+    def __init__(self, base: Any, **counts: int) -> None:
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_counts", dict(counts))
+
+    def __getattr__(self, name: str) -> Any:
+        counts = object.__getattribute__(self, "_counts")
+        if name in counts:
+            return counts[name]
+        return getattr(object.__getattribute__(self, "_base"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_base"), name, value)
+
+    def __repr__(self) -> str:
+        return f"LayerConfigView({object.__getattribute__(self, '_counts')})"
+
+
+_HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "n_head")
+_HEAD_WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size")
+
+
+def set_heads(model: nn.Module, parts: LayerParts, keep_groups: list[int]) -> None:
+    """Keep only key/value groups ``keep_groups`` (current indices; heads without grouped-query attention) of one
+    layer's self-attention, in place."""
+    att = parts.attention
+    if att is None:
+        raise refuse(model, FEATURE, f"layer {parts.layer_name} has no self-attention the role table knows.")
+    hq, hkv = att.sizes(model)
+    drop = [g for g in range(hkv) if g not in keep_groups]
+    if not drop:
+        return
+    _apply_slices(model, head_slices(model, att, sorted(keep_groups)))
+    new_q, new_kv = len(keep_groups) * att.group, len(keep_groups)
+    module = att.module
+    # Most forwards infer the head count from the projection's width (view(..., -1, head_dim)); these attributes
+    # keep the module's description true, and GPT-2's split_size is read by its forward.
+    for attr in _HEAD_COUNT_ATTRS:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, new_q)
+    if isinstance(getattr(module, "num_key_value_heads", None), int):
+        module.num_key_value_heads = new_kv
+    for attr in _HEAD_WIDTH_ATTRS:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, new_q * att.head_dim)
+    entry = roles_for(model, FEATURE)
+    if entry.attention_reads_config:
+        base = module.config
+        base = object.__getattribute__(base, "_base") if isinstance(base, LayerConfigView) else base
+        counts = {entry.heads_attr: new_q}
+        if entry.kv_heads_attr:
+            counts[entry.kv_heads_attr] = new_kv
+        module.config = LayerConfigView(base, **counts)
+
+
+def set_neurons(model: nn.Module, parts: LayerParts, keep: list[int]) -> None:
+    """Keep only FFN neurons ``keep`` (current indices) of one layer, in place."""
+    if parts.ffn is None:
+        raise refuse(model, FEATURE, f"layer {parts.layer_name} has no feed-forward block the role table knows.")
+    if len(keep) < num_neurons(model, parts.ffn):
+        _apply_slices(model, neuron_slices(model, parts.ffn, sorted(keep)))
+
+
+# -- the structure description (what the checkpoint records) --------------------------------------------------------
+def _default_heads(model: nn.Module, entry: FamilyRoles, stack: str) -> int | None:
+    value = _config_value(model.config, entry.heads_attr, stack)
+    return int(value) if isinstance(value, int) else None
+
+
+def _default_neurons(model: nn.Module, entry: FamilyRoles, stack: str) -> int | None:
+    value = _config_value(model.config, entry.ffn_attr, stack)
+    if value is None and entry.ffn_attr == "n_inner":  # GPT2MLP is 4 * n_embd wide when n_inner is None
+        value = 4 * int(model.config.hidden_size)
+    return int(value) if isinstance(value, int) else None
+
+
+def describe_structure(model: nn.Module) -> dict[str, Any]:
+    """Per-layer sizes that differ from ``model.config``: the ``structure`` entry of the hf_sparse
+    ``quantization_config``. Empty for an unpruned model or a family without a role-table entry.
+
+    Returns:
+        ``{"attention": {attention module: {"num_heads": query heads}}, "ffn": {first FFN projection:
+        {"intermediate_size": n}}}`` with only the non-empty keys; ``dropped_layers`` is added by the caller.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    try:
+        layers = find_layers(model)
+    except ConfigError:
+        return {}
+    entry = roles_for(model, FEATURE)
+    attention, ffn = {}, {}
+    for parts in layers:
+        if parts.attention is not None:
+            heads0 = _default_heads(model, entry, parts.stack)
+            heads = parts.attention.sizes(model)[0]
+            if heads0 is not None and heads != heads0:
+                attention[parts.attention.name] = {"num_heads": heads}
+        if parts.ffn is not None:
+            inter0 = _default_neurons(model, entry, parts.stack)
+            n = num_neurons(model, parts.ffn)
+            if inter0 is not None and n != inter0:
+                ffn[parts.ffn.key] = {"intermediate_size": n}
+    out: dict[str, Any] = {}
+    if attention:
+        out["attention"] = attention
+    if ffn:
+        out["ffn"] = ffn
+    return out
+
+
+def check_tied_heads(model: nn.Module, layers: list[LayerParts], heads: Mapping[Any, int], fail) -> None:
+    """For a family whose first layer computes a per-head bias every layer adds (T5), refuse head counts that
+    differ between the layers of one stack. ``heads`` maps layer key -> query heads it will have."""
+    entry = roles_for(model, FEATURE)
+    if not entry.head_bias:
+        return
+    for stack in dict.fromkeys(p.stack for p in layers if p.attention is not None):
+        counts = {p.key: heads.get(p.key, p.attention.sizes(model)[0]) for p in layers if p.stack == stack}
+        if len(set(counts.values())) > 1:
+            where = f"the {stack} stack" if stack else "the model"
+            raise fail(
+                f"every self-attention layer of {where} must keep the same heads, because the first layer computes "
+                f"the relative position bias of all heads once and every layer adds it; the heads per layer would "
+                f"be {counts}. Remove the same heads from every layer of {where}"
+            )
+
+
+# -- loading (used by the quantizer on the meta-device model) ------------------------------------------------------
+def shrink_to_structure(model: nn.Module, structure: Mapping[str, Any], fail) -> list[str]:
+    """Resize a freshly built (typically meta-device) model to the sizes of a checked ``structure`` description.
+
+    ``fail(message)`` builds the exception to raise (the quantizer passes a :class:`FormatError` factory). Heads
+    and neurons kept are the first ones: the checkpoint's tensors are already sliced, only the shapes matter here.
+
+    Returns:
+        The names of every projection structured pruning sizes, in every layer (resized or not): the caller checks
+        their shapes against the files, so a layer the description leaves out (or resizes wrongly) fails by name.
+    """
+    wanted = {**structure.get("attention", {}), **structure.get("ffn", {})}
+    try:
+        layers = find_layers(model)
+    except ConfigError as exc:
+        if wanted:
+            raise fail(f"config.json quantization_config.structure resizes modules, but {exc}") from None
+        return []
+    by_attention = {p.attention.name: p for p in layers if p.attention is not None}
+    by_ffn = {p.ffn.key: p for p in layers if p.ffn is not None}
+    heads_after: dict[Any, int] = {}
+    plans: list[tuple[LayerParts, int]] = []
+    for name, spec in structure.get("attention", {}).items():
+        parts = by_attention.get(name)
+        where = f"config.json quantization_config.structure['attention'][{quote(name)}]"
+        if parts is None:
+            raise fail(
+                f"{where}: the model has no self-attention module {quote(name)} (its attention modules: "
+                f"{sorted(by_attention)[:4]}...)"
+            )
+        k = spec["num_heads"]
+        hq, _ = parts.attention.sizes(model)  # type: ignore[union-attr]
+        group = parts.attention.group  # type: ignore[union-attr]
+        if k > hq:
+            raise fail(f"{where}: num_heads {k} is more than the {hq} heads the model's config gives")
+        if k % group:
+            raise fail(f"{where}: num_heads {k} is not a whole number of key/value groups of {group} query heads")
+        heads_after[parts.key] = k
+        plans.append((parts, k // group))
+    check_tied_heads(model, layers, heads_after, lambda message: fail(f"config.json quantization_config: {message}"))
+    for parts, groups in plans:
+        set_heads(model, parts, list(range(groups)))
+    for name, spec in structure.get("ffn", {}).items():
+        parts = by_ffn.get(name)
+        where = f"config.json quantization_config.structure['ffn'][{quote(name)}]"
+        if parts is None:
+            raise fail(
+                f"{where}: the model has no FFN input projection {quote(name)} (its FFN projections: "
+                f"{sorted(by_ffn)[:4]}...)"
+            )
+        n = spec["intermediate_size"]
+        have = num_neurons(model, parts.ffn)  # type: ignore[arg-type]
+        if n > have:
+            raise fail(f"{where}: intermediate_size {n} is more than the {have} the model's config gives")
+        set_neurons(model, parts, list(range(n)))
+    changed: list[str] = []
+    for parts in find_layers(model):
+        if parts.attention is not None:
+            changed += list(parts.attention.projections)
+        if parts.ffn is not None:
+            changed += list(parts.ffn.projections)
+    return changed
+
+
+# -- the BERT layout by its module names (kept for callers that read BERT's attributes) ---------------------------
 _LOOKED_FOR = (
     "an nn.ModuleList of encoder layers, each with a self-attention module that has `query`, `key` and `value` "
     "Linear children and `num_attention_heads` / `attention_head_size` attributes, a sibling `output.dense` "
@@ -47,10 +573,10 @@ _LOOKED_FOR = (
 )
 
 
-# -- discovery -----------------------------------------------------------------------------------------------------
 @dataclass
 class EncoderLayerParts:
-    """The modules of one encoder layer that structured pruning slices, with their qualified names."""
+    """The modules of one BERT-layout encoder layer, with their qualified names (the layout of
+    :mod:`hf_sparse.pruning.regularization`'s gates; every other family goes through :func:`find_layers`)."""
 
     index: int
     layer_name: str
@@ -73,12 +599,7 @@ class EncoderLayerParts:
 
     @property
     def num_neurons(self) -> int:
-        return int(_out_features(self.intermediate))
-
-
-def _out_features(module: nn.Module) -> int:
-    out = getattr(module, "out_features", None)
-    return int(out) if out is not None else int(module.weight.shape[0])
+        return out_size(self.intermediate)
 
 
 def _is_attention(module: nn.Module) -> bool:
@@ -90,9 +611,8 @@ def _is_attention(module: nn.Module) -> bool:
 
 
 def _layer_parts(index: int, layer_name: str, layer: nn.Module) -> EncoderLayerParts | None:
-    """The parts of one layer, or None when the layer does not have the BERT structure."""
     attentions = [(n, m) for n, m in layer.named_modules() if n and _is_attention(m)]
-    if len(attentions) != 1:  # none, or cross-attention too (decoders): not a plain encoder layer
+    if len(attentions) != 1:
         return None
     att_name, attention = attentions[0]
     parent_name = att_name.rpartition(".")[0]
@@ -118,8 +638,7 @@ def _layer_parts(index: int, layer_name: str, layer: nn.Module) -> EncoderLayerP
 
 
 def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList, list[EncoderLayerParts]] | None:
-    """The first ``nn.ModuleList`` of ``model`` whose layers all have the BERT structure: its name, the list and the
-    parts of each layer; ``None`` when there is none."""
+    """The first ``nn.ModuleList`` of ``model`` whose layers all have the BERT layout, or ``None``."""
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
@@ -130,167 +649,12 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList, list[EncoderL
 
 
 def find_encoder_layers(model: nn.Module) -> list[EncoderLayerParts]:
-    """The encoder layers of a BERT-family model with the modules structured pruning slices, in order.
+    """The encoder layers of a BERT-layout model (BERT, RoBERTa, XLM-R, ELECTRA), in order.
 
     Raises:
-        ConfigError: the model does not have that structure (the message says what was looked for).
+        UnsupportedFamilyError: the model does not have that layout (the message says what was looked for).
     """
     found = find_layer_list(model)
     if found is None:
-        raise ConfigError(
-            f"structured pruning does not support {type(model).__name__}: it looked for {_LOOKED_FOR}, and found none."
-        )
+        raise refuse(model, "BERT-layout structured pruning", f"it looked for {_LOOKED_FOR}, and found none.")
     return found[2]
-
-
-def plain_linear(parts: EncoderLayerParts, attr: str) -> nn.Linear:
-    module = getattr(parts, attr)
-    if type(module) is not nn.Linear:
-        name = getattr(parts, f"{attr}_name", parts.attention_name + "." + attr)
-        raise ConfigError(
-            f"structured pruning needs plain nn.Linear layers, but {name} is a {type(module).__name__}. Prune "
-            "heads, neurons and layers before pruning weights and before sparsify_."
-        )
-    return module
-
-
-def qkv_linears(parts: EncoderLayerParts) -> dict[str, nn.Linear]:
-    out = {}
-    for n in ("query", "key", "value"):
-        module = getattr(parts.attention, n)
-        if type(module) is not nn.Linear:
-            raise ConfigError(
-                f"structured pruning needs plain nn.Linear layers, but {parts.attention_name}.{n} is a "
-                f"{type(module).__name__}. Prune heads before pruning weights and before sparsify_."
-            )
-        out[n] = module
-    return out
-
-
-# -- physical slicing ----------------------------------------------------------------------------------------------
-def _sliced_linear(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
-    """A new ``nn.Linear`` holding the given rows (output features) and/or columns (input features) of ``linear``,
-    on its device and dtype, with the same ``requires_grad``. Works on the meta device too."""
-    weight, bias = linear.weight, linear.bias
-    with torch.no_grad():
-        w = weight if rows is None else weight.index_select(0, rows.to(weight.device))
-        w = w if cols is None else w.index_select(1, cols.to(weight.device))
-        b = None if bias is None else (bias if rows is None else bias.index_select(0, rows.to(bias.device)))
-        with warnings.catch_warnings():  # a layer that loses all its neurons is a zero-element Linear: expected
-            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-            new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
-        new.weight = nn.Parameter(w.clone(), requires_grad=weight.requires_grad)
-        if b is not None:
-            new.bias = nn.Parameter(b.clone(), requires_grad=bias.requires_grad)
-    new.train(linear.training)
-    return new
-
-
-def set_heads(model: nn.Module, parts: EncoderLayerParts, keep: list[int]) -> None:
-    """Keep only heads ``keep`` (current indices) of one layer, in place."""
-    d = parts.head_size
-    rows = torch.tensor([h * d + j for h in keep for j in range(d)], dtype=torch.long)
-    for n, lin in qkv_linears(parts).items():
-        replace_module(model, f"{parts.attention_name}.{n}", _sliced_linear(lin, rows=rows))
-    new_out = _sliced_linear(plain_linear(parts, "attention_output"), cols=rows)
-    replace_module(model, parts.attention_output_name, new_out)
-    parts.attention_output = new_out
-    # The reshape in BertSelfAttention.forward infers the head count (view(..., -1, head_size)); these instance
-    # attributes only keep the module's description true for code that reads them.
-    parts.attention.num_attention_heads = len(keep)
-    parts.attention.all_head_size = len(keep) * d
-
-
-def set_neurons(model: nn.Module, parts: EncoderLayerParts, keep: list[int]) -> None:
-    """Keep only FFN neurons ``keep`` (current indices) of one layer, in place."""
-    idx = torch.tensor(keep, dtype=torch.long)
-    new_inter = _sliced_linear(plain_linear(parts, "intermediate"), rows=idx)
-    new_out = _sliced_linear(plain_linear(parts, "ffn_output"), cols=idx)
-    replace_module(model, parts.intermediate_name, new_inter)
-    replace_module(model, parts.ffn_output_name, new_out)
-    parts.intermediate, parts.ffn_output = new_inter, new_out
-
-
-# -- the structure description (what the checkpoint records) --------------------------------------------------------
-def describe_structure(model: nn.Module) -> dict[str, Any]:
-    """Per-layer sizes that differ from ``model.config`` (``num_attention_heads``, ``intermediate_size``): the
-    ``structure`` entry of the hf_sparse ``quantization_config``. Empty for an unpruned or unsupported model.
-
-    Returns:
-        ``{"attention": {name: {"num_heads": k}}, "ffn": {name: {"intermediate_size": n}}}`` with only the
-        non-empty keys; ``dropped_layers`` is added by the caller from the config's provenance.
-    """
-    found = find_layer_list(model)
-    config = getattr(model, "config", None)
-    if found is None or config is None:
-        return {}
-    heads0 = getattr(config, "num_attention_heads", None)
-    inter0 = getattr(config, "intermediate_size", None)
-    attention, ffn = {}, {}
-    for parts in found[2]:
-        if heads0 is not None and parts.num_heads != heads0:
-            attention[parts.attention_name] = {"num_heads": parts.num_heads}
-        if inter0 is not None and parts.num_neurons != inter0:
-            ffn[parts.intermediate_name] = {"intermediate_size": parts.num_neurons}
-    out: dict[str, Any] = {}
-    if attention:
-        out["attention"] = attention
-    if ffn:
-        out["ffn"] = ffn
-    return out
-
-
-# -- loading (used by the quantizer on the meta-device model) ------------------------------------------------------
-def shrink_to_structure(model: nn.Module, structure: Mapping[str, Any], fail) -> list[str]:
-    """Resize a freshly built (typically meta-device) model to the sizes of a checked ``structure`` description.
-
-    ``fail(message)`` builds the exception to raise (the quantizer passes a :class:`FormatError` factory). Heads
-    and neurons kept are the first ones: the checkpoint's tensors are already sliced, only the shapes matter here.
-
-    Returns:
-        The names of every projection structured pruning sizes, in every layer (resized or not): the caller checks
-        their shapes against the files, so a layer the description leaves out (or resizes wrongly) fails by name.
-    """
-    found = find_layer_list(model)
-    wanted = {**structure.get("attention", {}), **structure.get("ffn", {})}
-    if found is None:
-        if wanted:
-            raise fail(
-                f"config.json quantization_config.structure resizes modules of a {type(model).__name__}, but "
-                f"hf_sparse does not find {_LOOKED_FOR} in it"
-            )
-        return []
-    parts_by_attention = {p.attention_name: p for p in found[2]}
-    parts_by_ffn = {p.intermediate_name: p for p in found[2]}
-    changed: list[str] = []
-    for name, spec in structure.get("attention", {}).items():
-        parts = parts_by_attention.get(name)
-        where = f"config.json quantization_config.structure['attention'][{quote(name)}]"
-        if parts is None:
-            raise fail(
-                f"{where}: the model has no self-attention module {quote(name)} (its attention modules: "
-                f"{sorted(parts_by_attention)[:4]}...)"
-            )
-        k = spec["num_heads"]
-        if k > parts.num_heads:
-            raise fail(f"{where}: num_heads {k} is more than the {parts.num_heads} heads the model's config gives")
-        if k < parts.num_heads:
-            set_heads(model, parts, list(range(k)))
-    for name, spec in structure.get("ffn", {}).items():
-        parts = parts_by_ffn.get(name)
-        where = f"config.json quantization_config.structure['ffn'][{quote(name)}]"
-        if parts is None:
-            raise fail(
-                f"{where}: the model has no FFN input projection {quote(name)} (its FFN projections: "
-                f"{sorted(parts_by_ffn)[:4]}...)"
-            )
-        n = spec["intermediate_size"]
-        if n > parts.num_neurons:
-            raise fail(f"{where}: intermediate_size {n} is more than the {parts.num_neurons} the model's config gives")
-        if n < parts.num_neurons:
-            set_neurons(model, parts, list(range(n)))
-    for parts in found[2]:
-        a = parts.attention_name
-        changed += [f"{a}.query", f"{a}.key", f"{a}.value", parts.attention_output_name]
-        changed += [parts.intermediate_name, parts.ffn_output_name]
-    return changed

@@ -1,6 +1,6 @@
-"""Importance scores of attention heads and FFN neurons, per encoder layer: the magnitude of each unit's weights, or
-its first-order Taylor estimate of the loss change (what :func:`~hf_sparse.pruning.structured.structured_prune_`
-ranks units by)."""
+"""Importance scores of attention heads (key/value groups under grouped-query attention) and FFN neurons, per
+layer: the magnitude of each unit's weights, or its first-order Taylor estimate of the loss change (what
+:func:`~hf_sparse.pruning.structured.structured_prune_` ranks units by)."""
 
 from __future__ import annotations
 
@@ -11,48 +11,95 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..nn.structure import EncoderLayerParts, find_encoder_layers, plain_linear, qkv_linears
+from ..nn.structure import (
+    LayerParts,
+    check_plain,
+    find_layers,
+    head_slices,
+    neuron_slices,
+    num_neurons,
+    weight_dim,
+)
 
 __all__ = ["head_magnitude_scores", "neuron_magnitude_scores", "taylor_scores", "head_importance"]
 
 
-def _head_rows(parts: EncoderLayerParts, t: torch.Tensor) -> torch.Tensor:
-    """``t`` (rows = heads * head_size, ...) grouped per head: shape (heads, head_size * rest)."""
-    return t.reshape(parts.num_heads, -1)
+def _per_index(model: nn.Module, name: str, axis: str, fn, with_bias: bool) -> torch.Tensor:
+    """``fn(weight)`` summed over every dimension but ``axis``'s (plus ``fn(bias)`` for output slices when
+    ``with_bias``): one value per output (or input) feature of module ``name``."""
+    module = model.get_submodule(name)
+    dim = weight_dim(module, axis)
+    w = module.weight
+    total = fn(w).sum(1 - dim)
+    bias = getattr(module, "bias", None)
+    if with_bias and axis == "out" and bias is not None:
+        total = total + fn(bias)
+    return total
 
 
-def head_magnitude_scores(model: nn.Module) -> dict[int, torch.Tensor]:
-    """Per layer, the L2 norm of each head's weights: its rows of ``query``/``key``/``value`` and its columns of
-    the attention output projection.
+def _head_scores(model: nn.Module, parts: LayerParts, fn, with_bias: bool) -> torch.Tensor:
+    """One score per key/value group (per head without grouped-query attention): the sum of ``fn`` over the
+    weights the group owns (:func:`~hf_sparse.nn.structure.head_slices`)."""
+    att = parts.attention
+    _, groups = att.sizes(model)  # type: ignore[union-attr]
+    cache: dict[tuple[str, str], torch.Tensor] = {}
+    out = []
+    for g in range(groups):
+        total = torch.zeros((), device=model.get_submodule(att.o).weight.device)  # type: ignore[union-attr]
+        for name, (axis, idx) in head_slices(model, att, [g]).items():  # type: ignore[arg-type]
+            if (name, axis) not in cache:
+                cache[name, axis] = _per_index(model, name, axis, fn, with_bias)
+            values = cache[name, axis]
+            total = total + values[torch.tensor(idx, dtype=torch.long, device=values.device)].sum()
+        out.append(total)
+    return torch.stack(out) if out else torch.zeros(0)
+
+
+def _neuron_scores(model: nn.Module, parts: LayerParts, fn, with_bias: bool) -> torch.Tensor:
+    """One score per FFN neuron: ``fn`` summed over its rows of the up (and gate) projections and its column of
+    the down projection."""
+    n = num_neurons(model, parts.ffn)  # type: ignore[arg-type]
+    total = None
+    for name, (axis, _) in neuron_slices(model, parts.ffn, []).items():  # type: ignore[arg-type]
+        values = _per_index(model, name, axis, fn, with_bias)
+        values = values.reshape(-1, n).sum(0)  # a fused gate-and-up projection holds two rows per neuron
+        total = values if total is None else total + values
+    return total  # type: ignore[return-value]
+
+
+def head_magnitude_scores(model: nn.Module) -> dict[Any, torch.Tensor]:
+    """Per layer, the L2 norm of each head's weights: its rows of the query / key / value projections and its
+    columns of the attention output projection. Under grouped-query attention one score per key/value group (the
+    unit :func:`~hf_sparse.pruning.structured.prune_heads_` removes).
 
     Shapes:
-        returns ``{layer: (num_heads,)}``.
+        returns ``{layer: (num_heads or num_kv_groups,)}``; ``layer`` is an index, or ``"decoder.1"`` in a
+        seq2seq model.
     """
     scores = {}
-    for parts in find_encoder_layers(model):
+    for parts in find_layers(model):
+        if parts.attention is None:
+            continue
+        check_plain(model, parts.attention.projections, "heads")
         with torch.no_grad():
-            total = torch.zeros(parts.num_heads)
-            for lin in qkv_linears(parts).values():
-                total += _head_rows(parts, lin.weight.float()).pow(2).sum(1).cpu()
-            out_w = plain_linear(parts, "attention_output").weight.float()  # (hidden, heads * head_size)
-            total += _head_rows(parts, out_w.t()).pow(2).sum(1).cpu()
-        scores[parts.index] = total.sqrt()
+            scores[parts.key] = _head_scores(model, parts, lambda t: t.float().pow(2), False).sqrt().cpu()
     return scores
 
 
-def neuron_magnitude_scores(model: nn.Module) -> dict[int, torch.Tensor]:
-    """Per layer, the L2 norm of each FFN neuron's weights: its row of ``intermediate.dense`` and its column of
-    ``output.dense``.
+def neuron_magnitude_scores(model: nn.Module) -> dict[Any, torch.Tensor]:
+    """Per layer, the L2 norm of each FFN neuron's weights: its row of the up projection (and of the gate) and its
+    column of the down projection.
 
     Shapes:
         returns ``{layer: (intermediate_size,)}``.
     """
     scores = {}
-    for parts in find_encoder_layers(model):
+    for parts in find_layers(model):
+        if parts.ffn is None:
+            continue
+        check_plain(model, parts.ffn.projections, "neurons")
         with torch.no_grad():
-            rows = plain_linear(parts, "intermediate").weight.float().pow(2).sum(1)
-            cols = plain_linear(parts, "ffn_output").weight.float().pow(2).sum(0)
-        scores[parts.index] = (rows + cols).sqrt().cpu()
+            scores[parts.key] = _neuron_scores(model, parts, lambda t: t.float().pow(2), False).sqrt().cpu()
     return scores
 
 
@@ -67,25 +114,31 @@ def taylor_scores(
     mode are restored afterwards.
 
     Args:
-        model: a BERT-family model whose forward returns ``loss`` when the batches carry ``labels``.
+        model: a model of a family in the module-role table whose forward returns ``loss`` when the batches carry
+            ``labels``.
         batches: mappings of forward keyword arguments (``input_ids``, ``attention_mask``, ``labels``, ...).
 
     Returns:
-        ``(head_scores, neuron_scores)``: ``{layer: (num_heads,)}`` and ``{layer: (intermediate_size,)}``.
+        ``(head_scores, neuron_scores)``: ``{layer: (num_heads or num_kv_groups,)}`` and
+        ``{layer: (intermediate_size,)}``.
 
     Raises:
         ConfigError: no batches, or a batch gives no loss (no labels).
     """
-    layers = find_encoder_layers(model)
+    layers = find_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     saved_grads = [p.grad for p in params]
     was_training = model.training
     tracked: list[nn.Parameter] = []
     for parts in layers:
-        for lin in [*qkv_linears(parts).values(), plain_linear(parts, "attention_output")]:
-            tracked += [p for p in (lin.weight, lin.bias) if p is not None]
-        for lin in (plain_linear(parts, "intermediate"), plain_linear(parts, "ffn_output")):
-            tracked += [p for p in (lin.weight, lin.bias) if p is not None]
+        names = [
+            *(parts.attention.projections if parts.attention else ()),
+            *(parts.ffn.projections if parts.ffn else ()),
+        ]
+        check_plain(model, tuple(names), "heads and neurons")
+        for name in names:
+            module = model.get_submodule(name)
+            tracked += [p for p in (module.weight, getattr(module, "bias", None)) if p is not None]
     flags = [p.requires_grad for p in tracked]
     device = next(model.parameters()).device
     n = 0
@@ -110,19 +163,10 @@ def taylor_scores(
         heads, neurons = {}, {}
         with torch.no_grad():
             for parts in layers:
-                total = torch.zeros(parts.num_heads, device=device)
-                for lin in qkv_linears(parts).values():
-                    total += _head_rows(parts, lin.weight * _grad(lin.weight)).sum(1)
-                    if lin.bias is not None:
-                        total += _head_rows(parts, lin.bias * _grad(lin.bias)).sum(1)
-                out = plain_linear(parts, "attention_output").weight
-                total += _head_rows(parts, (out * _grad(out)).t()).sum(1)
-                heads[parts.index] = total.abs().cpu()
-                inter, ffn_out = plain_linear(parts, "intermediate"), plain_linear(parts, "ffn_output")
-                unit = (inter.weight * _grad(inter.weight)).sum(1) + (ffn_out.weight * _grad(ffn_out.weight)).sum(0)
-                if inter.bias is not None:
-                    unit += inter.bias * _grad(inter.bias)
-                neurons[parts.index] = unit.abs().cpu()
+                if parts.attention is not None:
+                    heads[parts.key] = _head_scores(model, parts, _w_grad, True).abs().cpu()
+                if parts.ffn is not None:
+                    neurons[parts.key] = _neuron_scores(model, parts, _w_grad, True).abs().cpu()
     finally:
         for p, g in zip(params, saved_grads):
             p.grad = g
@@ -130,6 +174,10 @@ def taylor_scores(
             p.requires_grad_(flag)
         model.train(was_training)
     return heads, neurons
+
+
+def _w_grad(p: torch.Tensor) -> torch.Tensor:
+    return p * _grad(p)
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
@@ -140,6 +188,6 @@ def head_importance(model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> d
     """First-order Taylor importance of every attention head (see :func:`taylor_scores`).
 
     Shapes:
-        returns ``{layer: (num_heads,)}``.
+        returns ``{layer: (num_heads or num_kv_groups,)}``.
     """
     return taylor_scores(model, batches)[0]

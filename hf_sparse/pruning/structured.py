@@ -1,19 +1,37 @@
-"""Structured pruning that physically shrinks BERT-family encoders: attention heads, FFN neurons, whole layers.
+"""Structured pruning that physically shrinks transformer models of every family the module-role table
+(:mod:`hf_sparse.nn.roles`) knows: attention heads, FFN neurons, whole layers.
 
 transformers 5 removed ``PreTrainedModel.prune_heads``; this module does the same job (and more) without touching
-transformers classes. The slicing itself, and why per-layer head counts work without patching, is in
-:mod:`hf_sparse.nn.structure`; the scores that rank heads and neurons are in
+transformers classes. The slicing itself, what each family's units own, and why per-layer head counts work without
+patching, are in :mod:`hf_sparse.nn.structure`; the scores that rank heads and neurons are in
 :mod:`hf_sparse.pruning.structure_scores`.
+
+Naming layers: in a model with one layer list a layer is its index (``{3: [0, 1]}``); in a seq2seq model (T5,
+BART) it is ``"encoder.3"`` or ``"decoder.1"`` -- a bare index is ambiguous there and is refused.
 
 Limits (documented choices):
 
 * At least one head per layer must remain: a self-attention with no heads cannot reshape (``view(..., -1, d)`` of an
   empty tensor is ambiguous) and the layer would still need its output projection's bias and LayerNorm. Drop the
   layer instead (``layers_to_drop``). Removing *all* FFN neurons of a layer is supported: the FFN then adds only the
-  bias of ``output.dense`` before its LayerNorm, exactly what the masked model computes.
+  bias of its down projection, exactly what the masked model computes.
+* Grouped-query attention (Llama, Mistral, Qwen, Gemma, Phi-3): the unit removed is a key/value group -- its key and
+  value head and the ``num_heads / num_kv_heads`` query heads that read it. A head set that splits a group is
+  refused; the scores rank groups.
+* T5 adds, in every layer, the relative position bias the first layer computes for all heads: the heads removed must
+  be the same in every self-attention layer of a stack (the bias table loses the same columns). Dropping a stack's
+  first block moves its bias table to the block that becomes first (same outputs). Decoder cross-attention heads
+  are not pruned.
+* ALBERT runs one shared layer as every layer: its layer list has one entry, layer 0, and removing heads or neurons
+  of it changes every repetition. Dropping layers lowers the number of repetitions (any ``k`` of them: they are the
+  same layer), with one layer group only.
+* GPT-2 with ``scale_attn_by_inverse_layer_idx`` scales each layer by its index, fixed when the model is built:
+  dropping a layer that renumbers later ones is refused.
+* DeBERTa-v2's ``pos_key_proj`` / ``pos_query_proj`` lose the same head rows as the key / query projections.
 * Head and neuron indices always refer to the module *as it is now* (after earlier pruning, index 0 is the first
   remaining head), not to the original model.
-* The model's Linear layers must still be ``nn.Linear``: prune structure first, then prune weights and ``sparsify_``.
+* The model's projections must still be ``nn.Linear`` (or GPT-2's ``Conv1D``): prune structure first, then prune
+  weights and ``sparsify_``. Task heads (ModernBERT's ``head.dense``, classifiers) and embeddings are never pruned.
 
 Checkpoints: after pruning, ``model.config.quantization_config`` holds an hf_sparse config whose ``structure`` key
 records the per-layer sizes, so ``save_pretrained`` / ``from_pretrained`` (after ``import hf_sparse``, no remote
@@ -23,6 +41,7 @@ code) rebuild the smaller model; see :mod:`hf_sparse.nn.description` and :mod:`h
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -32,20 +51,27 @@ from torch import nn
 from ..config import BaseConfig, register_config
 from ..errors import ConfigError, quote
 from ..nn.replace import replace_module
+from ..nn.roles import layer_lists, refuse, roles_for
 from ..nn.structure import (
     EncoderLayerParts,
+    LayerParts,
+    check_plain,
+    check_tied_heads,
     describe_structure,
     find_encoder_layers,
-    find_layer_list,
-    qkv_linears,
+    find_layers,
+    num_neurons,
     set_heads,
     set_neurons,
+    stack_names,
 )
 from .structure_scores import head_importance, head_magnitude_scores, neuron_magnitude_scores, taylor_scores
 
 __all__ = [
     "EncoderLayerParts",
+    "LayerParts",
     "find_encoder_layers",
+    "find_layers",
     "head_magnitude_scores",
     "neuron_magnitude_scores",
     "head_importance",
@@ -58,127 +84,290 @@ __all__ = [
     "structured_prune_",
 ]
 
+LayerKey = int | str
+HEADS_FEATURE = "structured pruning of attention heads"
+LAYERS_FEATURE = "dropping layers"
 
-# -- removing heads, neurons and layers ---------------------------------------------------------------------------
-def _check_indices(what: str, layer: int, given: Iterable[int], size: int, unit: str) -> list[int]:
+
+# -- naming layers -------------------------------------------------------------------------------------------------
+def _check_indices(what: str, layer: LayerKey, given: Iterable[int], size: int, unit: str) -> list[int]:
     try:
         items = list(given)
     except TypeError:
-        raise ConfigError(f"{what}[{layer}] must be a list of {unit} indices, got {quote(given)}.") from None
+        raise ConfigError(f"{what}[{quote(layer)}] must be a list of {unit} indices, got {quote(given)}.") from None
     bad = [i for i in items if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < size]
     if bad:
-        raise ConfigError(f"{what}[{layer}]: {unit} indices {bad} are out of range; layer {layer} has {size} {unit}s.")
+        raise ConfigError(
+            f"{what}[{quote(layer)}]: {unit} indices {bad} are out of range; layer {layer} has {size} {unit}s."
+        )
     return sorted(set(items))
 
 
-def _check_layers(what: str, mapping: Mapping[int, Any], layers: list[EncoderLayerParts]) -> None:
+def _resolve(model: nn.Module, layers: list[LayerParts], keys: Iterable[Any], what: str) -> dict[Any, LayerParts]:
+    """The layer each key names: an index in a model with one layer list, ``"encoder.3"`` / ``"decoder.1"`` in one
+    with several (a bare index there is ambiguous: refused, naming the lists)."""
+    by_key = {p.key: p for p in layers}
+    stacks = list(dict.fromkeys(p.stack for p in layers))
+    out = {}
+    for key in keys:
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            raise ConfigError(f"{what}: layer keys are integers or 'encoder.3'-style names, got {quote(key)}.")
+        if isinstance(key, int) and stacks != [""]:
+            raise refuse(
+                model,
+                what,
+                f"layer {key} is ambiguous: the model has the layer lists {stacks}; name one, e.g. "
+                f"{quote(f'{stacks[-1]}.{key}')}.",
+            )
+        if key not in by_key:
+            counts = {s or "layers": sum(p.stack == s for p in layers) for s in stacks}
+            raise ConfigError(f"{what}: layer indices [{quote(key)}] are out of range; the model has {counts}.")
+        out[key] = by_key[key]
+    return out
+
+
+def _check_mapping(what: str, mapping: Any) -> None:
     if not isinstance(mapping, Mapping):
-        raise ConfigError(f"{what} must map layer index -> list of indices, got {type(mapping).__name__}.")
-    bad = [k for k in mapping if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(layers)]
-    if bad:
-        raise ConfigError(f"{what}: layer indices {bad} are out of range; the model has {len(layers)} layers.")
+        raise ConfigError(f"{what} must map layer -> list of indices, got {type(mapping).__name__}.")
 
 
-def prune_heads_(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> dict[int, int]:
-    """Remove attention heads from ``model`` in place, physically (the projections get smaller).
+# -- removing heads, neurons and layers ---------------------------------------------------------------------------
+def prune_heads_(model: nn.Module, heads: Mapping[LayerKey, Iterable[int]]) -> dict[LayerKey, int]:
+    """Remove self-attention heads from ``model`` in place, physically (the projections get smaller).
 
     Args:
-        model: a BERT-family encoder (BertModel, MiniLM, BertFor* heads) with plain ``nn.Linear`` layers.
-        heads: ``{layer index: [head indices to remove]}``; indices refer to the heads the layer has now.
+        model: a model of a family in the module-role table, with plain ``nn.Linear`` (GPT-2: ``Conv1D``)
+            projections.
+        heads: ``{layer: [query head indices to remove]}``; indices refer to the heads the layer has now. Under
+            grouped-query attention the set must consist of whole key/value groups (query heads ``g * r`` to
+            ``g * r + r - 1`` for group ``g``, ``r = num_heads / num_kv_heads``).
 
     Returns:
-        ``{layer index: number of heads left}`` for the layers touched.
+        ``{layer: number of (query) heads left}`` for the layers touched.
 
     Raises:
-        ConfigError: unsupported model, an index out of range, or every head of a layer named (a layer keeps at
-            least one head: drop the whole layer with :func:`drop_layers_` instead).
+        ConfigError: an index out of range, or every head of a layer named (a layer keeps at least one head: drop
+            the whole layer with :func:`drop_layers_` instead).
+        UnsupportedFamilyError: the family is not in the role table, a head set splits a key/value group, or T5
+            layers of one stack would keep different heads.
     """
-    layers = find_encoder_layers(model)
-    _check_layers("prune_heads_ heads", heads, layers)
-    plans = {}
-    for index, given in heads.items():
-        parts = layers[index]
-        remove = _check_indices("prune_heads_ heads", index, given, parts.num_heads, "head")
-        keep = [h for h in range(parts.num_heads) if h not in remove]
+    _check_mapping("prune_heads_ heads", heads)
+    layers = find_layers(model, HEADS_FEATURE)
+    targets = _resolve(model, layers, heads, "prune_heads_ heads")
+    plans: dict[LayerKey, tuple[LayerParts, list[int], list[int]]] = {}
+    for key, given in heads.items():
+        parts = targets[key]
+        att = parts.attention
+        if att is None:
+            raise refuse(model, HEADS_FEATURE, f"layer {parts.layer_name} has no self-attention the role table knows.")
+        hq, hkv = att.sizes(model)
+        remove = _check_indices("prune_heads_ heads", key, given, hq, "head")
+        r = att.group
+        groups = sorted({h // r for h in remove})
+        split = [g for g in groups if any(g * r + j not in remove for j in range(r))]
+        if split:
+            whole = sorted(g * r + j for g in split for j in range(r))
+            raise refuse(
+                model,
+                HEADS_FEATURE,
+                f"layer {key}: heads {remove} split key/value groups {split}; under grouped-query attention "
+                f"{r} query heads share each key/value head and the unit removed is the whole group (here: heads "
+                f"{whole}).",
+            )
+        keep = [g for g in range(hkv) if g not in groups]
         if not keep:
             raise ConfigError(
-                f"prune_heads_: removing all {parts.num_heads} heads of layer {index} is not supported (the "
-                "attention cannot reshape an empty projection). Keep at least one head, or drop the layer with "
-                "drop_layers_ / StructuredPruningConfig.layers_to_drop."
+                f"prune_heads_: removing all {hq} heads of layer {key} is not supported (the attention cannot "
+                "reshape an empty projection). Keep at least one head, or drop the layer with drop_layers_ / "
+                "StructuredPruningConfig.layers_to_drop."
             )
-        plans[index] = keep
-    for index, keep in plans.items():  # validate everything before changing anything
-        if len(keep) < layers[index].num_heads:
-            set_heads(model, layers[index], keep)
+        if len(keep) < hkv:
+            check_plain(model, att.projections, "heads")
+        plans[key] = (parts, keep, remove)
+    if roles_for(model, HEADS_FEATURE).head_bias:
+        _check_same_heads_per_stack(model, layers, {k: v[2] for k, v in plans.items()})
+    for parts, keep, _ in plans.values():  # validate everything before changing anything
+        set_heads(model, parts, keep)
     _record_structure(model)
-    return {index: len(keep) for index, keep in plans.items()}
+    return {key: len(keep) * parts.attention.group for key, (parts, keep, _) in plans.items()}  # type: ignore
 
 
-def prune_neurons_(model: nn.Module, neurons: Mapping[int, Iterable[int]]) -> dict[int, int]:
-    """Remove FFN neurons (rows of ``intermediate.dense``, columns of ``output.dense``) in place, physically.
+def _check_same_heads_per_stack(model: nn.Module, layers: list[LayerParts], remove: dict[LayerKey, list[int]]):
+    """T5: every self-attention layer of a stack adds the position bias of the first layer's heads, by position, so
+    the layers of a stack must lose the same heads (see :func:`~hf_sparse.nn.structure.check_tied_heads`)."""
+    for stack in dict.fromkeys(p.stack for p in layers):
+        keys = [p.key for p in layers if p.stack == stack and p.attention is not None]
+        asked = {k: remove.get(k, []) for k in keys}
+        if len({tuple(v) for v in asked.values()}) > 1:
+            where = f"the {stack} stack" if stack else "the model"
+            raise refuse(
+                model,
+                HEADS_FEATURE,
+                f"every self-attention layer of {where} must lose the same heads, because the first layer computes "
+                f"the relative position bias of all heads once and every layer adds it; asked: {asked}.",
+            )
+    counts = {p.key: p.attention.sizes(model)[0] - len(remove.get(p.key, [])) for p in layers if p.attention}
+    check_tied_heads(model, layers, counts, lambda message: refuse(model, HEADS_FEATURE, message))
 
-    Removing every neuron of a layer is allowed: its FFN then adds only ``output.dense``'s bias.
+
+def prune_neurons_(model: nn.Module, neurons: Mapping[LayerKey, Iterable[int]]) -> dict[LayerKey, int]:
+    """Remove FFN neurons in place, physically: the neuron's row of the up projection (and of the gate, or of both
+    halves of a fused gate-and-up projection) and its column of the down projection.
+
+    Removing every neuron of a layer is allowed: its FFN then adds only the down projection's bias.
 
     Args:
-        neurons: ``{layer index: [neuron indices to remove]}``; indices refer to the layer's current neurons.
+        neurons: ``{layer: [neuron indices to remove]}``; indices refer to the layer's current neurons.
 
     Returns:
-        ``{layer index: number of neurons left}`` for the layers touched.
+        ``{layer: number of neurons left}`` for the layers touched.
 
     Raises:
-        ConfigError: unsupported model or an index out of range.
+        ConfigError: an index out of range. UnsupportedFamilyError: the family is not in the role table.
     """
-    layers = find_encoder_layers(model)
-    _check_layers("prune_neurons_ neurons", neurons, layers)
+    _check_mapping("prune_neurons_ neurons", neurons)
+    layers = find_layers(model, "structured pruning of FFN neurons")
+    targets = _resolve(model, layers, neurons, "prune_neurons_ neurons")
     plans = {}
-    for index, given in neurons.items():
-        parts = layers[index]
-        remove = _check_indices("prune_neurons_ neurons", index, given, parts.num_neurons, "neuron")
-        plans[index] = [j for j in range(parts.num_neurons) if j not in remove]
-    for index, keep in plans.items():
-        if len(keep) < layers[index].num_neurons:
-            set_neurons(model, layers[index], keep)
+    for key, given in neurons.items():
+        parts = targets[key]
+        if parts.ffn is None:
+            raise refuse(
+                model, "structured pruning of FFN neurons", f"layer {parts.layer_name} has no FFN the table knows."
+            )
+        n = num_neurons(model, parts.ffn)
+        remove = _check_indices("prune_neurons_ neurons", key, given, n, "neuron")
+        if remove:
+            check_plain(model, parts.ffn.projections, "neurons")
+        plans[key] = (parts, [j for j in range(n) if j not in remove])
+    for parts, keep in plans.values():
+        set_neurons(model, parts, keep)
     _record_structure(model)
-    return {index: len(keep) for index, keep in plans.items()}
+    return {key: len(keep) for key, (_, keep) in plans.items()}
 
 
-def drop_layers_(model: nn.Module, layers_to_drop: Iterable[int]) -> list[int]:
-    """Remove whole encoder layers in place: rebuilds the layer ``nn.ModuleList``, renumbers the remaining layers'
-    ``layer_idx`` (used by caches) and sets ``config.num_hidden_layers`` to the new count, so that a checkpoint of
-    the result is a standard model of that depth.
+def drop_layers_(model: nn.Module, layers_to_drop: Iterable[LayerKey]) -> list[LayerKey]:
+    """Remove whole layers in place: rebuilds the layer ``nn.ModuleList`` (s), renumbers the remaining layers'
+    ``layer_idx`` (the key of their KV-cache entry) and sets the config's layer count (``num_hidden_layers``; a
+    seq2seq decoder's ``num_decoder_layers`` / ``decoder_layers``) and ``layer_types``, so that a checkpoint of the
+    result is a standard model of that depth and ``generate()`` with a cache still works.
 
     Returns:
-        The dropped (original) indices, sorted.
+        The dropped layers (indices as given, in the model's numbering before the call), sorted.
 
     Raises:
-        ConfigError: unsupported model, an index out of range, or every layer named.
+        ConfigError: an index out of range, or every layer of a list named.
+        UnsupportedFamilyError: a bare index in a seq2seq model, an ALBERT model with several layer groups, or
+            GPT-2 scaling attention by the layer index.
     """
-    found = find_layer_list(model)
-    if found is None:
-        find_encoder_layers(model)  # raises the explanatory ConfigError
-    list_name, module_list, _ = found  # type: ignore[misc]
-    n = len(module_list)
-    drop = _check_indices("drop_layers_ layers_to_drop", -1, layers_to_drop, n, "layer") if layers_to_drop else []
-    if len(drop) == n:
-        raise ConfigError(f"drop_layers_: cannot drop all {n} layers of the encoder; keep at least one.")
-    if not drop:
+    given = list(layers_to_drop) if layers_to_drop else []
+    if not given:
         return []
-    kept = [layer for i, layer in enumerate(module_list) if i not in drop]
-    replace_module(model, list_name, nn.ModuleList(kept))
-    for new_index, layer in enumerate(kept):
-        for sub in layer.modules():
-            if hasattr(sub, "layer_idx"):
-                sub.layer_idx = new_index
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "num_hidden_layers"):
-        config.num_hidden_layers = len(kept)
-        layer_types = getattr(config, "layer_types", None)
-        if isinstance(layer_types, (list, tuple)) and len(layer_types) == n:
-            config.layer_types = [t for i, t in enumerate(layer_types) if i not in drop]
-    previous = _dropped_so_far(model)
-    dropped = _compose_dropped(previous, drop)
+    entry = roles_for(model, LAYERS_FEATURE)
+    if entry.shared_layers:
+        return _drop_shared_layers(model, given)
+    layers = find_layers(model, LAYERS_FEATURE)
+    lists = layer_lists(model, entry)
+    stacks = stack_names(lists)
+    if stacks == [""]:
+        drop_by_stack = {"": _check_indices("drop_layers_ layers_to_drop", -1, given, len(layers), "layer")}
+    else:
+        targets = _resolve(model, layers, given, "drop_layers_ layers_to_drop")
+        drop_by_stack = {}
+        for parts in targets.values():
+            drop_by_stack.setdefault(parts.stack, []).append(parts.index)
+    plans = []
+    for stack, (list_name, module_list) in zip(stacks, lists):
+        drop = sorted(set(drop_by_stack.get(stack, [])))
+        if not drop:
+            continue
+        n = len(module_list)
+        if len(drop) == n:
+            where = f"the {stack}" if stack else "the model"
+            raise ConfigError(f"drop_layers_: cannot drop all {n} layers of {where}; keep at least one.")
+        config = getattr(model, "config", None)
+        kept = [i for i in range(n) if i not in drop]
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False) and any(i != j for j, i in enumerate(kept)):
+            raise refuse(
+                model,
+                LAYERS_FEATURE,
+                "config.scale_attn_by_inverse_layer_idx scales each layer's attention by 1 / (layer index + 1), fixed "
+                "when the model is built, so renumbering the remaining layers would change them; only trailing "
+                f"layers can be dropped (asked: {drop}).",
+            )
+        plans.append((stack, list_name, module_list, drop, kept))
+    for stack, list_name, module_list, drop, kept in plans:
+        if entry.head_bias and 0 in drop:
+            _move_head_bias(module_list[0], module_list[kept[0]], entry.head_bias)
+        new = nn.ModuleList([module_list[i] for i in kept])
+        replace_module(model, list_name, new)
+        for new_index, layer in enumerate(new):
+            for sub in layer.modules():
+                if hasattr(sub, "layer_idx"):
+                    sub.layer_idx = new_index
+        _set_depth(model, list_name, stack, len(module_list), drop)
+    if stacks != [""]:
+        _record_structure(model)
+        return sorted(given)
+    drop = drop_by_stack[""]
+    dropped = _compose_dropped(_dropped_so_far(model), drop)
     # Kept on the model instance too: a model with only dropped layers has no quantization_config to hold them, and
     # narrower layers pruned later should still record which original layers are gone.
+    model._hf_sparse_dropped_layers = dropped
+    _record_structure(model, dropped=dropped)
+    return drop
+
+
+def _move_head_bias(first: nn.Module, new_first: nn.Module, attr: str) -> None:
+    """T5: the first block's self-attention owns the relative position bias table; the block that becomes first
+    takes it over (the bias every layer adds is unchanged)."""
+    for name, module in first.named_modules():
+        table = getattr(module, attr, None)
+        if isinstance(table, nn.Module) and getattr(module, "has_relative_attention_bias", False):
+            target = new_first.get_submodule(name)
+            setattr(target, attr, table)
+            target.has_relative_attention_bias = True
+
+
+def _set_depth(model: nn.Module, list_name: str, stack: str, before: int, drop: list[int]) -> None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    after = before - len(drop)
+    if stack == "decoder":
+        attrs = [a for a in ("num_decoder_layers", "decoder_layers") if hasattr(config, a)]
+    else:
+        attrs = ["num_hidden_layers"] if hasattr(config, "num_hidden_layers") else []
+    for attr in attrs:
+        setattr(config, attr, after)
+    layer_types = getattr(config, "layer_types", None)
+    if not stack and isinstance(layer_types, (list, tuple)) and len(layer_types) == before:
+        config.layer_types = [t for i, t in enumerate(layer_types) if i not in drop]
+    # T5 builds each stack with its own copy of the config (num_layers): keep it true as well
+    parent_name = list_name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
+    own = getattr(parent, "config", None)
+    if own is not None and own is not config and getattr(own, "num_layers", None) == before:
+        own.num_layers = after
+
+
+def _drop_shared_layers(model: nn.Module, given: list) -> list[int]:
+    """ALBERT: the layers are repetitions of one shared layer, so dropping any ``k`` of them is running it ``k``
+    times fewer (``config.num_hidden_layers``)."""
+    config = model.config
+    if getattr(config, "num_hidden_groups", 1) != 1 or getattr(config, "inner_group_num", 1) != 1:
+        raise refuse(
+            model,
+            LAYERS_FEATURE,
+            "with several layer groups (num_hidden_groups / inner_group_num > 1) the repetitions are not all the "
+            "same layer, and the group each repetition runs is computed from the layer count.",
+        )
+    n = int(config.num_hidden_layers)
+    drop = _check_indices("drop_layers_ layers_to_drop", -1, given, n, "layer")
+    if len(drop) == n:
+        raise ConfigError(f"drop_layers_: cannot drop all {n} layers of the model; keep at least one.")
+    config.num_hidden_layers = n - len(drop)
+    dropped = _compose_dropped(_dropped_so_far(model), drop)
     model._hf_sparse_dropped_layers = dropped
     _record_structure(model, dropped=dropped)
     return drop
@@ -232,17 +421,20 @@ def _record_structure(model: nn.Module, dropped: list[int] | None = None) -> Non
 @register_config("structured_pruning")
 @dataclasses.dataclass(frozen=True)
 class StructuredPruningConfig(BaseConfig):
-    """One-shot structured pruning of a BERT-family encoder that physically shrinks it.
+    """One-shot structured pruning that physically shrinks a model of any family in the module-role table.
 
     Args:
-        heads_fraction: fraction of attention heads to remove, in [0, 1).
+        heads_fraction: fraction of attention heads to remove, in [0, 1) (of key/value groups under grouped-query
+            attention; T5 removes the same heads in every layer of a stack, ranked by their summed scores).
         neurons_fraction: fraction of FFN neurons to remove, in [0, 1].
         criterion: ``"magnitude"`` (L2 norm of the unit's weights, no data) or ``"taylor"`` (first-order Taylor,
             ``|sum w * dL/dw|``, needs ``batches`` with labels: call :func:`structured_prune_` directly).
         scope: ``"layer"`` removes the same fraction in every layer; ``"global"`` ranks units of all layers together
             after dividing each layer's scores by their L2 norm (scores of different layers have different scales).
-        min_heads_per_layer: heads every layer keeps, at least 1 (a layer cannot lose all its heads).
-        layers_to_drop: encoder layers to remove entirely (original indices), before heads and neurons are scored.
+        min_heads_per_layer: heads every layer keeps, at least 1 (a layer cannot lose all its heads; rounded up to
+            whole key/value groups).
+        layers_to_drop: layers to remove entirely (original indices), before heads and neurons are scored; a
+            seq2seq model needs :func:`drop_layers_` with ``"encoder.i"`` / ``"decoder.i"`` names instead.
 
     Raises:
         ConfigError: a value outside its range, naming the field.
@@ -276,7 +468,7 @@ class StructuredPruningConfig(BaseConfig):
             )
 
 
-def _choose(scores: dict[int, torch.Tensor], fraction: float, scope: str, min_keep: int) -> dict[int, list[int]]:
+def _choose(scores: dict[Any, torch.Tensor], fraction: float, scope: str, min_keep: int) -> dict[Any, list[int]]:
     """Indices to remove per layer: the lowest-scoring ``fraction`` of units, each layer keeping ``min_keep``."""
     if fraction <= 0.0:
         return {}
@@ -287,19 +479,34 @@ def _choose(scores: dict[int, torch.Tensor], fraction: float, scope: str, min_ke
             out[index] = sorted(torch.argsort(s, stable=True)[:n].tolist())
         return out
     candidates = []
-    for index, s in scores.items():
+    for order_key, (index, s) in enumerate(scores.items()):
         norm = float(s.norm()) or 1.0
         order = torch.argsort(s, stable=True).tolist()
         # the min_keep best units of each layer are never candidates
         for j in order[: max(s.numel() - min_keep, 0)]:
-            candidates.append((float(s[j]) / norm, index, j))
+            candidates.append((float(s[j]) / norm, order_key, j, index))
     total = sum(s.numel() for s in scores.values())
     n = min(int(round(fraction * total)), len(candidates))
-    candidates.sort()
-    out: dict[int, list[int]] = {index: [] for index in scores}
-    for _, index, j in candidates[:n]:
+    candidates.sort(key=lambda c: c[:3])
+    out: dict[Any, list[int]] = {index: [] for index in scores}
+    for _, _, j, index in candidates[:n]:
         out[index].append(j)
     return {k: sorted(v) for k, v in out.items()}
+
+
+def _choose_tied(
+    layers: list[LayerParts], scores: dict[Any, torch.Tensor], fraction: float, min_keep: int
+) -> dict[Any, list[int]]:
+    """T5: one choice per stack, from the heads' scores summed over the stack's layers, applied to every layer."""
+    out: dict[Any, list[int]] = {}
+    for stack in dict.fromkeys(p.stack for p in layers):
+        keys = [p.key for p in layers if p.stack == stack and p.key in scores]
+        if not keys:
+            continue
+        summed = torch.stack([scores[k] for k in keys]).sum(0)
+        chosen = _choose({stack: summed}, fraction, "layer", min_keep)[stack]
+        out.update({k: list(chosen) for k in keys})
+    return out
 
 
 def _param_count(model: nn.Module) -> int:
@@ -321,60 +528,83 @@ def structured_prune_(
     ``"taylor"`` criterion call this function with ``batches``).
 
     Args:
-        model: a BERT-family encoder with plain ``nn.Linear`` layers.
+        model: a model of a family in the module-role table with plain ``nn.Linear`` (GPT-2: ``Conv1D``) layers.
         config: what to remove.
         batches: for ``criterion="taylor"``, mappings of forward keyword arguments including ``labels``.
 
     Returns:
         A report: ``params_before`` / ``params_after`` (parameter counts), ``dropped_layers`` (original indices), and
         ``layers``: per remaining layer ``{"layer", "heads_before", "heads_kept", "neurons_before",
-        "neurons_kept", "params_before", "params_after"}`` where ``heads_kept`` / ``neurons_kept`` are the indices
-        (before this call, after dropping layers) that remain.
+        "neurons_kept", "params_before", "params_after"}`` where ``layer`` is the index (``"decoder.1"`` in a
+        seq2seq model) and ``heads_kept`` / ``neurons_kept`` are the (query head, neuron) indices before this call,
+        after dropping layers, that remain.
 
     Raises:
-        ConfigError: unsupported model, taylor without batches, or a bad config.
+        ConfigError: taylor without batches, or a bad config. UnsupportedFamilyError: see :func:`prune_heads_` and
+            :func:`drop_layers_`.
     """
     if not isinstance(config, StructuredPruningConfig):
         raise ConfigError(f"structured_prune_ needs a StructuredPruningConfig, got {type(config).__name__}.")
-    layers = find_encoder_layers(model)
+    layers = find_layers(model)
     if config.criterion == "taylor" and batches is None:
         raise ConfigError(
             "StructuredPruningConfig.criterion='taylor' needs data: call "
             "hf_sparse.pruning.structured.structured_prune_(model, config, batches) with batches that have labels "
             "(apply_ has no data to pass), or use criterion='magnitude'."
         )
-    too_far = [i for i in config.layers_to_drop if i >= len(layers)]
-    if too_far:
-        raise ConfigError(
-            f"StructuredPruningConfig.layers_to_drop: layers {too_far} do not exist; the model has {len(layers)}."
-        )
+    entry = roles_for(model, "structured pruning")
+    if config.layers_to_drop:
+        stacks = list(dict.fromkeys(p.stack for p in layers))
+        if stacks != [""]:
+            raise refuse(
+                model,
+                LAYERS_FEATURE,
+                f"StructuredPruningConfig.layers_to_drop {list(config.layers_to_drop)} holds bare indices, which are "
+                f"ambiguous with the layer lists {stacks}; call hf_sparse.pruning.drop_layers_(model, "
+                f"[{quote(stacks[-1] + '.0')}, ...]) first.",
+            )
+        depth = int(model.config.num_hidden_layers) if entry.shared_layers else len(layers)
+        too_far = [i for i in config.layers_to_drop if i >= depth]
+        if too_far:
+            raise ConfigError(
+                f"StructuredPruningConfig.layers_to_drop: layers {too_far} do not exist; the model has {depth}."
+            )
     params_before = _param_count(model)
     dropped = drop_layers_(model, config.layers_to_drop)
-    layers = find_encoder_layers(model)
-    before = {p.index: (p.num_heads, p.num_neurons, _layer_params(p)) for p in layers}
-    remove_heads: dict[int, list[int]] = {}
-    remove_neurons: dict[int, list[int]] = {}
+    layers = find_layers(model)
+    before = {p.key: (_heads(model, p), _neurons(model, p), _layer_params(model, p)) for p in layers}
+    remove_heads: dict[Any, list[int]] = {}
+    remove_neurons: dict[Any, list[int]] = {}
     if config.heads_fraction > 0 or config.neurons_fraction > 0:
         if config.criterion == "taylor":
             head_scores, neuron_scores = taylor_scores(model, batches or ())
         else:
             head_scores, neuron_scores = head_magnitude_scores(model), neuron_magnitude_scores(model)
-        remove_heads = _choose(head_scores, config.heads_fraction, config.scope, config.min_heads_per_layer)
+        group = {p.key: p.attention.group for p in layers if p.attention is not None}
+        min_groups = {k: math.ceil(config.min_heads_per_layer / r) for k, r in group.items()}
+        min_keep = max(min_groups.values(), default=1)
+        if config.heads_fraction <= 0:
+            groups = {}
+        elif entry.head_bias:
+            groups = _choose_tied(layers, head_scores, config.heads_fraction, min_keep)
+        else:
+            groups = _choose(head_scores, config.heads_fraction, config.scope, min_keep)
+        remove_heads = {k: [g * group[k] + j for g in gs for j in range(group[k])] for k, gs in groups.items() if gs}
         remove_neurons = _choose(neuron_scores, config.neurons_fraction, config.scope, 0)
         prune_heads_(model, remove_heads)
-        prune_neurons_(model, remove_neurons)
+        prune_neurons_(model, {k: v for k, v in remove_neurons.items() if v})
     report_layers = []
-    for parts in find_encoder_layers(model):
-        heads_before, neurons_before, p_before = before[parts.index]
+    for parts in find_layers(model):
+        heads_before, neurons_before, p_before = before[parts.key]
         report_layers.append(
             {
-                "layer": parts.index,
+                "layer": parts.key,
                 "heads_before": heads_before,
-                "heads_kept": [h for h in range(heads_before) if h not in remove_heads.get(parts.index, ())],
+                "heads_kept": [h for h in range(heads_before) if h not in remove_heads.get(parts.key, ())],
                 "neurons_before": neurons_before,
-                "neurons_kept": [j for j in range(neurons_before) if j not in remove_neurons.get(parts.index, ())],
+                "neurons_kept": [j for j in range(neurons_before) if j not in remove_neurons.get(parts.key, ())],
                 "params_before": p_before,
-                "params_after": _layer_params(parts),
+                "params_after": _layer_params(model, parts),
             }
         )
     return {
@@ -385,6 +615,14 @@ def structured_prune_(
     }
 
 
-def _layer_params(parts: EncoderLayerParts) -> int:
-    layer_modules = [*qkv_linears(parts).values(), parts.attention_output, parts.intermediate, parts.ffn_output]
-    return sum(p.numel() for m in layer_modules for p in m.parameters())
+def _heads(model: nn.Module, parts: LayerParts) -> int:
+    return parts.attention.sizes(model)[0] if parts.attention is not None else 0
+
+
+def _neurons(model: nn.Module, parts: LayerParts) -> int:
+    return num_neurons(model, parts.ffn) if parts.ffn is not None else 0
+
+
+def _layer_params(model: nn.Module, parts: LayerParts) -> int:
+    names = [*(parts.attention.projections if parts.attention else ()), *(parts.ffn.projections if parts.ffn else ())]
+    return sum(p.numel() for n in names for p in model.get_submodule(n).parameters())

@@ -16,90 +16,114 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, quote
-from ..nn.structure import find_encoder_layers
+from ..nn.roles import refuse, roles_for
+from ..nn.structure import check_plain, find_layers, head_slices, neuron_slices, num_neurons, weight_dim
 from .structured import drop_layers_, prune_heads_, prune_neurons_
 
 __all__ = ["Unit", "unit_modules", "unit_masks", "shrink_masked_units_", "drop_scored_layers_"]
 
+Slice = tuple[str, int, tuple[int, ...]]  # module name, dimension of its weight, indices along it
+
 
 @dataclass(frozen=True)
 class Unit:
-    """One head or neuron: which slices of which weights it owns.
+    """One head (key/value group under grouped-query attention), FFN neuron or whole layer: the slices of the
+    weights it owns.
 
-    ``rows`` name modules whose output rows ``[start, stop)`` belong to the unit (query/key/value for a head, the
-    FFN's first Linear for a neuron); ``cols`` name the output projection whose input columns ``[start, stop)`` do.
+    ``slices`` are ``(module name, weight dimension, indices)``; ``out`` is the slice of the projection that reads
+    the unit (the attention output's or the FFN down projection's input columns): all zero there, the unit adds
+    nothing. A whole layer has ``out=None`` and slices with every index of its modules (``indices=()``).
     """
 
-    layer: int
+    layer: Any  # the layer's index, or "decoder.1" in a seq2seq model
     index: int
-    rows: tuple[str, ...]
-    cols: str
-    start: int
-    stop: int
+    slices: tuple[Slice, ...]
+    out: Slice | None
 
 
-def unit_modules(model: nn.Module, granularity: str) -> tuple[dict[str, nn.Linear], list[Unit]]:
-    """The Linear layers that ``granularity`` (``"head"``, ``"neuron"`` or ``"layer"``) masks, and its units.
+def _as_slices(model: nn.Module, plan: Mapping[str, tuple[str, list[int]]]) -> tuple[Slice, ...]:
+    return tuple(
+        (name, weight_dim(model.get_submodule(name), axis), tuple(idx))
+        for name, (axis, idx) in plan.items()
+        if not isinstance(model.get_submodule(name), nn.Embedding)  # T5's bias table: refused below anyway
+    )
 
-    For ``"layer"`` every Linear of each encoder layer is returned and the units are the layers (``index`` = layer
-    index, no slices).
+
+def unit_modules(model: nn.Module, granularity: str) -> tuple[dict[str, nn.Module], list[Unit]]:
+    """The projections that ``granularity`` (``"head"``, ``"neuron"`` or ``"layer"``) masks, and its units.
+
+    For ``"layer"`` every Linear (GPT-2: Conv1D) of each layer is returned and the units are the layers (``index`` =
+    position in the layer list).
 
     Raises:
-        ConfigError: the model is not a BERT-family encoder (see
-            :func:`~hf_sparse.nn.structure.find_encoder_layers`).
+        ConfigError: an unknown granularity. UnsupportedFamilyError: the family is not in the role table, or T5
+            heads (a T5 stack keeps the same heads in every layer; use
+            :class:`~hf_sparse.pruning.structured.StructuredPruningConfig`).
     """
-    layers = find_encoder_layers(model)
-    modules: dict[str, nn.Linear] = {}
+    if granularity not in ("head", "neuron", "layer"):
+        raise ConfigError(f"unit_modules: granularity must be 'head', 'neuron' or 'layer', got {quote(granularity)}.")
+    feature = f"PruningConfig(granularity={granularity!r})"
+    layers = find_layers(model)
+    if granularity == "head" and roles_for(model, feature).head_bias:
+        raise refuse(
+            model,
+            feature,
+            "every self-attention layer of a T5 stack adds the position bias the first layer computes for all "
+            "heads, so a stack must keep the same heads in every layer, which per-layer head masks do not; use "
+            "StructuredPruningConfig(heads_fraction=...), which removes the same heads from every layer.",
+        )
+    modules: dict[str, nn.Module] = {}
     units: list[Unit] = []
     for parts in layers:
-        if granularity == "head":
-            qkv = tuple(f"{parts.attention_name}.{n}" for n in ("query", "key", "value"))
-            for n in qkv:
-                modules[n] = model.get_submodule(n)
-            modules[parts.attention_output_name] = parts.attention_output
-            d = parts.head_size
-            units += [
-                Unit(parts.index, h, qkv, parts.attention_output_name, h * d, (h + 1) * d)
-                for h in range(parts.num_heads)
-            ]
-        elif granularity == "neuron":
-            modules[parts.intermediate_name] = parts.intermediate
-            modules[parts.ffn_output_name] = parts.ffn_output
-            units += [
-                Unit(parts.index, j, (parts.intermediate_name,), parts.ffn_output_name, j, j + 1)
-                for j in range(parts.num_neurons)
-            ]
+        if granularity == "head" and parts.attention is not None:
+            att = parts.attention
+            check_plain(model, att.projections, "heads")
+            _, groups = att.sizes(model)
+            for g in range(groups):
+                slices = _as_slices(model, head_slices(model, att, [g]))
+                out = next(s for s in slices if s[0] == att.o)
+                units.append(Unit(parts.key, g, slices, out))
+            modules.update({n: model.get_submodule(n) for n in att.projections if n != att.head_bias})
+        elif granularity == "neuron" and parts.ffn is not None:
+            ffn = parts.ffn
+            check_plain(model, ffn.projections, "neurons")
+            for j in range(num_neurons(model, ffn)):
+                slices = _as_slices(model, neuron_slices(model, ffn, [j]))
+                units.append(Unit(parts.key, j, slices, next(s for s in slices if s[0] == ffn.down)))
+            modules.update({n: model.get_submodule(n) for n in ffn.projections})
         elif granularity == "layer":
             prefix = parts.layer_name + "."
             layer_linears = {
-                n: m for n, m in model.named_modules() if n.startswith(prefix) and isinstance(m, nn.Linear)
+                n: m
+                for n, m in model.named_modules()
+                if n.startswith(prefix) and (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D")
             }
             modules.update(layer_linears)
-            units.append(Unit(parts.index, parts.index, tuple(layer_linears), "", 0, 0))
-        else:
-            raise ConfigError(
-                f"unit_modules: granularity must be 'head', 'neuron' or 'layer', got {quote(granularity)}."
-            )
+            units.append(Unit(parts.key, parts.index, tuple((n, 0, ()) for n in layer_linears), None))
     return modules, units
 
 
+def _take(t: torch.Tensor, s: Slice) -> torch.Tensor:
+    return t.index_select(s[1], torch.tensor(s[2], dtype=torch.long, device=t.device))
+
+
 def _unit_score(unit: Unit, scores: Mapping[str, torch.Tensor]) -> float:
-    if not unit.cols:  # a whole layer: the mean, so layers of different widths compare
-        total = sum(float(scores[n].float().sum()) for n in unit.rows)
-        count = sum(scores[n].numel() for n in unit.rows)
+    if unit.out is None:  # a whole layer: the mean, so layers of different widths compare
+        total = sum(float(scores[n].float().sum()) for n, _, _ in unit.slices)
+        count = sum(scores[n].numel() for n, _, _ in unit.slices)
         return total / max(count, 1)
-    s = sum(float(scores[n][unit.start : unit.stop].float().sum()) for n in unit.rows)
-    return s + float(scores[unit.cols][:, unit.start : unit.stop].float().sum())
+    return sum(float(_take(scores[s[0]], s).float().sum()) for s in unit.slices)
 
 
 def _is_masked(unit: Unit, masks: Mapping[str, torch.Tensor]) -> bool:
-    mask = masks.get(unit.cols)
-    return mask is not None and not bool(mask[:, unit.start : unit.stop].any())
+    mask = masks.get(unit.out[0]) if unit.out else None
+    return mask is not None and not bool(_take(mask, unit.out).any())  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -147,17 +171,18 @@ def unit_masks(
                 budget[u.layer] -= 1
     masks = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
     for u in drop:
-        for n in u.rows:
-            masks[n][u.start : u.stop] = False
-        masks[u.cols][:, u.start : u.stop] = False
+        for name, dim, idx in u.slices:
+            mask = masks[name]
+            mask.index_fill_(dim, torch.tensor(idx, dtype=torch.long, device=mask.device), False)
     return masks
 
 
 @torch.no_grad()
-def shrink_masked_units_(model: nn.Module, *, min_heads: int = 1) -> dict[str, dict[int, int]]:
-    """Remove, physically, every head and FFN neuron whose columns of the output projection are all zero.
+def shrink_masked_units_(model: nn.Module, *, min_heads: int = 1) -> dict[str, dict[Any, int]]:
+    """Remove, physically, every head (key/value group) and FFN neuron whose input columns of the output projection
+    are all zero.
 
-    Such a unit adds nothing to the layer's output, so removing it (and its query/key/value or intermediate rows)
+    Such a unit adds nothing to the layer's output, so removing it (and its query/key/value or up/gate rows)
     leaves every output unchanged, while the model gets smaller and faster. A layer keeps at least ``min_heads``
     heads (the least-zero ones, whose contribution is zero anyway). The new sizes are recorded in the model config
     (see :mod:`~hf_sparse.pruning.structured`), so ``save_pretrained`` / ``from_pretrained`` rebuild the shape.
@@ -165,21 +190,28 @@ def shrink_masked_units_(model: nn.Module, *, min_heads: int = 1) -> dict[str, d
     Returns:
         ``{"heads": {layer: heads left}, "neurons": {layer: neurons left}}`` for the layers that changed.
     """
-    layers = find_encoder_layers(model)
-    heads: dict[int, list[int]] = {}
-    neurons: dict[int, list[int]] = {}
-    for parts in layers:
-        w = parts.attention_output.weight.detach()
-        d = parts.head_size
-        dead = [h for h in range(parts.num_heads) if not bool(w[:, h * d : (h + 1) * d].any())]
-        dead = dead[: max(parts.num_heads - min_heads, 0)]
-        if dead:
-            heads[parts.index] = dead
-        w = parts.ffn_output.weight.detach()
-        dead_neurons = (~w.any(dim=0)).nonzero().flatten().tolist()
-        if dead_neurons:
-            neurons[parts.index] = dead_neurons
-    out = {"heads": {}, "neurons": {}}
+    heads: dict[Any, list[int]] = {}
+    neurons: dict[Any, list[int]] = {}
+    for parts in find_layers(model):
+        att = parts.attention
+        if att is not None:
+            o = model.get_submodule(att.o)
+            cols = o.weight.detach()
+            cols = cols if weight_dim(o, "in") == 1 else cols.t()  # (out, in)
+            hq, groups = att.sizes(model)
+            width = att.head_dim * att.group
+            dead = [g for g in range(groups) if not bool(cols[:, g * width : (g + 1) * width].any())]
+            dead = dead[: max(groups - math.ceil(min_heads / att.group), 0)]
+            if dead:
+                heads[parts.key] = [g * att.group + j for g in dead for j in range(att.group)]
+        if parts.ffn is not None:
+            down = model.get_submodule(parts.ffn.down)
+            w = down.weight.detach()
+            w = w if weight_dim(down, "in") == 1 else w.t()
+            dead_neurons = (~w.any(dim=0)).nonzero().flatten().tolist()
+            if dead_neurons:
+                neurons[parts.key] = dead_neurons
+    out: dict[str, dict[Any, int]] = {"heads": {}, "neurons": {}}
     if heads:
         out["heads"] = prune_heads_(model, heads)
     if neurons:
@@ -190,12 +222,12 @@ def shrink_masked_units_(model: nn.Module, *, min_heads: int = 1) -> dict[str, d
 @torch.no_grad()
 def drop_scored_layers_(
     model: nn.Module, scores: Mapping[str, torch.Tensor], units: list[Unit], sparsity: float
-) -> list[int]:
-    """Drop the ``round(sparsity * layers)`` encoder layers with the lowest mean weight score (at least one layer
-    stays). Returns the indices dropped (in the model's numbering before the call)."""
+) -> list:
+    """Drop the ``round(sparsity * layers)`` layers with the lowest mean weight score (at least one layer stays).
+    Returns the layers dropped (in the model's numbering before the call)."""
     k = min(round(sparsity * len(units)), len(units) - 1)
     ranked = sorted(units, key=lambda u: _unit_score(u, scores))
-    drop = sorted(u.index for u in ranked[:k])
+    drop = sorted(u.layer for u in ranked[:k])
     if drop:
         drop_layers_(model, drop)
     return drop

@@ -19,6 +19,7 @@ import hf_sparse
 from hf_sparse import PruningConfig, SparseLinear, sparsify_
 from hf_sparse.config import BaseConfig
 from hf_sparse.errors import ConfigError, FormatError
+from hf_sparse.nn.roles import UnsupportedFamilyError
 from hf_sparse.pruning.structured import (
     StructuredPruningConfig,
     drop_layers_,
@@ -147,9 +148,9 @@ def test_bad_requests_raise_config_errors_and_leave_the_model_alone(call, patter
     assert getattr(model.config, "quantization_config", None) is None
 
 
-def test_unsupported_architecture_says_what_was_looked_for():
+def test_unsupported_architecture_is_refused_with_the_family_named():
     toy = nn.Sequential(nn.Linear(4, 4), nn.ModuleList([nn.Linear(4, 4)]))
-    with pytest.raises(ConfigError, match=r"does not support Sequential: it looked for .*query.*intermediate\.dense"):
+    with pytest.raises(UnsupportedFamilyError, match=r"does not support the Sequential model family: .*role table"):
         prune_heads_(toy, {0: [0]})
 
 
