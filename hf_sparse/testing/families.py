@@ -274,6 +274,9 @@ def support_table_markdown() -> str:
     lines = ["| family | " + " | ".join(FEATURES) + " |", "|---" * (len(FEATURES) + 1) + "|"]
     for family in FAMILIES:
         lines.append(f"| {family} | " + " | ".join(_MARK[SUPPORT[family][f]] for f in FEATURES) + " |")
+    if REFUSED:
+        lines += ["", "Refused, and why:", ""]
+        lines += [f"- {family} / {feature}: {why}" for (family, feature), why in REFUSED.items()]
     return "\n".join(lines)
 
 
