@@ -38,10 +38,10 @@ def choose_rank(name: str, weight: torch.Tensor, config: LowRankConfig, singular
 
 
 def factorize_(model: nn.Module, config: LowRankConfig, *, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Factorise the Linear layers ``config`` selects by truncated SVD, in place: each becomes a
-    :class:`~hf_sparse.SparseLinear` over a ``lowrank`` (or ``lowrank_sparse``) weight, which runs as two thin
-    matmuls, trains (gradients reach both factors), and saves / loads through ``from_pretrained`` with its rank in
-    ``config.json``.
+    """Factorise the Linear layers (and GPT-2's ``Conv1D``) ``config`` selects by truncated SVD, in place: each
+    becomes a :class:`~hf_sparse.SparseLinear` over a ``lowrank`` (or ``lowrank_sparse``) weight, which runs as two
+    thin matmuls, trains (gradients reach both factors), and saves / loads through ``from_pretrained`` with its rank
+    in ``config.json``.
 
     Returns:
         Per layer: ``rank``, ``params`` (dense) and ``stored`` (factorised) values, ``relative_error``
@@ -51,6 +51,7 @@ def factorize_(model: nn.Module, config: LowRankConfig, *, progress: bool = True
         ConfigError: no Linear layer matches, or an explicit rank is out of range for a layer.
     """
     from ..nn.description import sparse_config_for
+    from ..nn.linear_like import linear_weight
     from ..nn.lowrank_embedding import LowRankEmbedding
     from ..nn.matching import match_embeddings, match_linears
 
@@ -83,7 +84,7 @@ def factorize_(model: nn.Module, config: LowRankConfig, *, progress: bool = True
     for name, linear in tqdm(list(layers.items()), desc="Factorising", disable=not progress):
         if config.rank_rule_for(name) is None and not has_linear_rule:
             continue  # only module_ranks were given, and none names this layer
-        weight = linear.weight.detach()
+        weight = linear_weight(linear).detach()  # (out, in); a Conv1D (GPT-2) stores its weight transposed
         rows, cols = weight.shape
         with torch.no_grad():
             s = torch.linalg.svdvals(weight.double())

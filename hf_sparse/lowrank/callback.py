@@ -16,6 +16,7 @@ from ..errors import ConfigError, PruningStateError
 from ..lowrank.apply import choose_rank, factorize_
 from ..lowrank.config import LowRankConfig
 from ..lowrank.proximal import project_rank_, singular_value_threshold_
+from ..nn.linear_like import linear_weight
 from ..pruning.schedules import cubic_sparsity
 
 __all__ = ["LowRankCallback", "LOWRANK_STATE_FILE"]
@@ -97,10 +98,10 @@ class LowRankCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         model = kwargs["model"]
         layers = self._layers(model)
-        self.full = {n: min(m.weight.shape) for n, m in layers.items()}
+        self.full = {n: min(m.weight.shape) for n, m in layers.items()}  # a rank: the same for a transposed weight
         if state.global_step > 0 and self._restore(args, state, layers):
             return
-        self.targets = {n: choose_rank(n, m.weight, self.config) for n, m in layers.items()}
+        self.targets = {n: choose_rank(n, linear_weight(m), self.config) for n, m in layers.items()}
         if is_distributed():
             # An energy rule reads singular values; rank 0's choice is every rank's, so the factorised replicas
             # end with the same shapes.

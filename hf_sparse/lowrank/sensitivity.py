@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..nn.linear_like import linear_weight
 from ..pruning.guard import as_metric
 from ..pruning.sensitivity import SensitivityScan, _check_sparsities, allocate_sparsity, scan_layers
 from .config import LowRankConfig
@@ -25,7 +26,7 @@ from .ranks import rank_for_compression, round_rank
 __all__ = ["rank_sensitivity_scan", "allocate_ranks"]
 
 
-def _layers(model: nn.Module, config: LowRankConfig) -> dict[str, nn.Linear]:
+def _layers(model: nn.Module, config: LowRankConfig) -> dict[str, nn.Module]:
     from ..nn.matching import match_linears
 
     return match_linears(model, config.target_modules, config.exclude_modules, who="LowRankConfig")
@@ -111,7 +112,7 @@ def allocate_ranks(scan: SensitivityScan, model: nn.Module, config: LowRankConfi
     removed = allocate_sparsity(scan, 1.0 - config.compression, max_sparsity=0.995)
     ranks = {}
     for name, fraction in removed.items():
-        rows, cols = layers[name].weight.shape
+        rows, cols = linear_weight(layers[name]).shape
         full = min(rows, cols)
         rank = rank_for_compression(rows, cols, max(1.0 - fraction, 1e-9))
         ranks[name] = round_rank(rank, config.round_to, config.min_rank, full)

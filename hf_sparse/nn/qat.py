@@ -21,6 +21,7 @@ from ..formats.schemes import (
     qparams_from_range,
     qrange,
 )
+from .linear_like import is_linear_like, linear_features, linear_weight
 from .observers import Observer
 
 __all__ = ["FakeQuantizer", "QATLinear", "QATEmbedding"]
@@ -148,10 +149,13 @@ class FakeQuantizer(nn.Module):
 
 
 class QATLinear(nn.Module):
-    """An ``nn.Linear`` trained with fake-quantised weights (and inputs).
+    """An ``nn.Linear`` (or a transformers ``Conv1D``, GPT-2's) trained with fake-quantised weights (and inputs).
+
+    The weight is quantised in the ``(out_features, in_features)`` orientation (scales per output row), a
+    ``Conv1D``'s through a transposed view of its parameter, so both compute ``x @ W^T + b`` with the same grid.
 
     Args:
-        base_layer: the Linear layer; its parameters are used as they are (nothing is copied).
+        base_layer: the Linear layer or ``Conv1D``; its parameters are used as they are (nothing is copied).
         weight_scheme: the weights' scheme.
         activation: ``"none"``, ``"dynamic"`` or ``"static"`` input quantisation.
         activation_scheme: the inputs' scheme.
@@ -164,7 +168,7 @@ class QATLinear(nn.Module):
 
     def __init__(
         self,
-        base_layer: nn.Linear,
+        base_layer: nn.Module,
         weight_scheme: QuantScheme,
         *,
         activation: str = "none",
@@ -172,11 +176,13 @@ class QATLinear(nn.Module):
         keep_sparsity: bool = True,
     ):
         super().__init__()
-        if not isinstance(base_layer, nn.Linear):
-            raise ConfigError(f"QATLinear wraps an nn.Linear, got {type(base_layer).__name__}.")
+        if not is_linear_like(base_layer):
+            raise ConfigError(
+                f"QATLinear wraps an nn.Linear or a transformers Conv1D, got {type(base_layer).__name__}."
+            )
         self.base_layer = base_layer
-        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
-        weight = base_layer.weight.detach()
+        self.in_features, self.out_features = linear_features(base_layer)
+        weight = linear_weight(base_layer).detach()
         self.weight_quantizer = FakeQuantizer(weight_scheme, role="weight", init=weight)
         if activation not in ("none", "dynamic", "static"):
             raise ConfigError(f"activation must be 'none', 'dynamic' or 'static', got {activation!r}.")
@@ -198,6 +204,7 @@ class QATLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
+        """The wrapped layer's weight parameter, as that layer stores it (``(in, out)`` for a ``Conv1D``)."""
         return self.base_layer.weight
 
     @property
@@ -205,8 +212,8 @@ class QATLinear(nn.Module):
         return self.base_layer.bias
 
     def float_weight(self) -> torch.Tensor:
-        """The float weight with the sparsity pattern applied (what is quantised)."""
-        w = self.base_layer.weight
+        """The float weight with the sparsity pattern applied (what is quantised), ``(out_features, in_features)``."""
+        w = linear_weight(self.base_layer)
         return w * self.weight_mask if self.weight_mask is not None else w
 
     def quantized_weight(self) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import FormatError
 from ..formats import float_tensor_names, from_tensors
 from .compressed_embedding import _frozen_tensors
+from .linear_like import is_linear_like, linear_weight
 from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
@@ -23,21 +24,24 @@ def _json(x) -> str:
     return json.dumps(x, sort_keys=True, default=list)
 
 
-def _dense_layer(model: nn.Module, name: str, params: dict, tied: set[str]) -> nn.Linear | nn.Embedding:
-    """The layer ``name`` of ``model`` that the description replaces, checked against it."""
+def _dense_layer(model: nn.Module, name: str, params: dict, tied: set[str]) -> nn.Module:
+    """The layer ``name`` of ``model`` that the description replaces (an ``nn.Linear``, a transformers ``Conv1D``
+    as in GPT-2, or an ``nn.Embedding``), checked against it. A Linear-like layer's described shape is
+    ``(out_features, in_features)``, also for a ``Conv1D``, whose own weight is stored transposed."""
     try:
         dense = model.get_submodule(name)
     except AttributeError:
         raise FormatError(f"checkpoint describes module {name!r}, which this model does not have. {_FIX}") from None
-    if not isinstance(dense, (nn.Linear, nn.Embedding)):
+    if not (is_linear_like(dense) or isinstance(dense, nn.Embedding)):
         raise FormatError(
-            f"checkpoint module {name!r} is a {type(dense).__name__}, expected nn.Linear or nn.Embedding. {_FIX}"
+            f"checkpoint module {name!r} is a {type(dense).__name__}, expected nn.Linear (or a transformers Conv1D) "
+            f"or nn.Embedding. {_FIX}"
         )
     shape = tuple(params.get("shape", ()))
-    if shape != tuple(dense.weight.shape):
+    if shape != tuple(linear_weight(dense).shape):
         raise FormatError(
             f"checkpoint module {name!r} has shape {list(shape)} in config.json, but the model's layer is "
-            f"{list(dense.weight.shape)}. {_FIX}"
+            f"{list(linear_weight(dense).shape)}. {_FIX}"
         )
     if isinstance(dense, nn.Embedding):
         from .compressed_embedding import EMBEDDING_FORMATS
@@ -98,9 +102,9 @@ def build_structure_shells(
 
 
 def build_sparse_shells(model: nn.Module, modules: dict[str, dict]) -> None:
-    """Replace each described ``nn.Linear`` of ``model`` by a ``SparseLinear`` (each described ``nn.Embedding`` by
-    a ``SparseEmbedding``) with empty tensors of the described shapes and dtypes (on the layer's device, typically
-    meta).
+    """Replace each described ``nn.Linear`` (or transformers ``Conv1D``) of ``model`` by a ``SparseLinear`` (each
+    described ``nn.Embedding`` by a ``SparseEmbedding``) with empty tensors of the described shapes and dtypes (on
+    the layer's device, typically meta).
 
     ``modules`` is an already checked ``quantization_config.modules`` (see ``HfSparseConfig``).
 

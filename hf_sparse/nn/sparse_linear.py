@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import FormatError
 from ..formats import FORMATS, SparseFormat, to_format
 from ..ops import sparse_linear
+from .linear_like import is_linear_like, linear_weight
 from .stored import StoredWeightMixin
 
 __all__ = ["SparseLinear"]
@@ -45,19 +46,27 @@ class SparseLinear(StoredWeightMixin, nn.Module):
     @classmethod
     def from_linear(
         cls,
-        linear: nn.Linear,
+        linear: nn.Module,
         format: str = "csr",
         mask: torch.Tensor | None = None,
         *,
         trainable: bool = True,
         **params: Any,
     ) -> SparseLinear:
-        """Convert ``linear`` (stored positions: ``mask``, or its non-zeros) to the format named ``format``."""
-        if not isinstance(linear, nn.Linear):
-            raise FormatError(f"SparseLinear.from_linear needs an nn.Linear, got {type(linear).__name__}.")
+        """Convert ``linear`` (an ``nn.Linear`` or a transformers ``Conv1D``; stored positions: ``mask``, or its
+        non-zeros) to the format named ``format``. The result computes what ``linear`` computes; a ``Conv1D``'s
+        weight is stored ``(out, in)`` like any other.
+
+        Shapes:
+            mask: ``(out_features, in_features)`` (a ``Conv1D``'s too: the transpose of its parameter).
+        """
+        if not is_linear_like(linear):
+            raise FormatError(
+                f"SparseLinear.from_linear needs an nn.Linear or a transformers Conv1D, got {type(linear).__name__}."
+            )
         FORMATS.get(format)  # unknown names raise with the list of formats
         with torch.no_grad():
-            weight = to_format(format, linear.weight.detach(), mask, **params)
+            weight = to_format(format, linear_weight(linear).detach().contiguous(), mask, **params)
         return cls(weight, linear.bias, trainable=trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

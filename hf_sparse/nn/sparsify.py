@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import ConfigError, FormatError, quote
 from ..formats import FORMATS
 from ..ops.choose import FormatChoice, check_numerics, choose_format
+from .linear_like import linear_weight
 from .matching import DEFAULT_EXCLUDE, match_embeddings, match_linears
 from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
@@ -52,7 +53,8 @@ def sparsify_(
     numerics: str | Iterable[str] = "keep",
     **format_params,
 ) -> dict[str, LayerDecision]:
-    """Replace pruned ``nn.Linear`` layers of ``model``, in place, by :class:`SparseLinear` layers.
+    """Replace pruned ``nn.Linear`` layers (and GPT-2's ``Conv1D``) of ``model``, in place, by :class:`SparseLinear`
+    layers computing the same function.
 
     With ``format="auto"`` each layer gets the format :func:`~hf_sparse.ops.choose_format` predicts fastest for
     ``batch_hint`` tokens per call on this machine, and stays dense when no format is predicted at least
@@ -66,7 +68,8 @@ def sparsify_(
             task heads, the pooler and embeddings are left alone, as in pruning.
         embeddings: ``nn.Embedding`` tables (names or regexes, as ``PruningConfig.embeddings``) to store as
             :class:`SparseEmbedding` (CSR rows) when at least ``min_sparsity`` of their entries are zero.
-        masks: keep-masks by module name (e.g. ``Pruner.masks``); default: the weights' non-zeros.
+        masks: keep-masks by module name (e.g. ``Pruner.masks``), ``(out_features, in_features)`` (for a ``Conv1D``
+            the transpose of its stored weight); default: the weights' non-zeros.
         trainable: whether the sparse values keep taking gradients (sparse fine-tuning).
         activation: ``"dynamic"``: int8 weights with per-token int8 inputs (the arithmetic of torch's dynamic int8
             Linear, on our integer kernels). With ``format="auto"`` every selected layer becomes ``qbsr`` in the
@@ -117,8 +120,13 @@ def sparsify_(
 
     decisions: dict[str, LayerDecision] = {}
     for name, linear in tqdm(chosen.items(), desc="sparsify", disable=not progress, leave=False):
-        weight = linear.weight.detach()
+        weight = linear_weight(linear).detach().contiguous()  # (out, in); a Conv1D's is stored transposed
         mask = masks.get(name)
+        if mask is not None and tuple(mask.shape) != tuple(weight.shape):
+            raise ConfigError(
+                f"sparsify_: masks[{quote(name)}] has shape {tuple(mask.shape)}; the layer's weight is "
+                f"{tuple(weight.shape)} (out_features, in_features; a Conv1D's stored weight is the transpose)."
+            )
         keep = mask if mask is not None else weight != 0
         sparsity = 1.0 - float(keep.float().mean())
         if sparsity < min_sparsity and not (format == "auto" and (activation or across)):

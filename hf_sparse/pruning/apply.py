@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, PruningStateError, quote
+from ..nn.linear_like import linear_layout, linear_weight
 from ..nn.matching import _matches, match_embeddings, match_linears  # noqa: F401  (_matches: re-exported)
 from .config import PruningConfig
 from .criteria import CRITERIA, Criterion
@@ -24,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 
 def select_modules(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
-    """The modules of ``model`` that ``config`` prunes: the ``nn.Linear`` layers of :func:`match_linears`, then the
-    ``nn.Embedding`` tables named by ``config.embeddings`` (see :func:`match_embeddings`).
+    """The modules of ``model`` that ``config`` prunes: the Linear-like layers of :func:`match_linears` (``nn.Linear``
+    and GPT-2's ``Conv1D``), then the ``nn.Embedding`` tables named by ``config.embeddings`` (see
+    :func:`match_embeddings`).
 
     With ``granularity="embedding_row"`` only the embedding tables are selected (rows of a Linear weight are
     output neurons, which structured pruning removes).
@@ -55,8 +57,11 @@ class Pruner:
     """Holds the keep-masks of the selected layers of one model, the criterion's score accumulators, and enforces
     the masks.
 
-    Masks are boolean tensors (True = keep) on the weights' device. Pruned weights are set to exactly zero in place;
-    nothing is wrapped or patched, so the model saves and loads as the plain architecture it is.
+    Masks are boolean tensors (True = keep) on the weights' device, in the ``(out_features, in_features)``
+    orientation of :func:`~hf_sparse.nn.linear_like.linear_weight` (a ``Conv1D``, which stores its weight
+    transposed, is masked through a transposed view), so block and N:M groups run along the input dimension of every
+    layer. Pruned weights are set to exactly zero in place; nothing is wrapped or patched, so the model saves and
+    loads as the plain architecture it is.
 
     Gradient criteria (``movement``, ``taylor``) need :meth:`observe_gradient` to be called with each backward
     pass's unmasked gradient (:class:`~hf_sparse.PruningCallback` does it from a gradient hook); RigL regrowth
@@ -109,10 +114,11 @@ class Pruner:
         """Fold one backward pass's gradient of module ``name``'s weight (before masking) into the accumulators.
 
         Shapes:
-            grad: the weight's shape.
+            grad: ``(out_features, in_features)``, as :meth:`weight` (a ``Conv1D`` parameter's gradient transposed,
+            see :func:`~hf_sparse.nn.linear_like.linear_layout`).
         """
         if self.criterion.needs_gradients:
-            weight = self.modules[name].weight
+            weight = self.weight(name)
             self.score_state[name] = self.criterion.accumulate(self.score_state.get(name), weight, grad)
             self.grad_steps[name] = self.grad_steps.get(name, 0) + 1
         if self.track_dense_grads:
@@ -123,6 +129,11 @@ class Pruner:
     def clear_dense_grads(self) -> None:
         """Forget the dense gradients recorded for RigL."""
         self.dense_grads = {}
+
+    def weight(self, name: str) -> torch.Tensor:
+        """The weight of pruned module ``name`` in the orientation masks and scores have: ``(out, in)`` for Linear-like
+        layers (a view of the parameter for a ``Conv1D``), ``(num, dim)`` for embeddings."""
+        return linear_weight(self.modules[name])
 
     # -- masks ----------------------------------------------------------------------------------------------------
     def compute_scores(self) -> dict[str, torch.Tensor]:
@@ -145,13 +156,13 @@ class Pruner:
                 )
         return {
             n: self.criterion.scores(
-                m.weight,
+                self.weight(n),
                 state=self.score_state.get(n),
                 steps=self.grad_steps.get(n, 0),
                 name=n,
                 seed=self.config.seed,
             )
-            for n, m in self.modules.items()
+            for n in self.modules
         }
 
     def _check_scores(self, scores: Mapping[str, torch.Tensor]) -> None:
@@ -162,10 +173,10 @@ class Pruner:
                 f"scores must have one entry per pruned module; unknown: {unknown[:5]}, missing: {missing[:5]}."
             )
         for name, s in scores.items():
-            if tuple(s.shape) != tuple(self.modules[name].weight.shape):
+            if tuple(s.shape) != tuple(self.weight(name).shape):
                 raise ConfigError(
                     f"scores[{quote(name)}] has shape {tuple(s.shape)}, expected the weight's "
-                    f"{tuple(self.modules[name].weight.shape)}."
+                    f"{tuple(self.weight(name).shape)} (out_features, in_features)."
                 )
 
     @torch.no_grad()
@@ -263,7 +274,7 @@ class Pruner:
             if grad is None:
                 logger.debug("RigL: no gradient recorded for %s; its mask is unchanged.", name)
                 continue
-            weight = self.modules[name].weight
+            weight = self.weight(name)
             flat_mask = mask.reshape(-1)
             kept = int(flat_mask.sum())
             k = min(int(fraction * kept), flat_mask.numel() - kept)
@@ -276,7 +287,10 @@ class Pruner:
             new = flat_mask.clone()
             new[drop] = False
             new[grow] = True
-            weight.view(-1)[grow] = 0.0  # regrown connections start from zero, as in RigL
+            regrown = torch.zeros_like(flat_mask)
+            regrown[grow] = True
+            # Regrown connections start from zero, as in RigL (through a mask: a Conv1D's weight is a transposed view).
+            weight.masked_fill_(regrown.reshape(mask.shape).to(weight.device), 0.0)
             self.masks[name] = new.reshape(mask.shape)
             moved += k
         self.apply_masks()
@@ -286,15 +300,16 @@ class Pruner:
     def apply_masks(self) -> None:
         """Set every pruned weight to exactly zero."""
         for name, mask in self.masks.items():
-            weight = self.modules[name].weight
+            weight = self.weight(name)
             weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
         """Zero the gradients of pruned weights (so clipping and optimizer moments ignore them)."""
         for name, mask in self.masks.items():
-            grad = self.modules[name].weight.grad
-            if grad is not None:
+            module = self.modules[name]
+            if module.weight.grad is not None:
+                grad = linear_layout(module, module.weight.grad)
                 grad.mul_(mask.to(device=grad.device, dtype=grad.dtype))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -314,20 +329,20 @@ class Pruner:
                 "for a different model or PruningConfig?"
             )
         for name, mask in masks.items():
-            weight = self.modules[name].weight
+            weight = self.weight(name)
             if mask.dtype != torch.bool or tuple(mask.shape) != tuple(weight.shape):
                 raise PruningStateError(
                     f"Saved mask for {quote(name)} has dtype {mask.dtype} and shape {tuple(mask.shape)}; expected "
                     f"torch.bool and {tuple(weight.shape)}."
                 )
-        self.masks = {n: m.to(self.modules[n].weight.device) for n, m in masks.items()}
+        self.masks = {n: m.to(self.weight(n).device) for n, m in masks.items()}
         if target_sparsity is not None:
             self.target_sparsity = float(target_sparsity)
         self.apply_masks()
 
     def masks_from_zeros(self) -> dict[str, torch.Tensor]:
         """Masks read off the weights (a weight that is exactly zero counts as pruned)."""
-        return {n: (m.weight.detach() != 0) for n, m in self.modules.items()}
+        return {n: (self.weight(n).detach() != 0) for n in self.modules}
 
     # -- reporting ------------------------------------------------------------------------------------------------
     def sparsity(self) -> float:

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, quote
+from ..nn.roles import family_of
 
 __all__ = ["InputStats", "collect_input_stats", "find_blocks", "calibrate_sequentially"]
 
@@ -275,8 +276,10 @@ def calibrate_sequentially(
     of the next block. Selected modules outside the block list (a pooler, a head) are calibrated last, in one pass
     of the whole (already pruned) model.
 
-    When the model has no ``nn.ModuleList`` of blocks holding at least two selected layers, everything is
-    calibrated in one pass of the dense model and pruned afterwards (no sequential refresh).
+    When the model has no ``nn.ModuleList`` of blocks holding at least two selected layers, or its family runs one
+    layer's weights at every depth (ALBERT, see :mod:`hf_sparse.nn.roles`), everything is calibrated in one pass of
+    the dense model and pruned afterwards (no sequential refresh): a shared layer's statistics must cover its inputs
+    at every depth, not only the first call's.
 
     Captured block inputs are kept on the model's device for the whole run: about ``samples x seq x hidden`` values
     (12 MB for 128 MiniLM sentences of 64 tokens).
@@ -292,7 +295,8 @@ def calibrate_sequentially(
         ConfigError: ``kind`` is unknown or ``batches`` is empty.
     """
     _check_kind(kind)
-    found = find_blocks(model, modules)
+    entry = family_of(model)
+    found = None if entry is not None and entry.shared_layers else find_blocks(model, modules)
     if found is None:
         stats = collect_input_stats(model, batches, modules, kind, progress=progress)
         prune_fn(modules, stats)

@@ -16,6 +16,7 @@ from transformers.trainer_callback import ExportableState
 
 from ..distributed.sync import all_reduce_, broadcast_, is_distributed
 from ..errors import ConfigError, PruningStateError
+from ..nn.linear_like import linear_layout, stored_layout
 from ..pruning.apply import Pruner
 from ..pruning.config import PruningConfig
 from ..pruning.schedules import is_rigl_update, rigl_regrow_fraction, sparsity_at
@@ -225,11 +226,12 @@ class PruningCallback(TrainerCallback, ExportableState):
         pruner = self.pruner
         for name, module in pruner.modules.items():
 
-            def hook(grad: torch.Tensor, name: str = name) -> torch.Tensor:
-                # Scores and RigL see the dense gradient: a pruned weight's gradient says whether to regrow it.
-                pruner.observe_gradient(name, grad)
+            def hook(grad: torch.Tensor, name: str = name, module: torch.nn.Module = module) -> torch.Tensor:
+                # Scores and RigL see the dense gradient: a pruned weight's gradient says whether to regrow it. Both
+                # and the masks are (out, in); a Conv1D's gradient is stored (in, out), so it is seen transposed.
+                pruner.observe_gradient(name, linear_layout(module, grad))
                 mask = pruner.masks.get(name)
-                return grad if mask is None else grad * mask.to(grad.dtype)
+                return grad if mask is None else grad * stored_layout(module, mask).to(grad.dtype)
 
             self._hooks.append(module.weight.register_hook(hook))
 

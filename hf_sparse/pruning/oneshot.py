@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, quote
+from ..nn.linear_like import linear_features, linear_weight
 from ..nn.matching import match_linears
 from .calibration import InputStats, calibrate_sequentially, collect_input_stats
 from .config import DEFAULT_EXCLUDE
@@ -76,10 +77,11 @@ def _check_sparsity_nm(who: str, sparsity: float | None, nm: Sequence[int] | Non
     return float(sparsity), None
 
 
-def _check_nm_divides(who: str, modules: Mapping[str, nn.Linear], nm: tuple | None) -> None:
+def _check_nm_divides(who: str, modules: Mapping[str, nn.Module], nm: tuple | None) -> None:
     if nm is None:
         return
-    bad = {n: m.in_features for n, m in modules.items() if m.in_features % nm[1]}
+    ins = {n: linear_features(m)[0] for n, m in modules.items()}
+    bad = {n: k for n, k in ins.items() if k % nm[1]}
     if bad:
         raise ConfigError(
             f"{who}: nm={nm} groups {nm[1]} consecutive input columns, but these layers' in_features are not "
@@ -243,7 +245,7 @@ def sparsegpt_prune_weight(
 
     # float64 for the factorisations (cheap next to the column loop, and robust on ill-conditioned H), float32 for
     # the weights' updates.
-    W = weight.detach().float().clone()
+    W = weight.detach().float().clone(memory_format=torch.contiguous_format)
     H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
@@ -384,11 +386,12 @@ def wanda_prune_(
     modules = match_linears(model, target_modules, exclude_modules, who="wanda_prune_")
     _check_nm_divides("wanda_prune_", modules, nm)
 
-    def prune_one(name: str, module: nn.Linear, sq_norms: torch.Tensor | None) -> None:
+    def prune_one(name: str, module: nn.Module, sq_norms: torch.Tensor | None) -> None:
+        w = linear_weight(module)  # (out, in); a Conv1D's transposed view, edited in place
         if sq_norms is None:
-            sq_norms = torch.ones(module.in_features, device=module.weight.device)
-        mask = wanda_mask(module.weight, sq_norms, None if nm else sparsity, nm)
-        module.weight.masked_fill_(~mask.to(module.weight.device), 0.0)
+            sq_norms = torch.ones(w.shape[1], device=w.device)
+        mask = wanda_mask(w, sq_norms, None if nm else sparsity, nm)
+        w.masked_fill_(~mask.to(w.device), 0.0)
 
     return _run("wanda", model, batches, sparsity, nm, modules, "norms", prune_one, sequential, progress)
 
@@ -434,18 +437,19 @@ def sparsegpt_prune_(
     modules = match_linears(model, target_modules, exclude_modules, who="sparsegpt_prune_")
     _check_nm_divides("sparsegpt_prune_", modules, nm)
 
-    def prune_one(name: str, module: nn.Linear, hessian: torch.Tensor | None) -> None:
+    def prune_one(name: str, module: nn.Module, hessian: torch.Tensor | None) -> None:
+        w = linear_weight(module)  # (out, in); a Conv1D's transposed view, edited in place
         if hessian is None:
-            hessian = torch.eye(module.in_features, device=module.weight.device)  # H = I: magnitude pruning
+            hessian = torch.eye(w.shape[1], device=w.device)  # H = I: magnitude pruning
         new_weight, _ = sparsegpt_prune_weight(
-            module.weight,
+            w,
             hessian,
             None if nm else sparsity,
             nm=nm,
             blocksize=blocksize,
             percdamp=percdamp,
         )
-        module.weight.copy_(new_weight)
+        w.copy_(new_weight)
 
     return _run("sparsegpt", model, batches, sparsity, nm, modules, "hessian", prune_one, sequential, progress)
 
@@ -485,10 +489,10 @@ def calibrated_prune_(
     _check_nm_divides(method, modules, nm)
     masks: dict[str, torch.Tensor] = {}
 
-    def prune_one(name: str, module: nn.Linear, stat: torch.Tensor | None) -> None:
-        w = module.weight
+    def prune_one(name: str, module: nn.Module, stat: torch.Tensor | None) -> None:
+        w = linear_weight(module)  # (out, in); a Conv1D's transposed view, edited in place
         if method == "wanda":
-            sq = stat if stat is not None else torch.ones(module.in_features, device=w.device)
+            sq = stat if stat is not None else torch.ones(w.shape[1], device=w.device)
             if block is not None:
                 scores = {name: wanda_scores(w, sq)}
                 mask = granular_masks(scores, sparsity, granularity="block", scope="layer", block=block)[name]
@@ -496,7 +500,7 @@ def calibrated_prune_(
                 mask = wanda_mask(w, sq, None if nm else sparsity, nm)
             w.masked_fill_(~mask.to(w.device), 0.0)
         else:
-            hessian = stat if stat is not None else torch.eye(module.in_features, device=w.device)
+            hessian = stat if stat is not None else torch.eye(w.shape[1], device=w.device)
             new_weight, mask = sparsegpt_prune_weight(w, hessian, None if nm else sparsity, nm=nm, block=block)
             w.copy_(new_weight)
         masks[name] = mask.to(w.device)

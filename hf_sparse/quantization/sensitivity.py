@@ -45,6 +45,7 @@ def layer_sensitivity(
     Returns:
         layer name -> loss increase (negative values are noise: a layer that does not mind).
     """
+    from ..nn.linear_like import linear_weight
     from ..nn.matching import match_linears
 
     loss_fn = loss_fn or _model_loss
@@ -60,12 +61,13 @@ def layer_sensitivity(
         out = {}
         for name, linear in tqdm(linears.items(), desc=f"Sensitivity at {bits} bits", disable=not progress):
             quantizer = FakeQuantizer(config.weight.replace(bits=bits, lsq=False), role="weight")
-            original = linear.weight.detach().clone()
-            linear.weight.copy_(quantizer(original))
+            weight = linear_weight(linear)  # (out, in): per-channel scales are per output row, Conv1D's too
+            original = weight.detach().clone()
+            weight.copy_(quantizer(original))
             try:
                 out[name] = sum(loss_fn(model, b) for b in batches) / len(batches) - base
             finally:
-                linear.weight.copy_(original)
+                weight.copy_(original)
     finally:
         model.train(was_training)
     return out
