@@ -321,7 +321,7 @@ class Distiller:
         mask = masks.get("", masks.get("encoder_"))
         keys = None
         if self.cache is not None:
-            keys = example_keys(feed)
+            keys = example_keys(feed, masks.get("decoder_"))
             cached = self.cache.get(keys, mask, self._device(), logits_mask=masks["logits"])
             if cached is not None:
                 hidden = {("", j): h for j, h in cached["hidden"].items()}
@@ -378,7 +378,7 @@ class Distiller:
                 columns = [c for c in rows[0] if c not in ("length", "text")]
             batch = collate_fn([{c: r[c] for c in columns} for r in rows])
             feed = self._teacher_inputs(batch)
-            keys = example_keys(feed)
+            keys = example_keys(feed, self._masks(feed, batch.get("labels")).get("decoder_"))
             if all(k in self.cache for k in keys):
                 continue
             before = len(self.cache)

@@ -56,16 +56,17 @@ def _valid(mask) -> torch.Tensor | None:
     return mask.bool().cpu() if isinstance(mask, torch.Tensor) else None
 
 
-def example_keys(inputs: Mapping[str, torch.Tensor]) -> list[bytes]:
+def example_keys(inputs: Mapping[str, torch.Tensor], decoder_mask: torch.Tensor | None = None) -> list[bytes]:
     """One 16-byte key per example of a batch: a hash of every (name, values at the valid tokens) of its model
     inputs, so the same example padded differently keeps its key.
 
-    Decoder inputs of an encoder-decoder model (``decoder_*``) are selected by ``decoder_attention_mask`` (hashed
-    whole without one), never by the encoder's ``attention_mask``: decoder tokens at positions the encoder pads are
-    still part of the example.
+    Decoder inputs of an encoder-decoder model (``decoder_*``) are selected by ``decoder_mask`` (default:
+    ``decoder_attention_mask``; hashed whole without one), never by the encoder's ``attention_mask``: decoder tokens
+    at positions the encoder pads are still part of the example.
 
     Shapes:
         inputs: name -> (B, L) tensors (``attention_mask`` selects the valid tokens; all tokens without one).
+        decoder_mask: None or (B, Ld), the valid decoder positions (e.g. where the labels are not ignored).
     """
     tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and k not in NON_INPUT_KEYS}
     if not tensors:
@@ -73,7 +74,7 @@ def example_keys(inputs: Mapping[str, torch.Tensor]) -> list[bytes]:
     first = next(iter(tensors.values()))
     batch = first.shape[0]
     valid = _valid(inputs.get("attention_mask"))
-    decoder_valid = _valid(inputs.get("decoder_attention_mask"))
+    decoder_valid = _valid(decoder_mask if decoder_mask is not None else inputs.get("decoder_attention_mask"))
     arrays = {k: v.detach().cpu() for k, v in sorted(tensors.items())}
     keys = []
     for i in range(batch):
