@@ -9,10 +9,13 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from ..errors import ConfigError, quote
-from ..nn.structure import find_encoder_layers
+from ..nn.roles import layer_lists, refuse, roles_for
+from ..nn.structure import find_layers, stack_names
 from ..pruning.structured import _dropped_so_far, drop_layers_
 
 __all__ = ["auto_layer_map", "freeze_teacher", "layer_map_for", "student_from_teacher", "teacher_snapshot"]
+
+FEATURE = "student_from_teacher"
 
 
 def _num_layers(model: nn.Module) -> int:
@@ -20,13 +23,42 @@ def _num_layers(model: nn.Module) -> int:
     n = getattr(config, "num_hidden_layers", None)
     if isinstance(n, int):
         return n
-    return len(find_encoder_layers(model))
+    return len(find_layers(model))
+
+
+def _depth(teacher: nn.Module, stack: str | None) -> tuple[int, str]:
+    """The number of layers ``keep_every`` / ``keep_layers`` count, and the stack they name (``""`` for a model with
+    one layer list)."""
+    entry = roles_for(teacher, FEATURE)
+    stacks = stack_names(layer_lists(teacher, entry))
+    if not stacks:
+        raise refuse(teacher, FEATURE, f"no layer list matching {list(entry.layers)} was found in the model.")
+    if stacks == [""]:
+        if stack not in (None, ""):
+            raise ConfigError(f"student_from_teacher: stack={quote(stack)} names a layer list this model lacks.")
+        # ALBERT: the layers are repetitions of one shared layer, counted by the config
+        n = int(teacher.config.num_hidden_layers) if entry.shared_layers else len(find_layers(teacher, FEATURE))
+        return n, ""
+    if stack not in stacks:
+        raise refuse(
+            teacher,
+            FEATURE,
+            f"the model has the layer lists {stacks}; say which one the student keeps fewer layers of with "
+            f"stack={quote(stacks[0])} or stack={quote(stacks[-1])} (got {quote(stack)}).",
+        )
+    return sum(p.stack == stack for p in find_layers(teacher, FEATURE)), stack
 
 
 def student_from_teacher(
-    teacher: nn.Module, *, keep_every: int | None = None, keep_layers: Sequence[int] | None = None
+    teacher: nn.Module,
+    *,
+    keep_every: int | None = None,
+    keep_layers: Sequence[int] | None = None,
+    stack: str | None = None,
 ) -> nn.Module:
-    """A shallower student initialised from the teacher's weights: a deep copy with encoder layers removed.
+    """A shallower student initialised from the teacher's weights: a deep copy with layers removed
+    (:func:`~hf_sparse.pruning.structured.drop_layers_`, so every family of the module-role table works: the
+    caches' layer indices, ``num_hidden_layers`` and ``layer_types`` follow).
 
     ``keep_every=k`` keeps every k-th layer counted from the first, ending on the top one when ``k`` divides the
     depth (6 layers, k=2: layers 1, 3, 5), which is the teacher layer the uniform :func:`auto_layer_map` pairs each
@@ -34,16 +66,20 @@ def student_from_teacher(
     ``from_pretrained`` and :func:`layer_map_for` maps its layers back to the teacher's.
 
     Args:
-        teacher: A BERT-family encoder (a transformers model); it is not modified.
+        teacher: A transformers model of a family in the module-role table; it is not modified.
         keep_every: Keep layers ``k-1, 2k-1, ...``.
         keep_layers: The 0-based teacher layers to keep, instead of ``keep_every``.
+        stack: In a seq2seq model (T5, BART), the layer list to cut: ``"encoder"`` or ``"decoder"``.
 
     Raises:
         ConfigError: neither or both given, an index out of range, or nothing kept.
+        UnsupportedFamilyError: the family is not in the role table, a seq2seq model without ``stack``, or a cut
+            :func:`~hf_sparse.pruning.structured.drop_layers_` refuses (ModernBERT's first layer, GPT-2 scaling by
+            the layer index, ALBERT with several layer groups).
     """
     if (keep_every is None) == (keep_layers is None):
         raise ConfigError("student_from_teacher: give exactly one of keep_every=k or keep_layers=[...].")
-    n = _num_layers(teacher)
+    n, stack_name = _depth(teacher, stack)
     if keep_every is not None:
         if not (isinstance(keep_every, int) and 1 <= keep_every <= n):
             raise ConfigError(
@@ -58,7 +94,8 @@ def student_from_teacher(
                 f"{list(keep_layers)}."  # type: ignore[arg-type]
             )
     student = copy.deepcopy(teacher)
-    drop_layers_(student, [i for i in range(n) if i not in keep])
+    drop = [i for i in range(n) if i not in keep]
+    drop_layers_(student, [f"{stack_name}.{i}" for i in drop] if stack_name else drop)
     student.train(teacher.training)
     for p in student.parameters():
         p.requires_grad_(True)

@@ -295,6 +295,8 @@ def drop_layers_(model: nn.Module, layers_to_drop: Iterable[LayerKey]) -> list[L
                 "when the model is built, so renumbering the remaining layers would change them; only trailing "
                 f"layers can be dropped (asked: {drop}).",
             )
+        if 0 in drop:
+            _check_first_layer(model, module_list[0], module_list[kept[0]], entry.head_bias)
         plans.append((stack, list_name, module_list, drop, kept))
     for stack, list_name, module_list, drop, kept in plans:
         if entry.head_bias and 0 in drop:
@@ -316,6 +318,25 @@ def drop_layers_(model: nn.Module, layers_to_drop: Iterable[LayerKey]) -> list[L
     model._hf_sparse_dropped_layers = dropped
     _record_structure(model, dropped=dropped)
     return drop
+
+
+def _check_first_layer(model: nn.Module, first: nn.Module, new_first: nn.Module, head_bias: str | None) -> None:
+    """Some families build their first layer unlike the others (ModernBERT's has no attention LayerNorm): a
+    checkpoint whose first layer is another one would reload with the first-layer build and lose (or lack)
+    weights, so such a drop is refused. T5's bias table moves with the drop (:func:`_move_head_bias`)."""
+
+    def names(layer: nn.Module) -> set[str]:
+        return {n for n, _ in layer.named_parameters() if not (head_bias and head_bias in n.split("."))}
+
+    old, new = names(first), names(new_first)
+    if old != new:
+        raise refuse(
+            model,
+            LAYERS_FEATURE,
+            f"its first layer is built differently from the others (only the first has {sorted(old - new)[:3]}, "
+            f"only the others have {sorted(new - old)[:3]}), so a model whose first layer is dropped would not "
+            "reload as it runs; keep layer 0.",
+        )
 
 
 def _move_head_bias(first: nn.Module, new_first: nn.Module, attr: str) -> None:
