@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from ..errors import ConfigError, quote
-from ..nn.roles import layer_lists, refuse, roles_for
+from ..nn.roles import UnsupportedFamilyError, layer_lists, refuse, roles_for
 from ..nn.structure import find_layers, stack_names
 from ..pruning.structured import _dropped_so_far, drop_layers_
 
@@ -26,9 +26,9 @@ def _num_layers(model: nn.Module) -> int:
     return len(find_layers(model))
 
 
-def _depth(teacher: nn.Module, stack: str | None) -> tuple[int, str]:
-    """The number of layers ``keep_every`` / ``keep_layers`` count, and the stack they name (``""`` for a model with
-    one layer list)."""
+def _depths(teacher: nn.Module, stack: str | None, explicit: bool) -> dict[str, int]:
+    """The number of layers ``keep_every`` / ``keep_layers`` count, per layer list they apply to (``""`` for a
+    model with one layer list)."""
     entry = roles_for(teacher, FEATURE)
     stacks = stack_names(layer_lists(teacher, entry))
     if not stacks:
@@ -38,15 +38,20 @@ def _depth(teacher: nn.Module, stack: str | None) -> tuple[int, str]:
             raise ConfigError(f"student_from_teacher: stack={quote(stack)} names a layer list this model lacks.")
         # ALBERT: the layers are repetitions of one shared layer, counted by the config
         n = int(teacher.config.num_hidden_layers) if entry.shared_layers else len(find_layers(teacher, FEATURE))
-        return n, ""
-    if stack not in stacks:
+        return {"": n}
+    if stack is None and not explicit:
+        chosen = stacks  # keep_every applies to every layer list (encoder and decoder each lose layers)
+    elif stack in stacks:
+        chosen = [stack]
+    else:
         raise refuse(
             teacher,
             FEATURE,
-            f"the model has the layer lists {stacks}; say which one the student keeps fewer layers of with "
+            f"the model has the layer lists {stacks}; say which one keep_layers names with "
             f"stack={quote(stacks[0])} or stack={quote(stacks[-1])} (got {quote(stack)}).",
         )
-    return sum(p.stack == stack for p in find_layers(teacher, FEATURE)), stack
+    layers = find_layers(teacher, FEATURE)
+    return {s: sum(p.stack == s for p in layers) for s in chosen}
 
 
 def student_from_teacher(
@@ -67,35 +72,42 @@ def student_from_teacher(
 
     Args:
         teacher: A transformers model of a family in the module-role table; it is not modified.
-        keep_every: Keep layers ``k-1, 2k-1, ...``.
-        keep_layers: The 0-based teacher layers to keep, instead of ``keep_every``.
+        keep_every: Keep layers ``k-1, 2k-1, ...`` (of every layer list of a seq2seq model unless ``stack``).
+        keep_layers: The 0-based teacher layers to keep, instead of ``keep_every`` (a seq2seq model needs
+            ``stack``).
         stack: In a seq2seq model (T5, BART), the layer list to cut: ``"encoder"`` or ``"decoder"``.
 
     Raises:
         ConfigError: neither or both given, an index out of range, or nothing kept.
-        UnsupportedFamilyError: the family is not in the role table, a seq2seq model without ``stack``, or a cut
-            :func:`~hf_sparse.pruning.structured.drop_layers_` refuses (ModernBERT's first layer, GPT-2 scaling by
-            the layer index, ALBERT with several layer groups).
+        UnsupportedFamilyError: the family is not in the role table, ``keep_layers`` of a seq2seq model without
+            ``stack``, or a cut :func:`~hf_sparse.pruning.structured.drop_layers_` refuses (dropping ModernBERT's
+            first layer, GPT-2 scaling by the layer index, ALBERT with several layer groups).
     """
     if (keep_every is None) == (keep_layers is None):
         raise ConfigError("student_from_teacher: give exactly one of keep_every=k or keep_layers=[...].")
-    n, stack_name = _depth(teacher, stack)
-    if keep_every is not None:
-        if not (isinstance(keep_every, int) and 1 <= keep_every <= n):
-            raise ConfigError(
-                f"student_from_teacher: keep_every must be an integer in [1, {n}], got {quote(keep_every)}."
-            )
-        keep = list(range(keep_every - 1, n, keep_every))
-    else:
-        keep = sorted(set(int(i) for i in keep_layers))  # type: ignore[union-attr]
-        if not keep or keep[0] < 0 or keep[-1] >= n:
-            raise ConfigError(
-                f"student_from_teacher: keep_layers must name layers in [0, {n - 1}] of the teacher, got "
-                f"{list(keep_layers)}."  # type: ignore[arg-type]
-            )
+    drop: list = []
+    for stack_name, n in _depths(teacher, stack, keep_layers is not None).items():
+        if keep_every is not None:
+            if not (isinstance(keep_every, int) and 1 <= keep_every <= n):
+                raise ConfigError(
+                    f"student_from_teacher: keep_every must be an integer in [1, {n}], got {quote(keep_every)}."
+                )
+            keep = list(range(keep_every - 1, n, keep_every))
+        else:
+            keep = sorted(set(int(i) for i in keep_layers))  # type: ignore[union-attr]
+            if not keep or keep[0] < 0 or keep[-1] >= n:
+                raise ConfigError(
+                    f"student_from_teacher: keep_layers must name layers in [0, {n - 1}] of the teacher, got "
+                    f"{list(keep_layers)}."  # type: ignore[arg-type]
+                )
+        gone = [i for i in range(n) if i not in keep]
+        drop += [f"{stack_name}.{i}" for i in gone] if stack_name else gone
     student = copy.deepcopy(teacher)
-    drop = [i for i in range(n) if i not in keep]
-    drop_layers_(student, [f"{stack_name}.{i}" for i in drop] if stack_name else drop)
+    try:
+        drop_layers_(student, drop)
+    except UnsupportedFamilyError as exc:
+        reason = f"removing layers {drop} is refused: {exc} Choose keep_layers instead."
+        raise refuse(teacher, FEATURE, reason) from None
     student.train(teacher.training)
     for p in student.parameters():
         p.requires_grad_(True)
