@@ -10,13 +10,20 @@ loaded into them. :class:`HfSparseConfig` checks that description when it is bui
 parameters, declared shapes and dtypes), so a malformed ``config.json`` raises :class:`~hf_sparse.errors.FormatError`.
 
 Structured pruning (:mod:`hf_sparse.pruning.structured`) adds an optional top-level ``structure`` key, the
-per-layer sizes that differ from the model's own config (see :mod:`hf_sparse.nn.structure`)::
+per-layer sizes that differ from the model's own config (see :mod:`hf_sparse.nn.structure`), for every family of the
+module-role table::
 
     "structure": {
         "attention": {"bert.encoder.layer.0.attention.self": {"num_heads": 3}},
         "ffn": {"bert.encoder.layer.1.intermediate.dense": {"intermediate_size": 40}},
         "dropped_layers": [2]
     }
+
+An ``attention`` entry names the self-attention module (``model.layers.3.self_attn``, ``encoder.block.0.layer.0.
+SelfAttention``) and gives its number of *query* heads; under grouped-query attention the key/value heads follow
+(whole groups are removed, so ``num_heads / (num_attention_heads / num_key_value_heads)``). An ``ffn`` entry names
+the FFN's first projection (``intermediate.dense``, ``mlp.up_proj``, the fused ``mlp.gate_up_proj``); a gate
+projection has the same width.
 
 Before the weights load, the quantizer shrinks the freshly built model to these sizes (then builds the sparse
 shells, so a structured model whose remaining layers are sparse round-trips too). ``dropped_layers`` is provenance
@@ -264,8 +271,8 @@ def sparse_config_for(model: torch.nn.Module, *, dropped_layers: list[int] | Non
     :func:`~hf_sparse.nn.structure.describe_structure`).
 
     Args:
-        dropped_layers: original indices of dropped encoder layers to record; default: those the model's current
-            ``quantization_config`` records.
+        dropped_layers: original indices of dropped layers to record (models with one layer list); default: those
+            the model's current ``quantization_config`` records.
     """
     modules = {}
     for name, module in model.named_modules():
