@@ -31,7 +31,13 @@ Merging. ``B @ A * scaling`` is dense, the stored weight is not, so a merge has 
   storage size are unchanged. The part of the delta at pruned positions is dropped, so the merged model computes
   ``W + mask * (B @ A * scaling)`` instead of the adapted model's ``W + B @ A * scaling``.
 - ``keep_pattern=False`` (:func:`merge_lora` only): each adapted ``SparseLinear`` becomes a dense ``nn.Linear``
-  holding the full merged weight; it computes exactly what the adapted model did, and its sparsity is lost.
+  holding the full merged weight (a transformers ``Conv1D`` where the family's checkpoints have one, GPT-2's
+  projections, so the model saves as a normal checkpoint of its architecture); it computes exactly what the adapted
+  model did, and its sparsity is lost.
+
+GPT-2. Its dense projections are ``Conv1D`` layers, which peft adapts itself with ``fan_in_fan_out=True``; a
+``SparseLinear`` made from one stores its weight ``(out, in)`` like every ``SparseLinear``, and ignores the flag, so
+one ``LoraConfig(fan_in_fan_out=True)`` serves a GPT-2 whose layers are partly sparse.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ except ImportError as exc:  # only a missing peft; any other failure inside peft
 from ..formats import from_tensors
 from ..nn import SparseLinear, replace_module
 from ..nn.description import sparse_config_for
+from ..nn.linear_like import dense_layer, stores_conv1d
 
 try:  # the keyword arguments peft's forward hooks add for LoRA variants; none of them reaches a SparseLinear
     from peft.tuners.lora.layer import VARIANT_KWARG_KEYS as _VARIANT_KWARGS
@@ -191,12 +198,8 @@ class SparseLoraLinear(nn.Module, LoraLayer):
                 f"decompose or rewrite the base weight, or fit it to data, need a dense one); use one of "
                 f"{list(_SUPPORTED_INITS)}."
             )
-        if config.fan_in_fan_out:
-            warnings.warn(
-                f"LoRA on {where}: fan_in_fan_out=True is ignored; a SparseLinear weight is (out, in), like "
-                "nn.Linear's.",
-                stacklevel=2,
-            )
+        # fan_in_fan_out is not read: a SparseLinear weight is (out, in), also one made from GPT-2's Conv1D, and a
+        # GPT-2 config needs the flag set for the Conv1D layers peft adapts itself (peft sets it when they appear).
         super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
 
     def resolve_lora_variant(self, *, config: LoraConfig, **kwargs: Any) -> None:
@@ -324,6 +327,7 @@ class SparseLoraLinear(nn.Module, LoraLayer):
         safe_merge: bool,
         adapter_names: list[str] | None,
         keep_pattern: bool = True,
+        conv1d: bool = False,
     ) -> nn.Module:
         """The module that replaces this wrapper when peft unloads it (peft's hook for layers that need more than
         ``merge`` + ``get_base_layer``; ``merge_and_unload`` calls it with the defaults, i.e. keeping the pattern).
@@ -335,14 +339,16 @@ class SparseLoraLinear(nn.Module, LoraLayer):
             keep_pattern: ``True``: merge at the stored positions and return the ``SparseLinear``. ``False``: return
                 a dense ``nn.Linear`` with the base weight plus the full deltas of the adapters merged before and of
                 ``adapter_names`` (the sparsity is lost; the outputs equal the adapted layer's).
+            conv1d: with ``keep_pattern=False``, return a transformers ``Conv1D`` instead of an ``nn.Linear`` (the
+                same function; for a place of a model whose checkpoints store a ``Conv1D``, GPT-2's projections).
         """
         if merge and keep_pattern:
             self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
         elif merge:
-            return self._merged_dense_linear(safe_merge, adapter_names)
+            return self._merged_dense_linear(safe_merge, adapter_names, conv1d=conv1d)
         return self.get_base_layer()
 
-    def _merged_dense_linear(self, safe_merge: bool, adapter_names: list[str] | None) -> nn.Linear:
+    def _merged_dense_linear(self, safe_merge: bool, adapter_names: list[str] | None, *, conv1d: bool) -> nn.Module:
         wanted = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.lora_A]
         names = list(self.merged_adapters) + [a for a in wanted if a not in self.merged_adapters]
         base = self.get_base_layer()
@@ -361,13 +367,12 @@ class SparseLoraLinear(nn.Module, LoraLayer):
         if safe_merge and not _all_finite(weight, bias):
             raise FormatError(f"Merging adapter(s) {names} gives non-finite weights; the adapters seem broken.")
         dtype, device = base.weight.dtype, base.weight.device
-        linear = nn.Linear(base.in_features, base.out_features, bias=bias is not None, device=device, dtype=dtype)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if bias is not None:
-                linear.bias.copy_(bias)
-        linear.requires_grad_(any(p.requires_grad for p in base.parameters()))
-        return linear
+        return dense_layer(
+            weight.to(device=device, dtype=dtype),
+            None if bias is None else bias.to(device=device, dtype=dtype),
+            conv1d=conv1d,
+            requires_grad=any(p.requires_grad for p in base.parameters()),
+        )
 
     def __repr__(self) -> str:
         return "lora." + super().__repr__()
@@ -459,8 +464,9 @@ def merge_lora(
         keep_pattern: ``True``: every adapted ``SparseLinear`` stays one, with the delta added at its stored positions
             only (same format and indices, new values; the part of ``B @ A * scaling`` at pruned positions is
             dropped), so the model saves as a sparse checkpoint of the same size. ``False``: every adapted
-            ``SparseLinear`` becomes a dense ``nn.Linear`` with the full merged weight: outputs equal the adapted
-            model's, **the sparsity of those layers is lost**.
+            ``SparseLinear`` becomes a dense ``nn.Linear`` with the full merged weight (a ``Conv1D`` where the
+            family's checkpoints store one: GPT-2's projections): outputs equal the adapted model's, **the sparsity
+            of those layers is lost**.
         safe_merge: Refuse non-finite merged weights (``FormatError``).
         adapter_names: The adapters to merge (default: the active ones).
         progress: Show peft's progress bar for the remaining (dense) layers.
@@ -486,7 +492,11 @@ def merge_lora(
     for name, module in list(inner.named_modules()):
         if isinstance(module, SparseLoraLinear):
             unloaded = module.unload_and_optionally_merge_module(
-                merge=True, safe_merge=safe_merge, adapter_names=adapter_names, keep_pattern=keep_pattern
+                merge=True,
+                safe_merge=safe_merge,
+                adapter_names=adapter_names,
+                keep_pattern=keep_pattern,
+                conv1d=stores_conv1d(inner, name),
             )
             replace_module(inner, name, unloaded)
     merged = tuner.merge_and_unload(progressbar=progress, safe_merge=safe_merge, adapter_names=adapter_names)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .roles import family_of, layer_lists
+
 __all__ = [
     "LINEAR_LIKE",
     "Conv1D",
@@ -25,6 +27,7 @@ __all__ = [
     "stored_layout",
     "linear_features",
     "dense_layer",
+    "stores_conv1d",
 ]
 
 #: The module types that :func:`~hf_sparse.nn.matching.match_linears` selects and every weight transform accepts.
@@ -69,6 +72,16 @@ def linear_features(module: nn.Module) -> tuple[int, int]:
     if is_conv1d(module):
         return module.nx, module.nf
     return module.in_features, module.out_features
+
+
+def stores_conv1d(model: nn.Module, name: str) -> bool:
+    """Whether the dense layer at ``name`` of ``model`` is a ``Conv1D`` in its family's checkpoints (GPT-2's
+    projections, inside its layer list; see :mod:`hf_sparse.nn.roles`), so that a dense layer put back there (a
+    merge that gives up the sparsity) must be one to save as a normal checkpoint of the architecture."""
+    entry = family_of(model)
+    if entry is None or not entry.conv1d:
+        return False
+    return any(name.startswith(f"{list_name}.") for list_name, _ in layer_lists(model, entry))
 
 
 def dense_layer(
