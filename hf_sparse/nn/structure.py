@@ -82,6 +82,8 @@ def out_size(module: nn.Module) -> int:
     if isinstance(module, nn.Embedding):
         return int(module.embedding_dim)
     out = getattr(module, "out_features", None)
+    if out is None and not hasattr(module, "weight") and isinstance(getattr(module, "base_layer", None), nn.Module):
+        return out_size(module.base_layer)  # a wrapper that keeps what it replaced (peft's pattern)
     return int(out) if out is not None else int(module.weight.shape[0])
 
 
@@ -89,6 +91,8 @@ def in_size(module: nn.Module) -> int:
     if _is_conv1d(module):
         return int(module.weight.shape[0])
     n = getattr(module, "in_features", None)
+    if n is None and not hasattr(module, "weight") and isinstance(getattr(module, "base_layer", None), nn.Module):
+        return in_size(module.base_layer)
     return int(n) if n is not None else int(module.weight.shape[1])
 
 
@@ -210,7 +214,10 @@ def _head_dim(model: nn.Module, attention: nn.Module, entry: FamilyRoles, stack:
     if isinstance(value, int) and value > 0:
         return value
     heads = _config_value(config, entry.heads_attr, stack)
-    return int(config.hidden_size) // int(heads)
+    hidden = getattr(config, "hidden_size", None)
+    if not (isinstance(heads, int) and heads > 0 and isinstance(hidden, int)):
+        raise refuse(model, FEATURE, f"the head size of {type(attention).__name__} cannot be read from the model.")
+    return hidden // heads
 
 
 def _group(model: nn.Module, entry: FamilyRoles) -> int:
@@ -218,7 +225,7 @@ def _group(model: nn.Module, entry: FamilyRoles) -> int:
         return 1
     heads = getattr(model.config, entry.heads_attr, None)
     kv = getattr(model.config, entry.kv_heads_attr, None) or heads
-    if not heads or heads % kv:
+    if not isinstance(heads, int) or not isinstance(kv, int) or kv <= 0 or heads % kv:
         raise refuse(
             model, FEATURE, f"config {entry.heads_attr}={heads} is not a multiple of {entry.kv_heads_attr}={kv}."
         )
