@@ -249,15 +249,12 @@ def cell_qat(family: str, tmp_path: Path) -> None:
 def cell_distillation(family: str, tmp_path: Path) -> None:
     """Logit distillation: zero KD loss for a student identical to its teacher, positive for another one, and the
     student's loss takes gradients."""
-    teacher = tiny_model(family)
+    teacher = tiny_model(family, dropout=False)  # an identical copy in training mode gives identical logits
     batch = _batch_with_labels(family)
     student = copy.deepcopy(teacher).train()
-    for m in student.modules():  # dropout off: an identical copy must give identical logits
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
     d = Distiller(student, teacher, DistillationConfig(alpha=1.0)).attach()
     same = student(**batch).loss
-    assert abs(float(same)) < 1e-7
+    assert abs(float(same)) < 1e-6
     d.detach()
     other = tiny_model(family, seed=5).train()
     d = Distiller(other, teacher, DistillationConfig(alpha=1.0)).attach()

@@ -196,11 +196,16 @@ def _spec(family: str) -> FamilySpec:
     return FAMILIES[family]
 
 
-def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+def tiny_model(family: str, seed: int = 0, *, dropout: bool = True, **overrides) -> torch.nn.Module:
     """A randomly initialised (seeded) tiny model of ``family`` (a key of :data:`FAMILIES`) in eval mode, with the
-    family's usual task head; ``overrides`` change config fields."""
+    family's usual task head; ``overrides`` change config fields. ``dropout=False`` sets every dropout probability of
+    the config to 0 (so training-mode forwards are deterministic)."""
     spec = _spec(family)
     config = _class(spec.config_class)(**{**spec.sizes, **overrides})
+    if not dropout:
+        for key, value in config.to_dict().items():
+            if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+                setattr(config, key, 0.0)
     torch.manual_seed(seed)
     return _class(spec.model_class)(config).eval()
 
