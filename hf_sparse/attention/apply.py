@@ -14,9 +14,15 @@ from transformers import PreTrainedConfig
 
 from ..errors import ConfigError
 from .config import ATTENTION_NAME, CONFIG_KEY, SparseAttentionConfig
-from .families import check_layer_selection, check_model_supported, family_name
+from .families import LAYER_INDEX_ATTR, check_layer_selection, check_model_supported, family_name
 
-__all__ = ["apply_sparse_attention_", "check_sparse_attention", "record_input_ids", "recorded_input_ids"]
+__all__ = [
+    "apply_sparse_attention_",
+    "check_sparse_attention",
+    "record_input_ids",
+    "recorded_input_ids",
+    "warn_pattern_not_running",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +79,13 @@ def apply_sparse_attention_(model: nn.Module, config: SparseAttentionConfig) -> 
     Raises:
         ConfigError: ``config`` is not a :class:`SparseAttentionConfig`, the model has no transformers config, the
             model computes attention in its own code (DeBERTa-v2), ``layers`` / ``layer_windows`` select layers of
-            a model whose attention modules have no layer index (DistilBERT, ALBERT), or token-id global tokens are
-            asked of an encoder-decoder model.
+            a model whose layers share one attention module (ALBERT: an ``UnsupportedFamilyError``), or token-id
+            global tokens are asked of an encoder-decoder model.
+
+    Attention modules without a layer index of their own (DistilBERT) get the index of their layer in the model's
+    layer list (module-role table) when ``layers`` / ``layer_windows`` select layers; a model loaded from a
+    checkpoint that records such a selection indexes them on its first forward pass, from the order its layers
+    run in.
     """
     if not isinstance(config, SparseAttentionConfig):
         raise ConfigError(f"apply_sparse_attention_ needs a SparseAttentionConfig, got {type(config).__name__}.")
@@ -103,13 +114,12 @@ def apply_sparse_attention_(model: nn.Module, config: SparseAttentionConfig) -> 
     model_config.attn_implementation = ATTENTION_NAME
     if config.global_token_ids and model not in _HOOKED:
         _HOOKED[model] = record_input_ids(model)
-    layers = sorted(
-        {
-            m.layer_idx
-            for m in model.modules()
-            if getattr(m, "layer_idx", None) is not None and hasattr(m, "config") and config.applies_to(m.layer_idx)
-        }
-    )
+    indices = {
+        next((i for i in (getattr(m, "layer_idx", None), getattr(m, LAYER_INDEX_ATTR, None)) if i is not None), None)
+        for m in model.modules()
+        if hasattr(m, "config")
+    }
+    layers = sorted(i for i in indices if i is not None and config.applies_to(i))
     return {"layers": layers, "pattern": repr(config.pattern_for(layers[0] if layers else None))}
 
 
@@ -119,26 +129,33 @@ def check_sparse_attention(model: nn.Module) -> bool:
     A checkpoint saved with a pattern loads with ``attn_implementation="hf_sparse"`` by itself (its ``config.json``
     says so), but one saved by an earlier version, or loaded with another ``attn_implementation`` passed
     explicitly, runs full attention. This warns loudly then (``warnings.warn`` and the log), naming what is lost
-    and how to get it back.
+    and how to get it back. (The same warning comes by itself at the first forward pass of such a model: see
+    :func:`warn_pattern_not_running`.)
 
     Returns:
         ``False`` (after warning) when the config records a pattern the model does not run; ``True`` otherwise.
     """
     model_config = getattr(model, "config", None)
+    if getattr(model_config, CONFIG_KEY, None) is None or model_config._attn_implementation == ATTENTION_NAME:
+        return True
+    warn_pattern_not_running(model_config, type(model).__name__, stacklevel=3)
+    return False
+
+
+def warn_pattern_not_running(model_config, where: str | None = None, stacklevel: int = 2) -> None:
+    """Warn (``warnings.warn`` and the log) that the model with this config records a sparse attention pattern
+    (``config.hf_sparse_attention``) but runs another attention implementation, so its attention is full."""
     raw = getattr(model_config, CONFIG_KEY, None)
     running = getattr(model_config, "_attn_implementation", None)
-    if raw is None or running == ATTENTION_NAME:
-        return True
     try:
         what = repr(SparseAttentionConfig.from_dict(raw).pattern_for(None))
     except Exception:  # an unreadable record is still a pattern that is not running
         what = "a sparse attention pattern"
     message = (
-        f"{type(model).__name__}'s config records {what} (config.{CONFIG_KEY}) but the model runs "
+        f"{where or family_name(model_config)}'s config records {what} (config.{CONFIG_KEY}) but the model runs "
         f"attn_implementation={running!r}: the pattern is NOT applied and attention is full. Load it with "
         f"from_pretrained(..., attn_implementation={ATTENTION_NAME!r}) or call "
         f"model.set_attn_implementation({ATTENTION_NAME!r})."
     )
-    warnings.warn(message, UserWarning, stacklevel=2)
+    warnings.warn(message, UserWarning, stacklevel=stacklevel)
     logger.warning(message)
-    return False

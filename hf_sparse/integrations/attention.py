@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import weakref
 
 import torch
 from transformers import AttentionInterface
@@ -28,9 +29,15 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
-from ..attention.apply import recorded_input_ids
+from ..attention.apply import recorded_input_ids, warn_pattern_not_running
 from ..attention.config import ATTENTION_NAME, CONFIG_KEY, SparseAttentionConfig
-from ..attention.families import check_attention_kwargs, is_cross_attention, layer_selection_error
+from ..attention.families import (
+    begin_forward,
+    check_attention_kwargs,
+    is_cross_attention,
+    layer_index_of,
+    layer_selection_error,
+)
 from ..attention.functional import lowrank_attention, sparse_attention, sparse_attention_reference
 from ..attention.patterns import Full, SlidingWindow
 from ..errors import ConfigError
@@ -83,6 +90,9 @@ def sparse_attention_mask(
     **kwargs,
 ) -> SparseMaskInfo:
     """The ``AttentionMaskInterface`` entry of ``hf_sparse`` (same signature as transformers' ``sdpa_mask``)."""
+    # Called once per forward pass of the model, before its first layer: the order of the attention calls that
+    # follow gives layer indices to modules that have none (see hf_sparse.attention.families.layer_index_of).
+    begin_forward(kwargs.get("config"))
     q_offset, kv_offset = int(q_offset), int(kv_offset)
     if isinstance(attention_mask, SparseMaskInfo):
         # generate() prepares the mask ahead of the forward pass for static (compileable) caches, with this very
@@ -221,7 +231,9 @@ def sparse_attention_forward(
         )
         return out.transpose(1, 2).contiguous(), None
     if layer_idx is None and (cfg.layers or cfg.layer_windows):
-        raise layer_selection_error(model_config, type(module).__name__)
+        layer_idx = layer_index_of(module, model_config)
+        if layer_idx is None:
+            raise layer_selection_error(model_config, type(module).__name__)
     pattern = cfg.pattern_for(layer_idx)
     causal = info.causal or cfg.causal
     window = kwargs.get("sliding_window")
@@ -318,3 +330,35 @@ def _dense_path(
 
 AttentionInterface.register(ATTENTION_NAME, sparse_attention_forward)
 AttentionMaskInterface.register(ATTENTION_NAME, sparse_attention_mask)
+
+
+# Model configs (by id) already warned that the pattern they record does not run.
+_WARNED: set[int] = set()
+
+
+def _warning_mask(name: str, original):
+    """``original`` (another implementation's mask function), warning once per model config that records a sparse
+    attention pattern: such a model was loaded or switched to ``name`` (``from_pretrained(path,
+    attn_implementation="sdpa")`` on a checkpoint saved with a pattern), so its attention is full, and nothing
+    else would say so. The mask is ``original``'s, unchanged."""
+
+    def mask(*args, **kwargs):
+        config = kwargs.get("config")
+        if config is not None and getattr(config, CONFIG_KEY, None) is not None and id(config) not in _WARNED:
+            key = id(config)
+            _WARNED.add(key)
+            weakref.finalize(config, _WARNED.discard, key)
+            warn_pattern_not_running(config, stacklevel=3)
+        return original(*args, **kwargs)
+
+    mask.__wrapped__ = original
+    mask.__name__ = getattr(original, "__name__", name)
+    return mask
+
+
+# Every other mask implementation transformers has warns when it runs a model whose config records a pattern.
+for _name in AttentionMaskInterface().valid_keys():
+    if _name != ATTENTION_NAME:
+        _original = AttentionMaskInterface()[_name]
+        if not hasattr(_original, "__wrapped__"):  # a module reloaded: wrap once
+            AttentionMaskInterface.register(_name, _warning_mask(_name, _original))

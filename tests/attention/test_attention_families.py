@@ -32,6 +32,7 @@ from hf_sparse.attention import check_sparse_attention, sparse_attention
 from hf_sparse.attention.config import CONFIG_KEY
 from hf_sparse.errors import ConfigError
 from hf_sparse.integrations.attention import sparse_attention_forward
+from hf_sparse.nn.roles import UnsupportedFamilyError
 
 COVER = SparseAttentionConfig(window=256)  # covers every sequence below
 SHORT = SparseAttentionConfig(window=1)
@@ -216,18 +217,18 @@ def test_encoders_equal_eager_when_the_window_covers_the_sequence(make):
     _assert_window_changes(model, make.__name__, input_ids=ids, attention_mask=mask)
 
 
-@pytest.mark.parametrize("make,family", [(_distilbert, "DistilBERT"), (_albert, "ALBERT")])
-def test_a_layer_selection_without_layer_indices_is_refused(make, family):
-    model = make()
+def test_a_layer_selection_on_albert_is_refused_naming_its_shared_layers():
+    """ALBERT runs one attention module as every layer: a per-layer pattern cannot be honoured."""
+    model = _albert()
     for cfg in (SparseAttentionConfig(window=2, layers=(1,)), SparseAttentionConfig(window=2, layer_windows={"1": 4})):
-        with pytest.raises(ConfigError, match=f"{family}'s attention modules .* carry no layer index"):
+        with pytest.raises(UnsupportedFamilyError, match="ALBERT model family: ALBERT shares one attention module"):
             apply_sparse_attention_(model, cfg)
     assert not hasattr(model.config, CONFIG_KEY)  # nothing recorded
     # A checkpoint whose config already records the selection (no apply_ call) is refused at the forward pass.
     setattr(model.config, CONFIG_KEY, SparseAttentionConfig(window=2, layers=(1,)).to_dict())
     model.set_attn_implementation("hf_sparse")
     ids, mask = _ids()
-    with pytest.raises(ConfigError, match=f"{family}'s attention modules .* carry no layer index"):
+    with pytest.raises(UnsupportedFamilyError, match="ALBERT shares one attention module"):
         _logits(model, input_ids=ids, attention_mask=mask)
 
 
@@ -365,10 +366,12 @@ def test_a_saved_pattern_loads_with_the_sparse_implementation(tmp_path):
     assert loaded.config._attn_implementation == "hf_sparse"
     torch.testing.assert_close(_logits(loaded, input_ids=ids, attention_mask=mask), windowed)
     torch.testing.assert_close(_hidden(loaded, input_ids=ids, attention_mask=mask), hidden)
-    model.set_attn_implementation("sdpa")
-    _assert_differs(hidden, _hidden(model, input_ids=ids, attention_mask=mask), "BERT")
+    model.set_attn_implementation("sdpa")  # the pattern stays recorded but no longer runs: said loudly
+    with pytest.warns(UserWarning, match="SlidingWindow.* NOT applied"):
+        _assert_differs(hidden, _hidden(model, input_ids=ids, attention_mask=mask), "BERT")
     explicit = AutoModelForSequenceClassification.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
-    torch.testing.assert_close(_logits(explicit, input_ids=ids, attention_mask=mask), dense, rtol=1e-4, atol=1e-5)
+    with pytest.warns(UserWarning, match="SlidingWindow.* NOT applied"):
+        torch.testing.assert_close(_logits(explicit, input_ids=ids, attention_mask=mask), dense, rtol=1e-4, atol=1e-5)
 
     assert check_sparse_attention(loaded)
 
