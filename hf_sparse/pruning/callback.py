@@ -299,15 +299,25 @@ class PruningCallback(TrainerCallback, ExportableState):
 
 
 def _calibration_batches(dataloader, samples: int, model) -> list[dict]:
-    """The first ``samples`` examples of ``dataloader`` as model-input dicts on the model's device, without labels."""
+    """The first ``samples`` examples of ``dataloader`` as model-input dicts on the model's device, without labels.
+
+    An encoder-decoder model (T5) whose batches carry no ``decoder_input_ids`` gets them from the labels, as its
+    forward pass in training does: without labels it has no decoder input, and its decoder layers need calibrating
+    too.
+    """
     if dataloader is None:
         raise ConfigError(
             "PruningCallback: a calibration criterion (wanda, sparsegpt) takes its calibration data from the "
             "Trainer's training dataloader, and none was given."
         )
     device = next(model.parameters()).device
+    derive = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)) and derive is not None
     batches, seen = [], 0
     for batch in dataloader:
+        labels = batch.get("labels")
+        if seq2seq and "decoder_input_ids" not in batch and isinstance(labels, torch.Tensor):
+            batch = {**batch, "decoder_input_ids": derive(labels=labels)}
         batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label", "label_ids")}
         batch = {k: v for k, v in batch.items() if k != "length"}
         n = int(next(iter(batch.values())).shape[0])

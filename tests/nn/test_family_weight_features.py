@@ -5,6 +5,7 @@ identically; low-rank factorisation reloads identically; a LoRA merge keeps the 
 are refused, never pruned through the tie."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -281,3 +282,36 @@ def test_gpt2_pruning_callback_sees_gradients_out_in_and_keeps_pruned_weights_at
     assert pruner.sparsity() == pytest.approx(0.5, abs=1e-3)
     for name, mask in pruner.masks.items():  # weight decay and two more AdamW steps did not revive a pruned weight
         assert bool((_out_in(model.get_submodule(name))[~mask] == 0).all()), name
+
+
+def _training_rows(family: str, n: int = 4) -> list[dict]:
+    inputs = families.tiny_inputs(family, batch=n)
+    kind = families.FAMILIES[family].kind
+    rows = []
+    for i in range(n):
+        row = {k: v[i] for k, v in inputs.items() if k != "decoder_input_ids"}
+        # seq2seq batches carry labels only: the decoder inputs come from them (T5 has no other way to get them)
+        row["labels"] = (
+            torch.tensor(i % 2) if kind == "encoder" else inputs.get("decoder_input_ids", inputs["input_ids"])[i]
+        )
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("family", ["t5", "albert"])
+def test_pruning_callback_with_calibration_from_the_training_data(family, tmp_path):
+    model = families.tiny_model(family).train()
+    config = PruningConfig(sparsity=0.5, criterion="wanda", schedule="oneshot", start_step=1, calibration_samples=4)
+    callback = PruningCallback(config)
+    training = cpu_training_args(tmp_path, per_device_train_batch_size=2, max_steps=3, learning_rate=1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(model=model, args=training, train_dataset=_training_rows(family), callbacks=[callback]).train()
+    # every layer saw calibration tokens (T5's decoder too: its inputs come from the labels)
+    assert not [w for w in caught if "saw no calibration tokens" in str(w.message)]
+    pruner = callback.pruner
+    assert any(n.startswith("decoder.") for n in pruner.masks) == (family == "t5")
+    for name, mask in pruner.masks.items():  # Wanda's rows, and training did not revive a pruned weight
+        weight = _out_in(model.get_submodule(name))
+        assert torch.equal((~mask).sum(1), torch.full((weight.shape[0],), weight.shape[1] // 2)), name
+        assert bool((weight[~mask] == 0).all()), name
