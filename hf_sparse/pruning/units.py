@@ -211,6 +211,17 @@ def shrink_masked_units_(model: nn.Module, *, min_heads: int = 1) -> dict[str, d
             dead_neurons = (~w.any(dim=0)).nonzero().flatten().tolist()
             if dead_neurons:
                 neurons[parts.key] = dead_neurons
+    if heads and roles_for(model, "structured pruning").head_bias:
+        # T5: a stack keeps the same heads in every layer, so only heads dead in all its layers can go
+        by_stack: dict[str, list] = {}
+        for parts in find_layers(model):
+            by_stack.setdefault(parts.stack, []).append(parts.key)
+        for keys in by_stack.values():
+            common = set.intersection(*(set(heads.get(k, [])) for k in keys))
+            for k in keys:
+                heads.pop(k, None)
+                if common:
+                    heads[k] = sorted(common)
     out: dict[str, dict[Any, int]] = {"heads": {}, "neurons": {}}
     if heads:
         out["heads"] = prune_heads_(model, heads)

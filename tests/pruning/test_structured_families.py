@@ -23,7 +23,7 @@ from hf_sparse.pruning.structured import (
     prune_neurons_,
     structured_prune_,
 )
-from hf_sparse.pruning.units import unit_modules
+from hf_sparse.pruning.units import shrink_masked_units_, unit_modules
 from hf_sparse.testing.families import FAMILIES, check_reload_in_fresh_process, tiny_inputs, tiny_model
 
 ALL = list(FAMILIES)
@@ -340,3 +340,17 @@ def test_student_of_a_seq2seq_model_names_the_list_for_keep_layers():
     assert (
         len(student_from_teacher(tiny_model("modernbert", num_hidden_layers=4), keep_layers=[0, 2]).model.layers) == 2
     )
+
+
+def test_t5_shrinks_only_heads_dead_in_every_layer_of_a_stack():
+    model = tiny_model("t5", seed=0)
+    inputs = tiny_inputs("t5")
+    with torch.no_grad():
+        model.encoder.block[0].layer[0].SelfAttention.o.weight[:, 8:16] = 0  # head 1 in both encoder layers
+        model.encoder.block[1].layer[0].SelfAttention.o.weight[:, 8:16] = 0
+        model.decoder.block[0].layer[0].SelfAttention.o.weight[:, 0:8] = 0  # head 0 in one decoder layer only
+    expected = _logits(model, inputs)
+    report = shrink_masked_units_(model)
+    assert report["heads"] == {"encoder.0": 3, "encoder.1": 3}
+    assert model.decoder.block[0].layer[0].SelfAttention.n_heads == 4
+    torch.testing.assert_close(_logits(model, inputs), expected, atol=ATOL, rtol=0)
