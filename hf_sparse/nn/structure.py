@@ -52,8 +52,11 @@ __all__ = [
     "LayerParts",
     "LayerConfigView",
     "find_layers",
-    "layer_key",
     "stack_names",
+    "num_neurons",
+    "out_size",
+    "in_size",
+    "check_tied_heads",
     "head_slices",
     "neuron_slices",
     "weight_dim",
@@ -181,10 +184,6 @@ def stack_names(lists: list[tuple[str, nn.ModuleList]]) -> list[str]:
         parts = name.split(".")
         out.append(next((p for p in parts if p in ("encoder", "decoder")), name))
     return out
-
-
-def layer_key(stack: str, index: int) -> int | str:
-    return f"{stack}.{index}" if stack else index
 
 
 def _config_value(config: Any, attr: str, stack: str) -> Any:
@@ -342,6 +341,7 @@ def neuron_slices(model: nn.Module, ffn: FFNParts, neurons: list[int]) -> dict[s
 
 
 def num_neurons(model: nn.Module, ffn: FFNParts) -> int:
+    """The FFN's current width (the down projection's input features)."""
     return in_size(model.get_submodule(ffn.down))
 
 
