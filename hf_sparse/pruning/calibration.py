@@ -209,49 +209,79 @@ def find_blocks(model: nn.Module, modules: Mapping[str, nn.Module]) -> tuple[str
 
 
 class _StopForward(Exception):
-    """Raised by the hook on the first block once its inputs are captured: nothing after it needs to run."""
+    """Raised by the hook on the last block once its inputs are captured: nothing after it needs to run."""
+
+
+def _without_cache(kwargs: dict) -> dict:
+    # A block run again by hand must not grow a decoder's KV cache: calibration needs no cache.
+    kwargs = dict(kwargs)
+    for key in ("past_key_values", "past_key_value", "cache"):
+        if key in kwargs:
+            kwargs[key] = None
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor | None) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a block call with its hidden states (the first positional argument, or
+    ``hidden_states=``) replaced by ``hidden``."""
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+#: One batch's captured calls: block index -> ``(args, kwargs)``, and the batch's token mask.
+_Captured = tuple[dict[int, tuple[tuple, dict]], "torch.Tensor | None"]
 
 
 def _capture_block_inputs(
-    model: nn.Module, first_block: nn.Module, batches: Iterable[Mapping[str, Any]], progress: bool
-) -> list[tuple[tuple, dict, torch.Tensor | None]]:
-    """``(args, kwargs, token_mask)`` with which ``first_block`` is called, one per batch."""
-    captured: list[tuple[tuple, dict, torch.Tensor | None]] = []
-    current: dict[str, torch.Tensor | None] = {"mask": None}
+    model: nn.Module, blocks: nn.ModuleList, first: int, batches: Iterable[Mapping[str, Any]], progress: bool
+) -> list[_Captured]:
+    """The arguments every block from ``first`` on is called with in one pass of the (dense) model, per batch.
 
-    def hook(module, args, kwargs):
-        kwargs = dict(kwargs)
-        # A block run again by hand must not grow a decoder's KV cache: calibration needs no cache.
-        for key in ("past_key_values", "past_key_value", "cache"):
-            if key in kwargs:
-                kwargs[key] = None
-        if "use_cache" in kwargs:
-            kwargs["use_cache"] = False
-        captured.append((tuple(args), kwargs, current["mask"]))
-        raise _StopForward
+    The first block's call is kept whole. Of the later blocks' calls everything but the hidden states is kept
+    (those come from the already pruned block before, see :func:`calibrate_sequentially`): the arguments a model
+    computes once and hands to some layers only, or that differ from layer to layer, stay as the model passes
+    them: T5's relative position bias (made by its first layer), ModernBERT's and Gemma's local-attention masks
+    and rotary embeddings of the layers that use them.
+    """
+    captured: list[_Captured] = []
+    current: dict[int, tuple[tuple, dict]] = {}
+    last = len(blocks) - 1
+
+    def hook_for(i: int):
+        def hook(module, args, kwargs):
+            if i in current:  # a block called twice in one pass: its first call is the one in the layer order
+                return
+            args, kwargs = tuple(args), _without_cache(kwargs)
+            current[i] = (args, kwargs) if i == first else _with_hidden(args, kwargs, None)
+            if i == last:
+                raise _StopForward
+
+        return hook
 
     device = _model_device(model)
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [blocks[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in range(first, len(blocks))]
     try:
         for batch in tqdm(batches, desc="calibration inputs", disable=not progress, leave=False):
-            current["mask"] = _token_mask(batch)
+            current = {}
             try:
                 model(**_to_device(batch, device))
             except _StopForward:
                 pass
+            if first in current:
+                captured.append((current, _token_mask(batch)))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return captured
 
 
-def _run_block(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Run ``block`` and return the ``(args, kwargs)`` for the next block: the output hidden states replace the
-    input hidden states (the first positional argument, or ``hidden_states=``), everything else is reused."""
+def _block_output(block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states ``block`` returns for this call."""
     out = block(*args, **kwargs)
-    hidden = out[0] if isinstance(out, (tuple, list)) else out
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 PruneFn = Callable[[Mapping[str, nn.Linear], InputStats], None]
@@ -269,12 +299,15 @@ def calibrate_sequentially(
 ) -> dict[str, int]:
     """Calibrate and prune ``modules`` block by block, feeding each block the outputs of the already pruned ones.
 
-    The inputs of the first block that contains selected modules are captured once (the model is run up to it and
-    stopped). Then, for each block in order: hooks collect the statistics of its selected layers over all captured
-    inputs (the layers of one block are measured together, with the block still dense, as in the papers' reference
-    setup), ``prune_fn(block_modules, stats)`` prunes them, and the pruned block is run again to produce the inputs
-    of the next block. Selected modules outside the block list (a pooler, a head) are calibrated last, in one pass
-    of the whole (already pruned) model.
+    One pass of the dense model (stopped at the last block) captures the arguments each block is called with: the
+    first block that contains selected modules whole, the later ones without their hidden states, so the arguments
+    a model gives some layers only, or each layer its own, are the model's (T5's shared relative position bias,
+    the local-attention masks and rotary embeddings of ModernBERT's and Gemma's sliding-window layers). Then, for
+    each block in order: hooks collect the statistics of its selected layers over all captured inputs (the layers
+    of one block are measured together, with the block still dense, as in the papers' reference setup),
+    ``prune_fn(block_modules, stats)`` prunes them, and the pruned block is run again; its output, with the next
+    block's captured arguments, is the next block's input. Selected modules outside the block list (a pooler, a
+    head) are calibrated last, in one pass of the whole (already pruned) model.
 
     When the model has no ``nn.ModuleList`` of blocks holding at least two selected layers, or its family runs one
     layer's weights at every depth (ALBERT, see :mod:`hf_sparse.nn.roles`), everything is calibrated in one pass of
@@ -321,16 +354,18 @@ def calibrate_sequentially(
     batches = list(batches)  # iterated again below when some modules live outside the blocks
     tokens = 0
     with _EvalNoGrad(model):
-        inputs = _capture_block_inputs(model, blocks[first], batches, progress)
-        if not inputs:
+        captured = _capture_block_inputs(model, blocks, first, batches, progress)
+        if not captured:
             raise ConfigError("batches is empty: one-shot pruning needs at least one calibration batch.")
+        # Per batch: the (args, kwargs) of the block about to run; its hidden states are the previous block's output.
+        inputs = [(calls[first], mask) for calls, mask in captured]
         for i in tqdm(range(first, len(blocks)), desc=f"sequential pruning ({kind})", disable=not progress):
             block = blocks[i]
             chosen = per_block.get(i, {})
             if chosen:
                 collector = _Collector(chosen, kind)
                 try:
-                    for args, kwargs, mask in inputs:
+                    for (args, kwargs), mask in inputs:
                         collector.token_mask = mask
                         block(*args, **kwargs)
                         collector.stats.batches += 1
@@ -340,7 +375,14 @@ def calibrate_sequentially(
                     tokens = next(iter(collector.stats.tokens.values()), 0)
                 prune_fn(chosen, collector.stats)
             if i + 1 < len(blocks) and any(j > i for j in per_block):
-                inputs = [(*_run_block(block, args, kwargs), mask) for args, kwargs, mask in inputs]
+                following = []
+                for ((args, kwargs), mask), (calls, _) in zip(inputs, captured):
+                    hidden = _block_output(block, args, kwargs)
+                    # The next block's own arguments where the model called it, else this block's (a layer the
+                    # capture pass did not reach takes what its predecessor took).
+                    next_args, next_kwargs = calls.get(i + 1, (args, kwargs))
+                    following.append((_with_hidden(next_args, next_kwargs, hidden), mask))
+                inputs = following
     if outside:
         stats = collect_input_stats(model, batches, outside, kind, progress=progress)
         prune_fn(outside, stats)

@@ -29,7 +29,9 @@ from hf_sparse import (
     sparsify_,
 )
 from hf_sparse.integrations.peft import SparseLoraLinear, merge_lora, register_sparse_lora, stored_mask
+from hf_sparse.nn.matching import DEFAULT_EXCLUDE, match_linears
 from hf_sparse.pruning import wanda_prune_
+from hf_sparse.pruning.calibration import calibrate_sequentially, collect_input_stats
 from hf_sparse.testing import cpu_training_args, families
 
 FAMILIES = sorted(families.FAMILIES)
@@ -129,6 +131,25 @@ def test_wanda_keeps_half_of_every_output_row(family):
         weight = _out_in(model.get_submodule(name))
         assert torch.equal((weight == 0).sum(1), torch.full((weight.shape[0],), weight.shape[1] // 2)), name
     assert torch.isfinite(_logits(model, inputs)).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sequential_calibration_feeds_each_layer_what_the_model_feeds_it(family):
+    # With nothing pruned, the block-by-block statistics are those of one pass of the model: each block gets the
+    # arguments the model gives it (T5's shared position bias, ModernBERT's local-attention layers' masks and
+    # rotary embeddings; 24 tokens exceed its 8-token window).
+    model, inputs = families.tiny_model(family), families.tiny_inputs(family, seq_len=24)
+    modules = match_linears(model, (), DEFAULT_EXCLUDE)
+    want = collect_input_stats(model, [inputs], modules, "norms", progress=False)
+    seen = {}
+
+    def record(chosen, stats):
+        seen.update({name: stats.sums[name] for name in chosen})
+
+    calibrate_sequentially(model, [inputs], modules, "norms", record, progress=False)
+    assert set(seen) == set(modules)
+    for name in modules:
+        torch.testing.assert_close(seen[name], want.sums[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_albert_shared_layer_is_calibrated_at_every_depth_and_pruned_once():
