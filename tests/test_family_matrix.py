@@ -165,7 +165,7 @@ def cell_callback(family: str, tmp_path: Path) -> None:
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert cb.pruner.sparsity() == pytest.approx(0.5, abs=0.02)
     for name, mask in cb.pruner.masks.items():
-        weight = cb.pruner.modules[name].weight.detach()
+        weight = _weight_out_in(cb.pruner.modules[name])  # masks are (out, in), as for nn.Linear
         assert (weight[~mask] == 0).all(), name
 
 
