@@ -34,6 +34,7 @@ from ..attention.config import ATTENTION_NAME, CONFIG_KEY, SparseAttentionConfig
 from ..attention.families import (
     begin_forward,
     check_attention_kwargs,
+    family_name,
     is_cross_attention,
     layer_index_of,
     layer_selection_error,
@@ -206,6 +207,16 @@ def sparse_attention_forward(
         sq, skv = query.shape[2], key.shape[2]
         info = SparseMaskInfo(
             causal=causal, q_offset=skv - sq if causal else 0, kv_offset=0, q_length=sq, kv_length=skv
+        )
+    elif isinstance(attention_mask, torch.Tensor):
+        # transformers hands a 4-D mask given to the model straight to the layers, past the mask function: a custom
+        # mask or an additive (ALiBi-style) bias the pattern would have to be combined with.
+        kind = "an additive bias" if attention_mask.is_floating_point() else "a boolean mask"
+        raise ConfigError(
+            f"hf_sparse attention: {family_name(model_config)} ({type(module).__name__}) got {kind} of shape "
+            f"{tuple(attention_mask.shape)} as its attention mask (a 4-D mask passed to the model), which the sparse "
+            "attention implementation does not combine with its pattern and will not drop silently; pass the 2-D "
+            "padding mask (batch, length), or use attn_implementation='eager' or 'sdpa' for a custom mask."
         )
     else:
         raise ConfigError(
