@@ -1,7 +1,11 @@
 """Structured pruning of the real SmolLM2-135M (Llama architecture, 9 query heads sharing 3 key/value heads): one
-key/value group removed in two layers and 10% of the FFN neurons of every layer, saved and reloaded with
-``from_pretrained`` at the new sizes; the pruned model equals the original with the same units masked, its
-perplexity on real sentences stays finite and close, and cached generation agrees with uncached."""
+key/value group removed in two layers and 10% of the FFN neurons of every layer, ranked by first-order Taylor
+scores on a few real sentences, saved and reloaded with ``from_pretrained`` at the new sizes; the pruned model equals
+the original with the same units masked, its perplexity stays close to the original's, and cached generation agrees
+with uncached.
+
+(Weight magnitude is a poor neuron criterion for this model: removing the 2% smallest-norm neurons of layer 0 alone
+multiplies the perplexity by ~5, while Taylor scores keep it within ~10%.)"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import torch
 
 from hf_sparse.data import smollm2_path
 from hf_sparse.nn.structure import find_layers
-from hf_sparse.pruning.structured import neuron_magnitude_scores, prune_heads_, prune_neurons_
+from hf_sparse.pruning.structured import prune_heads_, prune_neurons_, taylor_scores
 
 pytestmark = pytest.mark.real
 
@@ -21,9 +25,13 @@ SENTENCES = [
 ]
 
 
+def _labels(batch):
+    return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+
 def _perplexity(model, batch) -> float:
     with torch.no_grad():
-        out = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100))
+        out = model(**batch, labels=_labels(batch))
     return float(torch.exp(out.loss))
 
 
@@ -40,11 +48,13 @@ def test_smollm2_loses_kv_groups_and_neurons_and_reloads(tmp_path):
     head_dim = config.hidden_size // config.num_attention_heads
     assert group == 3 and config.num_key_value_heads == 3
 
-    # group 1 (query heads 3-5) of layers 3 and 20; the 10% of each layer's neurons with the smallest weights
-    heads = {3: [3, 4, 5], 20: [3, 4, 5]}
-    scores = neuron_magnitude_scores(model)
+    # the least important key/value group of layers 3 and 20, and 10% of each layer's neurons
+    ppl_before = _perplexity(model, batch)
+    head_scores, neuron_scores = taylor_scores(model, [{**batch, "labels": _labels(batch)}])
+    assert head_scores[3].shape == (3,)  # one score per key/value group
+    heads = {i: [int(head_scores[i].argmin()) * group + j for j in range(group)] for i in (3, 20)}
     n_drop = config.intermediate_size // 10
-    neurons = {i: sorted(torch.argsort(s)[:n_drop].tolist()) for i, s in scores.items()}
+    neurons = {i: sorted(torch.argsort(s)[:n_drop].tolist()) for i, s in neuron_scores.items()}
 
     # the reference: the unpruned model with those heads' contexts and neurons' activations zeroed
     layers = model.model.layers
@@ -64,7 +74,6 @@ def test_smollm2_loses_kv_groups_and_neurons_and_reloads(tmp_path):
         for i, hs in heads.items()
     ]
     handles += [layers[i].mlp.down_proj.register_forward_pre_hook(zero(ns)) for i, ns in neurons.items()]
-    ppl_before = _perplexity(model, batch)
     with torch.no_grad():
         reference = model(**batch).logits
     for h in handles:
@@ -80,7 +89,7 @@ def test_smollm2_loses_kv_groups_and_neurons_and_reloads(tmp_path):
     # 30 layers of float32 matmuls of other shapes: roundoff, on logits of magnitude ~20
     torch.testing.assert_close(logits, reference, atol=1e-3, rtol=1e-4)
     ppl = _perplexity(model, batch)
-    assert torch.isfinite(torch.tensor(ppl)) and ppl < 4 * ppl_before, (ppl_before, ppl)
+    assert torch.isfinite(torch.tensor(ppl)) and ppl < 1.5 * ppl_before, (ppl_before, ppl)
 
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
