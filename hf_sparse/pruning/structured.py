@@ -449,7 +449,9 @@ class StructuredPruningConfig(BaseConfig):
             attention; T5 removes the same heads in every layer of a stack, ranked by their summed scores).
         neurons_fraction: fraction of FFN neurons to remove, in [0, 1].
         criterion: ``"magnitude"`` (L2 norm of the unit's weights, no data) or ``"taylor"`` (first-order Taylor,
-            ``|sum w * dL/dw|``, needs ``batches`` with labels: call :func:`structured_prune_` directly).
+            ``|sum w * dL/dw|``, needs ``batches`` with labels: call :func:`structured_prune_` directly). Prefer
+            ``"taylor"`` on pretrained decoders: weight norms can mislead there (SmolLM2-135M relies on some of its
+            smallest-norm FFN neurons; removing 2% of layer 0's by norm multiplies its perplexity by ~5).
         scope: ``"layer"`` removes the same fraction in every layer; ``"global"`` ranks units of all layers together
             after dividing each layer's scores by their L2 norm (scores of different layers have different scales).
         min_heads_per_layer: heads every layer keeps, at least 1 (a layer cannot lose all its heads; rounded up to
