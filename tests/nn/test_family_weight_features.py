@@ -5,6 +5,7 @@ identically; low-rank factorisation reloads identically; a LoRA merge keeps the 
 are refused, never pruned through the tie."""
 
 import copy
+import re
 import warnings
 
 import pytest
@@ -35,8 +36,9 @@ from hf_sparse.pruning.calibration import calibrate_sequentially, collect_input_
 from hf_sparse.testing import cpu_training_args, families
 
 FAMILIES = sorted(families.FAMILIES)
-#: One granularity per family (each granularity still meets every kind of layout); GPT-2 gets all three below.
+#: One criterion and granularity per family, every pair of them on some family; GPT-2 gets every pair below.
 GRANULARITY = {f: ("unstructured", "block", "nm")[i % 3] for i, f in enumerate(FAMILIES)}
+CRITERION = {f: ("magnitude", "wanda", "sparsegpt", "random")[i // 3 % 4] for i, f in enumerate(FAMILIES)}
 BLOCK = (2, 8)  # not square: a block laid along the wrong dimension would show
 
 
@@ -90,22 +92,10 @@ def _check_pruned(model, dense, pruner, granularity, inputs):
     torch.testing.assert_close(_logits(model, inputs), _logits(_masked_reference(dense, pruner.masks), inputs))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_magnitude_pruning_zeroes_the_masks_and_equals_the_masked_dense_model(family):
+def _prune_and_check(family: str, criterion: str, granularity: str) -> None:
     model, inputs = families.tiny_model(family), families.tiny_inputs(family)
     dense = copy.deepcopy(model)
-    pruner = Pruner(model, _prune_config(GRANULARITY[family]))
-    pruner.prune_to(0.5)
-    _check_pruned(model, dense, pruner, GRANULARITY[family], inputs)
-
-
-@pytest.mark.parametrize("granularity", ["unstructured", "block", "nm"])
-@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
-def test_gpt2_conv1d_masks_are_out_in_at_every_criterion_and_granularity(criterion, granularity):
-    model, inputs = families.tiny_model("gpt2"), families.tiny_inputs("gpt2")
-    dense = copy.deepcopy(model)
     pruner = Pruner(model, _prune_config(granularity, criterion=criterion))
-    assert any(isinstance(m, Conv1D) for m in pruner.modules.values())
     pruner.calibration = [inputs]
     pruner.prune_to(0.5)
     if criterion == "sparsegpt":  # the surviving weights are reconstructed: only the zeros follow the masks
@@ -113,6 +103,7 @@ def test_gpt2_conv1d_masks_are_out_in_at_every_criterion_and_granularity(criteri
             weight = _out_in(model.get_submodule(name))
             assert torch.equal(weight != 0, mask), name
             _check_pattern(weight, granularity)
+        assert torch.isfinite(_logits(model, inputs)).all()
     else:
         _check_pruned(model, dense, pruner, granularity, inputs)
     if criterion == "wanda" and granularity == "unstructured":  # Wanda compares within each output row
@@ -122,15 +113,15 @@ def test_gpt2_conv1d_masks_are_out_in_at_every_criterion_and_granularity(criteri
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_wanda_keeps_half_of_every_output_row(family):
-    model, inputs = families.tiny_model(family), families.tiny_inputs(family)
-    pruner = Pruner(model, PruningConfig(sparsity=0.5, schedule="oneshot", criterion="wanda"))
-    pruner.calibration = [inputs]
-    pruner.prune_to(0.5)
-    for name in pruner.modules:
-        weight = _out_in(model.get_submodule(name))
-        assert torch.equal((weight == 0).sum(1), torch.full((weight.shape[0],), weight.shape[1] // 2)), name
-    assert torch.isfinite(_logits(model, inputs)).all()
+def test_pruning_zeroes_the_masks_and_equals_the_masked_dense_model(family):
+    _prune_and_check(family, CRITERION[family], GRANULARITY[family])
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "block", "nm"])
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
+def test_gpt2_conv1d_masks_are_out_in_at_every_criterion_and_granularity(criterion, granularity):
+    assert isinstance(families.tiny_model("gpt2").transformer.h[0].mlp.c_fc, Conv1D)
+    _prune_and_check("gpt2", criterion, granularity)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -176,19 +167,48 @@ def test_an_output_layer_tied_to_the_embedding_is_refused(family):
     assert torch.equal(model.get_input_embeddings().weight, table)
 
 
+def _exactly(names) -> tuple[str, ...]:
+    return tuple(re.escape(n) for n in names)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sparsify_equals_the_pruned_dense_model_and_reloads_identically(family, tmp_path):
+def test_sparse_factorised_and_quantised_layers_compute_what_they_replace_and_reload_identically(family, tmp_path):
+    # A third of the Linear layers each: sparsify_ (pruned first), low rank, QAT; then one save and reload.
     model, inputs = families.tiny_model(family), families.tiny_inputs(family)
-    Pruner(model, _prune_config("unstructured", 0.6)).prune_to(0.6)
+    names = list(match_linears(model, (), DEFAULT_EXCLUDE))
+    sparse, factored, quantised = names[0::3], names[1::3], names[2::3]
+
+    Pruner(model, _prune_config("unstructured", 0.6, target_modules=_exactly(sparse))).prune_to(0.6)
     want = _logits(model, inputs)
-    decisions = sparsify_(model, format="csr", progress=False)
-    assert all(d.converted for d in decisions.values())
-    got = _logits(model, inputs)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
-    if family == "gpt2":  # the reload builds SparseLinear shells where the fresh model has Conv1D layers
+    decisions = sparsify_(model, format="csr", target_modules=_exactly(sparse), progress=False)
+    assert all(d.converted for d in decisions.values()) and set(decisions) == set(sparse)
+    torch.testing.assert_close(_logits(model, inputs), want, rtol=0, atol=1e-5)
+
+    reference = copy.deepcopy(model)
+    report = factorize_(model, LowRankConfig(rank=4, target_modules=_exactly(factored)), progress=False)
+    assert all("format" in report[n] for n in factored)
+    with torch.no_grad():  # the model with each weight replaced by its factors' product, by hand
+        for name in factored:
+            product = model.get_submodule(name).dense_weight()
+            target = reference.get_submodule(name)
+            target.weight.copy_(product.t() if isinstance(target, Conv1D) else product)
+    before_qat = _logits(model, inputs)
+    torch.testing.assert_close(before_qat, _logits(reference, inputs), rtol=1e-4, atol=1e-5)
+
+    prepare_qat_(model, QuantizationConfig(target_modules=_exactly(quantised)))
+    fake = _logits(model, inputs)
+    # 8-bit weights, one scale per output row: close to the float model (a grid along the wrong axis is not)
+    assert (fake - before_qat).abs().max() <= 0.05 * before_qat.abs().max()
+    assert set(convert_(model)) == set(quantised)
+    converted = _logits(model, inputs)
+    torch.testing.assert_close(converted, fake, rtol=0, atol=1e-5)
+
+    if family == "gpt2":  # the reload builds the shells where the fresh model has Conv1D layers
         families.check_reload_in_fresh_process([(family, model, tmp_path)])
     else:
-        torch.testing.assert_close(_logits(_reload(model, tmp_path), inputs), got, rtol=0, atol=0)
+        reloaded = _reload(model, tmp_path)
+        assert {type(reloaded.get_submodule(n)).__name__ for n in names} == {"SparseLinear", "QuantLinear"}
+        torch.testing.assert_close(_logits(reloaded, inputs), converted, rtol=0, atol=0)
 
 
 def test_gpt2_pruned_in_place_saves_as_a_plain_gpt2_checkpoint(tmp_path):
@@ -202,37 +222,6 @@ def test_gpt2_pruned_in_place_saves_as_a_plain_gpt2_checkpoint(tmp_path):
     _check_pattern(stored.t(), "nm")
     assert isinstance(reloaded.transformer.h[0].mlp.c_fc, Conv1D)
     torch.testing.assert_close(_logits(reloaded, inputs), _logits(model, inputs), rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_qat_converts_and_reloads_identically(family, tmp_path):
-    model, inputs = families.tiny_model(family), families.tiny_inputs(family)
-    dense = _logits(model, inputs)
-    prepare_qat_(model, QuantizationConfig())
-    fake = _logits(model, inputs)
-    # 8-bit weights, one scale per output row: close to the float model (a grid along the wrong axis is not)
-    assert (fake - dense).abs().max() <= 0.05 * dense.abs().max()
-    convert_(model)
-    converted = _logits(model, inputs)
-    torch.testing.assert_close(converted, fake, rtol=0, atol=1e-5)
-    torch.testing.assert_close(_logits(_reload(model, tmp_path), inputs), converted, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_low_rank_equals_the_factor_product_and_reloads_identically(family, tmp_path):
-    model, inputs = families.tiny_model(family), families.tiny_inputs(family)
-    dense = copy.deepcopy(model)
-    report = factorize_(model, LowRankConfig(rank=4), progress=False)
-    factored = [n for n, e in report.items() if "format" in e]
-    assert factored
-    with torch.no_grad():  # the dense model with each weight replaced by its factors' product, by hand
-        for name in factored:
-            product = model.get_submodule(name).dense_weight()
-            target = dense.get_submodule(name)
-            target.weight.copy_(product.t() if isinstance(target, Conv1D) else product)
-    got = _logits(model, inputs)
-    torch.testing.assert_close(got, _logits(dense, inputs), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(_logits(_reload(model, tmp_path), inputs), got, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
