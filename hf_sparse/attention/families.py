@@ -4,16 +4,17 @@ The implementation was designed on BERT-like encoders; other families pass extra
 function (T5's relative position bias, Gemma 2's logit soft-capping, sinks ...), call it for cross-attention (BART,
 T5), have no layer index on their attention modules (DistilBERT, ALBERT), or never call it at all (DeBERTa-v2
 computes its disentangled attention in its own code). Each such case is either honoured or refused here with a
-:class:`~hf_sparse.errors.ConfigError` that names the family and the feature: the rule is that no argument that
-changes the result is ever dropped silently.
+:class:`~hf_sparse.nn.roles.UnsupportedFamilyError` (a ``ConfigError``) that names the family and the feature:
+the rule is that no argument that changes the result is ever dropped silently.
 """
 
 from __future__ import annotations
 
 import weakref
 
-from ..errors import ConfigError, quote
-from ..nn.roles import family_of, layer_lists, refuse
+from ..errors import quote
+from ..nn.roles import UnsupportedFamilyError, family_of, layer_lists, refuse
+from .config import ATTENTION_NAME
 
 __all__ = [
     "LAYER_INDEX_ATTR",
@@ -100,21 +101,30 @@ def _where(module) -> str:
     return f"{family_name(getattr(module, 'config', None))} ({type(module).__name__})"
 
 
+#: The feature named by the typed refusals (:class:`~hf_sparse.nn.roles.UnsupportedFamilyError`) of this module.
+FEATURE = f"sparse attention (attn_implementation={ATTENTION_NAME!r})"
+
+
+def _refuse(model_config, reason: str) -> UnsupportedFamilyError:
+    return UnsupportedFamilyError(family_name(model_config), FEATURE, reason)
+
+
 def check_attention_kwargs(module, kwargs: dict) -> None:
     """Raise when the attention call passes an argument that changes the result and that the implementation does
     not honour (e.g. ``sinks``); ``None`` values and the arguments in :data:`IGNORED_KWARGS` are fine.
 
     Raises:
-        ConfigError: names the family, the argument and what to use instead.
+        UnsupportedFamilyError: names the family, the argument and what to use instead.
     """
     for name, value in kwargs.items():
         if value is None or name in HONOURED_KWARGS or name in IGNORED_KWARGS:
             continue
         what = _KNOWN_UNSUPPORTED.get(name, f"the attention argument {quote(name)}")
-        raise ConfigError(
-            f"hf_sparse attention: {_where(module)} passes {what} (argument {quote(name)}), which the sparse "
-            "attention implementation does not support yet and will not drop silently; use "
-            "attn_implementation='eager' or 'sdpa' for this model."
+        raise _refuse(
+            getattr(module, "config", None),
+            f"{_where(module)} passes {what} (argument {quote(name)}), which the sparse attention implementation "
+            "does not support yet and will not drop silently; use attn_implementation='eager' or 'sdpa' for this "
+            "model.",
         )
 
 
@@ -149,7 +159,7 @@ def check_model_supported(model) -> None:
     model's config also says whether the switch took.
 
     Raises:
-        ConfigError: names the family.
+        UnsupportedFamilyError: names the family.
     """
     can_set = getattr(type(model), "_can_set_attn_implementation", None)
     supported = True
@@ -166,10 +176,11 @@ def check_model_supported(model) -> None:
         if str(getattr(model.config, "model_type", "")).startswith("deberta")
         else "attention"
     )
-    raise ConfigError(
-        f"hf_sparse attention: {family} ({type(model).__name__}) computes its {feature} in its own code, not through "
-        "transformers' AttentionInterface, so attn_implementation='hf_sparse' would never run and the model would "
-        "silently keep full attention; sparse attention does not support this family."
+    raise _refuse(
+        model.config,
+        f"{family} ({type(model).__name__}) computes its {feature} in its own code, not through transformers' "
+        "AttentionInterface, so attn_implementation='hf_sparse' would never run and the model would silently keep "
+        "full attention.",
     )
 
 
@@ -180,7 +191,7 @@ LAYER_INDEX_ATTR = "hf_sparse_layer_idx"
 _SELECTION = "sparse attention layer selection (SparseAttentionConfig.layers / layer_windows)"
 
 
-def layer_selection_error(model_config, where: str) -> ConfigError:
+def layer_selection_error(model_config, where: str) -> UnsupportedFamilyError:
     """The typed refusal of a layer selection on a family whose layers cannot be told apart: ALBERT runs one shared
     attention module as every layer; other modules without a layer index outside a forward pass of their model."""
     entry = family_of(_Configured(model_config))
@@ -193,11 +204,13 @@ def layer_selection_error(model_config, where: str) -> ConfigError:
             "or use attn_implementation='eager' or 'sdpa'.",
         )
     family = family_name(model_config)
-    return ConfigError(
-        f"hf_sparse attention: {family}'s attention modules ({where}) carry no layer index, so "
-        "SparseAttentionConfig(layers=...) / layer_windows cannot select layers (the pattern would apply to every "
-        "layer); leave layers and layer_windows empty to use the pattern in every layer, or use attn_implementation="
-        "'eager' or 'sdpa'."
+    return UnsupportedFamilyError(
+        family,
+        _SELECTION,
+        f"{family}'s attention modules ({where}) carry no layer index, and none could be given from the model's layer "
+        "list, so SparseAttentionConfig(layers=...) / layer_windows cannot select layers (the pattern would apply to "
+        "every layer); leave layers and layer_windows empty to use the pattern in every layer, or use "
+        "attn_implementation='eager' or 'sdpa'.",
     )
 
 

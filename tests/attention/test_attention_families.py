@@ -234,7 +234,9 @@ def test_a_layer_selection_on_albert_is_refused_naming_its_shared_layers():
 
 def test_deberta_v2_is_refused_and_nothing_is_recorded():
     model = _deberta()
-    with pytest.raises(ConfigError, match="DeBERTa-v2 .* disentangled .* not through transformers' Attention"):
+    with pytest.raises(
+        UnsupportedFamilyError, match="DeBERTa-v2 .* disentangled .* not through transformers' Attention"
+    ):
         apply_sparse_attention_(model, SHORT)
     assert not hasattr(model.config, CONFIG_KEY)
     assert getattr(model.config, "attn_implementation", None) is None
@@ -343,7 +345,7 @@ def test_an_unknown_argument_that_changes_the_result_is_refused(name):
     apply_sparse_attention_(model, COVER)
     module = model.bert.encoder.layer[0].attention.self
     q = k = v = torch.randn(1, 2, 4, 16)
-    with pytest.raises(ConfigError, match=f"BERT \\(BertSelfAttention\\) passes .*{name}"):
+    with pytest.raises(UnsupportedFamilyError, match=f"BERT \\(BertSelfAttention\\) passes .*{name}"):
         sparse_attention_forward(module, q, k, v, None, **{name: torch.zeros(2)})
     out, _ = sparse_attention_forward(module, q, k, v, None, **{name: None}, position_ids=torch.arange(4))
     assert out.shape == (1, 4, 2, 16)
