@@ -35,6 +35,14 @@ def _attn_implementation(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_attn_implementation", None)
 
 
+def _forward_options(model: nn.Module, **wanted) -> dict[str, Any]:
+    """The keyword options of ``wanted`` that ``model.forward`` takes (by name, or through ``**kwargs``); a model
+    with a plain signature (a recommender) is not handed options it would reject."""
+    params = inspect.signature(model.forward).parameters
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in wanted.items() if k in params or var_kw}
+
+
 def _is_seq2seq(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
@@ -328,12 +336,14 @@ class Distiller:
                 return {"logits": cached["logits"], "hidden": hidden, "attentions": {}}
         device = next(self.teacher.parameters()).device
         feed = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feed.items()}
-        out = self.teacher(
-            **feed,
-            output_hidden_states=bool(self.teacher_hidden),
-            output_attentions=self.config.needs_attentions,
-            return_dict=True,
-        )
+        options = {"return_dict": True}
+        if self.teacher_hidden:
+            options["output_hidden_states"] = True
+        if self.config.needs_attentions:
+            options["output_attentions"] = True
+        if "logits_to_keep" not in feed and "logits_to_keep" in inspect.signature(self.teacher.forward).parameters:
+            options["logits_to_keep"] = 0  # every position (a model may keep none by default when given labels)
+        out = self.teacher(**feed, **_forward_options(self.teacher, **options))
         self.teacher_calls += 1
         hidden = {
             (p, j): _stack_output(out, p, "hidden_states", self.teacher)[j].float() for p, j in self.teacher_hidden
@@ -403,10 +413,16 @@ class Distiller:
             kwargs["decoder_input_ids"] = feed["decoder_input_ids"]
         masks = self._masks(feed, kwargs.get("labels"))
         self._pending = {"feed": feed, "masks": masks, "num_items": kwargs.get("num_items_in_batch")}
+        if kwargs.get("logits_to_keep") is None and "logits_to_keep" in self._forward_signature.parameters:
+            # Logits at every position, as the teacher's: a model given labels may keep none by default (SASRec).
+            kwargs["logits_to_keep"] = 0
+        flags = {}
         if self.teacher_hidden:
-            kwargs["output_hidden_states"] = True
+            flags["output_hidden_states"] = True
         if self.config.needs_attentions:
-            kwargs["output_attentions"] = True
+            flags["output_attentions"] = True
+        # A forward without these options is refused by name where the missing outputs are read (_stack_output).
+        kwargs.update(_forward_options(module, **flags))
         return args, kwargs
 
     def _post_forward(self, module, args, kwargs, output):
