@@ -94,7 +94,10 @@ _KNOWN_UNSUPPORTED = {
 def family_name(model_config) -> str:
     """A readable family name for messages: ``T5``, ``DistilBERT`` ... (the config's ``model_type`` otherwise)."""
     model_type = getattr(model_config, "model_type", None) or "this model"
-    return _FAMILY_NAMES.get(model_type, model_type)
+    if model_type in _FAMILY_NAMES:
+        return _FAMILY_NAMES[model_type]
+    entry = family_of(_Configured(model_config))
+    return entry.family if entry is not None else model_type
 
 
 def _where(module) -> str:
