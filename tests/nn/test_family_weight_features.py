@@ -153,7 +153,7 @@ def test_albert_shared_layer_is_calibrated_at_every_depth_and_pruned_once():
     assert len(names) == len(set(names)) and all("albert_layers.0." in n for n in names)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "t5", "bart"])
+@pytest.mark.parametrize("family", ["gpt2", "gemma2", "t5", "bart"])
 def test_an_output_layer_tied_to_the_embedding_is_refused(family):
     model = families.tiny_model(family)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
