@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, quote
-from ..nn.roles import family_of
+from ..nn.roles import family_of, layer_lists
 
 __all__ = ["InputStats", "collect_input_stats", "find_blocks", "calibrate_sequentially"]
 
@@ -299,14 +299,17 @@ def calibrate_sequentially(
 ) -> dict[str, int]:
     """Calibrate and prune ``modules`` block by block, feeding each block the outputs of the already pruned ones.
 
-    One pass of the dense model (stopped at the last block) captures the arguments each block is called with: the
-    first block that contains selected modules whole, the later ones without their hidden states, so the arguments
-    a model gives some layers only, or each layer its own, are the model's (T5's shared relative position bias,
-    the local-attention masks and rotary embeddings of ModernBERT's and Gemma's sliding-window layers). Then, for
-    each block in order: hooks collect the statistics of its selected layers over all captured inputs (the layers
+    The blocks are those of the family's layer lists (:func:`~hf_sparse.nn.roles.layer_lists`), list after list in
+    model order: a seq2seq encoder first, then its decoder, calibrated on what the pruned encoder gives it (a model
+    without a table entry: the ``nn.ModuleList`` holding the most selected modules, :func:`find_blocks`). For each
+    list, one pass of the model (stopped at the list's last block) captures the arguments each block is called
+    with: the first block that contains selected modules whole, the later ones without their hidden states, so the
+    arguments a model gives some layers only, or each layer its own, are the model's (T5's shared relative position
+    bias, the local-attention masks and rotary embeddings of ModernBERT's and Gemma's sliding-window layers). Then,
+    for each block in order: hooks collect the statistics of its selected layers over all captured inputs (the layers
     of one block are measured together, with the block still dense, as in the papers' reference setup),
     ``prune_fn(block_modules, stats)`` prunes them, and the pruned block is run again; its output, with the next
-    block's captured arguments, is the next block's input. Selected modules outside the block list (a pooler, a
+    block's captured arguments, is the next block's input. Selected modules outside the block lists (a pooler, a
     head) are calibrated last, in one pass of the whole (already pruned) model.
 
     When the model has no ``nn.ModuleList`` of blocks holding at least two selected layers, or its family runs one
@@ -329,29 +332,52 @@ def calibrate_sequentially(
     """
     _check_kind(kind)
     entry = family_of(model)
-    found = None if entry is not None and entry.shared_layers else find_blocks(model, modules)
-    if found is None:
+    lists: list[tuple[str, nn.ModuleList]] = []
+    if entry is not None and not entry.shared_layers:
+        # Every layer list of the family in model order (a seq2seq encoder before its decoder), so the decoder is
+        # calibrated on what the already pruned encoder gives it.
+        lists = [(n, ml) for n, ml in layer_lists(model, entry) if any(m.startswith(f"{n}.") for m in modules)]
+        if sum(1 for m in modules if any(m.startswith(f"{n}.") for n, _ in lists)) < 2:
+            lists = []
+    if not lists and (entry is None or not entry.shared_layers):
+        found = find_blocks(model, modules)
+        lists = [found] if found is not None else []
+    if not lists:
         stats = collect_input_stats(model, batches, modules, kind, progress=progress)
         prune_fn(modules, stats)
         return {"batches": stats.batches, "tokens": next(iter(stats.tokens.values()), 0)}
 
-    list_name, blocks = found
-    prefix = f"{list_name}." if list_name else ""
+    batches = list(batches)  # iterated once per layer list, and again for modules outside them
+    remaining = dict(modules)
+    result = {"batches": 0, "tokens": 0}
+    for list_name, blocks in lists:
+        prefix = f"{list_name}." if list_name else ""
+        per_block: dict[int, dict[str, nn.Module]] = {}
+        for name in list(remaining):
+            head = name[len(prefix) :].split(".", 1)[0] if name.startswith(prefix) else ""
+            if head.isdigit() and int(head) < len(blocks):
+                per_block.setdefault(int(head), {})[name] = remaining.pop(name)
+        if per_block:
+            done = _prune_blocks(model, blocks, per_block, batches, kind, prune_fn, progress)
+            result = {"batches": done["batches"], "tokens": result["tokens"] or done["tokens"]}
+    if remaining:
+        stats = collect_input_stats(model, batches, remaining, kind, progress=progress)
+        prune_fn(remaining, stats)
+    return result
 
-    def block_index(name: str) -> int | None:
-        if not name.startswith(prefix):
-            return None
-        head = name[len(prefix) :].split(".", 1)[0]
-        return int(head) if head.isdigit() and int(head) < len(blocks) else None
 
-    per_block: dict[int, dict[str, nn.Linear]] = {}
-    outside: dict[str, nn.Linear] = {}
-    for name, m in modules.items():
-        i = block_index(name)
-        (per_block.setdefault(i, {}) if i is not None else outside)[name] = m
-
+def _prune_blocks(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    per_block: dict[int, dict[str, nn.Module]],
+    batches: list,
+    kind: StatKind,
+    prune_fn: PruneFn,
+    progress: bool,
+) -> dict[str, int]:
+    """The block-by-block loop of :func:`calibrate_sequentially` over one list of blocks (``per_block``: the
+    selected modules of each block, by index)."""
     first = min(per_block)
-    batches = list(batches)  # iterated again below when some modules live outside the blocks
     tokens = 0
     with _EvalNoGrad(model):
         captured = _capture_block_inputs(model, blocks, first, batches, progress)
@@ -383,7 +409,4 @@ def calibrate_sequentially(
                     next_args, next_kwargs = calls.get(i + 1, (args, kwargs))
                     following.append((_with_hidden(next_args, next_kwargs, hidden), mask))
                 inputs = following
-    if outside:
-        stats = collect_input_stats(model, batches, outside, kind, progress=progress)
-        prune_fn(outside, stats)
     return {"batches": len(inputs), "tokens": tokens}

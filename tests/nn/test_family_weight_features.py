@@ -143,6 +143,27 @@ def test_sequential_calibration_feeds_each_layer_what_the_model_feeds_it(family)
         torch.testing.assert_close(seen[name], want.sums[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_sequential_calibration_runs_the_decoder_on_the_pruned_encoder(family):
+    model, inputs = families.tiny_model(family), families.tiny_inputs(family)
+    modules = match_linears(model, (), DEFAULT_EXCLUDE)
+    seen = {}
+
+    def prune_encoder(chosen, stats):
+        seen.update({name: stats.sums[name] for name in chosen})
+        with torch.no_grad():
+            for name, module in chosen.items():
+                if name.startswith(("encoder.", "model.encoder.")):
+                    module.weight.mul_(module.weight.abs() > module.weight.abs().median())
+
+    calibrate_sequentially(model, [inputs], modules, "norms", prune_encoder, progress=False)
+    # the decoder was calibrated on what the pruned encoder gives it: one pass of the final model agrees
+    decoder = {n: m for n, m in modules.items() if ".decoder." in f".{n}"}
+    want = collect_input_stats(model, [inputs], decoder, "norms", progress=False)
+    for name in decoder:
+        torch.testing.assert_close(seen[name], want.sums[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_albert_shared_layer_is_calibrated_at_every_depth_and_pruned_once():
     model, inputs = families.tiny_model("albert"), families.tiny_inputs("albert")
     depth = model.config.num_hidden_layers
