@@ -21,6 +21,7 @@ __all__ = [
     "check_sparse_attention",
     "record_input_ids",
     "recorded_input_ids",
+    "remove_sparse_attention_",
     "warn_pattern_not_running",
 ]
 
@@ -121,6 +122,19 @@ def apply_sparse_attention_(model: nn.Module, config: SparseAttentionConfig) -> 
     }
     layers = sorted(i for i in indices if i is not None and config.applies_to(i))
     return {"layers": layers, "pattern": repr(config.pattern_for(layers[0] if layers else None))}
+
+
+def remove_sparse_attention_(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
+    """Make ``model`` dense again, in place: the pattern record is removed from its config (and from the configs its
+    modules hold) and it runs ``attn_implementation``. A model that keeps the record while running another
+    implementation is warned about (see :func:`warn_pattern_not_running`); this is the way to mean it."""
+    for c in _model_configs(model):
+        if hasattr(c, CONFIG_KEY):
+            delattr(c, CONFIG_KEY)
+        if getattr(c, "attn_implementation", None) == ATTENTION_NAME:
+            delattr(c, "attn_implementation")
+    model.set_attn_implementation(attn_implementation)
+    return model
 
 
 def check_sparse_attention(model: nn.Module) -> bool:

@@ -11,6 +11,7 @@ implementation. A 4-D mask passed to the model is refused. Tiny models, about a 
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import hf_sparse  # noqa: F401  (registers the attention implementation)
 from hf_sparse import SparseAttentionConfig, apply_sparse_attention_
+from hf_sparse.attention import remove_sparse_attention_
 from hf_sparse.errors import ConfigError
 from hf_sparse.testing.families import FAMILIES, tiny_model
 
@@ -219,6 +221,15 @@ def test_a_checkpoint_loads_its_pattern_or_warns_loudly(family, tmp_path):
     with pytest.warns(UserWarning, match=r"SlidingWindow\(left=1.* NOT applied .*attn_implementation='hf_sparse'"):
         with torch.no_grad():
             torch.testing.assert_close(explicit(**inputs).logits, dense, rtol=1e-4, atol=1e-5)
+    # Made dense on purpose: no record, no warning, and a checkpoint that loads dense.
+    remove_sparse_attention_(loaded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**inputs).logits, dense, rtol=1e-4, atol=1e-5)
+    loaded.save_pretrained(tmp_path / "dense")
+    saved = json.loads((tmp_path / "dense" / "config.json").read_text())
+    assert "hf_sparse_attention" not in saved and saved.get("attn_implementation") != "hf_sparse"
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
