@@ -256,7 +256,11 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
 _NOT_APPLICABLE = {(f, "generate") for f, s in FAMILIES.items() if s.kind in ("encoder", "recommender")}
 
 #: Cells that raise :class:`~hf_sparse.nn.roles.UnsupportedFamilyError` on purpose, with the reason.
-REFUSED: dict[tuple[str, str], str] = {}
+REFUSED: dict[tuple[str, str], str] = {
+    ("deberta-v2", "attention"): "DeBERTa-v2 computes its disentangled (content-to-position) attention in its own "
+    "code, not through transformers' attention interface, so a registered implementation would never run",
+    ("sasrec", "attention"): "the recommender computes its causal attention in its own code",
+}
 
 #: family -> feature -> ``"yes"`` (numbers checked), ``"refused"`` (typed error) or ``"n/a"``.
 SUPPORT: dict[str, dict[str, str]] = {
