@@ -83,6 +83,11 @@ def _seq2seq_stack_maps(student: nn.Module, teacher: nn.Module, explicit) -> lis
     return [("encoder_", auto_layer_map(s_enc, t_enc)), ("decoder_", auto_layer_map(s_dec, t_dec))]
 
 
+def _key(prefix: str, index: int):
+    """The key of a teacher output: the index for a single stack, ``(stack, index)`` for an encoder-decoder model."""
+    return index if not prefix else (prefix, index)
+
+
 def _stack_output(out, prefix: str, what: str, model: nn.Module):
     """``out.<prefix><what>`` (``hidden_states``, ``encoder_attentions`` ...), refused by name when missing."""
     value = getattr(out, f"{prefix}{what}", None)
@@ -207,9 +212,12 @@ class Distiller:
         if cfg.hidden_weight > 0:
             teacher_hidden |= {(p, j + 1) for p, pairs in self._stack_pairs for _, j in pairs}
         teacher_hidden |= {(p, 0) for p in self._embedding_stacks}
-        #: (output prefix, index into the teacher's hidden states) of every teacher hidden state the terms use.
-        self.teacher_hidden = sorted(teacher_hidden)
-        if cfg.cache_dir and self.seq2seq and self.teacher_hidden:
+        # (output prefix, index into the teacher's hidden states) of every teacher hidden state the terms use.
+        self._teacher_hidden = sorted(teacher_hidden)
+        #: The teacher hidden states the terms use: indices into ``hidden_states`` (0 = embeddings, ``j + 1`` = output
+        #: of layer ``j``), what the teacher cache stores; ``(stack, index)`` pairs for an encoder-decoder model.
+        self.teacher_hidden = self._teacher_hidden if self.seq2seq else [j for _, j in self._teacher_hidden]
+        if cfg.cache_dir and self.seq2seq and self._teacher_hidden:
             raise refuse(
                 teacher,
                 "distillation with a teacher-output cache",
@@ -218,7 +226,7 @@ class Distiller:
                 "the logits only.",
             )
         self.cache = (
-            TeacherCache(cfg.cache_dir, teacher, [j for _, j in self.teacher_hidden]) if cfg.cache_dir else None
+            TeacherCache(cfg.cache_dir, teacher, [j for _, j in self._teacher_hidden]) if cfg.cache_dir else None
         )
         #: Divides the distillation terms when the Trainer normalises the task loss over an accumulated step itself
         #: (models that take ``num_items_in_batch``); set by :class:`~hf_sparse.DistillationCallback`.
@@ -319,8 +327,8 @@ class Distiller:
         built from them, see :meth:`_teacher_inputs`).
 
         Returns:
-            ``{"logits": (B, ...), "hidden": {(stack, j): (B, L, H)}, "attentions": {(stack, j): (B, Ht, L, L)}}``
-            (``stack`` is ``""``, or ``"encoder_"`` / ``"decoder_"`` for an encoder-decoder model).
+            ``{"logits": (B, ...), "hidden": {j: (B, L, H)}, "attentions": {j: (B, Ht, L, L)}}``; for an
+            encoder-decoder model the keys are ``(stack, j)`` with ``stack`` ``"encoder_"`` or ``"decoder_"``.
         """
         feed = self._teacher_inputs(inputs)
         return self._run_teacher(feed, self._masks(feed, inputs.get("labels")))
@@ -332,8 +340,7 @@ class Distiller:
             keys = example_keys(feed, masks.get("decoder_"))
             cached = self.cache.get(keys, mask, self._device(), logits_mask=masks["logits"])
             if cached is not None:
-                hidden = {("", j): h for j, h in cached["hidden"].items()}
-                return {"logits": cached["logits"], "hidden": hidden, "attentions": {}}
+                return {"logits": cached["logits"], "hidden": cached["hidden"], "attentions": {}}
         device = next(self.teacher.parameters()).device
         feed = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feed.items()}
         options = {"return_dict": True}
@@ -346,18 +353,19 @@ class Distiller:
         out = self.teacher(**feed, **_forward_options(self.teacher, **options))
         self.teacher_calls += 1
         hidden = {
-            (p, j): _stack_output(out, p, "hidden_states", self.teacher)[j].float() for p, j in self.teacher_hidden
+            _key(p, j): _stack_output(out, p, "hidden_states", self.teacher)[j].float()
+            for p, j in self._teacher_hidden
         }
         attentions = {}
         if self.config.needs_attentions:
             attentions = {
-                (p, j): _stack_output(out, p, "attentions", self.teacher)[j]
+                _key(p, j): _stack_output(out, p, "attentions", self.teacher)[j]
                 for p, pairs in self._stack_pairs
                 for _, j in pairs
             }
         result = {"logits": out.logits.float(), "hidden": hidden, "attentions": attentions}
         if self.cache is not None:
-            self.cache.put(keys, result["logits"], {j: h for (_, j), h in hidden.items()}, mask, masks["logits"])
+            self.cache.put(keys, result["logits"], hidden, mask, masks["logits"])  # single-stack: int keys
         return result
 
     def _device(self) -> torch.device:
@@ -476,7 +484,7 @@ class Distiller:
                     losses.append(
                         hidden_state_loss(
                             s_hidden[i + 1],
-                            teacher["hidden"][(prefix, j + 1)].to(s_hidden[i + 1].device),
+                            teacher["hidden"][_key(prefix, j + 1)].to(s_hidden[i + 1].device),
                             masks.get(prefix),
                             kind=cfg.hidden_loss,
                             projection=projection[self._projection_name(prefix, i)] if projection else None,
@@ -490,7 +498,7 @@ class Distiller:
                 losses.append(
                     embedding_loss(
                         s_emb,
-                        teacher["hidden"][(prefix, 0)].to(s_emb.device),
+                        teacher["hidden"][_key(prefix, 0)].to(s_emb.device),
                         masks.get(prefix),
                         kind=cfg.hidden_loss,
                         projection=projection[self._projection_name(prefix, None)] if projection else None,
@@ -511,7 +519,7 @@ class Distiller:
                     losses.append(
                         attention_loss(
                             s_att[i],
-                            teacher["attentions"][(prefix, j)].to(s_att[i].device),
+                            teacher["attentions"][_key(prefix, j)].to(s_att[i].device),
                             masks.get(prefix),
                             kind=cfg.attention_loss,
                         )

@@ -184,6 +184,7 @@ def test_encoder_layers_learn_from_encoder_layers_and_decoder_from_decoder(famil
     masks = d._masks(d._teacher_inputs(batch), batch["labels"])
     d.detach()
     assert set(teacher_out["hidden"]) == {("encoder_", 1), ("encoder_", 2), ("decoder_", 3)}
+    assert d.teacher_hidden == sorted(teacher_out["hidden"])
     from hf_sparse.distillation import hidden_state_loss
 
     expected = torch.stack(
