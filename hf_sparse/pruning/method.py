@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import ConfigError, quote
 from ..method import Method, RunContext, register_method
+from ..nn.linear_like import linear_weight
 from ..nn.matching import match_linears
 from .apply import prune_, select_modules
 from .config import PruningConfig
@@ -50,7 +51,7 @@ def _pruning_preflight(model, cfg: PruningConfig, where: str, info: dict) -> Non
     if cfg.granularity == "block":
         rows, cols = cfg.block
         for name, module in chosen.items():
-            out_f, in_f = module.weight.shape
+            out_f, in_f = linear_weight(module).shape
             if out_f % rows or in_f % cols:
                 raise ConfigError(
                     f"{where}pruning.block {list(cfg.block)} does not divide {name}'s weight ({out_f} x {in_f}); "

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, quote
+from ..nn.linear_like import linear_weight
 from .apply import Pruner
 from .config import PruningConfig
 from .criteria import CRITERIA
@@ -138,11 +139,11 @@ def _check_scores(scores: Mapping[str, torch.Tensor], modules: Mapping[str, nn.M
             "weight's shape) per layer the config selects."
         )
     for name, module in modules.items():
-        if tuple(scores[name].shape) != tuple(module.weight.shape):
+        shape = tuple(linear_weight(module).shape)  # (out, in), also for a Conv1D that stores (in, out)
+        if tuple(scores[name].shape) != shape:
             raise ConfigError(
                 f"sensitivity_scan: scores[{quote(name)}] has shape {tuple(scores[name].shape)}, expected the "
-                "weight's "
-                f"{tuple(module.weight.shape)}."
+                f"weight's {shape} (out, in)."
             )
 
 
@@ -221,7 +222,7 @@ def sensitivity_scan(
         weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
         return f"sparsity {sparsity}"
 
-    weights = {name: module.weight for name, module in pruner.modules.items()}
+    weights = {name: pruner.weight(name) for name in pruner.modules}  # (out, in) views: masks' orientation
     metrics = scan_layers(model, weights, levels, prune, evaluate, who="sensitivity_scan", progress=progress)
     return SensitivityScan(
         baseline=baseline, sparsities=levels, metrics=metrics, params=params, higher_is_better=higher_is_better

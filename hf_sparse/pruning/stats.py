@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from ..nn.linear_like import linear_weight
+
 __all__ = ["sparsity_report", "model_parameter_counts"]
 
 
@@ -14,7 +16,7 @@ def sparsity_report(modules: Mapping[str, nn.Module], target_sparsity: float | N
     layers = {}
     zeros = total = 0
     for name, m in modules.items():
-        w = m.weight.detach()
+        w = linear_weight(m).detach()  # (out, in) for a Conv1D too
         z = int((w == 0).sum())
         layers[name] = {
             "shape": list(w.shape),

@@ -254,3 +254,32 @@ def test_guarded_stages_follow_the_allocation():
     for name, sparsity in alloc.items():
         measured = float((getattr(model, name).weight == 0).float().mean())
         assert measured == pytest.approx(sparsity, abs=2e-3), name
+
+
+def test_scan_of_gpt2_conv1d_layers_prunes_the_weight_in_its_own_orientation():
+    """GPT-2 stores its projections (in, out): scores and masks are (out, in), so a scan in 1x4 blocks must remove
+    groups of 4 consecutive *input* weights of an output (a transposed mask would remove 4 outputs of an input)."""
+    from hf_sparse.nn.linear_like import linear_weight
+    from hf_sparse.testing.families import tiny_inputs, tiny_model
+
+    model, inputs = tiny_model("gpt2"), tiny_inputs("gpt2")
+    seen = []
+
+    def evaluate(m):
+        for name, module in m.named_modules():
+            if name == "transformer.h.0.attn.c_proj":
+                w = linear_weight(module)
+                groups = (w.reshape(w.shape[0], -1, 4) != 0).sum(-1)
+                seen.append((float((groups == 0).float().mean()), bool(((groups == 0) | (groups == 4)).all())))
+        with torch.no_grad():
+            return -float(m(**inputs, labels=inputs["input_ids"]).loss)
+
+    before = model.transformer.h[0].attn.c_proj.weight.detach().clone()
+    config = PruningConfig(
+        sparsity=0.5, granularity="block", block=(1, 4), target_modules=("transformer.h.0.attn.c_proj",)
+    )
+    scan = sensitivity_scan(model, config, evaluate, sparsities=(0.5,), progress=False)
+    assert list(scan.metrics) == ["transformer.h.0.attn.c_proj"]
+    assert seen[0] == (0.0, True)  # the dense baseline
+    assert seen[1][0] == pytest.approx(0.5, abs=0.01) and seen[1][1]  # half the input groups gone, whole
+    torch.testing.assert_close(model.transformer.h[0].attn.c_proj.weight, before)  # restored after the scan
