@@ -136,11 +136,14 @@ def cpu_flag_names(flags: list[str] | None = None, path: str | None = None) -> l
 
 
 def build_dir(path: str | None = None) -> Path:
-    """Cache folder of the build, keyed by the sources' content, the torch version and the compiler options of the
-    instruction-set path (default: :func:`isa_path`)."""
+    """Cache folder of the build, keyed by the sources' paths and content, the torch version and the compiler options
+    of the instruction-set path (default: :func:`isa_path`)."""
     digest = hashlib.sha256(torch.__version__.encode())
     digest.update(" ".join(cpu_flags(path=path)).encode())
     for src in [*_sources(), *_headers()]:
+        # the path too: the build files name the sources by absolute path, so two checkouts sharing one folder
+        # would make each rebuild everything whenever the other has built
+        digest.update(str(src.resolve()).encode())
         digest.update(src.read_bytes())
     base = Path(os.environ.get("HF_SPARSE_CACHE", Path.home() / ".cache" / "hf_sparse"))
     return base / "torch_extensions" / f"cpu-{digest.hexdigest()[:16]}"
@@ -305,6 +308,7 @@ def cuda_build_dir() -> Path:
     """Cache folder of the CUDA build, keyed by the sources' content, torch's and CUDA's versions and the archs."""
     digest = hashlib.sha256(f"{torch.__version__} {torch.version.cuda} {' '.join(cuda_archs())}".encode())
     for src in [*_cuda_sources(), *_cuda_headers()]:
+        digest.update(str(src.resolve()).encode())  # per checkout, as build_dir
         digest.update(src.read_bytes())
     base = Path(os.environ.get("HF_SPARSE_CACHE", Path.home() / ".cache" / "hf_sparse"))
     return base / "torch_extensions" / f"cuda-{digest.hexdigest()[:16]}"
