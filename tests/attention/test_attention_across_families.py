@@ -90,8 +90,8 @@ def _generate(model, ids, mask, use_cache):
         out = model.generate(
             ids,
             attention_mask=mask,
-            max_new_tokens=6,
-            min_new_tokens=6,
+            max_new_tokens=4,
+            min_new_tokens=4,
             do_sample=False,
             num_beams=1,
             use_cache=use_cache,
