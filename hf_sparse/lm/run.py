@@ -159,12 +159,12 @@ def _latency(model, ids: torch.Tensor, rounds: int) -> dict[str, Any]:
     ``ratio_vs_fp32``, ``dense_baselines_s``, ``skipped_baselines`` ...) and ``length``, ``sdpa_full_s`` (the fp32
     dense median), ``rounds_s`` (every round's times); ``speedup``, ``speedup_min`` and ``speedup_max`` are against
     fp32 sdpa, as in earlier reports."""
+    from ..attention import remove_sparse_attention_
     from ..benchmarking import interleave
     from ..jobs.training import dense_baselines, latency_record
 
     model.eval()
-    dense = copy.deepcopy(model)
-    dense.set_attn_implementation("sdpa")
+    dense = remove_sparse_attention_(copy.deepcopy(model))  # dense on purpose: the copy drops the pattern record
     inputs = {"input_ids": ids}
     baselines = dense_baselines(dense, inputs)
     calls = {"ours": lambda i: model(input_ids=ids), **baselines.timed(inputs)}
@@ -337,8 +337,7 @@ def _documents(recipe: LmRecipe, tokenizer, timings: dict) -> LmDocuments:
 def _anchor(model, recipe: LmRecipe, docs: LmDocuments, perplexity: dict, dense_logits, timings: dict) -> dict:
     """The correctness anchor: our attention with a window covering the whole sequence against sdpa's logits on
     the first held-out document; the model is dense again afterwards."""
-    from ..attention import SparseAttentionConfig, apply_sparse_attention_
-    from ..integrations.attention import CONFIG_KEY
+    from ..attention import SparseAttentionConfig, apply_sparse_attention_, remove_sparse_attention_
 
     longest = recipe.eval.longest
     logger.info("hf-sparse lm: correctness anchor, our attention with a window of %d tokens", longest)
@@ -361,8 +360,7 @@ def _anchor(model, recipe: LmRecipe, docs: LmDocuments, perplexity: dict, dense_
     }
     if not correctness["passed"]:
         logger.warning("hf-sparse lm: the correctness anchor FAILED: %s", correctness)
-    model.set_attn_implementation("sdpa")
-    delattr(model.config, CONFIG_KEY)  # the model is dense again, config included
+    remove_sparse_attention_(model)  # the model is dense again, config included
     timings["check_s"] = time.perf_counter() - t0
     return correctness
 
