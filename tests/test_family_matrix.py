@@ -43,6 +43,8 @@ from hf_sparse.testing.families import (
     FEATURES,
     SUPPORT,
     check_reload_in_fresh_process,
+    logits_of,
+    reload_in_process,
     support_table_markdown,
     tiny_inputs,
     tiny_model,
@@ -53,9 +55,6 @@ ATOL = 1e-5
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-def _logits(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs).logits
 
 
 def _weight_out_in(module: nn.Module) -> torch.Tensor:
@@ -66,11 +65,6 @@ def _weight_out_in(module: nn.Module) -> torch.Tensor:
 
 def _projections(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
-
-
-def _reload(model, folder: Path):
-    model.save_pretrained(folder)
-    return type(model).from_pretrained(folder).eval()
 
 
 def _untouched_roles(before: nn.Module, after: nn.Module) -> None:
@@ -152,7 +146,7 @@ def cell_pruning(family: str, tmp_path: Path) -> None:
                 assert bool(((tiles == 0) | (tiles == 16)).all()), (case, name)
         assert pruned >= 2, f"{case}: only {pruned} projections pruned"
         _untouched_roles(original, model)
-        assert torch.isfinite(_logits(model, inputs)).all()
+        assert torch.isfinite(logits_of(model, inputs)).all()
 
 
 def cell_callback(family: str, tmp_path: Path) -> None:
@@ -176,9 +170,9 @@ def cell_structured(family: str, tmp_path: Path) -> None:
     before = sum(p.numel() for p in model.parameters())
     structured_prune_(model, StructuredPruningConfig(heads_fraction=0.5, neurons_fraction=0.25))
     assert sum(p.numel() for p in model.parameters()) < before
-    logits = _logits(model, inputs)
+    logits = logits_of(model, inputs)
     assert torch.isfinite(logits).all()
-    torch.testing.assert_close(_logits(_reload(model, tmp_path), inputs), logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits_of(reload_in_process(model, tmp_path), inputs), logits, atol=ATOL, rtol=0)
     _generation_agrees(family, model, inputs)
 
 
@@ -201,9 +195,9 @@ def cell_student(family: str, tmp_path: Path) -> None:
         for key, value in original[0 if shared else keep[-1]].state_dict().items():
             torch.testing.assert_close(kept[key], value, msg=f"{name}: {key}")
     inputs = tiny_inputs(family)
-    logits = _logits(student, inputs)
+    logits = logits_of(student, inputs)
     assert torch.isfinite(logits).all()
-    torch.testing.assert_close(_logits(_reload(student, tmp_path), inputs), logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits_of(reload_in_process(student, tmp_path), inputs), logits, atol=ATOL, rtol=0)
 
 
 def cell_sparsify(family: str, tmp_path: Path) -> None:
@@ -211,11 +205,11 @@ def cell_sparsify(family: str, tmp_path: Path) -> None:
     model = tiny_model(family)
     inputs = tiny_inputs(family)
     _prune_magnitude(model, 0.6)
-    dense = _logits(model, inputs)
+    dense = logits_of(model, inputs)
     sparsify_(model, format="csr", min_sparsity=0.3, progress=False)
     assert any(isinstance(m, SparseLinear) for m in model.modules())
-    torch.testing.assert_close(_logits(model, inputs), dense, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(_logits(_reload(model, tmp_path), inputs), dense, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(logits_of(model, inputs), dense, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(logits_of(reload_in_process(model, tmp_path), inputs), dense, atol=ATOL, rtol=1e-4)
 
 
 def cell_attention(family: str, tmp_path: Path) -> None:
@@ -224,13 +218,13 @@ def cell_attention(family: str, tmp_path: Path) -> None:
     inputs = tiny_inputs(family)
     reference = tiny_model(family)
     reference.set_attn_implementation("eager")
-    want = _logits(reference, inputs)
+    want = logits_of(reference, inputs)
     model = tiny_model(family)
     apply_sparse_attention_(model, SparseAttentionConfig(window=64))
-    torch.testing.assert_close(_logits(model, inputs), want, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(logits_of(model, inputs), want, atol=ATOL, rtol=1e-4)
     short = tiny_model(family)
     apply_sparse_attention_(short, SparseAttentionConfig(window=1))
-    assert not torch.allclose(_logits(short, inputs), want, atol=1e-4)
+    assert not torch.allclose(logits_of(short, inputs), want, atol=1e-4)
     _generation_agrees(family, short, inputs)
 
 
@@ -239,11 +233,11 @@ def cell_qat(family: str, tmp_path: Path) -> None:
     model = tiny_model(family)
     inputs = tiny_inputs(family)
     prepare_qat_(model, QuantizationConfig())
-    fake = _logits(model, inputs)
+    fake = logits_of(model, inputs)
     convert_(model)
-    real = _logits(model, inputs)
+    real = logits_of(model, inputs)
     torch.testing.assert_close(real, fake, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(_logits(_reload(model, tmp_path), inputs), real, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(logits_of(reload_in_process(model, tmp_path), inputs), real, atol=ATOL, rtol=1e-4)
 
 
 def cell_distillation(family: str, tmp_path: Path) -> None:
@@ -269,11 +263,11 @@ def cell_lowrank(family: str, tmp_path: Path) -> None:
     """Low-rank factorisation at full rank equals the model; reload identical."""
     model = tiny_model(family)
     inputs = tiny_inputs(family)
-    want = _logits(model, inputs)
+    want = logits_of(model, inputs)
     factorize_(model, LowRankConfig(energy=1.0, min_rank=1, round_to=1), progress=False)
-    got = _logits(model, inputs)
+    got = logits_of(model, inputs)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
-    torch.testing.assert_close(_logits(_reload(model, tmp_path), inputs), got, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(logits_of(reload_in_process(model, tmp_path), inputs), got, atol=ATOL, rtol=1e-4)
 
 
 def cell_lora(family: str, tmp_path: Path) -> None:
@@ -296,7 +290,7 @@ def cell_lora(family: str, tmp_path: Path) -> None:
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     merged = merge_lora(peft_model, keep_pattern=True)
-    assert torch.isfinite(_logits(merged, inputs)).all()
+    assert torch.isfinite(logits_of(merged, inputs)).all()
     for name, mask in masks.items():
         layer = merged.get_submodule(name)
         assert isinstance(layer, SparseLinear), name

@@ -11,23 +11,13 @@ from torch import nn
 
 from ..errors import ConfigError, quote
 from .linear_like import is_linear_like
-from .roles import default_exclude
+from .roles import COMMON_TASK_HEADS, default_exclude
 
 __all__ = ["DEFAULT_EXCLUDE", "effective_exclude", "match_linears", "match_embeddings", "tied_weight_owners"]
 
 #: Module-name components that are never pruned by default: task heads, the pooler and embeddings. Matched against
 #: each dot-separated component of a module's qualified name (``bert.pooler.dense`` has the component ``pooler``).
-DEFAULT_EXCLUDE: tuple[str, ...] = (
-    "classifier",
-    "pre_classifier",
-    "pooler",
-    "lm_head",
-    "score",
-    "qa_outputs",
-    "cls",
-    "embeddings",
-    "embed_tokens",
-)
+DEFAULT_EXCLUDE: tuple[str, ...] = (*COMMON_TASK_HEADS, "embeddings", "embed_tokens")
 
 
 def effective_exclude(model: nn.Module, exclude_modules) -> tuple[str, ...]:

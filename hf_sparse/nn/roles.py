@@ -30,6 +30,7 @@ __all__ = [
     "UnsupportedFamilyError",
     "FamilyRoles",
     "FAMILY_ROLES",
+    "COMMON_TASK_HEADS",
     "GENERIC_TASK_HEADS",
     "GENERIC_EMBEDDINGS",
     "family_of",
@@ -52,8 +53,8 @@ class UnsupportedFamilyError(ConfigError):
         super().__init__(f"{text}: {reason}" if reason else f"{text}.")
 
 
-#: Task-head and embedding name components used for families without a table entry.
-GENERIC_TASK_HEADS: tuple[str, ...] = (
+#: Task-head name components of transformers' task models in general (the configs' default exclusions list them).
+COMMON_TASK_HEADS: tuple[str, ...] = (
     "classifier",
     "pre_classifier",
     "pooler",
@@ -61,8 +62,9 @@ GENERIC_TASK_HEADS: tuple[str, ...] = (
     "score",
     "qa_outputs",
     "cls",
-    "classification_head",
 )
+#: Task-head and embedding name components used for families without a table entry.
+GENERIC_TASK_HEADS: tuple[str, ...] = (*COMMON_TASK_HEADS, "classification_head")
 GENERIC_EMBEDDINGS: tuple[str, ...] = (
     "embeddings",
     "embed_tokens",

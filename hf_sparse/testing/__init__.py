@@ -22,17 +22,9 @@ __all__ = [
 
 def tiny_bert_config(**overrides) -> BertConfig:
     """A 2-layer BERT with hidden size 32: the same module names as MiniLM/BERT, seconds to train."""
-    kwargs = dict(
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    kwargs.update(overrides)
-    return BertConfig(**kwargs)
+    from .families import FAMILIES
+
+    return BertConfig(**{**FAMILIES["bert"].sizes, **overrides})
 
 
 def tiny_causal_lm(kind: str = "llama", seed: int = 0, **overrides):

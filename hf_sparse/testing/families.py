@@ -23,6 +23,8 @@ __all__ = [
     "SUPPORT",
     "tiny_model",
     "tiny_inputs",
+    "logits_of",
+    "reload_in_process",
     "support_table_markdown",
     "check_reload_in_fresh_process",
 ]
@@ -208,6 +210,18 @@ def tiny_model(family: str, seed: int = 0, *, dropout: bool = True, **overrides)
                 setattr(config, key, 0.0)
     torch.manual_seed(seed)
     return _class(spec.model_class)(config).eval()
+
+
+def logits_of(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """``model(**inputs).logits`` without gradients."""
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def reload_in_process(model: torch.nn.Module, folder) -> torch.nn.Module:
+    """``model`` saved to ``folder`` and loaded back with its class's ``from_pretrained``, in eval mode."""
+    model.save_pretrained(folder)
+    return type(model).from_pretrained(folder).eval()
 
 
 def tiny_inputs(family: str, batch: int = 2, seq_len: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -42,16 +42,6 @@ CRITERION = {f: ("magnitude", "wanda", "sparsegpt", "random")[i // 3 % 4] for i,
 BLOCK = (2, 8)  # not square: a block laid along the wrong dimension would show
 
 
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def _reload(model, folder):
-    model.save_pretrained(folder)
-    return type(model).from_pretrained(folder).eval()
-
-
 def _out_in(module: torch.nn.Module) -> torch.Tensor:
     # Written out here rather than through hf_sparse.nn.linear_like, so the test does not share the code it checks.
     return module.weight.detach().t() if isinstance(module, Conv1D) else module.weight.detach()
@@ -89,7 +79,8 @@ def _check_pruned(model, dense, pruner, granularity, inputs):
         assert bool((weight[~mask] == 0).all()), name
         _check_pattern(weight, granularity)
     assert pruner.sparsity() == pytest.approx(0.5, abs=0.02)
-    torch.testing.assert_close(_logits(model, inputs), _logits(_masked_reference(dense, pruner.masks), inputs))
+    reference = _masked_reference(dense, pruner.masks)
+    torch.testing.assert_close(families.logits_of(model, inputs), families.logits_of(reference, inputs))
 
 
 def _prune_and_check(family: str, criterion: str, granularity: str) -> None:
@@ -103,7 +94,7 @@ def _prune_and_check(family: str, criterion: str, granularity: str) -> None:
             weight = _out_in(model.get_submodule(name))
             assert torch.equal(weight != 0, mask), name
             _check_pattern(weight, granularity)
-        assert torch.isfinite(_logits(model, inputs)).all()
+        assert torch.isfinite(families.logits_of(model, inputs)).all()
     else:
         _check_pruned(model, dense, pruner, granularity, inputs)
     if criterion == "wanda" and granularity == "unstructured":  # Wanda compares within each output row
@@ -200,10 +191,10 @@ def test_sparse_factorised_and_quantised_layers_compute_what_they_replace_and_re
     sparse, factored, quantised = names[0::3], names[1::3], names[2::3]
 
     Pruner(model, _prune_config("unstructured", 0.6, target_modules=_exactly(sparse))).prune_to(0.6)
-    want = _logits(model, inputs)
+    want = families.logits_of(model, inputs)
     decisions = sparsify_(model, format="csr", target_modules=_exactly(sparse), progress=False)
     assert all(d.converted for d in decisions.values()) and set(decisions) == set(sparse)
-    torch.testing.assert_close(_logits(model, inputs), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(families.logits_of(model, inputs), want, rtol=0, atol=1e-5)
 
     reference = copy.deepcopy(model)
     report = factorize_(model, LowRankConfig(rank=4, target_modules=_exactly(factored)), progress=False)
@@ -213,36 +204,36 @@ def test_sparse_factorised_and_quantised_layers_compute_what_they_replace_and_re
             product = model.get_submodule(name).dense_weight()
             target = reference.get_submodule(name)
             target.weight.copy_(product.t() if isinstance(target, Conv1D) else product)
-    before_qat = _logits(model, inputs)
-    torch.testing.assert_close(before_qat, _logits(reference, inputs), rtol=1e-4, atol=1e-5)
+    before_qat = families.logits_of(model, inputs)
+    torch.testing.assert_close(before_qat, families.logits_of(reference, inputs), rtol=1e-4, atol=1e-5)
 
     prepare_qat_(model, QuantizationConfig(target_modules=_exactly(quantised)))
-    fake = _logits(model, inputs)
+    fake = families.logits_of(model, inputs)
     # 8-bit weights, one scale per output row: close to the float model (a grid along the wrong axis is not)
     assert (fake - before_qat).abs().max() <= 0.05 * before_qat.abs().max()
     assert set(convert_(model)) == set(quantised)
-    converted = _logits(model, inputs)
+    converted = families.logits_of(model, inputs)
     torch.testing.assert_close(converted, fake, rtol=0, atol=1e-5)
 
     if family == "gpt2":  # the reload builds the shells where the fresh model has Conv1D layers
         families.check_reload_in_fresh_process([(family, model, tmp_path)])
     else:
-        reloaded = _reload(model, tmp_path)
+        reloaded = families.reload_in_process(model, tmp_path)
         assert {type(reloaded.get_submodule(n)).__name__ for n in names} == {"SparseLinear", "QuantLinear"}
-        torch.testing.assert_close(_logits(reloaded, inputs), converted, rtol=0, atol=0)
+        torch.testing.assert_close(families.logits_of(reloaded, inputs), converted, rtol=0, atol=0)
 
 
 def test_gpt2_pruned_in_place_saves_as_a_plain_gpt2_checkpoint(tmp_path):
     model, inputs = families.tiny_model("gpt2"), families.tiny_inputs("gpt2")
     Pruner(model, _prune_config("nm")).prune_to(0.5)
-    reloaded = _reload(model, tmp_path)
+    reloaded = families.reload_in_process(model, tmp_path)
     assert "quantization_config" not in reloaded.config.to_dict()
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
         stored = f.get_tensor("transformer.h.0.mlp.c_fc.weight")
     assert tuple(stored.shape) == (64, 128)  # Conv1D layout (in, out), 2:4 along the input dimension
     _check_pattern(stored.t(), "nm")
     assert isinstance(reloaded.transformer.h[0].mlp.c_fc, Conv1D)
-    torch.testing.assert_close(_logits(reloaded, inputs), _logits(model, inputs), rtol=0, atol=0)
+    torch.testing.assert_close(families.logits_of(reloaded, inputs), families.logits_of(model, inputs), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -267,7 +258,7 @@ def test_lora_merge_on_sparse_layers_keeps_the_pattern(family):
         assert isinstance(layer, SparseLinear), name
         assert torch.equal(stored_mask(layer), mask), name
         torch.testing.assert_close(layer.dense_weight(), weight + mask * delta, rtol=1e-5, atol=1e-6)
-    assert torch.isfinite(_logits(merged, inputs)).all()
+    assert torch.isfinite(families.logits_of(merged, inputs)).all()
 
 
 def test_gpt2_dense_lora_merge_gives_conv1d_layers_that_save_as_gpt2(tmp_path):
@@ -281,13 +272,13 @@ def test_gpt2_dense_lora_merge_gives_conv1d_layers_that_save_as_gpt2(tmp_path):
             if hasattr(module, "lora_B"):
                 for lora_b in module.lora_B.values():
                     lora_b.weight.normal_(0, 0.1)
-    adapted = _logits(peft_model, inputs)
+    adapted = families.logits_of(peft_model, inputs)
     merged = merge_lora(peft_model, keep_pattern=False)
     assert isinstance(merged.transformer.h[0].attn.c_attn, Conv1D)
-    torch.testing.assert_close(_logits(merged, inputs), adapted, rtol=1e-5, atol=1e-5)
-    reloaded = _reload(merged, tmp_path)
+    torch.testing.assert_close(families.logits_of(merged, inputs), adapted, rtol=1e-5, atol=1e-5)
+    reloaded = families.reload_in_process(merged, tmp_path)
     assert "quantization_config" not in reloaded.config.to_dict()
-    torch.testing.assert_close(_logits(reloaded, inputs), adapted, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(families.logits_of(reloaded, inputs), adapted, rtol=1e-5, atol=1e-5)
 
 
 def test_gpt2_pruning_callback_sees_gradients_out_in_and_keeps_pruned_weights_at_zero(tmp_path):

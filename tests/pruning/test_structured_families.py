@@ -24,7 +24,14 @@ from hf_sparse.pruning.structured import (
     structured_prune_,
 )
 from hf_sparse.pruning.units import shrink_masked_units_, unit_modules
-from hf_sparse.testing.families import FAMILIES, check_reload_in_fresh_process, tiny_inputs, tiny_model
+from hf_sparse.testing.families import (
+    FAMILIES,
+    check_reload_in_fresh_process,
+    logits_of,
+    reload_in_process,
+    tiny_inputs,
+    tiny_model,
+)
 
 ALL = list(FAMILIES)
 GENERATES = [f for f, s in FAMILIES.items() if s.kind in ("decoder", "seq2seq")]
@@ -36,16 +43,6 @@ DEPTH = {
     "distilbert": {"n_layers": 3},
     "gpt2": {"n_layer": 3},
 }
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def _reload(model, folder):
-    model.save_pretrained(folder)
-    return type(model).from_pretrained(folder).eval()
 
 
 def _greedy_agrees(family, model, inputs):
@@ -97,7 +94,7 @@ def _masked(model, inputs, heads, neurons):
     for key, ns in neurons.items():
         handles.append(model.get_submodule(layers[key].ffn.down).register_forward_pre_hook(zero(list(ns))))
     try:
-        return _logits(model, inputs)
+        return logits_of(model, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -124,13 +121,13 @@ def test_heads_and_neurons_shrink_equals_masking_and_reloads(family, tmp_path):
     neurons = {p.key: list(range(0, 60, 3)) for p in find_layers(model)}
     heads_before = {p.key: p.attention.sizes(model)[0] for p in find_layers(model)}
     reference = _masked(model, inputs, heads, neurons)
-    unmasked = _logits(model, inputs)
+    unmasked = logits_of(model, inputs)
     before = _n_params(model)
     left = prune_heads_(model, heads)
     assert left == {k: heads_before[k] - len(hs) for k, hs in heads.items()}
     prune_neurons_(model, neurons)
     assert _n_params(model) < before
-    _assert_equals_reference(_logits(model, inputs), reference, unmasked)
+    _assert_equals_reference(logits_of(model, inputs), reference, unmasked)
     layers = {p.key: p for p in find_layers(model)}
     for key in heads:
         hq, hkv = layers[key].attention.sizes(model)
@@ -139,10 +136,10 @@ def test_heads_and_neurons_shrink_equals_masking_and_reloads(family, tmp_path):
     assert len(structure["attention"]) == len(heads) and len(structure["ffn"]) == len(neurons)
     _greedy_agrees(family, model, inputs)
 
-    loaded = _reload(model, tmp_path)
+    loaded = reload_in_process(model, tmp_path)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     assert {n: tuple(p.shape) for n, p in loaded.named_parameters()} == shapes
-    torch.testing.assert_close(_logits(loaded, inputs), _logits(model, inputs), atol=0, rtol=0)
+    torch.testing.assert_close(logits_of(loaded, inputs), logits_of(model, inputs), atol=0, rtol=0)
     _greedy_agrees(family, loaded, inputs)
 
 
@@ -196,22 +193,22 @@ def test_albert_prunes_the_shared_layer_for_every_repetition():
     inputs = tiny_inputs("albert")
     assert [p.key for p in find_layers(model)] == [0]  # one shared layer, run config.num_hidden_layers times
     reference = _masked(model, inputs, {0: [3]}, {0: [1, 2]})
-    unchanged = _logits(model, inputs)
+    unchanged = logits_of(model, inputs)
     prune_heads_(model, {0: [3]})
     prune_neurons_(model, {0: [1, 2]})
-    _assert_equals_reference(_logits(model, inputs), reference, unchanged)
+    _assert_equals_reference(logits_of(model, inputs), reference, unchanged)
     with pytest.raises(ConfigError, match=r"layer indices \[1\] are out of range"):
         prune_heads_(model, {1: [0]})
 
 
 def test_t5_heads_are_tied_across_a_stack():
     model = tiny_model("t5", seed=0)
-    expected = _logits(model, tiny_inputs("t5"))
+    expected = logits_of(model, tiny_inputs("t5"))
     with pytest.raises(UnsupportedFamilyError, match=r"T5.*encoder stack must lose the same heads"):
         prune_heads_(model, {"encoder.0": [1]})
     with pytest.raises(UnsupportedFamilyError, match=r"T5.*keep the same heads in every layer"):
         unit_modules(model, "head")
-    torch.testing.assert_close(_logits(model, tiny_inputs("t5")), expected, atol=0, rtol=0)  # nothing changed
+    torch.testing.assert_close(logits_of(model, tiny_inputs("t5")), expected, atol=0, rtol=0)  # nothing changed
     report = structured_prune_(model, StructuredPruningConfig(heads_fraction=0.5))
     kept = {layer["layer"]: layer["heads_kept"] for layer in report["layers"]}
     assert kept["encoder.0"] == kept["encoder.1"] and kept["decoder.0"] == kept["decoder.1"]
@@ -238,7 +235,7 @@ def test_head_masks_on_grouped_query_attention_shrink_to_the_same_outputs():
     prune_(masked, PruningConfig(granularity="head", sparsity=0.5, scope="layer"), shrink=False)
     report = prune_(model, PruningConfig(granularity="head", sparsity=0.5, scope="layer"))
     assert report["shrunk"]["heads"] == {0: 2, 1: 2, 2: 2}  # one of two kv groups (two query heads) per layer
-    torch.testing.assert_close(_logits(model, inputs), _logits(masked, inputs), atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits_of(model, inputs), logits_of(masked, inputs), atol=ATOL, rtol=0)
     _greedy_agrees("qwen2", model, inputs)
 
 
@@ -273,25 +270,25 @@ def test_dropping_layers_equals_skipping_them_and_reloads(family, tmp_path):
     drop = _drops(family)
     lists = layer_lists(model)
     if family == "albert":  # one shared layer run 3 times: dropping one repetition is running it twice
-        reference = _logits(tiny_model(family, seed=1, num_hidden_layers=2), inputs)
+        reference = logits_of(tiny_model(family, seed=1, num_hidden_layers=2), inputs)
     else:
         handles = []
         for key in drop:
             stack, _, index = str(key).rpartition(".")
             modules = next(m for n, m in lists if not stack or stack in n.split("."))
             handles.append(modules[int(index)].register_forward_hook(_skip, with_kwargs=True))
-        reference = _logits(model, inputs)
+        reference = logits_of(model, inputs)
         for h in handles:
             h.remove()
-    unchanged = _logits(model, inputs)
+    unchanged = logits_of(model, inputs)
     assert sorted(drop_layers_(model, drop)) == sorted(drop)
-    _assert_equals_reference(_logits(model, inputs), reference, unchanged)
+    _assert_equals_reference(logits_of(model, inputs), reference, unchanged)
     for _, modules in layer_lists(model):
         indices = [sub.layer_idx for layer in modules for sub in layer.modules() if hasattr(sub, "layer_idx")]
         assert indices == sorted(indices) and (not indices or indices[-1] == len(modules) - 1)
     _greedy_agrees(family, model, inputs)
-    loaded = _reload(model, tmp_path)
-    torch.testing.assert_close(_logits(loaded, inputs), _logits(model, inputs), atol=0, rtol=0)
+    loaded = reload_in_process(model, tmp_path)
+    torch.testing.assert_close(logits_of(loaded, inputs), logits_of(model, inputs), atol=0, rtol=0)
     _greedy_agrees(family, loaded, inputs)
 
 
@@ -324,7 +321,8 @@ def test_student_from_teacher_cuts_any_family(family, tmp_path):
     student = student_from_teacher(teacher, keep_every=2)
     depths = [len(m) for _, m in layer_lists(student)]
     assert depths == [2] * len(depths) and _n_params(student) < _n_params(teacher)
-    torch.testing.assert_close(_logits(_reload(student, tmp_path), inputs), _logits(student, inputs), atol=0, rtol=0)
+    reloaded = reload_in_process(student, tmp_path)
+    torch.testing.assert_close(logits_of(reloaded, inputs), logits_of(student, inputs), atol=0, rtol=0)
     _greedy_agrees(family, student, inputs)
 
 
@@ -349,8 +347,8 @@ def test_t5_shrinks_only_heads_dead_in_every_layer_of_a_stack():
         model.encoder.block[0].layer[0].SelfAttention.o.weight[:, 8:16] = 0  # head 1 in both encoder layers
         model.encoder.block[1].layer[0].SelfAttention.o.weight[:, 8:16] = 0
         model.decoder.block[0].layer[0].SelfAttention.o.weight[:, 0:8] = 0  # head 0 in one decoder layer only
-    expected = _logits(model, inputs)
+    expected = logits_of(model, inputs)
     report = shrink_masked_units_(model)
     assert report["heads"] == {"encoder.0": 3, "encoder.1": 3}
     assert model.decoder.block[0].layer[0].SelfAttention.n_heads == 4
-    torch.testing.assert_close(_logits(model, inputs), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits_of(model, inputs), expected, atol=ATOL, rtol=0)
