@@ -13,7 +13,7 @@ from __future__ import annotations
 import weakref
 
 from ..errors import quote
-from ..nn.roles import UnsupportedFamilyError, family_of, layer_lists, refuse
+from ..nn.roles import UnsupportedFamilyError, family_display_name, family_of, layer_lists, refuse
 from .config import ATTENTION_NAME
 
 __all__ = [
@@ -30,22 +30,6 @@ __all__ = [
     "check_layer_selection",
     "layer_selection_error",
 ]
-
-# Display names of the families the messages mention most (else the config's model_type).
-_FAMILY_NAMES = {
-    "bert": "BERT",
-    "t5": "T5",
-    "mt5": "mT5",
-    "bart": "BART",
-    "mbart": "mBART",
-    "gemma2": "Gemma2",
-    "gemma3_text": "Gemma3",
-    "deberta": "DeBERTa",
-    "deberta-v2": "DeBERTa-v2",
-    "distilbert": "DistilBERT",
-    "albert": "ALBERT",
-    "llama": "Llama",
-}
 
 #: Keyword arguments of the attention call the implementation uses (see ``sparse_attention_forward``).
 HONOURED_KWARGS = frozenset({"position_bias", "softcap", "sliding_window", "is_causal"})
@@ -93,11 +77,10 @@ _KNOWN_UNSUPPORTED = {
 
 def family_name(model_config) -> str:
     """A readable family name for messages: ``T5``, ``DistilBERT`` ... (the config's ``model_type`` otherwise)."""
-    model_type = getattr(model_config, "model_type", None) or "this model"
-    if model_type in _FAMILY_NAMES:
-        return _FAMILY_NAMES[model_type]
-    entry = family_of(_Configured(model_config))
-    return entry.family if entry is not None else model_type
+    model_type = getattr(model_config, "model_type", None)
+    if not model_type:
+        return "this model"
+    return family_display_name(_Configured(model_config)) if family_of(_Configured(model_config)) else model_type
 
 
 def _where(module) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "GENERIC_EMBEDDINGS",
     "family_of",
     "family_display_name",
+    "MODEL_TYPE_NAMES",
     "roles_for",
     "default_exclude",
     "module_role",
@@ -332,10 +333,31 @@ def family_of(model: nn.Module) -> FamilyRoles | None:
     return _BY_TYPE.get(_model_type(model))
 
 
+#: Display names of model types an entry covers under another family's name (a Gemma 2 model has Llama's layout).
+MODEL_TYPE_NAMES: dict[str, str] = {
+    "roberta": "RoBERTa",
+    "xlm-roberta": "XLM-RoBERTa",
+    "electra": "ELECTRA",
+    "camembert": "CamemBERT",
+    "deberta": "DeBERTa",
+    "mistral": "Mistral",
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "gemma": "Gemma",
+    "gemma2": "Gemma2",
+    "gemma3_text": "Gemma3",
+    "mt5": "mT5",
+    "mbart": "mBART",
+}
+
+
 def family_display_name(model: nn.Module) -> str:
-    """A name for messages: the entry's display name with the model type, the model type, or the class name."""
+    """A name for messages: the model type's own name (``Gemma2``), the entry's display name (with the model type
+    when they differ), the model type, or the class name."""
     entry = family_of(model)
     model_type = _model_type(model)
+    if model_type in MODEL_TYPE_NAMES:
+        return MODEL_TYPE_NAMES[model_type]
     if entry is not None:
         return entry.family if model_type.lower() == entry.family.lower() else f"{entry.family} ({model_type})"
     return quote(model_type) if model_type else type(model).__name__
