@@ -73,7 +73,7 @@ _LAZY: dict[str, str] = {
     "apply_": ".apply",
     "Method": ".method",
     "register_method": ".method",
-    "METHODS": ".method:METHOD_REGISTRY",
+    "METHODS": ".apply:METHODS",  # through apply: its import registers the built-in methods
     "SparseAttentionConfig": ".attention",
     "apply_sparse_attention_": ".attention",
     "LowRankConfig": ".lowrank",

@@ -16,11 +16,14 @@ from .distillation import method as _distillation  # noqa: F401
 from .embeddings import method as _embeddings  # noqa: F401
 from .errors import ConfigError
 from .lowrank import method as _lowrank  # noqa: F401
-from .method import method_for
+from .method import METHOD_REGISTRY, method_for
 from .pruning import method as _pruning  # noqa: F401
 from .quantization import method as _quantization  # noqa: F401
 
-__all__ = ["apply_"]
+__all__ = ["apply_", "METHODS"]
+
+#: Every registered method, the built-in ones included (importing this module registers them).
+METHODS = METHOD_REGISTRY
 
 
 def apply_(model: nn.Module, config: BaseConfig, **kwargs: Any) -> Any:
