@@ -16,7 +16,7 @@ from ..nn.roles import layer_lists, refuse, roles_for
 from .cache import NON_INPUT_KEYS, TeacherCache, example_keys
 from .config import DistillationConfig
 from .losses import attention_loss, combine_losses, embedding_loss, hidden_state_loss, kd_loss
-from .students import auto_layer_map, freeze_teacher, layer_map_for
+from .students import auto_layer_map, freeze_teacher, kept_layers_by_stack, layer_map_for
 
 __all__ = ["PROJECTIONS_ATTR", "Distiller", "stack_layer_maps"]
 
@@ -80,7 +80,15 @@ def _seq2seq_stack_maps(student: nn.Module, teacher: nn.Module, explicit) -> lis
                 f"decoder: [0, {t_dec - 1}]) or -1; got {explicit}."
             )
         return [("encoder_", enc), ("decoder_", dec)]
-    return [("encoder_", auto_layer_map(s_enc, t_enc)), ("decoder_", auto_layer_map(s_dec, t_dec))]
+    # a student cut by student_from_teacher learns from the layers it kept (when the teacher is the uncut model)
+    kept = kept_layers_by_stack(student) or {}
+    cut_teacher = kept_layers_by_stack(teacher)
+    maps = []
+    for (stack, _), s_n, t_n in zip(layer_lists(student), (s_enc, s_dec), (t_enc, t_dec)):
+        mine = next((v for k, v in kept.items() if k in stack.split(".")), None)
+        usable = mine is not None and not cut_teacher and len(mine) == s_n and all(0 <= j < t_n for j in mine)
+        maps.append(list(mine) if usable else auto_layer_map(s_n, t_n))
+    return [("encoder_", maps[0]), ("decoder_", maps[1])]
 
 
 def _key(prefix: str, index: int):

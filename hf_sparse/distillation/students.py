@@ -13,7 +13,15 @@ from ..nn.roles import UnsupportedFamilyError, layer_lists, refuse, roles_for
 from ..nn.structure import find_layers, stack_names
 from ..pruning.structured import _dropped_so_far, drop_layers_
 
-__all__ = ["auto_layer_map", "freeze_teacher", "layer_map_for", "student_from_teacher", "teacher_snapshot"]
+__all__ = [
+    "KEPT_LAYERS_KEY",
+    "kept_layers_by_stack",
+    "auto_layer_map",
+    "freeze_teacher",
+    "layer_map_for",
+    "student_from_teacher",
+    "teacher_snapshot",
+]
 
 FEATURE = "student_from_teacher"
 
@@ -86,6 +94,7 @@ def student_from_teacher(
     if (keep_every is None) == (keep_layers is None):
         raise ConfigError("student_from_teacher: give exactly one of keep_every=k or keep_layers=[...].")
     drop: list = []
+    kept_by_stack: dict[str, list[int]] = {}
     for stack_name, n in _depths(teacher, stack, keep_layers is not None).items():
         if keep_every is not None:
             if not (isinstance(keep_every, int) and 1 <= keep_every <= n):
@@ -102,16 +111,37 @@ def student_from_teacher(
                 )
         gone = [i for i in range(n) if i not in keep]
         drop += [f"{stack_name}.{i}" for i in gone] if stack_name else gone
+        kept_by_stack[stack_name] = keep
     student = copy.deepcopy(teacher)
     try:
         drop_layers_(student, drop)
     except UnsupportedFamilyError as exc:
         reason = f"removing layers {drop} is refused: {exc} Choose keep_layers instead."
         raise refuse(teacher, FEATURE, reason) from None
+    if "" not in kept_by_stack:  # seq2seq: the kept layers of each stack, for the Distiller's layer maps
+        record = dict(kept_layers_by_stack(teacher) or {})
+        for stack_name, keep in kept_by_stack.items():
+            before = record.get(stack_name)  # a student of a student: indices of the first teacher
+            record[stack_name] = [before[i] for i in keep] if before else keep
+        setattr(student.config, KEPT_LAYERS_KEY, record)
     student.train(teacher.training)
     for p in student.parameters():
         p.requires_grad_(True)
     return student
+
+
+#: The config attribute (saved in config.json) where a seq2seq student records, per layer list, the teacher layers
+#: it kept (single-stack students record the dropped ones in ``quantization_config.structure``).
+KEPT_LAYERS_KEY = "hf_sparse_kept_layers"
+
+
+def kept_layers_by_stack(model: nn.Module) -> dict[str, list[int]] | None:
+    """The teacher layers a seq2seq student made by :func:`student_from_teacher` kept, per layer list
+    (``{"encoder": [1, 3], "decoder": [1, 3]}``), or None."""
+    record = getattr(getattr(model, "config", None), KEPT_LAYERS_KEY, None)
+    if not isinstance(record, dict):
+        return None
+    return {str(k): [int(i) for i in v] for k, v in record.items() if isinstance(v, (list, tuple))}
 
 
 def freeze_teacher(teacher: nn.Module) -> nn.Module:

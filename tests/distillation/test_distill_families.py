@@ -253,3 +253,22 @@ def test_the_teacher_cache_keys_and_places_per_token_logits(family, tmp_path):
         )
         d.teacher_outputs(other)
         assert d.teacher_calls == 2
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_a_seq2seq_student_learns_from_the_layers_it_kept_also_after_reload(family, tmp_path):
+    from hf_sparse import student_from_teacher
+    from hf_sparse.distillation.apply import stack_layer_maps
+
+    depth = dict(num_layers=4, num_decoder_layers=4) if family == "t5" else dict(encoder_layers=4, decoder_layers=4)
+    teacher = tiny_model(family, **depth)
+    student = student_from_teacher(teacher, keep_layers=[0, 3], stack="encoder")
+    want = [("encoder_", [0, 3]), ("decoder_", [0, 1, 2, 3])]  # a uniform map would pair encoder layer 0 with 1
+    assert stack_layer_maps(student, teacher) == want
+    student.save_pretrained(tmp_path)
+    assert stack_layer_maps(type(student).from_pretrained(tmp_path), teacher) == want
+    # a student of that student keeps indices of the first teacher
+    grandchild = student_from_teacher(student, keep_layers=[1], stack="encoder")
+    assert stack_layer_maps(grandchild, teacher)[0] == ("encoder_", [3])
+    # with an explicit map the record is not used
+    assert stack_layer_maps(student, teacher, explicit=[1, 2, 0, 1, 2, 3])[0] == ("encoder_", [1, 2])
