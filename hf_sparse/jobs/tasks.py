@@ -99,5 +99,18 @@ register_task(
         resumable=True,
     )
 )
+def _load_causal_lm(path):
+    from ..lm.oneshot import load_causal_lm_recipe
+
+    return load_causal_lm_recipe(path)
+
+
+def _run_causal_lm(recipe, output_dir, *, recipe_source=None, resume=False):
+    from ..lm.oneshot import run_causal_lm
+
+    return run_causal_lm(recipe, output_dir, recipe_source=recipe_source)
+
+
 register_task(JobTask("recsys", _load_recsys, _run_recsys))
 register_task(JobTask("lm", _load_lm, _run_lm))
+register_task(JobTask("causal-lm", _load_causal_lm, _run_causal_lm))
