@@ -59,17 +59,56 @@ def _recipe_task(source: str | None) -> str | None:
     return recipe_task(data)
 
 
+def _user_recipe(args: argparse.Namespace) -> str | None:
+    """With ``--model`` / ``--data`` / ``--task`` / ``--column`` / ``--label-names``: the recipe to run (the given
+    one, or the task's starter recipe, with those values) written to ``<output>/recipe.yaml``, which the job later
+    replaces with the recipe resolved in full. None when none of them is given (the recipe runs as it is)."""
+    import yaml
+
+    from .jobs.starter import compose_recipe, parse_columns
+    from .recipe_yaml import read_recipe_yaml
+    from .resilience import atomic_write_text
+
+    if not any((args.model, args.data, args.task, args.column, args.label_names)):
+        return None
+    document = None
+    if args.recipe is not None:
+        document, _ = read_recipe_yaml(_recipe_file(args.recipe))
+        if not isinstance(document, dict):
+            raise ConfigError(f"{quote(args.recipe)} is not a recipe mapping; check it with `hf-sparse validate`.")
+    labels = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
+    doc = compose_recipe(
+        document,
+        task=args.task,
+        model=args.model,
+        data=args.data,
+        columns=parse_columns(args.column),
+        label_names=labels,
+    )
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "recipe.yaml"
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    print(f"hf-sparse compress: running the recipe written to {path}", flush=True)
+    return str(path)
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     import signal
 
     from .compress import run_compress
     from .recipes import DEFAULT_RECIPE, load_recipe
 
+    composed = _user_recipe(args)
+    if composed is not None:
+        args.recipe = composed
     task = _recipe_task(args.recipe)
     if task == "recsys":  # one command for every packaged recipe
         return _cmd_recsys(args)
     if task == "lm":
         return _cmd_lm(args)
+    if task == "causal-lm":
+        return _cmd_causal_lm(args)
     recipe = load_recipe(args.recipe)
     # A scheduler's SIGTERM stops the job like Ctrl-C: cleanly, naming the last good checkpoint.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -156,6 +195,33 @@ def _cmd_lm(args: argparse.Namespace) -> int:
             f"  latency at {lat['length']} tokens: ours {lat['ours_s']:.2f} s, sdpa {lat['sdpa_full_s']:.2f} s "
             f"({lat['speedup']:.2f}x)"
         )
+    return 0
+
+
+def _cmd_causal_lm(args: argparse.Namespace) -> int:
+    from .jobs.tasks import task_for
+
+    source = args.recipe
+    task = task_for("causal-lm")
+    report = task.run(task.load_recipe(_recipe_file(source)), args.output, recipe_source=source)
+    print(f"\nhf-sparse compress: report written to {args.output}/report.md")
+    for line in report.get("summary", ()):
+        print(f"  {line}")
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from .jobs.starter import starter_recipe_text
+
+    text = starter_recipe_text(args.task, model=args.model, data=args.data)
+    if args.output in (None, "-"):
+        print(text, end="")
+        return 0
+    path = Path(args.output)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{quote(str(path))} exists; choose another file or add --force to replace it.")
+    path.write_text(text, encoding="utf-8")
+    print(f"hf-sparse init: wrote a {args.task} starter recipe to {path}; check it with `hf-sparse validate {path}`")
     return 0
 
 
@@ -313,6 +379,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``--task`` takes (the aliases of :data:`hf_sparse.jobs.starter.TASK_ALIASES` are for recipes' ``task:``).
+_TASK_CHOICES = ("text-classification", "token-classification", "masked-lm", "causal-lm", "recsys")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse", description="Compress Hugging Face models: prune, measure.")
     parser.add_argument("--version", action="version", version=f"hf-sparse {__version__}")
@@ -340,7 +410,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hub-token", default=None, help="Hub token for --push-to-hub (default: the stored one)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repositories private")
+    g = p.add_argument_group(
+        "your own model and data (no recipe needed: the task's starter recipe is used, written to OUTPUT/recipe.yaml)"
+    )
+    g.add_argument(
+        "--model", default=None, help="model to compress: a local folder, a packaged alias or a cached Hub id"
+    )
+    g.add_argument(
+        "--data",
+        default=None,
+        help="data: a .csv/.tsv/.json/.jsonl/.parquet/.txt file, a save_to_disk folder or a cached Hub dataset id",
+    )
+    g.add_argument(
+        "--task",
+        default=None,
+        choices=_TASK_CHOICES,
+        help="the task (default: the recipe's, else text-classification)",
+    )
+    g.add_argument(
+        "--column",
+        action="append",
+        default=None,
+        metavar="ROLE=COLUMN",
+        help="which column holds a role, e.g. --column text=review --column label=stars (roles: text, text_pair, "
+        "label, tokens, tags, user, item, timestamp)",
+    )
+    g.add_argument(
+        "--label-names", default=None, help="class names in id order, comma-separated (default: from the data)"
+    )
     p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("init", help="write a commented starter recipe for a task (your model and data filled in)")
+    p.add_argument(
+        "--task", default="text-classification", choices=_TASK_CHOICES, help="the task (default: %(default)s)"
+    )
+    p.add_argument("--model", default=None, help="model to compress (a local folder, packaged alias or cached Hub id)")
+    p.add_argument("--data", default=None, help="the data (a file, a save_to_disk folder or a cached Hub dataset id)")
+    p.add_argument("--output", "-o", default=None, help="file to write (default: print it)")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
+    p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("sweep", help="accuracy of every criterion x granularity x sparsity of a recipe's sweep")
     p.add_argument(
