@@ -10,6 +10,7 @@ __all__ = [
     "HfSparseError",
     "ConfigError",
     "RecipeError",
+    "DataError",
     "MissingPackageError",
     "PruningStateError",
     "FormatError",
@@ -60,6 +61,34 @@ class ConfigError(HfSparseError, ValueError):
 
 class RecipeError(ConfigError):
     """A YAML recipe cannot be read or does not validate. The message names the file and the key's place in it."""
+
+
+class DataError(ConfigError):
+    """User data cannot be used: a file that cannot be read, a missing or ambiguous column, an empty file or split,
+    an unknown label, a missing or empty text, mixed value types in one column, a label column with one class,
+    token and tag lists of different lengths.
+
+    Raised while the data is loaded, before any model is built or trained. The message starts with where the problem
+    is (the file or data set, the column, the 1-based data row) and says what to change.
+
+    Attributes:
+        source: The file, folder, dataset id or split the problem is in (``None`` when it concerns no one source).
+        column: The column in the user's data (``None`` when the problem is not in one column).
+        row: The 1-based data row (the header of a CSV file is not counted; ``None`` when not about one row).
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, column: str | None = None, row: int | None = None):
+        self.source = source
+        self.column = column
+        self.row = row
+        where = []
+        if source is not None:
+            where.append(str(source))
+        if column is not None:
+            where.append(f"column {quote(column)}")
+        if row is not None:
+            where.append(f"row {row}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 
 class MissingPackageError(HfSparseError, ImportError):

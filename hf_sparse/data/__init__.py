@@ -4,6 +4,7 @@ from .long_text import load_long_documents
 from .models import MODEL_ALIASES, hub_id, minilm_l6_path, resolve_model, smollm2_gguf_path, smollm2_path
 from .movielens import load_movielens_100k
 from .rotten_tomatoes import LABEL_NAMES, load_rotten_tomatoes, stratified_subset
+from .user import USER_TASKS, UserData, load_user_data
 
 __all__ = [
     "MODEL_ALIASES",
@@ -17,4 +18,7 @@ __all__ = [
     "stratified_subset",
     "load_movielens_100k",
     "load_long_documents",
+    "USER_TASKS",
+    "UserData",
+    "load_user_data",
 ]
