@@ -9,6 +9,10 @@ soon as transformers' auto classes are imported (:mod:`hf_sparse.recsys.auto`), 
     model = sasrec_for_movielens(seed=42)
     train_recommender(model, splits, "out")
     evaluate_ranking(model, splits, split="test")  # {"hr@10": ..., "ndcg@10": ..., "users": 943}
+
+To train on your own interactions (one row per user, item and, optionally, timestamp), read them with
+``load_interactions("events.csv", columns={"user": "customer", "item": "product"})``; a saved model's
+``hf_sparse_item_ids.json`` (:func:`load_item_ids`) maps its item ids back to yours.
 """
 
 from .._import_hooks import lazy_attributes
@@ -22,11 +26,16 @@ _LAZY = {
     **dict.fromkeys(("SASRecForNextItem", "SASRecOutput", "SASRecPreTrainedModel"), ".modeling"),
     **dict.fromkeys(
         (
+            "ITEM_IDS_FILE",
+            "Interactions",
             "LeaveOneOutSplits",
             "NextItemCollator",
             "NextItemDataset",
             "item_frequencies",
+            "interactions_from_frame",
             "leave_one_out_split",
+            "load_interactions",
+            "load_item_ids",
             "movielens_splits",
         ),
         ".data",
@@ -43,6 +52,11 @@ __all__ = [
     "SASRecForNextItem",
     "SASRecOutput",
     "SASRecPreTrainedModel",
+    "ITEM_IDS_FILE",
+    "Interactions",
+    "interactions_from_frame",
+    "load_interactions",
+    "load_item_ids",
     "LeaveOneOutSplits",
     "NextItemDataset",
     "NextItemCollator",

@@ -1,18 +1,22 @@
-"""``hf-sparse recsys``: the MovieLens 100K recommender, dense and with each compressed item table, side by side.
+"""``hf-sparse recsys``: a next-item recommender (MovieLens 100K, or the user's own interactions file), dense and
+with each compressed item table, side by side.
 
-A :class:`RecsysRecipe` names the model, the dense training, and one run per compressed-table method
+A :class:`RecsysRecipe` names the data, the model, the dense training, and one run per compressed-table method
 (:class:`~hf_sparse.embeddings.TableCompression`: row-wise int8/4/2, hashing, QR, TT, row pruning, low rank, each
 optionally frequency-aware). :func:`run_recsys` trains the dense baseline, then each run: a copy of the trained
 model whose item table is compressed from the trained one (``init: fit``) and fine-tuned, or a fresh model with a
 compressed table trained from scratch (``init: random``). Every model is saved (``save_pretrained``), reloaded
 with ``from_pretrained`` and checked to rank identically; ``report.json`` and ``report.md`` hold HR@10 and
-NDCG@10 on the test users, ranked over all items, with the item table's memory beside the dense one.
+NDCG@10 on the test users, ranked over all items, with the item table's memory beside the dense one. Each saved
+model folder also holds the item id mapping (:data:`~hf_sparse.recsys.data.ITEM_IDS_FILE`: the data's own id of
+each model item id) and a model card (``README.md``) naming the data and its counts.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -29,14 +33,124 @@ from ..jobs.plan import RunPlan, Stage
 from ..jobs.report import machine_label, vs_best_dense
 from ..jobs.sections import check_latency_baselines
 from ..machine import machine_info
-from ..resilience import atomic_folder, confined_path, remove_stale_partials
+from ..resilience import atomic_folder, atomic_write_text, confined_path, remove_stale_partials
 
-__all__ = ["RecsysRecipe", "RecsysModelSection", "RecsysTrainSection", "run_recsys", "load_recsys_recipe"]
+__all__ = [
+    "RecsysRecipe",
+    "RecsysDataSection",
+    "RecsysModelSection",
+    "RecsysTrainSection",
+    "run_recsys",
+    "load_recsys_recipe",
+]
 
 logger = logging.getLogger(__name__)
 
 #: What ``hf-sparse recsys`` writes in its output folder besides the runs (a run's name must not be one of them).
 RECSYS_OUTPUTS = ("dense", "dense-continued", "trainer", "recipe.yaml", "report.json", "report.md")
+
+
+#: The roles a recsys recipe's ``data.columns`` maps.
+DATA_ROLES = ("user", "item", "timestamp")
+
+
+@register_config("recsys_data")
+@dataclasses.dataclass(frozen=True)
+class RecsysDataSection(BaseConfig):
+    """The interaction log (:func:`~hf_sparse.recsys.data.load_interactions`).
+
+    Args:
+        dataset: ``movielens-100k`` (the packaged MovieLens 100K ratings), or your own data: a CSV / TSV / JSON /
+            JSONL / parquet file or a folder written by ``save_to_disk`` (relative paths are relative to the
+            working directory), or a Hub dataset id present in the local cache. One row per interaction: a user, an
+            item (any string or integer ids) and, optionally, a timestamp (without one, the file's row order is the
+            time order).
+        files: ``{train: FILE}`` instead of ``dataset`` (the whole history is one table: the job splits each user's
+            history by time itself, so no other split is taken).
+        columns: role (``user``, ``item``, ``timestamp``) -> your column's name, for columns without a conventional
+            name (user/user_id/userId, item/item_id/movie_id/itemId, timestamp/time/ts).
+        min_interactions: users with fewer interactions are dropped (leave-one-out needs 3: one to train on, one to
+            validate, one to test).
+        min_item_count: items seen fewer times are dropped before the users are counted (1: keep every item).
+
+    Rows repeating an earlier row's (user, item, timestamp) are dropped as double-logged events; the same item at
+    another time is kept. The report says how many rows each rule dropped.
+    """
+
+    dataset: str = "movielens-100k"
+    files: dict[str, str] | None = None
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    min_interactions: int = 3
+    min_item_count: int = 1
+
+    def validate(self) -> None:
+        from .data import MOVIELENS_100K
+
+        if not self.dataset.strip():
+            raise ConfigError(
+                f"RecsysDataSection.dataset must name the data ({MOVIELENS_100K}, a file, a folder or a cached Hub "
+                "dataset id), got ''."
+            )
+        if self.files is not None:
+            if self.dataset != MOVIELENS_100K:
+                raise ConfigError(
+                    f"RecsysDataSection.files and RecsysDataSection.dataset ({quote(self.dataset)}) both name the "
+                    "data: give one of them."
+                )
+            if set(self.files) != {"train"}:
+                raise ConfigError(
+                    f"RecsysDataSection.files must be {{train: FILE}} (got keys {sorted(self.files)}): the "
+                    "recommender holds out each user's last two interactions for validation and test itself, so the "
+                    "whole history is one table."
+                )
+            if not self.files["train"].strip():
+                raise ConfigError("RecsysDataSection.files.train must name a file, got ''.")
+        unknown = sorted(set(self.columns) - set(DATA_ROLES))
+        if unknown:
+            raise ConfigError(
+                f"RecsysDataSection.columns has unknown roles {unknown}; the roles are {list(DATA_ROLES)} (role: your "
+                "column's name)."
+            )
+        if self.columns and self.uses_movielens:
+            raise ConfigError(
+                f"RecsysDataSection.columns apply to your own data; {MOVIELENS_100K} has fixed columns. Set "
+                "RecsysDataSection.dataset to your file."
+            )
+        if self.min_interactions < 3:
+            raise ConfigError(
+                f"RecsysDataSection.min_interactions must be >= 3 (one interaction to train on, one to validate, one "
+                f"to test), got {self.min_interactions}."
+            )
+        if self.min_item_count < 1:
+            raise ConfigError(
+                f"RecsysDataSection.min_item_count must be >= 1 (1: keep every item), got {self.min_item_count}."
+            )
+
+    @property
+    def uses_movielens(self) -> bool:
+        """The packaged MovieLens 100K (no file given)."""
+        from .data import MOVIELENS_100K
+
+        return self.files is None and self.dataset == MOVIELENS_100K
+
+    def source(self) -> str | dict[str, str]:
+        """What :func:`~hf_sparse.recsys.data.load_interactions` reads."""
+        return dict(self.files) if self.files is not None else self.dataset
+
+    def load(self):
+        """The interactions (:class:`~hf_sparse.recsys.data.Interactions`).
+
+        Raises:
+            DataError: the data cannot be read or too little of it is left (the message names file and column).
+        """
+        from .data import load_interactions
+
+        return load_interactions(
+            self.source(),
+            columns=self.columns or None,
+            min_interactions=self.min_interactions,
+            min_item_count=self.min_item_count,
+        )
 
 
 @register_config("recsys_model")
@@ -86,13 +200,15 @@ class RecsysTrainSection(BaseConfig):
 @register_config("recsys_recipe")
 @dataclasses.dataclass(frozen=True)
 class RecsysRecipe(BaseConfig):
-    """A recommender compression job on MovieLens 100K.
+    """A recommender compression job on MovieLens 100K or your own interactions.
 
     Args:
         task: ``recsys`` (what tells this recipe from a ``hf-sparse compress`` one).
         name: a label for the report.
         seed: initialisation, dropout and data order of every run.
-        users: train and evaluate on the first ``users`` users only (null: all 943; for quick checks).
+        data: the interaction log (default: MovieLens 100K).
+        users: train and evaluate on the first ``users`` users only (in order of first appearance in the data;
+            null: all of them; for quick checks).
         model: the SASRec model.
         dense: training of the dense baseline (and of every ``init: random`` run, from scratch).
         finetune: training of every ``init: fit`` run, starting from the trained dense model. With such runs, the
@@ -109,6 +225,7 @@ class RecsysRecipe(BaseConfig):
     task: Literal["recsys"] = "recsys"
     name: str = "movielens-sasrec"
     seed: int = 42
+    data: RecsysDataSection = dataclasses.field(default_factory=RecsysDataSection)
     users: int | None = None
     model: RecsysModelSection = dataclasses.field(default_factory=RecsysModelSection)
     dense: RecsysTrainSection = dataclasses.field(default_factory=RecsysTrainSection)
@@ -211,6 +328,16 @@ def _top10(model, splits, max_len: int) -> torch.Tensor:
     return logits.topk(10, dim=-1).indices
 
 
+def _save(model, folder: Path, item_ids: dict | None) -> None:
+    """``save_pretrained`` plus the item id mapping (the data's own id of each model item id), in one atomic folder."""
+    from .data import ITEM_IDS_FILE
+
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        if item_ids is not None:
+            (tmp / ITEM_IDS_FILE).write_text(json.dumps(item_ids, indent=1) + "\n", encoding="utf-8")
+
+
 def _verify(model, folder: Path, splits, max_len: int) -> dict[str, Any]:
     from transformers import AutoModel
 
@@ -254,8 +381,9 @@ class RecsysTask:
 
     metric = "test_hr@10"
 
-    def __init__(self, recipe: RecsysRecipe, splits, dense, freq: torch.Tensor):
+    def __init__(self, recipe: RecsysRecipe, splits, dense, freq: torch.Tensor, item_ids: dict | None = None):
         self.recipe, self.splits, self.dense_model, self.freq = recipe, splits, dense, freq
+        self.item_ids = item_ids  # the ITEM_IDS_FILE record saved with every model (None: none saved)
         self.default_train = recipe.finetune
         self.seed = recipe.seed
         self._dense_baselines = None  # built on the first latency measurement, reused by every run
@@ -304,8 +432,7 @@ class RecsysTask:
         return {}  # the report's size is the item table's bytes, measured as saved (see entry)
 
     def save(self, model, folder: Path, recipe_text: str) -> None:
-        with atomic_folder(folder) as tmp:
-            model.save_pretrained(tmp)
+        _save(model, folder, self.item_ids)
 
     def verify(self, model, folder: Path, outputs, work: Path) -> dict[str, Any]:
         return _verify(model, folder, self.splits, self.recipe.model.max_len)
@@ -364,10 +491,11 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     Returns:
         The report (what ``report.json`` holds).
     """
+    from .. import apply as _apply  # noqa: F401  (registers the built-in methods the runs name)
     from ..jobs.report import write_report
     from ..jobs.runner import run_plan
     from ..jobs.training import checkpoint_bytes
-    from .data import item_frequencies, movielens_splits
+    from .data import item_frequencies
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -375,10 +503,14 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     remove_stale_partials(output_dir, [*RECSYS_OUTPUTS, *recipe.runs])
     work = confined_path(output_dir, "trainer")
     started = time.perf_counter()
-    splits = movielens_splits()
+    # The data is read and checked before any model is built: a bad file fails in seconds, not after training.
+    interactions = recipe.data.load()
+    logger.info("hf-sparse recsys: %s", interactions.describe())
+    splits = interactions.splits
     if recipe.users is not None:
         splits = splits.subset(recipe.users)
     max_len = recipe.model.max_len
+    item_ids = interactions.item_id_record()
 
     logger.info("hf-sparse recsys: training the dense baseline (%g epochs)", recipe.dense.epochs)
     dense = _model(recipe, splits.num_items)
@@ -386,11 +518,10 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     dense_bytes = _table_bytes(dense)
     runs = [{"name": "dense", "train_s": dense_s, "table_bytes": dense_bytes, **_metrics(dense, splits, max_len)}]
     dense_folder = confined_path(output_dir, "dense")
-    with atomic_folder(dense_folder) as tmp:
-        dense.save_pretrained(tmp)
+    _save(dense, dense_folder, item_ids)
     logger.info("hf-sparse recsys: dense %s", runs[0])
 
-    task = RecsysTask(recipe, splits, dense, item_frequencies(splits).double())
+    task = RecsysTask(recipe, splits, dense, item_frequencies(splits).double(), item_ids)
     baseline = {**runs[0], "checkpoint_bytes": checkpoint_bytes(dense_folder)}
     checkpoint = SimpleNamespace(
         format="dense", numerics="keep", verify=recipe.verify, latency_rounds=recipe.latency_rounds
@@ -416,13 +547,34 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     report = {
         "recipe": recipe_source or recipe.name,
         "name": recipe.name,
-        "data": {"dataset": "movielens-100k", "users": splits.num_users, "items": splits.num_items},
+        "data": _data_record(interactions, splits),
         "runs": runs,
         "machine": machine_info(),
         "total_s": time.perf_counter() - started,
     }
+    for run in runs:
+        atomic_write_text(confined_path(output_dir, run["name"], "README.md"), render_recsys_card(run, report))
     write_report(output_dir, report, render_recsys_markdown(report), recipe_text, indent=1)
     return report
+
+
+def _data_record(interactions, splits) -> dict[str, Any]:
+    """The report's ``data``: the source, the counts the job used (after the ``users`` limit), and what was read
+    and dropped."""
+    from .data import ITEM_IDS_FILE
+
+    return {
+        "dataset": interactions.source,
+        "columns": dict(interactions.columns),
+        "users": splits.num_users,
+        "items": splits.num_items,
+        "interactions": sum(len(seq) + 2 for seq in splits.train),
+        "min_interactions": interactions.min_interactions,
+        "min_item_count": interactions.min_item_count,
+        "read": dict(interactions.counts),
+        "description": interactions.describe(),
+        "item_ids_file": ITEM_IDS_FILE,
+    }
 
 
 def render_recsys_markdown(report: dict) -> str:
@@ -432,21 +584,27 @@ def render_recsys_markdown(report: dict) -> str:
     lines = [
         f"# hf-sparse recsys: SASRec on {data['dataset']}",
         "",
-        f"Recipe `{report['recipe']}`; {data['users']} users, {data['items']} items, leave-one-out by time; HR@10 and "
-        "NDCG@10 of each user's last item ranked over all items (the user's other rated items excluded).",
+        f"Recipe `{report['recipe']}`; {data['users']:,} users, {data['items']:,} items"
+        + (f", {data['interactions']:,} interactions" if "interactions" in data else "")
+        + ", leave-one-out by time; HR@10 and NDCG@10 of each user's last item ranked over all items (the items "
+        "earlier in the user's history excluded).",
         "",
+        # reports written before the data section (MovieLens only) have no description
+        *(
+            [
+                f"Data: {data['description']} Each saved model's `{data['item_ids_file']}` maps its item ids back to "
+                "the data's own.",
+                "",
+            ]
+            if "description" in data
+            else []
+        ),
         "| run | method | item table | vs dense | test HR@10 | vs dense HR | test NDCG@10 | valid HR@10 | "
         "before fine-tuning: HR@10 / NDCG@10 | train |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
-        method = "–"
-        if r.get("method"):
-            m = r["method"]
-            size = ", ".join(f"{k} {v}" for k, v in (r["table"] or {}).get("size", {}).items() if k != "seed")
-            method = f"{m['method']} ({size})" + (f", {m['hot_rows']} hot rows" if m.get("hot_rows") else "")
-            method += ", from scratch" if m.get("init") == "random" else ""
-            method += ", QAT" if m.get("qat") else ""
+        method = _method_text(r)
         # no relative change when the dense model's HR@10 is 0 (a tiny or untrained run): hr_vs_dense is null then
         rel = "–" if r["name"] == "dense" or r.get("hr_vs_dense") is None else f"{100 * r['hr_vs_dense']:+.1f}%"
         b = r.get("before_finetune")
@@ -504,3 +662,88 @@ def _latency_lines(report: dict) -> list[str]:
             f"{vs_best_dense(lat)} |"
         )
     return [*lines, "", *dense_comparison_lines(timed, report["machine"])]
+
+
+def _method_text(run: dict) -> str:
+    """The run's item table method in words ("–" for a dense table)."""
+    if not run.get("method"):
+        return "–"
+    m = run["method"]
+    size = ", ".join(f"{k} {v}" for k, v in (run["table"] or {}).get("size", {}).items() if k != "seed")
+    text = f"{m['method']} ({size})" + (f", {m['hot_rows']} hot rows" if m.get("hot_rows") else "")
+    text += ", from scratch" if m.get("init") == "random" else ""
+    return text + (", QAT" if m.get("qat") else "")
+
+
+def render_recsys_card(run: dict, report: dict) -> str:
+    """The model card (``README.md``) of one saved model of :func:`run_recsys`: the data it was trained on (source
+    and counts), its item table, its HR@10 / NDCG@10 beside the dense baseline's, and how to map its item ids back
+    to the data's own."""
+    from .data import ITEM_IDS_FILE
+
+    data, dense = report["data"], report["runs"][0]
+    front = yaml.safe_dump(
+        {"library_name": "transformers", "tags": ["hf_sparse", "recommendation", "sasrec", "next-item-prediction"]},
+        sort_keys=False,
+    )
+    what = "the dense baseline" if run["name"] == "dense" else f"run `{run['name']}`"
+    table = (
+        f"{run['table_bytes'] / 1e3:.1f} kB, {_method_text(run)}; the dense table is "
+        f"{dense['table_bytes'] / 1e3:.1f} kB"
+        if run.get("method")
+        else f"dense, {run['table_bytes'] / 1e3:.1f} kB (float32)"
+    )
+    rows = [
+        f"| dense baseline | {dense['test_hr@10']:.4f} | {dense['test_ndcg@10']:.4f} | {dense['valid_hr@10']:.4f} |"
+    ]
+    if run["name"] != "dense":
+        rows.append(f"| this model | {run['test_hr@10']:.4f} | {run['test_ndcg@10']:.4f} | {run['valid_hr@10']:.4f} |")
+    lines = [
+        "---",
+        front.rstrip(),
+        "---",
+        "",
+        f"# {report['name']}: SASRec next-item recommender, {what}",
+        "",
+        f"A SASRec-style next-item model (`hf_sparse.recsys.SASRecForNextItem`) trained by `hf-sparse recsys` "
+        f"(recipe `{report['recipe']}`). Item table: {table}.",
+        "",
+        "## Data",
+        "",
+        data["description"],
+        "",
+        f"Trained and evaluated on {data['users']:,} users, {data['items']:,} items and {data['interactions']:,} "
+        "interactions: each user's last interaction is the test target, the one before it the validation target, the "
+        "rest the training history.",
+        "",
+        "## Results",
+        "",
+        "HR@10 and NDCG@10 of each user's held-out item ranked over all items (the items earlier in the user's "
+        "history excluded), measured on the model as saved here:",
+        "",
+        "| model | test HR@10 | test NDCG@10 | valid HR@10 |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "## How to use",
+        "",
+        f"The model's item ids are `1..{data['items']}` (0 is padding); `{ITEM_IDS_FILE}` holds the data's own id of "
+        "each of them.",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import AutoModel",
+        "",
+        "import hf_sparse  # registers the model with AutoModel",
+        "from hf_sparse.recsys import load_item_ids",
+        "",
+        'model = AutoModel.from_pretrained("path/to/this/folder").eval()',
+        'ids = load_item_ids("path/to/this/folder")  # ids[k]: your id of model item k (ids[0] is padding)',
+        "index = {item: k for k, item in enumerate(ids) if item is not None}",
+        'history = torch.tensor([[index[i] for i in ["item-a", "item-b"]]])  # oldest first, your own ids',
+        "scores = model(input_ids=history, logits_to_keep=1).logits[0, -1]",
+        "top10 = [ids[k] for k in scores.topk(10).indices.tolist()]",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,18 +1,31 @@
-"""Leave-one-out splits of interaction logs, next-item training sequences and their ``Trainer`` collator."""
+"""Leave-one-out splits of interaction logs (MovieLens 100K or the user's own file), next-item training sequences and
+their ``Trainer`` collator."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
 
 from ..data import load_movielens_100k
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, FormatError, quote
 
 __all__ = [
+    "MOVIELENS_100K",
+    "ITEM_IDS_FILE",
+    "Interactions",
+    "interactions_from_frame",
+    "load_interactions",
+    "load_item_ids",
     "LeaveOneOutSplits",
     "NextItemDataset",
     "NextItemCollator",
@@ -22,7 +35,15 @@ __all__ = [
     "left_pad",
 ]
 
+logger = logging.getLogger(__name__)
+
 SPLITS = ("valid", "test")
+
+#: The packaged data set's name in a recipe's ``data.dataset``.
+MOVIELENS_100K = "movielens-100k"
+
+#: The item id mapping saved beside every recommender checkpoint: the user's own item id of each model item id.
+ITEM_IDS_FILE = "hf_sparse_item_ids.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +172,292 @@ def movielens_splits(*, min_interactions: int = 3) -> LeaveOneOutSplits:
         MissingPackageError: the package carrying the data is not installed.
     """
     return leave_one_out_split(load_movielens_100k(), item_column="movie_id", min_interactions=min_interactions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interactions:
+    """An interaction log made ready for a next-item model: leave-one-out splits over contiguous ids, the way back
+    to the data's own ids, and what was kept and dropped on the way.
+
+    Args:
+        splits: the leave-one-out splits; user ids ``1..users`` in order of first appearance in the data, item ids
+            ``1..items`` (0 is padding).
+        item_ids: the data's own id of each model item: ``item_ids[k - 1]`` is model item ``k``.
+        user_ids: the data's own id of each user: ``user_ids[u - 1]`` is ``splits.user_ids`` entry ``u``.
+        source: where the data came from (a file name, a dataset id, ``movielens-100k``).
+        columns: role (``user``, ``item``, ``timestamp``) -> the data's column that was read; no ``timestamp``
+            entry when the data had none (then its row order is the time order).
+        counts: ``rows`` read, ``duplicates`` dropped (repeated (user, item, timestamp) rows), ``rare_items`` and
+            ``rare_item_rows`` dropped by ``min_item_count``, ``short_users`` and ``short_user_rows`` dropped by
+            ``min_interactions``, and what is left: ``users``, ``items``, ``interactions``.
+        min_interactions, min_item_count: the thresholds that were applied.
+    """
+
+    splits: LeaveOneOutSplits
+    item_ids: tuple[str, ...]
+    user_ids: tuple[str, ...]
+    source: str
+    columns: dict[str, str]
+    counts: dict[str, int]
+    min_interactions: int = 3
+    min_item_count: int = 1
+
+    def item_id_record(self) -> dict[str, Any]:
+        """What :data:`ITEM_IDS_FILE` holds: ``item_ids[k]`` is the data's id of model item ``k`` (entry 0, the
+        padding id, is null), with the data's source and columns."""
+        return {
+            "format": "hf_sparse_item_ids",
+            "version": 1,
+            "source": self.source,
+            "columns": dict(self.columns),
+            "padding_id": 0,
+            "num_items": len(self.item_ids),
+            "item_ids": [None, *self.item_ids],
+        }
+
+    def describe(self) -> str:
+        """One sentence on the data: source, counts and what was dropped."""
+        c = self.counts
+        time = (
+            f"ordered by {quote(self.columns['timestamp'])}"
+            if "timestamp" in self.columns
+            else "ordered by file row (no timestamp column)"
+        )
+        dropped = []
+        if c["duplicates"]:
+            dropped.append(
+                f"{c['duplicates']:,} repeated (user, item, timestamp) row{'s' if c['duplicates'] > 1 else ''}"
+            )
+        if c["rare_items"]:
+            dropped.append(
+                f"{c['rare_items']:,} item{'s' if c['rare_items'] > 1 else ''} seen fewer than "
+                f"{self.min_item_count} times ({c['rare_item_rows']:,} rows)"
+            )
+        if c["short_users"]:
+            dropped.append(
+                f"{c['short_users']:,} user{'s' if c['short_users'] > 1 else ''} with fewer than "
+                f"{self.min_interactions} interactions "
+                f"({c['short_user_rows']:,} rows)"
+            )
+        return (
+            f"{self.source}: {c['interactions']:,} interactions of {c['users']:,} users on {c['items']:,} items, "
+            f"{time}; dropped {', '.join(dropped) if dropped else 'nothing'} (of {c['rows']:,} rows read)."
+        )
+
+
+def _item_sort_key(value: str) -> tuple:
+    """Natural order: digit runs compare as numbers (``"sku-9"`` before ``"sku-10"``, ``"9"`` before ``"10"``), so the
+    model's item ids follow the data's own ids, whatever the file's row order. ``re.split`` with a capturing group
+    puts the digit runs at the odd positions, so two keys never compare a number with a string."""
+    parts = re.split(r"(\d+)", value)
+    return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), value)
+
+
+def interactions_from_frame(
+    frame: pd.DataFrame,
+    *,
+    source: str,
+    columns: Mapping[str, str] | None = None,
+    min_interactions: int = 3,
+    min_item_count: int = 1,
+) -> Interactions:
+    """Makes leave-one-out splits of an interaction log with ``user``, ``item`` and ``timestamp`` columns (what
+    :func:`hf_sparse.data.load_user_data` gives for ``task="recsys"``).
+
+    In order: rows repeating an earlier row's (user, item, timestamp) are dropped (a double-logged event; the same
+    item at another time stays, a repeat purchase is a real next item); items with fewer than ``min_item_count``
+    remaining rows are dropped; then users with fewer than ``min_interactions`` remaining rows. Each user's history
+    is ordered by timestamp, ties by row order in the data (a stable sort). Users get ids in order of first
+    appearance, items in the natural order of their own ids (digit runs compared as numbers).
+
+    Args:
+        frame: the log (``user`` and ``item`` as strings, ``timestamp`` as numbers; other columns are ignored).
+        source: where it came from (named in errors and the report).
+        columns: role -> the data's column name (named in errors; default: the role names).
+        min_interactions: the fewest interactions a kept user has (at least 3: one to train on, one to validate,
+            one to test).
+        min_item_count: the fewest rows a kept item has (1: keep every item).
+
+    Raises:
+        ConfigError: a threshold out of range.
+        DataError: no user has ``min_interactions`` interactions, only one item is left, or no user has two
+            training items (nothing to learn from).
+    """
+    if isinstance(min_interactions, bool) or not isinstance(min_interactions, int) or min_interactions < 3:
+        raise ConfigError(f"min_interactions must be an integer >= 3, got {quote(min_interactions)}.")
+    if isinstance(min_item_count, bool) or not isinstance(min_item_count, int) or min_item_count < 1:
+        raise ConfigError(f"min_item_count must be an integer >= 1, got {quote(min_item_count)}.")
+    columns = {role: str(name) for role, name in (columns or {}).items()}
+    user_col, item_col = columns.get("user", "user"), columns.get("item", "item")
+    rows = len(frame)
+    log = pd.DataFrame(
+        {
+            "user": frame["user"].astype(str).to_numpy(),
+            "item": frame["item"].astype(str).to_numpy(),
+            "timestamp": frame["timestamp"].astype("float64").to_numpy(),
+            "row": np.arange(rows),
+        }
+    )
+    duplicated = log.duplicated(["user", "item", "timestamp"], keep="first")
+    log = log[~duplicated.to_numpy()]
+    rare_items = rare_item_rows = 0
+    if min_item_count > 1:
+        per_item = log["item"].value_counts()
+        rare = per_item.index[per_item < min_item_count]
+        rare_items, rare_item_rows = len(rare), int(per_item[rare].sum())
+        log = log[~log["item"].isin(rare).to_numpy()]
+    per_user = log.groupby("user", sort=False).size()
+    short = per_user[per_user < min_interactions]
+    if len(short) == len(per_user):
+        most = int(per_user.max()) if len(per_user) else 0
+        after = f" after dropping items seen fewer than {min_item_count} times" if min_item_count > 1 else ""
+        raise DataError(
+            f"no user has at least {min_interactions} interactions (data.min_interactions; leave-one-out needs one "
+            f"to train on, one to validate and one to test){after}: the most any of the {len(per_user):,} users has "
+            f"is {most}. Give more history per user"
+            + (" or lower data.min_item_count." if min_item_count > 1 else "."),
+            source=source,
+            column=user_col,
+        )
+    log = log[~log["user"].isin(short.index).to_numpy()]
+    items = sorted(log["item"].unique(), key=_item_sort_key)
+    if len(items) < 2:
+        raise DataError(
+            f"every kept interaction is with the one item {quote(items[0])}: a next-item model ranks items, it needs "
+            "at least 2 distinct items. Check that the item column is the right one"
+            + (" or lower data.min_item_count." if min_item_count > 1 else "."),
+            source=source,
+            column=item_col,
+        )
+    # Users in order of first appearance; each history by time, ties by the data's row order.
+    first_seen = {u: k for k, u in enumerate(log["user"].unique())}
+    log = log.assign(order=log["user"].map(first_seen).to_numpy())
+    log = log.sort_values(["order", "timestamp", "row"], kind="stable")
+    item_index = {item: k + 1 for k, item in enumerate(items)}
+    codes = log["item"].map(item_index).to_numpy(dtype=np.int64)
+    bounds = np.flatnonzero(np.diff(log["order"].to_numpy())) + 1
+    sequences = [tuple(int(i) for i in seq) for seq in np.split(codes, bounds)]
+    if max(len(seq) for seq in sequences) < 4:
+        raise DataError(
+            "no user has more than 3 interactions, so no user has two training items (the last two of each history "
+            "are held out): there is nothing to learn the next item from. Give more history per user.",
+            source=source,
+            column=user_col,
+        )
+    splits = LeaveOneOutSplits(
+        user_ids=tuple(range(1, len(sequences) + 1)),
+        train=tuple(seq[:-2] for seq in sequences),
+        valid_targets=tuple(seq[-2] for seq in sequences),
+        test_targets=tuple(seq[-1] for seq in sequences),
+        num_items=len(items),
+    )
+    counts = {
+        "rows": rows,
+        "duplicates": int(duplicated.sum()),
+        "rare_items": rare_items,
+        "rare_item_rows": rare_item_rows,
+        "short_users": len(short),
+        "short_user_rows": int(short.sum()),
+        "users": len(sequences),
+        "items": len(items),
+        "interactions": int(len(codes)),
+    }
+    return Interactions(
+        splits=splits,
+        item_ids=tuple(items),
+        user_ids=tuple(first_seen),
+        source=source,
+        columns=columns,
+        counts=counts,
+        min_interactions=min_interactions,
+        min_item_count=min_item_count,
+    )
+
+
+def load_interactions(
+    source: Any = MOVIELENS_100K,
+    *,
+    columns: Mapping[str, str] | None = None,
+    min_interactions: int = 3,
+    min_item_count: int = 1,
+) -> Interactions:
+    """Reads an interaction log and makes it ready for a next-item model (:func:`interactions_from_frame`).
+
+    Args:
+        source: ``"movielens-100k"`` (the packaged MovieLens 100K ratings; item ids are its movie ids), or anything
+            :func:`hf_sparse.data.load_user_data` reads with ``task="recsys"``: a CSV / TSV / JSON / JSONL /
+            parquet file, a folder written by ``save_to_disk``, a Hub dataset id in the local cache, a
+            ``datasets.Dataset``, or ``{"train": file}``.
+        columns: role (``user``, ``item``, ``timestamp``) -> the data's column name, for columns without a
+            conventional name (``user_id``, ``item_id``, ``timestamp`` ...).
+        min_interactions, min_item_count: see :func:`interactions_from_frame`.
+
+    Raises:
+        DataError: the data cannot be read, a column is missing, or too little is left (see
+            :func:`interactions_from_frame`); the message names the file and column.
+        MissingPackageError: ``movielens-100k`` without the package that carries it.
+    """
+    if isinstance(source, str) and source == MOVIELENS_100K:
+        if columns:
+            raise ConfigError(
+                f"columns {quote(dict(columns))} apply to your own data; {MOVIELENS_100K} has fixed columns (user_id, "
+                "movie_id, timestamp)."
+            )
+        ratings = load_movielens_100k().select_columns(["user_id", "movie_id", "timestamp"]).to_pandas()
+        used = {"user": "user_id", "item": "movie_id", "timestamp": "timestamp"}
+        frame = pd.DataFrame({role: ratings[name] for role, name in used.items()})
+        return interactions_from_frame(
+            frame,
+            source=MOVIELENS_100K,
+            columns=used,
+            min_interactions=min_interactions,
+            min_item_count=min_item_count,
+        )
+    from ..data import load_user_data
+
+    data = load_user_data(source, task="recsys", columns=dict(columns) if columns else None)
+    table = data.splits["train"]
+    logger.info("hf_sparse.recsys: read %d interactions from %s", len(table), data.source)
+    frame = table.select_columns(["user", "item", "timestamp"]).to_pandas()
+    return interactions_from_frame(
+        frame,
+        source=data.source,
+        columns=dict(data.columns),
+        min_interactions=min_interactions,
+        min_item_count=min_item_count,
+    )
+
+
+def load_item_ids(folder: str | Path) -> list[str | None]:
+    """The data's own item id of each model item id of a saved recommender (its :data:`ITEM_IDS_FILE`): entry ``k``
+    is model item ``k``, entry 0 (padding) is None. So ``ids[model(...).logits[:, -1].argmax(-1)]`` is the user's
+    own item id of the top recommendation.
+
+    Raises:
+        FormatError: the folder has no readable id mapping.
+    """
+    path = Path(folder) / ITEM_IDS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError(
+            f"{path} does not exist: the folder is not a recommender saved by hf-sparse recsys (which writes the "
+            "item id mapping beside the weights)."
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path} is not a readable JSON file: {exc}.") from None
+    ids = record.get("item_ids") if isinstance(record, dict) else None
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or ids[0] is not None
+        or not all(isinstance(i, str) for i in ids[1:])
+        or record.get("num_items") != len(ids) - 1
+    ):
+        raise FormatError(
+            f"{path}: item_ids must be a list of num_items + 1 entries, null (padding) then one string per item."
+        )
+    return ids
 
 
 def item_frequencies(splits: LeaveOneOutSplits) -> torch.Tensor:
