@@ -6,6 +6,11 @@ lengths and the checkpoint checks; :func:`run_lm` measures perplexity with full 
 before and after fine-tuning, saves and reloads the model, and times it against ``sdpa``::
 
     report = run_lm(load_lm_recipe("recipes/smollm2-windowed.yaml"), "out")
+
+The ``task: causal-lm`` job (:mod:`hf_sparse.lm.oneshot`) prunes a decoder one-shot (SparseGPT, Wanda, magnitude;
+unstructured or N:M), calibrated block by block on the user's text, and reports held-out perplexity against dense::
+
+    report = run_causal_lm(load_causal_lm_recipe("recipes/smollm2-oneshot.yaml"), "out")
 """
 
 from .config import (
@@ -19,6 +24,14 @@ from .config import (
 )
 from .data import LmDocuments, select_documents, split_into_pieces
 from .metrics import evaluate_perplexity, sequence_nll
+from .oneshot import check_causal_decoder, run_causal_lm, window_perplexity
+from .oneshot_config import (
+    CausalLmCheckpointSection,
+    CausalLmDataSection,
+    CausalLmRecipe,
+    OneShotRun,
+    load_causal_lm_recipe,
+)
 from .run import render_lm_markdown, run_lm
 
 __all__ = [
@@ -36,4 +49,12 @@ __all__ = [
     "split_into_pieces",
     "evaluate_perplexity",
     "sequence_nll",
+    "CausalLmRecipe",
+    "CausalLmDataSection",
+    "CausalLmCheckpointSection",
+    "OneShotRun",
+    "load_causal_lm_recipe",
+    "run_causal_lm",
+    "check_causal_decoder",
+    "window_perplexity",
 ]
