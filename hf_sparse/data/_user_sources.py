@@ -269,9 +269,10 @@ def _load_cached_hub(repo_id: str) -> DatasetDict:
         except Exception as exc:
             if snapshot is None:
                 raise DataError(
-                    "is neither a file or folder nor a dataset in the local Hugging Face cache (the Hub is never "
-                    f"contacted). Download it first where there is a network (datasets.load_dataset({repo_id!r}) "
-                    "or `hf download --repo-type dataset ...`), or give a file or a save_to_disk folder.",
+                    "is not a file or folder here, and as a dataset id it is not in the local Hugging Face cache "
+                    "(the Hub is never contacted). Download it first where there is a network "
+                    f"(datasets.load_dataset({repo_id!r}) or `hf download {repo_id} --repo-type dataset`), or give "
+                    "a file or a save_to_disk folder.",
                     source=repo_id,
                 ) from exc
             raise DataError(f"is in the Hub cache ({snapshot}) but cannot be loaded: {exc}", source=repo_id) from exc
