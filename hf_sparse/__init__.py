@@ -26,6 +26,7 @@ from .config import BaseConfig, register_config
 from .errors import (
     CheckpointWriteError,
     ConfigError,
+    DataError,
     FormatError,
     HfSparseError,
     MissingPackageError,
@@ -71,6 +72,7 @@ _LAZY: dict[str, str] = {
     "integrations": ".integrations",
     # methods and their one entry point
     "apply_": ".apply",
+    "load_user_data": ".data",
     "Method": ".method",
     "register_method": ".method",
     "METHODS": ".apply:METHODS",  # through apply: its import registers the built-in methods
@@ -143,6 +145,7 @@ __all__ = [
     "PruningStateError",
     "FormatError",
     "CheckpointWriteError",
+    "DataError",
     *_LAZY,
 ]
 
