@@ -207,10 +207,10 @@ def class_label_names(features: Features | None, column: str) -> list[str] | Non
     return list(feature.names) if isinstance(feature, ClassLabel) else None
 
 
-def _encode(values, kind, keys, names, *, source, column, rows, split, from_train) -> np.ndarray:
-    """Ids of ``values``: their place in ``keys`` (the raw values, or the names, in id order); integers and booleans
-    are ids themselves when the names were given or came from a ``ClassLabel``."""
-    if kind in ("integer", "boolean") and not from_train:
+def _encode(values, kind, keys, names, *, source, column, rows, split, from_train, by_id) -> np.ndarray:
+    """Ids of ``values``: the values themselves (``by_id``), or their place in ``keys`` (the raw values, or the
+    names, in id order)."""
+    if by_id:
         ids = values.astype(np.int64)
         bad = (ids < 0) | (ids >= len(names))
         if bad.any():
@@ -224,6 +224,8 @@ def _encode(values, kind, keys, names, *, source, column, rows, split, from_trai
                 row=_row(i, rows),
             )
         return ids
+    if kind != "string" and not from_train:  # integers looked up among names that are all integers
+        values = values.astype(str).astype(object)
     ids = pd.Index(keys, dtype=object).get_indexer(pd.Index(values, dtype=object))  # hashed, -1 when absent
     unknown = ids < 0
     if unknown.any():
@@ -252,8 +254,9 @@ def encode_labels(
 
     Names: ``label_names`` if given, else the ``ClassLabel``'s, else train's sorted distinct values (``"O"`` first
     with ``o_first``). With names given (or a ``ClassLabel``), strings must be names and integers (booleans: 0 and
-    1) are ids; with names from train, a validation/test label not in train is an error. In every case train must
-    hold at least two classes.
+    1) are ids, except when every given name is an integer ("1" .. "5"): then integers are names too. With names
+    from train, a validation/test label not in train is an error. In every case train must hold at least two
+    classes.
     """
     train_values, train_kind = values["train"]
     names = label_names or feature_names
@@ -285,6 +288,10 @@ def encode_labels(
             rows=rows[split],
             split=split,
             from_train=from_train,
+            # integers (and booleans) index the names, unless the names given are themselves integers ("1".."5")
+            by_id=not from_train
+            and kind in ("integer", "boolean")
+            and not (label_names and all(_INT_TEXT.fullmatch(n) for n in label_names)),
         )
     present = np.unique(ids["train"])
     if len(present) < 2:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features
 
 from ..errors import ConfigError, DataError, quote
@@ -56,13 +57,35 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 @dataclass
 class Part:
-    """One split as read: the table, the ``datasets`` features when the source had them, and where it came from."""
+    """One split as read: its table, where it came from, and the ``datasets`` features when the source had them.
 
-    frame: pd.DataFrame
+    The table is a pandas frame (text formats) or Arrow data (parquet, ``datasets`` objects); Arrow columns are
+    converted to pandas one at a time, when a role needs them, so unused columns (images, long metadata) cost
+    nothing.
+    """
+
+    frame: pd.DataFrame | None
     where: str
     features: Features | None = None
-    # CSV/TSV/text cells are read as text; their label, id and time columns are typed here, not by pandas' guess
+    # CSV/TSV cells are read as text; their label, id and time columns are typed here, not by pandas' guess
     text_cells: bool = False
+    arrow: pa.Table | Dataset | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        names = self.frame.columns if self.frame is not None else self.arrow.column_names
+        return [str(c) for c in names]
+
+    def __len__(self) -> int:
+        return len(self.frame) if self.frame is not None else len(self.arrow)
+
+    def column(self, name: str) -> pd.Series:
+        """The column's values, indexed by data row from 0."""
+        if self.frame is not None:
+            return self.frame[name].reset_index(drop=True)
+        if isinstance(self.arrow, Dataset):
+            return self.arrow.select_columns([name]).to_pandas()[name]
+        return self.arrow.column(name).to_pandas()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,6 +217,7 @@ def _read_file(path: Path) -> Part:
         unnamed = [c for c in frame.columns if str(c).startswith("Unnamed: ")]
         if unnamed and len(unnamed) == len(frame.columns):
             raise DataError("has a header row with no column names.", source=where)
+        frame.columns = [str(c) for c in frame.columns]
         return Part(frame, where, text_cells=True)
     if fmt == "json":
         return Part(_read_json(path, opener), where)
@@ -211,11 +235,11 @@ def _read_file(path: Path) -> Part:
     features = None
     if table.schema.metadata and b"huggingface" in table.schema.metadata:
         features = Features.from_arrow_schema(table.schema)  # written by datasets: keeps ClassLabel names
-    return Part(table.to_pandas(), where, features=features)
+    return Part(None, where, features=features, arrow=table)
 
 
 def _dataset_part(dataset: Dataset, where: str) -> Part:
-    return Part(dataset.to_pandas(), where, features=dataset.features)
+    return Part(None, where, features=dataset.features, arrow=dataset)
 
 
 def _from_dataset_dict(dd: DatasetDict, where: str) -> dict[str, Part]:

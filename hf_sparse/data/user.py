@@ -98,7 +98,7 @@ def _match(columns: list[str], name: str) -> list[str]:
 def _resolve_columns(task: str, part: Part, mapping: Mapping[str, str]) -> dict[str, str]:
     """Role -> column of ``part``: the mapping's choices, then the conventional names (one match each)."""
     required, optional = _TASK_ROLES[task]
-    available = [str(c) for c in part.frame.columns]
+    available = part.columns
     shown = quote(available, 300)
     chosen: dict[str, str] = {}
     for role, name in mapping.items():
@@ -153,12 +153,12 @@ def _text_classification(parts: dict[str, Part], cols: dict[str, str], label_nam
     texts, values = {}, {}
     for split, part in parts.items():
         texts[split] = {
-            role: text_values(part.frame[cols[role]], source=part.where, column=cols[role])
+            role: text_values(part.column(cols[role]), source=part.where, column=cols[role])
             for role in ("text", "text_pair")
             if role in cols
         }
         values[split] = scalar_values(
-            part.frame[label_col], source=part.where, column=label_col, what="the label", text_cells=part.text_cells
+            part.column(label_col), source=part.where, column=label_col, what="the label", text_cells=part.text_cells
         )
     ids, names = encode_labels(
         values,
@@ -182,7 +182,7 @@ def _token_classification(parts: dict[str, Part], cols: dict[str, str], label_na
     for split, part in parts.items():
         where = part.where
         elements, lengths[split], tok_rows = list_values(
-            part.frame[tok_col], source=where, column=tok_col, what="tokens"
+            part.column(tok_col), source=where, column=tok_col, what="tokens"
         )
         kind = uniform_kind(elements, source=where, column=tok_col, what="the tokens", rows=tok_rows, nulls=False)
         if kind != "string":
@@ -192,7 +192,7 @@ def _token_classification(parts: dict[str, Part], cols: dict[str, str], label_na
                 column=tok_col,
                 row=int(tok_rows[0]) + 1,
             )
-        tags, tag_lengths, rows[split] = list_values(part.frame[tag_col], source=where, column=tag_col, what="tags")
+        tags, tag_lengths, rows[split] = list_values(part.column(tag_col), source=where, column=tag_col, what="tags")
         differ = lengths[split] != tag_lengths
         if differ.any():
             i = first(differ)
@@ -232,7 +232,7 @@ def _language_model(parts: dict[str, Part], cols: dict[str, str]):
     column = cols["text"]
     return {
         split: _dataset(
-            {"text": pa.array(text_values(part.frame[column], source=part.where, column=column))}, features
+            {"text": pa.array(text_values(part.column(column), source=part.where, column=column))}, features
         )
         for split, part in parts.items()
     }
@@ -245,14 +245,14 @@ def _recsys(parts: dict[str, Part], cols: dict[str, str]):
     for part in parts.values():
         for role in ("user", "item"):
             values, _ = scalar_values(
-                part.frame[cols[role]],
+                part.column(cols[role]),
                 source=part.where,
                 column=cols[role],
                 what=f"the {role} id",
                 text_cells=part.text_cells,
             )
             arrays[role].append(values.astype(str).astype(object))
-        n = len(part.frame)
+        n = len(part)
         if "timestamp" in cols:
             arrays["timestamp"].append(_timestamps(part, cols["timestamp"]))
         else:  # no time: the file's row order is the order of each user's history
@@ -264,7 +264,7 @@ def _recsys(parts: dict[str, Part], cols: dict[str, str]):
 
 def _timestamps(part: Part, column: str) -> np.ndarray:
     """Seconds: numbers as they are, date-time strings (ISO 8601 and the like) parsed as UTC."""
-    values = part.frame[column]
+    values = part.column(column)
     if part.text_cells:
         numeric = pd.to_numeric(values, errors="coerce")
         if not numeric.isna().any():
@@ -444,6 +444,9 @@ def load_user_data(
             raise ConfigError(f"columns: task {task} has no role {quote(role)}; its roles are {used}.")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"columns.{role} must be a column name, got {quote(name)}.")
+    repeated = sorted({n for n in mapping.values() if list(mapping.values()).count(n) > 1})
+    if repeated:
+        raise ConfigError(f"columns: {quote(repeated[0])} is given for two roles; each role needs its own column.")
     names = check_label_names(label_names)
     if names is not None and task not in ("text-classification", "token-classification"):
         raise ConfigError(f"label_names is for the classification tasks, not {task}.")
@@ -453,17 +456,15 @@ def load_user_data(
     if "train" not in parts:
         raise DataError(f"has no train split (its splits: {', '.join(parts)}); give a train file.", source=description)
     for part in parts.values():
-        part.frame = part.frame.reset_index(drop=True)
-        part.frame.columns = [str(c) for c in part.frame.columns]
-        if not len(part.frame):
+        if not len(part):
             raise DataError("has no data rows.", source=part.where)
     cols = _resolve_columns(task, parts["train"], mapping)
     for split, part in parts.items():
-        missing = [c for c in cols.values() if c not in part.frame.columns]
+        missing = [c for c in cols.values() if c not in part.columns]
         if missing:
             raise DataError(
                 f"no column {quote(missing[0])} in the {split} split (train has it); its columns are "
-                f"{quote(list(part.frame.columns), 300)}.",
+                f"{quote(part.columns, 300)}.",
                 source=part.where,
                 column=missing[0],
             )

@@ -372,6 +372,17 @@ def test_label_names_given(tmp_path):
         ["i.csv", "row 2", "label id 2 is outside"],
         lambda: load_user_data(tmp_path / "i.csv", label_names=["neg", "pos"]),
     )
+    stars = pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": [5, 1, 2] * 6 + [4, 4]})
+    by_name = load_user_data(_csv(tmp_path / "s.csv", stars), label_names=["1", "2", "3", "4", "5"])
+    assert by_name.label_names == ("1", "2", "3", "4", "5")
+    train = by_name.splits["train"]
+    assert all(
+        by_name.label_names[label] == str(stars.label[int(t[1:])]) for t, label in zip(train["text"], train["label"])
+    )
+    _error(
+        ["s.csv", "row 1", "label '5' is not one of the label names"],
+        lambda: load_user_data(tmp_path / "s.csv", label_names=["1", "2"]),
+    )
     for bad in ("neg", ["neg"], ["a", "a"], ["a", ""]):
         with pytest.raises(ConfigError):
             load_user_data(path, label_names=bad)
@@ -407,6 +418,8 @@ def test_missing_ambiguous_and_unknown_columns_name_the_columns_and_the_key(tmp_
     )
     with pytest.raises(ConfigError, match="no role 'label'"):
         load_user_data(path, task="causal-lm", columns={"label": "label"})
+    with pytest.raises(ConfigError, match="'review' is given for two roles"):
+        load_user_data(path, columns={"text": "review", "text_pair": "review"})
     with pytest.raises(ConfigError, match="task must be one of"):
         load_user_data(path, task="regression")
 
