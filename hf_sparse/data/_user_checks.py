@@ -133,8 +133,8 @@ def scalar_values(
         if bad.any():
             i = first(bad)
             raise DataError(
-                f"{what} {quote(values.iloc[i])} is not whole; it must be a string, an integer or a boolean "
-                "(regression targets are not supported).",
+                f"{what} {quote(values.iloc[i])} is not whole; it must be a string, an integer or a boolean"
+                + (" (regression targets are not supported)." if what == "the label" else "."),
                 source=source,
                 column=column,
                 row=_row(i, rows),

@@ -280,7 +280,9 @@ def _timestamps(part: Part, column: str) -> np.ndarray:
         raise DataError(
             f"timestamps must be numbers or date-time strings, not {kind} values.", source=part.where, column=column
         )
-    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")  # vectorised
+    if parsed.isna().any():  # other layouts ("05/01/2024 12:00"): parsed one by one
+        parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
     bad = parsed.isna().to_numpy(bool)
     if bad.any():
         i = first(bad)
@@ -410,8 +412,10 @@ def load_user_data(
             ``user``, ``item``, ``timestamp``). Roles not given are found by their conventional names
             (:data:`ROLE_NAMES`, any case); none or several matches is an error naming the columns.
         label_names: Class (or tag) names in id order. String labels must be among them; integer labels are ids
-            into them. Default: the ``ClassLabel`` feature's names, else the sorted distinct labels of train
-            (numerically for integers; ``"O"`` first for tags).
+            into them (booleans: 0 and 1), unless every name is an integer (``["1", "2", "3"]``): then integer
+            labels are names too. Default: the ``ClassLabel`` feature's names, else the sorted distinct labels of
+            train (numerically for integers; ``"O"`` first for tags), and a validation or test label never seen in
+            train is an error.
         seed: Seed of the splits made and of the limited subsets.
         validation_fraction, test_fraction: Size of a split made from train when not given, as a fraction of train.
         limits: Split -> number of rows kept (a seeded subset, stratified by label for text classification).

@@ -217,7 +217,12 @@ def test_hub_id_from_a_snapshot_in_the_hub_cache(hf_caches):
         "someone/reviews",
         {"data/train.csv": "text,label\n" + lines, "data/test.csv": "text,label\nrow a,x\nrow b,y\n"},
     )
+    import datasets.config
+    import huggingface_hub.constants
+
+    before = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
     data = load_user_data("someone/reviews")
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before
     assert data.source == "someone/reviews" and data.label_names == ("x", "y")
     assert data.splits["test"]["text"] == ["row a", "row b"]  # the snapshot's test split, as given
     assert len(data.splits["train"]) + len(data.splits["validation"]) == 20
@@ -313,6 +318,20 @@ def test_recsys_interactions_with_times_or_in_row_order(tmp_path):
     ordered = load_user_data(_jsonl(tmp_path / "i.jsonl", rows), task="recsys").splits["train"]
     assert ordered["timestamp"] == [0.0, 1.0, 2.0]
     assert ordered.features["timestamp"] == Value("float64")
+    us_dates = pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "ts": ["05/01/2024 12:00", "05/02/2024 12:00"]})
+    parsed = load_user_data(_csv(tmp_path / "us.csv", us_dates), task="recsys").splits["train"]["timestamp"]
+    assert parsed[1] - parsed[0] == 86400
+    frame.loc[2, "time"] = "soon"
+    _error(
+        ["bad.csv", "column 'time'", "row 3", "'soon' is not a date-time"],
+        lambda: load_user_data(_csv(tmp_path / "bad.csv", frame), task="recsys"),
+    )
+    frame.loc[2, "time"] = "2024-01-03"
+    frame.loc[1, "userId"] = None
+    _error(
+        ["nouser.csv", "column 'userId'", "row 2", "missing"],
+        lambda: load_user_data(_csv(tmp_path / "nouser.csv", frame), task="recsys"),
+    )
 
 
 # -- splits, limits, label names ----------------------------------------------------------------------------------
