@@ -16,7 +16,11 @@ _METHODS = {
 
 
 def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.0f} MB"
+    if n is None:
+        return "-"
+    if n >= 10e6:
+        return f"{n / 1e6:.0f} MB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} KB"
 
 
 def _structure(run: dict) -> str:
@@ -99,7 +103,7 @@ def render_causal_lm_markdown(report: dict) -> str:
     lines += _check_lines(report)
     m, t = report["machine"], report["timings"]
     lines += [
-        f"Machine: {machine_label(m)}, {m.get('cores')} cores, torch {m.get('torch')}, transformers "
+        f"Machine: {machine_label(m)}; torch {m.get('torch')}, transformers "
         f"{m.get('transformers')}. Whole job {t['total_s']:.0f} s (loading {t['load_s']:.0f} s, dense "
         f"perplexity {t['eval_dense_s']:.0f} s; per run: "
         + ", ".join(f"{r['name']} {r['run_s']:.0f} s" for r in report["runs"])

@@ -65,45 +65,6 @@ def _lines(n: int, seed: int) -> list[str]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _user_data_loader(monkeypatch):
-    """The shared loader of user data when it is there; until then a stand-in with its contract for what this job
-    uses (one ``text`` column, a .txt file one document per line, a jsonl file, a files mapping)."""
-    import hf_sparse.data as data_pkg
-
-    if hasattr(data_pkg, "load_user_data"):
-        return
-    import datasets
-
-    def read(path, columns):
-        path = Path(path)
-        if not path.is_file():
-            raise DataError("no such file", source=str(path))
-        if path.suffix == ".txt":
-            rows = [{"text": line} for line in path.read_text().splitlines() if line.strip()]
-        else:
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            col = (columns or {}).get("text", "text")
-            if rows and col not in rows[0]:
-                raise DataError(f"no column {col!r}; columns: {sorted(rows[0])}", source=path.name, column=col)
-            rows = [{"text": r[col]} for r in rows]
-        if not rows:
-            raise DataError("the file is empty", source=path.name)
-        return datasets.Dataset.from_list(rows)
-
-    def load_user_data(source, task, columns=None, seed=42, test_fraction=0.1, limits=None, **_):
-        if isinstance(source, dict):
-            splits = {k: read(v, columns) for k, v in source.items()}
-        else:
-            ds = read(source, columns).train_test_split(test_size=test_fraction, seed=seed)
-            splits = {"train": ds["train"], "test": ds["test"]}
-        from types import SimpleNamespace
-
-        return SimpleNamespace(splits=datasets.DatasetDict(splits), source=str(source), task=task)
-
-    monkeypatch.setattr(data_pkg, "load_user_data", load_user_data, raising=False)
-
-
 def _recipe(model: Path, data: dict, runs: list[dict], **extra) -> CausalLmRecipe:
     doc = {
         "task": "causal-lm",
@@ -225,6 +186,16 @@ def test_calibration_offsets_are_seeded_and_eval_windows_do_not_overlap():
         eval_windows(stream[:10], 16, 64, "held.txt")
     with pytest.raises(DataError, match="fewer than one calibration sequence"):
         calibration_offsets(10, 4, 16, 0, "calib.txt")
+
+
+def test_missing_text_column_is_a_data_error_naming_file_and_column(tiny_llama, tmp_path):
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(json.dumps({"body": t}) + "\n" for t in _lines(20, 0)))
+    recipe = _recipe(tiny_llama, {"dataset": str(path), "columns": {"text": "content_text"}}, ALL_RUNS[:1])
+    with pytest.raises(DataError, match="notes.jsonl") as info:
+        run_causal_lm(recipe, tmp_path / "out")
+    assert info.value.column == "content_text"
+    assert not (tmp_path / "out" / "report.json").exists()
 
 
 def test_too_little_text_is_a_data_error_naming_the_file(tiny_llama, tmp_path):
