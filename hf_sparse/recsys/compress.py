@@ -97,11 +97,13 @@ class RecsysDataSection(BaseConfig):
                     f"RecsysDataSection.files and RecsysDataSection.dataset ({quote(self.dataset)}) both name the "
                     "data: give one of them."
                 )
-            if set(self.files) != {"train"}:
+            other = sorted(k for k in self.files if k != "train")
+            if other or "train" not in self.files:
+                where = f"RecsysDataSection.files.{other[0]}" if other else "RecsysDataSection.files"
                 raise ConfigError(
-                    f"RecsysDataSection.files must be {{train: FILE}} (got keys {sorted(self.files)}): the "
-                    "recommender holds out each user's last two interactions for validation and test itself, so the "
-                    "whole history is one table."
+                    f"{where}: the recommender reads one table, files: {{train: FILE}} (got keys "
+                    f"{sorted(self.files)}): it holds out each user's last two interactions for validation and test "
+                    "itself, so the whole history is one file."
                 )
             if not self.files["train"].strip():
                 raise ConfigError("RecsysDataSection.files.train must name a file, got ''.")
@@ -465,6 +467,31 @@ class RecsysTask:
         return out
 
 
+def _check_tables_fit(recipe: RecsysRecipe, num_items: int) -> None:
+    """Every run's compressed item table can be made for this catalogue: a size chosen by ``compression`` depends
+    on the table's rows, and a small catalogue can leave some methods no room (QR needs about ``2 sqrt(rows)``
+    rows). Checked on a random table of the real shape before any training, so a run that cannot be built fails
+    in seconds rather than after the dense model and the runs before it have trained.
+
+    Raises:
+        ConfigError: a run's table does not fit, naming the run, the table's shape and what to change.
+    """
+    from ..embeddings.apply import build_table
+
+    rows, cols = num_items + 1, recipe.model.hidden_size
+    weight = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0)) * 0.02
+    freq = torch.arange(rows, 0, -1, dtype=torch.float64)
+    for name, spec in recipe.runs.items():
+        try:
+            build_table(weight, spec.replace(fit_steps=0) if spec.init == "fit" else spec, freq)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"runs.{name}: {exc} This data's item table is {rows} x {cols} ({num_items} items and the padding "
+                "row): raise the run's compression (or hot_rows / hot_bits down), set the method's size directly "
+                "(buckets, collisions, tt_rank, keep_rows, rank), or leave the run out."
+            ) from None
+
+
 def _plans(recipe: RecsysRecipe) -> list[RunPlan]:
     """One run per entry of ``recipe.runs`` (after ``dense-continued``, the control of the fitted ones): the item
     table compressed as it says, then trained (fitted runs: from the trained dense model, with ``finetune``; random
@@ -511,6 +538,7 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
         splits = splits.subset(recipe.users)
     max_len = recipe.model.max_len
     item_ids = interactions.item_id_record()
+    _check_tables_fit(recipe, splits.num_items)
 
     logger.info("hf-sparse recsys: training the dense baseline (%g epochs)", recipe.dense.epochs)
     dense = _model(recipe, splits.num_items)
