@@ -95,7 +95,11 @@ def text_values(values: pd.Series, *, source: str, column: str) -> np.ndarray:
     kind = uniform_kind(values, source=source, column=column, what="the text")
     if kind != "string":
         raise DataError(
-            f"holds {kind} values ({quote(values.iloc[0], 60)} in row 1), not text.", source=source, column=column
+            f"holds {kind} values ({quote(values.iloc[0], 60)} here), not text; name the text column with "
+            "columns={'text': ...}.",
+            source=source,
+            column=column,
+            row=1,
         )
     empty = (values.str.strip() == "").to_numpy(bool)
     if empty.any():

@@ -506,6 +506,11 @@ def test_mixed_types_and_bad_label_values_name_the_row(tmp_path):
         ["num.jsonl", "column 'text'", "row 3", "mixed types"],
         lambda: load_user_data(_jsonl(tmp_path / "num.jsonl", rows)),
     )
+    numbers = [{"text": i, "label": i % 2} for i in range(10)]
+    _error(
+        ["ints.jsonl", "column 'text'", "row 1", "holds integer values", "not text"],
+        lambda: load_user_data(_jsonl(tmp_path / "ints.jsonl", numbers)),
+    )
 
 
 def test_one_class_and_labels_unseen_in_train(tmp_path):
