@@ -206,6 +206,17 @@ def hf_caches(tmp_path, monkeypatch):
     prepared.mkdir()
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(prepared))
+    # as in a session with the Hub online: load_user_data itself must keep the Hub offline
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub must not be contacted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     return hub, prepared
 
 
@@ -220,9 +231,8 @@ def test_hub_id_from_a_snapshot_in_the_hub_cache(hf_caches):
     import datasets.config
     import huggingface_hub.constants
 
-    before = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
     data = load_user_data("someone/reviews")
-    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before
+    assert datasets.config.HF_HUB_OFFLINE is False and huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
     assert data.source == "someone/reviews" and data.label_names == ("x", "y")
     assert data.splits["test"]["text"] == ["row a", "row b"]  # the snapshot's test split, as given
     assert len(data.splits["train"]) + len(data.splits["validation"]) == 20
@@ -245,14 +255,7 @@ def test_hub_id_from_the_prepared_datasets_cache(hf_caches, tmp_path):
     assert data.label_names == ("neg", "pos") and sum(len(s) for s in data.splits.values()) == 20
 
 
-def test_hub_id_not_in_the_cache_fails_at_once_without_the_network(hf_caches, monkeypatch):
-    import socket
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("the Hub must not be contacted")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
+def test_hub_id_not_in_the_cache_fails_at_once_without_the_network(hf_caches):
     start = time.monotonic()
     error = _error(["someone/absent", "not in the local Hugging Face cache"], lambda: load_user_data("someone/absent"))
     assert error.source == "someone/absent"
@@ -561,6 +564,19 @@ def test_token_and_tag_problems_name_the_row(tmp_path):
     _error(
         ["empty.jsonl", "row 4", "empty"],
         lambda: load_user_data(_jsonl(tmp_path / "empty.jsonl", rows), task="token-classification"),
+    )
+    rows = [good] * 4 + [{"tokens": ["a", "b"], "tags": ["O", "Y"]}]
+    path = _jsonl(tmp_path / "unknown.jsonl", rows)
+    _error(
+        ["unknown.jsonl", "column 'tags'", "row 5", "'Y' is not one of the label names"],
+        lambda: load_user_data(path, task="token-classification", label_names=["O", "X"]),
+    )
+    named = load_user_data(path, task="token-classification", label_names=["X", "Y", "O"])
+    assert named.label_names == ("X", "Y", "O") and sorted(map(tuple, named.splits["train"]["tags"]))[0] == (2, 0)
+    all_o = [{"tokens": ["a", "b"], "tags": ["O", "O"]}] * 5
+    _error(
+        ["allo.jsonl", "column 'tags'", "'O'", "at least two classes"],
+        lambda: load_user_data(_jsonl(tmp_path / "allo.jsonl", all_o), task="token-classification"),
     )
 
 
