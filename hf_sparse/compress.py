@@ -1,4 +1,6 @@
-"""The ``hf-sparse compress`` job: fine-tune the dense baseline, then take copies of it through the recipe's runs.
+"""The ``hf-sparse compress`` job: fine-tune the dense baseline (or take the user's fine-tuned model as it is), then
+take copies of it through the recipe's runs. The recipe's ``task`` (text classification, token classification,
+masked LM; :mod:`hf_sparse.jobs.heads`) decides the model class, the data's shape and the metrics.
 
 Each run is a plan of stages (a flat recipe: one stage per run) executed by the one stage loop,
 :func:`~hf_sparse.jobs.runner.run_plan`, over the registered methods; everything trains through the stock
@@ -17,9 +19,10 @@ from pathlib import Path
 import torch
 
 from .data import LABEL_NAMES
-from .errors import ConfigError
+from .errors import ConfigError, quote
 from .jobs.cards import card_results
-from .jobs.classification import ClassificationTask, load_classifier, predict, prepare_data
+from .jobs.classification import ClassificationTask, PreparedData, predict_metrics, prepare_data
+from .jobs.heads import collator, head_for, load_task_model
 from .jobs.recipe_plan import preflight, recipe_plans
 from .jobs.report import render_markdown, write_report
 from .jobs.runner import RECIPE_FILE, RUN_FILE, run_plan
@@ -66,8 +69,11 @@ def _remove_stale_partials(output_dir: Path, recipe: Recipe) -> None:
 
 
 def _dense_key(recipe: Recipe) -> dict:
-    """What the fine-tuned dense model depends on: the model, data and dense sections."""
-    return {k: getattr(recipe, k).to_dict(header=False) for k in ("model", "data", "dense")}
+    """What the fine-tuned dense model depends on: the task, the model, data and dense sections."""
+    key = {k: getattr(recipe, k).to_dict(header=False) for k in ("model", "data", "dense")}
+    if recipe.task != "text-classification":  # the key of earlier text-classification jobs stays the same
+        key["task"] = recipe.task
+    return key
 
 
 def fine_tuned_dense(
@@ -81,30 +87,45 @@ def fine_tuned_dense(
     *,
     save_steps: int = 0,
     resume: bool = False,
+    data: PreparedData | None = None,
 ) -> tuple:
     """The dense baseline fine-tuned as ``recipe`` says: read from ``folder`` when a previous run saved it there
-    from the same model, data and dense sections, else fine-tuned, evaluated and saved there.
+    from the same task, model, data and dense sections, else fine-tuned, evaluated and saved there.
+
+    Args:
+        data: What :func:`prepare_data` returned (the task and its labels); None: the packaged sentiment labels.
 
     Returns:
-        (model, info): ``info`` holds ``test_accuracy``, ``train_s``, the parameter counts and the recipe key.
+        (model, info): ``info`` holds the task's test metrics (``test_accuracy`` ...), ``train_s``, the parameter
+        counts and the recipe key.
     """
-    from transformers import AutoModelForSequenceClassification
-
     from .pruning.stats import model_parameter_counts
 
+    head = data.head if data is not None else head_for(recipe.task)
+    labels = data.label_names if data is not None else LABEL_NAMES
     for name in (DENSE_INFO_FILE, "hf_sparse_sweep_dense.json"):
         info_file = folder / name
         if info_file.is_file():
             info = json.loads(info_file.read_text())
             if info.get("recipe") == _dense_key(recipe):
                 logger.info("hf-sparse: reusing the fine-tuned dense model in %s", folder)
-                return AutoModelForSequenceClassification.from_pretrained(folder), info
-    model = load_classifier(model_path, recipe.dense.seed)
+                return head.model_class().from_pretrained(folder), info
+    new_head = data.new_head if data is not None else False
+    model = load_task_model(head, model_path, recipe.dense.seed, labels, new_head=new_head)
     t0 = time.perf_counter()
-    finetune(model, train_tok, tokenizer, recipe.dense, work, save_steps=save_steps, resume=resume)
+    finetune(
+        model,
+        train_tok,
+        tokenizer,
+        recipe.dense,
+        work,
+        collator=collator(head, tokenizer, train=True),
+        save_steps=save_steps,
+        resume=resume,
+    )
     train_s = time.perf_counter() - t0
-    accuracy, _ = predict(model, test_tok, tokenizer, recipe.dense, work)
-    info = {"recipe": _dense_key(recipe), "test_accuracy": accuracy, "train_s": train_s}
+    metrics, _ = predict_metrics(model, test_tok, tokenizer, recipe.dense, work, head, labels)
+    info = {"recipe": _dense_key(recipe), **metrics, "train_s": train_s}
     info.update(model_parameter_counts(model))
     if is_main_process():
         with atomic_folder(folder) as tmp:
@@ -116,47 +137,73 @@ def fine_tuned_dense(
     return model, info
 
 
-def _dense_baseline(recipe: Recipe, data, output_dir: Path, work: Path, resume: bool, timings: dict):
-    """The fine-tuned dense baseline and its report entry."""
+def _dense_baseline(recipe: Recipe, data: PreparedData, output_dir: Path, work: Path, resume: bool, timings: dict):
+    """The dense baseline and its report entry: fine-tuned on the training split, or the model as given when it is
+    already fine-tuned for the task and the data's labels (``model.fine_tuned``; then evaluated only)."""
     from .pruning.stats import model_parameter_counts
 
-    model_path, tokenizer, _test, train_tok, test_tok, _majority, _val = data
-    logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(train_tok))
-    t0 = time.perf_counter()
-    if recipe.save_dense:
+    head = data.head
+    dense_work = confined_path(work, "dense")
+    if data.dense_given:
+        logger.info(
+            "hf-sparse compress: %s is already fine-tuned for %s: it is the dense baseline",
+            recipe.model.name,
+            head.name,
+        )
+        dense_model = load_task_model(head, data.model_path, recipe.dense.seed, data.label_names)
+        timings["dense_train_s"] = 0.0
+        t0 = time.perf_counter()
+        metrics, _ = predict_metrics(
+            dense_model, data.test_tok, data.tokenizer, recipe.dense, dense_work, head, data.label_names
+        )
+        timings["dense_eval_s"] = time.perf_counter() - t0
+    elif recipe.save_dense:
+        logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(data.train_tok))
         # Saved with what it was trained from, so running the job again in the same folder reuses it.
         dense_model, info = fine_tuned_dense(
             recipe,
             confined_path(output_dir, "dense"),
-            model_path,
-            tokenizer,
-            train_tok,
-            test_tok,
-            confined_path(work, "dense"),
+            data.model_path,
+            data.tokenizer,
+            data.train_tok,
+            data.test_tok,
+            dense_work,
             save_steps=recipe.checkpoint.save_steps,
             resume=resume,
+            data=data,
         )
-        accuracy = info["test_accuracy"]
+        metrics = {k: info[k] for k in head.metrics if k in info}
+        if head.metric not in metrics:  # saved by an older version without this metric: measured again
+            metrics, _ = predict_metrics(
+                dense_model, data.test_tok, data.tokenizer, recipe.dense, dense_work, head, data.label_names
+            )
         timings["dense_train_s"] = info["train_s"]
     else:
-        dense_model = load_classifier(model_path, recipe.dense.seed)
-        dense_work = confined_path(work, "dense")
+        logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(data.train_tok))
+        t0 = time.perf_counter()
+        dense_model = load_task_model(
+            head, data.model_path, recipe.dense.seed, data.label_names, new_head=data.new_head
+        )
         finetune(
             dense_model,
-            train_tok,
-            tokenizer,
+            data.train_tok,
+            data.tokenizer,
             recipe.dense,
             dense_work,
+            collator=collator(head, data.tokenizer, train=True),
             save_steps=recipe.checkpoint.save_steps,
             resume=resume,
         )
         timings["dense_train_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        accuracy, _ = predict(dense_model, test_tok, tokenizer, recipe.dense, dense_work)
+        metrics, _ = predict_metrics(
+            dense_model, data.test_tok, data.tokenizer, recipe.dense, dense_work, head, data.label_names
+        )
         timings["dense_eval_s"] = time.perf_counter() - t0
-    logger.info("hf-sparse compress: dense test accuracy %.4f", accuracy)
+    logger.info("hf-sparse compress: dense test %s %.4f", head.metric_name, metrics[head.metric])
     dense = {
-        "test_accuracy": accuracy,
+        **metrics,
+        "fine_tuned": not data.dense_given,
         **model_parameter_counts(dense_model),
         "checkpoint_bytes": dense_checkpoint_bytes(dense_model),
     }
@@ -164,11 +211,40 @@ def _dense_baseline(recipe: Recipe, data, output_dir: Path, work: Path, resume: 
 
 
 def _evaluator(dataset, examples: int | None, task: ClassificationTask, recipe: Recipe, work: Path):
-    """``evaluate(model) -> accuracy`` on ``examples`` seeded examples of ``dataset`` (all when None)."""
+    """``evaluate(model) -> metric`` (the task's compared metric) on ``examples`` seeded examples of ``dataset``
+    (all when None; stratified by label where the split has one)."""
     from .data import stratified_subset
 
-    subset = stratified_subset(dataset, examples, seed=recipe.data.seed)
-    return lambda model: predict(model, subset, task.tokenizer, recipe.pruned, work)[0]
+    if examples is not None and examples < len(dataset):
+        if "label" in dataset.column_names:
+            dataset = stratified_subset(dataset, examples, seed=recipe.data.seed)
+        else:
+            dataset = dataset.shuffle(seed=recipe.data.seed).select(range(examples))
+    return lambda model: task.predict_on(model, dataset, work)[0][task.metric]
+
+
+def _check_teachers(recipe: Recipe, data: PreparedData) -> None:
+    """Each named distillation teacher classifies into the data's number of labels (checked once the data's labels
+    are known: before any training)."""
+    from .data import resolve_model
+    from .jobs.heads import read_model_config
+    from .jobs.plan import method_sections
+
+    if not data.head.labelled:
+        return
+    sections = [(f"stages[{i}].", method_sections(st)) for i, st in enumerate(recipe.stages)] or [
+        ("", method_sections(recipe))
+    ]
+    for where, found in sections:
+        name = getattr(found.get("distillation"), "teacher", None)
+        if name is None:
+            continue
+        config = read_model_config(resolve_model(name), f"{where}distillation.teacher")
+        if config.num_labels != len(data.label_names):
+            raise ConfigError(
+                f"{where}distillation.teacher {quote(name)} classifies into {config.num_labels} labels; the data has "
+                f"{len(data.label_names)} ({list(data.label_names)})."
+            )
 
 
 def _sensitivity(recipe: Recipe, task: ClassificationTask, work: Path, timings: dict):
@@ -231,10 +307,10 @@ def _guarded_run(recipe: Recipe, task: ClassificationTask, work: Path) -> dict:
     accepted = result.accepted_sparsity or 0.0
     return {
         **{k: v for k, v in result.to_dict().items() if k != "masks"},
-        "metric": "validation accuracy",
-        "test_accuracy": predict(model, task.test_tok, task.tokenizer, recipe.pruned, work)[0],
+        "metric": f"validation {task.head.metric_name}",
+        **task.predict_on(model, task.test_tok, work)[0],
         "checkpoint": f"guarded-{round(100 * accepted)}",
-        "markdown": result.to_markdown(metric_name="validation accuracy"),
+        "markdown": result.to_markdown(metric_name=f"validation {task.head.metric_name}"),
         "model": model,
     }
 
@@ -269,6 +345,7 @@ def run_compress(
     if is_main_process():
         _remove_stale_partials(output_dir, recipe)
     data = prepare_data(recipe)
+    _check_teachers(recipe, data)
     dense_model, dense = _dense_baseline(recipe, data, output_dir, work, resume, timings)
     task = ClassificationTask(recipe, data, dense_model, work, save_steps=recipe.checkpoint.save_steps)
     scan = _sensitivity(recipe, task, work, timings)
@@ -305,17 +382,26 @@ def run_compress(
         del guard["model"]
 
     timings["total_s"] = time.perf_counter() - started
+    head = data.head
     report = {
         "recipe": recipe_source or recipe.name,
+        "task": head.name,
         "model": recipe.model.name,
         "model_path": task.model_path,
+        "metric": {
+            "key": head.metric,
+            "name": head.metric_name,
+            "higher_is_better": head.higher_is_better,
+            "all": dict(head.metrics),
+        },
         "data": {
-            "dataset": recipe.data.dataset,
+            "dataset": data.source if not recipe.data.packaged else recipe.data.dataset,
             "seed": recipe.data.seed,
             "train_examples": len(task.train_tok),
+            "validation_examples": len(task.val_tok),
             "test_examples": len(task.test_tok),
-            "test_majority_accuracy": float(data[5]),
-            "labels": list(LABEL_NAMES),
+            "test_majority_accuracy": data.majority,
+            "labels": list(data.label_names) if data.label_names is not None else None,
         },
         "dense": dense,
         "runs": runs,

@@ -50,6 +50,8 @@ __all__ = [
     "Recipe",
     "load_recipe",
     "dump_recipe",
+    "recipe_for",
+    "resolve_paths",
     "packaged_recipes",
     "DEFAULT_RECIPE",
 ]
@@ -205,6 +207,10 @@ class Recipe(BaseConfig):
 
     Args:
         name: A label for reports.
+        task: What the model does: ``text-classification`` (single texts or pairs, any number of labels; accuracy
+            and macro F1), ``token-classification`` (a tag per word; entity-level F1 of IOB2 tags) or ``masked-lm``
+            (a pre-trained encoder compressed before any task fine-tuning; masked-LM perplexity on the test split,
+            with the same seeded masked positions for every model). See :mod:`hf_sparse.jobs.heads`.
         model, data: What to compress and on which data.
         dense: Fine-tuning of the dense baseline.
         pruned: Fine-tuning of each pruned model (starting from the fine-tuned dense one).
@@ -243,6 +249,7 @@ class Recipe(BaseConfig):
     """
 
     name: str = DEFAULT_RECIPE
+    task: Literal["text-classification", "token-classification", "masked-lm"] = "text-classification"
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     data: DataSection = dataclasses.field(default_factory=DataSection)
     dense: TrainSection = dataclasses.field(default_factory=TrainSection)
@@ -281,6 +288,7 @@ class Recipe(BaseConfig):
                 )
         if self.stages:
             self._validate_stages()
+        self._validate_task()
         if self.lowrank is not None and self.sensitivity is not None and self.lowrank.compression is None:
             raise ConfigError(
                 "lowrank with a sensitivity section: set lowrank.compression (the fraction of the layers' values "
@@ -301,6 +309,31 @@ class Recipe(BaseConfig):
                     "lowrank or embeddings section), "
                     f"got {s}."
                 )
+
+    def _validate_task(self) -> None:
+        """What the task needs of the data section, and the job features that cannot serve the task."""
+        from .jobs.heads import head_for
+
+        head = head_for(self.task)
+        if self.data.packaged and not head.packaged_data:
+            raise ConfigError(
+                f"data.dataset: the packaged rotten_tomatoes is text-classification data; a {self.task} recipe needs "
+                "your own data (data.dataset: a file, a folder or a cached Hub id, or data.files)."
+            )
+        for role in self.data.columns:
+            if role not in head.column_roles:
+                raise ConfigError(
+                    f"data.columns.{role}: not a column role of {self.task} (its roles: {list(head.column_roles)})."
+                )
+        if self.data.label_names is not None and not head.labelled:
+            raise ConfigError(f"data.label_names: a {self.task} recipe has no labels; remove it.")
+        if not head.higher_is_better:
+            for key in ("guard", "sensitivity"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(
+                        f"{key}: measures an accuracy drop on the validation split; {self.task} is scored by "
+                        f"{head.metric_name} (lower is better), which {key} does not handle. Remove {key}."
+                    )
 
     def _validate_stages(self) -> None:
         for key in (
@@ -414,7 +447,112 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
             f"{path} is a causal-LM recipe (task: lm); run it with `hf-sparse compress {source}` or "
             f"`hf-sparse lm {source}` (hf_sparse.lm.load_lm_recipe reads it)."
         )
-    return validate_recipe_document(Recipe, data, root, path, "name:, model:, pruning: ...")
+    if recipe_task(data) == "causal-lm":
+        raise RecipeError(
+            f"{path} is a causal-LM one-shot recipe (task: causal-lm); run it with `hf-sparse compress {source}` "
+            "(hf_sparse.jobs.tasks.task_for('causal-lm').load_recipe reads it)."
+        )
+    recipe = validate_recipe_document(Recipe, data, root, path, "name:, model:, pruning: ...")
+    return resolve_paths(recipe, path.resolve().parent)
+
+
+def _local_path(value: str, base: Path, *, must_exist: bool) -> str | None:
+    """``value`` as an absolute path: as it is when absolute, else ``base / value`` (``~`` expanded). ``must_exist``:
+    None unless that path exists (the value may be a Hub id or an alias instead)."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if must_exist and not path.exists():
+        return None
+    return str(path.resolve()) if path.exists() else str(path)
+
+
+def resolve_paths(recipe: Recipe, base: str | Path) -> Recipe:
+    """``recipe`` with its relative local paths made absolute against ``base``: ``data.files`` (always paths),
+    ``data.dataset`` and ``model.name`` where ``base / value`` exists (otherwise they are a packaged name, an alias or
+    a Hub id, and stay as written). :func:`load_recipe` resolves against the recipe file's folder, so a recipe runs
+    the same from any working folder, and the resolved recipe a job saves (``recipe.yaml``, absolute paths) runs
+    from anywhere too.
+    """
+    base = Path(base)
+    data, model = recipe.data, recipe.model
+    changes: dict = {}
+    if data.files is not None:
+        files = {split: _local_path(p, base, must_exist=False) for split, p in data.files.items()}
+        if files != data.files:
+            changes["data"] = data.replace(files=files)
+    elif not data.packaged and data.dataset is not None:
+        found = _local_path(data.dataset, base, must_exist=True)
+        if found is not None and found != data.dataset:
+            changes["data"] = data.replace(dataset=found)
+    if model.name not in _model_aliases():
+        found = _local_path(model.name, base, must_exist=True)
+        if found is not None and found != model.name:
+            changes["model"] = model.replace(name=found)
+    return recipe.replace(**changes) if changes else recipe
+
+
+def _model_aliases() -> dict:
+    from .data import MODEL_ALIASES
+
+    return MODEL_ALIASES
+
+
+def recipe_for(
+    task: str = "text-classification",
+    model: str | Path = "minilm-l6",
+    data: str | Path | dict | None = None,
+    *,
+    columns: dict[str, str] | None = None,
+    label_names: list[str] | tuple[str, ...] | None = None,
+    data_options: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Recipe:
+    """A validated recipe for ``task`` on ``model`` and ``data``: what ``hf-sparse compress --task T --model M
+    --data D`` runs. ``dump_recipe`` of it is the YAML the job writes to ``recipe.yaml``.
+
+    Args:
+        task: ``text-classification``, ``token-classification`` or ``masked-lm`` (see :class:`Recipe`).
+        model: A packaged alias, a local folder (relative: to the working folder) or a cached Hub id.
+        data: A file or folder (relative: to the working folder), a cached Hub dataset id, a mapping of split name
+            to file (``{"train": "a.csv", "test": "b.csv"}``), or None for the packaged ``rotten_tomatoes``.
+        columns: Role -> column name of the data (``data.columns``), e.g. ``{"text": "review", "label": "stars"}``.
+        label_names: Class or tag names in id order (``data.label_names``; default: read from the data).
+        data_options: Other ``data`` settings, e.g. ``{"train_limit": 2000, "seed": 1}``.
+        overrides: Recipe settings by top-level key, each a value or a mapping merged into that section, e.g.
+            ``sparsities=[0.5]``, ``dense={"max_steps": 100}``, ``model={"fine_tuned": False}``, ``name="my-run"``.
+
+    Raises:
+        ConfigError: a setting is invalid (the message names the key).
+
+    Example::
+
+        recipe = recipe_for("text-classification", "./my-bert", "reviews.csv", columns={"label": "stars"})
+        print(dump_recipe(recipe))
+    """
+    document: dict[str, Any] = {"task": task, "model": {"name": str(model)}}
+    if isinstance(data, dict):
+        document["data"] = {"files": {split: str(p) for split, p in data.items()}}
+    elif data is not None:
+        document["data"] = {"dataset": str(data)}
+    extra = {**(data_options or {})}
+    if columns:
+        extra["columns"] = dict(columns)
+    if label_names is not None:
+        extra["label_names"] = list(label_names)
+    if extra:
+        document["data"] = {**document.get("data", {}), **extra}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            document[key] = {**document[key], **value}
+        else:
+            document[key] = value
+    if "name" not in overrides:
+        # A name of its own (the default one is the packaged recipe's): the data's or the model's stem.
+        stem = Path(str(data if data is not None and not isinstance(data, dict) else model)).stem
+        safe = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")[:40] or "job"
+        document["name"] = f"{safe}-{task}" if safe not in JOB_OUTPUTS else f"job-{task}"
+    return resolve_paths(Recipe.from_dict(document), Path.cwd())
 
 
 def dump_recipe(recipe: Recipe) -> str:

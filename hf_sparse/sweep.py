@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .compress import fine_tuned_dense
+from .errors import ConfigError
 from .jobs.classification import predict, prepare_data
 from .jobs.report import pct
 from .jobs.training import finetune
@@ -86,16 +87,31 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
     # Saves a killed job left half-written (hidden temporaries of this job's own outputs) go first.
     remove_stale_partials(output_dir, JOB_OUTPUTS)
     record_file = confined_path(output_dir, "sweep.json")
-    model_path, tokenizer, _test, train_tok, test_tok, majority, _val = prepare_data(recipe)
-    dense_model, dense = fine_tuned_dense(
-        recipe,
-        confined_path(output_dir, "dense"),
-        model_path,
-        tokenizer,
-        train_tok,
-        test_tok,
-        confined_path(output_dir, "trainer", "dense"),
-    )
+    if recipe.task != "text-classification":
+        raise ConfigError(
+            "task: hf-sparse sweep compares pruning criteria by test accuracy on text classification; a "
+            f"{recipe.task} recipe runs with hf-sparse compress (give it sparsities: [...] for one run per sparsity)."
+        )
+    data = prepare_data(recipe)
+    tokenizer, train_tok, test_tok, majority = data.tokenizer, data.train_tok, data.test_tok, data.majority
+    if data.dense_given:
+        from .jobs.heads import load_task_model
+        from .pruning.stats import model_parameter_counts
+
+        dense_model = load_task_model(data.head, data.model_path, recipe.dense.seed, data.label_names)
+        accuracy, _ = predict(dense_model, test_tok, tokenizer, recipe.dense, confined_path(output_dir, "trainer"))
+        dense = {"test_accuracy": accuracy, "fine_tuned": False, **model_parameter_counts(dense_model)}
+    else:
+        dense_model, dense = fine_tuned_dense(
+            recipe,
+            confined_path(output_dir, "dense"),
+            data.model_path,
+            tokenizer,
+            train_tok,
+            test_tok,
+            confined_path(output_dir, "trainer", "dense"),
+            data=data,
+        )
     logger.info("hf-sparse sweep: dense test accuracy %.4f", dense["test_accuracy"])
     done: dict[str, dict] = {}
     previous = _read_record(record_file)
@@ -106,7 +122,7 @@ def run_sweep(recipe: Recipe, output_dir: str | Path, *, recipe_source: str | No
         "recipe": recipe_source or recipe.name,
         "model": recipe.model.name,
         "data": {
-            "dataset": recipe.data.dataset,
+            "dataset": recipe.data.dataset if recipe.data.packaged else data.source,
             "seed": recipe.data.seed,
             "train_examples": len(train_tok),
             "test_examples": len(test_tok),

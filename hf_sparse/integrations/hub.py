@@ -65,7 +65,9 @@ def write_model_card(folder: str | Path, *, repo_id: str | None = None, results:
         repo_id: The Hub id the card's usage example loads (default: the folder path).
         results: Measured results (default: the folder's ``hf_sparse_results.json``, if any). Keys used:
             ``base_model``, ``title``, ``summary``, ``method``, ``dataset``, ``pipeline_tag``, ``recipe_file``,
-            ``accuracy`` {metric, split, examples, seed, dense, compressed}, ``nonzero_params``,
+            ``accuracy`` {metric, split, examples, seed, dense, compressed} (the task's compared metric: accuracy,
+            entity F1, masked-LM perplexity), ``metric_ids`` (the Hub metric ids of the card's metadata; default the
+            compared metric's name), ``nonzero_params``,
             ``dense_nonzero_params``, ``dense_checkpoint_bytes``, ``latency`` {batch, seq, threads, rounds, ours_s,
             dense_s, speedup, machine, torch; where every dense configuration was timed also best_dense, best_dense_s,
             ratio_vs_best_dense, dense_baselines_s}, ``layers`` {name: sparsity} (for dense-stored checkpoints).
@@ -125,7 +127,7 @@ def write_model_card(folder: str | Path, *, repo_id: str | None = None, results:
         library_name="transformers",
         pipeline_tag=results.get("pipeline_tag"),
         datasets=[results["dataset"]] if results.get("dataset") else None,
-        metrics=[accuracy["metric"]] if accuracy else None,
+        metrics=list(results.get("metric_ids") or ([accuracy["metric"]] if accuracy else [])) or None,
         tags=["hf_sparse", "sparse", "pruning", *(["sparse-checkpoint"] if sparse else [])],
     )
     latency = results.get("latency")

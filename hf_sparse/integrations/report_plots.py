@@ -45,15 +45,25 @@ def _treatments(run: Mapping) -> list[str]:
     return parts
 
 
+def _metric_key(report: Mapping) -> tuple[str, str]:
+    """(report key, name) of the report's compared metric (test accuracy for reports without a ``metric``)."""
+    metric = report.get("metric")
+    if isinstance(metric, Mapping) and isinstance(metric.get("key"), str):
+        return metric["key"], str(metric.get("name") or metric["key"])
+    return "test_accuracy", "accuracy"
+
+
 def _report_series(report: Mapping) -> dict[str, list[tuple[float, float]]]:
-    """The runs' (measured sparsity, test accuracy) grouped by what else each applied, in order of first appearance;
+    """The runs' (measured sparsity, test metric: accuracy, or the report's ``metric``) grouped by what else each
+    applied, in order of first appearance;
     runs without both numbers are left out. The accuracy-guarded run, if any, is a series of its own."""
     groups: dict[tuple[str, ...], list[tuple[float, float]]] = {}
     pruned: dict[tuple[str, ...], bool] = {}
+    key, _ = _metric_key(report)
     for run in report.get("runs") or ():
         if not isinstance(run, Mapping):
             continue
-        x, y = _finite(run.get("sparsity")), _finite(run.get("test_accuracy"))
+        x, y = _finite(run.get("sparsity")), _finite(run.get(key))
         if x is None or y is None:
             continue
         key = tuple(_treatments(run))
@@ -66,12 +76,12 @@ def _report_series(report: Mapping) -> dict[str, list[tuple[float, float]]]:
         for key, points in groups.items()
     }
     guard = report.get("guard")
-    if isinstance(guard, Mapping) and _finite(guard.get("test_accuracy")) is not None:
+    if isinstance(guard, Mapping) and _finite(guard.get(key)) is not None:
         accepted = [h for h in guard.get("history") or () if isinstance(h, Mapping) and h.get("accepted")]
         x = _finite(accepted[-1].get("measured_sparsity")) if accepted else None
         x = x if x is not None else _finite(guard.get("accepted_sparsity"))
         if x is not None:
-            series["accuracy guard"] = [(x, float(guard["test_accuracy"]))]
+            series["accuracy guard"] = [(x, float(guard[key]))]
     return series
 
 
@@ -141,18 +151,21 @@ def write_report_plots(report: Mapping, folder: str | Path) -> dict[str, str]:
 
     series = _report_series(report)
     if series:
+        key, name = _metric_key(report)
         dense = report.get("dense")
-        baseline = _finite(dense.get("test_accuracy")) if isinstance(dense, Mapping) else None
+        baseline = _finite(dense.get(key)) if isinstance(dense, Mapping) else None
         n_test, chance = _report_test_split(report)
         values = [y for points in series.values() for _, y in points] + ([baseline] if baseline is not None else [])
-        if not all(0.0 <= v <= 1.0 for v in values):
+        if key != "test_accuracy" or not all(0.0 <= v <= 1.0 for v in values):
             n_test = None  # not accuracies: no binomial error bars
         model = report.get("model")
-        title = f"Test accuracy vs sparsity: {model}" if model else "Test accuracy vs sparsity"
+        what = f"Test {name} vs sparsity"
+        title = f"{what}: {model}" if model else what
         accuracy_plot_png(
             series,
             confined_path(folder, f"{ACCURACY_PLOT}.png"),
             baseline=baseline,
+            y_label=f"test {name}",
             title=title,
             n_test=n_test,
             chance=chance,

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from ..data import LABEL_NAMES, hub_id
+from ..data import hub_id
 from ..pruning.config import PruningConfig
 from ..pruning.method import pct as _pct
 from ..pruning.method import schedule_description as _schedule_desc
-from .report import machine_label
+from .report import machine_label, report_metric
 
 __all__ = ["card_results", "pruning_description", "speed_sentence"]
+
+
+#: The Hub metric ids of each task's metrics.
+_METRIC_IDS = {
+    "text-classification": ("accuracy", "f1"),
+    "token-classification": ("f1", "precision", "recall", "accuracy"),
+    "masked-lm": ("perplexity",),
+}
 
 
 def pruning_description(cfg: PruningConfig, n_layers: int) -> tuple[str, str]:
@@ -51,11 +59,21 @@ def card_results(run: dict, report: dict, recipe) -> dict:
     latency = run.get("latency")
     if latency:
         latency = {**latency, "machine": machine_label(m), "torch": m["torch"]}
-    task = (
-        f"`{hub_id(report['model'])}` fine-tuned for sentiment classification ({' / '.join(LABEL_NAMES)}) on "
-        f"{recipe.data.dataset}"
-    )
-    title = f"{recipe.model.name} pruned to {_pct(run['sparsity'])} on {recipe.data.dataset}"
+    from .heads import head_for
+
+    head = head_for(report.get("task"))
+    metric = report_metric(report)
+    dataset = report["data"]["dataset"]
+    labels = report["data"].get("labels")
+    base = f"`{hub_id(report['model'])}`"
+    if head.name == "masked-lm":
+        tuned = "" if not report["dense"].get("fine_tuned", True) else " (masked-LM training on the data's text)"
+        task = f"{base}{tuned}, a masked language model scored on {dataset}"
+    else:
+        what = {"text-classification": "text classification", "token-classification": "token classification"}
+        given = "" if report["dense"].get("fine_tuned", True) else " (as given: already fine-tuned)"
+        task = f"{base}{given} fine-tuned for {what[head.name]} ({' / '.join(map(str, labels or ()))}) on {dataset}"
+    title = f"{recipe.model.name} pruned to {_pct(run['sparsity'])} on {dataset}"
     summary = f"{task} and pruned with hf_sparse: {_pct(run['sparsity'])} of the weights of its " + (
         "{} are zero ({}).".format(*pruning_description(cfg, len(run["layers"])))
     )
@@ -68,7 +86,7 @@ def card_results(run: dict, report: dict, recipe) -> dict:
     if structure:
         sc = structure["config"]
         kept = structure["params_after"] / structure["params_before"]
-        title = f"{recipe.model.name} with {_pct(1 - kept)} of its parameters removed on {recipe.data.dataset}"
+        title = f"{recipe.model.name} with {_pct(1 - kept)} of its parameters removed on {dataset}"
         summary = (
             f"{task}, then made smaller with hf_sparse structured pruning: {_pct(sc['heads_fraction'])} of the "
             f"attention heads and {_pct(sc['neurons_fraction'])} of the FFN neurons removed ({sc['criterion']} "
@@ -95,22 +113,41 @@ def card_results(run: dict, report: dict, recipe) -> dict:
             f" Its {quant['layers']} encoder Linear layers hold {bits}-bit integer weights with float scales ({how}); "
             f"they take {quant['weight_bytes']:,} bytes instead of {quant['float_weight_bytes']:,} in float32."
         )
+    key = metric["key"]
+    others = [k for k in metric["all"] if k != key and k in run]
+    if others:
+        summary += (
+            " Also measured on the test split: "
+            + ", ".join(
+                f"{metric['all'][k]} {run[k]:.4f} (dense {report['dense'].get(k, float('nan')):.4f})" for k in others
+            )
+            + "."
+        )
+    if not metric["higher_is_better"]:
+        summary += f" Lower {metric['name']} is better."
     summary += speed_sentence(latency)
     return {
         "base_model": hub_id(report["model"]),
         "title": title,
         "summary": summary,
         "method": method,
-        "dataset": recipe.data.dataset,
-        "pipeline_tag": "text-classification",
+        "dataset": dataset,
+        "pipeline_tag": head.pipeline_tag,
         "recipe_file": "hf_sparse_recipe.yaml",
         "accuracy": {
-            "metric": "accuracy",
+            "metric": metric["name"],
             "split": "test",
             "examples": report["data"]["test_examples"],
             "seed": recipe.data.seed,
-            "dense": report["dense"]["test_accuracy"],
-            "compressed": run["test_accuracy"],
+            "dense": report["dense"][key],
+            "compressed": run[key],
+        },
+        # Hub metric ids of the card's metadata (what the Hub lists the model under).
+        "metric_ids": list(_METRIC_IDS[head.name]),
+        "metrics": {
+            name: {"dense": report["dense"].get(k), "compressed": run[k]}
+            for k, name in metric["all"].items()
+            if k in run
         },
         "nonzero_params": run["nonzero_params"],
         "dense_nonzero_params": report["dense"]["nonzero_params"],

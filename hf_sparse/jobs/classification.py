@@ -1,14 +1,19 @@
-"""The text-classification task: the packaged sentiment data, a sequence classifier, accuracy on the test split.
+"""The task of a ``hf-sparse compress`` job: the recipe's data (the packaged sentiment data, or the user's, read by
+:func:`hf_sparse.data.load_user_data`), the task's model (:mod:`hf_sparse.jobs.heads`), and its metrics on the test
+split.
 
 :class:`ClassificationTask` is what the stage loop (:func:`~hf_sparse.jobs.runner.run_plan`) and the methods' job
 hooks use of a task: a model to start from, fine-tuning, evaluation, calibration batches, token frequencies,
-teachers, saving, reloading and timing.
+teachers, saving, reloading and timing. It serves every task of :data:`~hf_sparse.jobs.heads.HEADS` (text and token
+classification, masked LM); the name is kept from when it served text classification only.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,76 +22,167 @@ import torch
 from ..data import LABEL_NAMES, load_rotten_tomatoes, resolve_model, stratified_subset
 from ..errors import ConfigError, quote
 from ..resilience import atomic_folder, confined_path
+from .heads import (
+    TaskHead,
+    collator,
+    dense_is_given,
+    head_for,
+    load_task_model,
+    meta_task_model,
+    mlm_outputs,
+    predicted_ids,
+    score,
+    tokenize_split,
+)
 from .training import barrier, dense_baselines, finetune, is_main_process, latency, training_args
 
-__all__ = ["ClassificationTask", "prepare_data", "load_classifier", "meta_classifier", "labelled_batches"]
+__all__ = [
+    "ClassificationTask",
+    "PreparedData",
+    "prepare_data",
+    "load_classifier",
+    "meta_classifier",
+    "labelled_batches",
+    "predict",
+    "predict_metrics",
+]
+
+logger = logging.getLogger("hf_sparse.compress")
 
 
-def prepare_data(recipe):
-    """The recipe's model path, tokenizer, test split (text), tokenized train and test splits, the test split's
-    majority-class accuracy, and the tokenized validation split."""
+@dataclasses.dataclass
+class PreparedData:
+    """What :func:`prepare_data` read and tokenized for a job.
+
+    Attributes:
+        head: The task.
+        model_path: The model folder (or cached Hub id) the job starts from.
+        tokenizer: Its tokenizer.
+        test: The test split before tokenization (normalised columns).
+        train_tok, val_tok, test_tok: The tokenized splits (masked-lm: validation and test with their fixed masks).
+        label_names: Class or tag names in id order (None for masked-lm).
+        majority: The test split's majority-class accuracy (text classification), else None.
+        source: The data in a few words (report, model card).
+        dense_given: The model as given is the dense baseline (already fine-tuned for the task and these labels).
+        new_head: The model's classification head has another size; a fine-tuning starts from a new one.
+    """
+
+    head: TaskHead
+    model_path: str
+    tokenizer: object
+    test: object
+    train_tok: object
+    val_tok: object
+    test_tok: object
+    label_names: tuple[str, ...] | None
+    majority: float | None
+    source: str
+    dense_given: bool = False
+    new_head: bool = False
+
+
+def _read_splits(recipe, head: TaskHead):
+    """(splits, label names, description) of the recipe's data, subsets taken; the packaged data through its own
+    loader (the default job's numbers stay those of its README), any other through ``load_user_data`` (which
+    raises a DataError naming the file, column and row of a problem: before any training)."""
+    data = recipe.data
+    limits = {"train": data.train_limit, "validation": data.validation_limit, "test": data.test_limit}
+    if data.packaged:
+        splits = load_rotten_tomatoes(
+            seed=data.seed, validation_fraction=data.validation_fraction, test_fraction=data.test_fraction
+        )
+        splits = {name: stratified_subset(split, limits[name], seed=data.seed) for name, split in splits.items()}
+        if not head.labelled:  # masked-lm reads the snippets' text only
+            splits = {name: split.remove_columns("label") for name, split in splits.items()}
+        return splits, (LABEL_NAMES if head.labelled else None), data.dataset
+    from ..data import load_user_data
+
+    user = load_user_data(
+        data.source,
+        task=head.name,
+        columns=dict(data.columns) or None,
+        label_names=list(data.label_names) if data.label_names is not None else None,
+        seed=data.seed,
+        validation_fraction=data.validation_fraction,
+        test_fraction=data.test_fraction,
+        limits={k: v for k, v in limits.items() if v is not None} or None,
+    )
+    names = tuple(user.label_names) if user.label_names is not None else None
+    return dict(user.splits), names, str(user.source or data.description)
+
+
+def prepare_data(recipe) -> PreparedData:
+    """Read, check and tokenize the recipe's data for its task, and decide whether the model as given is the dense
+    baseline (``model.fine_tuned``). Every problem of the data or of its fit to the model is raised here, before any
+    training: a :class:`~hf_sparse.errors.DataError` (file, column, row), or a ConfigError naming the model's and
+    the data's labels."""
     from transformers import AutoTokenizer
 
+    head = head_for(recipe.task)
     model_path = resolve_model(recipe.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    splits = load_rotten_tomatoes(
-        seed=recipe.data.seed,
-        validation_fraction=recipe.data.validation_fraction,
-        test_fraction=recipe.data.test_fraction,
-    )
-    train = stratified_subset(splits["train"], recipe.data.train_limit, seed=recipe.data.seed)
-    test = stratified_subset(splits["test"], recipe.data.test_limit, seed=recipe.data.seed)
-
-    def tokenize(batch):
-        enc = tokenizer(batch["text"], truncation=True, max_length=recipe.model.max_length)
-        enc["length"] = [len(ids) for ids in enc["input_ids"]]
-        return enc
-
-    train_tok = train.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing train")
-    test_tok = test.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing test")
-    val_tok = splits["validation"].map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing validation")
-    majority = max(np.bincount(np.asarray(test["label"]), minlength=len(LABEL_NAMES))) / len(test)
-    return model_path, tokenizer, test, train_tok, test_tok, float(majority), val_tok
-
-
-def load_classifier(model_path: str, seed: int):
-    """The sequence classifier of the task's labels on ``model_path`` (new head initialised with ``seed``)."""
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    set_seed(seed)
-    return AutoModelForSequenceClassification.from_pretrained(
-        model_path,
-        num_labels=len(LABEL_NAMES),
-        id2label=dict(enumerate(LABEL_NAMES)),
-        label2id={n: i for i, n in enumerate(LABEL_NAMES)},
-    )
-
-
-def meta_classifier(model_path: str, who: str, *, num_labels: int | None = len(LABEL_NAMES)):
-    """The task's classifier on ``model_path`` built on the meta device (no weights read: shapes and names only);
-    ``num_labels=None`` keeps the labels of the saved config (a teacher's)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
     try:
-        extra = {} if num_labels is None else {"num_labels": num_labels}
-        config = AutoConfig.from_pretrained(model_path, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"{who}: cannot read a model config from {quote(model_path)} (a packaged alias, a local folder or a Hub "
-            f"id already in the cache; there is no download here): {str(exc).splitlines()[0]}"
+            f"model.name: cannot read a tokenizer from {quote(str(model_path))}: {str(exc).splitlines()[0]}"
         ) from None
-    with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(config)
+    splits, label_names, source = _read_splits(recipe, head)
+    if head.labelled:
+        meta = meta_task_model(head, model_path, "model.name", num_labels=len(label_names))
+        del meta  # the task's model exists for this config; the labels are checked next
+    dense_given, new_head = dense_is_given(head, recipe, model_path, label_names)
+    max_length, seed = recipe.model.max_length, recipe.data.seed
+    tok = {
+        name: tokenize_split(
+            head, tokenizer, splits[name], max_length, split=name, seed=seed, model_name=recipe.model.name
+        )
+        for name in ("train", "validation", "test")
+    }
+    majority = None
+    if head.name == "text-classification":
+        counts = np.bincount(np.asarray(splits["test"]["label"]), minlength=len(label_names))
+        majority = float(counts.max() / len(splits["test"]))
+    return PreparedData(
+        head=head,
+        model_path=str(model_path),
+        tokenizer=tokenizer,
+        test=splits["test"],
+        train_tok=tok["train"],
+        val_tok=tok["validation"],
+        test_tok=tok["test"],
+        label_names=label_names,
+        majority=majority,
+        source=source,
+        dense_given=dense_given,
+        new_head=new_head,
+    )
 
 
-def labelled_batches(train_tok, tokenizer, samples: int, seed: int) -> list[dict]:
-    """``samples`` seeded training examples as padded batches of 32 with labels (Taylor scores need the loss)."""
-    from transformers import DataCollatorWithPadding
+def load_classifier(model_path: str, seed: int, label_names=LABEL_NAMES, *, task=None, new_head: bool = False):
+    """The task's model on ``model_path`` with ``label_names`` (a new head initialised with ``seed``); the sequence
+    classifier of the packaged data's labels by default."""
+    return load_task_model(head_for(task), model_path, seed, label_names, new_head=new_head)
 
+
+def meta_classifier(model_path: str, who: str, *, num_labels: int | None = len(LABEL_NAMES), task=None):
+    """The task's model on ``model_path`` built on the meta device (no weights read: shapes and names only);
+    ``num_labels=None`` keeps the labels of the saved config (a teacher's)."""
+    return meta_task_model(head_for(task), model_path, who, num_labels=num_labels)
+
+
+def labelled_batches(train_tok, tokenizer, samples: int, seed: int, head: TaskHead | None = None) -> list[dict]:
+    """``samples`` seeded training examples as padded batches of 32 with labels (Taylor scores need the loss);
+    masked-lm batches get their masks from a generator seeded with ``seed``."""
+    head = head or head_for(None)
     subset = train_tok.shuffle(seed=seed).select(range(min(samples, len(train_tok))))
     subset = subset.remove_columns([c for c in subset.column_names if c == "length"])
-    collate = DataCollatorWithPadding(tokenizer)
-    return [collate([subset[j] for j in range(i, min(i + 32, len(subset)))]) for i in range(0, len(subset), 32)]
+    collate = collator(head, tokenizer, train=True)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return [collate([subset[j] for j in range(i, min(i + 32, len(subset)))]) for i in range(0, len(subset), 32)]
+    finally:
+        torch.random.set_rng_state(state)
 
 
 def token_frequencies(train_tok, model) -> dict[str, torch.Tensor]:
@@ -100,59 +196,72 @@ def token_frequencies(train_tok, model) -> dict[str, torch.Tensor]:
     return {name: counts}
 
 
-def predict(model, dataset, tokenizer, section, work: Path) -> tuple[float, np.ndarray]:
-    """(accuracy, logits) of ``model`` on ``dataset``."""
-    from transformers import DataCollatorWithPadding, Trainer
+def predict_metrics(
+    model, dataset, tokenizer, section, work: Path, head: TaskHead | None = None, label_names=LABEL_NAMES
+) -> tuple[dict[str, float], np.ndarray]:
+    """(metrics, outputs) of ``model`` on ``dataset``: the task's test metrics (:func:`~hf_sparse.jobs.heads.score`)
+    and its raw outputs (logits; for masked-lm the per-position NLL and predicted id)."""
+    from transformers import Trainer
 
+    head = head or head_for(None)
     trainer = Trainer(
         model=model,
         args=training_args(section, work),
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator(head, tokenizer, train=False),
+        preprocess_logits_for_metrics=mlm_outputs if head.name == "masked-lm" else None,
     )
     output = trainer.predict(dataset, metric_key_prefix="test")
     # Predicting marks the model itself as prepared by accelerate (``_is_accelerate_prepared``); a Trainer that
     # later trains it, or a copy of it, would then skip the DDP wrapping and its ranks would drift apart.
     if "_is_accelerate_prepared" in vars(model):
         del model._is_accelerate_prepared
-    logits = np.asarray(output.predictions)
-    return float((logits.argmax(-1) == np.asarray(output.label_ids)).mean()), logits
+    outputs = output.predictions
+    if isinstance(outputs, tuple):  # models that also return hidden states: the logits come first
+        outputs = outputs[0]
+    outputs = np.asarray(outputs)
+    return score(head, outputs, np.asarray(output.label_ids), label_names), outputs
+
+
+def predict(model, dataset, tokenizer, section, work: Path) -> tuple[float, np.ndarray]:
+    """(accuracy, logits) of a sequence classifier on ``dataset``."""
+    metrics, logits = predict_metrics(model, dataset, tokenizer, section, work)
+    return metrics["test_accuracy"], logits
 
 
 class ClassificationTask:
-    """Sequence classification on the recipe's data (see the module docstring).
+    """The recipe's task on its data (see the module docstring).
 
     Args:
         recipe: The resolved recipe.
         data: What :func:`prepare_data` returned.
-        dense_model: The fine-tuned dense baseline (copied by each run, timed against).
+        dense_model: The dense baseline (fine-tuned, or the model as given; copied by each run, timed against).
         work: The Trainer folder of the job.
     """
 
-    metric = "test_accuracy"
-
-    def __init__(self, recipe, data, dense_model, work: Path, *, save_steps: int = 0):
+    def __init__(self, recipe, data: PreparedData, dense_model, work: Path, *, save_steps: int = 0):
         self.recipe = recipe
-        self.model_path, self.tokenizer, self.test, self.train_tok, self.test_tok, _, self.val_tok = data
+        self.data = data
+        self.head = data.head
+        self.metric = data.head.metric
+        self.label_names = data.label_names
+        self.model_path, self.tokenizer, self.test = data.model_path, data.tokenizer, data.test
+        self.train_tok, self.test_tok, self.val_tok = data.train_tok, data.test_tok, data.val_tok
         self.dense_model = dense_model
         self.work = work
         self.save_steps = save_steps
         self.default_train = recipe.pruned
         self._teachers: dict[str | None, torch.nn.Module] = {}
         self._dense_baselines = None  # built on the first latency measurement, reused by every run
-        # One real test review padded to max_length, batch 1: the latency case of every saved model.
-        self.latency_batch = self.tokenizer(
-            [self.test[0]["text"]],
-            padding="max_length",
-            max_length=recipe.model.max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
+        # One real test example padded to max_length, batch 1: the latency case of every saved model.
+        self.latency_batch = latency_batch(self.test_tok, self.tokenizer, recipe.model.max_length)
 
     # -- what the stage loop uses ----------------------------------------------------------------------------------
     def start_model(self, start_from: str):
         if start_from == "pretrained":
-            return load_classifier(self.model_path, self.recipe.pruned.seed)
+            return load_task_model(
+                self.head, self.model_path, self.recipe.pruned.seed, self.label_names, new_head=self.data.new_head
+            )
         return copy.deepcopy(self.dense_model)
 
     def finetune(self, model, section, work_dir: Path, callbacks=(), init_callbacks=(), *, resume: bool = False):
@@ -164,16 +273,18 @@ class ClassificationTask:
             work_dir,
             callbacks,
             init_callbacks,
+            collator=collator(self.head, self.tokenizer, train=True),
             save_steps=self.save_steps,
             resume=resume,
         )
         return trainer.state.global_step
 
+    def predict_on(self, model, dataset, work: Path) -> tuple[dict[str, float], np.ndarray]:
+        """(metrics, outputs) of ``model`` on a tokenized split of this task."""
+        return predict_metrics(model, dataset, self.tokenizer, self.recipe.pruned, work, self.head, self.label_names)
+
     def predict(self, model) -> tuple[dict[str, float], np.ndarray]:
-        accuracy, logits = predict(
-            model, self.test_tok, self.tokenizer, self.recipe.pruned, confined_path(self.work, "eval")
-        )
-        return {"test_accuracy": accuracy}, logits
+        return self.predict_on(model, self.test_tok, confined_path(self.work, "eval"))
 
     def evaluate(self, model) -> float:
         return self.predict(model)[0][self.metric]
@@ -195,28 +306,28 @@ class ClassificationTask:
                 (tmp / RECIPE_FILE).write_text(recipe_text)
         barrier()
 
-    def verify(self, model, folder: Path, logits: np.ndarray, work: Path) -> dict:
-        """Reload ``folder`` with ``from_pretrained`` and compare its test-split logits with the saved model's."""
-        from transformers import AutoModelForSequenceClassification
-
+    def verify(self, model, folder: Path, outputs: np.ndarray, work: Path) -> dict:
+        """Reload ``folder`` with the task's Auto class (``from_pretrained``) and compare its test-split outputs
+        (logits; masked-lm: the true token's NLL and the predicted token) with the saved model's."""
         from ..nn import SparseEmbedding, SparseLinear
         from ..nn.quant import QuantEmbedding
 
         saved = json.loads((folder / "config.json").read_text())
         # A sparse-attention model names its implementation when it loads (the pattern itself is in config.json).
         extra = {"attn_implementation": "hf_sparse"} if "hf_sparse_attention" in saved else {}
-        loaded = AutoModelForSequenceClassification.from_pretrained(folder, **extra)
-        _, reloaded = predict(loaded, self.test_tok, self.tokenizer, self.recipe.pruned, work)
+        loaded = self.head.model_class().from_pretrained(folder, **extra)
+        _, reloaded = self.predict_on(loaded, self.test_tok, work)
+        same = predicted_ids(self.head, reloaded) == predicted_ids(self.head, outputs)
         return {
-            "identical_predictions": bool((reloaded.argmax(-1) == logits.argmax(-1)).all()),
-            "max_abs_logit_diff": float(np.abs(reloaded - logits).max()),
+            "identical_predictions": bool(same.all()),
+            "max_abs_logit_diff": float(np.abs(reloaded - outputs).max()),
             "sparse_layers_loaded": sum(
                 isinstance(m, (SparseLinear, SparseEmbedding, QuantEmbedding)) for m in loaded.modules()
             ),
         }
 
     def dense_baselines(self):
-        """The dense configurations of this machine for the fine-tuned dense model on the latency batch
+        """The dense configurations of this machine for the dense model on the latency batch
         (``checkpoint.latency_baselines`` of them), built once per job."""
         if self._dense_baselines is None:
             include = self.recipe.checkpoint.latency_baselines
@@ -228,19 +339,30 @@ class ClassificationTask:
 
     # -- what the methods' job hooks use ---------------------------------------------------------------------------
     def calibration_batches(self, samples: int, seed: int) -> list[dict]:
-        return labelled_batches(self.train_tok, self.tokenizer, samples, seed)
+        return labelled_batches(self.train_tok, self.tokenizer, samples, seed, self.head)
 
     def token_frequencies(self, model) -> dict[str, torch.Tensor]:
         return token_frequencies(self.train_tok, model)
 
     def teacher(self, name: str | None):
-        """The frozen teacher ``name`` (a fine-tuned classifier), or the fine-tuned dense baseline for ``None``."""
+        """The frozen teacher ``name`` (a model fine-tuned for the task, with the data's labels), or the dense
+        baseline for ``None``."""
         from ..distillation.students import freeze_teacher, teacher_snapshot
 
         if name not in self._teachers:
             self._teachers[name] = (
                 teacher_snapshot(self.dense_model)
                 if name is None
-                else freeze_teacher(load_classifier(resolve_model(name), self.recipe.dense.seed))
+                else freeze_teacher(
+                    # the teacher's own labels (checked against the data's before any training)
+                    load_task_model(self.head, resolve_model(name), self.recipe.dense.seed, who="distillation.teacher")
+                )
             )
         return self._teachers[name]
+
+
+def latency_batch(test_tok, tokenizer, max_length: int) -> dict:
+    """The first tokenized test example padded to ``max_length`` as a batch of one (model inputs only)."""
+    row = test_tok[0]
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in row]
+    return tokenizer.pad({k: [row[k]] for k in keys}, padding="max_length", max_length=max_length, return_tensors="pt")

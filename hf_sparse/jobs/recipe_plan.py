@@ -10,7 +10,7 @@ from ..config import anchor_message
 from ..data import LABEL_NAMES, resolve_model
 from ..errors import ConfigError, RecipeError, quote
 from ..method import METHOD_REGISTRY
-from .classification import meta_classifier
+from .heads import head_for, meta_task_model
 from .plan import RunPlan, Stage, expand_variants, method_sections, run_name
 
 __all__ = ["preflight", "recipe_plans"]
@@ -84,8 +84,22 @@ def preflight(recipe):
     Raises:
         RecipeError: the message names the recipe key and what the model has instead.
     """
+    head = head_for(recipe.task)
+    # The labels are known before the data is read for the packaged data and where the recipe names them; otherwise
+    # the model's own head size stands in here, and the teacher's labels are checked once the data is read.
+    if not head.labelled:
+        label_names = None
+    elif recipe.data.packaged:
+        label_names = LABEL_NAMES
+    else:
+        label_names = recipe.data.label_names
+    num_labels = len(label_names) if label_names is not None else None
+
+    def meta_model():
+        return meta_task_model(head, resolve_model(recipe.model.name), "model.name", num_labels=num_labels)
+
     try:
-        model = meta_classifier(resolve_model(recipe.model.name), "model.name")
+        model = meta_model()
         positions = getattr(model.config, "max_position_embeddings", None)
         if positions is not None and recipe.model.max_length > positions:
             raise ConfigError(
@@ -94,10 +108,10 @@ def preflight(recipe):
             )
         info = {
             "cut": False,
-            "num_labels": len(LABEL_NAMES),
-            "label_names": LABEL_NAMES,
-            "meta_teacher": lambda name, who: meta_classifier(resolve_model(name), who, num_labels=None),
-            "meta_model": lambda: meta_classifier(resolve_model(recipe.model.name), "model.name"),
+            "num_labels": num_labels,
+            "label_names": label_names,
+            "meta_teacher": lambda name, who: meta_task_model(head, resolve_model(name), who, num_labels=None),
+            "meta_model": meta_model,
         }
         if recipe.stages:
             # Each stage's overrides are resolved, and the stage checked, against the model as the stages before it
@@ -114,7 +128,7 @@ def preflight(recipe):
             (stage,) = plan.stages
             if stage.sections.keys() - checked:  # every method once, on a model that the others transformed
                 checked |= stage.sections.keys()
-                model = meta_classifier(resolve_model(recipe.model.name), "model.name")
+                model = meta_model()
                 _check_stage(model, stage, "", {**info, "cut": False})
         return recipe
     except RecipeError:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 from ..config import BaseConfig, check_seed
@@ -18,6 +20,8 @@ __all__ = [
     "GuardSection",
     "SensitivitySection",
     "check_latency_baselines",
+    "PACKAGED_DATASET",
+    "COLUMN_ROLES",
 ]
 
 
@@ -45,12 +49,32 @@ class ModelSection(BaseConfig):
     """Which model to compress.
 
     Args:
-        name: A packaged alias (``minilm-l6``), a local folder, or a Hub id.
+        name: A packaged alias (``minilm-l6``), a local folder, or a Hub id already in the local cache. A relative
+            folder in a recipe file is read relative to the recipe file's folder when it exists there.
         max_length: Tokenizer truncation length.
+        fine_tuned: Whether the model is already fine-tuned for the recipe's task. ``auto``: it is when its config
+            has the task's architecture (``...ForSequenceClassification``, ``...ForTokenClassification``,
+            ``...ForMaskedLM``) and, for the classification tasks, exactly the data's label names in order; the model
+            as given is then the dense baseline (evaluated, not trained). ``true``: require that (an error names both
+            label lists when they differ). ``false``: always fine-tune the dense baseline first (a classification
+            head of another size is replaced by a new one).
     """
 
     name: str = "minilm-l6"
     max_length: int = 128
+    fine_tuned: Literal["auto", "true", "false"] = "auto"
+
+    def __post_init__(self) -> None:
+        # YAML's true / false (and Python's) read as their words: one typed field of three values.
+        if isinstance(self.fine_tuned, bool):
+            object.__setattr__(self, "fine_tuned", "true" if self.fine_tuned else "false")
+        super().__post_init__()
+
+    @classmethod
+    def _from_mapping(cls, data, *, path: str):
+        if isinstance(data, Mapping) and isinstance(data.get("fine_tuned"), bool):
+            data = {**data, "fine_tuned": "true" if data["fine_tuned"] else "false"}
+        return super()._from_mapping(data, path=path)
 
     def validate(self) -> None:
         if not self.name.strip():
@@ -62,25 +86,90 @@ class ModelSection(BaseConfig):
             raise ConfigError(f"model.max_length must be >= 8, got {self.max_length}.")
 
 
+#: The data set ``data.dataset`` names by default: the packaged Rotten Tomatoes snippets (read by their own loader,
+#: so the default job's numbers stay those of its README).
+PACKAGED_DATASET = "rotten_tomatoes"
+#: The roles ``data.columns`` may map (see :func:`hf_sparse.data.load_user_data`).
+COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags", "user", "item", "timestamp")
+#: The split names of ``data.files``.
+SPLIT_NAMES = ("train", "validation", "test")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSection(BaseConfig):
     """Which data, how it is split and how much of it is used.
 
     Args:
-        dataset: The task's data set.
+        dataset: ``rotten_tomatoes`` (the packaged critic snippets, two labels), or your data: a file (``.csv``,
+            ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``, ``.txt``), a folder written by ``save_to_disk``, or a Hub
+            dataset id present in the local cache. A relative path in a recipe file is read relative to the recipe
+            file's folder (so a recipe keeps working from any folder; the resolved recipe a job writes holds the
+            absolute path).
+        files: Instead of ``dataset``: one file per split, ``{train: a.csv, validation: b.csv, test: c.csv}``
+            (``train`` required; missing splits are cut from ``train``). Relative paths as for ``dataset``.
+        columns: Role -> column name of your data, e.g. ``{text: review, label: stars}`` (roles ``text``,
+            ``text_pair``, ``label``, ``tokens``, ``tags``); unset roles are found by their conventional names.
+        label_names: Class (or tag) names in id order; default: read from the data.
         seed: Seed of the splits and subsets.
-        validation_fraction, test_fraction: Split sizes (fractions of all examples).
-        train_limit, test_limit: Use a stratified, seeded subset of this many examples (null = the whole split).
+        validation_fraction, test_fraction: Split sizes (fractions of all examples) where the data has no such split.
+        train_limit, validation_limit, test_limit: Use a seeded subset (stratified by label where there is one) of
+            this many examples (null = the whole split).
     """
 
-    dataset: Literal["rotten_tomatoes"] = "rotten_tomatoes"
+    dataset: str | None = PACKAGED_DATASET
+    files: dict[str, str] | None = None
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    label_names: tuple[str, ...] | None = None
     seed: int = 42
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     train_limit: int | None = None
+    validation_limit: int | None = None
     test_limit: int | None = None
 
     def validate(self) -> None:
+        if self.files is not None:
+            if self.dataset == PACKAGED_DATASET:
+                object.__setattr__(self, "dataset", None)  # files replace the default data set
+            elif self.dataset is not None:
+                raise ConfigError(
+                    f"data.files and data.dataset ({quote(self.dataset)}) both name the data; give one of them."
+                )
+            unknown = [k for k in self.files if k not in SPLIT_NAMES]
+            if unknown:
+                raise ConfigError(
+                    f"data.files.{quote(unknown[0])[1:-1]}: unknown split {quote(unknown[0])}; splits: "
+                    f"{list(SPLIT_NAMES)}."
+                )
+            if "train" not in self.files:
+                raise ConfigError(
+                    f"data.files needs a train file (the job fine-tunes on it), got splits {list(self.files)}."
+                )
+            for split, path in self.files.items():
+                if not path.strip():
+                    raise ConfigError(f"data.files.{split} is empty; give the path of the {split} file.")
+        elif self.dataset is None or not self.dataset.strip():
+            raise ConfigError(
+                "data.dataset must name the data: 'rotten_tomatoes' (packaged), a file or folder, or a cached Hub "
+                "dataset id (or give data.files)."
+            )
+        for role, column in self.columns.items():
+            if role not in COLUMN_ROLES:
+                raise ConfigError(
+                    f"data.columns.{quote(role)[1:-1]}: unknown role {quote(role)}; roles: {list(COLUMN_ROLES)}."
+                )
+            if not column.strip():
+                raise ConfigError(f"data.columns.{role} is empty; give the column's name in your data.")
+        if self.label_names is not None:
+            if len(self.label_names) < 2:
+                raise ConfigError(f"data.label_names needs at least two names, got {list(self.label_names)}.")
+            if len(set(self.label_names)) != len(self.label_names):
+                raise ConfigError(f"data.label_names has repeated names: {list(self.label_names)}.")
+        if self.packaged and (self.columns or self.label_names is not None):
+            raise ConfigError(
+                "data.columns and data.label_names describe your own data; the packaged rotten_tomatoes has its own "
+                "(text, label: rotten / fresh)."
+            )
         for key in ("validation_fraction", "test_fraction"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ConfigError(f"data.{key} must be in (0, 1), got {getattr(self, key)}.")
@@ -90,10 +179,28 @@ class DataSection(BaseConfig):
                 f"{self.validation_fraction} + {self.test_fraction}."
             )
         check_seed(self.seed, "data.seed")
-        for key in ("train_limit", "test_limit"):
+        for key in ("train_limit", "validation_limit", "test_limit"):
             value = getattr(self, key)
             if value is not None and value < 2:
                 raise ConfigError(f"data.{key} must be >= 2 or null, got {value}.")
+
+    @property
+    def packaged(self) -> bool:
+        """Whether this is the packaged Rotten Tomatoes data (read by its own loader)."""
+        return self.files is None and self.dataset == PACKAGED_DATASET
+
+    @property
+    def source(self):
+        """What :func:`hf_sparse.data.load_user_data` reads: the ``files`` mapping, or ``dataset``."""
+        return dict(self.files) if self.files is not None else self.dataset
+
+    @property
+    def description(self) -> str:
+        """The data in a few words, for reports and model cards (file names, not full paths)."""
+        if self.files is not None:
+            return ", ".join(f"{split}: {Path(path).name}" for split, path in self.files.items())
+        path = Path(self.dataset)
+        return path.name if path.is_absolute() else self.dataset
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,6 +99,8 @@ register_task(
         resumable=True,
     )
 )
+
+
 def _load_causal_lm(path):
     from ..lm.oneshot import load_causal_lm_recipe
 
@@ -110,6 +112,19 @@ def _run_causal_lm(recipe, output_dir, *, recipe_source=None, resume=False):
 
     return run_causal_lm(recipe, output_dir, recipe_source=recipe_source)
 
+
+# The tasks a ``hf-sparse compress`` recipe names with ``task:`` (:mod:`hf_sparse.jobs.heads`): one job, the one
+# recipe format; the task decides the model class, the data and the metrics.
+for _name in ("text-classification", "token-classification", "masked-lm"):
+    register_task(
+        JobTask(
+            _name,
+            _load_classification,
+            _run_classification,
+            preflight=_preflight_classification,
+            resumable=True,
+        )
+    )
 
 register_task(JobTask("recsys", _load_recsys, _run_recsys))
 register_task(JobTask("lm", _load_lm, _run_lm))
