@@ -74,7 +74,8 @@ class RecsysDataSection(BaseConfig):
         min_item_count: items seen fewer times are dropped before the users are counted (1: keep every item).
 
     Rows repeating an earlier row's (user, item, timestamp) are dropped as double-logged events; the same item at
-    another time is kept. The report says how many rows each rule dropped.
+    another time is kept (a repeat purchase is a real next item). Without a timestamp column every row is its own
+    event, so none is dropped as a repeat. The report says how many rows each rule dropped.
     """
 
     dataset: str = "movielens-100k"
@@ -524,13 +525,9 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     from ..jobs.training import checkpoint_bytes
     from .data import item_frequencies
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # Saves a killed job left half-written (hidden temporaries of this job's own outputs) go first.
-    remove_stale_partials(output_dir, [*RECSYS_OUTPUTS, *recipe.runs])
-    work = confined_path(output_dir, "trainer")
     started = time.perf_counter()
-    # The data is read and checked before any model is built: a bad file fails in seconds, not after training.
+    # The data and every run's table size are checked before anything is written or trained: a bad file or a run
+    # that cannot be built fails in seconds, not after the dense model has trained.
     interactions = recipe.data.load()
     logger.info("hf-sparse recsys: %s", interactions.describe())
     splits = interactions.splits
@@ -539,6 +536,12 @@ def run_recsys(recipe: RecsysRecipe, output_dir: str | Path, *, recipe_source: s
     max_len = recipe.model.max_len
     item_ids = interactions.item_id_record()
     _check_tables_fit(recipe, splits.num_items)
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Saves a killed job left half-written (hidden temporaries of this job's own outputs) go first.
+    remove_stale_partials(output_dir, [*RECSYS_OUTPUTS, *recipe.runs])
+    work = confined_path(output_dir, "trainer")
 
     logger.info("hf-sparse recsys: training the dense baseline (%g epochs)", recipe.dense.epochs)
     dense = _model(recipe, splits.num_items)

@@ -178,7 +178,7 @@ def test_data_problems_are_typed_errors_before_any_training(tmp_path):
     with pytest.raises(DataError, match="sku") as e:
         run_recsys(recipe, tmp_path / "out")
     assert "events.csv" in str(e.value) and "customer" in str(e.value)
-    assert not (tmp_path / "out" / "dense").exists()
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -238,4 +238,4 @@ def test_a_run_whose_table_cannot_fit_a_small_catalogue_fails_before_training(tm
 
     with pytest.raises(ConfigError, match=r"runs.qr: .*smallest QR pair.*item table is \d+ x 16"):
         run_recsys(recipe, tmp_path / "out")
-    assert not (tmp_path / "out" / "dense").exists()
+    assert not (tmp_path / "out").exists()
