@@ -299,7 +299,11 @@ def _load_cached_hub(repo_id: str) -> DatasetDict:
                     "a file or a save_to_disk folder.",
                     source=repo_id,
                 ) from exc
-            raise DataError(f"is in the Hub cache ({snapshot}) but cannot be loaded: {exc}", source=repo_id) from exc
+            raise DataError(
+                f"is in the Hub cache ({snapshot}) but cannot be loaded as it is: {exc}. Load it yourself with "
+                "datasets.load_dataset(...) (a config name, data_files ...) and pass the DatasetDict.",
+                source=repo_id,
+            ) from exc
     if isinstance(loaded, Dataset):
         loaded = DatasetDict(train=loaded)
     return loaded
@@ -362,10 +366,16 @@ def _read_folder(path: Path) -> dict[str, Part]:
             if key in files:
                 raise DataError(f"holds two files for the {key} split ({files[key].name}, {file.name}).", source=where)
             files[key] = file
-    if "train" not in files:
+    if "train" in files:
+        return {key: _read_file(file) for key, file in files.items()}
+    # any other layout datasets reads from a folder (sharded files: data/train-00000-of-00002.parquet ...)
+    try:
+        with _hub_offline():
+            loaded = datasets.load_dataset(str(path))
+    except Exception as exc:  # EmptyDatasetError, DataFilesNotFoundError, a file it cannot parse ...
         raise DataError(
             "is neither a folder written by save_to_disk (no dataset_dict.json or state.json) nor a folder of "
-            "split files (train.csv, validation.csv, test.csv ...).",
+            f"split files (train.csv, validation.csv, test.csv ...), and datasets cannot read it either: {exc}",
             source=where,
-        )
-    return {key: _read_file(file) for key, file in files.items()}
+        ) from exc
+    return _from_dataset_dict(DatasetDict(train=loaded) if isinstance(loaded, Dataset) else loaded, where)

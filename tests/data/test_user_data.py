@@ -168,7 +168,7 @@ def test_dataset_and_dataset_dict_objects(tmp_path):
     assert given.splits["test"]["text"] == [f"t{i}" for i in range(5, 12)]
 
 
-def test_split_file_mapping_with_aliases_and_a_folder_of_split_files(tmp_path):
+def test_split_file_mapping_with_aliases_and_a_folder_of_split_files(tmp_path, hf_caches):
     _csv(tmp_path / "train.csv", _reviews(30))
     _csv(tmp_path / "dev.csv", _reviews(6))
     data = load_user_data({"train": tmp_path / "train.csv", "dev": str(tmp_path / "dev.csv")})
@@ -181,6 +181,14 @@ def test_split_file_mapping_with_aliases_and_a_folder_of_split_files(tmp_path):
     _csv(folder / "test.csv", _reviews(8))
     from_folder = load_user_data(folder)
     assert [len(from_folder.splits[s]) for s in ("train", "validation", "test")] == [30, 6, 8]
+    sharded = tmp_path / "sharded" / "data"
+    sharded.mkdir(parents=True)
+    for shard in range(2):
+        _reviews(10).iloc[shard * 5 : shard * 5 + 5].to_parquet(sharded / f"train-0000{shard}-of-00002.parquet")
+    _reviews(4).to_parquet(sharded / "test-00000-of-00001.parquet")
+    from_shards = load_user_data(tmp_path / "sharded", columns={"text": "review"})
+    assert len(from_shards.splits["test"]) == 4
+    assert len(from_shards.splits["train"]) + len(from_shards.splits["validation"]) == 10
     with pytest.raises(ConfigError, match="unknown split 'holdout'"):
         load_user_data({"train": tmp_path / "train.csv", "holdout": tmp_path / "dev.csv"})
 
@@ -580,7 +588,7 @@ def test_token_and_tag_problems_name_the_row(tmp_path):
     )
 
 
-def test_unreadable_files_name_the_file(tmp_path):
+def test_unreadable_files_name_the_file(tmp_path, hf_caches):
     (tmp_path / "sheet.xlsx").write_bytes(b"PK\x03\x04")
     _error(["sheet.xlsx", "cannot read this file format", ".csv"], lambda: load_user_data(tmp_path / "sheet.xlsx"))
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": \n')
