@@ -14,10 +14,12 @@ import json
 import logging
 import lzma
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
 import pyarrow as pa
@@ -189,10 +191,10 @@ def _read_jsonl_text(text: str, where: str) -> pd.DataFrame:
 
 
 def _read_file(path: Path) -> Part:
-    fmt, opener = _file_format(path)
     where = str(path)
     if not path.is_file():
         raise DataError("no such file.", source=where)
+    fmt, opener = _file_format(path)
     if fmt in ("csv", "tsv"):
         try:
             # every cell as text, and only an empty cell is missing ("NA", "null" and "None" are someone's text)
@@ -257,18 +259,18 @@ def _from_dataset_dict(dd: DatasetDict, where: str) -> dict[str, Part]:
     return parts
 
 
-def _hub_offline():
-    """Force the Hub offline for one call: a dataset id is read from the local cache or not at all (no retries)."""
-    from contextlib import ExitStack
-    from unittest import mock
-
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Keep the Hub offline for one call: a dataset id is read from the local cache or not at all (no request, no
+    retries), whatever HF_HUB_OFFLINE says."""
     import datasets.config
     import huggingface_hub.constants
 
-    stack = ExitStack()
-    stack.enter_context(mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True))
-    stack.enter_context(mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True))
-    return stack
+    with (
+        mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True),
+        mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True),
+    ):
+        yield
 
 
 def _load_cached_hub(repo_id: str) -> DatasetDict:
