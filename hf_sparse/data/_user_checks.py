@@ -117,16 +117,29 @@ def scalar_values(
     what: str,
     text_cells: bool = False,
     rows: np.ndarray | None = None,
+    strict: bool = False,
 ) -> tuple[np.ndarray, str]:
     """A label or id column as an array and its kind (``string``, ``integer`` or ``boolean``).
 
     Whole floats (an integer column that went through a float type) become integers; other floats are an error.
     With ``text_cells`` (CSV cells, all read as text), a column whose every cell is an integer or true/false is read
-    as integers or booleans.
+    as integers or booleans; with ``strict`` too (labels, not ids: an item id may be "B00005N5PF" or "0439785960"),
+    integer cells beside other text are mixed types (``5, 4, five``).
     """
     if text_cells and not values.isna().any():
         stripped = values.astype(str).str.strip()
-        if stripped.str.fullmatch(_INT_TEXT.pattern).all():
+        integers = stripped.str.fullmatch(_INT_TEXT.pattern).to_numpy(bool)
+        if strict and integers.any() and not integers.all():
+            mostly_integers = integers.sum() * 2 >= len(integers)
+            i = first(~integers if mostly_integers else integers)  # the first row of the rarer kind
+            common = "integer" if mostly_integers else "text"
+            raise DataError(
+                f"mixed types: {quote(values.iloc[i], 80)} among {common} values; make {what} one type.",
+                source=source,
+                column=column,
+                row=_row(i, rows),
+            )
+        if integers.all():
             values = stripped.astype("int64")
         elif stripped.str.lower().isin(["true", "false"]).all():
             values = stripped.str.lower() == "true"

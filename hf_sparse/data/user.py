@@ -158,7 +158,12 @@ def _text_classification(parts: dict[str, Part], cols: dict[str, str], label_nam
             if role in cols
         }
         values[split] = scalar_values(
-            part.column(label_col), source=part.where, column=label_col, what="the label", text_cells=part.text_cells
+            part.column(label_col),
+            source=part.where,
+            column=label_col,
+            what="the label",
+            text_cells=part.text_cells,
+            strict=True,
         )
     ids, names = encode_labels(
         values,

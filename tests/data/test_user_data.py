@@ -517,6 +517,11 @@ def test_mixed_types_and_bad_label_values_name_the_row(tmp_path):
         ["num.jsonl", "column 'text'", "row 3", "mixed types"],
         lambda: load_user_data(_jsonl(tmp_path / "num.jsonl", rows)),
     )
+    stars = pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": ["5", "4"] * 3 + ["five", "3", "2", "1"]})
+    _error(
+        ["stars.csv", "column 'label'", "row 7", "mixed types: 'five' among integer values"],
+        lambda: load_user_data(_csv(tmp_path / "stars.csv", stars)),
+    )
     numbers = [{"text": i, "label": i % 2} for i in range(10)]
     _error(
         ["ints.jsonl", "column 'text'", "row 1", "holds integer values", "not text"],
