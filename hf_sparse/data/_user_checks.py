@@ -164,7 +164,27 @@ def scalar_values(
             column=column,
             row=_row(0, rows),
         )
-    return values.to_numpy({"string": object, "integer": np.int64, "boolean": bool}[kind]), kind
+    if kind == "string":
+        empty = (values.str.strip() == "").to_numpy(bool)
+        if empty.any():
+            raise DataError(
+                f"{what} is empty; fill it in or drop the row.",
+                source=source,
+                column=column,
+                row=_row(first(empty), rows),
+            )
+    if kind == "integer":
+        try:
+            return values.to_numpy(np.int64), kind
+        except (OverflowError, ValueError):  # Python ints beyond 64 bits (from JSON)
+            big = values.map(lambda v: not -(2**63) <= v < 2**63).to_numpy(bool)
+            raise DataError(
+                f"{what} {quote(values.iloc[first(big)])} is too large for a 64-bit integer.",
+                source=source,
+                column=column,
+                row=_row(first(big), rows),
+            ) from None
+    return values.to_numpy({"string": object, "boolean": bool}[kind]), kind
 
 
 def list_values(values: pd.Series, *, source: str, column: str, what: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:

@@ -522,6 +522,14 @@ def test_mixed_types_and_bad_label_values_name_the_row(tmp_path):
         ["stars.csv", "column 'label'", "row 7", "mixed types: 'five' among integer values"],
         lambda: load_user_data(_csv(tmp_path / "stars.csv", stars)),
     )
+    rows[5]["label"], rows[2]["text"] = 10**30, "fine"
+    _error(["huge.jsonl", "row 6", "too large"], lambda: load_user_data(_jsonl(tmp_path / "huge.jsonl", rows)))
+    rows[5]["label"] = 1
+    blank = [{"text": f"t{i}", "label": ["a", "b", " "][i % 3]} for i in range(9)]
+    _error(
+        ["blank_label.jsonl", "column 'label'", "row 3", "the label is empty"],
+        lambda: load_user_data(_jsonl(tmp_path / "blank_label.jsonl", blank)),
+    )
     numbers = [{"text": i, "label": i % 2} for i in range(10)]
     _error(
         ["ints.jsonl", "column 'text'", "row 1", "holds integer values", "not text"],
