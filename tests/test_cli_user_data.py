@@ -1,0 +1,103 @@
+"""`hf-sparse init` and `hf-sparse compress --model/--data/--task`: starter recipes, composed recipes, their errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from hf_sparse.cli import _TASK_CHOICES, main
+from hf_sparse.errors import ConfigError
+from hf_sparse.jobs.starter import (
+    STARTER_TASKS,
+    canonical_task,
+    compose_recipe,
+    parse_columns,
+    starter_recipe_text,
+)
+from hf_sparse.jobs.tasks import task_for
+
+
+def test_task_names_and_aliases():
+    assert _TASK_CHOICES == STARTER_TASKS
+    assert canonical_task(None) == "text-classification"
+    assert canonical_task("classification") == "text-classification"
+    assert canonical_task("ner") == "token-classification"
+    with pytest.raises(ConfigError, match="Unknown task 'sentiment'.*text-classification"):
+        canonical_task("sentiment")
+
+
+def test_columns_option_parses_roles_and_refuses_mistakes():
+    assert parse_columns(["text=review", " label = stars "]) == {"text": "review", "label": "stars"}
+    assert parse_columns(None) == {}
+    with pytest.raises(ConfigError, match="ROLE=COLUMN"):
+        parse_columns(["review"])
+    with pytest.raises(ConfigError, match="unknown role 'txt'"):
+        parse_columns(["txt=review"])
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_columns(["text=a", "text=b"])
+
+
+@pytest.mark.parametrize("task", STARTER_TASKS)
+def test_every_starter_recipe_is_a_valid_recipe_of_its_task(task, tmp_path):
+    text = starter_recipe_text(task)
+    assert "@MODEL@" not in text and "@DATA@" not in text
+    assert text.count("#") >= 5  # commented
+    doc = yaml.safe_load(text)
+    assert canonical_task(doc.get("task")) == task
+    path = tmp_path / f"{task}.yaml"
+    path.write_text(text)
+    job = "classification" if task in ("text-classification", "token-classification", "masked-lm") else task
+    recipe = task_for(job if job != "classification" else task).load_recipe(path)
+    assert recipe is not None
+
+
+def test_starter_fills_in_model_and_data_as_quoted_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    odd = tmp_path / "my data #1: reviews.csv"
+    odd.write_text("text,label\na,x\n")
+    (tmp_path / "my-model").mkdir()
+    doc = yaml.safe_load(starter_recipe_text("text-classification", model="my-model", data=odd.name))
+    assert doc["model"]["name"] == str(tmp_path / "my-model")
+    assert doc["data"]["dataset"] == str(odd)
+    # a name that is not a local path (a Hub id, an alias) stays as written
+    doc = yaml.safe_load(starter_recipe_text("text-classification", model="org/model", data="org/data"))
+    assert doc["model"]["name"] == "org/model" and doc["data"]["dataset"] == "org/data"
+    with pytest.raises(ConfigError, match="trains its own SASRec model"):
+        starter_recipe_text("recsys", model="my-model")
+
+
+def test_compose_keeps_the_recipe_and_replaces_model_data_columns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.csv").write_text("review,stars\na,1\n")
+    doc = {"name": "mine", "model": {"name": "minilm-l6", "max_length": 64}, "data": {"files": {"train": "x.csv"}}}
+    out = compose_recipe(doc, model="org/m", data="d.csv", columns={"text": "review"}, label_names=["1", "2"])
+    assert out["name"] == "mine" and out["model"] == {"name": "org/m", "max_length": 64}
+    assert out["data"] == {
+        "dataset": str(tmp_path / "d.csv"),
+        "columns": {"text": "review"},
+        "label_names": ["1", "2"],
+    }
+    assert doc["data"] == {"files": {"train": "x.csv"}}  # the caller's document is not changed
+    with pytest.raises(ConfigError, match="differs from the recipe's task 'text-classification'"):
+        compose_recipe(doc, task="causal-lm", data="d.csv")
+    with pytest.raises(ConfigError, match="takes no --model"):
+        compose_recipe({"task": "recsys"}, model="m")
+
+
+def test_init_prints_writes_and_refuses_to_overwrite(tmp_path, capsys):
+    assert main(["init", "--task", "causal-lm"]) == 0
+    assert "task: causal-lm" in capsys.readouterr().out
+    target = tmp_path / "r.yaml"
+    assert main(["init", "--task", "text-classification", "-o", str(target)]) == 0
+    assert "task: text-classification" in target.read_text()
+    assert main(["init", "-o", str(target)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["init", "--task", "masked-lm", "-o", str(target), "--force"]) == 0
+    assert "task: masked-lm" in target.read_text()
+
+
+def test_compress_with_a_task_other_than_the_recipes_is_refused_before_anything_runs(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\n")
+    code = main(["compress", str(recipe), "--task", "causal-lm", "--data", "x.txt", "--output", str(tmp_path / "o")])
+    assert code == 2 and "differs from the recipe's task" in capsys.readouterr().err
