@@ -74,13 +74,17 @@ def _packaged_documents() -> dict[str, dict[str, Any]]:
 PACKAGED = _packaged_documents()
 
 
+#: The ``task:`` values ``load_recipe`` reads (the other packaged recipes have loaders of their own).
+CLASSIFICATION_TASKS = (None, "classification", "text-classification", "token-classification", "masked-lm")
+
+
 def _base_for(section: str, loader: LoaderName = "recipe") -> dict[str, Any]:
     """A valid document that holds ``section`` (top-level key): the first packaged recipe with it, else the default
     recipe with a small valid section added."""
     if loader == "recsys":
         return copy.deepcopy(PACKAGED[RECSYS_RECIPE])
     for doc in PACKAGED.values():
-        if doc.get("task") != "recsys" and section in doc:
+        if doc.get("task") in CLASSIFICATION_TASKS and section in doc:
             return copy.deepcopy(doc)
     doc = copy.deepcopy(PACKAGED[DEFAULT_RECIPE])
     if section in EXTRA_SECTIONS:
@@ -423,7 +427,8 @@ OUT_OF_RANGE: list[tuple[str, Any]] = [
     ("model.name", ""),
     ("model.name", "   "),
     ("model.max_length", 4),
-    ("data.dataset", "imdb"),
+    ("data.dataset", ""),
+    ("data.files", {"test": "t.csv"}),
     ("data.validation_fraction", 1.0),
     ("data.validation_fraction", 0.0),
     ("data.test_fraction", 1.5),
