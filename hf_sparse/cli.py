@@ -129,14 +129,34 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             folder = Path(args.output) / run["checkpoint"]
             run["hub_url"] = push_to_hub(folder, repo, token=args.hub_token, private=True if args.private else None)
     print(f"\nhf-sparse compress: report written to {args.output}/report.md")
-    print(f"  dense: test accuracy {report['dense']['test_accuracy']:.4f}")
-    for run in report["runs"]:
-        print(
-            f"  {run['name']}: sparsity {100 * run['sparsity']:.1f}%, test accuracy {run['test_accuracy']:.4f} "
-            f"({100 * run['delta_vs_dense']:+.2f} points), saved to {args.output}/{run['checkpoint']}"
-            + (f", pushed to {run['hub_url']}" if run.get("hub_url") else "")
-        )
+    for line in _summary_lines(report, args.output):
+        print(f"  {line}")
     return 0
+
+
+def _summary_lines(report: dict, output: str) -> list[str]:
+    """The end of ``hf-sparse compress``'s output: each model's metrics against the dense baseline's, where it is
+    saved. Every metric the task reports is shown; the compared one (``report["metric"]``) with its difference."""
+    metric = report.get("metric") or {"key": "test_accuracy", "name": "accuracy"}
+    key = metric["key"]
+    names = metric.get("all") or {key: metric.get("name", key)}
+    # A fraction to maximise (accuracy, F1) differs in points; a perplexity (lower is better) in percent.
+    points = metric.get("higher_is_better", True)
+
+    def values(entry: dict) -> str:
+        return ", ".join(f"test {name} {entry[k]:.4f}" for k, name in names.items() if k in entry)
+
+    lines = [f"dense: {values(report['dense'])}"]
+    for run in report["runs"]:
+        if points:
+            delta = f"{100 * run['delta_vs_dense']:+.2f} points"
+        else:
+            delta = f"{100 * (run[key] / report['dense'][key] - 1):+.1f}%"
+        lines.append(
+            f"{run['name']}: sparsity {100 * run.get('sparsity', 0.0):.1f}%, {values(run)} ({delta}), saved to "
+            f"{output}/{run['checkpoint']}" + (f", pushed to {run['hub_url']}" if run.get("hub_url") else "")
+        )
+    return lines
 
 
 def _recipe_file(source: str) -> Path:
@@ -458,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser(
-        "recsys", help="train the MovieLens recommender, dense and with each compressed item table of a recipe"
+        "recsys",
+        help="train a next-item recommender (MovieLens or your interactions file), dense and with each compressed "
+        "item table of a recipe",
     )
     p.add_argument("recipe", help="recsys recipe YAML file or packaged name (e.g. movielens-sasrec)")
     p.add_argument("--output", "-o", default="hf_sparse_recsys", help="output folder (default: %(default)s)")

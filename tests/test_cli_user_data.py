@@ -101,3 +101,34 @@ def test_compress_with_a_task_other_than_the_recipes_is_refused_before_anything_
     recipe.write_text("name: r\n")
     code = main(["compress", str(recipe), "--task", "causal-lm", "--data", "x.txt", "--output", str(tmp_path / "o")])
     assert code == 2 and "differs from the recipe's task" in capsys.readouterr().err
+
+
+def test_the_summary_shows_every_metric_of_the_task_and_the_difference_in_its_unit():
+    from hf_sparse.cli import _summary_lines
+
+    metric = {"key": "test_accuracy", "name": "accuracy", "higher_is_better": True}
+    metric["all"] = {"test_accuracy": "accuracy", "test_macro_f1": "macro F1"}
+    report = {
+        "metric": metric,
+        "dense": {"test_accuracy": 0.8, "test_macro_f1": 0.75},
+        "runs": [
+            {
+                "name": "pruned-50",
+                "sparsity": 0.5,
+                "test_accuracy": 0.79,
+                "test_macro_f1": 0.7,
+                "delta_vs_dense": -0.01,
+                "checkpoint": "pruned-50",
+            }
+        ],
+    }
+    assert _summary_lines(report, "out") == [
+        "dense: test accuracy 0.8000, test macro F1 0.7500",
+        "pruned-50: sparsity 50.0%, test accuracy 0.7900, test macro F1 0.7000 (-1.00 points), saved to out/pruned-50",
+    ]
+    report["metric"] = {"key": "test_perplexity", "name": "masked-LM perplexity", "higher_is_better": False}
+    report["dense"] = {"test_perplexity": 10.0}
+    report["runs"][0].update(test_perplexity=12.5, delta_vs_dense=2.5)
+    assert _summary_lines(report, "out")[1] == (
+        "pruned-50: sparsity 50.0%, test masked-LM perplexity 12.5000 (+25.0%), saved to out/pruned-50"
+    )
