@@ -40,6 +40,7 @@ __all__ = [
     "ClassificationTask",
     "PreparedData",
     "prepare_data",
+    "check_data",
     "load_classifier",
     "meta_classifier",
     "labelled_batches",
@@ -109,6 +110,18 @@ def _read_splits(recipe, head: TaskHead):
     )
     names = tuple(user.label_names) if user.label_names is not None else None
     return dict(user.splits), names, str(user.source or data.description)
+
+
+def check_data(recipe) -> tuple[str, ...] | None:
+    """Read and check the recipe's own data for its task (nothing for the packaged data), and its labels against a
+    model already fine-tuned (``model.fine_tuned``); returns the label names. Raises what :func:`prepare_data`
+    raises, without tokenizing anything."""
+    head = head_for(recipe.task)
+    if recipe.data.packaged:
+        return LABEL_NAMES if head.labelled else None
+    _splits, label_names, _source = _read_splits(recipe, head)
+    dense_is_given(head, recipe, resolve_model(recipe.model.name), label_names)
+    return label_names
 
 
 def prepare_data(recipe) -> PreparedData:

@@ -9,6 +9,11 @@ class, how its data is tokenized and batched, how its predictions are scored, an
 * ``masked-lm``: ``AutoModelForMaskedLM``; a pre-trained encoder compressed before any task fine-tuning; training
   masks 15% of the tokens at random (``DataCollatorForLanguageModeling``); the test split is masked once, seeded,
   so the dense model and every run are scored on the same masked positions; masked-LM perplexity (lower is better).
+  The dense baseline is the model as given when it has its masked-LM head (``model.fine_tuned: auto``, the
+  default: no dense training); a bare encoder (no such head) is first trained on the text by the ``dense``
+  section, and ``model.fine_tuned: false`` asks for that training in any case.
+
+The metric functions themselves are in :mod:`hf_sparse.jobs.metrics`.
 """
 
 from __future__ import annotations

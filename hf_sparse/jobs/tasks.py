@@ -61,9 +61,14 @@ def _run_classification(recipe, output_dir, *, recipe_source=None, resume=False)
 
 
 def _preflight_classification(recipe):
+    """The model checks of :func:`~hf_sparse.jobs.recipe_plan.preflight`, then the user's data read and checked
+    (``hf-sparse validate`` reports a bad file, column or row without starting a job)."""
+    from .classification import check_data
     from .recipe_plan import preflight
 
-    return preflight(recipe)
+    recipe = preflight(recipe)
+    check_data(recipe)
+    return recipe
 
 
 def _load_recsys(path):

@@ -405,7 +405,8 @@ def _load(recipe: CausalLmRecipe, timings: dict):
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit is not None and recipe.data.seq_len > limit:
         raise ConfigError(
-            f"data.seq_len: {recipe.data.seq_len} tokens exceed the {limit} positions of {quote(recipe.model.name)}."
+            f"data.seq_len: {recipe.data.seq_len} tokens exceed the {limit} positions of {quote(recipe.model.name)}; "
+            f"set data.seq_len to at most {limit} in the recipe."
         )
     tokenizer = AutoTokenizer.from_pretrained(path)
     text = load_causal_lm_text(recipe.data)

@@ -423,3 +423,16 @@ def test_masked_lm_on_a_text_file_with_fixed_masks(tmp_path):
     assert "pipeline_tag: fill-mask" in card and "Lower masked-LM perplexity is better" in card
     md = (tmp_path / "out" / "report.md").read_text()
     assert "lower is better" in md and "Δ vs dense (perplexity)" in md
+
+
+def test_validate_reads_the_data_of_a_recipe(tmp_path, tiny_bert, capsys):
+    from hf_sparse.cli import main
+
+    (tmp_path / "reviews.csv").write_text("review,stars\nthe good film,pos\nthe bad film,\n")
+    document = _job(tmp_path, "check", "text-classification", {"dataset": "reviews.csv"})
+    document["model"]["name"] = str(tiny_bert)
+    document["data"]["columns"] = {"text": "review", "label": "stars"}
+    path = _write_recipe(tmp_path, document)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "reviews.csv" in err and "stars" in err and "row 2" in err, err
