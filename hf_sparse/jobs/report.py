@@ -21,7 +21,6 @@ __all__ = [
     "dense_comparison_lines",
     "report_metric",
     "delta_text",
-    "better",
 ]
 
 
@@ -115,11 +114,6 @@ def is_fraction_metric(key: str) -> bool:
 def delta_text(delta: float, key: str) -> str:
     """A difference of metric ``key`` to the dense model: in points for fractions, as it is for perplexities."""
     return f"{100 * delta:+.2f}" if is_fraction_metric(key) else f"{delta:+.3f}"
-
-
-def better(a: float, b: float, report: dict) -> bool:
-    """Whether value ``a`` of the report's compared metric is better than ``b`` (its direction respected)."""
-    return a > b if report_metric(report)["higher_is_better"] else a < b
 
 
 def _cell(value, key: str) -> str:
