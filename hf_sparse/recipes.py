@@ -289,6 +289,18 @@ class Recipe(BaseConfig):
         if self.stages:
             self._validate_stages()
         self._validate_task()
+        if self.sensitivity is not None and self.lowrank is None:
+            from .pruning.criteria import CRITERIA
+
+            criterion = CRITERIA.get(self.pruning.criterion)
+            if criterion.needs_calibration or criterion.needs_gradients:
+                # The scan prunes each layer one-shot from the dense model's weights; found here, not after the
+                # dense baseline's fine-tuning.
+                raise ConfigError(
+                    f"sensitivity: the scan ranks weights without calibration inputs or gradients, and "
+                    f"pruning.criterion {quote(self.pruning.criterion)} needs them; use criterion magnitude with a "
+                    "sensitivity section (or remove sensitivity)."
+                )
         if self.lowrank is not None and self.sensitivity is not None and self.lowrank.compression is None:
             raise ConfigError(
                 "lowrank with a sensitivity section: set lowrank.compression (the fraction of the layers' values "
