@@ -155,6 +155,8 @@ def test_existing_recipes_keep_their_meaning_and_the_new_keys_validate(tmp_path)
         Recipe.from_dict({"task": "masked-lm", "data": {"dataset": "t.txt", "columns": {"label": "y"}}})
     with pytest.raises(ConfigError, match="lower is better"):
         Recipe.from_dict({"task": "masked-lm", "data": {"dataset": "t.txt"}, "guard": {}})
+    with pytest.raises(ConfigError, match="criterion 'wanda' needs them"):  # found before any training
+        Recipe.from_dict({"pruning": {"criterion": "wanda", "schedule": "oneshot"}, "sensitivity": {}})
     with pytest.raises(ConfigError, match="fine_tuned"):
         Recipe.from_dict({"model": {"fine_tuned": "maybe"}})
     assert Recipe.from_dict({"model": {"fine_tuned": True}}).model.fine_tuned == "true"
