@@ -137,11 +137,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _summary_lines(report: dict, output: str) -> list[str]:
     """The end of ``hf-sparse compress``'s output: each model's metrics against the dense baseline's, where it is
     saved. Every metric the task reports is shown; the compared one (``report["metric"]``) with its difference."""
-    metric = report.get("metric") or {"key": "test_accuracy", "name": "accuracy"}
-    key = metric["key"]
-    names = metric.get("all") or {key: metric.get("name", key)}
-    # A fraction to maximise (accuracy, F1) differs in points; a perplexity (lower is better) in percent.
-    points = metric.get("higher_is_better", True)
+    from .jobs.report import is_fraction_metric, report_metric
+
+    metric = report_metric(report)
+    key, names = metric["key"], metric["all"]
+    points = is_fraction_metric(key)  # accuracy and F1 differ in points, a perplexity in percent
 
     def values(entry: dict) -> str:
         return ", ".join(f"test {name} {entry[k]:.4f}" for k, name in names.items() if k in entry)

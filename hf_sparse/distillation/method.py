@@ -95,6 +95,12 @@ def _describe(section) -> str:
 
 
 def _report(report: dict) -> list[str]:
+    from ..jobs.report import delta_text, is_fraction_metric, report_metric
+    from ..jobs.report import metric_cell as cell
+
+    metric = report_metric(report)
+    key, name = metric["key"], f"test {metric['name']}"
+    unit = "points" if is_fraction_metric(key) else "difference"
     runs = report["runs"]
     distilled = [r for r in runs if (r.get("distillation") or {}).get("kd")]
     if not distilled:
@@ -105,17 +111,17 @@ def _report(report: dict) -> list[str]:
         "Each `-kd` model learned from the fine-tuned dense model (the teacher) while it was fine-tuned; the same "
         "model without `-kd` had the same pruning, steps and seed without the teacher.",
         "",
-        "| model | with distillation | without | gain (points) | with distillation vs dense (points) |",
+        f"| model | {name} with distillation | without | gain ({unit}) | with distillation vs dense ({unit}) |",
         "|---|---|---|---|---|",
     ]
     by_name = {r["name"]: r for r in runs}
     for r in distilled:
         plain = by_name.get(r["name"].removesuffix("-kd"))
-        without = f"{plain['test_accuracy']:.4f}" if plain else "–"
-        gain = f"{100 * (r['test_accuracy'] - plain['test_accuracy']):+.2f}" if plain else "–"
+        without = cell(plain[key], key) if plain else "–"
+        gain = delta_text(r[key] - plain[key], key) if plain else "–"
         lines.append(
-            f"| {r['name'].removesuffix('-kd')} | {r['test_accuracy']:.4f} | {without} | {gain} | "
-            f"{100 * r['delta_vs_dense']:+.2f} |"
+            f"| {r['name'].removesuffix('-kd')} | {cell(r[key], key)} | {without} | {gain} | "
+            f"{delta_text(r['delta_vs_dense'], key)} |"
         )
     cfg = distilled[0]["distillation"]["config"]
     terms = [f"alpha {cfg['alpha']}, temperature {cfg['temperature']}"]

@@ -116,7 +116,8 @@ def delta_text(delta: float, key: str) -> str:
     return f"{100 * delta:+.2f}" if is_fraction_metric(key) else f"{delta:+.3f}"
 
 
-def _cell(value, key: str) -> str:
+def metric_cell(value, key: str) -> str:
+    """A metric value as the report writes it (``–`` when missing)."""
     if not isinstance(value, (int, float)):
         return "–"
     return f"{value:.4f}" if is_fraction_metric(key) else f"{value:.3f}"
@@ -150,13 +151,13 @@ def render_markdown(report: dict) -> str:
     dense_time = f"{report['timings']['dense_train_s']:.0f} s" if dense.get("fine_tuned", True) else "given"
     lines.append(
         f"| dense | 0.0% | {dense['nonzero_params']:,} | "
-        + " | ".join(_cell(dense.get(k), k) for k in shown)
+        + " | ".join(metric_cell(dense.get(k), k) for k in shown)
         + f" | – | {dense_time} |"
     )
     for r in runs:
         lines.append(
             f"| {r['name']} | {pct(r['sparsity'])} | {r['nonzero_params']:,} | "
-            + " | ".join(_cell(r.get(k), k) for k in shown)
+            + " | ".join(metric_cell(r.get(k), k) for k in shown)
             + f" | {delta_text(r['delta_vs_dense'], key)} | {r['train_s']:.0f} s |"
         )
     lines.append("")
@@ -189,7 +190,7 @@ def render_markdown(report: dict) -> str:
             for st in r["stages"]:
                 lines.append(
                     f"| {st['name']} | {st['description']} | {st['steps']} | {pct(st['sparsity'])} | "
-                    f"{st['nonzero_params']:,} | {_cell(st[key], key)} | "
+                    f"{st['nonzero_params']:,} | {metric_cell(st[key], key)} | "
                     f"{delta_text(st[key] - dense[key], key)} | {st['train_s']:.0f} s |"
                 )
             lines.append("")
@@ -233,19 +234,7 @@ def render_markdown(report: dict) -> str:
         ]
     # Each method's own section (structured pruning, low rank, embeddings, quantisation, distillation ...).
     for method in sorted((m for _, m in METHOD_REGISTRY.items()), key=lambda m: m.sort_key):
-        try:
-            lines += method.report(report)
-        except KeyError as exc:
-            if key == "test_accuracy":
-                raise
-            # A method's section written for classifiers reads test accuracy, which this task does not report.
-            lines += [
-                f"## {method.name}",
-                "",
-                f"(Section not shown: it reads `{exc.args[0]}`, which a {task} report does not have; the runs' "
-                f"{metric['name']} is in the table above.)",
-                "",
-            ]
+        lines += method.report(report)
     guard = report.get("guard")
     if guard:
         lines += [
@@ -253,7 +242,8 @@ def render_markdown(report: dict) -> str:
             "",
             f"Progressive pruning, stopped at the first stage losing more than {100 * guard['max_drop']:.1f} points "
             f"of {guard.get('metric', 'validation accuracy')}; accepted sparsity "
-            f"{pct(guard['accepted_sparsity'] or 0.0)}, test {metric['name']} {_cell(guard.get(key), key)}, saved as "
+            f"{pct(guard['accepted_sparsity'] or 0.0)}, test {metric['name']} {metric_cell(guard.get(key), key)}, "
+            "saved as "
             f"`{guard['checkpoint']}`.",
             "",
             # the guard's own table, without its title (this section has one)

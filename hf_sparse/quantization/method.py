@@ -96,8 +96,13 @@ def _describe(section) -> str:
 
 
 def _report(report: dict) -> list[str]:
+    from ..jobs.report import delta_text, is_fraction_metric, report_metric
+    from ..jobs.report import metric_cell as cell
     from ..pruning.method import pct
 
+    metric = report_metric(report)
+    key = metric["key"]
+    unit = "points" if is_fraction_metric(key) else "difference"
     runs = [r for r in report["runs"] if r.get("quantization")]
     if not runs:
         return []
@@ -108,14 +113,14 @@ def _report(report: dict) -> list[str]:
         "had the same training in float and were quantised afterwards (the float column is that model before "
         "quantisation). Weight bytes: the quantised Linear layers' codes, scales and indices.",
         "",
-        "| model | mode | test accuracy | vs dense (points) | float before PTQ | weight bytes | vs float32 |",
+        f"| model | mode | test {metric['name']} | vs dense ({unit}) | float before PTQ | weight bytes | vs float32 |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         q = r["quantization"]
-        before = f"{q['float_accuracy']:.4f}" if q.get("float_accuracy") is not None else "–"
+        before = cell(q.get("float_accuracy"), key)
         lines.append(
-            f"| {r['name']} | {q['mode']} | {r['test_accuracy']:.4f} | {100 * r['delta_vs_dense']:+.2f} | "
+            f"| {r['name']} | {q['mode']} | {cell(r[key], key)} | {delta_text(r['delta_vs_dense'], key)} | "
             f"{before} | {q['weight_bytes']:,} | {pct(q['weight_bytes'] / max(q['float_weight_bytes'], 1))} |"
         )
     return [*lines, ""]
