@@ -18,6 +18,7 @@ __all__ = [
     "read_recipe_yaml",
     "validate_recipe_document",
     "recipe_task",
+    "parse_recipe_text",
     "bounded_message",
     "MAX_RECIPE_BYTES",
     "MAX_RECIPE_DEPTH",
@@ -239,6 +240,12 @@ def read_recipe_yaml(path: str | Path) -> tuple[Any, Any]:
     finally:
         loader.dispose()
     return data, root
+
+
+def parse_recipe_text(text: str) -> Any:
+    """A recipe's YAML text read in the recipes' dialect (``5e-5`` is a float, a key written twice is an error), for
+    text the package wrote itself (a starter recipe); files go through :func:`read_recipe_yaml` and its bounds."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def recipe_task(data: Any) -> str | None:

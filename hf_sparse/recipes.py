@@ -520,14 +520,16 @@ def recipe_for(
     data_options: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Recipe:
-    """A validated recipe for ``task`` on ``model`` and ``data``: what ``hf-sparse compress --task T --model M
-    --data D`` runs. ``dump_recipe`` of it is the YAML the job writes to ``recipe.yaml``.
+    """A validated recipe for ``task`` on ``model`` and ``data``: the task's starter recipe (what ``hf-sparse init``
+    writes and ``hf-sparse compress --task T --model M --data D`` runs) with these values and ``overrides``.
+    ``dump_recipe`` of it is the YAML the job writes to ``recipe.yaml``.
 
     Args:
         task: ``text-classification``, ``token-classification`` or ``masked-lm`` (see :class:`Recipe`).
         model: A packaged alias, a local folder (relative: to the working folder) or a cached Hub id.
         data: A file or folder (relative: to the working folder), a cached Hub dataset id, a mapping of split name
-            to file (``{"train": "a.csv", "test": "b.csv"}``), or None for the packaged ``rotten_tomatoes``.
+            to file (``{"train": "a.csv", "test": "b.csv"}``), or None for the starter's (the packaged
+            ``rotten_tomatoes`` for text classification).
         columns: Role -> column name of the data (``data.columns``), e.g. ``{"text": "review", "label": "stars"}``.
         label_names: Class or tag names in id order (``data.label_names``; default: read from the data).
         data_options: Other ``data`` settings, e.g. ``{"train_limit": 2000, "seed": 1}``.
@@ -542,11 +544,22 @@ def recipe_for(
         recipe = recipe_for("text-classification", "./my-bert", "reviews.csv", columns={"label": "stars"})
         print(dump_recipe(recipe))
     """
-    document: dict[str, Any] = {"task": task, "model": {"name": str(model)}}
+    from .jobs.starter import canonical_task, compose_recipe
+
+    if canonical_task(task) not in ("text-classification", "token-classification", "masked-lm"):
+        raise ConfigError(
+            f"recipe_for builds the recipes of `hf-sparse compress`'s classification job (text-classification, "
+            f"token-classification, masked-lm), not {quote(task)}; `hf-sparse init --task {task}` writes a starter "
+            "recipe of that task."
+        )
+    # The starter recipe of the task (what `hf-sparse init` writes and `hf-sparse compress --model --data` runs), so
+    # Python and the command line start from the same settings.
+    document: dict[str, Any] = compose_recipe(None, task=task, model=str(model))
     if isinstance(data, dict):
-        document["data"] = {"files": {split: str(p) for split, p in data.items()}}
+        document["data"] = {k: v for k, v in document["data"].items() if k != "dataset"}
+        document["data"]["files"] = {split: str(p) for split, p in data.items()}
     elif data is not None:
-        document["data"] = {"dataset": str(data)}
+        document["data"]["dataset"] = str(data)
     extra = {**(data_options or {})}
     if columns:
         extra["columns"] = dict(columns)

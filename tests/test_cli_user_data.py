@@ -82,6 +82,9 @@ def test_compose_keeps_the_recipe_and_replaces_model_data_columns(tmp_path, monk
         compose_recipe(doc, task="causal-lm", data="d.csv")
     with pytest.raises(ConfigError, match="takes no --model"):
         compose_recipe({"task": "recsys"}, model="m")
+    # a starter is read in the recipes' YAML dialect: 5e-5 is a number, so the written recipe.yaml holds numbers
+    starter = compose_recipe(None, task="text-classification", data="d.csv")
+    assert starter["dense"]["learning_rate"] == 5e-5 and starter["data"]["dataset"] == str(tmp_path / "d.csv")
 
 
 def test_init_prints_writes_and_refuses_to_overwrite(tmp_path, capsys):

@@ -153,10 +153,10 @@ def compose_recipe(
     Raises:
         ConfigError: the task differs from the document's, or the document's task takes no model.
     """
-    import yaml
+    from ..recipe_yaml import parse_recipe_text
 
     if document is None:
-        doc = yaml.safe_load(starter_recipe_text(task, model=model, data=data))
+        doc = parse_recipe_text(starter_recipe_text(task, model=model, data=data))
     else:
         doc = json.loads(json.dumps(dict(document)))  # a deep copy of plain data
         own = canonical_task(doc.get("task") if isinstance(doc.get("task"), str) else None)

@@ -201,8 +201,11 @@ def test_recipe_for_builds_a_validated_recipe(tmp_path, monkeypatch, tiny_bert):
     }
     assert recipe.model.name == str(tiny_bert) and recipe.name == "reviews-text-classification"
     assert Recipe.from_dict(yaml.safe_load(dump_recipe(recipe))) == recipe
-    with pytest.raises(ConfigError, match="task must be one of"):
+    assert recipe.sparsities == (0.5,) and recipe.dense.epochs == 3  # the starter recipe's settings
+    with pytest.raises(ConfigError, match="Unknown task 'summarization'"):
         recipe_for("summarization", tiny_bert, "reviews.csv")
+    with pytest.raises(ConfigError, match="hf-sparse init --task causal-lm"):
+        recipe_for("causal-lm", tiny_bert, "reviews.csv")
 
 
 # -- text classification ------------------------------------------------------------------------------------------
