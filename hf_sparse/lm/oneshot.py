@@ -476,7 +476,8 @@ def _run(recipe: CausalLmRecipe, output_dir: Path, recipe_source: str | None) ->
     dense_eval = window_perplexity(model, held, desc="perplexity (dense)")
     timings["eval_dense_s"] = time.perf_counter() - t0
     dense_eval.pop("first_logits")
-    dense_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # Every run prunes a copy, so the dense model's own parameters are the reference of the unchanged-parameter check.
+    dense_params = {n: p.detach() for n, p in model.named_parameters()}
     dense = {
         **dense_eval,
         "checkpoint_bytes": dense_checkpoint_bytes(model),

@@ -49,12 +49,19 @@ def _memory_sentence(report: dict) -> str:
     peaks = [r["memory"]["peak_above_start_bytes"] for r in calibrated]
     reset = all(r["memory"]["peak_reset"] for r in calibrated)
     where = "above the resident size at its start" if reset else "(process peak since start: not resettable here)"
+    plain = [r["memory"]["peak_above_start_bytes"] for r in report["runs"] if not r["calibration"]]
+    baseline = (
+        f" Magnitude pruning, which reads no calibration data, adds {_mb(min(plain))} to {_mb(max(plain))} by "
+        "itself (the scores and masks of every layer)."
+        if plain
+        else ""
+    )
     return (
         f"Calibration holds one block's inputs for the calibration set at a time: "
-        f"{_mb(mem['one_block_activations_bytes'])} per block (float32), against "
-        f"{_mb(mem['all_blocks_activations_bytes'])} for all {report['model']['blocks']} blocks at once. Peak "
-        f"resident memory of each calibrated run {where}: {_mb(min(peaks))} to {_mb(max(peaks))} (the model copy "
-        f"being pruned, {_mb(mem['model_bytes'])}, was made before)."
+        f"{_mb(mem['one_block_activations_bytes'])} per block (float32; the next block's inputs are built beside "
+        f"them), against {_mb(mem['all_blocks_activations_bytes'])} for all {report['model']['blocks']} blocks at "
+        f"once. Peak resident memory each calibrated run added {where}: {_mb(min(peaks))} to {_mb(max(peaks))} "
+        f"(the model copy being pruned, {_mb(mem['model_bytes'])}, was made before).{baseline}"
     )
 
 
@@ -83,7 +90,7 @@ def render_causal_lm_markdown(report: dict) -> str:
         f"| dense | - | 0% | {d['perplexity']:.3f} | - | - | - | {_mb(d['checkpoint_bytes'])} |",
     ]
     for r in report["runs"]:
-        mem = r["memory"]["peak_above_start_bytes"] if r["calibration"] else None
+        mem = r["memory"]["peak_above_start_bytes"]
         lines.append(
             f"| {r['name']} | {r['method']}, {_structure(r)} | {100 * r['sparsity']:.2f}% | {r['perplexity']:.3f} | "
             f"{100 * r['relative_change']:+.1f}% | {r['prune_s']:.0f} s | {_mb(mem)} | "
@@ -92,8 +99,8 @@ def render_causal_lm_markdown(report: dict) -> str:
     lines += [
         "",
         "Sparsity is over the pruned Linear layers (every Linear of the transformer blocks; the LM head and the "
-        "embeddings stay dense). Peak memory: the resident memory the pruning added at its peak (calibrated "
-        "runs). Checkpoint: the safetensors files as saved.",
+        "embeddings stay dense). Peak memory: the resident memory the pruning added at its peak. Checkpoint: the "
+        "safetensors files as saved.",
         "",
     ]
     memory = _memory_sentence(report)

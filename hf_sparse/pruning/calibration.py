@@ -236,9 +236,15 @@ _Captured = tuple[dict[int, tuple[tuple, dict]], "torch.Tensor | None"]
 
 
 def _capture_block_inputs(
-    model: nn.Module, blocks: nn.ModuleList, first: int, batches: Iterable[Mapping[str, Any]], progress: bool
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    first: int,
+    batches: Iterable[Mapping[str, Any]],
+    progress: bool,
+    last: int | None = None,
 ) -> list[_Captured]:
-    """The arguments every block from ``first`` on is called with in one pass of the (dense) model, per batch.
+    """The arguments every block from ``first`` to ``last`` (default: the last block) is called with in one pass of
+    the (dense) model, per batch; the pass stops at block ``last``, since nothing after it is calibrated.
 
     The first block's call is kept whole. Of the later blocks' calls everything but the hidden states is kept
     (those come from the already pruned block before, see :func:`calibrate_sequentially`): the arguments a model
@@ -248,7 +254,7 @@ def _capture_block_inputs(
     """
     captured: list[_Captured] = []
     current: dict[int, tuple[tuple, dict]] = {}
-    last = len(blocks) - 1
+    last = len(blocks) - 1 if last is None else last
 
     def hook_for(i: int):
         def hook(module, args, kwargs):
@@ -262,7 +268,7 @@ def _capture_block_inputs(
         return hook
 
     device = _model_device(model)
-    handles = [blocks[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in range(first, len(blocks))]
+    handles = [blocks[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in range(first, last + 1)]
     try:
         for batch in tqdm(batches, desc="calibration inputs", disable=not progress, leave=False):
             current = {}
@@ -380,12 +386,12 @@ def _prune_blocks(
     first = min(per_block)
     tokens = 0
     with _EvalNoGrad(model):
-        captured = _capture_block_inputs(model, blocks, first, batches, progress)
+        captured = _capture_block_inputs(model, blocks, first, batches, progress, last=max(per_block))
         if not captured:
             raise ConfigError("batches is empty: one-shot pruning needs at least one calibration batch.")
         # Per batch: the (args, kwargs) of the block about to run; its hidden states are the previous block's output.
         inputs = [(calls[first], mask) for calls, mask in captured]
-        for i in tqdm(range(first, len(blocks)), desc=f"sequential pruning ({kind})", disable=not progress):
+        for i in tqdm(range(first, max(per_block) + 1), desc=f"sequential pruning ({kind})", disable=not progress):
             block = blocks[i]
             chosen = per_block.get(i, {})
             if chosen:
