@@ -185,4 +185,15 @@ def card_results(report: dict, run: dict, recipe) -> dict:
         "dense_checkpoint_bytes": d["checkpoint_bytes"],
         "layers": run["layers"],
         "perplexity": {"dense": d["perplexity"], "pruned": run["perplexity"], "tokens": d["tokens"]},
+        # The card's Results table (the compared metric of every task's card; lower is better here).
+        "accuracy": {
+            "metric": "perplexity",
+            "split": "held-out",
+            "examples": f"{d['tokens']:,}",
+            "unit": "tokens",
+            "seed": data["seed"],
+            "dense": d["perplexity"],
+            "compressed": run["perplexity"],
+            "dense_label": "dense model (the same weights before pruning)",
+        },
     }

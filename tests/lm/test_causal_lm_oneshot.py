@@ -144,7 +144,9 @@ def test_every_method_50_and_2of4_on_llama_txt(tiny_llama, tmp_path):
         assert (run["calibration"] is None) == (run["method"] == "magnitude")
         folder = tmp_path / "out" / run["name"]
         assert (folder / "tokenizer.json").is_file() and (folder / "hf_sparse_recipe.yaml").is_file()
-        assert "pipeline_tag: text-generation" in (folder / "README.md").read_text()
+        card = (folder / "README.md").read_text()
+        assert "pipeline_tag: text-generation" in card and "No accuracy" not in card
+        assert f"| this model | {run['perplexity']:.4f} |" in card and "| dense model (the same weights" in card
         _check_weights(folder, tiny_llama, run["structure"], 14)
     # the methods differ: calibrated reconstruction moves the surviving weights, Wanda and magnitude keep them
     ppl = {r["name"]: r["perplexity"] for r in report["runs"]}
