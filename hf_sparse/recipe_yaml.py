@@ -19,6 +19,7 @@ __all__ = [
     "validate_recipe_document",
     "recipe_task",
     "parse_recipe_text",
+    "load_task_recipe",
     "bounded_message",
     "MAX_RECIPE_BYTES",
     "MAX_RECIPE_DEPTH",
@@ -240,6 +241,33 @@ def read_recipe_yaml(path: str | Path) -> tuple[Any, Any]:
     finally:
         loader.dispose()
     return data, root
+
+
+def load_task_recipe(path: str | Path, cls: type[BaseConfig], task: str, keys: str) -> Any:
+    """Read and validate the recipe file ``path`` of a job with a loader of its own (``task: lm``, ``causal-lm``):
+    the recipes' dialect and bounds, a ``task:`` other than ``task`` refused with the command that runs it, the
+    errors anchored at the key's line.
+
+    Args:
+        cls: The job's recipe class.
+        task: The ``task:`` value the class reads.
+        keys: The top-level keys an error message suggests (``"task: lm, model:, data: ..."``).
+
+    Raises:
+        RecipeError: the file is missing or not YAML, is another kind of recipe, or a key or value is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"No recipe file {quote(str(path))}.")
+    data, root = read_recipe_yaml(path)
+    if isinstance(data, dict) and data.get("task") is not None and recipe_task(data) != task:
+        raise RecipeError(
+            f"{path}: task is {quote(data.get('task'))}, but this loader reads `task: {task}` recipes; run it with "
+            f"`hf-sparse compress {path}`, which picks the job from its task."
+        )
+    if isinstance(data, dict):
+        data.pop("version", None)
+    return validate_recipe_document(cls, data, root, path, keys)
 
 
 def parse_recipe_text(text: str) -> Any:

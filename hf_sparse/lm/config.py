@@ -23,7 +23,7 @@ from typing import Literal
 
 from ..attention.config import SparseAttentionConfig
 from ..config import BaseConfig, check_name, check_seed, register_config
-from ..errors import ConfigError, RecipeError, quote
+from ..errors import ConfigError
 
 __all__ = [
     "LmModelSection",
@@ -239,19 +239,6 @@ def load_lm_recipe(path: str | Path) -> LmRecipe:
     """
     # The loader and the key-to-line lookup of the compress recipes: the same YAML dialect (``5e-5`` is a float,
     # a key written twice is refused), the same bounds and the same error anchoring in every recipe format.
-    from ..recipe_yaml import read_recipe_yaml, recipe_task, validate_recipe_document
+    from ..recipe_yaml import load_task_recipe
 
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"No recipe file {quote(str(path))}.")
-    data, root = read_recipe_yaml(path)
-    task = recipe_task(data) if isinstance(data, dict) else None
-    if isinstance(data, dict) and data.get("task") is not None and task != "lm":
-        other = {"recsys": "hf-sparse recsys"}.get(task)
-        hint = f"; run it with `{other} {path}`" if other else ""
-        raise RecipeError(
-            f"{path}: task is {quote(data.get('task'))}, but `hf-sparse lm` runs `task: lm` recipes{hint}."
-        )
-    if isinstance(data, dict):
-        data.pop("version", None)
-    return validate_recipe_document(LmRecipe, data, root, path, "task: lm, model:, data:, attention: ...")
+    return load_task_recipe(path, LmRecipe, "lm", "task: lm, model:, data:, attention: ...")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import BaseConfig, check_name, check_seed, register_config
-from ..errors import ConfigError, RecipeError, quote
+from ..errors import ConfigError, quote
 from ..nn.matching import DEFAULT_EXCLUDE
 from .config import LmModelSection
 
@@ -305,18 +305,6 @@ def load_causal_lm_recipe(path: str | Path) -> CausalLmRecipe:
         RecipeError: the file is missing or not YAML, is another kind of recipe, or a key or value is wrong (the
             message names the file, the key's dotted place and its line).
     """
-    from ..recipe_yaml import read_recipe_yaml, recipe_task, validate_recipe_document
+    from ..recipe_yaml import load_task_recipe
 
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"No recipe file {quote(str(path))}.")
-    data, root = read_recipe_yaml(path)
-    task = recipe_task(data) if isinstance(data, dict) else None
-    if isinstance(data, dict) and data.get("task") is not None and task != "causal-lm":
-        raise RecipeError(
-            f"{path}: task is {quote(data.get('task'))}, but this loader reads `task: causal-lm` recipes; run it "
-            f"with `hf-sparse compress {path}`, which picks the job from its task."
-        )
-    if isinstance(data, dict):
-        data.pop("version", None)
-    return validate_recipe_document(CausalLmRecipe, data, root, path, "task: causal-lm, model:, data:, runs: ...")
+    return load_task_recipe(path, CausalLmRecipe, "causal-lm", "task: causal-lm, model:, data:, runs: ...")

@@ -114,7 +114,7 @@ def test_bad_values_are_refused_naming_the_key(tmp_path, old, new, key):
 
 
 def test_other_recipe_kinds_and_broken_files_are_refused(tmp_path):
-    assert "hf-sparse recsys" in _error(tmp_path, VALID.replace("task: lm", "task: recsys"))
+    assert "run it with `hf-sparse compress" in _error(tmp_path, VALID.replace("task: lm", "task: recsys"))
     assert "task is 'classify'" in _error(tmp_path, VALID.replace("task: lm", "task: classify"))
     assert "duplicate key 'name'" in _error(tmp_path, VALID + "name: again\n")
     assert "a recipe is a mapping" in _error(tmp_path, "- 1\n- 2\n")
