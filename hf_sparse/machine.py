@@ -4,12 +4,14 @@ library versions."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["machine_info", "cpu_caches", "llc_bytes", "isa_flags", "cpu_identity"]
+__all__ = ["machine_info", "cpu_caches", "llc_bytes", "isa_flags", "cpu_identity", "torch_threads"]
 
 #: The instruction-set flags of /proc/cpuinfo that decide which kernels and dense paths are fast, in a stable order.
 ISA_FLAGS = (
@@ -148,3 +150,18 @@ def machine_info() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     return info
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with torch using ``threads`` threads (``None``: as it is); the caller's setting comes back
+    afterwards, also when the block raises (a job's ``threads:`` setting must not outlive the job)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -385,13 +385,10 @@ def run_causal_lm(recipe: CausalLmRecipe, output_dir: str | Path, *, recipe_sour
         DataError: the text cannot be used (too short, empty split, bad file ...).
         ConfigError: ``data.seq_len`` exceeds the model's positions, a run's pattern does not divide a layer, ...
     """
-    previous = torch.get_num_threads()
-    if recipe.threads is not None:
-        torch.set_num_threads(recipe.threads)
-    try:
+    from ..machine import torch_threads
+
+    with torch_threads(recipe.threads):
         return _run(recipe, Path(output_dir), recipe_source)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _load(recipe: CausalLmRecipe, timings: dict):

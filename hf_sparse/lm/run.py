@@ -212,13 +212,10 @@ def run_lm(recipe: LmRecipe, output_dir: str | Path, *, recipe_source: str | Non
     Raises:
         ConfigError: a length exceeds the model's positions, or too few documents are long enough.
     """
-    previous = torch.get_num_threads()
-    if recipe.threads is not None:
-        torch.set_num_threads(recipe.threads)
-    try:
+    from ..machine import torch_threads
+
+    with torch_threads(recipe.threads):
         return _run(recipe, Path(output_dir), recipe_source)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(recipe: LmRecipe, output_dir: Path, recipe_source: str | None) -> dict:
