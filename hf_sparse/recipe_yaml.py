@@ -267,7 +267,9 @@ def load_task_recipe(path: str | Path, cls: type[BaseConfig], task: str, keys: s
         )
     if isinstance(data, dict):
         data.pop("version", None)
-    return validate_recipe_document(cls, data, root, path, keys)
+    from .recipes import resolve_paths  # relative paths: against the recipe file's folder, as every recipe's
+
+    return resolve_paths(validate_recipe_document(cls, data, root, path, keys), path.resolve().parent)
 
 
 def parse_recipe_text(text: str) -> Any:

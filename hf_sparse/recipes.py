@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -55,6 +55,8 @@ __all__ = [
     "packaged_recipes",
     "DEFAULT_RECIPE",
 ]
+
+C = TypeVar("C", bound=BaseConfig)
 
 #: Name of the embedded default recipe (``recipes/minilm-rotten-tomatoes.yaml``).
 DEFAULT_RECIPE = "minilm-rotten-tomatoes"
@@ -479,27 +481,30 @@ def _local_path(value: str, base: Path, *, must_exist: bool) -> str | None:
     return str(path.resolve()) if path.exists() else str(path)
 
 
-def resolve_paths(recipe: Recipe, base: str | Path) -> Recipe:
+def resolve_paths(recipe: C, base: str | Path) -> C:
     """``recipe`` with its relative local paths made absolute against ``base``: ``data.files`` (always paths),
     ``data.dataset`` and ``model.name`` where ``base / value`` exists (otherwise they are a packaged name, an alias or
-    a Hub id, and stay as written). :func:`load_recipe` resolves against the recipe file's folder, so a recipe runs
-    the same from any working folder, and the resolved recipe a job saves (``recipe.yaml``, absolute paths) runs
-    from anywhere too.
+    a Hub id, and stay as written). Every recipe loader resolves against the recipe file's folder (the
+    classification, causal-lm, lm and recsys recipes alike), so a recipe runs the same from any working folder, and
+    the resolved recipe a job saves (``recipe.yaml``, absolute paths) runs from anywhere too.
     """
     base = Path(base)
-    data, model = recipe.data, recipe.model
+    data, model = getattr(recipe, "data", None), getattr(recipe, "model", None)
     changes: dict = {}
-    if data.files is not None:
-        files = {split: _local_path(p, base, must_exist=False) for split, p in data.files.items()}
-        if files != data.files:
-            changes["data"] = data.replace(files=files)
-    elif not data.packaged and data.dataset is not None:
-        found = _local_path(data.dataset, base, must_exist=True)
-        if found is not None and found != data.dataset:
+    files = getattr(data, "files", None)
+    dataset = getattr(data, "dataset", None)
+    if files is not None:
+        resolved = {split: _local_path(p, base, must_exist=False) for split, p in files.items()}
+        if resolved != files:
+            changes["data"] = data.replace(files=resolved)
+    elif dataset is not None and dataset != type(data)().dataset:  # the section's default is a packaged data set
+        found = _local_path(dataset, base, must_exist=True)
+        if found is not None and found != dataset:
             changes["data"] = data.replace(dataset=found)
-    if model.name not in _model_aliases():
-        found = _local_path(model.name, base, must_exist=True)
-        if found is not None and found != model.name:
+    name = getattr(model, "name", None)
+    if isinstance(name, str) and name not in _model_aliases():
+        found = _local_path(name, base, must_exist=True)
+        if found is not None and found != name:
             changes["model"] = model.replace(name=found)
     return recipe.replace(**changes) if changes else recipe
 

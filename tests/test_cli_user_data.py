@@ -135,3 +135,29 @@ def test_the_summary_shows_every_metric_of_the_task_and_the_difference_in_its_un
     assert _summary_lines(report, "out")[1] == (
         "pruned-50: sparsity 50.0%, test masked-LM perplexity 12.5000 (+25.0%), saved to out/pruned-50"
     )
+
+
+@pytest.mark.parametrize(
+    "task, text",
+    [
+        ("causal-lm", "task: causal-lm\nmodel: {name: my-model}\ndata: {dataset: text.txt}\n"),
+        ("recsys", "task: recsys\ndata: {files: {train: events.csv}}\n"),
+        ("text-classification", "model: {name: my-model}\ndata: {dataset: text.txt}\n"),
+    ],
+)
+def test_every_recipe_reads_relative_paths_against_its_own_folder(task, text, tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    (folder / "my-model").mkdir(parents=True)
+    (folder / "text.txt").write_text("hello\n")
+    (folder / "recipe.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)  # another working folder
+    recipe = task_for(task).load_recipe(folder / "recipe.yaml")
+    if recipe.data.files is not None:
+        assert recipe.data.files == {"train": str(folder / "events.csv")}  # a file path even before it exists
+    else:
+        assert recipe.data.dataset == str(folder / "text.txt")
+        assert recipe.model.name == str(folder / "my-model")
+    # a packaged name stays a name, also when a file of that name is in the folder
+    (folder / "convention-speeches").write_text("")
+    (folder / "plain.yaml").write_text("task: causal-lm\n")
+    assert task_for("causal-lm").load_recipe(folder / "plain.yaml").data.dataset == "convention-speeches"

@@ -82,7 +82,8 @@ class CausalLmDataSection(BaseConfig):
     Args:
         dataset: ``convention-speeches`` (the packaged speeches, :data:`PACKAGED_TEXT`), or what
             :func:`hf_sparse.data.load_user_data` reads: a file (``.txt``, ``.csv``, ``.jsonl``, ``.parquet`` ...),
-            a folder written by ``save_to_disk`` or a Hub dataset id in the local cache.
+            a folder written by ``save_to_disk`` or a Hub dataset id in the local cache. A relative path is read
+            relative to the recipe file's folder.
         files: ``{train: FILE, test: FILE}`` (``validation`` too, used for calibration): one file per split instead
             of ``dataset``; the held-out text is then the ``test`` file.
         columns: ``{text: COLUMN}``: the column holding the text when it is not named ``text`` (or ``sentence``,

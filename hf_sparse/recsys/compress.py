@@ -61,8 +61,8 @@ class RecsysDataSection(BaseConfig):
 
     Args:
         dataset: ``movielens-100k`` (the packaged MovieLens 100K ratings), or your own data: a CSV / TSV / JSON /
-            JSONL / parquet file or a folder written by ``save_to_disk`` (relative paths are relative to the
-            working directory), or a Hub dataset id present in the local cache. One row per interaction: a user, an
+            JSONL / parquet file or a folder written by ``save_to_disk`` (a relative path is read relative to the
+            recipe file's folder), or a Hub dataset id present in the local cache. One row per interaction: a user, an
             item (any string or integer ids) and, optionally, a timestamp (without one, the file's row order is the
             time order).
         files: ``{train: FILE}`` instead of ``dataset`` (the whole history is one table: the job splits each user's
@@ -270,7 +270,10 @@ def load_recsys_recipe(path: str | Path) -> RecsysRecipe:
         data = {}
     if isinstance(data, dict):
         data.pop("version", None)
-    return validate_recipe_document(RecsysRecipe, data, root, path, "task: recsys, model:, runs: ...")
+    from ..recipes import resolve_paths  # relative paths: against the recipe file's folder, as every recipe's
+
+    recipe = validate_recipe_document(RecsysRecipe, data, root, path, "task: recsys, model:, runs: ...")
+    return resolve_paths(recipe, path.resolve().parent)
 
 
 def _model(recipe: RecsysRecipe, num_items: int):
