@@ -32,7 +32,18 @@ from .config import BaseConfig
 from .errors import ConfigError, quote
 from .registry import Registry
 
-__all__ = ["Method", "RunContext", "METHOD_REGISTRY", "register_method", "method_for", "ordered_methods"]
+__all__ = [
+    "Method",
+    "RunContext",
+    "METHOD_REGISTRY",
+    "register_method",
+    "method_for",
+    "ordered_methods",
+    "report_metric",
+    "is_fraction_metric",
+    "delta_text",
+    "metric_cell",
+]
 
 
 @dataclasses.dataclass
@@ -196,3 +207,31 @@ def method_for(config: Any) -> Method:
 def ordered_methods(names) -> list[Method]:
     """The registered methods named in ``names``, in the order they run."""
     return sorted((METHOD_REGISTRY.get(n) for n in names), key=lambda m: m.sort_key)
+
+
+# -- the compared metric of a job's report, as the methods' report sections write it -------------------------------
+def report_metric(report: dict) -> dict:
+    """The compared metric of a report: ``key``, ``name``, ``higher_is_better`` and ``all`` (every reported metric,
+    key -> name); reports written before the jobs had tasks compared test accuracy."""
+    metric = report.get("metric")
+    if isinstance(metric, dict) and metric.get("key"):
+        return {"higher_is_better": True, "all": {metric["key"]: metric.get("name", metric["key"])}, **metric}
+    return {"key": "test_accuracy", "name": "accuracy", "higher_is_better": True, "all": {"test_accuracy": "accuracy"}}
+
+
+def is_fraction_metric(key: str) -> bool:
+    """Whether the metric of report key ``key`` is a fraction (accuracy, F1: differences in points) rather than a
+    perplexity (differences as they are)."""
+    return "perplexity" not in key
+
+
+def delta_text(delta: float, key: str) -> str:
+    """A difference of metric ``key`` to the dense model: in points for fractions, as it is for perplexities."""
+    return f"{100 * delta:+.2f}" if is_fraction_metric(key) else f"{delta:+.3f}"
+
+
+def metric_cell(value, key: str) -> str:
+    """A metric value as the report writes it (``–`` when missing)."""
+    if not isinstance(value, (int, float)):
+        return "–"
+    return f"{value:.4f}" if is_fraction_metric(key) else f"{value:.3f}"

@@ -20,6 +20,7 @@ __all__ = [
     "recipe_task",
     "parse_recipe_text",
     "load_task_recipe",
+    "resolve_paths",
     "bounded_message",
     "MAX_RECIPE_BYTES",
     "MAX_RECIPE_DEPTH",
@@ -267,8 +268,7 @@ def load_task_recipe(path: str | Path, cls: type[BaseConfig], task: str, keys: s
         )
     if isinstance(data, dict):
         data.pop("version", None)
-    from .recipes import resolve_paths  # relative paths: against the recipe file's folder, as every recipe's
-
+    # relative paths: against the recipe file's folder, as every recipe's
     return resolve_paths(validate_recipe_document(cls, data, root, path, keys), path.resolve().parent)
 
 
@@ -343,3 +343,48 @@ def _key_line(node: yaml.Node | None, message: str) -> int | None:
         else:
             break
     return line
+
+
+def _local_path(value: str, base: Path, *, must_exist: bool) -> str | None:
+    """``value`` as an absolute path: as it is when absolute, else ``base / value`` (``~`` expanded). ``must_exist``:
+    None unless that path exists (the value may be a Hub id or an alias instead)."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if must_exist and not path.exists():
+        return None
+    return str(path.resolve()) if path.exists() else str(path)
+
+
+def resolve_paths(recipe: Any, base: str | Path) -> Any:
+    """``recipe`` with its relative local paths made absolute against ``base``: ``data.files`` (always paths),
+    ``data.dataset`` and ``model.name`` where ``base / value`` exists (otherwise they are a packaged name, an alias or
+    a Hub id, and stay as written). Every recipe loader resolves against the recipe file's folder (the
+    classification, causal-lm, lm and recsys recipes alike), so a recipe runs the same from any working folder, and
+    the resolved recipe a job saves (``recipe.yaml``, absolute paths) runs from anywhere too.
+    """
+    base = Path(base)
+    data, model = getattr(recipe, "data", None), getattr(recipe, "model", None)
+    changes: dict = {}
+    files = getattr(data, "files", None)
+    dataset = getattr(data, "dataset", None)
+    if files is not None:
+        resolved = {split: _local_path(p, base, must_exist=False) for split, p in files.items()}
+        if resolved != files:
+            changes["data"] = data.replace(files=resolved)
+    elif dataset is not None and dataset != type(data)().dataset:  # the section's default is a packaged data set
+        found = _local_path(dataset, base, must_exist=True)
+        if found is not None and found != dataset:
+            changes["data"] = data.replace(dataset=found)
+    name = getattr(model, "name", None)
+    if isinstance(name, str) and name not in _model_aliases():
+        found = _local_path(name, base, must_exist=True)
+        if found is not None and found != name:
+            changes["model"] = model.replace(name=found)
+    return recipe.replace(**changes) if changes else recipe
+
+
+def _model_aliases() -> dict:
+    from .data import MODEL_ALIASES
+
+    return MODEL_ALIASES

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
@@ -36,7 +36,7 @@ from .pruning.config import PruningConfig
 from .pruning.regularization import RegularizationConfig
 from .pruning.structured import StructuredPruningConfig
 from .quantization.recipe import QuantizationSection, StageQuantizationSection
-from .recipe_yaml import read_recipe_yaml, recipe_task, validate_recipe_document
+from .recipe_yaml import read_recipe_yaml, recipe_task, resolve_paths, validate_recipe_document
 
 __all__ = [
     "ModelSection",
@@ -55,8 +55,6 @@ __all__ = [
     "packaged_recipes",
     "DEFAULT_RECIPE",
 ]
-
-C = TypeVar("C", bound=BaseConfig)
 
 #: Name of the embedded default recipe (``recipes/minilm-rotten-tomatoes.yaml``).
 DEFAULT_RECIPE = "minilm-rotten-tomatoes"
@@ -468,51 +466,6 @@ def load_recipe(source: str | Path | None = None) -> Recipe:
         )
     recipe = validate_recipe_document(Recipe, data, root, path, "name:, model:, pruning: ...")
     return resolve_paths(recipe, path.resolve().parent)
-
-
-def _local_path(value: str, base: Path, *, must_exist: bool) -> str | None:
-    """``value`` as an absolute path: as it is when absolute, else ``base / value`` (``~`` expanded). ``must_exist``:
-    None unless that path exists (the value may be a Hub id or an alias instead)."""
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    if must_exist and not path.exists():
-        return None
-    return str(path.resolve()) if path.exists() else str(path)
-
-
-def resolve_paths(recipe: C, base: str | Path) -> C:
-    """``recipe`` with its relative local paths made absolute against ``base``: ``data.files`` (always paths),
-    ``data.dataset`` and ``model.name`` where ``base / value`` exists (otherwise they are a packaged name, an alias or
-    a Hub id, and stay as written). Every recipe loader resolves against the recipe file's folder (the
-    classification, causal-lm, lm and recsys recipes alike), so a recipe runs the same from any working folder, and
-    the resolved recipe a job saves (``recipe.yaml``, absolute paths) runs from anywhere too.
-    """
-    base = Path(base)
-    data, model = getattr(recipe, "data", None), getattr(recipe, "model", None)
-    changes: dict = {}
-    files = getattr(data, "files", None)
-    dataset = getattr(data, "dataset", None)
-    if files is not None:
-        resolved = {split: _local_path(p, base, must_exist=False) for split, p in files.items()}
-        if resolved != files:
-            changes["data"] = data.replace(files=resolved)
-    elif dataset is not None and dataset != type(data)().dataset:  # the section's default is a packaged data set
-        found = _local_path(dataset, base, must_exist=True)
-        if found is not None and found != dataset:
-            changes["data"] = data.replace(dataset=found)
-    name = getattr(model, "name", None)
-    if isinstance(name, str) and name not in _model_aliases():
-        found = _local_path(name, base, must_exist=True)
-        if found is not None and found != name:
-            changes["model"] = model.replace(name=found)
-    return recipe.replace(**changes) if changes else recipe
-
-
-def _model_aliases() -> dict:
-    from .data import MODEL_ALIASES
-
-    return MODEL_ALIASES
 
 
 def recipe_for(

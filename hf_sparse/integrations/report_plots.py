@@ -59,11 +59,11 @@ def _report_series(report: Mapping) -> dict[str, list[tuple[float, float]]]:
     runs without both numbers are left out. The accuracy-guarded run, if any, is a series of its own."""
     groups: dict[tuple[str, ...], list[tuple[float, float]]] = {}
     pruned: dict[tuple[str, ...], bool] = {}
-    key, _ = _metric_key(report)
+    metric, _ = _metric_key(report)
     for run in report.get("runs") or ():
         if not isinstance(run, Mapping):
             continue
-        x, y = _finite(run.get("sparsity")), _finite(run.get(key))
+        x, y = _finite(run.get("sparsity")), _finite(run.get(metric))
         if x is None or y is None:
             continue
         key = tuple(_treatments(run))
@@ -76,12 +76,12 @@ def _report_series(report: Mapping) -> dict[str, list[tuple[float, float]]]:
         for key, points in groups.items()
     }
     guard = report.get("guard")
-    if isinstance(guard, Mapping) and _finite(guard.get(key)) is not None:
+    if isinstance(guard, Mapping) and _finite(guard.get(metric)) is not None:
         accepted = [h for h in guard.get("history") or () if isinstance(h, Mapping) and h.get("accepted")]
         x = _finite(accepted[-1].get("measured_sparsity")) if accepted else None
         x = x if x is not None else _finite(guard.get("accepted_sparsity"))
         if x is not None:
-            series["accuracy guard"] = [(x, float(guard[key]))]
+            series["accuracy guard"] = [(x, float(guard[metric]))]
     return series
 
 

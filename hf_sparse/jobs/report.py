@@ -9,7 +9,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from ..method import METHOD_REGISTRY
+from ..method import METHOD_REGISTRY, delta_text, is_fraction_metric, metric_cell, report_metric
 from ..resilience import atomic_write_text, confined_path
 
 __all__ = [
@@ -94,33 +94,6 @@ def dense_comparison_lines(rows: list[tuple[str, dict]], machine: dict) -> list[
         lines += [f"Not timed: `{k}`: {v}." for k, v in sorted(skipped.items())]
         lines.append("")
     return lines
-
-
-def report_metric(report: dict) -> dict:
-    """The compared metric of a report: ``key``, ``name``, ``higher_is_better`` and ``all`` (every reported metric,
-    key -> name); reports written before the jobs had tasks compared test accuracy."""
-    metric = report.get("metric")
-    if isinstance(metric, dict) and metric.get("key"):
-        return {"higher_is_better": True, "all": {metric["key"]: metric.get("name", metric["key"])}, **metric}
-    return {"key": "test_accuracy", "name": "accuracy", "higher_is_better": True, "all": {"test_accuracy": "accuracy"}}
-
-
-def is_fraction_metric(key: str) -> bool:
-    """Whether the metric of report key ``key`` is a fraction (accuracy, F1: differences in points) rather than a
-    perplexity (differences as they are)."""
-    return "perplexity" not in key
-
-
-def delta_text(delta: float, key: str) -> str:
-    """A difference of metric ``key`` to the dense model: in points for fractions, as it is for perplexities."""
-    return f"{100 * delta:+.2f}" if is_fraction_metric(key) else f"{delta:+.3f}"
-
-
-def metric_cell(value, key: str) -> str:
-    """A metric value as the report writes it (``–`` when missing)."""
-    if not isinstance(value, (int, float)):
-        return "–"
-    return f"{value:.4f}" if is_fraction_metric(key) else f"{value:.3f}"
 
 
 def render_markdown(report: dict) -> str:

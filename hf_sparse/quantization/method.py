@@ -96,8 +96,8 @@ def _describe(section) -> str:
 
 
 def _report(report: dict) -> list[str]:
-    from ..jobs.report import delta_text, is_fraction_metric, report_metric
-    from ..jobs.report import metric_cell as cell
+    from ..method import delta_text, is_fraction_metric, report_metric
+    from ..method import metric_cell as cell
     from ..pruning.method import pct
 
     metric = report_metric(report)

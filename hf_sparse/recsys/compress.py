@@ -270,7 +270,7 @@ def load_recsys_recipe(path: str | Path) -> RecsysRecipe:
         data = {}
     if isinstance(data, dict):
         data.pop("version", None)
-    from ..recipes import resolve_paths  # relative paths: against the recipe file's folder, as every recipe's
+    from ..recipe_yaml import resolve_paths  # relative paths: against the recipe file's folder, as every recipe's
 
     recipe = validate_recipe_document(RecsysRecipe, data, root, path, "task: recsys, model:, runs: ...")
     return resolve_paths(recipe, path.resolve().parent)
