@@ -131,6 +131,13 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print(f"\nhf-sparse compress: report written to {args.output}/report.md")
     for line in _summary_lines(report, args.output):
         print(f"  {line}")
+    if report.get("selection"):
+        from .jobs.selection import recommendation_lines
+
+        plot = (report.get("plots") or {}).get("pareto")
+        print("\n" + "\n".join(recommendation_lines(report["selection"], report, args.output)))
+        if plot:
+            print(f"Trade-off curve: {args.output}/{plot}; per accuracy budget: {args.output}/report.md")
     return 0
 
 
@@ -152,9 +159,11 @@ def _summary_lines(report: dict, output: str) -> list[str]:
             delta = f"{100 * run['delta_vs_dense']:+.2f} points"
         else:
             delta = f"{100 * (run[key] / report['dense'][key] - 1):+.1f}%"
+        lat = run.get("latency") or {}
+        speed = f", {lat['ratio_vs_best_dense']:.2f}x the best dense" if lat.get("ratio_vs_best_dense") else ""
         lines.append(
-            f"{run['name']}: sparsity {100 * run.get('sparsity', 0.0):.1f}%, {values(run)} ({delta}), saved to "
-            f"{output}/{run['checkpoint']}" + (f", pushed to {run['hub_url']}" if run.get("hub_url") else "")
+            f"{run['name']}: sparsity {100 * run.get('sparsity', 0.0):.1f}%, {values(run)} ({delta}){speed}, saved "
+            f"to {output}/{run['checkpoint']}" + (f", pushed to {run['hub_url']}" if run.get("hub_url") else "")
         )
     return lines
 

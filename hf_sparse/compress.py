@@ -56,14 +56,15 @@ def _remove_stale_partials(output_dir: Path, recipe: Recipe) -> None:
     cleanup, and ``--resume`` would otherwise carry them forever."""
     from .integrations.hub import PLOT_FILE, RESULTS_FILE
 
-    names = [*JOB_OUTPUTS, recipe.name, _RUN_NAMES]
+    candidates = [c.name for c in recipe.candidates]
+    names = [*JOB_OUTPUTS, recipe.name, *candidates, _RUN_NAMES]
     remove_stale_partials(output_dir, names)
     remove_stale_partials(confined_path(output_dir, "plots"), [re.compile(r"[A-Za-z0-9._-]+\.png")])
     for child in output_dir.iterdir():
         if (
             child.is_dir()
             and not child.is_symlink()
-            and (child.name == recipe.name or _RUN_NAMES.fullmatch(child.name))
+            and (child.name == recipe.name or child.name in candidates or _RUN_NAMES.fullmatch(child.name))
         ):
             remove_stale_partials(child, [RUN_FILE, RECIPE_FILE, RESULTS_FILE, PLOT_FILE, "README.md"])
 
@@ -201,8 +202,15 @@ def _dense_baseline(recipe: Recipe, data: PreparedData, output_dir: Path, work: 
         )
         timings["dense_eval_s"] = time.perf_counter() - t0
     logger.info("hf-sparse compress: dense test %s %.4f", head.metric_name, metrics[head.metric])
+    validation = None
+    if len(data.val_tok):
+        val_metrics, _ = predict_metrics(
+            dense_model, data.val_tok, data.tokenizer, recipe.dense, dense_work, head, data.label_names
+        )
+        validation = {"validation_" + k.removeprefix("test_"): v for k, v in val_metrics.items()}
     dense = {
         **metrics,
+        **({"validation": validation} if validation is not None else {}),
         "fine_tuned": not data.dense_given,
         **model_parameter_counts(dense_model),
         "checkpoint_bytes": dense_checkpoint_bytes(dense_model),
@@ -342,6 +350,8 @@ def run_compress(
     recipe = preflight(recipe)
     if recipe.stages:
         confined_path(output_dir, recipe.name)  # an escaping name fails here, before any training
+    for candidate in recipe.candidates:
+        confined_path(output_dir, candidate.name)
     if is_main_process():
         _remove_stale_partials(output_dir, recipe)
     data = prepare_data(recipe)
@@ -411,6 +421,10 @@ def run_compress(
         "machine": machine_info(),
         "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
     }
+    if runs:
+        from .jobs.selection import select_model
+
+        report["selection"] = select_model(report, recipe.selection)
     if is_main_process():
         _write_outputs(report, recipe, output_dir, work)
     barrier()

@@ -25,6 +25,7 @@ from .jobs.sections import (
     DataSection,
     GuardSection,
     ModelSection,
+    SelectionSection,
     SensitivitySection,
     SweepSection,
     TrainSection,
@@ -46,6 +47,8 @@ __all__ = [
     "SweepSection",
     "GuardSection",
     "SensitivitySection",
+    "SelectionSection",
+    "CandidateSection",
     "DistillationSection",
     "Recipe",
     "load_recipe",
@@ -200,6 +203,85 @@ class OverrideSection(BaseConfig):
                 raise ConfigError(f"overrides for {list(self.modules)}: skip {method} and set its value at once.")
 
 
+@register_config("recipe_candidate")
+@dataclasses.dataclass(frozen=True)
+class CandidateSection(BaseConfig):
+    """One model of a recipe's ``candidates``: a method mix taken from the fine-tuned dense baseline (or the
+    pre-trained model) through its stages, then stored, evaluated, reloaded and timed like every run; the report
+    compares all candidates (Pareto front, recommendation).
+
+    Written either with ``stages`` (as a staged recipe's, see :class:`StageSection`) or, for one stage, with the
+    stage's keys directly: ``{name: student-3layer, train: {...}, structured: {...}, distillation: {...}}``.
+
+    Args:
+        name: The saved model's folder name (letters, digits, ``.``, ``_``, ``-``), unique in the recipe.
+        start_from: ``dense``: a copy of the fine-tuned dense baseline; ``pretrained``: the pre-trained model with a
+            new task head (a student cut from it learns the task from the labels and the teacher only).
+        stages: What the candidate does, in order.
+    """
+
+    name: str = "candidate"
+    start_from: Literal["dense", "pretrained"] = "dense"
+    stages: tuple[StageSection, ...] = ()
+
+    @classmethod
+    def _from_mapping(cls, data, *, path: str):
+        if isinstance(data, dict) and "stages" not in data and "config_type" not in data:
+            data = dict(data)
+            head = {k: data.pop(k) for k in ("name", "start_from") if k in data}
+            stage = {"name": "train", **data}
+            return super()._from_mapping({**head, "stages": [stage]}, path=path)
+        return super()._from_mapping(data, path=path)
+
+    def validate(self) -> None:
+        check_name(self.name, "candidates.name", taken=JOB_OUTPUTS)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
+            raise ConfigError(
+                f"candidates.name must be 1-64 letters, digits, '.', '_' or '-' (it names the model's folder), got "
+                f"{quote(self.name)}."
+            )
+        if not self.stages:
+            raise ConfigError(f"candidate {quote(self.name)}: give it stages (or one stage's keys directly).")
+        check_stage_sequence(self.stages, f"candidate {self.name}: ")
+
+
+def check_stage_sequence(stages: tuple[StageSection, ...], where: str = "") -> None:
+    """The stages of one run in an order that works: unique names, shapes changed only before pruning, one
+    quantisation (PTQ only in the last stage), no transform after quantisation started."""
+    names = [st.name for st in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}stages: names must be unique, got {names}.")
+    pruned_in = None
+    quantized_in = None
+    for i, st in enumerate(stages):
+        at = f"{where}stages[{i}] ({st.name})"
+        if pruned_in is not None:
+            for key in ("structured", "lowrank", "embeddings"):
+                if getattr(st, key) is not None:
+                    raise ConfigError(
+                        f"{at}.{key}: changes the shapes of layers that stage {pruned_in!r} pruned (its masks "
+                        f"would no longer fit); put {key} in a stage before {pruned_in!r}."
+                    )
+        if st.quantization is not None:
+            if quantized_in is not None:
+                raise ConfigError(
+                    f"{at}.quantization: stage {quote(quantized_in)} already quantises; quantisation-aware "
+                    "training continues through the later stages by itself."
+                )
+            quantized_in = st.name
+            if st.quantization.mode == "ptq" and i != len(stages) - 1:
+                raise ConfigError(
+                    f"{at}.quantization: mode ptq turns the layers into integer ones at the end of the stage; "
+                    "nothing trains after it, so it must be the last stage (or use mode qat)."
+                )
+        if quantized_in is not None and quantized_in != st.name and (st.lowrank or st.embeddings or st.structured):
+            raise ConfigError(
+                f"{at}: transforms layers after stage {quantized_in!r} started quantisation; move it earlier."
+            )
+        if st.pruning is not None:
+            pruned_in = st.name
+
+
 @register_config("recipe")
 @dataclasses.dataclass(frozen=True)
 class Recipe(BaseConfig):
@@ -244,6 +326,12 @@ class Recipe(BaseConfig):
         stages: A staged recipe: one run that goes through these stages in order, starting from the fine-tuned dense
             baseline (see :class:`StageSection`); the method sections above then belong inside the stages. The run
             is saved as ``<output>/<name>/`` and the report gives the test accuracy after each stage.
+        candidates: Several method mixes compared in one job (see :class:`CandidateSection`): each is a run from the
+            fine-tuned dense baseline, saved as ``<output>/<candidate name>/``, evaluated, reloaded and timed; the
+            report draws the accuracy-latency and accuracy-size trade-off (Pareto front) and recommends one
+            (``selection``). The method sections above then belong inside the candidates.
+        selection: How the report picks the model to use (see :class:`SelectionSection`): the fastest (or
+            smallest) model within ``max_drop`` of the dense model's validation metric.
         overrides: Per-module settings applied to every stage and run (see :class:`OverrideSection`), e.g. a lower
             sparsity for the first layer, or the classifier left unquantised.
     """
@@ -269,6 +357,8 @@ class Recipe(BaseConfig):
     lowrank: LowRankSection | None = None
     embeddings: EmbeddingCompressionConfig | None = None
     stages: tuple[StageSection, ...] = ()
+    candidates: tuple[CandidateSection, ...] = ()
+    selection: SelectionSection = dataclasses.field(default_factory=SelectionSection)
     overrides: tuple[OverrideSection, ...] = ()
 
     def validate(self) -> None:
@@ -288,6 +378,8 @@ class Recipe(BaseConfig):
                 )
         if self.stages:
             self._validate_stages()
+        if self.candidates:
+            self._validate_candidates()
         self._validate_task()
         if self.sensitivity is not None and self.lowrank is None:
             from .pruning.criteria import CRITERIA
@@ -347,6 +439,36 @@ class Recipe(BaseConfig):
                         f"{head.metric_name} (lower is better), which {key} does not handle. Remove {key}."
                     )
 
+    def _validate_candidates(self) -> None:
+        if self.stages:
+            raise ConfigError(
+                "candidates and stages: a recipe is either one staged run or a set of candidates; write the staged "
+                "run as one candidate (its stages)."
+            )
+        self._no_flat_methods("candidates", "a recipe with candidates runs its methods inside each candidate")
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"candidates: names must be unique (each names a folder), got {names}.")
+
+    def _no_flat_methods(self, key: str, why: str) -> None:
+        """No method section at the recipe's top level (they belong in the stages or candidates)."""
+        for name in (
+            "structured",
+            "regularization",
+            "guard",
+            "sensitivity",
+            "distillation",
+            "quantization",
+            "attention",
+            "lowrank",
+            "embeddings",
+            "sparsities",
+        ):
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{name}: {why}; move {name} into the {key} that use it (or remove {key}).")
+        if self.pruning != PruningConfig():
+            raise ConfigError(f"pruning: {why}; move pruning into the {key} that prune.")
+
     def _validate_stages(self) -> None:
         for key in (
             "structured",
@@ -367,38 +489,7 @@ class Recipe(BaseConfig):
                 )
         if self.pruning != PruningConfig():
             raise ConfigError("pruning: a recipe with stages prunes inside its stages; move pruning into a stage.")
-        names = [st.name for st in self.stages]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"stages: names must be unique, got {names}.")
-        pruned_in = None
-        quantized_in = None
-        for i, st in enumerate(self.stages):
-            where = f"stages[{i}] ({st.name})"
-            if pruned_in is not None:
-                for key in ("structured", "lowrank", "embeddings"):
-                    if getattr(st, key) is not None:
-                        raise ConfigError(
-                            f"{where}.{key}: changes the shapes of layers that stage {pruned_in!r} pruned (its masks "
-                            f"would no longer fit); put {key} in a stage before {pruned_in!r}."
-                        )
-            if st.quantization is not None:
-                if quantized_in is not None:
-                    raise ConfigError(
-                        f"{where}.quantization: stage {quote(quantized_in)} already quantises; quantisation-aware "
-                        "training continues through the later stages by itself."
-                    )
-                quantized_in = st.name
-                if st.quantization.mode == "ptq" and i != len(self.stages) - 1:
-                    raise ConfigError(
-                        f"{where}.quantization: mode ptq turns the layers into integer ones at the end of the stage; "
-                        "nothing trains after it, so it must be the last stage (or use mode qat)."
-                    )
-            if quantized_in is not None and quantized_in != st.name and (st.lowrank or st.embeddings or st.structured):
-                raise ConfigError(
-                    f"{where}: transforms layers after stage {quantized_in!r} started quantisation; move it earlier."
-                )
-            if st.pruning is not None:
-                pruned_in = st.name
+        check_stage_sequence(self.stages)
 
     def pruning_runs(self) -> list[PruningConfig]:
         """The PruningConfig of each pruned run."""

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCURACY_PLOT",
+    "PARETO_PLOT",
+    "pareto_figure",
+    "pareto_plot_png",
     "FORMAT_COLORS",
     "SERIES_COLORS",
     "accuracy_figure",
@@ -485,3 +488,142 @@ def accuracy_plot_png(
         series, baseline=baseline, x_label=x_label, y_label=y_label, title=title, n_test=n_test, chance=chance
     )
     return _write_png(figure, path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trade-off (Pareto) chart
+# --------------------------------------------------------------------------------------------------------------------
+#: Name (and file stem) of the report's trade-off chart.
+PARETO_PLOT = "pareto"
+
+
+def pareto_figure(
+    models: Sequence[Mapping],
+    *,
+    dense: float | None = None,
+    dense_fp32_speedup: float | None = None,
+    best_dense: str | None = None,
+    y_label: str = "test accuracy",
+    title: str | None = None,
+    n_test: int | None = None,
+    pick: str | None = None,
+) -> Figure:
+    """The figure :func:`pareto_plot_png` writes (same arguments, same errors)."""
+    from matplotlib.ticker import PercentFormatter
+
+    Figure, _ = _matplotlib()
+    rows = []
+    for m in models:
+        if not isinstance(m, Mapping):
+            raise TypeError(f"each model must be a mapping, got {type(m).__name__}.")
+        y = _checked_level(m.get("y"), f"y of {quote(m.get('name'))}")
+        if y is None:
+            continue
+        rows.append(m | {"y": y})
+    if not rows:
+        raise ValueError("pareto_figure: no model has a value to draw.")
+    if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1):
+        raise ValueError(f"n_test must be a positive number of test examples, got {quote(n_test)}.")
+    unit_y = all(0.0 <= r["y"] <= 1.0 for r in rows) and (dense is None or 0.0 <= dense <= 1.0)
+
+    def se(y: float) -> float:
+        return standard_error(y, n_test) if n_test is not None and unit_y else 0.0
+
+    fig = Figure(figsize=(12.0, 4.6), dpi=_DPI)
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = (
+        ("speedup", "pareto_speed", f"speed-up vs the best dense configuration ({best_dense or 'fp32'}), batch 1"),
+        ("size_ratio", "front_size", "checkpoint size (fraction of the dense checkpoint)"),
+    )
+    for ax, (xkey, front_key, x_label) in zip(axes, panels):
+        pts = [r for r in rows if _finite_number(r.get(xkey))]
+        for i, r in enumerate(pts):
+            color = _hex(SERIES_COLORS[i % len(SERIES_COLORS)])
+            ax.errorbar(
+                [r[xkey]],
+                [r["y"]],
+                yerr=[se(r["y"])] if n_test is not None and unit_y else None,
+                color=color,
+                marker="*" if r.get("name") == pick else "o",
+                markersize=13 if r.get("name") == pick else 7,
+                markeredgecolor="white",
+                elinewidth=1.2,
+                capsize=3,
+                linestyle="none",
+                zorder=3,
+            )
+            ax.annotate(
+                _clean(r.get("name"), 32),
+                (r[xkey], r["y"]),
+                textcoords="offset points",
+                xytext=(6, 5),
+                fontsize=8,
+                color=_TEXT,
+                annotation_clip=False,
+            )
+        front = sorted((r for r in pts if r.get(front_key)), key=lambda r: r[xkey])
+        if len(front) > 1:
+            ax.plot([r[xkey] for r in front], [r["y"] for r in front], color="#9a9a9a", linewidth=1.2, zorder=2)
+        if dense is not None:
+            ax.axhline(dense, color=_hex(_BASELINE), linestyle="--", linewidth=1.4, label=f"dense {dense:.4f}")
+            if n_test is not None and unit_y:
+                ax.axhspan(dense - se(dense), dense + se(dense), color=_hex(_BASELINE), alpha=0.15, lw=0)
+        if xkey == "speedup":
+            ax.axvline(1.0, color=_hex(_CHANCE), linestyle=":", linewidth=1.2, label=f"best dense ({best_dense})")
+            if _finite_number(dense_fp32_speedup) and dense is not None:
+                ax.plot(
+                    [dense_fp32_speedup],
+                    [dense],
+                    marker="o",
+                    linestyle="none",
+                    color=_hex(_BASELINE),
+                    label="dense fp32",
+                )
+        else:
+            if dense is not None:
+                ax.plot([1.0], [dense], marker="o", color=_hex(_BASELINE))
+            ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.margins(x=0.12)
+        ax.grid(color="#dedede", linewidth=0.8, zorder=0)
+        ax.set_axisbelow(True)
+        ax.spines[["right", "top"]].set_visible(False)
+        ax.tick_params(labelsize=9, labelcolor=_TEXT)
+        ax.set_xlabel(_clean(x_label, 120), fontsize=10, color=_TEXT, parse_math=False)
+        ax.legend(loc="lower right", frameon=False, fontsize=8)
+        _no_mathtext(ax)
+    if unit_y:
+        lows = [r["y"] - se(r["y"]) for r in rows] + ([dense - se(dense)] if dense is not None else [])
+        axes[0].set_ylim(*_accuracy_range(lows))
+    axes[0].set_ylabel(_clean(y_label, 80), fontsize=10, color=_TEXT, parse_math=False)
+    caption = "grey line: Pareto front; star: the recommended model"
+    if n_test is not None and unit_y:
+        caption += f"; error bars: ±1 standard error (n = {n_test:,} test examples)"
+    fig.text(0.5, -0.02, caption, ha="center", fontsize=8, color=_TEXT)
+    if title is not None:
+        fig.suptitle(_wrapped_title(title), fontsize=11)
+    return fig
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pareto_plot_png(models: Sequence[Mapping], path: str | Path, **kwargs) -> Path:
+    """Write the accuracy-speed and accuracy-size trade-off of a job's models as a PNG: two panels sharing the y axis
+    (the test metric, with ±1 standard error bars when ``n_test`` is given and the values are accuracies), x the
+    speed-up against the best dense configuration of the machine (1 = as fast; the dense fp32 model drawn at its
+    own ratio) and the checkpoint size as a fraction of the dense one; each model labelled by name, the Pareto front
+    (``pareto_speed`` / ``front_size`` true in a model's mapping) joined by a line, the recommended model (``pick``)
+    drawn as a star, the dense model's metric as a dashed line.
+
+    Args:
+        models: One mapping per model: ``name``, ``y`` (test metric), ``speedup``, ``size_ratio`` (None where not
+            measured: left out of that panel), ``pareto_speed``, ``front_size``.
+        kwargs: ``dense``, ``dense_fp32_speedup``, ``best_dense``, ``y_label``, ``title``, ``n_test``, ``pick``
+            (see :func:`pareto_figure`).
+
+    Raises:
+        ValueError: no model has a finite ``y``, or a bad ``n_test``.
+        MissingPackageError: matplotlib is not installed.
+    """
+    return _write_png(pareto_figure(models, **kwargs), path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import quote
 from ..resilience import confined_path
-from .plot import ACCURACY_PLOT, accuracy_plot_png, density_plot_png
+from .plot import ACCURACY_PLOT, PARETO_PLOT, accuracy_plot_png, density_plot_png, pareto_plot_png
 
 __all__ = ["write_report_plots"]
 
@@ -109,6 +109,50 @@ def _file_stem(name: str, taken: set[str]) -> str:
     return stem
 
 
+def _pareto_plot(report: Mapping, selection: Mapping, folder: Path) -> None:
+    """``pareto.png``: the job's models by test metric against speed-up and size (see :func:`pareto_plot_png`)."""
+    key, name = _metric_key(report)
+    dense = report.get("dense")
+    baseline = _finite(dense.get(key)) if isinstance(dense, Mapping) else None
+    n_test, _ = _report_test_split(report)
+    if key != "test_accuracy":
+        n_test = None
+    # The dense fp32 model's speed against the best dense configuration: the median over the runs' interleaved
+    # measurements.
+    fp32 = []
+    for run in report.get("runs") or ():
+        lat = run.get("latency") if isinstance(run, Mapping) else None
+        if isinstance(lat, Mapping) and _finite(lat.get("best_dense_s")) and lat.get("dense_baselines_s"):
+            t = _finite((lat["dense_baselines_s"] or {}).get("fp32"))
+            if t:
+                fp32.append(lat["best_dense_s"] / t)
+    fp32.sort()
+    models = [
+        {
+            "name": m.get("name"),
+            "y": m.get("test"),
+            "speedup": m.get("speedup"),
+            "size_ratio": m.get("size_ratio"),
+            "pareto_speed": m.get("name") in (selection.get("pareto_speed") or ()),
+            "front_size": m.get("name") in (selection.get("pareto_size") or ()),
+        }
+        for m in selection["models"]
+        if isinstance(m, Mapping)
+    ]
+    model = report.get("model")
+    pareto_plot_png(
+        models,
+        confined_path(folder, f"{PARETO_PLOT}.png"),
+        dense=baseline,
+        dense_fp32_speedup=fp32[len(fp32) // 2] if fp32 else None,
+        best_dense=selection.get("best_dense"),
+        y_label=f"test {name}",
+        title=f"Trade-offs of the compressed models: {model}" if model else "Trade-offs of the compressed models",
+        n_test=n_test,
+        pick=selection.get("pick"),
+    )
+
+
 def write_report_plots(report: Mapping, folder: str | Path) -> dict[str, str]:
     """Write the plots of a ``hf-sparse compress`` report (the dict ``run_compress`` returns and saves as
     ``report.json``) into ``folder``.
@@ -172,7 +216,12 @@ def write_report_plots(report: Mapping, folder: str | Path) -> dict[str, str]:
         )
         written[ACCURACY_PLOT] = f"{ACCURACY_PLOT}.png"
 
-    taken: set[str] = {ACCURACY_PLOT}
+    selection = report.get("selection")
+    if isinstance(selection, Mapping) and selection.get("models"):
+        _pareto_plot(report, selection, folder)
+        written[PARETO_PLOT] = f"{PARETO_PLOT}.png"
+
+    taken: set[str] = {ACCURACY_PLOT, PARETO_PLOT}
     for index, run in enumerate(runs):
         if not isinstance(run, Mapping) or not isinstance(run.get("layers"), Mapping) or not run["layers"]:
             continue

@@ -29,13 +29,14 @@ def recipe_plans(recipe, *, adjust=None) -> list[RunPlan]:
             sensitivity scan's per-layer sparsities and ranks).
     """
     if recipe.stages:
-        stages = tuple(Stage(st.name, st.train, method_sections(st)) for st in recipe.stages)
-        used = [s.sections["pruning"] for s in stages if "pruning" in s.sections]
-        cfg = used[-1] if used else recipe.pruning
-        record = {**_UNPRUNED, "target_sparsity": cfg.sparsity if used else 0.0, "pruning_config": cfg.to_dict()}
-        return [RunPlan(recipe.name, stages, record=record, staged=True)]
+        return [_staged_plan(recipe.name, recipe.stages, recipe.pruning)]
+    if recipe.candidates:
+        return [
+            _staged_plan(c.name, c.stages, recipe.pruning, staged=len(c.stages) > 1, start_from=c.start_from)
+            for c in recipe.candidates
+        ]
     distil = recipe.distillation
-    start_from = "pretrained" if distil is not None and distil.student_from == "pretrained" else "dense"
+    start_from = distil.student_from if distil is not None else "dense"  # dense, pretrained or a model folder
     plans = []
     for cfg in recipe.pruning_runs():
         sections = {k: v for k, v in method_sections(recipe).items() if k != "pruning"}
@@ -58,6 +59,15 @@ def recipe_plans(recipe, *, adjust=None) -> list[RunPlan]:
                 )
             )
     return plans
+
+
+def _staged_plan(name: str, stage_sections, default_pruning, *, staged: bool = True, start_from: str = "dense"):
+    """One run of ``stage_sections`` (a staged recipe's stages, or a candidate's), named ``name``."""
+    stages = tuple(Stage(st.name, st.train, method_sections(st)) for st in stage_sections)
+    used = [s.sections["pruning"] for s in stages if "pruning" in s.sections]
+    cfg = used[-1] if used else default_pruning
+    record = {**_UNPRUNED, "target_sparsity": cfg.sparsity if used else 0.0, "pruning_config": cfg.to_dict()}
+    return RunPlan(name, stages, record=record, staged=staged, start_from=start_from)
 
 
 def _check_stage(model, stage: Stage, where: str, info: dict) -> None:
@@ -122,6 +132,20 @@ def preflight(recipe):
                 _check_stage(model, Stage(st.name, st.train, method_sections(st)), f"stages[{i}].", info)
                 stages.append(st)
             return recipe.replace(stages=tuple(stages))
+        if recipe.candidates:
+            # Each candidate from its own start, its stages resolved and checked in order as for a staged recipe.
+            candidates = []
+            for c, cand in enumerate(recipe.candidates):
+                model = meta_model()
+                stages = []
+                for i, st in enumerate(cand.stages):
+                    st = _resolve_overrides(recipe, model, st, sections=cand.stages)
+                    _check_stage(
+                        model, Stage(st.name, st.train, method_sections(st)), f"candidates[{c}].stages[{i}].", info
+                    )
+                    stages.append(st)
+                candidates.append(cand.replace(stages=tuple(stages)))
+            return recipe.replace(candidates=tuple(candidates))
         recipe = _resolve_overrides(recipe, model, recipe)
         checked = set()
         for plan in recipe_plans(recipe):
@@ -140,14 +164,15 @@ def preflight(recipe):
         ) from None
 
 
-def _resolve_overrides(recipe, model, section):
+def _resolve_overrides(recipe, model, section, *, sections=None):
     """``section`` (the recipe itself, or one of its stages) with each entry of ``recipe.overrides`` turned into the
-    exact module names of ``model`` in the pruning, quantization and lowrank settings it changes."""
+    exact module names of ``model`` in the pruning, quantization and lowrank settings it changes (``sections``: the
+    stages the section belongs to, when not the recipe's own)."""
     from ..nn.matching import _matches
 
     names = [n for n, _ in model.named_modules() if n]
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    sections = recipe.stages or (recipe,)
+    sections = sections or recipe.stages or (recipe,)
     for i, entry in enumerate(recipe.overrides):
         matched = [n for n in names if any(_matches(n, p) for p in entry.modules)]
         if not matched:
@@ -159,7 +184,7 @@ def _resolve_overrides(recipe, model, section):
         for method, value in (("pruning", entry.sparsity), ("quantization", entry.bits), ("lowrank", entry.rank)):
             if value is None and method not in entry.skip:
                 continue
-            if method == "pruning" and not recipe.stages:
+            if method == "pruning" and not recipe.stages and not recipe.candidates:
                 present = any(cfg.sparsity > 0 for cfg in recipe.pruning_runs())
             else:
                 present = any(getattr(sec, method) is not None for sec in sections)

@@ -143,6 +143,10 @@ def render_markdown(report: dict) -> str:
         lines.append(
             "The dense baseline is the model as given (already fine-tuned for the task): evaluated, not trained."
         )
+    if report.get("selection"):
+        from .selection import selection_markdown
+
+        lines += ["", *selection_markdown(report["selection"], report)]
     lines += [
         "Pruned layers: the encoder's `nn.Linear` weights; embeddings, pooler and the task head stay dense, so the",
         "non-zero count of the whole model falls by less than the pruned-layer sparsity.",

@@ -17,7 +17,7 @@ from ..resilience import atomic_write_text, confined_path
 from .plan import RunPlan
 from .training import barrier, checkpoint_bytes, is_main_process, remove_checkpoints
 
-__all__ = ["run_plan", "completed_run", "RUN_FILE", "RECIPE_FILE", "stage_description"]
+__all__ = ["run_plan", "completed_run", "validation_metrics", "RUN_FILE", "RECIPE_FILE", "stage_description"]
 
 logger = logging.getLogger("hf_sparse.compress")
 
@@ -41,6 +41,16 @@ def convert_numerics(model, checkpoint) -> dict[str, str]:
         numerics=checkpoint.numerics,
     )
     return {n: d.choice.chosen for n, d in decisions.items()}
+
+
+def validation_metrics(task, model, work: Path) -> dict[str, float] | None:
+    """The task's metrics of ``model`` on the validation split (``validation_accuracy`` ...), or None for a task
+    without one: what the report's model selection decides on, so that it does not read the test split."""
+    val = getattr(task, "val_tok", None)
+    if val is None or not hasattr(task, "predict_on") or len(val) == 0:
+        return None
+    metrics, _ = task.predict_on(model, val, work)
+    return {"validation_" + k.removeprefix("test_"): v for k, v in metrics.items()}
 
 
 def completed_run(folder: Path, recipe_text: str) -> dict | None:
@@ -175,6 +185,7 @@ def run_plan(
     formats = {**dict.fromkeys(records.get("layers", {}), "dense"), **converted}
     t0 = time.perf_counter()
     metrics, outputs = task.predict(model)
+    validation = validation_metrics(task, model, confined_path(work, "eval"))
     eval_s = time.perf_counter() - t0
     key = task.metric
     logger.info("hf-sparse: %s %s %.4f (dense %.4f)", plan.name, key, metrics[key], dense[key])
@@ -192,6 +203,8 @@ def run_plan(
         "checkpoint": plan.name,
         "checkpoint_bytes": checkpoint_bytes(folder),
     }
+    if validation is not None:
+        run["validation"] = validation
     if rows:
         run["stages"] = rows
     run["disk_ratio_vs_dense"] = run["checkpoint_bytes"] / dense["checkpoint_bytes"]

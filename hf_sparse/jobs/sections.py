@@ -19,6 +19,7 @@ __all__ = [
     "SweepSection",
     "GuardSection",
     "SensitivitySection",
+    "SelectionSection",
     "check_latency_baselines",
     "PACKAGED_DATASET",
     "COLUMN_ROLES",
@@ -414,4 +415,54 @@ class SensitivitySection(BaseConfig):
         if self.validation_examples is not None and self.validation_examples < 2:
             raise ConfigError(
                 f"sensitivity.validation_examples must be >= 2 or null (all), got {self.validation_examples}."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionSection(BaseConfig):
+    """Which saved model the job recommends: an accuracy guard over the whole job. Among the compressed models whose
+    *validation* metric is within ``max_drop`` of the dense model's (so the choice does not peek at the test split),
+    and that meet ``min_speedup`` and ``max_size`` where set, the report names the fastest (``objective: latency``,
+    ratio against the best dense configuration of this machine) or the smallest checkpoint (``objective: size``),
+    with its test metric beside the dense one. When no model qualifies, it says so, names the closest one and
+    recommends the dense model in the best dense configuration of the machine. The report also gives the Pareto
+    front (no other model both more accurate and faster / smaller) and, for several accuracy budgets, the model to
+    pick.
+
+    Args:
+        max_drop: Largest accepted loss of the compared metric below the dense model's, in its units (0.01 = one
+            point of accuracy or F1); for metrics where lower is better (perplexity) a relative increase (0.01 = 1%).
+        objective: ``latency`` (fastest at batch 1, against the best dense configuration) or ``size`` (smallest
+            checkpoint on disk).
+        min_speedup: A speed target: only models at least this many times faster than the best dense configuration
+            qualify (null: no target; needs ``checkpoint.latency_rounds`` > 0).
+        max_size: A size target: only checkpoints at most this fraction of the dense checkpoint's bytes qualify
+            (null: no target).
+        budgets: The accuracy budgets (same units as ``max_drop``) of the report's "which model for which budget"
+            table.
+    """
+
+    max_drop: float = 0.01
+    objective: Literal["latency", "size"] = "latency"
+    min_speedup: float | None = None
+    max_size: float | None = None
+    budgets: tuple[float, ...] = (0.005, 0.01, 0.02, 0.03, 0.05)
+
+    def validate(self) -> None:
+        if not 0 <= self.max_drop < 1:
+            raise ConfigError(f"selection.max_drop must be in [0, 1) (0.01 = one point), got {self.max_drop}.")
+        if self.min_speedup is not None and not self.min_speedup > 0:
+            raise ConfigError(f"selection.min_speedup must be > 0 or null, got {self.min_speedup}.")
+        if self.max_size is not None and not 0 < self.max_size <= 1:
+            raise ConfigError(
+                f"selection.max_size must be in (0, 1] (a fraction of the dense checkpoint) or null, "
+                f"got {self.max_size}."
+            )
+        if (
+            not self.budgets
+            or any(not 0 <= b < 1 for b in self.budgets)
+            or list(self.budgets) != sorted(set(self.budgets))
+        ):
+            raise ConfigError(
+                f"selection.budgets must be increasing values in [0, 1) (0.01 = one point), got {list(self.budgets)}."
             )

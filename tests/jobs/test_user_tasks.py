@@ -42,15 +42,8 @@ def _save_tiny_bert(folder, cls=BertModel, **config):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ing"]
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        **config,
-    )
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    cfg = BertConfig(vocab_size=len(vocab), max_position_embeddings=64, **{**sizes, **config})
     model = cls(cfg)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
