@@ -358,8 +358,9 @@ def _local_path(value: str, base: Path, *, must_exist: bool) -> str | None:
 
 def resolve_paths(recipe: Any, base: str | Path) -> Any:
     """``recipe`` with its relative local paths made absolute against ``base``: ``data.files`` (always paths),
-    ``data.dataset`` and ``model.name`` where ``base / value`` exists (otherwise they are a packaged name, an alias or
-    a Hub id, and stay as written). Every recipe loader resolves against the recipe file's folder (the
+    ``data.dataset``, ``model.name`` and a model folder in ``distillation.student_from`` where ``base / value`` exists
+    (otherwise they are a packaged name, an alias or a Hub id, or a folder relative to the working folder, and stay
+    as written). Every recipe loader resolves against the recipe file's folder (the
     classification, causal-lm, lm and recsys recipes alike), so a recipe runs the same from any working folder, and
     the resolved recipe a job saves (``recipe.yaml``, absolute paths) runs from anywhere too.
     """
@@ -376,6 +377,12 @@ def resolve_paths(recipe: Any, base: str | Path) -> Any:
         found = _local_path(dataset, base, must_exist=True)
         if found is not None and found != dataset:
             changes["data"] = data.replace(dataset=found)
+    distil = getattr(recipe, "distillation", None)
+    start = getattr(distil, "start_model", None)  # distillation.student_from when it names a model folder
+    if isinstance(start, str):
+        found = _local_path(start, base, must_exist=True)
+        if found is not None and found != start:
+            changes["distillation"] = distil.replace(student_from=found)
     name = getattr(model, "name", None)
     if isinstance(name, str) and name not in _model_aliases():
         found = _local_path(name, base, must_exist=True)

@@ -23,7 +23,36 @@ def _config(section, ctx: RunContext) -> DistillationConfig:
     return to_config(ctx.output_dir) if to_config is not None else section
 
 
+def _check_start_model(model, distil, where: str, info: dict) -> None:
+    """``student_from`` naming a model: it exists (a folder or a cached Hub model) and has the architecture of the
+    job's model (``model.name``); read from its config only."""
+    start = getattr(distil, "start_model", None)
+    if start is None:
+        return
+    from transformers import AutoConfig
+
+    from .students import check_start_architecture, locate_start_model
+
+    who = f"{where}distillation.student_from"
+    path = locate_start_model(start, who)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{who}: cannot read a model config from {quote(path)}: {str(exc).splitlines()[0]}"
+        ) from None
+    reference = info["meta_model"]() if "meta_model" in info else model
+    name = getattr(reference.config, "_name_or_path", "") or "model.name"
+    check_start_architecture(config, reference.config, start, name, who)
+
+
 def _preflight(model, distil, where: str, info: dict) -> None:
+    if getattr(distil, "cache", False) and type(model).__name__.endswith("ForMaskedLM"):
+        raise ConfigError(
+            f"{where}distillation.cache: a masked-lm batch is masked at random on every step, so the teacher's "
+            "outputs (logits over the whole vocabulary at every position) cannot be reused; set cache: false."
+        )
+    _check_start_model(model, distil, where, info)
     teacher = None if info.get("cut") else model  # the dense baseline: the uncut model
     name = getattr(distil, "teacher", None)
     if name is not None:
@@ -94,6 +123,15 @@ def _describe(section) -> str:
     return "distilled" + (f" from {teacher}" if teacher else " from the dense model")
 
 
+def _start_line(run: dict) -> str:
+    start = run["started_from"]
+    kept = "kept exactly" if start.get("zero_pattern_kept") else "NOT kept"
+    return (
+        f"- {run['name']} started from `{start['model']}` ({100 * start['sparsity']:.1f}% sparse, fresh task head), "
+        f"not from the dense model; its zero pattern was {kept} while it fine-tuned."
+    )
+
+
 def _report(report: dict) -> list[str]:
     from ..method import delta_text, is_fraction_metric, report_metric
     from ..method import metric_cell as cell
@@ -102,12 +140,14 @@ def _report(report: dict) -> list[str]:
     key, name = metric["key"], f"test {metric['name']}"
     unit = "points" if is_fraction_metric(key) else "difference"
     runs = report["runs"]
+    started = [_start_line(r) for r in runs if r.get("started_from")]
     distilled = [r for r in runs if (r.get("distillation") or {}).get("kd")]
     if not distilled:
-        return []
+        return ["## Start model", "", *started, ""] if started else []
     lines = [
         "## Distillation",
         "",
+        *([*started, ""] if started else []),
         "Each `-kd` model learned from the fine-tuned dense model (the teacher) while it was fine-tuned; the same "
         "model without `-kd` had the same pruning, steps and seed without the teacher.",
         "",

@@ -4,14 +4,17 @@ teacher and the cache a job uses."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 from ..config import check_name
-from ..errors import ConfigError
+from ..errors import ConfigError, quote
 from ..resilience import confined_path
 from .config import DistillationConfig
 
-__all__ = ["StageDistillationSection", "DistillationSection"]
+__all__ = ["StageDistillationSection", "DistillationSection", "START_CHOICES"]
+
+#: The ``student_from`` values that are not a model: a copy of the fine-tuned dense baseline, or the pre-trained
+#: model with a fresh task head.
+START_CHOICES = ("dense", "pretrained")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +70,36 @@ class DistillationSection(StageDistillationSection):
             gain of distillation beside the dense baseline.
         student_from: ``"dense"``: each student starts as a copy of the fine-tuned dense model (then pruned or cut
             by ``structured``); ``"pretrained"``: as a copy of the pre-trained model with a fresh classifier (the
-            DistilBERT setting: the student learns the task only from the labels and the teacher).
+            DistilBERT setting: the student learns the task only from the labels and the teacher); or a model folder
+            (a path: ``./pofa-upstream/pruned-80-kd``, ``../models/x``, absolute; or a cached Hub id ``owner/name``)
+            of the same architecture as ``model.name``, e.g. an encoder pruned on unlabelled text by a
+            ``task: masked-lm`` recipe (Prune Once For All). Its weights are loaded into the task's model; what it
+            lacks (a classification head, BERT's pooler, which a masked-LM model has none of) comes from the
+            pre-trained model, the head fresh as with ``pretrained``. Its zeros stay zeros: a run must prune it
+            one-shot by magnitude at step 0 to exactly its own sparsity (``pruning: {schedule: oneshot, criterion:
+            magnitude, start_step: 0}``, ``sparsities: [<its sparsity>]``), which takes its zeros, and only them,
+            as the masks kept fixed while it fine-tunes (checked before any training). A relative path is read
+            against the recipe file's folder when it exists there, else against the working folder. The dense
+            baseline and the teacher stay ``model.name`` fine-tuned on the task.
     """
 
     compare: bool = True
-    student_from: Literal["dense", "pretrained"] = "dense"
+    student_from: str = "dense"
+
+    def validate(self) -> None:
+        super().validate()
+        value = self.student_from
+        if value in START_CHOICES:
+            return
+        path_like = "/" in value or "\\" in value or value.startswith((".", "~"))
+        if not value.strip() or value != value.strip() or not path_like:
+            raise ConfigError(
+                f"distillation.student_from must be {' or '.join(START_CHOICES)}, or a model folder written as a path "
+                f"(./pruned-encoder, ../pofa-upstream/pruned-80-kd, /abs/folder) or a cached Hub id (owner/name), "
+                f"got {quote(value)}."
+            )
+
+    @property
+    def start_model(self) -> str | None:
+        """The model folder (or cached Hub id) the students start from, or None (``dense`` / ``pretrained``)."""
+        return None if self.student_from in START_CHOICES else self.student_from

@@ -14,7 +14,10 @@ from ..nn.structure import find_layers, stack_names
 from ..pruning.structured import _dropped_so_far, drop_layers_
 
 __all__ = [
+    "ARCHITECTURE_KEYS",
     "KEPT_LAYERS_KEY",
+    "check_start_architecture",
+    "locate_start_model",
     "kept_layers_by_stack",
     "auto_layer_map",
     "freeze_teacher",
@@ -214,3 +217,98 @@ def layer_map_for(student: nn.Module, teacher: nn.Module, explicit: Sequence[int
     if dropped and s + len(dropped) == t and not _dropped_so_far(teacher):
         kept = [i for i in range(t) if i not in dropped]
     return auto_layer_map(s, t, kept)
+
+
+#: The config fields that decide a model's weight shapes and computation: a model a student starts from
+#: (``distillation.student_from``) must agree with the job's model on each one it sets.
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "hidden_act",
+    "position_embedding_type",
+)
+
+
+def locate_start_model(value: str, who: str = "distillation.student_from") -> str:
+    """The model folder (absolute) or cached Hub id a student starts from: ``value`` as a folder (relative to the
+    working folder; a recipe loader already made a folder beside the recipe absolute), else a Hub id whose config
+    is in the local cache.
+
+    Raises:
+        ConfigError: neither; the message says which job writes such a folder and the command that runs it (the
+            packaged recipe named like the folder's parent when there is one, e.g. ``minilm-pofa-upstream``).
+    """
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"{who} {quote(value)}: the folder holds no config.json; name the folder a job saved a model in "
+                "(<output>/<run>, e.g. minilm-pofa-upstream/pruned-80-kd)."
+            )
+        return str(path.resolve())
+    if not path.is_absolute() and not value.startswith((".", "~")) and value.count("/") == 1:
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(value, local_files_only=True)
+            return value  # a cached Hub model
+        except (OSError, ValueError):
+            pass
+    raise ConfigError(_missing_start_message(value, path, who))
+
+
+def _missing_start_message(value: str, path, who: str) -> str:
+    from .._resources import data_dir
+
+    output, run = path.parent, path.name
+    recipe = data_dir("recipes") / f"{output.name}.yaml"
+    if output.name and recipe.is_file():
+        command = f"hf-sparse compress {output.name} --output {output}"
+        origin = f"the packaged recipe {output.name} saves it"
+    else:
+        command = f"hf-sparse compress <the recipe that saves it> --output {output}"
+        origin = "a job saves it"
+    return (
+        f"{who} {quote(value)}: no model folder there ({path.absolute()}) and no cached Hub model of that name. The "
+        f"students start from a model another job saves ({origin} as {quote(run)} in its output folder): run that job "
+        f"first, `{command}`, from the folder you run this recipe from (a relative student_from is read against the "
+        "recipe file's folder when it exists there, else against the working folder)."
+    )
+
+
+def check_start_architecture(start_config, model_config, start: str, model: str, who: str) -> None:
+    """Refuse a model to start students from whose architecture (:data:`ARCHITECTURE_KEYS`) differs from the job's
+    model, or that is saved in a compressed checkpoint format (its layers would not be plain trainable ones).
+
+    Raises:
+        ConfigError: naming both models and every differing setting.
+    """
+    differ = []
+    for key in ARCHITECTURE_KEYS:
+        a, b = getattr(start_config, key, None), getattr(model_config, key, None)
+        if a is not None and b is not None and a != b:
+            differ.append(f"{key} {quote(a)} vs {quote(b)}")
+    if differ:
+        raise ConfigError(
+            f"{who} {quote(start)} does not have the architecture of model.name {quote(model)}: "
+            f"{'; '.join(differ)} (student_from vs model.name). A student starts from a model of the same "
+            "architecture (e.g. that model pruned by an upstream masked-lm recipe)."
+        )
+    quantization = getattr(start_config, "quantization_config", None)
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    method = method or getattr(quantization, "quant_method", None)
+    if quantization is not None:
+        raise ConfigError(
+            f"{who} {quote(start)} is stored in a compressed checkpoint format (quantization_config "
+            f"{quote(method)}); a student needs plain weights with zeros: save the model it comes from with "
+            "checkpoint.format: dense."
+        )

