@@ -30,11 +30,12 @@ from hf_sparse.recipe_yaml import MAX_RECIPE_BYTES
 from hf_sparse.recipes import DEFAULT_RECIPE, load_recipe
 from hf_sparse.recsys.compress import load_recsys_recipe
 
-Format = Literal["compress", "staged", "sweep", "lm", "recsys"]
+Format = Literal["compress", "candidates", "staged", "sweep", "lm", "recsys"]
 
 #: The packaged recipe each format starts from (a valid document; one thing is changed per case).
 BASE: dict[str, str] = {
-    "compress": DEFAULT_RECIPE,
+    "compress": "minilm-magnitude-pruning",
+    "candidates": DEFAULT_RECIPE,
     "staged": "minilm-3layer-sparse-int8",
     "sweep": "minilm-pruning-sweep",
     "lm": "smollm2-windowed",
@@ -44,6 +45,7 @@ BASE: dict[str, str] = {
 
 LOADERS: dict[str, Callable[[Path], Any]] = {
     "compress": load_recipe,
+    "candidates": load_recipe,
     "staged": load_recipe,
     "sweep": load_recipe,  # `hf-sparse sweep` reads its recipe with load_recipe
     "lm": load_lm_recipe,
@@ -140,6 +142,7 @@ NAME_KEYS: list[tuple[str, Format, str, str]] = [
     ("name", "compress", "name", "compress"),
     ("name", "staged", "name", "staged"),
     ("stages[0].name", "staged", "stages[0].name", "staged"),
+    ("candidates[1].name", "candidates", "candidates[1].name", "candidates"),
     ("name", "sweep", "name", "sweep"),
     ("name", "lm", "name", "lm"),
     ("name", "recsys", "name", "recsys"),
@@ -232,6 +235,7 @@ def _bomb_documents() -> dict[str, tuple[str, tuple[str, ...]]]:
 BOMB_PLACES: dict[Format, tuple[str, ...]] = {
     "compress": ("bomb", "model"),
     "staged": ("bomb", "stages"),
+    "candidates": ("bomb", "candidates"),
     "sweep": ("bomb", "sweep"),
     "lm": ("bomb", "attention"),
     "recsys": ("bomb", "runs"),
@@ -336,6 +340,8 @@ def _huge_cases():
         ("compress", "checkpoint.format", "checkpoint.format"),
         ("compress", "sparsities", "sparsities"),
         ("staged", "stages[0].name", "stages[0].name"),
+        ("candidates", "candidates[0].name", "candidates[0].name"),
+        ("candidates", "selection.objective", "selection.objective"),
         ("lm", "name", "name"),
         ("lm", "attention.pattern", "attention.pattern"),
         ("recsys", "name", "name"),

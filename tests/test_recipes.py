@@ -42,8 +42,19 @@ def test_packaged_recipes_validate():
 def test_default_recipe_is_the_real_minilm_on_rotten_tomatoes():
     recipe = load_recipe()
     assert recipe.model.name == "minilm-l6" and recipe.data.dataset == "rotten_tomatoes"
-    assert [c.sparsity for c in recipe.pruning_runs()] == [0.5, 0.8]
+    # several method mixes compared, the fastest within one point of dense recommended
+    assert [c.name for c in recipe.candidates] == [
+        "dense-fastest",
+        "student-3layer",
+        "structured-50",
+        "student-3layer-structured-50",
+        "sparse-80",
+    ]
+    assert recipe.selection.max_drop == pytest.approx(0.01) and recipe.selection.objective == "latency"
+    assert recipe.checkpoint.numerics == "fastest" and recipe.checkpoint.latency_rounds > 0
     assert recipe.dense.learning_rate == pytest.approx(5e-5)  # written 5e-5 in YAML: read as a float
+    flat = load_recipe("minilm-magnitude-pruning")  # the earlier default: magnitude pruning to 50% and 80%
+    assert [c.sparsity for c in flat.pruning_runs()] == [0.5, 0.8]
 
 
 def test_unknown_recipe_key_fails_with_its_name_and_place(tmp_path):
