@@ -100,7 +100,13 @@ class Pruner:
         self.masks: dict[str, torch.Tensor] = {}
         self.target_sparsity = 0.0
         registered = CRITERIA.get(config.criterion)
-        self.criterion: Criterion = registered if isinstance(registered, Criterion) else _FunctionCriterion(registered)
+        criterion = registered if isinstance(registered, Criterion) else _FunctionCriterion(registered)
+        self.criterion: Criterion = criterion.configured(config)
+        #: True when masks are updated several times during training (a gradual schedule in the callback), False
+        #: for one-shot pruning; criteria that update the kept weights (obert) may do so only in one of the two.
+        self.gradual = False
+        #: When False, :meth:`observe_gradient` does not feed the criterion (no mask update left to rank for).
+        self.collect_scores = True
         #: Per-module accumulator of the criterion (fp32, the weight's shape) and the number of backward passes in it.
         self.score_state: dict[str, torch.Tensor] = {}
         self.grad_steps: dict[str, int] = {}
@@ -117,7 +123,7 @@ class Pruner:
             grad: ``(out_features, in_features)``, as :meth:`weight` (a ``Conv1D`` parameter's gradient transposed,
             see :func:`~hf_sparse.nn.linear_like.linear_layout`).
         """
-        if self.criterion.needs_gradients:
+        if self.criterion.needs_gradients and self.collect_scores:
             weight = self.weight(name)
             self.score_state[name] = self.criterion.accumulate(self.score_state.get(name), weight, grad)
             self.grad_steps[name] = self.grad_steps.get(name, 0) + 1
@@ -125,6 +131,35 @@ class Pruner:
             g = grad.detach().float()
             # Micro-batches of one accumulated step add up to the step's gradient.
             self.dense_grads[name] = g.clone() if name not in self.dense_grads else self.dense_grads[name].add_(g)
+
+    def observe_calibration_gradients(self) -> int:
+        """Feed the criterion the loss gradients of the labelled :attr:`calibration` batches (split into pieces of
+        ``config.fisher_batch_size`` examples, one gradient each), as training would: the one-shot path of criteria
+        with ``gradients_from_calibration`` (obert). Returns the number of gradients.
+
+        Raises:
+            ConfigError: no calibration batches, or batches without labels (the model returns no loss).
+        """
+        from .calibration import loss_gradients
+
+        if not self.calibration:
+            raise ConfigError(
+                f"PruningConfig.criterion={quote(self.config.criterion)} needs gradients: pass labelled calibration "
+                "batches (prune_(model, config, calibration=batches), each a dict with the model's inputs and labels)."
+            )
+        count = 0
+        for grads in loss_gradients(
+            self.model, self.calibration, self.modules, micro_batch=self.config.fisher_batch_size
+        ):
+            for name, grad in grads.items():
+                self.observe_gradient(name, grad)
+            count += 1
+        return count
+
+    def clear_scores(self) -> None:
+        """Forget the criterion's accumulators."""
+        self.score_state = {}
+        self.grad_steps = {}
 
     def clear_dense_grads(self) -> None:
         """Forget the dense gradients recorded for RigL."""
@@ -144,6 +179,9 @@ class Pruner:
         """
         if self.criterion.needs_gradients:
             missing = [n for n in self.modules if n not in self.score_state]
+            if missing and self.criterion.gradients_from_calibration and self.calibration:
+                self.observe_calibration_gradients()
+                missing = [n for n in self.modules if n not in self.score_state]
             if missing:
                 raise ConfigError(
                     f"PruningConfig.criterion={quote(self.config.criterion)} ranks weights by gradients "
@@ -152,7 +190,12 @@ class Pruner:
                     "PruningCallback and a schedule whose first mask update comes after at least one training step "
                     "(start_step >= 1, or cubic from initial_sparsity=0), or pass precomputed scores "
                     "(prune_(model, config, scores={name: tensor})). For one-shot pruning without training use "
-                    "criterion='magnitude'."
+                    "criterion='magnitude'"
+                    + (
+                        ", or pass labelled calibration batches (prune_(model, config, calibration=batches))."
+                        if self.criterion.gradients_from_calibration
+                        else "."
+                    )
                 )
         return {
             n: self.criterion.scores(
@@ -230,6 +273,18 @@ class Pruner:
                     granular_masks({name: scores[name]}, layer_target, scope="layer", previous=prev, **options)
                 )
             self.masks = masks
+        if type(self.criterion).update_weights is not Criterion.update_weights:
+            for name, keep in self.masks.items():
+                self.criterion.update_weights(
+                    self.weight(name),
+                    keep,
+                    state=self.score_state.get(name),
+                    steps=self.grad_steps.get(name, 0),
+                    name=name,
+                    gradual=self.gradual,
+                )
+        if self.criterion.reset_after_update:
+            self.clear_scores()
         self.target_sparsity = float(sparsity)
         self.apply_masks()
 

@@ -18,12 +18,15 @@ device), and the running total is float64 so a few hundred thousand tokens do no
 :func:`calibrate_sequentially` runs the calibrate-then-prune loop block by block (the original algorithm of both
 papers): the inputs of transformer block ``i + 1`` are recomputed from the outputs of block ``i`` *after* it was
 pruned, so later blocks are calibrated on what the pruned model actually feeds them.
+
+:func:`loss_gradients` gives the loss gradients of labelled calibration batches instead (second-order criteria such
+as ``obert`` build their Fisher from them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -31,9 +34,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, quote
+from ..nn.linear_like import linear_layout
 from ..nn.roles import family_of, layer_lists
 
-__all__ = ["InputStats", "collect_input_stats", "find_blocks", "calibrate_sequentially"]
+__all__ = ["InputStats", "collect_input_stats", "find_blocks", "calibrate_sequentially", "loss_gradients"]
 
 StatKind = Literal["norms", "hessian"]
 
@@ -416,3 +420,64 @@ def _prune_blocks(
                     following.append((_with_hidden(next_args, next_kwargs, hidden), mask))
                 inputs = following
     return {"batches": len(inputs), "tokens": tokens}
+
+
+def _split_batch(batch: Mapping[str, Any], size: int | None) -> list[dict[str, Any]]:
+    """``batch`` cut along its first dimension into pieces of at most ``size`` examples (None: whole)."""
+    tensors = [v for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+    if size is None or not tensors:
+        return [dict(batch)]
+    n = int(tensors[0].shape[0])
+    return [
+        {k: (v[i : i + size] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
+        for i in range(0, n, size)
+    ]
+
+
+def loss_gradients(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    modules: Mapping[str, nn.Module],
+    *,
+    micro_batch: int | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The gradients of the model's loss with respect to the weights of ``modules``, one dict per (micro-)batch.
+
+    Each batch (split into pieces of ``micro_batch`` examples when given) is run as ``model(**batch)`` in eval mode
+    (no dropout; the training flag is restored afterwards), and its ``loss`` differentiated with
+    ``torch.autograd.grad`` for the selected weights only: no parameter's ``.grad`` is touched, so this can run
+    inside a training loop. Weights that do not require gradients, or that the loss does not reach, are left out.
+
+    Args:
+        model: A model that returns a loss when its batch carries labels (Hugging Face models do).
+        batches: Dicts of model inputs with labels; tensors are moved to the model's device.
+        modules: Name -> module whose ``weight`` gradient is wanted.
+        micro_batch: Examples per gradient (None: one gradient per batch).
+
+    Yields:
+        ``{name: gradient}`` in the ``(out, in)`` orientation of
+        :func:`~hf_sparse.nn.linear_like.linear_weight` (a ``Conv1D``'s gradient transposed).
+
+    Raises:
+        ConfigError: a batch gives no loss (no labels).
+    """
+    device = _model_device(model)
+    names = [n for n, m in modules.items() if m.weight.requires_grad]
+    params = [modules[n].weight for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            for piece in _split_batch(batch, micro_batch):
+                with torch.enable_grad():
+                    out = model(**_to_device(piece, device))
+                    loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
+                    if loss is None:
+                        raise ConfigError(
+                            "Gradients for pruning need labelled calibration batches: the model returned no loss for "
+                            f"a batch with keys {quote(sorted(piece))}. Include the labels (e.g. 'labels')."
+                        )
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                yield {n: linear_layout(modules[n], g) for n, g in zip(names, grads) if g is not None}
+    finally:
+        model.train(was_training)

@@ -19,7 +19,16 @@ from ..errors import ConfigError, PruningStateError
 from ..nn.linear_like import linear_layout, stored_layout
 from ..pruning.apply import Pruner
 from ..pruning.config import PruningConfig
-from ..pruning.schedules import is_rigl_update, rigl_regrow_fraction, sparsity_at
+from ..pruning.schedules import (
+    LR_REWIND_SHAPES,
+    is_rigl_update,
+    lr_rewind_steps,
+    ramp_end_step,
+    resolve_end_step,
+    rewound_lr_factor,
+    rigl_regrow_fraction,
+    sparsity_at,
+)
 from ..trainer_callbacks import attach_callbacks
 
 __all__ = ["PruningCallback", "attach_callbacks", "MASKS_FILE", "SCORES_FILE"]
@@ -54,6 +63,17 @@ class PruningCallback(TrainerCallback, ExportableState):
       calibration criterion's masks and reconstructed weights are rank 0's; every replica keeps the same masks.
       Only the process that saves (``args.should_save``) writes mask files.
 
+    - ``end_fraction``: the ramp's end is set from the Trainer's ``max_steps`` when training starts. A schedule that
+      ends after the run's last step (``end_step > max_steps``) is reported with a warning naming both numbers and
+      the sparsity the run will end at.
+    - ``lr_rewind``: the Trainer's learning-rate schedule (a ``LambdaLR``, ``lr_scheduler_type`` ``linear`` or
+      ``cosine``) is rewound to its peak at the end of the ramp, or after every mask update, and decays to zero from
+      there (see :class:`~hf_sparse.PruningConfig`). The rewinding is a function of the step, so it continues
+      unchanged after ``trainer.train(resume_from_checkpoint=...)``.
+    - ``criterion="obert"``: the Fisher is accumulated from every backward pass's gradient until the last mask
+      update, then freed; a schedule that prunes at step 0 computes it from ``calibration_samples`` labelled
+      examples of the training data first.
+
     Logging integrations chosen with ``report_to`` run before callbacks passed to ``Trainer(callbacks=...)``; to
     have them record the sparsity too, add the callback with :func:`attach_callbacks`.
 
@@ -85,6 +105,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         shrink: bool = True,
     ):
         self.config = config if isinstance(config, PruningConfig) else PruningConfig.from_dict(config)
+        #: The config as given (``config`` is this with ``end_fraction`` resolved once training starts).
+        self.given_config = self.config
         if self.config.granularity == "layer":
             raise ConfigError(
                 "PruningCallback cannot drop whole layers during training (the optimizer holds their parameters): "
@@ -97,6 +119,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.pruner: Pruner | None = None
         self.restored_from: str | None = None
         self._hooks: list = []
+        #: (scheduler, its original lr lambdas) while learning-rate rewinding is installed.
+        self._lr_original: tuple[Any, list] | None = None
 
     # -- ExportableState: recorded in trainer_state.json so a checkpoint says how it was pruned -------------------
     def state(self) -> dict:
@@ -108,18 +132,35 @@ class PruningCallback(TrainerCallback, ExportableState):
     # -- Trainer events -------------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         model = kwargs["model"]
+        self.config = resolve_end_step(self.given_config, state.max_steps)
+        self._warn_if_run_too_short(state.max_steps)
         self.pruner = Pruner(model, self.config)
-        if self.pruner.criterion.needs_calibration:
+        self.pruner.gradual = self.config.schedule != "oneshot"
+        criterion = self.pruner.criterion
+        if criterion.needs_calibration:
             self.pruner.calibration = _calibration_batches(
                 kwargs.get("train_dataloader"), self.config.calibration_samples, model
+            )
+        elif (
+            criterion.gradients_from_calibration
+            and state.global_step == 0
+            and sparsity_at(self.config, 0) > 0
+            and not (self.initial_masks is not None and self.config.schedule == "oneshot")
+        ):
+            # Pruning before any training step: the gradients come from labelled training examples.
+            self.pruner.calibration = _calibration_batches(
+                kwargs.get("train_dataloader"), self.config.calibration_samples, model, keep_labels=True
             )
         if state.global_step > 0:
             self._restore(args, state)
         elif self.initial_masks is not None:
             self.pruner.load_state_dict(self.initial_masks, target_sparsity=self.config.sparsity)
         self._update(state.global_step)
+        self.pruner.calibration = None if criterion.gradients_from_calibration else self.pruner.calibration
+        self._stop_scores_when_done(state.global_step)
         self.pruner.track_dense_grads = is_rigl_update(self.config, state.global_step + 1)
         self._register_grad_hooks()
+        self._install_lr_rewind(args, state, kwargs.get("lr_scheduler"))
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         # Adam moments and weight decay move pruned weights off zero; put them back before anything reads them.
@@ -128,6 +169,7 @@ class PruningCallback(TrainerCallback, ExportableState):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._update(state.global_step)
+        self._stop_scores_when_done(state.global_step)
         # Record the dense gradient only during the steps that end in a RigL update (it costs a weight's memory).
         self.pruner.clear_dense_grads()
         self.pruner.track_dense_grads = is_rigl_update(self.config, state.global_step + 1)
@@ -176,6 +218,10 @@ class PruningCallback(TrainerCallback, ExportableState):
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        if self._lr_original is not None:
+            scheduler, original = self._lr_original
+            scheduler.lr_lambdas = original
+            self._lr_original = None
         if self.pruner is not None:
             self.pruner.track_dense_grads = False
             self.pruner.clear_dense_grads()
@@ -187,6 +233,66 @@ class PruningCallback(TrainerCallback, ExportableState):
                 logger.info("PruningCallback: removed masked units physically: %s", self.shrunk)
 
     # -- helpers --------------------------------------------------------------------------------------------------
+    def _warn_if_run_too_short(self, max_steps: int) -> None:
+        """Warn when the run ends before the schedule reaches its sparsity (``end_step`` beyond ``max_steps``)."""
+        cfg = self.config
+        if max_steps <= 0 or (self.initial_masks is not None and cfg.schedule == "oneshot"):
+            return
+        reached = sparsity_at(cfg, max_steps)
+        if reached >= cfg.sparsity:
+            return
+        key = "start_step" if cfg.schedule in ("oneshot", "rigl") else "end_step"
+        logger.warning(
+            "PruningCallback: PruningConfig.%s=%d is beyond this run's %d optimizer steps: the run ends at sparsity "
+            "%.4g instead of the target %.4g. Set PruningConfig.end_fraction (e.g. 0.5: the ramp ends halfway "
+            "through the run, whatever its length) or %s <= %d.",
+            key,
+            getattr(cfg, key),
+            max_steps,
+            reached,
+            cfg.sparsity,
+            key,
+            max_steps,
+        )
+
+    def _stop_scores_when_done(self, step: int) -> None:
+        """Once no mask update remains, stop feeding a criterion with a large accumulator (obert) and free it."""
+        if self.pruner.criterion.transient_state and step >= ramp_end_step(self.config):
+            self.pruner.collect_scores = False
+            self.pruner.clear_scores()
+
+    def _install_lr_rewind(self, args: TrainingArguments, state: TrainerState, scheduler: Any) -> None:
+        """Replace the lr lambdas of the Trainer's scheduler by rewound ones (``config.lr_rewind``)."""
+        if self.config.lr_rewind == "none":
+            return
+        inner = scheduler
+        while inner is not None and not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+            inner = getattr(inner, "scheduler", None)  # accelerate's AcceleratedScheduler wraps it
+        if inner is None:
+            raise ConfigError(
+                f"PruningConfig.lr_rewind={self.config.lr_rewind!r} rewrites the Trainer's learning-rate schedule, "
+                f"which must be a torch LambdaLR (TrainingArguments.lr_scheduler_type 'linear' or 'cosine'); got "
+                f"{type(scheduler).__name__}."
+            )
+        shape = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+        if shape not in LR_REWIND_SHAPES:
+            raise ConfigError(
+                f"PruningConfig.lr_rewind={self.config.lr_rewind!r} restarts a decaying learning-rate schedule: "
+                f"TrainingArguments.lr_scheduler_type must be one of {sorted(LR_REWIND_SHAPES)}, got {shape!r}."
+            )
+        rewinds = lr_rewind_steps(self.config, state.max_steps)
+        if not rewinds:
+            return
+        original = list(inner.lr_lambdas)
+        inner.lr_lambdas = [_rewound_lambda(fn, rewinds, state.max_steps, shape) for fn in original]
+        self._lr_original = (inner, original)
+        # The next step's learning rate follows the rewound schedule at once (it matters on resume after a rewind).
+        lrs = [base * fn(inner.last_epoch) for fn, base in zip(inner.lr_lambdas, inner.base_lrs)]
+        for group, lr in zip(inner.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        inner._last_lr = lrs
+        logger.info("PruningCallback: learning rate rewound to its peak after steps %s", rewinds[:10])
+
     def _update(self, step: int) -> None:
         target = sparsity_at(self.config, step)
         if self.initial_masks is not None and self.config.schedule == "oneshot":
@@ -240,7 +346,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         path = os.path.join(folder, MASKS_FILE)
         target = sparsity_at(self.config, state.global_step)
-        self._restore_scores(folder)
+        self._restore_scores(folder, state.global_step)
         if os.path.isfile(path):
             try:
                 masks = load_file(path)
@@ -270,10 +376,12 @@ class PruningCallback(TrainerCallback, ExportableState):
             self.pruner.target_sparsity = target
         self.restored_from = "weights"
 
-    def _restore_scores(self, folder: str) -> None:
+    def _restore_scores(self, folder: str, step: int = 0) -> None:
         path = os.path.join(folder, SCORES_FILE)
         if not self.pruner.criterion.needs_gradients:
             return
+        if self.pruner.criterion.transient_state and step >= ramp_end_step(self.config):
+            return  # freed after the last mask update: nothing was saved, nothing is needed
         if not os.path.isfile(path):
             logger.warning(
                 "PruningCallback: no %s in %s; the %s scores restart from zero.",
@@ -298,8 +406,9 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.pruner.grad_steps = {n: int(steps.get(n, 1)) for n in scores}
 
 
-def _calibration_batches(dataloader, samples: int, model) -> list[dict]:
-    """The first ``samples`` examples of ``dataloader`` as model-input dicts on the model's device, without labels.
+def _calibration_batches(dataloader, samples: int, model, *, keep_labels: bool = False) -> list[dict]:
+    """The first ``samples`` examples of ``dataloader`` as model-input dicts on the model's device, without labels
+    (with them for ``keep_labels``: gradient criteria need the loss).
 
     An encoder-decoder model (T5) whose batches carry no ``decoder_input_ids`` gets them from the labels, as its
     forward pass in training does: without labels it has no decoder input, and its decoder layers need calibrating
@@ -307,18 +416,19 @@ def _calibration_batches(dataloader, samples: int, model) -> list[dict]:
     """
     if dataloader is None:
         raise ConfigError(
-            "PruningCallback: a calibration criterion (wanda, sparsegpt) takes its calibration data from the "
-            "Trainer's training dataloader, and none was given."
+            "PruningCallback: a calibration criterion (wanda, sparsegpt, or obert pruning at step 0) takes its "
+            "calibration data from the Trainer's training dataloader, and none was given."
         )
     device = next(model.parameters()).device
     derive = getattr(model, "prepare_decoder_input_ids_from_labels", None)
     seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)) and derive is not None
+    dropped = () if keep_labels else ("labels", "label", "label_ids")
     batches, seen = [], 0
     for batch in dataloader:
         labels = batch.get("labels")
-        if seq2seq and "decoder_input_ids" not in batch and isinstance(labels, torch.Tensor):
+        if seq2seq and not keep_labels and "decoder_input_ids" not in batch and isinstance(labels, torch.Tensor):
             batch = {**batch, "decoder_input_ids": derive(labels=labels)}
-        batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label", "label_ids")}
+        batch = {k: v.to(device) for k, v in batch.items() if k not in dropped}
         batch = {k: v for k, v in batch.items() if k != "length"}
         n = int(next(iter(batch.values())).shape[0])
         if seen + n > samples:
@@ -329,3 +439,17 @@ def _calibration_batches(dataloader, samples: int, model) -> list[dict]:
         if seen >= samples:
             break
     return batches
+
+
+def _rewound_lambda(original, rewinds: list[int], max_steps: int, shape: str):
+    """An lr lambda that follows ``original`` until the first rewind and :func:`rewound_lr_factor` from then on.
+
+    A plain function (not an object): ``LambdaLR.state_dict`` then saves nothing for it, so Trainer checkpoints stay
+    loadable, and a resumed run installs it again from the config.
+    """
+
+    def factor(step: int) -> float:
+        rewound = rewound_lr_factor(step, rewinds, max_steps, shape)
+        return original(step) if rewound is None else rewound
+
+    return factor

@@ -26,11 +26,17 @@ class PruningConfig(BaseConfig):
         criterion: How weights are ranked, one of the names registered in
             :data:`~hf_sparse.pruning.criteria.CRITERIA`: ``"magnitude"`` keeps the largest ``|w|``;
             ``"movement"`` (Sanh et al. 2020) keeps weights moving away from zero during fine-tuning;
-            ``"taylor"`` keeps the largest ``|mean_t w * dL/dw|``; ``"random"`` is the seeded ablation baseline.
-            ``movement`` and ``taylor`` rank on gradients accumulated by :class:`~hf_sparse.PruningCallback`, so
-            their first mask update must come after at least one training step (``start_step >= 1``, or a cubic
-            schedule starting from ``initial_sparsity=0``); one-shot :func:`~hf_sparse.pruning.prune_` needs them
-            passed as ``scores=``. Otherwise a :class:`~hf_sparse.errors.ConfigError` says so.
+            ``"taylor"`` keeps the largest ``|mean_t w * dL/dw|``; ``"random"`` is the seeded ablation baseline;
+            ``"obert"`` (the Optimal BERT Surgeon, Kurtic et al. 2022) keeps the largest second-order saliency
+            ``w² / (2 [F⁻¹]_qq)`` from a block-diagonal empirical Fisher ``F`` (see ``obert_block`` and the
+            ``fisher_*`` fields; unstructured granularity only). ``movement``, ``taylor`` and ``obert`` rank on
+            gradients accumulated by :class:`~hf_sparse.PruningCallback`, so their first mask update must come after
+            at least one training step (``start_step >= 1``, or a cubic schedule starting from
+            ``initial_sparsity=0``); one-shot :func:`~hf_sparse.pruning.prune_` needs them passed as ``scores=``,
+            except ``obert``, which computes its Fisher from labelled calibration batches
+            (``prune_(model, config, calibration=batches)``; the callback takes ``calibration_samples`` examples of
+            the training data, labels included, when it prunes at step 0). Otherwise a
+            :class:`~hf_sparse.errors.ConfigError` says so.
         scope: ``"global"`` ranks all selected weights (or blocks, or embedding rows) together, scores compared as
             they are (layers end with different sparsities); ``"layer"`` prunes every selected layer to the same
             sparsity. Ignored by ``granularity="nm"``.
@@ -57,7 +63,12 @@ class PruningConfig(BaseConfig):
         initial_sparsity: Sparsity at ``start_step`` for the cubic and iterative schedules.
         start_step: Optimizer step at which pruning starts.
         end_step: Optimizer step at which the final sparsity is reached (cubic, iterative) or after which the mask
-            stops changing (rigl).
+            stops changing (rigl). A run with fewer optimizer steps never reaches it: the callback warns when
+            training starts, naming the sparsity the run will end at.
+        end_fraction: Instead of ``end_step``, the fraction of the run's optimizer steps (the Trainer's
+            ``max_steps``, read when training starts) at which the ramp ends, in (0, 1]: ``end_step =
+            max(round(end_fraction * max_steps), start_step)``. As ``LowRankCallback(end_fraction=...)``. Not with
+            ``end_step`` (give one) nor ``schedule="oneshot"``.
         update_every: Steps between mask updates (cubic, rigl).
         granularity: What is kept or dropped together: ``"unstructured"`` (single weights), ``"block"``
             (``block``-shaped tiles), ``"nm"`` (``n`` of every ``m`` consecutive weights along the input
@@ -79,7 +90,30 @@ class PruningConfig(BaseConfig):
             schedule in proportion: at a step where the schedule asks for ``s``, a layer with final sparsity ``t``
             is at ``s * t / sparsity``. Not with ``granularity="nm"``.
         calibration_samples: Examples of calibration data the ``"wanda"`` and ``"sparsegpt"`` criteria read
-            (:class:`~hf_sparse.PruningCallback` takes them from the start of the training data).
+            (:class:`~hf_sparse.PruningCallback` takes them from the start of the training data), and ``"obert"``
+            when it prunes at step 0.
+        obert_block: ``B`` of ``criterion="obert"``: weights per Fisher block, consecutive in a row of the
+            ``(out, in)`` weight (a shorter last block where ``B`` does not divide ``in``). The accumulated Fisher
+            holds ``B`` float32 values per pruned weight (1.4 GB for MiniLM-L6's encoder at ``B = 32``), and is
+            dropped once no mask update remains.
+        obert_damp: Dampening ``λ`` of ``F = λ I + (1/m) sum g gᵀ``, > 0 (the paper's 1e-7 by default).
+        obert_update: Apply the exact multi-weight OBS update to the kept weights of a block when others of it are
+            pruned (``dw = -F⁻¹[:, Q] (F⁻¹[Q, Q])⁻¹ w_Q``). ``null`` (default): on for one-shot pruning
+            (:func:`~hf_sparse.pruning.prune_`, ``schedule="oneshot"``), off for gradual schedules, whose Fisher
+            comes from few training gradients and whose fine-tuning between updates repairs the loss anyway.
+        fisher_decay: Per-gradient decay of the accumulated Fisher, in (0, 1]: 1 (default) averages the gradients
+            equally; below 1 weighs gradient ``k`` steps old by ``fisher_decay^k`` (an exponential moving average,
+            normalised by the sum of the weights).
+        fisher_reset: Clear the Fisher after each mask update (default), so each update ranks with the gradients
+            of the backward passes since the previous one (``update_every`` times the gradient accumulation
+            steps); false keeps accumulating across updates (use with ``fisher_decay`` < 1).
+        fisher_batch_size: Examples per gradient when the Fisher comes from calibration batches (one-shot):
+            each calibration batch is split into pieces of this size, each giving one gradient.
+        lr_rewind: Learning-rate rewinding (Renda et al. 2020) in :class:`~hf_sparse.PruningCallback`, for the
+            Trainer's ``linear`` or ``cosine`` schedules: ``"none"`` (default) leaves the schedule alone; ``"end"``
+            sends the learning rate back to its peak when the ramp ends (``end_step``; ``start_step`` for one-shot)
+            and decays it to zero over the remaining steps with the schedule's shape; ``"each_update"`` does so
+            after every mask update, decaying to zero at the next update (after the last one, at the run's end).
     """
 
     sparsity: float = 0.5
@@ -103,6 +137,14 @@ class PruningConfig(BaseConfig):
     regrow_fraction: float = 0.3
     layer_sparsity: dict[str, float] = dataclasses.field(default_factory=dict)
     calibration_samples: int = 256
+    end_fraction: float | None = None
+    obert_block: int = 32
+    obert_damp: float = 1e-7
+    obert_update: bool | None = None
+    fisher_decay: float = 1.0
+    fisher_reset: bool = True
+    fisher_batch_size: int = 1
+    lr_rewind: Literal["none", "end", "each_update"] = "none"
 
     def validate(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -112,6 +154,32 @@ class PruningConfig(BaseConfig):
         allowed = [*GRANULARITIES, *STRUCTURED_GRANULARITIES]
         if self.granularity not in allowed:
             raise ConfigError(f"PruningConfig.granularity must be one of {allowed}, got {quote(self.granularity)}.")
+        if self.criterion == "obert" and self.granularity != "unstructured":
+            raise ConfigError(
+                f"PruningConfig.criterion='obert' scores single weights (the saliency of a group of weights is not"
+                f" the sum of theirs): use granularity='unstructured', got {quote(self.granularity)}."
+            )
+        if self.obert_block < 1:
+            raise ConfigError(f"PruningConfig.obert_block must be >= 1, got {self.obert_block}.")
+        if not self.obert_damp > 0:
+            raise ConfigError(f"PruningConfig.obert_damp must be > 0, got {self.obert_damp}.")
+        if not 0.0 < self.fisher_decay <= 1.0:
+            raise ConfigError(f"PruningConfig.fisher_decay must be in (0, 1], got {self.fisher_decay}.")
+        if self.fisher_batch_size < 1:
+            raise ConfigError(f"PruningConfig.fisher_batch_size must be >= 1, got {self.fisher_batch_size}.")
+        if self.end_fraction is not None:
+            if not 0.0 < self.end_fraction <= 1.0:
+                raise ConfigError(f"PruningConfig.end_fraction must be in (0, 1], got {self.end_fraction}.")
+            if self.end_step:
+                raise ConfigError(
+                    f"PruningConfig.end_step ({self.end_step}) and end_fraction ({self.end_fraction}) are both set: "
+                    "give one (end_fraction sets end_step from the run's length)."
+                )
+            if self.schedule == "oneshot":
+                raise ConfigError(
+                    "PruningConfig.end_fraction ends a ramp, and schedule='oneshot' has none: leave end_fraction "
+                    "unset (start_step says when one-shot pruning happens)."
+                )
         calibrated = getattr(CRITERIA.get(self.criterion), "needs_calibration", False)
         if calibrated:
             if self.schedule != "oneshot":
@@ -177,7 +245,7 @@ class PruningConfig(BaseConfig):
             )
         if self.start_step < 0:
             raise ConfigError(f"PruningConfig.start_step must be >= 0, got {self.start_step}.")
-        if self.schedule != "oneshot" and self.end_step < self.start_step:
+        if self.schedule != "oneshot" and self.end_fraction is None and self.end_step < self.start_step:
             raise ConfigError(f"PruningConfig.end_step ({self.end_step}) must be >= start_step ({self.start_step}).")
         if self.update_every < 1:
             raise ConfigError(f"PruningConfig.update_every must be >= 1, got {self.update_every}.")

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ConfigError, quote
 from ..registry import Registry
+from .obert import fisher_inverse, fisher_update, obert_scores, obs_update
 
 __all__ = [
     "CRITERIA",
@@ -17,6 +18,7 @@ __all__ = [
     "MovementCriterion",
     "TaylorCriterion",
     "RandomCriterion",
+    "ObertCriterion",
     "magnitude_scores",
     "movement_update",
     "taylor_update",
@@ -36,7 +38,9 @@ class Criterion:
 
     Subclass, set :attr:`needs_gradients`, implement :meth:`scores` (and :meth:`accumulate`), and register an
     instance in :data:`CRITERIA`: ``CRITERIA.register("name", MyCriterion())``. The names registered there are
-    the values ``PruningConfig.criterion`` accepts.
+    the values ``PruningConfig.criterion`` accepts. A criterion with settings of its own returns a configured copy
+    from :meth:`configured`; one that moves the kept weights when others are pruned (OBS) overrides
+    :meth:`update_weights`.
     """
 
     #: True when :meth:`scores` is meaningless without gradients accumulated during training.
@@ -44,14 +48,48 @@ class Criterion:
     #: True for one-shot methods that read calibration inputs and choose masks themselves (Wanda, SparseGPT): the
     #: :class:`~hf_sparse.Pruner` hands them to :func:`~hf_sparse.pruning.oneshot.calibrated_prune_`.
     needs_calibration: bool = False
+    #: True when, without training, the accumulator can be built from the loss gradients of labelled calibration
+    #: batches (the Pruner then runs them through the model when its ``calibration`` is set).
+    gradients_from_calibration: bool = False
+    #: True when the accumulator only serves the next mask update: the Pruner clears it after each one.
+    reset_after_update: bool = False
+    #: True when the accumulator is too large to keep once no mask update remains: the
+    #: :class:`~hf_sparse.PruningCallback` then frees it and stops accumulating (nor saves it in checkpoints).
+    transient_state: bool = False
+
+    def configured(self, config) -> Criterion:
+        """The criterion with the settings of ``config`` (a :class:`~hf_sparse.PruningConfig`); itself by default."""
+        return self
 
     def accumulate(self, state: torch.Tensor | None, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor | None:
         """Fold one backward pass into the accumulator (``None`` the first time). Weight-only criteria keep none.
 
         Shapes:
-            state, weight, grad: the weight's shape (state float32). Returns: the new state.
+            weight, grad: the weight's shape. state: the weight's shape for the built-in first-order criteria (any
+            shape the criterion chooses; float32). Returns: the new state.
         """
         return None
+
+    def update_weights(
+        self,
+        weight: torch.Tensor,
+        keep: torch.Tensor,
+        *,
+        state: torch.Tensor | None = None,
+        steps: int = 0,
+        name: str = "",
+        gradual: bool = False,
+    ) -> None:
+        """Adjust the kept weights, in place, for the weights that ``keep`` is about to drop (called before the mask
+        is applied; weights dropped earlier are already zero). Nothing by default.
+
+        Args:
+            weight: The module's weight, ``(out, in)`` (a view of the parameter).
+            keep: The new keep-mask.
+            state, steps: The accumulator and its number of backward passes.
+            name: Qualified module name.
+            gradual: True when the mask update is one of several during training (not one-shot pruning).
+        """
 
     def scores(
         self,
@@ -180,6 +218,78 @@ class RandomCriterion(Criterion):
         return random_scores(weight, seed=seed, name=name)
 
 
+class ObertCriterion(Criterion):
+    """The Optimal BERT Surgeon (Kurtic et al. 2022): second-order scores ``w_q² / (2 [F⁻¹]_qq)`` from a
+    block-diagonal empirical Fisher ``F`` (blocks of ``block`` consecutive weights of a row, dampened by ``damp``),
+    and optionally the exact multi-weight OBS update of the kept weights of each block when others are pruned. The
+    maths is in :mod:`hf_sparse.pruning.obert`.
+
+    The Fisher is accumulated from the gradients seen in training (one per backward pass) or, without training, from
+    the loss gradients of labelled calibration batches (``fisher_batch_size`` examples per gradient). ``decay`` < 1
+    makes the sum an exponential moving one; ``reset`` clears it after each mask update, so each update ranks with
+    the gradients seen since the previous one.
+
+    Args:
+        block: Weights per Fisher block (``PruningConfig.obert_block``).
+        damp: Dampening added to the Fisher's diagonal (``obert_damp``).
+        decay: Per-gradient decay of the accumulated Fisher (``fisher_decay``; 1 = a plain mean).
+        update: Apply the OBS weight update: True, False, or None for "one-shot pruning only" (``obert_update``).
+        reset: Clear the Fisher after each mask update (``fisher_reset``).
+    """
+
+    needs_gradients = True
+    gradients_from_calibration = True
+    transient_state = True
+
+    def __init__(
+        self, block: int = 32, damp: float = 1e-7, decay: float = 1.0, update: bool | None = None, reset: bool = True
+    ):
+        self.block, self.damp, self.decay, self.update = int(block), float(damp), float(decay), update
+        self.reset_after_update = bool(reset)
+
+    def configured(self, config) -> ObertCriterion:
+        return ObertCriterion(
+            block=config.obert_block,
+            damp=config.obert_damp,
+            decay=config.fisher_decay,
+            update=config.obert_update,
+            reset=config.fisher_reset,
+        )
+
+    def accumulate(self, state, weight, grad):
+        return fisher_update(state, grad, block=self.block, decay=self.decay)
+
+    def _inverse(self, weight: torch.Tensor, state: torch.Tensor, steps: int) -> torch.Tensor:
+        # Weights already pruned (exactly zero) leave the quadratic model: F⁻¹ is the kept weights' own.
+        return fisher_inverse(
+            state,
+            steps,
+            shape=tuple(weight.shape),
+            block=self.block,
+            damp=self.damp,
+            decay=self.decay,
+            keep=weight.detach() != 0,
+        )
+
+    def scores(self, weight, *, state=None, steps=0, name="", seed=0):
+        if state is None:
+            raise ValueError("obert scores need accumulated gradients")
+        return obert_scores(weight, self._inverse(weight, state, steps), self.block)
+
+    def update_weights(self, weight, keep, *, state=None, steps=0, name="", gradual=False):
+        wanted = self.update if self.update is not None else not gradual
+        if not wanted or state is None or steps < 1:
+            return
+        new = obs_update(weight, self._inverse(weight, state, steps), keep.to(weight.device), self.block)
+        weight.copy_(new.to(device=weight.device, dtype=weight.dtype))
+
+    def __repr__(self) -> str:
+        return (
+            f"ObertCriterion(block={self.block}, damp={self.damp:g}, decay={self.decay:g}, update={self.update}, "
+            f"reset={self.reset_after_update})"
+        )
+
+
 class CalibrationCriterion(Criterion):
     """Wanda (Sun et al. 2023, ``|W_ij| * ||X_j||``) or SparseGPT (Frantar & Alistarh 2023, OBS with weight
     reconstruction): one-shot criteria that need a few hundred calibration examples. The masks come from
@@ -201,6 +311,7 @@ CRITERIA.register("taylor", TaylorCriterion())
 CRITERIA.register("random", RandomCriterion())
 CRITERIA.register("wanda", CalibrationCriterion("wanda"))
 CRITERIA.register("sparsegpt", CalibrationCriterion("sparsegpt"))
+CRITERIA.register("obert", ObertCriterion())
 
 
 def _lowest_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:

@@ -24,22 +24,23 @@ def pct(x: float) -> str:
 
 def schedule_description(cfg: PruningConfig) -> str:
     """The pruning schedule in words."""
+    end = f"{pct(cfg.end_fraction)} of the run's steps" if cfg.end_fraction is not None else f"step {cfg.end_step}"
     if cfg.schedule == "oneshot":
         return f"one-shot at step {cfg.start_step}"
     if cfg.schedule == "iterative":
         return (
             f"{cfg.stages} equal prune-then-fine-tune stages from step {cfg.start_step} to {pct(cfg.sparsity)} at "
-            f"step {cfg.end_step}"
+            f"{end}"
         )
     if cfg.schedule == "rigl":
         return (
             f"{pct(cfg.sparsity)} from step {cfg.start_step}, then every {cfg.update_every} steps up to "
-            f"{pct(cfg.regrow_fraction)} of the kept weights dropped and regrown (RigL, cosine-decayed) until step "
-            f"{cfg.end_step}"
+            f"{pct(cfg.regrow_fraction)} of the kept weights dropped and regrown (RigL, cosine-decayed) until "
+            f"{end}"
         )
     return (
-        f"cubic schedule from {pct(cfg.initial_sparsity)} at step {cfg.start_step} to {pct(cfg.sparsity)} at step "
-        f"{cfg.end_step}, masks updated every {cfg.update_every} steps"
+        f"cubic schedule from {pct(cfg.initial_sparsity)} at step {cfg.start_step} to {pct(cfg.sparsity)} at "
+        f"{end}, masks updated every {cfg.update_every} steps"
     )
 
 

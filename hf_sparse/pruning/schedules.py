@@ -1,10 +1,13 @@
-"""Pruning schedules: the target sparsity (and RigL's regrow fraction) as a function of the optimizer step.
+"""Pruning schedules: the target sparsity (and RigL's regrow fraction) as a function of the optimizer step, the
+ramp's end resolved from the run's length (``end_fraction``), and the learning-rate rewinding that follows the
+schedule's mask updates.
 
 Pure functions, no torch.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 
@@ -21,6 +24,12 @@ __all__ = [
     "is_rigl_update",
     "sparsity_at",
     "SCHEDULES",
+    "resolve_end_step",
+    "ramp_end_step",
+    "mask_update_steps",
+    "lr_rewind_steps",
+    "rewound_lr_factor",
+    "LR_REWIND_SHAPES",
 ]
 
 SCHEDULES: Registry[Callable[[PruningConfig, int], float]] = Registry("pruning schedule")
@@ -152,3 +161,73 @@ def _rigl(config: PruningConfig, step: int) -> float:
 def sparsity_at(config: PruningConfig, step: int) -> float:
     """Target sparsity of ``config``'s schedule after ``step`` optimizer steps."""
     return SCHEDULES.get(config.schedule)(config, step)
+
+
+def resolve_end_step(config: PruningConfig, max_steps: int) -> PruningConfig:
+    """``config`` with ``end_fraction`` turned into ``end_step = max(round(end_fraction * max_steps), start_step)``
+    for a run of ``max_steps`` optimizer steps (``end_fraction`` then None); ``config`` itself without one."""
+    if config.end_fraction is None:
+        return config
+    end = max(int(round(config.end_fraction * max_steps)), config.start_step)
+    return config.replace(end_step=end, end_fraction=None)
+
+
+def ramp_end_step(config: PruningConfig) -> int:
+    """The optimizer step after which the schedule changes the mask no more: ``start_step`` for one-shot,
+    ``end_step`` otherwise (the last cubic update or iterative stage; the end of RigL's regrowth)."""
+    return config.start_step if config.schedule == "oneshot" else config.end_step
+
+
+def mask_update_steps(config: PruningConfig, max_steps: int) -> list[int]:
+    """The steps ``t`` in ``[0, max_steps]`` after which the callback changes the mask: where the target sparsity rises
+    (and is above zero), and RigL's drop-and-regrow steps."""
+    steps, previous = [], 0.0
+    for t in range(max_steps + 1):
+        target = sparsity_at(config, t)
+        if (target != previous and target > 0) or is_rigl_update(config, t):
+            steps.append(t)
+        if target > 0:
+            previous = target
+    return steps
+
+
+#: Learning-rate schedules (``TrainingArguments.lr_scheduler_type``) that rewinding restarts: the factor of the peak
+#: learning rate at fraction ``p`` of a segment.
+LR_REWIND_SHAPES: dict[str, Callable[[float], float]] = {
+    "linear": lambda p: 1.0 - p,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+}
+
+
+def lr_rewind_steps(config: PruningConfig, max_steps: int) -> list[int]:
+    """The steps after which ``config.lr_rewind`` sends the learning rate back to its peak (those before
+    ``max_steps``): none; the end of the ramp (:func:`ramp_end_step`); or every mask update
+    (:func:`mask_update_steps`)."""
+    if config.lr_rewind == "end":
+        end = ramp_end_step(config)
+        return [end] if end < max_steps else []
+    if config.lr_rewind == "each_update":
+        return [t for t in mask_update_steps(config, max_steps) if t < max_steps]
+    return []
+
+
+def rewound_lr_factor(step: int, rewinds: list[int], max_steps: int, shape: str = "linear") -> float | None:
+    """The factor of the peak learning rate for the optimizer step after ``step`` under learning-rate rewinding, or
+    None before the first rewind (the original schedule holds).
+
+    After a rewind at step ``r`` the factor restarts at 1 and decays with ``shape`` (:data:`LR_REWIND_SHAPES`) to
+    0 at the next rewind, or at ``max_steps`` after the last one.
+
+    Args:
+        step: Completed optimizer steps (a ``LambdaLR``'s ``last_epoch``).
+        rewinds: Sorted steps of the rewinds (:func:`lr_rewind_steps`).
+        max_steps: The run's optimizer steps.
+        shape: ``"linear"`` or ``"cosine"``.
+    """
+    i = bisect.bisect_right(rewinds, step) - 1
+    if i < 0:
+        return None
+    start = rewinds[i]
+    end = rewinds[i + 1] if i + 1 < len(rewinds) else max_steps
+    progress = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
+    return LR_REWIND_SHAPES[shape](progress)

@@ -153,7 +153,7 @@ def test_new_config_fields_validate_and_round_trip():
     cfg = PruningConfig(schedule="iterative", stages=3, end_step=20)
     assert PruningConfig.from_dict(cfg.to_dict()) == cfg
     cases = [
-        (dict(criterion="wandb"), r"criterion must be one of \['magnitude', 'movement', 'random', 'sparsegpt'"),
+        (dict(criterion="wandb"), r"criterion must be one of \['magnitude', 'movement', 'obert', 'random'"),
         (dict(granularity="head", criterion="wanda", schedule="oneshot"), "'unstructured', 'block' or 'nm'"),
         (dict(granularity="head", schedule="rigl"), "does not combine with schedule='rigl'"),
         (dict(criterion="wanda"), "use schedule='oneshot'"),
