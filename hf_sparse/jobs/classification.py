@@ -221,7 +221,7 @@ def check_data(recipe) -> tuple[str, ...] | None:
         label_names = LABEL_NAMES if head.labelled else None
     else:
         _splits, label_names, _source = _read_splits(recipe, head)
-        dense_is_given(head, recipe, resolve_model(recipe.model.name), label_names)
+    dense_is_given(head, recipe, resolve_model(recipe.model.name), label_names)
     check_start_model(recipe, head, label_names)
     return label_names
 

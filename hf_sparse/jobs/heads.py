@@ -207,7 +207,8 @@ def dense_is_given(head: TaskHead, recipe, model_path, label_names: Sequence[str
     trained = _trained_for(head, config)
     saved = saved_label_names(config) if head.labelled else None
     same = trained and (not head.labelled or saved == list(label_names))
-    other_count = trained and head.labelled and len(saved) != len(label_names)
+    resized = head.labelled and len(saved) != len(label_names)  # a saved head (of any task) of another size
+    other_count = trained and resized
     if setting == "true" and not same:
         if not trained:
             raise ConfigError(
@@ -221,7 +222,7 @@ def dense_is_given(head: TaskHead, recipe, model_path, label_names: Sequence[str
             "labels if they mean the same, or model.fine_tuned: false to fine-tune a new head."
         )
     if setting == "false":
-        return False, bool(other_count)
+        return False, bool(resized)
     if same:
         return True, False
     if other_count:
@@ -230,7 +231,8 @@ def dense_is_given(head: TaskHead, recipe, model_path, label_names: Sequence[str
             f"({list(label_names)}). Set model.fine_tuned: false to replace its head by a new one of "
             f"{len(label_names)} labels and fine-tune it, or start from the base model."
         )
-    return False, False
+    # Not trained for this task: its head (none, or another task's, possibly of another size) is replaced.
+    return False, bool(resized)
 
 
 def load_task_model(

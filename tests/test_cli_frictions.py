@@ -1,0 +1,57 @@
+"""What a new user meets first on the command line: a model whose head does not fit the data, a model name that is
+neither a folder nor a cached Hub id, misleading hints, a slow start, a large sweep, an offline push."""
+
+from __future__ import annotations
+
+import yaml
+from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizer
+
+from hf_sparse.cli import main
+
+WORDS = "good great bad awful okay plain movie film the a is was".split()
+
+
+def _tiny_bert(folder, cls, num_labels):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
+    sizes = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    cls(BertConfig(vocab_size=len(vocab), max_position_embeddings=32, num_labels=num_labels, **sizes)).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def _recipe(tmp_path, model, **model_keys) -> str:
+    document = {
+        "name": "labels",
+        "model": {"name": str(model), "max_length": 16, **model_keys},
+        "dense": {"max_steps": 1, "batch_size": 4},
+        "pruned": {"max_steps": 1, "batch_size": 4},
+        "pruning": {"sparsity": 0.5, "end_step": 1, "update_every": 1},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return str(path)
+
+
+# -- 1. a classification head of another size ----------------------------------------------------------------------
+def test_validate_names_both_label_counts_of_a_head_that_does_not_fit_the_packaged_data(tmp_path, capsys):
+    model = _tiny_bert(tmp_path / "five", BertForSequenceClassification, 5)
+    assert main(["validate", _recipe(tmp_path, model)]) == 2
+    err = capsys.readouterr().err
+    assert "classifies into 5 labels" in err and "the data has 2 (['rotten', 'fresh'])" in err
+    assert "model.fine_tuned: false" in err
+    # false: a new head of the data's size replaces the saved one; validate passes
+    assert main(["validate", _recipe(tmp_path, model, fine_tuned=False)]) == 0
+
+
+def test_another_tasks_head_of_another_size_is_replaced_not_a_size_mismatch_crash(tmp_path):
+    from hf_sparse.jobs.heads import dense_is_given, head_for, load_task_model
+    from hf_sparse.recipes import Recipe
+
+    model = _tiny_bert(tmp_path / "tagger", BertForTokenClassification, 5)
+    recipe = Recipe.from_dict({"model": {"name": str(model)}})
+    head = head_for("text-classification")
+    given, new_head = dense_is_given(head, recipe, str(model), ["rotten", "fresh"])
+    assert (given, new_head) == (False, True)
+    assert load_task_model(head, str(model), 0, ["rotten", "fresh"], new_head=new_head).classifier.out_features == 2
