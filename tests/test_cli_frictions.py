@@ -3,6 +3,7 @@ neither a folder nor a cached Hub id, misleading hints, a slow start, a large sw
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizer
 
@@ -55,3 +56,62 @@ def test_another_tasks_head_of_another_size_is_replaced_not_a_size_mismatch_cras
     given, new_head = dense_is_given(head, recipe, str(model), ["rotten", "fresh"])
     assert (given, new_head) == (False, True)
     assert load_task_model(head, str(model), 0, ["rotten", "fresh"], new_head=new_head).classifier.out_features == 2
+
+
+# -- 2. a model name that is neither a folder nor a reachable Hub id -----------------------------------------------
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connection refused at once, HF_HUB_OFFLINE unset: the Hub is out of reach only by the network."""
+    import socket
+
+    import huggingface_hub.constants
+
+    from hf_sparse.data import models
+
+    def refused(self, address):
+        raise ConnectionRefusedError(f"blocked: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refused)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(models, "_HUB_PROBE", {})
+
+
+@pytest.mark.parametrize("name", ["./no/such/folder", "~/no-such-model-folder", "runs/a/b", "/nonexistent/model"])
+def test_a_missing_model_folder_is_reported_as_a_folder_with_its_absolute_path(tmp_path, monkeypatch, capsys, name):
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", _recipe(tmp_path, name)]) == 2
+    err = capsys.readouterr().err
+    absolute = str((tmp_path / name).resolve()) if not name.startswith(("~", "/")) else None
+    assert "does not exist" in err and "Repo id" not in err
+    if absolute:
+        assert absolute in err
+
+
+def test_an_uncached_hub_id_offline_fails_at_once_naming_hf_download(tmp_path, no_network, monkeypatch, capsys):
+    import time
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.perf_counter()
+    assert main(["validate", _recipe(tmp_path, "someone/not-cached-model")]) == 2
+    assert time.perf_counter() - start < 2.0
+    err = capsys.readouterr().err
+    assert "'someone/not-cached-model'" in err and "hf download someone/not-cached-model" in err
+    assert "not in the local Hugging Face cache" in err
+
+
+def test_a_cached_hub_id_offline_resolves_to_its_cached_folder(tmp_path, no_network, monkeypatch):
+    import huggingface_hub.constants
+
+    from hf_sparse.data import resolve_model
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--cached-model"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    _tiny_bert(snapshot, BertForSequenceClassification, 2)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert resolve_model("someone/cached-model") == str(snapshot)

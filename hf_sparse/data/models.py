@@ -18,6 +18,8 @@ __all__ = [
     "smollm2_gguf_path",
     "resolve_model",
     "hub_id",
+    "hub_reachable",
+    "model_name_error",
     "MODEL_ALIASES",
     "SMOLLM2_135M",
 ]
@@ -138,12 +140,129 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     print(f"hf_sparse: converted in {time.perf_counter() - start:.0f} s.", file=sys.stderr, flush=True)
 
 
-def resolve_model(name: str) -> str:
+#: Seconds a probe of the Hub's host waits for a connection, and how long its answer is kept.
+_HUB_PROBE_TIMEOUT_S = 2.0
+_HUB_PROBE_TTL_S = 60.0
+_HUB_PROBE: dict[str, tuple[float, bool]] = {}
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub can be contacted now: False at once when ``HF_HUB_OFFLINE`` is set, else whether a
+    TCP connection to its host opens within :data:`_HUB_PROBE_TIMEOUT_S` (the answer is kept a minute)."""
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return False
+    url = urlparse(hub.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    now = time.monotonic()
+    known = _HUB_PROBE.get(f"{host}:{port}")
+    if known is not None and now - known[0] < _HUB_PROBE_TTL_S:
+        return known[1]
+    try:
+        socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    _HUB_PROBE[f"{host}:{port}"] = (now, reachable)
+    return reachable
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name meant as a folder rather than a Hub id (``user/model``): it starts with ``.``, ``/`` or ``~``, holds a
+    backslash or the platform's separator other than ``/``, or more than one ``/`` (a Hub id has exactly one)."""
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or (os.sep != "/" and os.sep in name)
+        or name.count("/") > 1
+        or name.endswith("/")
+    )
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The local folder of the Hub model ``repo_id`` in the Hugging Face cache (None when it is not there)."""
+    import huggingface_hub.constants as hub
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True, cache_dir=hub.HF_HUB_CACHE)
+    except Exception:  # LocalEntryNotFoundError, an invalid id ...: not in the cache
+        return None
+
+
+def model_name_error(name: str, who: str = "model.name"):
+    """The :class:`~hf_sparse.errors.ConfigError` a model name that cannot be loaded here deserves, found without
+    reading any model: a name meant as a folder (``./x``, ``/x``, ``~/x``, ``a/b/c``) that does not exist (its
+    absolute path shown), a file instead of a folder, a name that is neither a folder nor a Hub id, or — with the
+    Hub out of reach — a Hub id that is not in the local cache (how to make it available named). None when the name
+    is a packaged alias, an existing folder, a cached Hub id, or a Hub id while the Hub can be reached."""
+    from ..errors import ConfigError, quote
+
+    if name in MODEL_ALIASES:
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return None
+    if path.is_file():
+        return ConfigError(
+            f"{who}: {quote(name)} is a file; give the folder that holds its config.json and weights "
+            f"({quote(str(path.resolve().parent), 300)}?)."
+        )
+    if _looks_like_path(name):
+        return ConfigError(
+            f"{who}: the model folder {quote(str(path.resolve()), 300)} does not exist (a relative path is read from "
+            f"the current folder, {quote(os.getcwd(), 300)}). Give an existing folder written by save_pretrained, a "
+            "packaged alias (such as minilm-l6) or a Hub id (user/model)."
+        )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return ConfigError(
+            f"{who}: {quote(name)} is neither an existing folder ({quote(str(path.resolve()), 300)} does not exist) "
+            "nor a Hub id (user/model); give a folder written by save_pretrained, a packaged alias or a Hub id."
+        )
+    if hub_reachable() or _cached_snapshot(name) is not None:
+        return None
+    return ConfigError(
+        f"{who}: {quote(name)} is not a local folder, and as a Hub id it is not in the local Hugging Face cache while "
+        f"the Hub cannot be reached (offline). Download it on a machine with a network (`hf download {name}`, then "
+        "copy its ~/.cache/huggingface/hub folder here, or save_pretrained it and copy that folder) and run again "
+        "with the Hub id, or set the model to that local folder."
+    )
+
+
+def resolve_model(name: str, who: str | None = None) -> str:
     """A model name as ``from_pretrained`` takes it: packaged aliases become their local folder, an existing local
-    folder is returned as is, anything else (a Hub id) is passed through unchanged."""
+    folder is returned as is, a Hub id is passed through unchanged while the Hub can be reached. With the Hub out of
+    reach (offline, or ``HF_HUB_OFFLINE``) a Hub id in the local Hugging Face cache becomes its cached folder, so
+    ``from_pretrained`` reads it at once instead of retrying a connection.
+
+    Args:
+        name: The recipe's model name.
+        who: The recipe key naming it (``model.name``): a name that cannot be loaded here is then refused at once
+            (:func:`model_name_error`). None returns it unchanged, for the caller's loader to explain.
+    """
     if name in MODEL_ALIASES:
         return str(MODEL_ALIASES[name].path())
-    return str(Path(name)) if Path(name).is_dir() else name
+    if Path(name).is_dir():
+        return str(Path(name))
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if who is not None:
+        error = model_name_error(name, who)
+        if error is not None:
+            raise error
+    if not _looks_like_path(name) and not hub_reachable():
+        cached = _cached_snapshot(name)
+        if cached is not None:
+            return cached
+    return name
 
 
 def hub_id(name: str) -> str:

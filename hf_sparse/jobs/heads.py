@@ -148,6 +148,11 @@ def read_model_config(model_path, who: str = "model.name"):
     """The ``transformers`` config of ``model_path``, or a ConfigError naming ``who`` (no download is tried)."""
     from transformers import AutoConfig
 
+    from ..data.models import model_name_error
+
+    error = model_name_error(str(model_path), who)  # a missing folder, or a Hub id out of reach: no retries
+    if error is not None:
+        raise error
     try:
         return AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as exc:
