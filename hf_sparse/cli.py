@@ -181,12 +181,42 @@ def _recipe_file(source: str) -> Path:
     return packaged[source]
 
 
+def _load_task_recipe(task, source: str, command: str):
+    """``task.load_recipe`` of the recipe ``source`` given to ``hf-sparse <command>``; a recipe of another job (a
+    ``hf-sparse compress`` classification recipe, which has no ``task:``) is named as such with the command that runs
+    it, instead of an unknown key of this job's recipe."""
+    from .errors import RecipeError
+
+    path = _recipe_file(source)
+    try:
+        return task.load_recipe(path)
+    except RecipeError:
+        if _recipe_task(source) is None and _is_classification_recipe(path):
+            raise RecipeError(
+                f"{quote(source)} is a text-classification recipe (it has no `task: {task.name}`), not one of "
+                f"`hf-sparse {command}`; run it with `hf-sparse compress {source}`, which picks the job from the "
+                "recipe's task."
+            ) from None
+        raise
+
+
+def _is_classification_recipe(path: Path) -> bool:
+    from .errors import HfSparseError
+    from .recipes import load_recipe
+
+    try:
+        load_recipe(str(path))
+    except HfSparseError:
+        return False
+    return True
+
+
 def _cmd_recsys(args: argparse.Namespace) -> int:
     from .jobs.tasks import task_for
 
     source = args.recipe
     task = task_for("recsys")
-    report = task.run(task.load_recipe(_recipe_file(source)), args.output, recipe_source=source)
+    report = task.run(_load_task_recipe(task, source, "recsys"), args.output, recipe_source=source)
     print(f"\nhf-sparse recsys: report written to {args.output}/report.md")
     for run in report["runs"]:
         ratio = f", item table {100 * run['memory_ratio']:.1f}% of dense" if "memory_ratio" in run else ""
@@ -199,7 +229,7 @@ def _cmd_lm(args: argparse.Namespace) -> int:
 
     source = args.recipe
     task = task_for("lm")
-    report = task.run(task.load_recipe(_recipe_file(source)), args.output, recipe_source=source)
+    report = task.run(_load_task_recipe(task, source, "lm"), args.output, recipe_source=source)
     print(f"\nhf-sparse lm: report written to {args.output}/report.md")
     ppl = report["perplexity"]
     for length in report["eval"]["lengths"]:

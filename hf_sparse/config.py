@@ -105,11 +105,33 @@ def _key_text(key: Any) -> str:
     return text if len(text) <= 100 and text.isprintable() and "'" not in text else quote(text, 100)
 
 
+#: How alike (difflib's ratio) an unknown key and an allowed one must be for the allowed one to be suggested.
+_SUGGEST_CUTOFF = 0.8
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one letter changed, added, dropped, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        swapped = len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+        return len(diff) == 1 or swapped
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
+
+
 def _did_you_mean(key: Any, allowed: list[str]) -> str:
+    """`` (did you mean 'x'?)`` where an allowed key is a near-miss of ``key`` (difflib ratio at least
+    :data:`_SUGGEST_CUTOFF`, or one edit away), else nothing: a far-fetched hint (``task`` -> ``stages``) misleads
+    more than none."""
     if not isinstance(key, str) or len(key) > 100:
         return ""
-    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    lowered = {name.lower(): name for name in allowed if isinstance(name, str)}
+    close = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=_SUGGEST_CUTOFF)
+    if not close:
+        close = [name for name in lowered if _one_edit_apart(key.lower(), name)][:1]
+    return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
 
 
 def _in_section(message: str, target: type[BaseConfig], path: str) -> str:

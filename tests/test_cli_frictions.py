@@ -115,3 +115,36 @@ def test_a_cached_hub_id_offline_resolves_to_its_cached_folder(tmp_path, no_netw
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     assert resolve_model("someone/cached-model") == str(snapshot)
+
+
+# -- 3. hints that point the right way ------------------------------------------------------------------------------
+def test_did_you_mean_suggests_near_misses_only():
+    from hf_sparse.config import _did_you_mean
+
+    assert _did_you_mean("task", ["stages", "name", "pruning"]) == ""
+    assert _did_you_mean("data", ["dense", "date_format"]) == ""
+    assert _did_you_mean("sparsty", ["sparsity", "stages"]) == " (did you mean 'sparsity'?)"
+    assert _did_you_mean("tsak", ["task", "stages"]) == " (did you mean 'task'?)"  # two letters swapped
+    assert _did_you_mean("Sparsity", ["sparsity"]) == " (did you mean 'sparsity'?)"
+
+
+def test_task_inside_a_section_is_not_taken_for_stages(tmp_path, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "pruning": {"sparsity": 0.5, "task": "text-classification"}}))
+    assert main(["validate", str(path), "--no-model"]) == 2
+    err = capsys.readouterr().err
+    assert "'pruning.task'" in err and "did you mean" not in err
+
+
+@pytest.mark.parametrize("command", ["recsys", "lm"])
+def test_a_compress_recipe_given_to_another_job_names_hf_sparse_compress(tmp_path, capsys, command):
+    assert main([command, "minilm-rotten-tomatoes", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "text-classification recipe" in err and "hf-sparse compress minilm-rotten-tomatoes" in err
+    assert "Unknown key" not in err and not (tmp_path / "out").exists()
+
+
+def test_an_lm_recipe_given_to_recsys_names_its_task_and_hf_sparse_compress(tmp_path, capsys):
+    assert main(["recsys", "smollm2-windowed", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "task is 'lm'" in err and "hf-sparse compress" in err and "threads" not in err

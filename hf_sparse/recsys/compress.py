@@ -268,6 +268,13 @@ def load_recsys_recipe(path: str | Path) -> RecsysRecipe:
     data, root = read_recipe_yaml(path)
     if data is None:
         data = {}
+    from ..recipe_yaml import recipe_task
+
+    if isinstance(data, dict) and data.get("task") is not None and recipe_task(data) != "recsys":
+        raise RecipeError(
+            f"{path}: task is {quote(data.get('task'))}, but `hf-sparse recsys` reads `task: recsys` recipes; run it "
+            f"with `hf-sparse compress {path}`, which picks the job from its task."
+        )
     if isinstance(data, dict):
         data.pop("version", None)
     from ..recipe_yaml import resolve_paths  # relative paths: against the recipe file's folder, as every recipe's
