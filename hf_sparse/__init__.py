@@ -18,6 +18,7 @@ Importing the package registers only what ``from_pretrained`` of a saved sparse 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 from ._import_hooks import lazy_attributes, when_imported
@@ -34,6 +35,25 @@ from .errors import (
     RecipeError,
 )
 from .registry import CONFIGS, Registry
+
+
+class _BitsandbytesKernelHubNotice(logging.Filter):
+    """Drops bitsandbytes' warning that its optional fused CPU 4-bit kernel could not be fetched from the Hub.
+
+    bitsandbytes logs it while it is imported on CPUs with AVX512-BF16, and it is imported by peft, which
+    transformers imports with its Trainer utilities: every ``hf-sparse`` command printed it although nothing uses
+    bitsandbytes' 4-bit layers there, and bitsandbytes falls back to its own kernel when one does. Only that one
+    message is dropped; ``logging.getLogger("bitsandbytes.backends.cpu.ops").removeFilter(...)`` brings it back.
+    """
+
+    PREFIX = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIX)
+
+
+# The logger exists before bitsandbytes is imported, so the filter is in place whoever imports it later.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_BitsandbytesKernelHubNotice())
 
 
 def _register_attention_and_quantizer(_module=None) -> None:

@@ -319,12 +319,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    def progress(message: str) -> None:  # on stderr: stdout is the JSON
+        print(f"hf-sparse info: {message}", file=sys.stderr, flush=True)
+
+    progress(f"hf_sparse {__version__}; importing torch and transformers ...")
     from .integrations.kernel_hub import hub_kernels_status
     from .machine import machine_info
     from .ops import kernel_status, load_kernels
-    from .ops._loader import cuda_status, load_cuda
+    from .ops._loader import build_dir, cuda_status, load_cuda
     from .recipes import packaged_recipes
 
+    folder = build_dir()
+    built = folder.is_dir() and any(folder.glob("*.so"))
+    progress(
+        f"loading the C++ kernels from {folder}"
+        if built
+        else f"building the C++ kernels into {folder} (once, about a minute) ..."
+    )
     load_kernels()
     load_cuda()  # builds only where torch has CUDA, a GPU is visible and nvcc is found; else records why
     info = {

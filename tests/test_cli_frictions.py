@@ -148,3 +148,49 @@ def test_an_lm_recipe_given_to_recsys_names_its_task_and_hf_sparse_compress(tmp_
     assert main(["recsys", "smollm2-windowed", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "task is 'lm'" in err and "hf-sparse compress" in err and "threads" not in err
+
+
+# -- 4. start-up ------------------------------------------------------------------------------------------------------
+def test_the_cli_parser_imports_no_torch_and_import_hf_sparse_no_bitsandbytes_or_matplotlib():
+    import json
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "peft", "bitsandbytes", "matplotlib", "datasets")
+    code = (
+        "import json, sys, contextlib, io\n"
+        "import hf_sparse\n"
+        f"after_import = {{m: m in sys.modules for m in {heavy!r}}}\n"
+        "from hf_sparse.cli import build_parser\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    build_parser().parse_args(['--help'])\n"
+        f"print(json.dumps([after_import, {{m: m in sys.modules for m in {heavy!r}}}]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    after_import, after_help = json.loads(out.strip().splitlines()[-1])
+    assert not any(after_import.values()), after_import
+    assert not any(after_help.values()), after_help
+
+
+def test_bitsandbytes_kernel_hub_notice_is_dropped_and_its_other_warnings_kept(caplog):
+    import logging
+
+    import hf_sparse  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
+        logger.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...", "untrusted"
+        )
+        logger.warning("another bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["another bitsandbytes warning"]
+
+
+def test_info_says_what_it_does_before_the_slow_probes(monkeypatch, capsys):
+    import hf_sparse.ops as ops
+
+    order = []
+    monkeypatch.setattr(ops, "load_kernels", lambda: order.append(("kernels", capsys.readouterr().err)) or True)
+    assert main(["info"]) == 0
+    (what, err_before), *_ = order
+    assert what == "kernels" and "hf-sparse info:" in err_before and "C++ kernels" in err_before
