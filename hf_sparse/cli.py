@@ -284,12 +284,54 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writes_its_own_sweep(source: str) -> bool:
+    """Whether ``source`` is the user's own recipe file with a ``sweep:`` section (not a packaged recipe, not the
+    defaults of a recipe without one)."""
+    from .errors import RecipeError
+    from .recipe_yaml import read_recipe_yaml
+
+    path = Path(source)
+    if not path.is_file():
+        return False
+    try:
+        document, _ = read_recipe_yaml(path)
+    except RecipeError:
+        return False
+    return isinstance(document, dict) and isinstance(document.get("sweep"), dict)
+
+
+def _confirm_sweep(args: argparse.Namespace, source: str, plan: dict) -> bool:
+    """Whether the sweep may start: small grids, ``--yes``, a ``sweep:`` section of the user's own recipe file, or a
+    "y" typed at the prompt (a terminal only). A large grid run without a terminal and without ``--yes`` is refused
+    with how to start it."""
+    from .sweep import CONFIRM_ABOVE_CELLS
+
+    cells = len(plan["cells"])
+    if cells <= CONFIRM_ABOVE_CELLS or args.yes or _writes_its_own_sweep(source):
+        return True
+    if sys.stdin is not None and sys.stdin.isatty():
+        answer = input(f"hf-sparse sweep: start these {cells} cells? [y/N] ").strip().lower()
+        return answer in ("y", "yes")
+    raise ConfigError(
+        f"{quote(source)} is a grid of {cells} cells (more than {CONFIRM_ABOVE_CELLS}); add --yes to "
+        "start it, or write a smaller sweep: section (criteria, granularities, sparsities) in your own recipe file."
+    )
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .recipes import load_recipe
-    from .sweep import run_sweep
+    from .sweep import run_sweep, sweep_plan
 
     source = args.recipe or "minilm-pruning-sweep"
-    record = run_sweep(load_recipe(source), args.output, recipe_source=source)
+    recipe = load_recipe(source)
+    plan = sweep_plan(recipe)
+    print(f"hf-sparse sweep: {source} into {args.output}:", flush=True)
+    for line in plan["lines"]:
+        print(f"  {line}", flush=True)
+    if not _confirm_sweep(args, source, plan):
+        print("hf-sparse sweep: not started.")
+        return 1
+    record = run_sweep(recipe, args.output, recipe_source=source)
     print(f"\nhf-sparse sweep: {len(record['cells'])} cells; table written to {args.output}/sweep.md")
     print(f"  dense: test accuracy {record['dense']['test_accuracy']:.4f}")
     for cell in record["cells"]:
@@ -525,6 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
         "recipe", nargs="?", default=None, help="recipe YAML file or packaged name (default: minilm-pruning-sweep)"
     )
     p.add_argument("--output", "-o", default="hf_sparse_sweep", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="start a grid of more than 12 cells without asking (the plan, cells x steps, is printed first; a "
+        "sweep: section in your own recipe file starts without it)",
+    )
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser(

@@ -29,7 +29,7 @@ from .pruning.criteria import CRITERIA
 from .recipes import JOB_OUTPUTS, Recipe, dump_recipe
 from .resilience import atomic_write_text, confined_path, remove_stale_partials
 
-__all__ = ["run_sweep", "sweep_cells", "render_sweep_markdown"]
+__all__ = ["run_sweep", "sweep_cells", "sweep_plan", "render_sweep_markdown", "CONFIRM_ABOVE_CELLS"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,57 @@ def sweep_cells(recipe: Recipe) -> list[PruningConfig]:
                     )
                 )
     return cells
+
+
+#: ``hf-sparse sweep`` starts a grid of more cells than this only when asked to: ``--yes``, a ``sweep:`` section the
+#: user wrote in their own recipe file, or a "y" typed at the prompt.
+CONFIRM_ABOVE_CELLS = 12
+
+
+def _training_amount(section) -> tuple[int | None, str]:
+    """The optimizer steps of a train section (None when it trains for epochs) and the amount in words."""
+    if section.max_steps > 0:
+        return section.max_steps, f"{section.max_steps:,} steps"
+    return None, f"{section.epochs:g} epoch{'s' if section.epochs != 1 else ''}"
+
+
+def sweep_plan(recipe: Recipe) -> dict:
+    """What ``hf-sparse sweep`` of ``recipe`` will run, before it starts: the cells, the training each does and the
+    total, and the lines that say so.
+
+    Returns:
+        ``cells`` (their names, in order), ``steps_per_cell`` (None when the ``pruned`` section trains for epochs),
+        ``total_steps`` (cells x steps; None likewise) and ``lines`` (the plan in words).
+    """
+    cells = [_cell_name(cfg) for cfg in sweep_cells(recipe)]
+    steps, amount = _training_amount(recipe.pruned)
+    sweep = recipe.sweep
+    lines = [
+        f"{len(cells)} cells: {len(sweep.criteria)} criteria ({', '.join(sweep.criteria)}) x "
+        f"{len(sweep.granularities)} granularities ({', '.join(sweep.granularities)}) x {len(sweep.sparsities)} "
+        f"sparsities ({', '.join(pct(s) for s in sweep.sparsities)}"
+        + ("; nm at its own 1 - n/m" if "nm" in sweep.granularities else "")
+        + ")"
+        + ("" if sweep.finetune else "; one-shot criteria only (sweep.finetune: false)"),
+    ]
+    if sweep.finetune:
+        total = f" = {len(cells) * steps:,} training steps" if steps is not None else ""
+        lines.append(
+            f"each cell fine-tuned for {amount} while pruned (pruned section): {len(cells)} x {amount}{total}"
+        )
+    else:
+        lines.append("each cell pruned one-shot and evaluated, no fine-tuning")
+    _, dense_amount = _training_amount(recipe.dense)
+    lines.append(
+        f"plus the dense baseline, fine-tuned once for {dense_amount} unless the model is already fine-tuned or an "
+        "earlier run of this sweep saved it in the output folder"
+    )
+    return {
+        "cells": cells,
+        "steps_per_cell": steps if sweep.finetune else 0,
+        "total_steps": (len(cells) * steps if steps is not None else None) if sweep.finetune else 0,
+        "lines": lines,
+    }
 
 
 def _cell_name(cfg: PruningConfig) -> str:

@@ -194,3 +194,72 @@ def test_info_says_what_it_does_before_the_slow_probes(monkeypatch, capsys):
     assert main(["info"]) == 0
     (what, err_before), *_ = order
     assert what == "kernels" and "hf-sparse info:" in err_before and "C++ kernels" in err_before
+
+
+# -- 5. a large sweep starts only when asked to -----------------------------------------------------------------------
+@pytest.fixture
+def sweeps(monkeypatch):
+    """``run_sweep`` replaced by a recorder: no training, the cells it was asked for."""
+    import hf_sparse.sweep as sweep_module
+
+    started = []
+
+    def run_sweep(recipe, output_dir, *, recipe_source=None):
+        started.append(recipe_source)
+        return {"cells": [], "dense": {"test_accuracy": 0.5}}
+
+    monkeypatch.setattr(sweep_module, "run_sweep", run_sweep)
+    return started
+
+
+def test_sweep_plan_counts_cells_and_training_steps():
+    from hf_sparse.recipes import load_recipe
+    from hf_sparse.sweep import sweep_plan
+
+    plan = sweep_plan(load_recipe("minilm-pruning-sweep"))
+    assert len(plan["cells"]) == 45 and plan["steps_per_cell"] == 150 and plan["total_steps"] == 45 * 150
+    assert "45 x 150 steps = 6,750 training steps" in "\n".join(plan["lines"])
+
+
+def test_a_large_packaged_sweep_prints_its_plan_and_waits_for_yes(tmp_path, sweeps, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
+    assert main(["sweep", "-o", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert "45 cells" in captured.out and "6,750 training steps" in captured.out
+    assert "add --yes" in captured.err and sweeps == []
+    assert main(["sweep", "-o", str(tmp_path / "out"), "--yes"]) == 0
+    assert sweeps == ["minilm-pruning-sweep"]
+
+
+def test_a_terminal_is_asked_and_no_means_not_started(tmp_path, sweeps, monkeypatch, capsys):
+    class Terminal:
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["sweep", "-o", str(tmp_path / "out")]) == 1
+    assert sweeps == [] and "not started" in capsys.readouterr().out
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert main(["sweep", "-o", str(tmp_path / "out")]) == 0 and len(sweeps) == 1
+
+
+def test_a_sweep_section_written_in_the_users_recipe_starts_without_yes(tmp_path, sweeps, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    document = yaml.safe_load(
+        (__import__("hf_sparse.recipes").recipes.packaged_recipes()["minilm-pruning-sweep"]).read_text()
+    )
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump(document))  # the user's own file with its sweep: section: 45 cells, asked for
+    assert main(["sweep", str(own), "-o", str(tmp_path / "out")]) == 0
+    del document["sweep"]  # no sweep: section: the 45-cell default grid is not what the file asks for
+    own.write_text(yaml.safe_dump(document))
+    assert main(["sweep", str(own), "-o", str(tmp_path / "out")]) == 2
+    document["sweep"] = {"criteria": ["magnitude"], "granularities": ["unstructured"], "sparsities": [0.5, 0.7]}
+    own.write_text(yaml.safe_dump(document))
+    assert main(["sweep", str(own), "-o", str(tmp_path / "out")]) == 0
+    assert "2 cells" in capsys.readouterr().out and len(sweeps) == 2
