@@ -263,3 +263,24 @@ def test_a_sweep_section_written_in_the_users_recipe_starts_without_yes(tmp_path
     own.write_text(yaml.safe_dump(document))
     assert main(["sweep", str(own), "-o", str(tmp_path / "out")]) == 0
     assert "2 cells" in capsys.readouterr().out and len(sweeps) == 2
+
+
+# -- 6. an offline push says what it wrote and how to retry -----------------------------------------------------------
+def test_an_offline_push_names_the_card_it_wrote_that_nothing_was_uploaded_and_the_retry(
+    tmp_path, no_network, monkeypatch, capsys
+):
+    folder = _tiny_bert(tmp_path / "model", BertForSequenceClassification, 2)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    weights = (folder / "model.safetensors").read_bytes()
+    assert not (folder / "README.md").exists()
+    assert main(["push", str(folder), "me/tiny", "--revision", "dev"]) == 2
+    err = capsys.readouterr().err
+    assert "Nothing was uploaded" in err and "unchanged" not in err
+    assert f"Written locally before the upload: {folder / 'README.md'}" in err
+    assert f"hf-sparse push {folder} me/tiny --revision dev" in err
+    assert (folder / "README.md").is_file() and (folder / "model.safetensors").read_bytes() == weights
+    # with the card kept as it is, nothing local was written
+    assert main(["push", str(folder), "me/tiny", "--keep-card"]) == 2
+    err = capsys.readouterr().err
+    assert "Nothing in the local folder was changed" in err and "Written locally" not in err

@@ -28,7 +28,8 @@ _TEMPLATE = "sparse-model.md"
 
 
 class HubError(HfSparseError, RuntimeError):
-    """A push to the Hub failed. The local folder is unchanged; pushing again retries."""
+    """A push to the Hub failed: nothing was uploaded (the message says what was written locally first, the model
+    card); pushing again retries."""
 
 
 def _human_bytes(n: int) -> str:
@@ -189,8 +190,9 @@ def push_to_hub(
 
     The card (``README.md``) and ``density.png`` are (re)written into the folder first, with ``repo_id`` in the
     usage example, unless ``refresh_card=False``. The repository is created if needed; the whole folder is uploaded
-    in one commit, so a failed push leaves the repository at its previous revision. Nothing in the local folder is
-    deleted or changed by a failure; pushing again retries (files the server already holds are not sent twice).
+    in one commit, so a failed push leaves the repository at its previous revision. A failure deletes nothing locally
+    and its message names what was written before the upload (the card); pushing again retries (files the server
+    already holds are not sent twice).
 
     Args:
         folder: A folder written by ``save_pretrained`` (typically by ``hf-sparse compress``).
@@ -211,8 +213,11 @@ def push_to_hub(
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise FormatError(f"{folder}: not a saved model folder (needs config.json and .safetensors weights).")
+    card_files = ("README.md", PLOT_FILE)
+    before = {name: _stamp(folder / name) for name in card_files}
     if refresh_card:
         write_model_card(folder, repo_id=repo_id)
+    written = [name for name in card_files if _stamp(folder / name) not in (None, before[name])]
     api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -225,9 +230,27 @@ def push_to_hub(
             ignore_patterns=[".cache/**", "*.tmp"],
         )
     except Exception as exc:  # HfHubHTTPError, connection errors, timeouts: all mean the same to the user
+        local = (
+            f"Written locally before the upload: {', '.join(str(folder / name) for name in written)} (the model card "
+            "for this repository); nothing else in the folder was changed."
+            if written
+            else "Nothing in the local folder was changed."
+        )
+        again = ["hf-sparse", "push", str(folder), repo_id]
+        again += [*(["--revision", revision] if revision else []), *(["--private"] if private else [])]
         raise HubError(
-            f"Pushing {folder} to {quote(repo_id)} at {api.endpoint} failed: {type(exc).__name__}: {exc}. "
-            "The local folder is unchanged and the repository keeps its previous revision; run the same push again "
-            "to retry."
+            f"Pushing {folder} to {quote(repo_id)} at {api.endpoint} failed: {type(exc).__name__}: "
+            f"{quote(str(exc), 300)}. Nothing was uploaded: the repository keeps its previous revision (or "
+            f"does not exist yet). {local} Retry, once the Hub can be reached and you are logged in (`hf auth "
+            f"login` or HF_TOKEN), with: {' '.join(again)}"
         ) from exc
     return str(getattr(info, "commit_url", info))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's modification time and size (None when it does not exist): whether a write changed it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
