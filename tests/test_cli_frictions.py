@@ -284,3 +284,71 @@ def test_an_offline_push_names_the_card_it_wrote_that_nothing_was_uploaded_and_t
     assert main(["push", str(folder), "me/tiny", "--keep-card"]) == 2
     err = capsys.readouterr().err
     assert "Nothing in the local folder was changed" in err and "Written locally" not in err
+
+
+# -- 7. sparsify_: what it optimises, and what it chose ---------------------------------------------------------------
+def _pruned_bert(sparsity=0.5):
+    import torch
+
+    import hf_sparse
+
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=60)
+    model = BertForSequenceClassification(BertConfig(**sizes)).eval()
+    hf_sparse.prune_(model, hf_sparse.PruningConfig(sparsity=sparsity))
+    return model
+
+
+def test_sparsify_latency_summary_names_the_pruned_layers_it_kept_dense_and_objective_size(caplog):
+    import logging
+
+    import hf_sparse
+
+    model = _pruned_bert()
+    with caplog.at_level(logging.INFO, logger="hf_sparse.nn.sparsify"):
+        decisions = hf_sparse.sparsify_(model, margin=1e-9, progress=False)  # no sparse format is fast enough
+    assert len(decisions) == 12 and not any(d.converted for d in decisions.values())
+    assert "12 of 12 pruned layers kept dense: no sparse format is predicted faster at batch_hint=16" in (
+        decisions.summary
+    )
+    assert "pass objective='size'" in decisions.summary
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == [decisions.summary]
+
+
+def test_sparsify_size_stores_every_pruned_layer_in_fewer_bytes_and_reloads(tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import hf_sparse
+
+    dense = _pruned_bert()
+    dense.save_pretrained(tmp_path / "dense")
+    model = _pruned_bert()
+    inputs = {"input_ids": torch.randint(0, 60, (2, 7))}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    decisions = hf_sparse.sparsify_(model, objective="size", progress=False)
+    assert all(d.converted for d in decisions.values()), decisions.summary
+    assert all(d.choice.format == "bitmask" for d in decisions.values())  # at 50%: one bit a position + values
+    assert "12 of 12 selected layers stored sparse (12 bitmask)" in decisions.summary
+    assert "kept dense" not in decisions.summary
+    model.save_pretrained(tmp_path / "sparse")
+
+    def weights(folder):
+        return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+    assert weights(tmp_path / "sparse") < 0.85 * weights(tmp_path / "dense")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "sparse").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, expected)
+
+
+def test_sparsify_size_refuses_a_named_format_or_other_numerics():
+    import hf_sparse
+    from hf_sparse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="objective must be one of"):
+        hf_sparse.sparsify_(_pruned_bert(), objective="speed", progress=False)
+    with pytest.raises(ConfigError, match="objective='size'.*format='auto'"):
+        hf_sparse.sparsify_(_pruned_bert(), objective="size", format="csr", progress=False)

@@ -6,6 +6,6 @@ functions that swap them in: choosing modules by name (:mod:`~hf_sparse.nn.match
 from .replace import replace_module
 from .sparse_embedding import SparseEmbedding
 from .sparse_linear import SparseLinear
-from .sparsify import LayerDecision, sparsify_
+from .sparsify import LayerDecision, SparsifyDecisions, sparsify_
 
-__all__ = ["SparseLinear", "SparseEmbedding", "sparsify_", "LayerDecision", "replace_module"]
+__all__ = ["SparseLinear", "SparseEmbedding", "sparsify_", "LayerDecision", "SparsifyDecisions", "replace_module"]
