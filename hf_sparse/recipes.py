@@ -211,7 +211,8 @@ class CandidateSection(BaseConfig):
     compares all candidates (Pareto front, recommendation).
 
     Written either with ``stages`` (as a staged recipe's, see :class:`StageSection`) or, for one stage, with the
-    stage's keys directly: ``{name: student-3layer, train: {...}, structured: {...}, distillation: {...}}``.
+    stage's keys directly: ``{name: student-3layer, train: {...}, structured: {...}, distillation: {...}}``. A
+    stage without ``train`` trains as the recipe's ``pruned`` section says; ``train: null`` does not train.
 
     Args:
         name: The saved model's folder name (letters, digits, ``.``, ``_``, ``-``), unique in the recipe.
@@ -360,6 +361,27 @@ class Recipe(BaseConfig):
     candidates: tuple[CandidateSection, ...] = ()
     selection: SelectionSection = dataclasses.field(default_factory=SelectionSection)
     overrides: tuple[OverrideSection, ...] = ()
+
+    @classmethod
+    def _from_mapping(cls, data, *, path: str):
+        # A candidate's stage without a train section trains as the recipe's ``pruned`` section says (the shared
+        # training of the compressed models); ``train: null`` is a stage without training.
+        if isinstance(data, dict) and isinstance(data.get("candidates"), list):
+            pruned = data.get("pruned", {})
+            candidates = []
+            for cand in data["candidates"]:
+                if isinstance(cand, dict):
+                    cand = dict(cand)
+                    if "stages" not in cand and "config_type" not in cand:
+                        cand.setdefault("train", pruned)
+                    elif isinstance(cand.get("stages"), list):
+                        cand["stages"] = [
+                            {**st, "train": st.get("train", pruned)} if isinstance(st, dict) else st
+                            for st in cand["stages"]
+                        ]
+                candidates.append(cand)
+            data = {**data, "candidates": candidates}
+        return super()._from_mapping(data, path=path)
 
     def validate(self) -> None:
         # A staged recipe saves its run as ``<output>/<name>``: one component, and not a folder the job writes itself.

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import yaml
+from test_user_tasks import _review, _save_tiny_bert
 
 from hf_sparse.compress import run_compress
 from hf_sparse.errors import ConfigError, RecipeError
@@ -16,8 +17,6 @@ from hf_sparse.jobs.recipe_plan import recipe_plans
 from hf_sparse.jobs.sections import SelectionSection
 from hf_sparse.jobs.selection import metric_drop, pareto_front, recommendation_lines, select_model
 from hf_sparse.recipes import Recipe, dump_recipe, load_recipe
-
-from test_user_tasks import _review, _save_tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,11 @@ def _document(**extra) -> dict:
             {
                 "name": "structured-then-pruned",
                 "stages": [
-                    {"name": "shrink", "train": train, "structured": {"heads_fraction": 0.5, "criterion": "magnitude"}},
+                    {
+                        "name": "shrink",
+                        "train": train,
+                        "structured": {"heads_fraction": 0.5, "criterion": "magnitude"},
+                    },
                     {"name": "prune", "train": train, "pruning": {"sparsity": 0.5, "end_step": 1, "update_every": 1}},
                 ],
             },
@@ -83,7 +86,11 @@ def test_candidates_run_each_mix_and_the_report_recommends_one(tmp_path, tiny):
     assert sel["decided_on"] == "validation" and sel["objective"] == "size"
     # every model is within a 99-point budget: the smallest checkpoint is the pick
     smallest = min(report["runs"], key=lambda r: r["disk_ratio_vs_dense"])["name"]
-    assert sel["pick"] == smallest and all(m["qualifies"] for m in sel["models"])
+    assert sel["pick"] == smallest
+    # every model within 99 points qualifies, unless it is no smaller than the dense checkpoint
+    for m in sel["models"]:
+        assert m["qualifies"] == (m["size_ratio"] < 1.0), m
+        assert m["qualifies"] or m["why_not"].startswith("not smaller than the dense checkpoint")
     assert smallest in sel["pareto_size"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Which model to use" in md and f"Use {smallest}" in md and "| budget | fastest | smallest |" in md
@@ -150,6 +157,23 @@ def test_selection_of_a_lower_is_better_metric_is_relative():
 def test_pareto_front_keeps_only_undominated_points():
     pts = [("a", 0.9, 3.0), ("b", 0.8, 1.0), ("c", 0.7, 2.0), ("d", 0.9, 3.0)]
     assert pareto_front(pts) == ["b", "a", "d"]  # c is worse and costlier than b; equal points both stay
+
+
+def test_a_candidate_stage_without_train_trains_as_the_pruned_section_says():
+    pruned = {"learning_rate": 3e-4, "max_steps": 7}
+    recipe = Recipe.from_dict(
+        {
+            "pruned": pruned,
+            "candidates": [
+                {"name": "a", "structured": {"heads_fraction": 0.5}},
+                {"name": "b", "stages": [{"name": "s1"}, {"name": "s2", "train": None}]},
+                {"name": "c", "train": {"max_steps": 3}, "structured": {"heads_fraction": 0.5}},
+            ],
+        }
+    )
+    a, b, c = (cand.stages for cand in recipe.candidates)
+    assert a[0].train == b[0].train == recipe.pruned and recipe.pruned.max_steps == 7
+    assert b[1].train is None and c[0].train.max_steps == 3 and c[0].train.learning_rate == 5e-5
 
 
 def test_bad_candidates_and_selection_are_typed_errors(tmp_path, tiny):
