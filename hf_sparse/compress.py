@@ -56,7 +56,8 @@ def _remove_stale_partials(output_dir: Path, recipe: Recipe) -> None:
     cleanup, and ``--resume`` would otherwise carry them forever."""
     from .integrations.hub import PLOT_FILE, RESULTS_FILE
 
-    candidates = [c.name for c in recipe.candidates]
+    # candidates, and the folders of a candidate picked in a torch configuration (``<name>-<configuration>``)
+    candidates = [f"{c.name}{rt}" for c in recipe.candidates for rt in ("", "-bf16", "-torch-dynamic-int8")]
     names = [*JOB_OUTPUTS, recipe.name, *candidates, _RUN_NAMES]
     remove_stale_partials(output_dir, names)
     remove_stale_partials(confined_path(output_dir, "plots"), [re.compile(r"[A-Za-z0-9._-]+\.png")])
@@ -425,10 +426,39 @@ def run_compress(
         from .jobs.selection import select_model
 
         report["selection"] = select_model(report, recipe.selection)
+        _save_runtime_pick(report["selection"], task, output_dir)
     if is_main_process():
         _write_outputs(report, recipe, output_dir, work)
     barrier()
     return report
+
+
+def _save_runtime_pick(selection: dict, task: ClassificationTask, output_dir: Path) -> None:
+    """When the recommended model is a run in a torch configuration (``checkpoint.runtimes``), save its float32
+    weights (they load without hf_sparse) as ``<output>/<run>-<configuration>/`` with how to run them."""
+    from .jobs.selection import AUTO_CLASS, RUNTIME_HOWTO
+
+    pick = next((m for m in selection["models"] if m["name"] == selection["pick"]), None)
+    if pick is None or not pick.get("runtime"):
+        return
+    model = task.plain_model(pick["run"])
+    if model is None:  # a run reused by --resume: its float32 model is not in memory
+        selection["pick_saved"] = False
+        logger.warning("hf-sparse compress: %s was reused by --resume; its float32 weights are not saved", pick["run"])
+        return
+    folder = confined_path(output_dir, pick["checkpoint"])
+    how = RUNTIME_HOWTO.get(pick["runtime"], "in {runtime}").format(
+        auto=AUTO_CLASS.get(task.head.name, "AutoModel"), runtime=pick["runtime"]
+    )
+    if is_main_process():
+        with atomic_folder(folder) as tmp:
+            model.save_pretrained(tmp)
+            task.tokenizer.save_pretrained(tmp)
+            (tmp / "hf_sparse_runtime.json").write_text(
+                json.dumps({"run": pick["run"], "runtime": pick["runtime"], "how": how}, indent=2) + "\n"
+            )
+    barrier()
+    selection["pick_saved"] = True
 
 
 def _write_outputs(report: dict, recipe: Recipe, output_dir: Path, work: Path) -> None:

@@ -43,15 +43,10 @@ def test_default_recipe_is_the_real_minilm_on_rotten_tomatoes():
     recipe = load_recipe()
     assert recipe.model.name == "minilm-l6" and recipe.data.dataset == "rotten_tomatoes"
     # several method mixes compared, the fastest within one point of dense recommended
-    assert [c.name for c in recipe.candidates] == [
-        "dense-fastest",
-        "student-3layer",
-        "structured-50",
-        "student-3layer-structured-50",
-        "sparse-80",
-    ]
+    assert [c.name for c in recipe.candidates] == ["student-3layer", "structured-50", "student-3layer-structured-50"]
     assert recipe.selection.max_drop == pytest.approx(0.01) and recipe.selection.objective == "latency"
     assert recipe.checkpoint.numerics == "fastest" and recipe.checkpoint.latency_rounds > 0
+    assert recipe.checkpoint.runtimes  # each also timed as bf16 / with torch's dynamic int8
     assert recipe.dense.learning_rate == pytest.approx(5e-5)  # written 5e-5 in YAML: read as a float
     flat = load_recipe("minilm-magnitude-pruning")  # the earlier default: magnitude pruning to 50% and 80%
     assert [c.sparsity for c in flat.pruning_runs()] == [0.5, 0.8]

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import logging
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,7 @@ class ClassificationTask:
         self.default_train = recipe.pruned
         self._teachers: dict[str | None, torch.nn.Module] = {}
         self._dense_baselines = None  # built on the first latency measurement, reused by every run
+        self._plain: dict[str, torch.nn.Module] = {}  # runs' float32 models kept for a torch runtime configuration
         self._started: StartModel | None = None  # the start model of the run in progress (distillation.student_from)
         # One real test example padded to max_length, batch 1: the latency case of every saved model.
         self.latency_batch = latency_batch(self.test_tok, self.tokenizer, recipe.model.max_length)
@@ -498,6 +500,69 @@ class ClassificationTask:
 
     def latency(self, model, rounds: int) -> dict:
         return latency(model, self.dense_model, self.latency_batch, rounds, baselines=self.dense_baselines())
+
+    def runtime_row(self, plain, rounds: int) -> dict | None:
+        """The compressed model run in the fastest torch configuration of this machine instead of the format it is
+        stored in: ``plain`` (the trained model before its storage conversion, float32, dense layers) as bf16 (where
+        the CPU has native bf16) and with torch's dynamic int8 Linear layers, each timed interleaved with the dense
+        model's configurations; the fastest of them, when it beats ``plain`` in fp32, is evaluated on the
+        validation and test splits in that configuration. None when no configuration is faster than fp32.
+
+        Returns:
+            ``runtime`` (its name), ``latency`` (``ours_s`` and the dense comparison, as :meth:`latency`),
+            the test metrics, ``validation``, ``configs_s`` (every configuration's median) and ``checkpoint_bytes``
+            (the float32 weights a user would load before converting).
+        """
+        from ..benchmarking import _native_bf16, dynamic_int8, interleave
+        from .training import dense_checkpoint_bytes, latency_record
+
+        plain.eval()
+        variants = {"fp32": plain}
+        if _native_bf16()[0]:
+            variants["bf16"] = copy.deepcopy(plain).to(torch.bfloat16).eval()
+        int8 = dynamic_int8(plain)
+        if int8 is not None:
+            variants["torch-dynamic-int8"] = int8.eval()
+        batch = dict(self.latency_batch)
+        baselines = self.dense_baselines()
+        calls = {f"candidate:{k}": (lambda i, m=m: m(**batch)) for k, m in variants.items()}
+        with torch.inference_mode():
+            times = interleave({**calls, **baselines.timed(batch)}, rounds)
+        medians = {k: statistics.median(times[k]) for k in calls}
+        fastest = min(medians, key=medians.get)
+        if fastest == "candidate:fp32":
+            return None
+        name = fastest.removeprefix("candidate:")
+        # The dense comparison of the fastest configuration, in the shape of a latency record.
+        own = {"ours": times[fastest], **{k: v for k, v in times.items() if not k.startswith("candidate:")}}
+        first = next(iter(batch.values()))
+        record = latency_record(
+            own,
+            baselines,
+            batch=int(first.shape[0]),
+            seq=int(first.shape[1]) if first.dim() > 1 else 1,
+            threads=torch.get_num_threads(),
+        )
+        model = variants[name]
+        work = confined_path(self.work, "eval")
+        metrics, _ = self.predict_on(model, self.test_tok, work)
+        val, _ = self.predict_on(model, self.val_tok, work) if len(self.val_tok) else ({}, None)
+        return {
+            "runtime": name,
+            **metrics,
+            "validation": {"validation_" + k.removeprefix("test_"): v for k, v in val.items()},
+            "latency": record,
+            "configs_s": {k.removeprefix("candidate:"): v for k, v in medians.items()},
+            "checkpoint_bytes": dense_checkpoint_bytes(plain),
+        }
+
+    def keep_plain(self, name: str, model) -> None:
+        """Keep run ``name``'s float32 model (before its storage conversion) until the job picks its model."""
+        self._plain[name] = model
+
+    def plain_model(self, name: str):
+        """Run ``name``'s kept float32 model, or None (not kept, or a run reused by ``--resume``)."""
+        return self._plain.get(name)
 
     # -- what the methods' job hooks use ---------------------------------------------------------------------------
     def calibration_batches(self, samples: int, seed: int) -> list[dict]:

@@ -6,11 +6,14 @@ the registered :class:`~hf_sparse.method.Method` objects and the task is the obj
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..method import METHOD_REGISTRY, Method, RunContext
 from ..resilience import atomic_write_text, confined_path
@@ -176,6 +179,17 @@ def run_plan(
             logger.info("hf-sparse: %s after stage %s: %s", plan.name, stage.name, metrics)
     train_s = time.perf_counter() - started
     counts = task.parameter_counts(model)
+    # The trained model before its storage conversion: what a torch runtime configuration (bf16, dynamic int8)
+    # would run instead (quantised models are already in their integer form).
+    plain = None
+    if (
+        checkpoint.latency_rounds
+        and getattr(checkpoint, "runtimes", False)
+        and hasattr(task, "runtime_row")
+        and "quantization" not in ctx.state
+        and not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    ):
+        plain = copy.deepcopy(model)
     converted: dict[str, str] = {}
     for method in sorted((METHOD_REGISTRY.get(n) for n in active), key=lambda m: m.sort_key):
         converted.update(method.convert(model, active[method.name], ctx) or {})
@@ -213,6 +227,21 @@ def run_plan(
         logger.info("hf-sparse compress: %s reloaded: %s", plan.name, run["round_trip"])
     if checkpoint.latency_rounds and is_main_process():
         run["latency"] = task.latency(model, checkpoint.latency_rounds)
+    if plain is not None:
+        row = task.runtime_row(plain, checkpoint.latency_rounds)
+        if row is not None:
+            run["runtime"] = row
+            if hasattr(task, "keep_plain"):
+                task.keep_plain(plan.name, plain)
+            logger.info(
+                "hf-sparse compress: %s in %s: %s %.4f, %.2fx the best dense configuration",
+                plan.name,
+                row["runtime"],
+                key,
+                row[key],
+                row["latency"]["ratio_vs_best_dense"],
+            )
+        del plain
     run = task.entry(run, ctx) if hasattr(task, "entry") else run
     if is_main_process():
         # The run is complete: a resumed job reuses it, and its training checkpoints are no longer needed.

@@ -15,7 +15,31 @@ from typing import Any
 
 from ..method import delta_text, is_fraction_metric, metric_cell
 
-__all__ = ["select_model", "pareto_front", "selection_markdown", "recommendation_lines", "metric_drop"]
+__all__ = [
+    "RUNTIME_HOWTO",
+    "select_model",
+    "pareto_front",
+    "selection_markdown",
+    "recommendation_lines",
+    "metric_drop",
+]
+
+
+#: How a model picked in a torch configuration runs (its folder holds float32 weights that load without hf_sparse).
+RUNTIME_HOWTO = {
+    "bf16": "in bf16: `model = {auto}.from_pretrained(folder, dtype=torch.bfloat16)`",
+    "torch-dynamic-int8": (
+        "with torch's dynamic int8 Linear layers: `model = torch.ao.quantization.quantize_dynamic("
+        "{auto}.from_pretrained(folder), {{torch.nn.Linear}}, dtype=torch.qint8)`"
+    ),
+}
+
+
+AUTO_CLASS = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "masked-lm": "AutoModelForMaskedLM",
+}
 
 
 def metric_drop(value: float, dense: float, *, higher_is_better: bool, fraction: bool) -> float:
@@ -73,6 +97,26 @@ def select_model(report: Mapping, selection: Any) -> dict:
     def value(entry: Mapping) -> float:
         return float((entry.get("validation") or {})[vkey]) if decided_on == "validation" else float(entry[key])
 
+    # A run also timed in a torch configuration (``checkpoint.runtimes``) is a second model: the same weights run
+    # as bf16 or with dynamic int8 Linear layers, with its own measured metrics, speed and (float32) size.
+    rows = []
+    for r in runs:
+        rows.append({**r, "checkpoint": r.get("checkpoint", r["name"])})
+        rt = r.get("runtime")
+        if isinstance(rt, Mapping) and rt.get("runtime"):
+            rows.append(
+                {
+                    **rt,
+                    "name": f"{r['name']} ({rt['runtime']})",
+                    "run": r["name"],
+                    "checkpoint": f"{r['name']}-{rt['runtime']}",
+                    "delta_vs_dense": rt[key] - dense[key] if _finite(rt.get(key)) is not None else None,
+                    "disk_ratio_vs_dense": rt["checkpoint_bytes"] / dense["checkpoint_bytes"]
+                    if rt.get("checkpoint_bytes") and dense.get("checkpoint_bytes")
+                    else None,
+                }
+            )
+    runs = rows
     models = []
     bests = set()
     for r in runs:
@@ -100,6 +144,9 @@ def select_model(report: Mapping, selection: Any) -> dict:
         models.append(
             {
                 "name": r["name"],
+                "checkpoint": r["checkpoint"],
+                "runtime": r.get("runtime") if isinstance(r.get("runtime"), str) else None,
+                "run": r.get("run", r["name"]),
                 "drop": drop,
                 "test": _finite(r.get(key)),
                 "test_delta": _finite(r.get("delta_vs_dense")),
@@ -181,22 +228,26 @@ def recommendation_lines(sel: Mapping, report: Mapping, output: str | None = Non
     key = sel["metric"]
     fraction = is_fraction_metric(key)
     by_name = {m["name"]: m for m in sel["models"]}
-    runs = {r["name"]: r for r in report.get("runs") or ()}
     goal = _goal_text(sel, fraction)
     objective = "fastest" if sel["objective"] == "latency" else "smallest"
     if sel["pick"] is not None:
-        m, run = by_name[sel["pick"]], runs.get(sel["pick"], {})
-        where = f" ({output}/{run.get('checkpoint', m['name'])})" if output else ""
+        m = by_name[sel["pick"]]
+        where = f" ({output}/{m.get('checkpoint') or m['name']})" if output else ""
         speed = (
             f"{m['speedup']:.2f}x the best dense configuration ({sel['best_dense']})" if m["speedup"] else "not timed"
         )
         size = (
             f"{100 * m['size_ratio']:.1f}% of the dense checkpoint" if m["size_ratio"] is not None else "size unknown"
         )
-        return [
+        lines = [
             f"Use {m['name']}{where}: the {objective} model within the goal: {goal}.",
             f"  test {metric_cell(m['test'], key)} ({delta_text(m['test_delta'], key)} vs dense), {speed}, {size}.",
         ]
+        if m.get("runtime"):
+            auto = AUTO_CLASS.get(report.get("task") or "text-classification", "AutoModel")
+            how = RUNTIME_HOWTO.get(m["runtime"], "in {runtime}").format(auto=auto, runtime=m["runtime"])
+            lines.append(f"  Run it {how}.")
+        return lines
     lines = [f"No compressed model meets the goal: {goal}. Use the dense model"]
     if sel.get("best_dense"):
         lines[0] += f" in its best dense configuration on this machine ({sel['best_dense']})"

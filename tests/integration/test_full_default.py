@@ -16,20 +16,13 @@ def test_default_compress_job(tmp_path, capsys):
     dense = report["dense"]["test_accuracy"]
     assert dense > report["data"]["test_majority_accuracy"] + 0.15
     runs = {r["name"]: r for r in report["runs"]}
-    assert list(runs) == [
-        "dense-fastest",
-        "student-3layer",
-        "structured-50",
-        "student-3layer-structured-50",
-        "sparse-80",
-    ]
-    assert runs["sparse-80"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert list(runs) == ["student-3layer", "structured-50", "student-3layer-structured-50"]
     # The compressed models must stay useful classifiers; how close they come to dense is reported, not asserted.
     for run in runs.values():
         assert run["test_accuracy"] > report["data"]["test_majority_accuracy"] + 0.05
         assert run["round_trip"]["identical_predictions"] and run["latency"]["ratio_vs_best_dense"] > 0
     sel = report["selection"]
-    assert sel["decided_on"] == "validation" and len(sel["models"]) == 5
+    assert sel["decided_on"] == "validation" and len(sel["models"]) >= 3
     assert (tmp_path / "plots" / "pareto.png").is_file()
     # the output ends by naming the model to use (or the dense model when none is within the goal)
     out = capsys.readouterr().out

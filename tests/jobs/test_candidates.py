@@ -57,7 +57,12 @@ def _document(**extra) -> dict:
                 ],
             },
         ],
-        "checkpoint": {"latency_rounds": 2, "latency_baselines": ["fp32"], "numerics": "fastest"},
+        "checkpoint": {
+            "latency_rounds": 2,
+            "latency_baselines": ["fp32", "torch-dynamic-int8"],
+            "numerics": "fastest",
+            "runtimes": True,
+        },
         **extra,
     }
 
@@ -84,14 +89,25 @@ def test_candidates_run_each_mix_and_the_report_recommends_one(tmp_path, tiny):
     assert 0 <= report["dense"]["validation"]["validation_accuracy"] <= 1
     sel = report["selection"]
     assert sel["decided_on"] == "validation" and sel["objective"] == "size"
-    # every model is within a 99-point budget: the smallest checkpoint is the pick
-    smallest = min(report["runs"], key=lambda r: r["disk_ratio_vs_dense"])["name"]
-    assert sel["pick"] == smallest
-    # every model within 99 points qualifies, unless it is no smaller than the dense checkpoint
+    # every model is within a 99-point budget, unless it is no smaller than the dense checkpoint
     for m in sel["models"]:
         assert m["qualifies"] == (m["size_ratio"] < 1.0), m
         assert m["qualifies"] or m["why_not"].startswith("not smaller than the dense checkpoint")
-    assert smallest in sel["pareto_size"]
+    smallest = min((m for m in sel["models"] if m["qualifies"]), key=lambda m: m["size_ratio"])["name"]
+    assert sel["pick"] == smallest and smallest in sel["pareto_size"]
+    # each run was also timed in the torch configurations (bf16 where native, dynamic int8): the fastest of them,
+    # when faster than float32, is a model of its own with its metrics measured in that configuration
+    rows = [r["runtime"] for r in report["runs"] if "runtime" in r]
+    for row in rows:
+        assert row["runtime"] in ("bf16", "torch-dynamic-int8") and 0 <= row["test_accuracy"] <= 1
+        assert row["configs_s"][row["runtime"]] < row["configs_s"]["fp32"]
+        assert row["latency"]["ratio_vs_best_dense"] > 0 and "validation_accuracy" in row["validation"]
+    assert len(sel["models"]) == 3 + len(rows)
+    pick = next(m for m in sel["models"] if m["name"] == smallest)
+    folder = tmp_path / "out" / pick["checkpoint"]
+    assert (folder / "config.json").is_file()
+    if pick["runtime"]:  # picked in a torch configuration: its float32 weights saved, with how to run them
+        assert json.loads((folder / "hf_sparse_runtime.json").read_text())["runtime"] == pick["runtime"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Which model to use" in md and f"Use {smallest}" in md and "| budget | fastest | smallest |" in md
     assert (tmp_path / "out" / "plots" / "pareto.png").stat().st_size > 1000
