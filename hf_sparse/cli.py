@@ -165,6 +165,13 @@ def _summary_lines(report: dict, output: str) -> list[str]:
             f"{run['name']}: sparsity {100 * run.get('sparsity', 0.0):.1f}%, {values(run)} ({delta}){speed}, saved "
             f"to {output}/{run['checkpoint']}" + (f", pushed to {run['hub_url']}" if run.get("hub_url") else "")
         )
+        rt = run.get("runtime")
+        if isinstance(rt, dict) and rt.get(key) is not None:
+            gap = rt[key] - report["dense"][key]
+            rt_delta = f"{100 * gap:+.2f} points" if points else f"{100 * (rt[key] / report['dense'][key] - 1):+.1f}%"
+            lat = rt.get("latency") or {}
+            rt_speed = f", {lat['ratio_vs_best_dense']:.2f}x the best dense" if lat.get("ratio_vs_best_dense") else ""
+            lines.append(f"  in {rt['runtime']}: {values(rt)} ({rt_delta}){rt_speed}")
     return lines
 
 

@@ -529,11 +529,11 @@ def pareto_figure(
     def se(y: float) -> float:
         return standard_error(y, n_test) if n_test is not None and unit_y else 0.0
 
-    fig = Figure(figsize=(12.0, 4.6), dpi=_DPI)
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(13.0, 4.8), dpi=_DPI)
+    axes = fig.subplots(1, 2, sharey=True, gridspec_kw={"wspace": 0.12})
     panels = (
-        ("speedup", "pareto_speed", f"speed-up vs the best dense configuration ({best_dense or 'fp32'}), batch 1"),
-        ("size_ratio", "front_size", "checkpoint size (fraction of the dense checkpoint)"),
+        ("speedup", "pareto_speed", "speed-up vs the best dense configuration (batch 1)"),
+        ("size_ratio", "front_size", "checkpoint size vs the dense checkpoint"),
     )
     for ax, (xkey, front_key, x_label) in zip(axes, panels):
         pts = [r for r in rows if _finite_number(r.get(xkey))]
@@ -553,7 +553,7 @@ def pareto_figure(
                 zorder=3,
             )
             ax.annotate(
-                _clean(r.get("name"), 32),
+                _clean(_short_label(str(r.get("name"))), 40),
                 (r[xkey], r["y"]),
                 textcoords="offset points",
                 xytext=(6, 5),
@@ -583,7 +583,7 @@ def pareto_figure(
             if dense is not None:
                 ax.plot([1.0], [dense], marker="o", color=_hex(_BASELINE))
             ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        ax.margins(x=0.12)
+        ax.margins(x=0.22)
         ax.grid(color="#dedede", linewidth=0.8, zorder=0)
         ax.set_axisbelow(True)
         ax.spines[["right", "top"]].set_visible(False)
@@ -602,6 +602,14 @@ def pareto_figure(
     if title is not None:
         fig.suptitle(_wrapped_title(title), fontsize=11)
     return fig
+
+
+def _short_label(name: str) -> str:
+    """A point label: a torch configuration suffix shortened (``(torch-dynamic-int8)`` -> ``@int8``)."""
+    for long, short in ((" (torch-dynamic-int8)", " @int8"), (" (bf16)", " @bf16")):
+        if name.endswith(long):
+            return name[: -len(long)] + short
+    return name
 
 
 def _finite_number(value: object) -> bool:

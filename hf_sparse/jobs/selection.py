@@ -203,7 +203,7 @@ def select_model(report: Mapping, selection: Any) -> dict:
         "models": models,
         "pick": pick,
         "closest": closest,
-        "best_dense": next(iter(bests)) if len(bests) == 1 else (", ".join(sorted(bests)) or None),
+        "best_dense": next(iter(bests)) if len(bests) == 1 else (" or ".join(sorted(bests)) or None),
         "pareto_speed": pareto_front(timed),
         "pareto_size": pareto_front(sized),
         "budgets": budgets,
