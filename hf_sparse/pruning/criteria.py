@@ -232,6 +232,7 @@ class ObertCriterion(Criterion):
     Args:
         block: Weights per Fisher block (``PruningConfig.obert_block``).
         damp: Dampening added to the Fisher's diagonal (``obert_damp``).
+        relative_damp: Dampening as a fraction of the mean Fisher diagonal of each layer (``obert_relative_damp``).
         decay: Per-gradient decay of the accumulated Fisher (``fisher_decay``; 1 = a plain mean).
         update: Apply the OBS weight update: True, False, or None for "one-shot pruning only" (``obert_update``).
         reset: Clear the Fisher after each mask update (``fisher_reset``).
@@ -242,10 +243,17 @@ class ObertCriterion(Criterion):
     transient_state = True
 
     def __init__(
-        self, block: int = 32, damp: float = 1e-7, decay: float = 1.0, update: bool | None = None, reset: bool = True
+        self,
+        block: int = 32,
+        damp: float = 1e-7,
+        decay: float = 1.0,
+        update: bool | None = None,
+        reset: bool = True,
+        relative_damp: float | None = None,
     ):
         self.block, self.damp, self.decay, self.update = int(block), float(damp), float(decay), update
         self.reset_after_update = bool(reset)
+        self.relative_damp = relative_damp
 
     def configured(self, config) -> ObertCriterion:
         return ObertCriterion(
@@ -254,6 +262,7 @@ class ObertCriterion(Criterion):
             decay=config.fisher_decay,
             update=config.obert_update,
             reset=config.fisher_reset,
+            relative_damp=config.obert_relative_damp,
         )
 
     def accumulate(self, state, weight, grad):
@@ -269,6 +278,7 @@ class ObertCriterion(Criterion):
             damp=self.damp,
             decay=self.decay,
             keep=weight.detach() != 0,
+            relative_damp=self.relative_damp,
         )
 
     def scores(self, weight, *, state=None, steps=0, name="", seed=0):

@@ -138,8 +138,13 @@ def fisher_inverse(
     decay: float = 1.0,
     keep: torch.Tensor | None = None,
     chunk: int = CHUNK_BLOCKS,
+    relative_damp: float | None = None,
 ) -> torch.Tensor:
     """Inverse of every block's dampened empirical Fisher ``F = damp * I + S / normaliser``.
+
+    With ``relative_damp`` the dampening is that fraction of the mean of the layer's Fisher diagonal over its kept
+    weights (at least ``damp``), so it follows the scale of the gradients, which differs by orders of magnitude
+    between layers, models and the phase of training (as SparseGPT's relative dampening does).
 
     Coordinates that are not kept (``keep`` False: weights pruned before, and the padding of a short last block) are
     decoupled: their rows and columns of ``S`` are zeroed, so ``F⁻¹`` restricted to the kept coordinates is the
@@ -170,6 +175,12 @@ def fisher_inverse(
     # The padding of a short last block is never a real weight: decouple it like a pruned one.
     real = to_blocks(torch.ones(shape, dtype=torch.bool, device=state.device), block)
     kept = real if keep is None else real & _keep_blocks(keep.to(state.device), shape, block)
+    if relative_damp is not None:
+        if not relative_damp > 0:
+            raise ConfigError(f"oBERT relative dampening must be > 0, got {quote(relative_damp)}.")
+        diag = state.diagonal(dim1=1, dim2=2).to(torch.float64) * scale
+        mean = float(diag[kept].mean()) if bool(kept.any()) else 0.0
+        damp = max(damp, relative_damp * mean)
     eye = torch.eye(block, dtype=torch.float64, device=state.device)
     out = torch.empty((nblocks, block, block), dtype=torch.float32, device=state.device)
     for i in range(0, nblocks, chunk):

@@ -56,6 +56,29 @@ def test_block_scores_equal_a_dense_inverse_of_each_block(decay):
     assert scores[1, 2] == 0 and (scores[3, 8:] == 0).all()
 
 
+def test_relative_dampening_follows_the_scale_of_the_gradients():
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(4, 8, generator=g)
+    weight[0, 1] = 0.0  # pruned: not part of the mean diagonal
+    grads = [torch.randn(4, 8, generator=g) * 1e-4 for _ in range(6)]  # a real model's scale: g² ~ 1e-8
+    crit = ObertCriterion(block=4, damp=1e-12, relative_damp=0.05)
+    state = _accumulate(crit, grads)
+    kept = weight != 0
+    mean_diag = torch.stack([gr.double() ** 2 for gr in grads]).mean(0)[kept].mean().item()
+    scores = crit.scores(weight, state=state, steps=len(grads))
+    torch.testing.assert_close(scores, _direct_scores(weight, grads, 4, 0.05 * mean_diag), rtol=1e-4, atol=1e-12)
+    # scaling every gradient scales the Fisher and the dampening alike: the ranking does not change
+    scaled = [x * 1e3 for x in grads]
+    again = crit.scores(weight, state=_accumulate(crit, scaled), steps=len(grads))
+    assert torch.equal(scores.flatten().argsort(), again.flatten().argsort())
+    # an absolute dampening of 1e-7 swamps such a Fisher: the scores are nearly magnitude's
+    absolute = ObertCriterion(block=4, damp=1e-7)
+    ratio = absolute.scores(weight, state=state, steps=len(grads))[kept] / weight[kept] ** 2
+    assert float(ratio.std() / ratio.mean()) < 0.2
+    with pytest.raises(ConfigError, match="obert_relative_damp"):
+        PruningConfig(criterion="obert", obert_relative_damp=0.0)
+
+
 def test_whole_row_block_ranks_as_the_exact_obs_formula_on_a_quadratic():
     g = torch.Generator().manual_seed(1)
     d = 12
