@@ -502,10 +502,11 @@ class ClassificationTask:
         return latency(model, self.dense_model, self.latency_batch, rounds, baselines=self.dense_baselines())
 
     def runtime_row(self, plain, rounds: int) -> dict | None:
-        """The compressed model run in the fastest torch configuration of this machine instead of the format it is
+        """The compressed model run in the fastest dense configuration of this machine instead of the format it is
         stored in: ``plain`` (the trained model before its storage conversion, float32, dense layers) as bf16 (where
-        the CPU has native bf16) and with torch's dynamic int8 Linear layers, each timed interleaved with the dense
-        model's configurations; the fastest of them, when it beats ``plain`` in fp32, is evaluated on the
+        the CPU has native bf16), with torch's dynamic int8 Linear layers and (text classification, where the dense
+        model has that configuration) OpenVINO with int8 weights, each timed interleaved with the dense model's
+        configurations; the fastest of them, when it beats ``plain`` in fp32, is evaluated on the
         validation and test splits in that configuration. None when no configuration is faster than fp32.
 
         Returns:
@@ -526,6 +527,10 @@ class ClassificationTask:
         batch = dict(self.latency_batch)
         baselines = self.dense_baselines()
         calls = {f"candidate:{k}": (lambda i, m=m: m(**batch)) for k, m in variants.items()}
+        compiled = self._openvino_variant(plain, batch) if self.head.name == "text-classification" else None
+        if compiled is not None:
+            prepared = compiled.prepare(batch)
+            calls["candidate:openvino-int8-weights"] = lambda i, f=compiled.fns[0], p=prepared: f(p)
         with torch.inference_mode():
             times = interleave({**calls, **baselines.timed(batch)}, rounds)
         medians = {k: statistics.median(times[k]) for k in calls}
@@ -543,10 +548,14 @@ class ClassificationTask:
             seq=int(first.shape[1]) if first.dim() > 1 else 1,
             threads=torch.get_num_threads(),
         )
-        model = variants[name]
         work = confined_path(self.work, "eval")
-        metrics, _ = self.predict_on(model, self.test_tok, work)
-        val, _ = self.predict_on(model, self.val_tok, work) if len(self.val_tok) else ({}, None)
+        if name == "openvino-int8-weights":
+            metrics = self._compiled_metrics(compiled, self.test_tok)
+            val = self._compiled_metrics(compiled, self.val_tok) if len(self.val_tok) else {}
+        else:
+            model = variants[name]
+            metrics, _ = self.predict_on(model, self.test_tok, work)
+            val, _ = self.predict_on(model, self.val_tok, work) if len(self.val_tok) else ({}, None)
         return {
             "runtime": name,
             **metrics,
@@ -555,6 +564,32 @@ class ClassificationTask:
             "configs_s": {k.removeprefix("candidate:"): v for k, v in medians.items()},
             "checkpoint_bytes": dense_checkpoint_bytes(plain),
         }
+
+    def _openvino_variant(self, plain, batch):
+        """``plain`` converted by OpenVINO with int8 weights (the dense model's ``openvino-int8-weights``
+        configuration, built the same way and checked against ``plain``'s float32 output), or None where OpenVINO
+        is not installed or cannot convert it."""
+        if "openvino-int8-weights" not in self.dense_baselines():
+            return None
+        from ..benchmarking import dense_model_baselines
+        from .training import _stdout_silenced
+
+        with _stdout_silenced():
+            built = dense_model_baselines(plain, batch, include=("fp32", "openvino-int8-weights"))
+        return built.baselines.get("openvino-int8-weights")
+
+    def _compiled_metrics(self, compiled, dataset) -> dict[str, float]:
+        """The task's metrics of an OpenVINO-compiled classifier on a tokenized split, in batches of 32 padded to
+        their longest example."""
+        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+        logits, labels = [], []
+        for i in range(0, len(dataset), 32):
+            rows = dataset[i : i + 32]
+            features = [{c: rows[c][j] for c in columns} for j in range(len(rows["input_ids"]))]
+            padded = self.tokenizer.pad(features, return_tensors="pt")
+            logits.append(np.asarray(compiled.fns[0](compiled.prepare(dict(padded)))))
+            labels.extend(rows["label"])
+        return score(self.head, np.concatenate(logits), np.asarray(labels), self.label_names)
 
     def keep_plain(self, name: str, model) -> None:
         """Keep run ``name``'s float32 model (before its storage conversion) until the job picks its model."""

@@ -282,9 +282,10 @@ class CheckpointSection(BaseConfig):
             encoder ``nn.Linear`` when nothing was pruned) is stored as the option predicted fastest on this
             machine, dense or sparse, so a layer sparse storage does not speed up stays dense in the fastest dtype
             (see ``sparsify_(numerics=...)``); the test metrics are measured after this conversion.
-        runtimes: Also time each compressed model (before its storage conversion) in the torch configurations of
-            this machine — bf16 where the CPU has native bf16, torch's dynamic int8 — interleaved with the dense
-            model's configurations; the fastest, when it beats float32, is evaluated on the validation and test
+        runtimes: Also time each compressed model (before its storage conversion) in the dense configurations of
+            this machine — bf16 where the CPU has native bf16, torch's dynamic int8, and (text classification, with
+            OpenVINO installed and among ``latency_baselines``) OpenVINO with int8 weights — interleaved with the
+            dense model's configurations; the fastest, when it beats float32, is evaluated on the validation and test
             splits in that configuration and becomes a model the report's selection can recommend (saved, when
             picked, as plain float32 weights in ``<output>/<run>-<configuration>/`` with how to run it).
         save_steps: Every this many optimizer steps each fine-tuning writes a Trainer checkpoint (model, optimizer,

@@ -32,6 +32,11 @@ RUNTIME_HOWTO = {
         "with torch's dynamic int8 Linear layers: `model = torch.ao.quantization.quantize_dynamic("
         "{auto}.from_pretrained(folder), {{torch.nn.Linear}}, dtype=torch.qint8)`"
     ),
+    "openvino-int8-weights": (
+        "with OpenVINO and int8 weights, as measured: `hf_sparse.benchmarking.dense_model_baselines({auto}"
+        ".from_pretrained(folder), inputs, include=('fp32', 'openvino-int8-weights'))['openvino-int8-weights']` "
+        "(OpenVINO's PyTorch conversion, every MatMul weight int8 with one scale per output channel)"
+    ),
 }
 
 

@@ -1,4 +1,4 @@
-"""The embedded default job at full scale (about 15 minutes on 2 cores): `make test-full`."""
+"""The embedded default job at full scale (about 13 minutes on 2 cores): `make test-full`."""
 
 import json
 
@@ -16,7 +16,7 @@ def test_default_compress_job(tmp_path, capsys):
     dense = report["dense"]["test_accuracy"]
     assert dense > report["data"]["test_majority_accuracy"] + 0.15
     runs = {r["name"]: r for r in report["runs"]}
-    assert list(runs) == ["student-3layer", "structured-50", "student-3layer-structured-50"]
+    assert list(runs) == ["student-3layer", "student-3layer-structured-50"]
     # The compressed models must stay useful classifiers; how close they come to dense is reported, not asserted.
     for run in runs.values():
         assert run["test_accuracy"] > report["data"]["test_majority_accuracy"] + 0.05

@@ -59,7 +59,7 @@ def _document(**extra) -> dict:
         ],
         "checkpoint": {
             "latency_rounds": 2,
-            "latency_baselines": ["fp32", "torch-dynamic-int8"],
+            "latency_baselines": ["fp32", "torch-dynamic-int8", "openvino-int8-weights"],
             "numerics": "fastest",
             "runtimes": True,
         },
@@ -99,7 +99,8 @@ def test_candidates_run_each_mix_and_the_report_recommends_one(tmp_path, tiny):
     # when faster than float32, is a model of its own with its metrics measured in that configuration
     rows = [r["runtime"] for r in report["runs"] if "runtime" in r]
     for row in rows:
-        assert row["runtime"] in ("bf16", "torch-dynamic-int8") and 0 <= row["test_accuracy"] <= 1
+        assert row["runtime"] in ("bf16", "torch-dynamic-int8", "openvino-int8-weights")
+        assert 0 <= row["test_accuracy"] <= 1
         assert row["configs_s"][row["runtime"]] < row["configs_s"]["fp32"]
         assert row["latency"]["ratio_vs_best_dense"] > 0 and "validation_accuracy" in row["validation"]
     assert len(sel["models"]) == 3 + len(rows)
