@@ -246,6 +246,21 @@ class CandidateSection(BaseConfig):
         check_stage_sequence(self.stages, f"candidate {self.name}: ")
 
 
+#: The recipe sections a flat recipe applies to each run; a staged or candidates recipe has them inside.
+_FLAT_SECTIONS = (
+    "structured",
+    "regularization",
+    "guard",
+    "sensitivity",
+    "distillation",
+    "quantization",
+    "attention",
+    "lowrank",
+    "embeddings",
+    "sparsities",
+)
+
+
 def check_stage_sequence(stages: tuple[StageSection, ...], where: str = "") -> None:
     """The stages of one run in an order that works: unique names, shapes changed only before pruning, one
     quantisation (PTQ only in the last stage), no transform after quantisation started."""
@@ -474,36 +489,14 @@ class Recipe(BaseConfig):
 
     def _no_flat_methods(self, key: str, why: str) -> None:
         """No method section at the recipe's top level (they belong in the stages or candidates)."""
-        for name in (
-            "structured",
-            "regularization",
-            "guard",
-            "sensitivity",
-            "distillation",
-            "quantization",
-            "attention",
-            "lowrank",
-            "embeddings",
-            "sparsities",
-        ):
+        for name in _FLAT_SECTIONS:
             if getattr(self, name) is not None:
                 raise ConfigError(f"{name}: {why}; move {name} into the {key} that use it (or remove {key}).")
         if self.pruning != PruningConfig():
             raise ConfigError(f"pruning: {why}; move pruning into the {key} that prune.")
 
     def _validate_stages(self) -> None:
-        for key in (
-            "structured",
-            "regularization",
-            "guard",
-            "sensitivity",
-            "distillation",
-            "quantization",
-            "attention",
-            "lowrank",
-            "embeddings",
-            "sparsities",
-        ):
+        for key in _FLAT_SECTIONS:
             if getattr(self, key) is not None:
                 raise ConfigError(
                     f"{key}: a recipe with stages runs its methods inside the stages; move {key} into the stage "
