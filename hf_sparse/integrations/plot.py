@@ -552,11 +552,17 @@ def pareto_figure(
                 linestyle="none",
                 zorder=3,
             )
+            # labels of the rightmost points go to their left, so they stay inside the axes
+            xs = [p[xkey] for p in pts] + [1.0]  # the reference (the best dense configuration, the dense size)
+            if xkey == "speedup" and _finite_number(dense_fp32_speedup):
+                xs.append(dense_fp32_speedup)
+            right = r[xkey] > min(xs) + 0.75 * (max(xs) - min(xs))
             ax.annotate(
                 _clean(_short_label(str(r.get("name"))), 40),
                 (r[xkey], r["y"]),
                 textcoords="offset points",
-                xytext=(6, 5),
+                xytext=(-6, 5) if right else (6, 5),
+                ha="right" if right else "left",
                 fontsize=8,
                 color=_TEXT,
                 annotation_clip=False,
