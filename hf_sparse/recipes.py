@@ -228,9 +228,20 @@ class CandidateSection(BaseConfig):
     @classmethod
     def _from_mapping(cls, data, *, path: str):
         if isinstance(data, dict) and "stages" not in data and "config_type" not in data:
+            # One stage's keys written directly: read at the candidate's own place, so a message names the key
+            # where the file has it (``candidates[0].structured...``, not ``candidates[0].stages[0]...``).
+            from .config import _did_you_mean, _key_text
+
+            allowed = sorted({*cls.field_names(), *StageSection.field_names()})
+            unknown = [k for k in data if k not in allowed]
+            if unknown:
+                raise ConfigError(
+                    f"Unknown key '{path}{_key_text(unknown[0])}' for CandidateSection (its own keys or one stage's)"
+                    f"{_did_you_mean(unknown[0], allowed)}. Allowed keys: {allowed}."
+                )
             data = dict(data)
             head = {k: data.pop(k) for k in ("name", "start_from") if k in data}
-            stage = {"name": "train", **data}
+            stage = StageSection._from_mapping({"name": "train", **data}, path=path)
             return super()._from_mapping({**head, "stages": [stage]}, path=path)
         return super()._from_mapping(data, path=path)
 
