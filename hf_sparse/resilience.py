@@ -25,8 +25,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from .errors import CheckpointWriteError, quote
 
 __all__ = [
@@ -36,7 +34,7 @@ __all__ = [
     "atomic_folder",
     "confined_path",
     "remove_stale_partials",
-    "CheckpointMarkerCallback",
+    "CheckpointMarkerCallback",  # noqa: F822  (module __getattr__ builds it on first use)
     "last_complete_checkpoint",
     "is_complete_checkpoint",
 ]
@@ -267,19 +265,36 @@ def remove_incomplete_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-class CheckpointMarkerCallback(TrainerCallback):
-    """Marks each Trainer checkpoint complete once everything, other callbacks' state included, is in it.
+def _checkpoint_marker_callback() -> type:
+    # Built on first use: ``transformers.TrainerCallback`` imports the Trainer stack (peft, bitsandbytes: seconds),
+    # which the path helpers above do not need.
+    from transformers import TrainerCallback
 
-    Add it after every other callback that writes into checkpoints (``on_save`` runs in callback order). Only the
-    process that saves writes the marker.
-    """
+    class CheckpointMarkerCallback(TrainerCallback):
+        """Marks each Trainer checkpoint complete once everything, other callbacks' state included, is in it.
 
-    def on_save(self, args, state, control, **kwargs):
-        if not args.should_save:
-            return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            atomic_write_text(
-                folder / CHECKPOINT_MARKER,
-                json.dumps({"global_step": state.global_step, "complete": True}) + "\n",
-            )
+        Add it after every other callback that writes into checkpoints (``on_save`` runs in callback order). Only the
+        process that saves writes the marker.
+        """
+
+        def on_save(self, args, state, control, **kwargs):
+            if not args.should_save:
+                return
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                atomic_write_text(
+                    folder / CHECKPOINT_MARKER,
+                    json.dumps({"global_step": state.global_step, "complete": True}) + "\n",
+                )
+
+    CheckpointMarkerCallback.__module__ = __name__
+    CheckpointMarkerCallback.__qualname__ = "CheckpointMarkerCallback"
+    return CheckpointMarkerCallback
+
+
+def __getattr__(name: str):
+    if name == "CheckpointMarkerCallback":
+        cls = _checkpoint_marker_callback()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -172,6 +172,36 @@ def test_the_cli_parser_imports_no_torch_and_import_hf_sparse_no_bitsandbytes_or
     assert not any(after_help.values()), after_help
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate", "minilm-rotten-tomatoes"],
+        ["init", "--task", "text-classification", "-o", "{tmp}/starter.yaml"],
+        ["init", "--task", "causal-lm", "-o", "{tmp}/lm.yaml"],
+    ],
+)
+def test_commands_that_train_nothing_do_not_import_the_trainer_stack(tmp_path, argv):
+    import json
+    import subprocess
+    import sys
+
+    # transformers.Trainer imports peft, which imports bitsandbytes: seconds before a command that trains nothing
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    trainer_stack = ("peft", "bitsandbytes", "transformers.trainer_utils", "transformers.trainer")
+    code = (
+        "import json, sys, contextlib, io\n"
+        "from hf_sparse.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    code = main({argv!r})\n"
+        f"print(json.dumps([code, [m for m in {trainer_stack!r} if m in sys.modules]]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0
+    assert imported == []
+
+
 def test_bitsandbytes_kernel_hub_notice_is_dropped_and_its_other_warnings_kept(caplog):
     import logging
 

@@ -7,13 +7,30 @@
 - :class:`CommCounter`: bytes handed to ``torch.distributed`` collectives, counted the same way for every hook.
 - :mod:`~hf_sparse.distributed.sync`: what the compression callbacks use to keep masks, scores and quantisation
   ranges identical on every rank.
+
+The names load on first use: the compression callbacks only need :mod:`~hf_sparse.distributed.sync`, and
+:mod:`~hf_sparse.distributed.callback` imports ``transformers``' Trainer stack (peft, bitsandbytes: seconds).
 """
 
-from .callback import CommHookCallback, build_hook, register_comm_hook, register_hook
-from .config import CommHookConfig
-from .counting import CommCounter
-from .sync import is_distributed, process_rank, world_size
-from .topk import TopKState, allreduce_mean_hook, topk_hook
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "CommHookCallback": ".callback",
+    "build_hook": ".callback",
+    "register_comm_hook": ".callback",
+    "register_hook": ".callback",
+    "CommHookConfig": ".config",
+    "CommCounter": ".counting",
+    "is_distributed": ".sync",
+    "process_rank": ".sync",
+    "world_size": ".sync",
+    "TopKState": ".topk",
+    "allreduce_mean_hook": ".topk",
+    "topk_hook": ".topk",
+}
 
 __all__ = [
     "CommHookCallback",
@@ -29,3 +46,15 @@ __all__ = [
     "topk_hook",
     "world_size",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

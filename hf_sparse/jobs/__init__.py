@@ -1,7 +1,33 @@
 """The jobs: one stage loop (:func:`~hf_sparse.jobs.runner.run_plan`) over the registered methods, run by each task
-(classification, causal LM, recommender) with one fine-tune / resume / save path and one latency harness."""
+(classification, causal LM, recommender) with one fine-tune / resume / save path and one latency harness.
 
-from .plan import RunPlan, Stage, run_name
-from .runner import RECIPE_FILE, RUN_FILE, run_plan
+The names below load on first use, so that reading the task registry (``hf-sparse validate``, ``init``) does not
+import the training stack (``transformers.Trainer`` imports peft and bitsandbytes: seconds)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Stage": ".plan",
+    "RunPlan": ".plan",
+    "run_name": ".plan",
+    "run_plan": ".runner",
+    "RUN_FILE": ".runner",
+    "RECIPE_FILE": ".runner",
+}
 
 __all__ = ["Stage", "RunPlan", "run_name", "run_plan", "RUN_FILE", "RECIPE_FILE"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

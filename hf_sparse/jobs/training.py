@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..resilience import CheckpointMarkerCallback, last_complete_checkpoint, remove_incomplete_checkpoints
+from ..resilience import last_complete_checkpoint, remove_incomplete_checkpoints
 
 __all__ = [
     "training_args",
@@ -87,6 +87,7 @@ def finetune(
     """
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
+    from ..resilience import CheckpointMarkerCallback
     from ..trainer_callbacks import attach_callbacks
 
     work_dir = Path(work_dir)
