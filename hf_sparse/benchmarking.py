@@ -1,4 +1,4 @@
-"""The timing protocol every ``hf-sparse bench`` suite shares (see the README's benchmarking section).
+"""The timing protocol every ``hf-sparse bench`` suite shares (see docs/benchmarks.md).
 
 Correctness is checked by each suite before timing. Then: warm up; interleave ours and every baseline call by call
 for several rounds; report medians and the median, min and max of the per-round ratios (baseline / ours, > 1 means

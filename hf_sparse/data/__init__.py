@@ -1,5 +1,6 @@
-"""Loaders of the real packaged models and data sets (see the README's "Real data" section), and of a user's own data
-(:func:`load_user_data`: files, saved or cached data sets, ``datasets`` objects, checked and normalised per task)."""
+"""Loaders of the real packaged models and data sets (see the README's "Real models and data" section), and of a
+user's own data (:func:`load_user_data`: files, saved or cached data sets, ``datasets`` objects, checked and
+normalised per task)."""
 
 from .long_text import load_long_documents
 from .models import MODEL_ALIASES, hub_id, minilm_l6_path, resolve_model, smollm2_gguf_path, smollm2_path
