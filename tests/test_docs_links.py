@@ -1,6 +1,6 @@
-"""Every relative link of ``README.md`` and ``docs/*.md`` leads somewhere: the file or folder exists, and an
-``#anchor`` is a heading of the target page (GitHub's anchors: lower case, punctuation dropped, spaces as ``-``,
-``-1``, ``-2`` ... for repeated headings)."""
+"""Every relative link of ``README.md``, ``docs/*.md`` and ``examples/README.md`` leads somewhere: the file or folder
+exists, and an ``#anchor`` is a heading of the target page (GitHub's anchors: lower case, punctuation dropped, spaces
+as ``-``, ``-1``, ``-2`` ... for repeated headings)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ FENCE = re.compile(r"^(`{3,})")
 
 
 def doc_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]
 
 
 def _prose(text: str, *, inline_code: bool = False) -> str:

@@ -46,7 +46,9 @@ def test_every_example_is_run_here():
 
 
 def test_every_example_says_what_it_does_and_how_long_it_takes():
+    listed = (EXAMPLES / "README.md").read_text()
     for name in RUNS:
+        assert f"]({name})" in listed, f"{name} is not in the table of examples/README.md"
         text = (EXAMPLES / name).read_text()
         assert text.startswith('"""') and "What it does" in text and "Time on the real" in text, name
         assert "argparse" in text and 'if __name__ == "__main__":' in text, name
