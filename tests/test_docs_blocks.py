@@ -45,12 +45,10 @@ def test_skips_say_why_and_runs_by_others_exist():
         if block.action == "skip":
             assert len(block.note) >= 10, f"{block.where}: a skipped block needs its reason: ci: skip (reason)"
             assert not block.setup, f"{block.where}: a skipped block has no set-up code"
-        if block.run_by is not None:
-            assert (ROOT / block.run_by).is_file(), f"{block.where}: {block.run_by} does not exist"
-            assert (
-                block.where.split(":")[0] in (ROOT / block.run_by).read_text()
-                or block.path.name in (ROOT / block.run_by).read_text()
-            ), f"{block.where}: {block.run_by} does not read {block.path.name}"
+        if block.run_by is not None:  # the named test exists and reads the file the block is in
+            test = ROOT / block.run_by
+            assert test.is_file(), f"{block.where}: {block.run_by} does not exist"
+            assert block.path.name in test.read_text(), f"{block.where}: {block.run_by} does not read it"
 
 
 def test_only_python_and_bash_blocks_are_marked_to_run():
@@ -68,12 +66,8 @@ def block_results(request, tmp_path_factory) -> dict[str, dict]:
     }
     folder = tmp_path_factory.mktemp("doc-blocks")
     write_user_files(folder / "user")
-    spec = [
-        {"where": b.where, "path": str(b.path), "line": b.line, "code": b.code, "setup": b.setup,
-         "setup_line": b.setup_line}
-        for b in RUN_HERE
-        if b.where in chosen
-    ]  # fmt: skip
+    fields = ("where", "line", "code", "setup", "setup_line")
+    spec = [{"path": str(b.path), **{f: getattr(b, f) for f in fields}} for b in RUN_HERE if b.where in chosen]
     (folder / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
