@@ -312,7 +312,11 @@ def check_stage_sequence(stages: tuple[StageSection, ...], where: str = "") -> N
 @register_config("recipe")
 @dataclasses.dataclass(frozen=True)
 class Recipe(BaseConfig):
-    """A compression job: fine-tune the dense baseline, then prune copies of it while fine-tuning further.
+    """A compression job: fine-tune the dense baseline, then compress copies of it and compare them with it.
+
+    Each run is a copy of the fine-tuned dense model (or of the pre-trained one) compressed by one method mix:
+    one per entry of ``sparsities`` (pruning while fine-tuning further, with the other flat sections), one per
+    ``stages`` sequence, or one per ``candidates`` entry; ``selection`` then names the model to use.
 
     Args:
         name: A label for reports.

@@ -176,7 +176,7 @@ class PreparedData:
 
 def _read_splits(recipe, head: TaskHead):
     """(splits, label names, description) of the recipe's data, subsets taken; the packaged data through its own
-    loader (the default job's numbers stay those of its README), any other through ``load_user_data`` (which
+    loader (the default job's published numbers stay reproducible), any other through ``load_user_data`` (which
     raises a DataError naming the file, column and row of a problem: before any training)."""
     data = recipe.data
     limits = {"train": data.train_limit, "validation": data.validation_limit, "test": data.test_limit}

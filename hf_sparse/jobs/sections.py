@@ -88,7 +88,7 @@ class ModelSection(BaseConfig):
 
 
 #: The data set ``data.dataset`` names by default: the packaged Rotten Tomatoes snippets (read by their own loader,
-#: so the default job's numbers stay those of its README).
+#: so the default job's published numbers stay reproducible).
 PACKAGED_DATASET = "rotten_tomatoes"
 #: The roles ``data.columns`` may map (see :func:`hf_sparse.data.load_user_data`).
 COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags", "user", "item", "timestamp")

@@ -10,6 +10,7 @@ same process; size is the checkpoint's bytes against the dense checkpoint's.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,6 +71,27 @@ def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
+def best_dense_configuration(runs: Sequence[Mapping]) -> str | None:
+    """The dense configuration to recommend: the one with the lowest median time over the runs' timings.
+
+    Each run's timing names the fastest dense configuration of its own rounds; when two configurations are within
+    noise of each other, runs can disagree. The median of each configuration's time over every run that timed it
+    decides (ties: the name first in sort order), so the report names one configuration, not "X or Y".
+    """
+    seconds: dict[str, list[float]] = {}
+    for r in runs:
+        lat = r.get("latency") or {}
+        for name, s in (lat.get("dense_baselines_s") or {}).items():
+            if _finite(s) is not None:
+                seconds.setdefault(name, []).append(float(s))
+        if lat.get("best_dense") and lat["best_dense"] not in (lat.get("dense_baselines_s") or {}):
+            best_s = _finite(lat.get("best_dense_s"))  # a timing that names its best without the others
+            seconds.setdefault(lat["best_dense"], []).append(math.inf if best_s is None else float(best_s))
+    if not seconds:
+        return None
+    return min(sorted(seconds), key=lambda n: statistics.median(seconds[n]))
+
+
 def select_model(report: Mapping, selection: Any) -> dict:
     """The models of ``report`` (the dict ``run_compress`` builds) compared and one recommended.
 
@@ -123,12 +145,9 @@ def select_model(report: Mapping, selection: Any) -> dict:
             )
     runs = rows
     models = []
-    bests = set()
     for r in runs:
         lat = r.get("latency") or {}
         speedup = _finite(lat.get("ratio_vs_best_dense"))
-        if lat.get("best_dense"):
-            bests.add(lat["best_dense"])
         size_ratio = _finite(r.get("disk_ratio_vs_dense"))
         drop = metric_drop(value(r), value(dense), higher_is_better=higher, fraction=fraction)
         why = []
@@ -208,7 +227,7 @@ def select_model(report: Mapping, selection: Any) -> dict:
         "models": models,
         "pick": pick,
         "closest": closest,
-        "best_dense": next(iter(bests)) if len(bests) == 1 else (" or ".join(sorted(bests)) or None),
+        "best_dense": best_dense_configuration(runs),
         "pareto_speed": pareto_front(timed),
         "pareto_size": pareto_front(sized),
         "budgets": budgets,

@@ -15,7 +15,13 @@ from hf_sparse.compress import run_compress
 from hf_sparse.errors import ConfigError, RecipeError
 from hf_sparse.jobs.recipe_plan import recipe_plans
 from hf_sparse.jobs.sections import SelectionSection
-from hf_sparse.jobs.selection import metric_drop, pareto_front, recommendation_lines, select_model
+from hf_sparse.jobs.selection import (
+    best_dense_configuration,
+    metric_drop,
+    pareto_front,
+    recommendation_lines,
+    select_model,
+)
 from hf_sparse.recipes import Recipe, dump_recipe, load_recipe
 
 
@@ -162,6 +168,27 @@ def test_selection_decides_on_validation_and_meets_every_target():
     for run in report["runs"]:
         del run["validation"]
     assert select_model(report, SelectionSection(max_drop=0.01))["decided_on"] == "test"
+
+
+def test_one_best_dense_configuration_is_named_when_runs_disagree():
+    def run(ovi8, tdi8):
+        dense = {"fp32": 0.030, "openvino-int8-weights": ovi8, "torch-dynamic-int8": tdi8}
+        return {"latency": {"dense_baselines_s": dense, "best_dense": min(dense, key=dense.get)}}
+
+    # two runs found OpenVINO fastest by a hair, one found torch int8 fastest by a lot: the medians decide
+    runs = [run(0.0115, 0.0116), run(0.0116, 0.0117), run(0.0156, 0.0120)]
+    assert best_dense_configuration(runs) == "openvino-int8-weights"
+    assert best_dense_configuration([run(0.0150, 0.0120), run(0.0116, 0.0117), run(0.0140, 0.0118)]) == (
+        "torch-dynamic-int8"
+    )
+    assert best_dense_configuration([{"name": "untimed"}]) is None
+    report = _report([("a", 0.84, 0.84, 2.0, 0.5)])
+    report["runs"] = [
+        {**report["runs"][0], "name": n, "latency": r["latency"] | {"ratio_vs_best_dense": 2.0}}
+        for n, r in zip("abc", runs)
+    ]
+    sel = select_model(report, SelectionSection())
+    assert sel["best_dense"] == "openvino-int8-weights" and " or " not in recommendation_lines(sel, report)[0]
 
 
 def test_selection_of_a_lower_is_better_metric_is_relative():
