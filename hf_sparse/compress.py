@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from .data import LABEL_NAMES
 from .errors import ConfigError, quote
 from .jobs.cards import card_results
-from .jobs.classification import ClassificationTask, PreparedData, predict_metrics, prepare_data
+from .jobs.classification import PLAIN_FOLDER, ClassificationTask, PreparedData, predict_metrics, prepare_data
 from .jobs.heads import collator, head_for, load_task_model
 from .jobs.recipe_plan import preflight, recipe_plans
 from .jobs.report import render_markdown, write_report
@@ -441,10 +442,10 @@ def _save_runtime_pick(selection: dict, task: ClassificationTask, output_dir: Pa
     pick = next((m for m in selection["models"] if m["name"] == selection["pick"]), None)
     if pick is None or not pick.get("runtime"):
         return
-    model = task.plain_model(pick["run"])
-    if model is None:  # a run reused by --resume: its float32 model is not in memory
+    kept = task.plain_folder(pick["run"])
+    if not (kept / "config.json").is_file():  # a run reused by --resume from a job that did not keep it
         selection["pick_saved"] = False
-        logger.warning("hf-sparse compress: %s was reused by --resume; its float32 weights are not saved", pick["run"])
+        logger.warning("hf-sparse compress: the float32 weights of %s were not kept; they are not saved", pick["run"])
         return
     folder = confined_path(output_dir, pick["checkpoint"])
     how = RUNTIME_HOWTO.get(pick["runtime"], "in {runtime}").format(
@@ -452,7 +453,7 @@ def _save_runtime_pick(selection: dict, task: ClassificationTask, output_dir: Pa
     )
     if is_main_process():
         with atomic_folder(folder) as tmp:
-            model.save_pretrained(tmp)
+            shutil.copytree(kept, tmp, dirs_exist_ok=True)
             task.tokenizer.save_pretrained(tmp)
             (tmp / "hf_sparse_runtime.json").write_text(
                 json.dumps({"run": pick["run"], "runtime": pick["runtime"], "how": how}, indent=2) + "\n"
@@ -474,7 +475,9 @@ def _write_outputs(report: dict, recipe: Recipe, output_dir: Path, work: Path) -
     plots = write_report_plots(report, confined_path(output_dir, "plots"))
     report["plots"] = {name: f"plots/{file}" for name, file in plots.items()}
     write_report(output_dir, report, render_markdown(report), dump_recipe(recipe))
-    # The job is complete: training checkpoints (kept for --resume) and empty log folders go.
+    # The job is complete: training checkpoints and the runs' float32 models (kept for --resume) and empty log
+    # folders go.
+    shutil.rmtree(confined_path(work, PLAIN_FOLDER), ignore_errors=True)
     for folder in work.iterdir() if work.is_dir() else ():
         remove_checkpoints(folder)
     remove_empty_tree(work)

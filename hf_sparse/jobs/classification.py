@@ -347,6 +347,10 @@ def predict(model, dataset, tokenizer, section, work: Path) -> tuple[float, np.n
     return metrics["test_accuracy"], logits
 
 
+#: The folder of the job's Trainer folder that holds the runs' float32 models until the job has picked its model.
+PLAIN_FOLDER = "float32-runs"
+
+
 class ClassificationTask:
     """The recipe's task on its data (see the module docstring).
 
@@ -371,7 +375,6 @@ class ClassificationTask:
         self.default_train = recipe.pruned
         self._teachers: dict[str | None, torch.nn.Module] = {}
         self._dense_baselines = None  # built on the first latency measurement, reused by every run
-        self._plain: dict[str, torch.nn.Module] = {}  # runs' float32 models kept for a torch runtime configuration
         self._started: StartModel | None = None  # the start model of the run in progress (distillation.student_from)
         # One real test example padded to max_length, batch 1: the latency case of every saved model.
         self.latency_batch = latency_batch(self.test_tok, self.tokenizer, recipe.model.max_length)
@@ -592,12 +595,17 @@ class ClassificationTask:
         return score(self.head, np.concatenate(logits), np.asarray(labels), self.label_names)
 
     def keep_plain(self, name: str, model) -> None:
-        """Keep run ``name``'s float32 model (before its storage conversion) until the job picks its model."""
-        self._plain[name] = model
+        """Keep run ``name``'s float32 model (before its storage conversion) until the job picks its model: written
+        to the job's Trainer folder (safetensors), not held in memory, so a job of many candidates holds one model
+        at a time, and a job resumed with ``--resume`` still finds it."""
+        if is_main_process():
+            with atomic_folder(self.plain_folder(name)) as tmp:
+                model.save_pretrained(tmp)
+        barrier()
 
-    def plain_model(self, name: str):
-        """Run ``name``'s kept float32 model, or None (not kept, or a run reused by ``--resume``)."""
-        return self._plain.get(name)
+    def plain_folder(self, name: str) -> Path:
+        """Where :meth:`keep_plain` keeps run ``name``'s float32 model (the folder may not exist)."""
+        return confined_path(self.work, PLAIN_FOLDER, name)
 
     # -- what the methods' job hooks use ---------------------------------------------------------------------------
     def calibration_batches(self, samples: int, seed: int) -> list[dict]:

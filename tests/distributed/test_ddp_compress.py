@@ -14,7 +14,7 @@ pytestmark = pytest.mark.real
 RECIPE = """
 name: ddp-ci
 model: {max_length: 32}
-data: {train_limit: 64, test_limit: 32, seed: 42}
+data: {train_limit: 64, validation_limit: 32, test_limit: 32, seed: 42}
 dense: {max_steps: 2, batch_size: 8, learning_rate: 1e-4, logging_steps: 1}
 pruned: {max_steps: 4, batch_size: 8, learning_rate: 1e-4, logging_steps: 1}
 pruning: {criterion: movement, end_step: 3, update_every: 1}

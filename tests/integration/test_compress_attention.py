@@ -14,7 +14,7 @@ pytestmark = pytest.mark.real
 
 RECIPE = """
 name: ci-window
-data: {train_limit: 64, test_limit: 48, seed: 42}
+data: {train_limit: 64, validation_limit: 48, test_limit: 48, seed: 42}
 dense: {max_steps: 2, batch_size: 32, learning_rate: 1e-4, logging_steps: 1}
 pruned: {max_steps: 2, batch_size: 32, learning_rate: 1e-4, logging_steps: 1}
 pruning: {criterion: magnitude, schedule: oneshot}

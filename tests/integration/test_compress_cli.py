@@ -16,7 +16,7 @@ pytestmark = pytest.mark.real
 
 TINY_RECIPE = """
 name: ci-small
-data: {train_limit: 128, test_limit: 96, seed: 42}
+data: {train_limit: 128, validation_limit: 96, test_limit: 96, seed: 42}
 dense: {max_steps: 4, batch_size: 32, learning_rate: 1e-4, logging_steps: 2}
 pruned: {max_steps: 4, batch_size: 32, learning_rate: 5e-5, logging_steps: 2}
 pruning: {end_step: 2, update_every: 1, embeddings: [word_embeddings]}

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.real
 
 RECIPE = """
 name: ci-distil
-data: {train_limit: 96, test_limit: 64, seed: 42}
+data: {train_limit: 96, validation_limit: 64, test_limit: 64, seed: 42}
 dense: {max_steps: 3, batch_size: 32, learning_rate: 1e-4, logging_steps: 1}
 pruned: {epochs: 2, batch_size: 32, learning_rate: 1e-4, logging_steps: 1}
 save_dense: true

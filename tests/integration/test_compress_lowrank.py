@@ -16,7 +16,7 @@ pytestmark = pytest.mark.real
 
 RECIPE = """
 name: ci-lowrank
-data: {train_limit: 64, test_limit: 48, seed: 42}
+data: {train_limit: 64, validation_limit: 48, test_limit: 48, seed: 42}
 dense: {max_steps: 2, batch_size: 32, learning_rate: 1e-4, logging_steps: 1}
 pruned: {max_steps: 2, batch_size: 32, learning_rate: 1e-4, logging_steps: 1}
 sparsities: [0.0]
@@ -48,7 +48,7 @@ def test_compress_factorises_and_reloads(tmp_path):
 
 GRADUAL = r"""
 name: ci-lowrank-gradual
-data: {train_limit: 64, test_limit: 48, seed: 42}
+data: {train_limit: 64, validation_limit: 48, test_limit: 48, seed: 42}
 dense: {max_steps: 2, batch_size: 32, learning_rate: 1e-4, logging_steps: 1}
 pruned: {max_steps: 4, batch_size: 16, learning_rate: 1e-4, logging_steps: 1}
 sparsities: [0.0]

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.real
 RECIPE = r"""
 name: numerics-ci
 model: {max_length: 32}
-data: {train_limit: 32, test_limit: 16, seed: 42}
+data: {train_limit: 32, validation_limit: 16, test_limit: 16, seed: 42}
 dense: {max_steps: 1, batch_size: 16, learning_rate: 1e-4, logging_steps: 1}
 checkpoint: {save_steps: 0, latency_rounds: 1, numerics: fastest, latency_baselines: [fp32]}
 stages:

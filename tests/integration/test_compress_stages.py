@@ -20,7 +20,7 @@ pytestmark = pytest.mark.real
 RECIPE = r"""
 name: staged-ci
 model: {max_length: 32}
-data: {train_limit: 64, test_limit: 32, seed: 42}
+data: {train_limit: 64, validation_limit: 32, test_limit: 32, seed: 42}
 dense: {max_steps: 2, batch_size: 16, learning_rate: 1e-4, logging_steps: 1}
 checkpoint:  # fixed formats: auto times every layer
   {save_steps: 0, latency_rounds: 1, format: csr, latency_baselines: [fp32, torch-dynamic-int8]}

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.real
 
 COMMON = r"""
 model: {max_length: 32}
-data: {train_limit: 64, test_limit: 32, seed: 42}
+data: {train_limit: 64, validation_limit: 32, test_limit: 32, seed: 42}
 dense: {max_steps: 2, batch_size: 16, learning_rate: 1e-4, logging_steps: 1}
 checkpoint: {save_steps: 0, latency_rounds: 0, format: csr, verify: false}
 """

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.real
 RECIPE = """
 name: ci-resume
 model: {max_length: 32}
-data: {train_limit: 96, test_limit: 32, seed: 42}
+data: {train_limit: 96, validation_limit: 32, test_limit: 32, seed: 42}
 dense: {max_steps: 4, batch_size: 16, learning_rate: 1e-4, logging_steps: 2}
 pruned: {max_steps: 12, batch_size: 8, learning_rate: 1e-4, logging_steps: 2, warmup_fraction: 0.2}
 pruning: {criterion: movement, end_step: 10, update_every: 2}

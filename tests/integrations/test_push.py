@@ -73,7 +73,8 @@ def test_server_error_mid_push_is_clear_leaves_the_folder_intact_and_a_retry_suc
     fault = hub_server.fail_next(status=500, path_contains="/commit/")
     with pytest.raises(
         HubError,
-        match=r"(?s)me/tiny-sparse.*500.*Nothing was uploaded.*Nothing in the local folder was changed.*hf-sparse push",
+        match=r"(?s)me/tiny-sparse.*500.*Nothing was uploaded.*Nothing in the local folder was changed"
+        r".*hf-sparse push",
     ):
         push_to_hub(folder, "me/tiny-sparse", refresh_card=False)
     assert fault.hits == 1

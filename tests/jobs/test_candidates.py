@@ -8,6 +8,7 @@ import json
 import random
 
 import pytest
+import torch
 import yaml
 from test_user_tasks import _review, _save_tiny_bert
 
@@ -115,6 +116,7 @@ def test_candidates_run_each_mix_and_the_report_recommends_one(tmp_path, tiny):
     assert (folder / "config.json").is_file()
     if pick["runtime"]:  # picked in a torch configuration: its float32 weights saved, with how to run them
         assert json.loads((folder / "hf_sparse_runtime.json").read_text())["runtime"] == pick["runtime"]
+    assert not (tmp_path / "out" / "trainer" / "float32-runs").exists()  # the kept float32 models are gone
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Which model to use" in md and f"Use {smallest}" in md and "| budget | fastest | smallest |" in md
     assert (tmp_path / "out" / "plots" / "pareto.png").stat().st_size > 1000
@@ -138,6 +140,32 @@ def _report(runs, dense_val=0.85, metric="test_accuracy", higher=True):
             for name, test, val, speed, size in runs
         ],
     }
+
+
+def test_a_runtime_pick_is_saved_from_the_kept_float32_model_and_refused_when_none_was_kept(tmp_path, tiny, caplog):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_sparse.compress import _save_runtime_pick
+    from hf_sparse.jobs.classification import ClassificationTask
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny / "bert", num_labels=2)
+    task = ClassificationTask.__new__(ClassificationTask)  # only what saving the pick reads
+    task.work, task.tokenizer = tmp_path / "out" / "trainer", AutoTokenizer.from_pretrained(tiny / "bert")
+    task.head = type("Head", (), {"name": "text-classification"})()
+    task.keep_plain("student", model)
+    assert (task.plain_folder("student") / "config.json").is_file()
+    pick = {"name": "student (torch-dynamic-int8)", "run": "student", "runtime": "torch-dynamic-int8"}
+    selection = {"pick": pick["name"], "models": [{**pick, "checkpoint": "student-torch-dynamic-int8"}]}
+    _save_runtime_pick(selection, task, tmp_path / "out")
+    folder = tmp_path / "out" / "student-torch-dynamic-int8"
+    assert selection["pick_saved"] and json.loads((folder / "hf_sparse_runtime.json").read_text())["run"] == "student"
+    again = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert (folder / "tokenizer_config.json").is_file()
+    # a run whose float32 model was never kept (reused from an older job): said, not saved
+    selection = {"pick": "other (bf16)", "models": [{"name": "other (bf16)", "run": "other", "runtime": "bf16"}]}
+    _save_runtime_pick(selection, task, tmp_path / "out")
+    assert selection["pick_saved"] is False and "were not kept" in caplog.text
 
 
 def test_selection_decides_on_validation_and_meets_every_target():
