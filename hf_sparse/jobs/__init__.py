@@ -6,8 +6,7 @@ import the training stack (``transformers.Trainer`` imports peft and bitsandbyte
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _LAZY = {
     "Stage": ".plan",
@@ -21,13 +20,4 @@ _LAZY = {
 __all__ = ["Stage", "RunPlan", "run_name", "run_plan", "RUN_FILE", "RECIPE_FILE"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

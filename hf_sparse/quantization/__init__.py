@@ -13,6 +13,7 @@ Typical use::
     quantize_(model, QuantizationConfig(activation="static"), calibration_batches)   # PTQ
 """
 
+from .._lazy import lazy_exports
 from ..formats.schemes import QuantScheme, dequantize, fake_quantize, qparams_from_range, qrange, quantize
 from ..nn.observers import Observer
 from .config import DEFAULT_ACTIVATION, QuantizationConfig
@@ -37,22 +38,16 @@ __all__ = [
 ]
 
 _LAZY = {
-    "prepare_qat_": "apply",
-    "convert_": "apply",
-    "quantize_": "apply",
-    "calibrate_": "apply",
-    "set_weight_bits": "apply",
-    "quantization_report": "apply",
-    "choose_bits": "sensitivity",
+    "prepare_qat_": ".apply",
+    "convert_": ".apply",
+    "quantize_": ".apply",
+    "calibrate_": ".apply",
+    "set_weight_bits": ".apply",
+    "quantization_report": ".apply",
+    "choose_bits": ".sensitivity",
 }
 
 
-def __getattr__(name: str):
-    # The model transforms import the nn modules and the ops: loaded on first use, so that reading a recipe's
-    # quantisation section (the config and the schemes) stays cheap.
-    if name in _LAZY:
-        import importlib
-
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The model transforms import the nn modules and the ops: loaded on first use, so that reading a recipe's
+# quantisation section (the config and the schemes) stays cheap.
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
