@@ -14,7 +14,7 @@ The names load on first use: the compression callbacks only need :mod:`~hf_spars
 
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from .._import_hooks import lazy_attributes
 
 _LAZY = {
     "CommHookCallback": ".callback",
@@ -47,4 +47,8 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

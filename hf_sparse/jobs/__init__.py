@@ -6,7 +6,7 @@ import the training stack (``transformers.Trainer`` imports peft and bitsandbyte
 
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from .._import_hooks import lazy_attributes
 
 _LAZY = {
     "Stage": ".plan",
@@ -20,4 +20,8 @@ _LAZY = {
 __all__ = ["Stage", "RunPlan", "run_name", "run_plan", "RUN_FILE", "RECIPE_FILE"]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

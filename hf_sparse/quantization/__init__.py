@@ -13,7 +13,7 @@ Typical use::
     quantize_(model, QuantizationConfig(activation="static"), calibration_batches)   # PTQ
 """
 
-from .._lazy import lazy_exports
+from .._import_hooks import lazy_attributes
 from ..formats.schemes import QuantScheme, dequantize, fake_quantize, qparams_from_range, qrange, quantize
 from ..nn.observers import Observer
 from .config import DEFAULT_ACTIVATION, QuantizationConfig
@@ -50,4 +50,8 @@ _LAZY = {
 
 # The model transforms import the nn modules and the ops: loaded on first use, so that reading a recipe's
 # quantisation section (the config and the schemes) stays cheap.
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
