@@ -93,6 +93,7 @@ _LAZY: dict[str, str] = {
     # methods and their one entry point
     "apply_": ".apply",
     "load_user_data": ".data",
+    "load_runtime": ".runtimes",
     "Method": ".method",
     "register_method": ".method",
     "METHODS": ".apply:METHODS",  # through apply: its import registers the built-in methods

@@ -438,6 +438,7 @@ def _save_runtime_pick(selection: dict, task: ClassificationTask, output_dir: Pa
     """When the recommended model is a run in a torch configuration (``checkpoint.runtimes``), save its float32
     weights (they load without hf_sparse) as ``<output>/<run>-<configuration>/`` with how to run them."""
     from .jobs.selection import AUTO_CLASS, RUNTIME_HOWTO
+    from .runtimes import RUNTIME_FILE
 
     pick = next((m for m in selection["models"] if m["name"] == selection["pick"]), None)
     if pick is None or not pick.get("runtime"):
@@ -455,9 +456,8 @@ def _save_runtime_pick(selection: dict, task: ClassificationTask, output_dir: Pa
         with atomic_folder(folder) as tmp:
             shutil.copytree(kept, tmp, dirs_exist_ok=True)
             task.tokenizer.save_pretrained(tmp)
-            (tmp / "hf_sparse_runtime.json").write_text(
-                json.dumps({"run": pick["run"], "runtime": pick["runtime"], "how": how}, indent=2) + "\n"
-            )
+            meta = {"run": pick["run"], "runtime": pick["runtime"], "task": task.head.name, "how": how}
+            (tmp / RUNTIME_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     barrier()
     selection["pick_saved"] = True
 

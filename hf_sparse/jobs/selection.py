@@ -34,9 +34,9 @@ RUNTIME_HOWTO = {
         "{auto}.from_pretrained(folder), {{torch.nn.Linear}}, dtype=torch.qint8)`"
     ),
     "openvino-int8-weights": (
-        "with OpenVINO and int8 weights, as measured: `hf_sparse.benchmarking.dense_model_baselines({auto}"
-        ".from_pretrained(folder), inputs, include=('fp32', 'openvino-int8-weights'))['openvino-int8-weights']` "
-        "(OpenVINO's PyTorch conversion, every MatMul weight int8 with one scale per output channel)"
+        "with OpenVINO and int8 weights (every MatMul weight int8, one scale per output channel), built as measured: "
+        "`model = hf_sparse.load_runtime(folder)` (needs `pip install 'hf-sparse[bench]'`), then "
+        "`model(**tokenizer(texts, return_tensors='pt', padding=True)).logits`"
     ),
 }
 

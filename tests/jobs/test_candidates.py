@@ -116,6 +116,12 @@ def test_candidates_run_each_mix_and_the_report_recommends_one(tmp_path, tiny):
     assert (folder / "config.json").is_file()
     if pick["runtime"]:  # picked in a torch configuration: its float32 weights saved, with how to run them
         assert json.loads((folder / "hf_sparse_runtime.json").read_text())["runtime"] == pick["runtime"]
+        from transformers import AutoTokenizer
+
+        from hf_sparse import load_runtime  # and it loads in that configuration
+
+        inputs = AutoTokenizer.from_pretrained(folder)(["the movie was great"], return_tensors="pt")
+        assert load_runtime(folder)(**inputs).logits.shape[0] == 1
     assert not (tmp_path / "out" / "trainer" / "float32-runs").exists()  # the kept float32 models are gone
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Which model to use" in md and f"Use {smallest}" in md and "| budget | fastest | smallest |" in md
