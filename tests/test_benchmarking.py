@@ -258,3 +258,37 @@ def test_baseline_errors_are_relative_for_large_outputs_and_absolute_near_zero()
     big = torch.full((4, 8), 10.0)
     assert _relative_error(big * 1.01, big) == pytest.approx(0.01, rel=1e-4)
     assert _relative_error(-big, big) == pytest.approx(2.0)  # a broken baseline stays far outside
+
+
+def test_interleave_in_blocks_times_the_last_call_of_each_block_and_counts_every_call(monkeypatch):
+    import hf_sparse.benchmarking as bm
+
+    clock = [0.0]
+    order = []
+
+    def call(name):
+        def fn(i):
+            order.append((name, i))
+            clock[0] += 1 + i  # a call's "duration" is its index + 1: the timed one is known
+
+        return fn
+
+    monkeypatch.setattr(bm.time, "perf_counter", lambda: clock[0])
+    times = bm.interleave({"a": call("a"), "b": call("b")}, rounds=2, warmup=1, block=2)
+    # warm-up, then per round each call twice in a row (A A B B), the index counting every call of that name
+    assert order == [
+        ("a", 0),
+        ("b", 0),
+        ("a", 0),
+        ("a", 1),
+        ("b", 0),
+        ("b", 1),
+        ("a", 2),
+        ("a", 3),
+        ("b", 2),
+        ("b", 3),
+    ]
+    assert times == {"a": [2.0, 4.0], "b": [2.0, 4.0]}  # only the second of each pair was timed
+    assert bm.interleave({"a": call("a")}, rounds=1, warmup=0) == {"a": [1.0]}  # block 1: every call timed
+    with pytest.raises(ValueError, match="block must be >= 1"):
+        bm.interleave({"a": call("a")}, rounds=1, block=0)

@@ -517,7 +517,7 @@ class ClassificationTask:
             the test metrics, ``validation``, ``configs_s`` (every configuration's median) and ``checkpoint_bytes``
             (the float32 weights a user would load before converting).
         """
-        from ..benchmarking import _native_bf16, dynamic_int8, interleave
+        from ..benchmarking import MODEL_BLOCK, _native_bf16, dynamic_int8, interleave
         from .training import dense_checkpoint_bytes, latency_record
 
         plain.eval()
@@ -535,7 +535,7 @@ class ClassificationTask:
             prepared = compiled.prepare(batch)
             calls["candidate:openvino-int8-weights"] = lambda i, f=compiled.fns[0], p=prepared: f(p)
         with torch.inference_mode():
-            times = interleave({**calls, **baselines.timed(batch)}, rounds)
+            times = interleave({**calls, **baselines.timed(batch)}, rounds, block=MODEL_BLOCK)
         medians = {k: statistics.median(times[k]) for k in calls}
         fastest = min(medians, key=medians.get)
         if fastest == "candidate:fp32":
@@ -547,6 +547,7 @@ class ClassificationTask:
         record = latency_record(
             own,
             baselines,
+            block=MODEL_BLOCK,
             batch=int(first.shape[0]),
             seq=int(first.shape[1]) if first.dim() > 1 else 1,
             threads=torch.get_num_threads(),

@@ -225,6 +225,7 @@ def latency(model, dense_model, batch, rounds: int, *, baselines=None) -> dict:
         baselines: What :func:`dense_baselines` built for ``dense_model`` on ``batch`` (a job builds them once).
 
     Returns:
+        ``block`` (calls per configuration per round, the last timed: :data:`~hf_sparse.benchmarking.MODEL_BLOCK`),
         ``batch``, ``seq``, ``threads``, ``rounds``, ``ours_s`` (seconds, median); the comparison with the best dense
         configuration (:func:`hf_sparse.benchmarking.add_dense_comparison`): ``dense_baselines_s`` (name -> median
         seconds), ``best_dense`` (the fastest one's name), ``best_dense_s``, ``ratio_vs_best_dense`` and
@@ -234,7 +235,7 @@ def latency(model, dense_model, batch, rounds: int, *, baselines=None) -> dict:
         ``speedup``, ``speedup_min`` and ``speedup_max`` are against **fp32** only (the fields of earlier reports,
         kept with that meaning).
     """
-    from ..benchmarking import interleave
+    from ..benchmarking import MODEL_BLOCK, interleave
 
     batch = dict(batch)
     if baselines is None:
@@ -242,11 +243,12 @@ def latency(model, dense_model, batch, rounds: int, *, baselines=None) -> dict:
     model.eval()
     calls = {"ours": lambda i: model(**batch), **baselines.timed(batch)}
     with torch.inference_mode():
-        times = interleave(calls, rounds)
+        times = interleave(calls, rounds, block=MODEL_BLOCK)
     first = next(iter(batch.values()))
     return latency_record(
         times,
         baselines,
+        block=MODEL_BLOCK,
         batch=int(first.shape[0]),
         seq=int(first.shape[1]) if first.dim() > 1 else 1,
         threads=torch.get_num_threads(),
