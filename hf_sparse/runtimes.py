@@ -12,6 +12,7 @@ measured::
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,9 @@ def _openvino(folder: Path, model) -> OpenVINOModel:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{quote(str(folder))}: cannot read the saved tokenizer: {quote(str(exc))}") from None
-    example = dict(tokenizer(["an example sentence to convert the model with"], return_tensors="pt"))
+    accepted = inspect.signature(model.forward).parameters
+    encoded = tokenizer(["an example sentence to convert the model with"], return_tensors="pt")
+    example = {k: v for k, v in encoded.items() if k in accepted}  # e.g. no token_type_ids for DistilBERT
     built = dense_model_baselines(model, example, include=("fp32", "openvino-int8-weights"))
     baseline = built.baselines.get("openvino-int8-weights")
     if baseline is None:

@@ -93,3 +93,24 @@ def test_openvino_is_refused_for_a_task_it_was_never_measured_on(tmp_path):
     (folder / RUNTIME_FILE).write_text(json.dumps({"runtime": "torch-dynamic-int8", "task": "token-classification"}))
     model = load_runtime(folder)
     assert model(**_inputs(folder)).logits.shape[:2] == _inputs(folder)["input_ids"].shape
+
+
+@pytest.mark.parametrize("runtime", ["torch-dynamic-int8", "openvino-int8-weights"])
+def test_another_encoder_family_loads_too(tmp_path, runtime):
+    # DistilBERT takes no token_type_ids, which the saved (BERT) tokenizer returns: the conversion uses what the
+    # model's forward accepts
+    if runtime == "openvino-int8-weights":
+        pytest.importorskip("openvino")
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    source = _save_tiny_bert(tmp_path / "bert")
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)
+    DistilBertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
+    folder = _pick(tmp_path, source, runtime)
+    inputs = _inputs(folder)
+    inputs.pop("token_type_ids")
+    with torch.inference_mode():
+        ref = DistilBertForSequenceClassification.from_pretrained(folder).eval()(**inputs).logits
+        out = load_runtime(folder)(**inputs).logits
+    assert ((out - ref).norm() / ref.norm()).item() < MODEL_TOLERANCES[runtime]
