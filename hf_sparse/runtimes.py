@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, HfSparseError, MissingPackageError, quote
+from .jobs.selection import AUTO_CLASS
 
 __all__ = ["RUNTIME_FILE", "RUNTIMES", "RuntimeLoadError", "OpenVINOModel", "load_runtime"]
 
@@ -28,13 +29,6 @@ RUNTIME_FILE = "hf_sparse_runtime.json"
 
 #: The configurations a job can recommend a model in.
 RUNTIMES = ("bf16", "torch-dynamic-int8", "openvino-int8-weights")
-
-#: Task -> the transformers auto class that loads its saved weights.
-_AUTO = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "masked-lm": "AutoModelForMaskedLM",
-}
 
 
 class RuntimeLoadError(HfSparseError, ValueError):
@@ -102,13 +96,13 @@ def load_runtime(folder: str | Path) -> Any:
     where = quote(str(folder / RUNTIME_FILE))
     if runtime not in RUNTIMES:
         raise RuntimeLoadError(f"{where}: unknown configuration {quote(runtime)}; known: {', '.join(RUNTIMES)}.")
-    if task not in _AUTO:
-        raise RuntimeLoadError(f"{where}: unknown task {quote(task)}; known: {', '.join(_AUTO)}.")
+    if task not in AUTO_CLASS:
+        raise RuntimeLoadError(f"{where}: unknown task {quote(task)}; known: {', '.join(AUTO_CLASS)}.")
     if runtime == "openvino-int8-weights" and task != "text-classification":
         raise RuntimeLoadError(
             f"{where}: OpenVINO is only measured and loaded for text classification, not {quote(task)}."
         )
-    auto = getattr(transformers, _AUTO[task])
+    auto = getattr(transformers, AUTO_CLASS[task])
     if runtime == "bf16":
         return auto.from_pretrained(folder, dtype=torch.bfloat16).eval()
     model = auto.from_pretrained(folder).eval()
