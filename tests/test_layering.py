@@ -30,7 +30,7 @@ ROOT = Path(hf_sparse.__file__).resolve().parent
 #:   callbacks, distributed training, and ``apply_``.
 #: 5 integrations: transformers (quantizer, attention registration), the Hub, peft, plots.
 #: 6 jobs: recipes and the runs they describe (compression jobs, language-model and recommender jobs, reports,
-#:   sweeps) and the test helpers.
+#:   sweeps, loading the model a job recommends) and the test helpers.
 #: 7 the package's own ``__init__``; 8 the command line.
 LAYERS: dict[str, int] = {
     "errors": 0,
@@ -67,6 +67,7 @@ LAYERS: dict[str, int] = {
     "recsys": 6,
     "report": 6,
     "sweep": 6,
+    "runtimes": 6,
     "testing": 6,
     "": 7,
     "cli": 8,
