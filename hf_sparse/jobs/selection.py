@@ -272,13 +272,21 @@ def recommendation_lines(sel: Mapping, report: Mapping, output: str | None = Non
             how = RUNTIME_HOWTO.get(m["runtime"], "in {runtime}").format(auto=auto, runtime=m["runtime"])
             lines.append(f"  Run it {how}.")
         return lines
-    lines = [f"No compressed model meets the goal: {goal}. Use the dense model"]
+    # The goal also asks the objective of the pick: a model within the accuracy budget that is not faster
+    # (smaller) than the dense model is no reason to use it.
+    wants = "faster than the best dense configuration" if sel["objective"] == "latency" else "smaller than dense"
+    lines = [f"No compressed model meets the goal: {goal}, {wants}. Use the dense model"]
     if sel.get("best_dense"):
         lines[0] += f" in its best dense configuration on this machine ({sel['best_dense']})"
     lines[0] += "."
     if sel.get("closest"):
         m = by_name[sel["closest"]]
         lines.append(f"  Closest: {m['name']} ({m['why_not']}).")
+    if sel["objective"] == "latency" and sel["models"] and all(m["speedup"] is None for m in sel["models"]):
+        lines.append(
+            "  No model was timed (checkpoint.latency_rounds is 0), so none can be picked for speed: time them, or "
+            "pick for size (selection.objective: size)."
+        )
     return lines
 
 

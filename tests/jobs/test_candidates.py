@@ -232,6 +232,23 @@ def test_selection_of_a_lower_is_better_metric_is_relative():
     assert metric_drop(11.0, 10.0, higher_is_better=False, fraction=False) == pytest.approx(0.1)
 
 
+def test_a_better_but_untimed_model_is_not_reported_as_failing_the_accuracy_goal():
+    # perplexity 30% lower than dense (better), but the job timed nothing (checkpoint.latency_rounds: 0)
+    report = _report([("pruned", 7.0, 7.0, None, 1.0)], dense_val=10.0, metric="test_perplexity", higher=False)
+    sel = select_model(report, SelectionSection())
+    assert sel["pick"] is None and sel["models"][0]["why_not"] == "not timed"
+    lines = recommendation_lines(sel, report)
+    assert "below the dense model on the validation split, faster than the best dense configuration" in lines[0]
+    assert lines[1] == "  Closest: pruned (not timed)."
+    assert "No model was timed (checkpoint.latency_rounds is 0)" in lines[2]
+    # a timed job whose models are all slower says why, without the untimed line
+    slow = _report([("pruned", 7.0, 7.0, 0.8, 1.0)], dense_val=10.0, metric="test_perplexity", higher=False)
+    lines = recommendation_lines(select_model(slow, SelectionSection()), slow)
+    assert "not faster than the best dense configuration (0.80x)" in lines[1] and len(lines) == 2
+    size = recommendation_lines(select_model(report, SelectionSection(objective="size")), report)
+    assert "validation split, smaller than dense. Use the dense model" in size[0]
+
+
 def test_pareto_front_keeps_only_undominated_points():
     pts = [("a", 0.9, 3.0), ("b", 0.8, 1.0), ("c", 0.7, 2.0), ("d", 0.9, 3.0)]
     assert pareto_front(pts) == ["b", "a", "d"]  # c is worse and costlier than b; equal points both stay
