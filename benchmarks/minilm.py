@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 from hf_sparse.benchmarking import (
+    MODEL_BLOCK,
     DenseBaselines,
     add_dense_comparison,
     dense_model_baselines,
@@ -97,7 +98,7 @@ def run_case(
 
     calls: dict[str, Callable[[int], object]] = {"ours": lambda i: sparse(**batch), **baselines.timed(batch)}
     with torch.inference_mode():
-        times = interleave(calls, rounds)
+        times = interleave(calls, rounds, block=MODEL_BLOCK)
     ours_s, medians, speedup = summarize(times)
     formats = Counter(d.choice.chosen if mode == "fastest" else d.choice.format for d in decisions.values())
     n = batch["input_ids"].shape[0]
@@ -112,6 +113,7 @@ def run_case(
             "threads": threads,
             "formats": dict(formats),
             "mode": mode,
+            "block": MODEL_BLOCK,
             "rel_err_vs_pruned_fp32": rel,
         },
         "ours_s": ours_s,
@@ -139,7 +141,7 @@ def checkpoint_case(path: str, batch, *, threads: int, rounds: int, baselines: D
     encoder = getattr(model, model.base_model_prefix, model)  # the encoder, as the dense baselines time it
     calls: dict[str, Callable[[int], object]] = {"ours": lambda i: encoder(**batch), **baselines.timed(batch)}
     with torch.inference_mode():
-        times = interleave(calls, rounds)
+        times = interleave(calls, rounds, block=MODEL_BLOCK)
     ours_s, medians, speedup = summarize(times)
     formats = Counter(
         getattr(m, "format", "dense")
@@ -157,6 +159,7 @@ def checkpoint_case(path: str, batch, *, threads: int, rounds: int, baselines: D
             "threads": threads,
             "formats": dict(formats),
             "mode": "checkpoint",
+            "block": MODEL_BLOCK,
         },
         "ours_s": ours_s,
         "baselines_s": medians,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from hf_sparse.benchmarking import dynamic_int8, interleave, summarize
+from hf_sparse.benchmarking import MODEL_BLOCK, dynamic_int8, interleave, summarize
 
 SUITE = "quant"
 SPARSITIES = [0.8, 0.9]
@@ -130,7 +130,7 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
                 model = sparse_models[s]
                 calls = _calls(model, dense, ours_dense, torch_int8, session, batch, feeds)
                 with torch.inference_mode():
-                    times = interleave(calls, rounds)
+                    times = interleave(calls, rounds, block=MODEL_BLOCK)
                 ours_s, baselines, speedup = summarize(times)
                 case = {
                     "name": f"minilm-l6 batch={b} seq={SEQ} {round(s * 100)}% pruned int8 t={threads}",
@@ -141,6 +141,7 @@ def run(quick: bool = False, threads: int = 1, rounds: int | None = None, progre
                         "sparsity": s,
                         "dtype": "int8",
                         "threads": threads,
+                        "block": MODEL_BLOCK,
                     },
                     "ours_s": ours_s,
                     "baselines_s": baselines,

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 
 from hf_sparse.benchmarking import (
+    MODEL_BLOCK,
     add_dense_comparison,
     cold_bytes,
     dense_linear_baselines,
@@ -187,7 +188,7 @@ def run_case(
             csr_w = [w.to_sparse_csr() for _ in range(_copies(n_bytes, cold))]
             calls["torch_csr"] = lambda i: (csr_w[i % len(csr_w)] @ x.t()).t()
         with torch.inference_mode():
-            times = interleave(calls, rounds)
+            times = interleave(calls, rounds, block=MODEL_BLOCK)
     ours_s, baselines, speedup = summarize(times)
     nnz = int(keep.sum())
     suffix = {"float32": "", "int8": "-int8", "int8-dynamic": "-int8-dynamic"}[dtype]
@@ -204,6 +205,7 @@ def run_case(
             "dtype": dtype,
             "threads": threads,
             "cold": cold,
+            "block": MODEL_BLOCK,
         },
         "ours_s": ours_s,
         "baselines_s": baselines,

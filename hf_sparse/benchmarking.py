@@ -1,8 +1,10 @@
 """The timing protocol every ``hf-sparse bench`` suite shares (see docs/benchmarks.md).
 
-Correctness is checked by each suite before timing. Then: warm up; interleave ours and every baseline call by call
-for several rounds; report medians and the median, min and max of the per-round ratios (baseline / ours, > 1 means
-ours is faster). Limits (sgemm GFLOP/s and streaming-read GB/s) are measured in the same process.
+Correctness is checked by each suite before timing. Then: warm up; interleave ours and every baseline round by
+round, each called once per round (or :data:`MODEL_BLOCK` times back to back, the last timed, where runtimes with
+worker threads of their own take part) for several rounds; report medians and the median, min and max of the
+per-round ratios (baseline / ours, > 1 means ours is faster). Limits (sgemm GFLOP/s and streaming-read GB/s) are
+measured in the same process.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def measure_limits(threads: int) -> dict:
 #: timed): the calls before it absorb the cost of switching from the previous configuration. Measured on an AMD EPYC
 #: Zen 4 with 2 threads, batch 1 x 128 tokens of MiniLM-L6: OpenVINO called right after a torch call (whose OpenMP
 #: workers still spin) ran 11.7 ms against 8.2 ms alone, a 3-layer student 6.9 ms against 3.5 ms; the second of two
-#: consecutive calls ran 8.3 ms and 4.1 ms, and torch's configurations 4-10% faster than their first calls.
+#: consecutive calls ran 8.3 ms and 4.1 ms, and torch's configurations 4-10% faster than their first calls. The
+#: ``hf-sparse bench`` suites that time such runtimes (``minilm``, ``spmm``, ``quant``) use it too; their records
+#: carry it as ``params.block`` (records without it alternated call by call).
 MODEL_BLOCK = 2
 
 

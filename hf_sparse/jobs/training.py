@@ -218,7 +218,8 @@ def latency_record(times: dict[str, list[float]], baselines, **fields) -> dict:
 
 def latency(model, dense_model, batch, rounds: int, *, baselines=None) -> dict:
     """Median forward time of ``model`` and of every dense configuration of this machine on ``batch`` (a dict of
-    input tensors), interleaved call by call in this process (ours, fp32, bf16, ... in turn, each round).
+    input tensors), interleaved in this process (ours, fp32, bf16, ... in turn, each round, each called
+    :data:`~hf_sparse.benchmarking.MODEL_BLOCK` times with the last timed).
 
     Args:
         dense_model: The fp32 dense model (used to build ``baselines`` when none are given).

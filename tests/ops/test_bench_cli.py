@@ -27,6 +27,7 @@ def test_bench_spmm_quick_writes_the_documented_json(tmp_path, capsys):
         "dtype": "float32",
         "threads": 1,
         "cold": True,
+        "block": 2,
     }
     assert "fp32" in case["dense_baselines_s"] and "torch_csr" in case["baselines_s"]
     assert set(case["baselines_s"]) == set(case["dense_baselines_s"]) | {"torch_csr"}
@@ -113,6 +114,7 @@ def test_bench_minilm_quick_on_the_real_model(tmp_path):
         ("checkpoint", None),
     ]
     assert {c["params"]["batch"] for c in record["cases"]} == {2}
+    assert {c["params"]["block"] for c in record["cases"]} == {2}  # each model called twice per round
     assert record["cases"][-1]["params"]["formats"] == {"qbsr": 36, "dense": 1}  # the pooler stays dense
     assert all(":" in f for f in record["cases"][7]["params"]["formats"])  # "int8:qbsr16x4", "bfloat16:dense", ...
     assert record["cases"][3]["params"]["formats"] == {"qbsr": 36}
@@ -122,6 +124,19 @@ def test_bench_minilm_quick_on_the_real_model(tmp_path):
         _check_dense_fields(c, names=set(MODEL_TOLERANCES))
     assert "vs best dense" in record["table_markdown"]
     assert sum(record["cases"][1]["params"]["formats"].values()) == 36
+
+
+def test_bench_quant_quick_times_the_int8_models_against_int8_baselines(tmp_path):
+    out = tmp_path / "quant.json"
+    assert main(["bench", "quant", "--quick", "--rounds", "2", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["suite"] == "quant" and [c["params"]["sparsity"] for c in record["cases"]] == [0.8, 0.9]
+    for c in record["cases"]:
+        assert c["params"]["block"] == 2 and c["params"]["dtype"] == "int8" and c["ours_s"] > 0
+        assert {"torch_dense", "hf_sparse_int8_dense"} <= set(c["baselines_s"])
+        # onnxruntime's int8 model is timed where it is installed, and said missing where not
+        ort = "onnxruntime_dynamic_int8" in c["baselines_s"]
+        assert ort != any(m.startswith("onnxruntime_dynamic_int8") for m in record["baselines_missing"])
 
 
 def test_build_kernels_command(capsys):
