@@ -113,6 +113,7 @@ def fine_tuned_dense(
             if info.get("recipe") == _dense_key(recipe):
                 logger.info("hf-sparse: reusing the fine-tuned dense model in %s", folder)
                 return head.model_class().from_pretrained(folder), info
+    logger.info("hf-sparse: fine-tuning the dense baseline on %d examples", len(train_tok))
     new_head = data.new_head if data is not None else False
     model = load_task_model(head, model_path, recipe.dense.seed, labels, new_head=new_head)
     t0 = time.perf_counter()
@@ -161,7 +162,6 @@ def _dense_baseline(recipe: Recipe, data: PreparedData, output_dir: Path, work: 
         )
         timings["dense_eval_s"] = time.perf_counter() - t0
     elif recipe.save_dense:
-        logger.info("hf-sparse compress: fine-tuning the dense baseline on %d examples", len(data.train_tok))
         # Saved with what it was trained from, so running the job again in the same folder reuses it.
         dense_model, info = fine_tuned_dense(
             recipe,

@@ -51,3 +51,4 @@ def test_compress_distils_a_layer_dropped_student_and_reuses_teacher_and_dense(t
     assert again["structured-kd"]["distillation"]["cache_hits"] == 192
     assert json.loads((out / "report.json").read_text())["dense"]["test_accuracy"] == report["dense"]["test_accuracy"]
     assert "reusing the fine-tuned dense model" in caplog.text
+    assert "fine-tuning the dense baseline" not in caplog.text  # reused: not said to be trained again
